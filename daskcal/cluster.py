@@ -1,0 +1,87 @@
+"""Choosing where a daskcal run executes.
+
+Library functions return lazy objects and never pick a scheduler; the command line
+(and users who want the same behaviour) call :func:`connect` to get a
+``distributed.Client``:
+
+- ``None`` or ``"local"``: an embedded ``LocalCluster`` (one process per core by
+  default, with ``threads_per_worker`` threads each).
+- ``"tcp://host:8786"`` (any scheduler address): an existing scheduler.
+- ``"slurm"`` / ``"pbs"``: a dask-jobqueue cluster configured from Dask's
+  configuration (``jobqueue.slurm.*`` / ``jobqueue.pbs.*``), scaled to ``n_workers`` jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+__all__ = ["connect", "show_progress"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def connect(
+    cluster: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    memory_limit: str | None = "auto",
+    dashboard_address: str | None = ":0",
+) -> Iterator["distributed.Client"]:  # noqa: F821
+    """Yield a ``distributed.Client`` for ``cluster`` and close what was opened.
+
+    Parameters
+    ----------
+    cluster : str or None, default None
+        ``None``/``"local"`` (embedded LocalCluster), a scheduler address
+        (``"tcp://..."``, ``"tls://..."``, ``"host:port"``), ``"slurm"`` or ``"pbs"``.
+    n_workers : int, optional
+        Workers of an embedded or jobqueue cluster; default one per core.
+    threads_per_worker : int, default 1
+        Threads per worker process of an embedded cluster. Kernels release the GIL.
+    memory_limit : str, default "auto"
+        Memory limit per worker of an embedded cluster.
+    dashboard_address : str, default ":0"
+        Where an embedded cluster serves its dashboard (``":0"``: a free port).
+    """
+    from distributed import Client, LocalCluster
+
+    kind = (cluster or "local").strip()
+    if kind.lower() == "local":
+        with LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            dashboard_address=dashboard_address,
+            processes=True,
+        ) as lc, Client(lc) as client:
+            yield client
+    elif kind.lower() in {"slurm", "pbs"}:
+        try:
+            import dask_jobqueue
+        except ImportError as exc:
+            msg = f"cluster={kind!r} needs dask-jobqueue: pip install 'daskcal[jobqueue]'"
+            raise ImportError(msg) from exc
+        cls = dask_jobqueue.SLURMCluster if kind.lower() == "slurm" else dask_jobqueue.PBSCluster
+        with cls() as jc:
+            jc.scale(jobs=n_workers or 1)
+            with Client(jc) as client:
+                yield client
+    elif "://" in kind or ":" in kind:
+        with Client(kind) as client:
+            yield client
+    else:
+        msg = f"cluster must be 'local', 'slurm', 'pbs' or a scheduler address such as tcp://host:8786; got {cluster!r}"
+        raise ValueError(msg)
+
+
+def show_progress(futures_or_collection, *, enabled: bool = True) -> None:
+    """Show a console progress bar for running futures (no-op when ``enabled`` is False)."""
+    if not enabled:
+        return
+    from distributed import progress
+
+    progress(futures_or_collection)

@@ -1,0 +1,1 @@
+"""Detector stage (detector1): saturation, jump detection, ramp fitting."""

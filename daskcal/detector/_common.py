@@ -1,0 +1,156 @@
+"""Checks and chunking shared by the detector steps (graph layer)."""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "RAMP_DIMS",
+    "PIX_DIMS",
+    "DEFAULT_CHUNK_YX",
+    "validate_ramps",
+    "pixel_chunked",
+    "as_dask",
+]
+
+RAMP_DIMS = ("integration", "group", "y", "x")
+PIX_DIMS = ("y", "x")
+DEFAULT_CHUNK_YX = (512, 512)
+
+_RAMP_VARS = {"data": (RAMP_DIMS, np.floating), "groupdq": (RAMP_DIMS, np.integer)}
+_PIX_VARS = {
+    "pixeldq": np.integer,
+    "gain": np.floating,
+    "readnoise": np.floating,
+    "saturation": np.floating,
+    "superbias": np.floating,
+}
+_ATTRS = ("group_time", "frame_time", "nframes", "groupgap")
+
+
+def validate_ramps(ramps: xr.Dataset, require: tuple[str, ...] = (), *, min_groups: int = 1) -> None:
+    """Raise a clear error if ``ramps`` is not a ramp dataset daskcal can use.
+
+    Parameters
+    ----------
+    ramps : xarray.Dataset
+        The ramp dataset (see :func:`daskcal.open_ramps`).
+    require : tuple of str
+        Per-pixel reference arrays the caller needs (``"gain"``, ``"readnoise"``,
+        ``"saturation"``, ``"superbias"``) besides ``data``, ``groupdq`` and ``pixeldq``.
+    min_groups : int, default 1
+        Fewest groups per integration the caller's method needs.
+
+    Notes
+    -----
+    Only shapes, dtypes and names are checked here (cheap, no computation);
+    value checks that need the data (gain > 0, readnoise >= 0) are done by
+    :func:`check_reference_values`, which computes only the small 2-D arrays.
+    """
+    if not isinstance(ramps, xr.Dataset):
+        msg = f"ramps must be an xarray.Dataset; got {type(ramps).__name__}"
+        raise TypeError(msg)
+    for name, (dims, kind) in _RAMP_VARS.items():
+        _check_var(ramps, name, dims, kind)
+    _check_var(ramps, "pixeldq", PIX_DIMS, np.integer)
+    for name in require:
+        _check_var(ramps, name, PIX_DIMS, _PIX_VARS[name])
+    ny, nx = ramps["data"].shape[2:]
+    for name in ["pixeldq", *require]:
+        if ramps[name].shape != (ny, nx):
+            msg = f"{name} must have shape (y, x) = {(ny, nx)} like data; got {ramps[name].shape}"
+            raise ValueError(msg)
+    if ramps["groupdq"].shape != ramps["data"].shape:
+        msg = f"groupdq must have the shape of data {ramps['data'].shape}; got {ramps['groupdq'].shape}"
+        raise ValueError(msg)
+    ngroups = ramps.sizes["group"]
+    if ngroups < min_groups:
+        msg = f"this step needs at least {min_groups} groups per integration; data has {ngroups}"
+        raise ValueError(msg)
+    for key in _ATTRS:
+        if key not in ramps.attrs:
+            msg = f"ramps.attrs[{key!r}] is missing; expected {', '.join(_ATTRS)} (s / counts as JWST defines them)"
+            raise ValueError(msg)
+    gt = float(ramps.attrs["group_time"])
+    if not (math.isfinite(gt) and gt > 0):
+        msg = f"ramps.attrs['group_time'] must be a positive number of seconds; got {ramps.attrs['group_time']!r}"
+        raise ValueError(msg)
+    nframes = int(ramps.attrs["nframes"])
+    if nframes < 1:
+        msg = f"ramps.attrs['nframes'] must be >= 1; got {ramps.attrs['nframes']!r}"
+        raise ValueError(msg)
+
+
+def _check_var(ds: xr.Dataset, name: str, dims: tuple[str, ...], kind) -> None:
+    if name not in ds.data_vars:
+        msg = f"ramps has no variable {name!r}; expected {name}{dims}"
+        raise ValueError(msg)
+    var = ds[name]
+    if tuple(var.dims) != tuple(dims):
+        msg = f"{name} must have dimensions {dims}; got {tuple(var.dims)}"
+        raise ValueError(msg)
+    if not np.issubdtype(var.dtype, kind):
+        msg = f"{name} must have a {kind.__name__} dtype; got {var.dtype}"
+        raise TypeError(msg)
+
+
+def check_reference_values(ramps: xr.Dataset, names: tuple[str, ...]) -> None:
+    """Check gain/readnoise values (computes those 2-D arrays only).
+
+    Gain that is non-positive or NaN is *not* an error for jump detection and
+    ramp fitting (stcal flags such pixels NO_GAIN_VALUE | DO_NOT_USE), but a gain
+    array with no usable pixel at all is. Negative or NaN read noise is an error.
+    """
+    if "gain" in names:
+        gain = np.asarray(ramps["gain"].values)
+        good = np.isfinite(gain) & (gain > 0)
+        if not good.any():
+            msg = "gain must be positive and finite (e-/DN); no pixel is"
+            raise ValueError(msg)
+    if "readnoise" in names:
+        rn = np.asarray(ramps["readnoise"].values)
+        bad = ~(np.isfinite(rn) & (rn >= 0))
+        if bad.any():
+            msg = f"readnoise must be finite and >= 0 (DN, CDS); {int(bad.sum())} pixels are not"
+            raise ValueError(msg)
+
+
+def as_dask(var: xr.DataArray, chunk_yx: tuple[int, int] | None = None) -> da.Array:
+    """The variable's data as a dask array chunked in pixels only.
+
+    Every leading axis (integration, group) is one chunk; ``y``/``x`` keep the
+    existing chunking, or take ``chunk_yx`` (default 512x512 for numpy input).
+    """
+    arr = var.data
+    nlead = arr.ndim - 2
+    if not isinstance(arr, da.Array):
+        cy, cx = chunk_yx or DEFAULT_CHUNK_YX
+        return da.from_array(np.asarray(arr), chunks=(-1,) * nlead + (cy, cx))
+    if chunk_yx is not None:
+        return arr.rechunk((-1,) * nlead + tuple(chunk_yx))
+    if any(len(c) > 1 for c in arr.chunks[:nlead]):
+        arr = arr.rechunk((-1,) * nlead + arr.chunks[nlead:])
+    return arr
+
+
+def pixel_chunked(ramps: xr.Dataset, chunk_yx: tuple[int, int] | None = None) -> xr.Dataset:
+    """Return ``ramps`` with every variable a dask array chunked in pixels only.
+
+    The ``(y, x)`` chunks of ``data`` are applied to every variable so blocks line up.
+    """
+    data = as_dask(ramps["data"], chunk_yx)
+    cy, cx = data.chunks[2], data.chunks[3]
+    out = {}
+    for name, var in ramps.data_vars.items():
+        if var.dims[-2:] != PIX_DIMS:
+            out[name] = var
+            continue
+        arr = as_dask(var)
+        arr = arr.rechunk(arr.chunks[:-2] + (cy, cx))
+        out[name] = (var.dims, arr, var.attrs)
+    out["data"] = (ramps["data"].dims, data, ramps["data"].attrs)
+    return xr.Dataset(out, coords=ramps.coords, attrs=dict(ramps.attrs))

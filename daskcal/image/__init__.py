@@ -1,0 +1,1 @@
+"""Image stage (image3): resampling, outlier detection."""

@@ -1,0 +1,5 @@
+"""Reading and writing daskcal products (Zarr, FITS)."""
+
+from daskcal.io._atomic import atomic_path, save_dataset
+
+__all__ = ["atomic_path", "save_dataset"]
