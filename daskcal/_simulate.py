@@ -1,0 +1,222 @@
+"""Seeded, realistic up-the-ramp exposures with their truth.
+
+The simulation follows how an IR detector builds a ramp: electrons from sky and
+sources arrive as a Poisson process frame by frame, every frame is read with read
+noise, ``nframes`` frames are averaged into a group and ``groupgap`` frames are
+dropped between groups, the bias (superbias) is added, charge stops accumulating
+at full well (so bright sources saturate), cosmic rays add a step to every later
+frame, and the values are digitised to whole DN and clipped to the 16-bit A/D
+range. A few dead and hot pixels are marked in ``pixeldq`` as a mask reference
+file would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import xarray as xr
+
+from daskcal.dq import DQ
+
+__all__ = ["Simulation", "simulate"]
+
+ATOD_LIMIT = 65535.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Simulation:
+    """A simulated exposure and what went into it.
+
+    Attributes
+    ----------
+    ramps : xarray.Dataset
+        The ramp dataset (raw DN, bias included), as :func:`daskcal.open_ramps` returns.
+    truth : xarray.Dataset
+        ``rate(y, x)`` true count rate in DN/s (bias excluded); ``jumps(integration,
+        group, y, x)`` True at the group whose difference from the previous group
+        holds an injected cosmic ray; ``jump_dn`` the same positions' amplitudes
+        in DN; ``dead`` and ``hot`` pixel masks; ``saturates(integration, y, x)``
+        True where full well is reached within the integration.
+    """
+
+    ramps: xr.Dataset
+    truth: xr.Dataset
+
+
+def simulate(
+    shape: tuple[int, int, int, int] = (1, 10, 256, 256),
+    *,
+    seed: int = 0,
+    group_time: float = 10.737,
+    frame_time: float = 10.737,
+    nframes: int = 1,
+    groupgap: int = 0,
+    gain: float = 2.0,
+    readnoise: float = 10.0,
+    bias: float = 12000.0,
+    saturation: float = 60000.0,
+    sky_rate: float = 1.0,
+    n_sources: int | None = None,
+    max_source_rate: float = 2000.0,
+    cr_probability: float = 1e-3,
+    cr_dn: tuple[float, float] = (30.0, 3000.0),
+    bad_pixel_fraction: float = 1e-4,
+    chunks: tuple[int, int] | None = None,
+) -> Simulation:
+    """Simulate one up-the-ramp exposure.
+
+    Parameters
+    ----------
+    shape : (nints, ngroups, ny, nx), default (1, 10, 256, 256)
+        Ramp cube shape.
+    seed : int, default 0
+        Seed of the random generator; equal seeds give equal exposures.
+    group_time, frame_time : float, default 10.737 (NIRCam full frame)
+        Seconds from one group (frame) to the next. ``group_time`` is written to
+        the attributes as given; frames are spaced by ``frame_time``.
+    nframes : int, default 1
+        Frames averaged into a group.
+    groupgap : int, default 0
+        Frames dropped between groups.
+    gain : float, default 2.0
+        Mean gain in e-/DN (per-pixel map varies by 3%).
+    readnoise : float, default 10.0
+        Mean read noise in DN of a correlated double sample (per-pixel map varies by 5%).
+    bias : float, default 12000.0
+        Mean superbias level in DN.
+    saturation : float, default 60000.0
+        Mean saturation threshold in raw DN (bias included).
+    sky_rate : float, default 1.0
+        Sky count rate in DN/s.
+    n_sources : int, optional
+        Point sources (Gaussian, sigma 1.2 px); default one per 1000 pixels.
+    max_source_rate : float, default 2000.0
+        Peak rate of the brightest source in DN/s (bright ones saturate).
+    cr_probability : float, default 1e-3
+        Probability that a cosmic ray hits a pixel between two groups.
+    cr_dn : (float, float), default (30, 3000)
+        Range of cosmic-ray amplitudes in DN (log-uniform).
+    bad_pixel_fraction : float, default 1e-4
+        Fraction of dead and (the same number of) hot pixels.
+    chunks : (int, int), optional
+        Return dask arrays chunked in pixels with these (y, x) chunk sizes.
+
+    Returns
+    -------
+    Simulation
+    """
+    nints, ngroups, ny, nx = (int(n) for n in shape)
+    if min(nints, ngroups, ny, nx) < 1:
+        msg = f"shape must be four positive sizes (nints, ngroups, ny, nx); got {shape}"
+        raise ValueError(msg)
+    rng = np.random.default_rng(seed)
+    npix = ny * nx
+
+    gain_map = (gain * (1 + 0.03 * rng.standard_normal((ny, nx)))).astype(np.float32)
+    rn_map = (readnoise * (1 + 0.05 * rng.standard_normal((ny, nx)))).astype(np.float32)
+    bias_map = (bias + 0.03 * bias * rng.standard_normal((ny, nx))).astype(np.float32)
+    sat_map = (saturation + 0.01 * saturation * rng.standard_normal((ny, nx))).astype(np.float32)
+
+    rate = np.full((ny, nx), sky_rate, dtype=np.float64)
+    rate += _sources(rng, ny, nx, n_sources, max_source_rate)
+    nbad = int(round(bad_pixel_fraction * npix))
+    flat_idx = rng.choice(npix, size=2 * nbad, replace=False) if nbad else np.empty(0, int)
+    dead = np.zeros(npix, bool)
+    hot = np.zeros(npix, bool)
+    dead[flat_idx[:nbad]] = True
+    hot[flat_idx[nbad:]] = True
+    dead, hot = dead.reshape(ny, nx), hot.reshape(ny, nx)
+    rate[hot] += rng.uniform(20.0, 200.0, size=int(hot.sum()))
+    rate[dead] = 0.0
+
+    pixeldq = np.zeros((ny, nx), np.uint32)
+    pixeldq[dead] |= np.uint32(DQ.DEAD | DQ.DO_NOT_USE)
+    pixeldq[hot] |= np.uint32(DQ.HOT)
+
+    # Full well (in DN above bias) sits a little above the threshold so that a
+    # saturating ramp does cross it.
+    full_well_dn = sat_map - bias_map + 0.02 * saturation
+    frame_rn = rn_map / np.sqrt(2.0)
+    data = np.empty((nints, ngroups, ny, nx), np.float32)
+    jumps = np.zeros((nints, ngroups, ny, nx), bool)
+    jump_dn = np.zeros((nints, ngroups, ny, nx), np.float32)
+    saturates = np.zeros((nints, ny, nx), bool)
+    electrons_per_frame = rate * gain_map * frame_time
+    for i in range(nints):
+        charge = np.zeros((ny, nx))  # accumulated DN above bias, noiseless of reads
+        cr_total = np.zeros((ny, nx))
+        frame = 0
+        for g in range(ngroups):
+            if g > 0:
+                hit = rng.random((ny, nx)) < cr_probability
+                amp = np.exp(rng.uniform(*np.log(cr_dn), size=int(hit.sum())))
+                cr_total[hit] += amp
+                jumps[i, g][hit] = True
+                jump_dn[i, g][hit] = amp
+            acc = np.zeros((ny, nx))
+            for _ in range(nframes):
+                charge += rng.poisson(electrons_per_frame) / gain_map
+                signal = np.minimum(charge + cr_total, full_well_dn)
+                acc += signal + frame_rn * rng.standard_normal((ny, nx))
+                frame += 1
+            for _ in range(groupgap):
+                charge += rng.poisson(electrons_per_frame) / gain_map
+                frame += 1
+            saturates[i] |= charge + cr_total >= full_well_dn
+            group = bias_map + acc / nframes
+            data[i, g] = np.clip(np.rint(group), 0.0, ATOD_LIMIT)
+
+    ramps = xr.Dataset(
+        {
+            "data": (("integration", "group", "y", "x"), data, {"units": "DN"}),
+            "groupdq": (("integration", "group", "y", "x"), np.zeros(data.shape, np.uint8)),
+            "pixeldq": (("y", "x"), pixeldq),
+            "gain": (("y", "x"), gain_map, {"units": "electron/DN"}),
+            "readnoise": (("y", "x"), rn_map, {"units": "DN"}),
+            "saturation": (("y", "x"), sat_map, {"units": "DN"}),
+            "superbias": (("y", "x"), bias_map, {"units": "DN"}),
+        },
+        attrs={
+            "group_time": float(group_time),
+            "frame_time": float(frame_time),
+            "nframes": int(nframes),
+            "groupgap": int(groupgap),
+            "simulated": True,
+            "seed": int(seed),
+        },
+    )
+    if chunks is not None:
+        from daskcal.detector._common import pixel_chunked
+
+        ramps = pixel_chunked(ramps, tuple(chunks))
+    truth = xr.Dataset(
+        {
+            "rate": (("y", "x"), rate.astype(np.float32), {"units": "DN/s"}),
+            "jumps": (("integration", "group", "y", "x"), jumps),
+            "jump_dn": (("integration", "group", "y", "x"), jump_dn, {"units": "DN"}),
+            "dead": (("y", "x"), dead),
+            "hot": (("y", "x"), hot),
+            "saturates": (("integration", "y", "x"), saturates),
+        }
+    )
+    return Simulation(ramps=ramps, truth=truth)
+
+
+def _sources(rng: np.random.Generator, ny: int, nx: int, n: int | None, peak_max: float) -> np.ndarray:
+    """Gaussian point sources (sigma 1.2 px) with a power-law peak distribution."""
+    n = max(1, (ny * nx) // 1000) if n is None else int(n)
+    img = np.zeros((ny, nx))
+    if n == 0:
+        return img
+    ys = rng.uniform(0, ny, n)
+    xs = rng.uniform(0, nx, n)
+    peaks = peak_max * rng.uniform(0.0, 1.0, n) ** 4  # many faint, few bright
+    sigma, r = 1.2, 5
+    for y0, x0, p in zip(ys, xs, peaks, strict=True):
+        iy, ix = int(y0), int(x0)
+        y1, y2 = max(0, iy - r), min(ny, iy + r + 1)
+        x1, x2 = max(0, ix - r), min(nx, ix + r + 1)
+        yy, xx = np.mgrid[y1:y2, x1:x2]
+        img[y1:y2, x1:x2] += p * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * sigma**2))
+    return img
