@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "save", "save_dataset"]
+__all__ = ["atomic_path", "save", "save_dataset", "save_products"]
 
 
 @contextlib.contextmanager
@@ -86,6 +86,61 @@ def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, comput
 def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "daskcal-") -> tempfile.TemporaryDirectory:
     """A temporary directory (deleted on cleanup) under ``parent`` or the system default."""
     return tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
+
+
+def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False) -> dict:
+    """Write several datasets as ``out_dir/<name>.zarr`` in one pass, atomically.
+
+    The datasets are computed together, so work they share (for example the one
+    ramp fit behind ``rate`` and ``rateints``) runs once. ``out_dir`` appears only
+    when every store is complete.
+
+    Parameters
+    ----------
+    products : dict of str to xarray.Dataset
+        Name -> dataset.
+    out_dir : path-like
+        Destination directory.
+    overwrite : bool, default False
+        Replace an existing ``out_dir``.
+    progress : bool, default False
+        Show a console progress bar (needs an active ``distributed.Client``).
+
+    Returns
+    -------
+    dict of str to Path
+        Name -> store path.
+    """
+    import dask
+
+    paths = {}
+    with atomic_path(out_dir, overwrite=overwrite) as tmp:
+        tmp.mkdir()
+        writes = []
+        for name, ds in products.items():
+            writes.append(ds.to_zarr(tmp / f"{name}.zarr", mode="w", zarr_format=3, consolidated=False, compute=False))
+            paths[name] = Path(out_dir) / f"{name}.zarr"
+        client = _default_client()
+        if client is not None:
+            futures = client.compute(writes)
+            if progress:
+                from distributed import progress as show
+
+                show(futures)
+                print()
+            client.gather(futures)
+        else:
+            dask.compute(*writes)
+    return paths
+
+
+def _default_client():
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
 
 
 save = save_dataset

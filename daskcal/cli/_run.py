@@ -1,0 +1,69 @@
+"""``daskcal run RECIPE IN... OUT``: run a pipeline recipe from ``graphs/``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import tomllib
+from pathlib import Path
+
+from daskcal.cli._common import add_cluster_options
+
+__all__ = ["register", "PIPELINES", "load_recipe"]
+
+# pipeline name -> module whose ``run_recipe(inputs, output, steps, execution, args)`` runs it
+PIPELINES = {
+    "detector1": "daskcal.cli._detector1",
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a pipeline recipe (TOML, see graphs/)",
+        description="Run the pipeline a recipe names with the step parameters it gives. "
+        "A recipe is TOML: pipeline = 'detector1' and a [steps.<step>] table of parameters per step, "
+        "optionally an [execution] table (e.g. chunks = [512, 512]).",
+    )
+    p.add_argument("recipe", help="recipe TOML file (e.g. graphs/detector1.toml)")
+    p.add_argument("paths", nargs="+", metavar="IN... OUT", help="input(s), then the output")
+    p.add_argument("--fits", action="store_true", help="also export FITS products where the pipeline can")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_cluster_options(p)
+    p.set_defaults(func=_main)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read and check a recipe: ``{"pipeline": str, "steps": {...}, "execution": {...}}``."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"no recipe file at {str(path)!r}"
+        raise FileNotFoundError(msg)
+    with path.open("rb") as fh:
+        try:
+            recipe = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"recipe {str(path)!r} is not valid TOML: {exc}"
+            raise ValueError(msg) from exc
+    pipeline = recipe.get("pipeline")
+    if pipeline not in PIPELINES:
+        msg = f"recipe {str(path)!r}: 'pipeline' must be one of {sorted(PIPELINES)}; got {pipeline!r}"
+        raise ValueError(msg)
+    unknown = set(recipe) - {"pipeline", "steps", "execution", "description"}
+    if unknown:
+        msg = f"recipe {str(path)!r} has unknown top-level keys {sorted(unknown)}; expected pipeline, steps, execution"
+        raise ValueError(msg)
+    steps = recipe.get("steps", {})
+    if not all(isinstance(v, dict) for v in steps.values()):
+        msg = f"recipe {str(path)!r}: every entry of [steps] must be a table of parameters"
+        raise ValueError(msg)
+    return {"pipeline": pipeline, "steps": steps, "execution": recipe.get("execution", {})}
+
+
+def _main(args: argparse.Namespace) -> int:
+    if len(args.paths) < 2:
+        msg = "give at least one input and the output: daskcal run RECIPE IN... OUT"
+        raise ValueError(msg)
+    recipe = load_recipe(args.recipe)
+    module = importlib.import_module(PIPELINES[recipe["pipeline"]])
+    return module.run_recipe(args.paths[:-1], args.paths[-1], recipe["steps"], recipe["execution"], args)

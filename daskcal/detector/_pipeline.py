@@ -1,0 +1,101 @@
+"""detector1: saturation -> superbias -> jumps -> ramp fit, as one lazy graph."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import numpy as np
+import xarray as xr
+
+from daskcal.detector._common import pixel_chunked, validate_ramps
+from daskcal.detector._jump import detect_jumps
+from daskcal.detector._ramp_fit import RampFitResult, fit_ramps
+from daskcal.detector._saturation import flag_saturation
+
+__all__ = ["STEPS", "subtract_superbias", "detector1", "step_parameters"]
+
+log = logging.getLogger(__name__)
+
+# The steps detector1 runs, in order, by the names recipes use.
+STEPS = {"saturation": flag_saturation, "jump": detect_jumps, "ramp_fit": fit_ramps}
+
+
+def subtract_superbias(ramps: xr.Dataset) -> xr.Dataset:
+    """Subtract the ``superbias`` reference (DN) from every group.
+
+    As JWST's superbias step does, NaN superbias values are treated as 0 DN. The
+    result is a new lazy dataset with ``data`` in DN above bias and
+    ``attrs["superbias_subtracted"] = True``; without a ``superbias`` variable
+    the input is returned unchanged (with a logged note).
+    """
+    if "superbias" not in ramps:
+        log.info("no superbias in the ramps; skipping superbias subtraction")
+        return ramps
+    validate_ramps(ramps, require=("superbias",))
+    bias = ramps["superbias"].fillna(0.0).astype(np.float32)
+    out = ramps.copy()
+    out["data"] = (ramps["data"] - bias).astype(np.float32).transpose(*ramps["data"].dims)
+    out["data"].attrs = dict(ramps["data"].attrs)
+    out.attrs["superbias_subtracted"] = True
+    return out
+
+
+def step_parameters() -> dict[str, dict[str, object]]:
+    """``{step: {parameter: default}}`` for the steps detector1 runs."""
+    out = {}
+    for step, func in STEPS.items():
+        sig = inspect.signature(func)
+        out[step] = {
+            name: p.default
+            for name, p in list(sig.parameters.items())[1:]
+            if p.default is not inspect.Parameter.empty
+        }
+    return out
+
+
+def _route(params: dict[str, object]) -> dict[str, dict[str, object]]:
+    known = step_parameters()
+    routed: dict[str, dict[str, object]] = {step: {} for step in known}
+    for name, value in params.items():
+        owners = [step for step, names in known.items() if name in names]
+        if not owners:
+            allowed = sorted(n for names in known.values() for n in names)
+            msg = f"detector1 got an unknown parameter {name!r}; expected one of {allowed}"
+            raise TypeError(msg)
+        for step in owners:
+            routed[step][name] = value
+    return routed
+
+
+def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **params) -> RampFitResult:
+    """Run saturation flagging, superbias subtraction, jump detection and ramp fitting.
+
+    Parameters
+    ----------
+    ramps : xarray.Dataset
+        Raw ramps (DN, bias included) with ``gain``, ``readnoise``, ``saturation``
+        and optionally ``superbias`` (see :func:`daskcal.open_ramps`).
+    chunks : (int, int), optional
+        ``(y, x)`` chunk size; default the input's chunking (512x512 for numpy input).
+    **params
+        Parameters of the steps, by name: ``n_pix_grow_sat`` (saturation; default 1),
+        ``rejection_threshold`` (4.0), ``three_group_rejection_threshold`` (6.0),
+        ``four_group_rejection_threshold`` (5.0), ``flag_4_neighbors`` (True),
+        ``max_jump_to_flag_neighbors`` (1000), ``min_jump_to_flag_neighbors`` (10),
+        ``after_jump_flag_dn1/2`` (0 DN), ``after_jump_flag_time1/2`` (0 s) (jump),
+        ``suppress_one_group`` (True) (ramp fit). An unknown name is an error.
+
+    Returns
+    -------
+    RampFitResult
+        Lazy ``.rate`` and ``.rateints`` datasets (DN/s). Nothing is computed until
+        the caller computes or saves them.
+    """
+    routed = _route(params)
+    validate_ramps(ramps, require=("gain", "readnoise", "saturation"))
+    ramps = pixel_chunked(ramps, chunks)
+    ramps = flag_saturation(ramps, **routed["saturation"])
+    ramps = subtract_superbias(ramps)
+    ramps = detect_jumps(ramps, **routed["jump"])
+    return fit_ramps(ramps, **routed["ramp_fit"])

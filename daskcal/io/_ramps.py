@@ -1,0 +1,235 @@
+"""Ramp cubes and rate products in and out: Zarr (native), JWST-style FITS (ingest/export)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from daskcal.detector._common import DEFAULT_CHUNK_YX, PIX_DIMS, RAMP_DIMS, pixel_chunked, validate_ramps
+from daskcal.dq import DQ
+from daskcal.io._atomic import atomic_path, save_dataset
+
+__all__ = ["open_ramps", "ingest", "to_fits", "write_uncal"]
+
+# FITS keyword -> ramp attribute (JWST primary-header keywords)
+_KEYWORDS = {"TGROUP": "group_time", "TFRAME": "frame_time", "NFRAMES": "nframes", "GROUPGAP": "groupgap"}
+# rate-product variable -> FITS extension name
+_PRODUCT_EXT = {"data": "SCI", "err": "ERR", "dq": "DQ", "var_poisson": "VAR_POISSON", "var_rnoise": "VAR_RNOISE"}
+
+
+def open_ramps(path: str | os.PathLike, chunks: tuple[int, int] | None = None) -> xr.Dataset:
+    """Open a ramp Zarr store lazily, chunked in pixels.
+
+    Parameters
+    ----------
+    path : path-like
+        A Zarr store written by :func:`ingest`, :func:`daskcal.save` or ``daskcal simulate``.
+    chunks : (int, int), optional
+        ``(y, x)`` chunk size. Default: the store's own chunking. Every integration
+        and group of a pixel is always in one chunk.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``data(integration, group, y, x)`` float32 DN, ``groupdq``, ``pixeldq`` and the
+        reference arrays, dask-backed.
+    """
+    path = Path(path)
+    if not path.exists():
+        msg = f"no ramp store at {str(path)!r}"
+        raise FileNotFoundError(msg)
+    ds = xr.open_zarr(path, consolidated=False, chunks={})
+    validate_ramps(ds)
+    return pixel_chunked(ds, chunks)
+
+
+def _read_ext(hdul, names: tuple[str, ...]):
+    for name in names:
+        if name in hdul and hdul[name].data is not None:
+            return hdul[name].data
+    return None
+
+
+def _reference_image(path: str | os.PathLike, what: str, shape: tuple[int, int]):
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        data = _read_ext(hdul, ("SCI", "PRIMARY"))
+        if data is None:
+            msg = f"{what} reference {str(path)!r} has no SCI (or primary) image"
+            raise ValueError(msg)
+        data = np.asarray(data, dtype=np.float32)
+        dq = _read_ext(hdul, ("DQ",))
+        dq = None if dq is None else np.asarray(dq, dtype=np.uint32)
+    if data.shape != shape:
+        msg = f"{what} reference {str(path)!r} has shape {data.shape}; the ramps' (y, x) shape is {shape}"
+        raise ValueError(msg)
+    return data, dq
+
+
+def ingest(
+    uncal: str | os.PathLike,
+    *,
+    gain: str | os.PathLike,
+    readnoise: str | os.PathLike,
+    saturation: str | os.PathLike,
+    superbias: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    chunks: tuple[int, int] = DEFAULT_CHUNK_YX,
+    overwrite: bool = False,
+) -> xr.Dataset:
+    """Turn a JWST-style ``_uncal.fits`` and reference images into a ramp dataset.
+
+    Parameters
+    ----------
+    uncal : path-like
+        FITS file with a ``SCI`` cube ``(nints, ngroups, ny, nx)`` in DN, optional
+        ``GROUPDQ`` (same shape) and ``PIXELDQ`` ``(ny, nx)``, and the keywords
+        ``TGROUP``, ``TFRAME`` (s), ``NFRAMES``, ``GROUPGAP`` in the primary header.
+    gain, readnoise, saturation : path-like
+        Reference images (``SCI`` or primary HDU) of shape ``(ny, nx)``: gain in
+        e-/DN, read noise in DN (CDS), saturation threshold in DN. The
+        saturation file's ``DQ`` extension, when present, contributes its
+        ``NO_SAT_CHECK`` bits to ``pixeldq``.
+    superbias : path-like, optional
+        Superbias image in DN.
+    out : path-like, optional
+        Write the dataset to this Zarr store (atomically) and return it opened lazily.
+    chunks : (int, int), default (512, 512)
+        ``(y, x)`` chunk size of the result (and of the store).
+    overwrite : bool, default False
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The ramp dataset (dask-backed).
+    """
+    from astropy.io import fits
+
+    with fits.open(uncal) as hdul:
+        sci = _read_ext(hdul, ("SCI",))
+        if sci is None or sci.ndim != 4:
+            got = "none" if sci is None else f"{sci.ndim} dimensions"
+            msg = f"{str(uncal)!r}: SCI must be a 4-D cube (nints, ngroups, ny, nx); got {got}"
+            raise ValueError(msg)
+        data = np.asarray(sci, dtype=np.float32)
+        gdq = _read_ext(hdul, ("GROUPDQ",))
+        gdq = np.zeros(data.shape, np.uint8) if gdq is None else np.asarray(gdq, dtype=np.uint8)
+        pdq = _read_ext(hdul, ("PIXELDQ",))
+        pdq = np.zeros(data.shape[2:], np.uint32) if pdq is None else np.asarray(pdq, dtype=np.uint32)
+        header = hdul[0].header
+        attrs = {}
+        for key, name in _KEYWORDS.items():
+            if key not in header:
+                msg = f"{str(uncal)!r}: primary header keyword {key} ({name}) is missing"
+                raise ValueError(msg)
+            attrs[name] = header[key]
+    attrs = {
+        "group_time": float(attrs["group_time"]),
+        "frame_time": float(attrs["frame_time"]),
+        "nframes": int(attrs["nframes"]),
+        "groupgap": int(attrs["groupgap"]),
+        "source": os.path.basename(os.fspath(uncal)),
+    }
+    shape = data.shape[2:]
+    variables = {
+        "data": (RAMP_DIMS, data, {"units": "DN"}),
+        "groupdq": (RAMP_DIMS, gdq),
+    }
+    refs = {"gain": gain, "readnoise": readnoise, "saturation": saturation, "superbias": superbias}
+    units = {"gain": "electron/DN", "readnoise": "DN", "saturation": "DN", "superbias": "DN"}
+    for name, ref in refs.items():
+        if ref is None:
+            continue
+        arr, dq = _reference_image(ref, name, shape)
+        variables[name] = (PIX_DIMS, arr, {"units": units[name]})
+        if name == "saturation" and dq is not None:
+            pdq = pdq | (dq & np.uint32(DQ.NO_SAT_CHECK))
+    variables["pixeldq"] = (PIX_DIMS, pdq)
+    ds = xr.Dataset(variables, attrs=attrs)
+    validate_ramps(ds, require=("gain", "readnoise", "saturation"))
+    ds = pixel_chunked(ds, chunks)
+    if out is None:
+        return ds
+    save_dataset(ds, out, overwrite=overwrite)
+    return open_ramps(out)
+
+
+def write_uncal(ramps: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Path]:
+    """Write ramps as a JWST-style ``_uncal.fits`` plus reference images beside it.
+
+    The inverse of :func:`ingest` (used by ``daskcal simulate --fits`` and tests).
+
+    Returns
+    -------
+    dict
+        ``{"uncal": path, "gain": ..., "readnoise": ..., "saturation": ..., "superbias": ...}``
+        (the reference arrays present in ``ramps``).
+    """
+    from astropy.io import fits
+
+    validate_ramps(ramps)
+    path = Path(path)
+    stem = path.name.removesuffix(".fits").removesuffix("_uncal")
+    written: dict[str, Path] = {}
+    primary = fits.PrimaryHDU()
+    for key, name in _KEYWORDS.items():
+        primary.header[key] = ramps.attrs[name]
+    hdul = fits.HDUList(
+        [
+            primary,
+            fits.ImageHDU(np.asarray(ramps["data"].values, np.float32), name="SCI"),
+            fits.ImageHDU(np.asarray(ramps["groupdq"].values, np.uint8), name="GROUPDQ"),
+            fits.ImageHDU(np.asarray(ramps["pixeldq"].values, np.uint32), name="PIXELDQ"),
+        ]
+    )
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        hdul.writeto(tmp)
+    written["uncal"] = path
+    for name in ("gain", "readnoise", "saturation", "superbias"):
+        if name not in ramps:
+            continue
+        ref = path.with_name(f"{stem}_{name}.fits")
+        with atomic_path(ref, overwrite=overwrite) as tmp:
+            fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.asarray(ramps[name].values), name="SCI")]).writeto(tmp)
+        written[name] = ref
+    return written
+
+
+def to_fits(product: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Export a ``rate`` or ``rateints`` product to FITS (SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE).
+
+    The product is computed (it must fit in memory) and written atomically.
+
+    Parameters
+    ----------
+    product : xarray.Dataset
+        ``RampFitResult.rate`` or ``.rateints`` (or a store opened from them).
+    path : path-like
+        Destination FITS file.
+    overwrite : bool, default False
+        Replace an existing file.
+    """
+    from astropy.io import fits
+
+    missing = [v for v in _PRODUCT_EXT if v not in product]
+    if missing:
+        msg = f"product lacks {missing}; expected a rate/rateints dataset with {list(_PRODUCT_EXT)}"
+        raise ValueError(msg)
+    primary = fits.PrimaryHDU()
+    for key, value in product.attrs.items():
+        if isinstance(value, (int, float, str, bool)) and len(key) <= 8:
+            primary.header[key.upper()] = value
+    hdus = [primary]
+    for name, ext in _PRODUCT_EXT.items():
+        hdu = fits.ImageHDU(np.asarray(product[name].values), name=ext)
+        if name != "dq":
+            hdu.header["BUNIT"] = "DN/s" if name in ("data", "err") else "DN^2/s^2"
+        hdus.append(hdu)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp)
+    return Path(path)
