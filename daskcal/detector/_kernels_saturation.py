@@ -1,0 +1,99 @@
+"""Numba kernels for saturation flagging (kernel layer: numpy arrays in, ``out`` arrays filled).
+
+Behaviour follows ``stcal.saturation.flag_saturated_pixels`` (stcal 1.20) without a
+read pattern or zero frame: a group at or above the threshold is SATURATED and so
+is every later group of the integration; a group at or below 0 DN gets
+AD_FLOOR | DO_NOT_USE; SATURATED is then grown into a (2N+1) x (2N+1) box in every
+group plane.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from daskcal.dq import DQ
+
+__all__ = ["saturation_flags", "grow_bit"]
+
+_SATURATED = int(DQ.SATURATED)
+_FLOOR = int(DQ.AD_FLOOR | DQ.DO_NOT_USE)
+
+
+@njit(nogil=True, cache=True)
+def saturation_flags(data, gdq, thresh, out):  # pragma: no cover - compiled
+    """Flag saturation (carried forward) and the A/D floor, pixel by pixel.
+
+    Parameters
+    ----------
+    data : ndarray, float, shape (nints, ngroups, npix)
+        Raw ramps in DN (bias included).
+    gdq : ndarray, uint8, shape (nints, ngroups, npix)
+        Input group DQ.
+    thresh : ndarray, float, shape (npix,)
+        Saturation threshold in DN; pixels that must not be checked carry a
+        threshold above the A/D limit.
+    out : ndarray, uint8, shape (nints, ngroups, npix)
+        Receives ``gdq`` with SATURATED and AD_FLOOR | DO_NOT_USE added.
+    """
+    nints, ngroups, npix = data.shape
+    seen = np.empty(npix, dtype=np.bool_)
+    for i in range(nints):
+        seen[:] = False
+        for g in range(ngroups):
+            for p in range(npix):
+                v = data[i, g, p]
+                f = gdq[i, g, p]
+                if v >= thresh[p]:
+                    seen[p] = True
+                if seen[p]:
+                    f |= _SATURATED
+                if v <= 0:
+                    f |= _FLOOR
+                out[i, g, p] = f
+
+
+@njit(nogil=True, cache=True)
+def grow_bit(flags, bit, n, out):  # pragma: no cover - compiled
+    """Dilate ``bit`` into a (2n+1) x (2n+1) box in every plane.
+
+    Parameters
+    ----------
+    flags : ndarray, uint8, shape (nplanes, ny, nx)
+        DQ planes.
+    bit : int
+        The flag to grow (e.g. SATURATED).
+    n : int
+        Box half-width in pixels (>= 0). Pixels beyond the array edge count as unset.
+    out : ndarray, uint8, shape (nplanes, ny, nx)
+        Receives ``flags`` with ``bit`` set wherever a pixel within the box has it.
+        Must not be the same array as ``flags``.
+    """
+    nplanes, ny, nx = flags.shape
+    rows = np.empty((ny, nx), dtype=np.int32)  # 1 where the bit is set within +-n in x
+    count = np.empty(nx, dtype=np.int32)
+    for k in range(nplanes):
+        for y in range(ny):
+            c = 0
+            for x in range(min(n, nx)):
+                c += (flags[k, y, x] & bit) != 0
+            for x in range(nx):
+                if x + n < nx:
+                    c += (flags[k, y, x + n] & bit) != 0
+                if x - n - 1 >= 0:
+                    c -= (flags[k, y, x - n - 1] & bit) != 0
+                rows[y, x] = c > 0
+        count[:] = 0
+        for y in range(min(n, ny)):
+            for x in range(nx):
+                count[x] += rows[y, x]
+        for y in range(ny):
+            for x in range(nx):
+                if y + n < ny:
+                    count[x] += rows[y + n, x]
+                if y - n - 1 >= 0:
+                    count[x] -= rows[y - n - 1, x]
+                f = flags[k, y, x]
+                if count[x] > 0:
+                    f |= bit
+                out[k, y, x] = f
