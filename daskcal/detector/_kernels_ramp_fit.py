@@ -1,0 +1,443 @@
+"""Numba kernels for OLS ramp fitting with optimal weighting (kernel layer).
+
+The kernels reproduce the arithmetic of stcal 1.20's ``OLS_C`` fitter
+(``stcal/ramp_fitting/src/slope_fitter.c``) one pixel at a time over flat
+arrays: ``data[integration, group, pixel]`` (float32, DN) and ``groupdq`` of the
+same shape (uint8). Everything is computed in float64 and written as float32.
+
+Units: data in DN, rates in DN/s, variances in (DN/s)**2, gain in e-/DN; the
+read noise handed to the kernel is ``readnoise * gain / sqrt(2 * nframes)``
+(electrons per single read, as stcal scales it); times in s.
+
+The pieces, in the order a pixel goes through them:
+
+* :func:`load_pixel` gathers one pixel's ramp, applies one-good-group
+  suppression and sets saturated groups to NaN;
+* :func:`median_rate` estimates the pixel's rate from median first differences
+  (used only for the Poisson variance);
+* :func:`find_segments` cuts one integration into segments of good groups;
+* :func:`fit_segment` fits one segment (slope and its two variances);
+* :func:`combine_integration` and :func:`finish_rate` combine segments into an
+  integration and integrations into the exposure;
+* :func:`fit_ramps_kernel` loops over pixels and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# JWST bit values (same as daskcal.dq.DQ); plain ints so numba sees constants.
+DO_NOT_USE = 1
+SATURATED = 2
+JUMP_DET = 4
+PERSISTENCE = 32
+NO_GAIN_VALUE = 1 << 19
+INVALID = DO_NOT_USE | SATURATED
+NOT_PERSISTENCE = 0xFF & ~PERSISTENCE
+
+#: Variances at or above this are reported as 0 (stcal's LARGE_VARIANCE_THRESHOLD).
+LARGE_VARIANCE = 1.0e6
+#: Lower signal-to-noise bounds of the optimal-weighting exponents (Fixsen et al. 2000).
+SNR_BOUNDS = (5.0, 10.0, 20.0, 50.0, 100.0)
+#: Exponents P for S < 5, 5 <= S < 10, ..., S >= 100.
+SNR_POWERS = (0.0, 0.4, 1.0, 3.0, 6.0, 10.0)
+
+# rate planes in the float32 output (dq plane is written through a uint32 view)
+SLOPE, ERR, DQ_PLANE, VAR_POISSON, VAR_RNOISE = 0, 1, 2, 3, 4
+
+_JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
+
+
+def weight_table(ngroups: int) -> np.ndarray:
+    """Optimal weights ``|(i - mid) / mid| ** P`` for every segment length and P.
+
+    Returns float64 ``(ngroups + 1, len(SNR_POWERS), ngroups)``; entry
+    ``[n, k, i]`` is the weight of sample ``i`` of a segment of ``n >= 3`` groups
+    with exponent ``SNR_POWERS[k]``. Computed in float32 like stcal (``powf``).
+    """
+    table = np.zeros((ngroups + 1, len(SNR_POWERS), max(ngroups, 1)), dtype=np.float64)
+    for n in range(3, ngroups + 1):
+        mid = (n - 1) / 2.0
+        base = np.abs((np.arange(n) - mid) / mid).astype(np.float32)
+        for k, power in enumerate(SNR_POWERS):
+            table[n, k, :n] = base ** np.float32(power)
+    return table
+
+
+@njit(**_JIT)
+def load_pixel(data, gdq, p, suppress, dloc, qloc, stats):
+    """Gather pixel ``p`` into ``dloc``/``qloc`` (nints, ngroups); fill ``stats``.
+
+    ``stats[i]`` = (any JUMP_DET, any PERSISTENCE, groups with dq == 0,
+    groups DO_NOT_USE or SATURATED, groups SATURATED). With ``suppress``,
+    an integration with exactly one group good apart from PERSISTENCE gets
+    DO_NOT_USE on every group. Saturated groups become NaN.
+    """
+    nints, ngroups = qloc.shape
+    for i in range(nints):
+        ngood = 0
+        for g in range(ngroups):
+            q = gdq[i, g, p]
+            qloc[i, g] = q
+            if q & NOT_PERSISTENCE == 0:
+                ngood += 1
+        if suppress and ngood == 1:
+            for g in range(ngroups):
+                qloc[i, g] |= DO_NOT_USE
+        for k in range(5):
+            stats[i, k] = 0
+        for g in range(ngroups):
+            q = qloc[i, g]
+            if q & JUMP_DET:
+                stats[i, 0] = 1
+            if q & PERSISTENCE:
+                stats[i, 1] = 1
+            if q == 0:
+                stats[i, 2] += 1
+            if q & INVALID:
+                stats[i, 3] += 1
+            if q & SATURATED:
+                stats[i, 4] += 1
+                dloc[i, g] = np.nan
+            else:
+                dloc[i, g] = data[i, g, p]
+
+
+@njit(**_JIT)
+def _nan_median_sorted_insert(buf, n):
+    """Median of the first ``n`` finite values of ``buf`` (sorted in place), NaN if none."""
+    for a in range(1, n):  # insertion sort, tiny n
+        v = buf[a]
+        b = a - 1
+        while b >= 0 and buf[b] > v:
+            buf[b + 1] = buf[b]
+            b -= 1
+        buf[b + 1] = v
+    if n == 0:
+        return np.nan
+    h = n >> 1
+    if n & 1:
+        return buf[h]
+    return (buf[h] + buf[h - 1]) / 2.0
+
+
+@njit(**_JIT)
+def median_rate(dloc, qloc, is_0th, group_time, one_group_time, buf):
+    """Mean over integrations of the median first-difference rate (DN/s).
+
+    Groups flagged DO_NOT_USE or SATURATED and differences ending on a
+    JUMP_DET group are left out. An integration with no usable difference
+    contributes its first group over ``group_time`` (if usable), one with a
+    lone good 0th group contributes that group over ``one_group_time``, and an
+    integration with nothing usable contributes 0. With one group per
+    integration the result is the mean of the first groups over ``one_group_time``.
+    """
+    nints, ngroups = qloc.shape
+    acc = 0.0
+    if ngroups == 1:
+        for i in range(nints):
+            acc += dloc[i, 0] / one_group_time
+        return acc / nints
+    for i in range(nints):
+        if is_0th[i]:
+            rate = dloc[i, 0] / one_group_time
+        else:
+            n = 0
+            prev = np.nan if qloc[i, 0] & DO_NOT_USE else dloc[i, 0] / group_time
+            first = prev
+            for g in range(1, ngroups):
+                cur = np.nan if qloc[i, g] & DO_NOT_USE else dloc[i, g] / group_time
+                if not (qloc[i, g] & JUMP_DET):
+                    diff = cur - prev
+                    if not math.isnan(diff):
+                        buf[n] = diff
+                        n += 1
+                prev = cur
+            if n == 0 and not math.isnan(first):
+                buf[0] = first
+                n = 1
+            rate = _nan_median_sorted_insert(buf, n)
+        if math.isnan(rate):
+            rate = 0.0
+        acc += rate
+    return acc / nints
+
+
+@njit(**_JIT)
+def _add_segment(start, end, starts, lens, nseg, maxlen):
+    length = end - start
+    if length == 1 and maxlen > 1:
+        return nseg, maxlen
+    starts[nseg] = start
+    lens[nseg] = length
+    return nseg + 1, max(maxlen, length)
+
+
+@njit(**_JIT)
+def find_segments(q, starts, lens):
+    """Cut one integration's group DQ ``q`` into segments; return their number.
+
+    A segment is a run of groups whose DQ is 0 apart from PERSISTENCE; a run
+    preceded by a group flagged only JUMP_DET starts at that group. Segments
+    of one group are dropped when a longer one exists; when all are one group
+    long only the first is kept. ``starts``/``lens`` receive the segments.
+    """
+    ngroups = q.shape[0]
+    nseg = 0
+    maxlen = 0
+    start = 0
+    in_seg = False
+    for g in range(ngroups):
+        if q[g] & NOT_PERSISTENCE == 0:
+            if not in_seg:
+                start = g
+                if g > 0 and (q[g - 1] & NOT_PERSISTENCE) == JUMP_DET:
+                    start = g - 1
+                in_seg = True
+        elif in_seg:
+            nseg, maxlen = _add_segment(start, g, starts, lens, nseg, maxlen)
+            in_seg = False
+    if in_seg:
+        nseg, maxlen = _add_segment(start, ngroups, starts, lens, nseg, maxlen)
+    if nseg < 2:
+        return nseg
+    if maxlen < 2:
+        return 1
+    kept = 0
+    for s in range(nseg):
+        if lens[s] > 1:
+            starts[kept] = starts[s]
+            lens[kept] = lens[s]
+            kept += 1
+    return kept
+
+
+@njit(**_JIT)
+def snr_index(d, gain, rnoise):
+    """Index into SNR_POWERS for a segment whose last-minus-first signal is ``d`` DN."""
+    den = rnoise * rnoise + d * gain
+    snr = 0.0
+    if den > 0.0 and gain != 0.0:
+        snr = d * gain / math.sqrt(den)
+        if snr < 0.0:
+            snr = 0.0
+    # NaN compares false everywhere and lands on the last exponent, as in stcal
+    for k in range(5):
+        if snr < SNR_BOUNDS[k]:
+            return k
+    return 5
+
+
+@njit(**_JIT)
+def fit_segment(d, start, n, gain, rnoise, rate_est, dark, group_time, len1_time, wtab):
+    """Fit one segment of ``n`` groups from ``start`` of ramp ``d`` (DN).
+
+    Returns ``(slope, var_poisson, var_rnoise)`` in DN/s and (DN/s)**2.
+    One group: that group over ``len1_time``; two groups: their difference over
+    ``group_time``; more: least squares with optimal weights ``wtab``.
+    """
+    if n == 1:
+        t = len1_time
+        slope = d[start] / t
+        nvar = 1.0
+    elif n == 2:
+        t = group_time
+        slope = (d[start + 1] - d[start]) / t
+        nvar = 1.0
+    else:
+        t = group_time * (n - 1)
+        w = wtab[n, snr_index(d[start + n - 1] - d[start], gain, rnoise)]
+        sw = sx = sxx = sy = sxy = 0.0
+        for g in range(n):
+            x = float(start + g)
+            y = d[start + g]
+            if math.isnan(y):
+                y = 0.0
+            wx = w[g] * x
+            sw += w[g]
+            sx += wx
+            sxx += wx * x
+            sy += w[g] * y
+            sxy += wx * y
+        slope = (sw * sxy - sx * sy) / (sw * sxx - sx * sx) / group_time
+        if not (rnoise > 0.0):  # stcal's weights are inf/NaN then
+            slope = np.nan
+        nvar = (n * n * n - n) / 6.0
+        if not (gain > 0.0):
+            return slope, _var_poisson(rate_est, dark, t, gain), 0.0
+    rn_t = rnoise / (group_time if n > 1 else len1_time)
+    var_r = 12.0 * rn_t * rn_t / (6.0 * nvar * gain * gain)
+    return slope, _var_poisson(rate_est, dark, t, gain), var_r
+
+
+@njit(**_JIT)
+def _var_poisson(rate_est, dark, t, gain):
+    if rate_est > 0.0:
+        return (rate_est + dark) / (t * gain)
+    return dark / (t * gain)
+
+
+@njit(**_JIT)
+def combine_integration(d, q, nseg, starts, lens, gain, rnoise, rate_est, dark, group_time,
+                        len1_time, wtab, sums):
+    """Fit and combine one integration's segments; return the integration's outputs.
+
+    Segment slopes are weighted by their inverse read-noise variance (stcal
+    JP-4318). Returns ``(slope, err, var_poisson, var_rnoise)`` before
+    DQ-based invalidation, and adds ``(sum 1/var_p, sum 1/var_r,
+    sum slope/var_r)`` to ``sums`` for the exposure-level combination.
+    """
+    inv_p = inv_r = inv_e = num = 0.0
+    for s in range(nseg):
+        slope, vp, vr = fit_segment(d, starts[s], lens[s], gain, rnoise, rate_est, dark,
+                                    group_time, len1_time, wtab)
+        inv_r += 1.0 / vr
+        if vp > 0.0:
+            inv_p += 1.0 / vp
+        inv_e += 1.0 / (vp + vr)
+        num += slope / vr
+    var_p = 1.0 / inv_p if inv_p > 0.0 else 0.0
+    if var_p >= LARGE_VARIANCE:
+        var_p = 0.0
+    var_r = 1.0 / inv_r
+    if var_r >= LARGE_VARIANCE:
+        var_r = 0.0
+    var_e = 1.0 / inv_e
+    err = 0.0 if var_e > LARGE_VARIANCE else math.sqrt(var_e)
+    if inv_p > 0.0:
+        sums[0] += inv_p
+    sums[1] += inv_r
+    sums[2] += num
+    return num * var_r, err, var_p, var_r
+
+
+@njit(**_JIT)
+def finish_rate(sums, dq, nints, n_dnu, n_sat, any_sat, out, p):
+    """Write the exposure-level rate of pixel ``p`` from the summed inverses."""
+    if n_dnu == nints:
+        dq |= DO_NOT_USE
+    if n_sat == nints:
+        dq |= SATURATED
+    var_p = 1.0 / sums[0] if sums[0] > 0.0 else 0.0
+    if var_p >= LARGE_VARIANCE or var_p < 0.0:
+        var_p = 0.0
+    var_r = 1.0 / sums[1] if sums[1] > 0.0 else 0.0
+    if var_r >= LARGE_VARIANCE:
+        var_r = 0.0
+    slope = sums[2] * var_r
+    err = math.sqrt(var_p + var_r)
+    if dq & INVALID:
+        slope = np.nan
+        var_p = var_r = err = 0.0
+    if any_sat:
+        dq |= SATURATED
+    out[SLOPE, p] = slope
+    out[ERR, p] = err
+    out[VAR_POISSON, p] = var_p
+    out[VAR_RNOISE, p] = var_r
+    return dq
+
+
+@njit(**_JIT)
+def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_time, nframes,
+                     suppress, wtab, rate_out, rate_dq, ints_out, ints_dq):
+    """OLS ramp fit of every pixel (stcal OLS_C, optimal weighting).
+
+    Parameters
+    ----------
+    data : float32 (nints, ngroups, npix)
+        Ramps in DN (bias removed).
+    gdq : uint8 (nints, ngroups, npix)
+        Group DQ.
+    pixeldq : uint32 (npix,)
+        Pixel DQ.
+    gain : float32 (npix,)
+        Gain in e-/DN; pixels with gain <= 0 or NaN are flagged
+        DO_NOT_USE | NO_GAIN_VALUE.
+    rnoise : float32 (npix,)
+        Read noise scaled as stcal does, ``readnoise * gain / sqrt(2 nframes)``.
+    dark : float32 (npix,)
+        Dark current in DN/s (added to the Poisson variance).
+    group_time, frame_time : float
+        Seconds.
+    nframes : int
+        Frames per group.
+    suppress : bool
+        Suppress integrations with a single good group.
+    wtab : float64 array from :func:`weight_table`.
+    rate_out : float32 (5, npix), out
+        Rows SLOPE, ERR, VAR_POISSON, VAR_RNOISE (row DQ_PLANE untouched).
+    rate_dq : uint32 (npix,), out
+    ints_out : float32 (5, nints, npix), out
+    ints_dq : uint32 (nints, npix), out
+    """
+    nints, ngroups, npix = data.shape
+    one_group_time = (nframes + 1.0) * frame_time / 2.0
+    dloc = np.empty((nints, ngroups), np.float64)
+    qloc = np.empty((nints, ngroups), np.uint8)
+    stats = np.empty((nints, 5), np.int64)
+    is_0th = np.empty(nints, np.bool_)
+    buf = np.empty(max(ngroups, 1), np.float64)
+    starts = np.empty(ngroups, np.int64)
+    lens = np.empty(ngroups, np.int64)
+    sums = np.empty(3, np.float64)
+    for p in range(npix):
+        load_pixel(data, gdq, p, suppress, dloc, qloc, stats)
+        g = np.float64(gain[p])
+        pdq = np.int64(pixeldq[p])  # int64 arithmetic, stored as uint32
+        if not (g > 0.0):
+            pdq |= DO_NOT_USE | NO_GAIN_VALUE
+        rdq = pdq
+        for i in range(nints):
+            is_0th[i] = (not suppress) and stats[i, 2] == 1 and qloc[i, 0] == 0
+            if stats[i, 0]:
+                rdq |= JUMP_DET
+            if stats[i, 1]:
+                rdq |= PERSISTENCE
+        rate_est = median_rate(dloc, qloc, is_0th, group_time, one_group_time, buf)
+        sums[:] = 0.0
+        n_dnu = n_sat = 0
+        for i in range(nints):
+            idq = pdq
+            if stats[i, 0]:
+                idq |= JUMP_DET
+            if stats[i, 1]:
+                idq |= PERSISTENCE
+            slope = np.nan if qloc[i, 0] & SATURATED else 0.0
+            err = var_p = var_r = 0.0
+            if qloc[i, 0] & SATURATED:
+                idq |= INVALID
+            if stats[i, 3] == ngroups:
+                idq |= DO_NOT_USE
+                if stats[i, 4] == ngroups:
+                    idq |= SATURATED
+            elif not (qloc[i, 0] & SATURATED):
+                nseg = find_segments(qloc[i], starts, lens)
+                if nseg > 0:
+                    len1_time = one_group_time if is_0th[i] else group_time
+                    slope, err, var_p, var_r = combine_integration(
+                        dloc[i], qloc[i], nseg, starts, lens, g, np.float64(rnoise[p]),
+                        rate_est, np.float64(dark[p]), group_time, len1_time, wtab, sums)
+                    if idq & INVALID:
+                        slope = np.nan
+                        err = var_p = var_r = 0.0
+            if idq & DO_NOT_USE:
+                n_dnu += 1
+                slope = np.nan
+            if idq & SATURATED:
+                n_sat += 1
+                slope = np.nan
+            if stats[i, 4] > 0:
+                idq |= SATURATED
+            ints_out[SLOPE, i, p] = slope
+            ints_out[ERR, i, p] = err
+            ints_out[VAR_POISSON, i, p] = var_p
+            ints_out[VAR_RNOISE, i, p] = var_r
+            ints_dq[i, p] = idq
+        any_sat = False
+        for i in range(nints):
+            any_sat |= stats[i, 4] > 0
+        rate_dq[p] = finish_rate(sums, rdq, nints, n_dnu, n_sat, any_sat, rate_out, p)

@@ -1,0 +1,261 @@
+"""Ramp fitting: ordinary least squares with optimal weighting (stcal ``OLS_C``).
+
+Layers (see ``shared/STYLE.md``): :func:`fit_block` fits one in-memory chunk
+with the numba kernel in :mod:`daskcal.detector._kernels_ramp_fit`;
+:func:`_fit_graph` maps it over pixel chunks with one ``map_blocks`` whose output
+stacks every product plane on a new leading axis; :func:`fit_ramps` validates
+the input and slices that one array into the ``rate`` and ``rateints``
+datasets, so both share a single computation.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from daskcal.detector import _kernels_ramp_fit as _k
+from daskcal.detector._common import (
+    PIX_DIMS,
+    as_dask,
+    check_reference_values,
+    pixel_chunked,
+    validate_ramps,
+)
+
+__all__ = ["RampFitResult", "fit_ramps", "fit_block"]
+
+#: Product variables, in the order of their planes in the stacked block output.
+PRODUCT_NAMES = ("data", "err", "dq", "var_poisson", "var_rnoise")
+_UNITS = {
+    "data": "DN/s",
+    "err": "DN/s",
+    "dq": "",
+    "var_poisson": "DN2/s2",
+    "var_rnoise": "DN2/s2",
+}
+_CARRIED_ATTRS = ("group_time", "frame_time", "nframes", "groupgap")
+
+
+@dataclass(frozen=True)
+class RampFitResult:
+    """Products of :func:`fit_ramps` (lazy, dask-backed).
+
+    Attributes
+    ----------
+    rate : xarray.Dataset
+        Exposure-level products on ``(y, x)``: ``data`` (DN/s, float32),
+        ``err`` (DN/s), ``dq`` (uint32), ``var_poisson`` and ``var_rnoise``
+        ((DN/s)**2).
+    rateints : xarray.Dataset
+        The same names per integration, on ``(integration, y, x)``.
+
+    Notes
+    -----
+    Both datasets are slices of one dask array, so computing them together
+    (``dask.compute(result.rate, result.rateints)``) fits every chunk once.
+    """
+
+    rate: xr.Dataset
+    rateints: xr.Dataset
+
+
+@functools.lru_cache(maxsize=32)
+def _weights(ngroups: int) -> np.ndarray:
+    table = _k.weight_table(ngroups)
+    table.flags.writeable = False
+    return table
+
+
+def n_planes(nints: int) -> int:
+    """Number of planes :func:`fit_block` stacks: 5 rate planes + 5 per integration."""
+    return len(PRODUCT_NAMES) * (1 + nints)
+
+
+def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, frame_time, nframes,
+              suppress_one_group):
+    """Fit the ramps of one in-memory chunk (block layer).
+
+    Parameters
+    ----------
+    data : ndarray (nints, ngroups, ny, nx)
+        Ramps in DN, bias removed.
+    groupdq : ndarray (nints, ngroups, ny, nx), integer
+        Group DQ (JWST bits; must fit in uint8).
+    pixeldq : ndarray (ny, nx), integer
+        Pixel DQ.
+    gain : ndarray (ny, nx)
+        e-/DN.
+    readnoise : ndarray (ny, nx)
+        CDS read noise in DN.
+    dark : ndarray (ny, nx)
+        Dark current in DN/s (zeros for none).
+    group_time, frame_time : float
+        Seconds.
+    nframes : int
+        Frames averaged per group.
+    suppress_one_group : bool
+        Treat integrations with a single good group as having none.
+
+    Returns
+    -------
+    ndarray, float32 (5 * (1 + nints), ny, nx)
+        Planes ``PRODUCT_NAMES`` for the rate, then for each name the
+        ``nints`` rateints planes. The ``dq`` planes hold uint32 bit patterns
+        (read them with ``.view(np.uint32)``).
+    """
+    nints, ngroups, ny, nx = data.shape
+    npix = ny * nx
+    flat = (nints, ngroups, npix)
+    d = np.ascontiguousarray(data, dtype=np.float32).reshape(flat)
+    q = np.ascontiguousarray(groupdq, dtype=np.uint8).reshape(flat)
+    g32 = np.asarray(gain, dtype=np.float32).reshape(npix)
+    # stcal scales the CDS read noise to a single read in electrons, in float64,
+    # and stores the result in its float32 read-noise array.
+    scale = g32.astype(np.float64) / np.sqrt(2.0 * nframes)
+    rn = (np.asarray(readnoise, dtype=np.float32).reshape(npix) * scale).astype(np.float32)
+    out = np.empty((n_planes(nints), npix), dtype=np.float32)
+    rate = out[: len(PRODUCT_NAMES)]
+    ints = out[len(PRODUCT_NAMES):].reshape(len(PRODUCT_NAMES), nints, npix)
+    _k.fit_ramps_kernel(
+        d, q,
+        np.ascontiguousarray(pixeldq, dtype=np.uint32).reshape(npix),
+        g32, rn,
+        np.ascontiguousarray(dark, dtype=np.float32).reshape(npix),
+        float(np.float32(group_time)), float(np.float32(frame_time)), int(nframes),
+        bool(suppress_one_group and ngroups > 1), _weights(ngroups),
+        rate, rate[_k.DQ_PLANE].view(np.uint32), ints, ints[_k.DQ_PLANE].view(np.uint32),
+    )
+    return out.reshape(n_planes(nints), ny, nx)
+
+
+def _fit_graph(data, groupdq, pixeldq, gain, readnoise, dark, **params) -> da.Array:
+    """One ``map_blocks`` over pixel chunks; returns the stacked float32 planes (graph layer)."""
+    nints = data.shape[0]
+    return da.map_blocks(
+        fit_block,
+        data, groupdq, pixeldq, gain, readnoise, dark,
+        drop_axis=(0, 1),
+        new_axis=0,
+        chunks=((n_planes(nints),), *data.chunks[2:]),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+        name="fit-ramps",
+        **params,
+    )
+
+
+def _dark_array(dark_current, ramps: xr.Dataset) -> xr.DataArray:
+    """Dark current (DN/s) as a (y, x) DataArray chunked like ``ramps`` (pixel-chunked)."""
+    ny, nx = ramps["data"].shape[2:]
+    if dark_current is None:
+        dark_current = 0.0
+    if np.ndim(dark_current) == 0:
+        value = float(dark_current)
+        if not np.isfinite(value):
+            msg = f"dark_current must be finite (DN/s); got {dark_current!r}"
+            raise ValueError(msg)
+        arr = da.full((ny, nx), value, dtype=np.float32, chunks=ramps["data"].data.chunks[2:])
+        return xr.DataArray(arr, dims=PIX_DIMS)
+    if not isinstance(dark_current, xr.DataArray) or tuple(dark_current.dims) != PIX_DIMS:
+        msg = f"dark_current must be a number or an xarray.DataArray on {PIX_DIMS} (DN/s); got {type(dark_current).__name__}"
+        raise TypeError(msg)
+    if dark_current.shape != (ny, nx):
+        msg = f"dark_current must have shape {(ny, nx)}; got {dark_current.shape}"
+        raise ValueError(msg)
+    return dark_current
+
+
+def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_current=None) -> RampFitResult:
+    """Fit count rates to up-the-ramp data (OLS with optimal weighting).
+
+    Reproduces stcal 1.20's default ``OLS_C`` ramp fitter as jwst calls it
+    (``weighting="optimal"``): segments between jumps and saturation are
+    fitted with Fixsen et al. (2000) weights, combined with inverse read-noise
+    variance weights into integrations and the exposure, with Poisson variance
+    from the median first-difference rate.
+
+    Parameters
+    ----------
+    ramps : xarray.Dataset
+        Ramp dataset: ``data(integration, group, y, x)`` in DN with the bias
+        removed and jumps flagged in ``groupdq``; ``pixeldq``, ``gain``
+        (e-/DN) and ``readnoise`` (DN, CDS) on ``(y, x)``; attrs
+        ``group_time``, ``frame_time`` (s), ``nframes``, ``groupgap``.
+        Numpy- or dask-backed; dask chunks are kept in ``y``/``x``
+        (numpy input is cut into 512x512 pixel chunks).
+    suppress_one_group : bool, default True
+        Treat integrations with only one good group as unusable
+        (jwst's default). Ignored with one group per integration.
+    dark_current : float or xarray.DataArray on (y, x), optional
+        Dark current in DN/s added to the Poisson variance. Default none (0).
+
+    Returns
+    -------
+    RampFitResult
+        Lazy ``rate`` and ``rateints`` datasets (see :class:`RampFitResult`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a malformed dataset, read noise that is negative or not finite, a
+        gain with no positive finite value, or a bad ``dark_current``; checked
+        before any ramp is read.
+
+    Notes
+    -----
+    Pixels that cannot be fitted (fully saturated, all groups DO_NOT_USE,
+    gain <= 0 or NaN) get NaN with DO_NOT_USE in ``dq`` and zero variances,
+    as stcal gives them. Unlike stcal, a chunk (or image) whose every pixel is
+    saturated in the first group still returns per-pixel products instead of
+    ``None``. ``CHARGELOSS`` read-noise recomputation is not done.
+    """
+    validate_ramps(ramps, require=("gain", "readnoise"))
+    check_reference_values(ramps, ("gain", "readnoise"))
+    if not isinstance(suppress_one_group, (bool, np.bool_)):
+        msg = f"suppress_one_group must be True or False; got {suppress_one_group!r}"
+        raise TypeError(msg)
+    ds = pixel_chunked(ramps)
+    dark = _dark_array(dark_current, ds)
+    data = ds["data"].data
+    cyx = data.chunks[2:]
+
+    def yx(arr) -> da.Array:
+        arr = as_dask(arr)
+        return arr.rechunk(cyx)
+
+    params = {
+        "group_time": float(ramps.attrs["group_time"]),
+        "frame_time": float(ramps.attrs["frame_time"]),
+        "nframes": int(ramps.attrs["nframes"]),
+        "suppress_one_group": bool(suppress_one_group),
+    }
+    stacked = _fit_graph(
+        data, ds["groupdq"].data.rechunk(data.chunks),
+        yx(ds["pixeldq"]), yx(ds["gain"]), yx(ds["readnoise"]), yx(dark), **params,
+    )
+    return _products(stacked, ramps)
+
+
+def _products(stacked: da.Array, ramps: xr.Dataset) -> RampFitResult:
+    nints = ramps.sizes["integration"]
+    nvar = len(PRODUCT_NAMES)
+    coords = {k: v for k, v in ramps.coords.items() if set(v.dims) <= set(PIX_DIMS)}
+    icoords = {k: v for k, v in ramps.coords.items() if set(v.dims) <= {"integration", *PIX_DIMS}}
+    attrs = {k: ramps.attrs[k] for k in _CARRIED_ATTRS if k in ramps.attrs}
+    rate, rateints = {}, {}
+    for k, name in enumerate(PRODUCT_NAMES):
+        plane = stacked[k]
+        planes = stacked[nvar + k * nints: nvar + (k + 1) * nints]
+        if name == "dq":
+            plane, planes = plane.view(np.uint32), planes.view(np.uint32)
+        var_attrs = {"units": _UNITS[name]} if _UNITS[name] else {}
+        rate[name] = xr.Variable(PIX_DIMS, plane, var_attrs)
+        rateints[name] = xr.Variable(("integration", *PIX_DIMS), planes, var_attrs)
+    return RampFitResult(
+        rate=xr.Dataset(rate, coords=coords, attrs=dict(attrs, product="rate")),
+        rateints=xr.Dataset(rateints, coords=icoords, attrs=dict(attrs, product="rateints")),
+    )
