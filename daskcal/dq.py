@@ -53,4 +53,4 @@ class DQ(enum.IntFlag):
 
 def dq_dict() -> dict[str, int]:
     """Return ``{name: value}`` for every flag, the mapping stcal calls ``dqflags``."""
-    return {flag.name: int(flag.value) for flag in DQ}
+    return {name: int(flag.value) for name, flag in DQ.__members__.items()}
