@@ -1,0 +1,171 @@
+"""detector1 benchmark: stcal 1.20's chain and daskcal side by side on the same cube.
+
+Run by hand (not a test)::
+
+    python benchmarks/bench_detector1.py            # (1, 10, 2048, 2048), plus the 4x cube for memory
+    python benchmarks/bench_detector1.py --quick     # (1, 10, 1024, 1024), no 4x cube
+
+Each measurement runs in a fresh process. Throughput is nints*ngroups*ny*nx / 1e6 / seconds
+(Mpix*groups/s) for saturation + superbias + jump + ramp fit. daskcal's time includes
+reading the ramps from Zarr and writing rate and rateints to Zarr; stcal's is the chain
+alone on arrays already in memory. Peak memory is the process's maximum RSS; for daskcal
+we also report the growth over the RSS measured just before the run (imports and compiled
+kernels loaded), which is what the chunking bounds. Results go to
+benchmarks/results/detector1.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+RESULTS = HERE / "results" / "detector1.txt"
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare(shape, path: Path, chunks) -> None:
+    from daskcal import save, simulate
+
+    if path.exists():
+        return
+    sim = simulate(shape, seed=0, chunks=chunks)
+    save(sim.ramps, path)
+
+
+def run_stcal(path: str) -> dict:
+    import warnings
+
+    import numpy as np
+
+    from daskcal import open_ramps
+    from daskcal.testing import stcal_detector1
+
+    warnings.simplefilter("ignore")
+    ramps = open_ramps(path).compute()
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    rate, _ = stcal_detector1(ramps)
+    dt = time.perf_counter() - t0
+    np.savez(Path(path).with_suffix(".stcal.npz"), **rate)
+    return {"seconds": dt, "peak_mb": _peak_mb(), "base_mb": base}
+
+
+def run_daskcal(path: str, threads: int, chunks) -> dict:
+    import dask
+
+    from daskcal import detector1, open_ramps, simulate
+    from daskcal.io._atomic import save_products
+
+    # compile (numba cache) and import everything before measuring
+    warm = simulate((1, 4, 32, 32), seed=1)
+    with dask.config.set(scheduler="synchronous"):
+        detector1(warm.ramps).rate.compute()
+    ramps = open_ramps(path, chunks=chunks)
+    result = detector1(ramps)
+    base = _rss_mb()
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp, dask.config.set(scheduler="threads", num_workers=threads):
+        t0 = time.perf_counter()
+        paths = save_products({"rate": result.rate, "rateints": result.rateints}, Path(tmp) / "products")
+        dt = time.perf_counter() - t0
+        import numpy as np
+        import xarray as xr
+
+        with xr.open_zarr(paths["rate"], consolidated=False) as rate:
+            np.savez(Path(path).with_suffix(f".daskcal{threads}.npz"), **{k: rate[k].values for k in rate.data_vars})
+    return {"seconds": dt, "peak_mb": _peak_mb(), "base_mb": base}
+
+
+def _child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(path: Path, threads: int) -> str:
+    import numpy as np
+
+    ref = np.load(path.with_suffix(".stcal.npz"))
+    ours = np.load(path.with_suffix(f".daskcal{threads}.npz"))
+    lines = []
+    for name in ("data", "err", "var_poisson", "var_rnoise"):
+        a, b = ours[name].astype(np.float64), ref[name].astype(np.float64)
+        same_nan = np.array_equal(np.isnan(a), np.isnan(b))
+        ok = np.isfinite(a) & np.isfinite(b)
+        rel = np.abs(a[ok] - b[ok]) / np.maximum(np.abs(b[ok]), 1e-6)
+        lines.append(f"  {name}: max rel diff {rel.max():.2e}, pixels > 1e-4: {(rel > 1e-4).sum()}, NaN pattern equal: {same_nan}")
+    lines.append(f"  dq: differing pixels {(ours['dq'] != ref['dq']).sum()} of {ref['dq'].size}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--chunks", type=int, nargs=2, default=(512, 512))
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    chunks = tuple(args.chunks)
+    if args.child:
+        kind, path, *rest = args.child
+        res = run_stcal(path) if kind == "stcal" else run_daskcal(path, int(rest[0]), chunks)
+        print(json.dumps(res))
+        return
+
+    OUT.mkdir(exist_ok=True)
+    n = 1024 if args.quick else 2048
+    shape = (1, 10, n, n)
+    cube = OUT / f"ramps_{n}.zarr"
+    prepare(shape, cube, chunks)
+    mpg = shape[0] * shape[1] * n * n / 1e6
+    ch = ["--chunks", *map(str, chunks)]
+    lines = [f"# detector1 benchmark, {time.strftime('%Y-%m-%d %H:%M')}, cube {shape}, chunks {chunks}, "
+             f"{os.cpu_count()} cores", f"# command: python benchmarks/bench_detector1.py {' '.join(sys.argv[1:])}"]
+    st = _child(["--child", "stcal", str(cube), *ch])
+    d1 = _child(["--child", "daskcal", str(cube), "1", *ch])
+    d2 = _child(["--child", "daskcal", str(cube), "2", *ch])
+    for name, r in (("stcal chain, 1 process", st), ("daskcal, 1 thread", d1), ("daskcal, 2 threads", d2)):
+        lines.append(f"{name:24s}: {r['seconds']:7.2f} s  {mpg / r['seconds']:7.1f} Mpix*groups/s  "
+                     f"peak RSS {r['peak_mb']:7.0f} MB  (growth over pre-run RSS {r['peak_mb'] - r['base_mb']:6.0f} MB)")
+    lines.append(f"daskcal 1 thread vs stcal per core: {st['seconds'] / d1['seconds']:.2f}x")
+    lines.append(f"daskcal 2 threads vs 1 thread:      {d1['seconds'] / d2['seconds']:.2f}x")
+    chunk_in = 10 * chunks[0] * chunks[1] * (4 + 1) + chunks[0] * chunks[1] * (4 * 4 + 4)
+    lines.append(f"one chunk's inputs: {chunk_in / 2**20:.1f} MB; 3 x that x 2 threads = {6 * chunk_in / 2**20:.0f} MB")
+    lines.append("parity with stcal (2-thread run):")
+    lines.append(compare(cube, 2))
+    if not args.quick:
+        big = OUT / f"ramps_{2 * n}.zarr"
+        prepare((1, 10, 2 * n, 2 * n), big, chunks)
+        d4 = _child(["--child", "daskcal", str(big), "2", *ch])
+        lines.append(f"daskcal, 2 threads, 4x pixels {(1, 10, 2 * n, 2 * n)}: {d4['seconds']:.2f} s "
+                     f"{4 * mpg / d4['seconds']:.1f} Mpix*groups/s peak RSS {d4['peak_mb']:.0f} MB "
+                     f"(growth {d4['peak_mb'] - d4['base_mb']:.0f} MB); peak ratio 4x/1x: "
+                     f"{d4['peak_mb'] / d2['peak_mb']:.2f}, growth ratio "
+                     f"{(d4['peak_mb'] - d4['base_mb']) / (d2['peak_mb'] - d2['base_mb']):.2f}")
+    text = "\n".join(lines) + "\n"
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from daskcal.cli import main
+from daskcal.cli._main import build_parser
+from daskcal.cli._run import load_recipe
+
+
+def _subcommands():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return list(sub.choices)
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: daskcal" in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "daskcal.cli._main", "--help"], capture_output=True, text=True, check=True)
+    assert "detector1" in out.stdout
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[2] / "graphs").glob("*.toml"))
+    assert recipes
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe["steps"]
+
+
+def test_detector1_recipe_names_every_default():
+    from pathlib import Path
+
+    from daskcal.detector._pipeline import step_parameters
+
+    recipe = load_recipe(Path(__file__).parents[2] / "graphs" / "detector1.toml")
+    for step, params in step_parameters().items():
+        assert recipe["steps"][step] == pytest.approx(params), step
+
+
+def test_bad_recipe_is_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('pipeline = "detector2"\n')
+    with pytest.raises(ValueError, match="'pipeline' must be one of"):
+        load_recipe(bad)
+    bad.write_text('pipeline = "detector1"\n[steps.jump]\nrejection_treshold = 3\n')
+    assert main(["run", str(bad), str(tmp_path / "in.zarr"), str(tmp_path / "out")]) == 2
+
+
+def test_simulate_then_detector1_from_the_command_line(tmp_path, capsys):
+    ramps = tmp_path / "ramps.zarr"
+    assert main(["simulate", str(ramps), "--shape", "1", "5", "48", "40", "--chunks", "20", "20"]) == 0
+    out = tmp_path / "out"
+    code = main(["run", "graphs/detector1.toml", str(ramps), str(out), "--workers", "1", "--no-progress", "--fits"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "dashboard:" in text and "rate:" in text
+    rate = xr.open_zarr(out / "rate.zarr", consolidated=False)
+    assert rate["data"].shape == (48, 40)
+    assert np.isfinite(rate["data"].values).mean() > 0.99
+    assert (out / "rate.fits").exists() and (out / "rateints.fits").exists()
+    # the output exists now: a second run without --overwrite refuses and keeps it
+    assert main(["detector1", str(ramps), str(out), "--workers", "1", "--no-progress"]) == 2
+    assert (out / "rate.zarr").exists()
+
+
+def test_detector1_refuses_fits_input(tmp_path, capsys):
+    assert main(["detector1", str(tmp_path / "x_uncal.fits"), str(tmp_path / "o")]) == 2
+    assert "daskcal ingest" in capsys.readouterr().err
