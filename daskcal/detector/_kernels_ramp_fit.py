@@ -49,6 +49,8 @@ SNR_POWERS = (0.0, 0.4, 1.0, 3.0, 6.0, 10.0)
 SLOPE, ERR, DQ_PLANE, VAR_POISSON, VAR_RNOISE = 0, 1, 2, 3, 4
 
 _JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
+# helpers are inlined into the pixel loop (numba IR inlining avoids per-call array refcounting)
+_JIT_INLINE = dict(_JIT, inline="always")
 
 
 def weight_table(ngroups: int) -> np.ndarray:
@@ -67,7 +69,7 @@ def weight_table(ngroups: int) -> np.ndarray:
     return table
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def load_pixel(data, gdq, p, suppress, dloc, qloc, stats):
     """Gather pixel ``p`` into ``dloc``/``qloc`` (nints, ngroups); fill ``stats``.
 
@@ -106,25 +108,29 @@ def load_pixel(data, gdq, p, suppress, dloc, qloc, stats):
                 dloc[i, g] = data[i, g, p]
 
 
-@njit(**_JIT)
-def _nan_median_sorted_insert(buf, n):
-    """Median of the first ``n`` finite values of ``buf`` (sorted in place), NaN if none."""
-    for a in range(1, n):  # insertion sort, tiny n
-        v = buf[a]
-        b = a - 1
-        while b >= 0 and buf[b] > v:
-            buf[b + 1] = buf[b]
-            b -= 1
-        buf[b + 1] = v
+@njit(**_JIT_INLINE)
+def nan_free_median(buf, n):
+    """Median of ``buf[:n]`` (no NaN inside); NaN if ``n == 0``. May reorder ``buf``.
+
+    Short inputs use a branch-free odd-even transposition sort, longer ones
+    numpy's sort.
+    """
     if n == 0:
         return np.nan
     h = n >> 1
-    if n & 1:
-        return buf[h]
-    return (buf[h] + buf[h - 1]) / 2.0
+    if n > 16:
+        v = np.sort(buf[:n])
+        return v[h] if n & 1 else (v[h] + v[h - 1]) / 2.0
+    for rnd in range(n):  # odd-even transposition sort: branch-free min/max
+        for a in range(rnd & 1, n - 1, 2):
+            x = buf[a]
+            y = buf[a + 1]
+            buf[a] = min(x, y)
+            buf[a + 1] = max(x, y)
+    return buf[h] if n & 1 else (buf[h] + buf[h - 1]) / 2.0
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def median_rate(dloc, qloc, is_0th, group_time, one_group_time, buf):
     """Mean over integrations of the median first-difference rate (DN/s).
 
@@ -136,6 +142,7 @@ def median_rate(dloc, qloc, is_0th, group_time, one_group_time, buf):
     integration the result is the mean of the first groups over ``one_group_time``.
     """
     nints, ngroups = qloc.shape
+    inv_t = 1.0 / group_time
     acc = 0.0
     if ngroups == 1:
         for i in range(nints):
@@ -146,27 +153,26 @@ def median_rate(dloc, qloc, is_0th, group_time, one_group_time, buf):
             rate = dloc[i, 0] / one_group_time
         else:
             n = 0
-            prev = np.nan if qloc[i, 0] & DO_NOT_USE else dloc[i, 0] / group_time
+            prev = np.nan if qloc[i, 0] & DO_NOT_USE else dloc[i, 0] * inv_t
             first = prev
-            for g in range(1, ngroups):
-                cur = np.nan if qloc[i, g] & DO_NOT_USE else dloc[i, g] / group_time
-                if not (qloc[i, g] & JUMP_DET):
-                    diff = cur - prev
-                    if not math.isnan(diff):
-                        buf[n] = diff
-                        n += 1
+            for g in range(1, ngroups):  # branch-free: write always, count the usable
+                q = qloc[i, g]
+                cur = np.nan if q & DO_NOT_USE else dloc[i, g] * inv_t
+                diff = cur - prev
+                buf[n] = diff
+                n += (q & JUMP_DET == 0) & (diff == diff)
                 prev = cur
             if n == 0 and not math.isnan(first):
                 buf[0] = first
                 n = 1
-            rate = _nan_median_sorted_insert(buf, n)
+            rate = nan_free_median(buf, n)
         if math.isnan(rate):
             rate = 0.0
         acc += rate
     return acc / nints
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def _add_segment(start, end, starts, lens, nseg, maxlen):
     length = end - start
     if length == 1 and maxlen > 1:
@@ -176,7 +182,7 @@ def _add_segment(start, end, starts, lens, nseg, maxlen):
     return nseg + 1, max(maxlen, length)
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def find_segments(q, starts, lens):
     """Cut one integration's group DQ ``q`` into segments; return their number.
 
@@ -215,7 +221,7 @@ def find_segments(q, starts, lens):
     return kept
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def snr_index(d, gain, rnoise):
     """Index into SNR_POWERS for a segment whose last-minus-first signal is ``d`` DN."""
     den = rnoise * rnoise + d * gain
@@ -225,13 +231,20 @@ def snr_index(d, gain, rnoise):
         if snr < 0.0:
             snr = 0.0
     # NaN compares false everywhere and lands on the last exponent, as in stcal
-    for k in range(5):
-        if snr < SNR_BOUNDS[k]:
-            return k
+    if snr < 5.0:
+        return 0
+    if snr < 10.0:
+        return 1
+    if snr < 20.0:
+        return 2
+    if snr < 50.0:
+        return 3
+    if snr < 100.0:
+        return 4
     return 5
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def fit_segment(d, start, n, gain, rnoise, rate_est, dark, group_time, len1_time, wtab):
     """Fit one segment of ``n`` groups from ``start`` of ramp ``d`` (DN).
 
@@ -273,14 +286,14 @@ def fit_segment(d, start, n, gain, rnoise, rate_est, dark, group_time, len1_time
     return slope, _var_poisson(rate_est, dark, t, gain), var_r
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def _var_poisson(rate_est, dark, t, gain):
     if rate_est > 0.0:
         return (rate_est + dark) / (t * gain)
     return dark / (t * gain)
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def combine_integration(d, q, nseg, starts, lens, gain, rnoise, rate_est, dark, group_time,
                         len1_time, wtab, sums):
     """Fit and combine one integration's segments; return the integration's outputs.
@@ -314,7 +327,7 @@ def combine_integration(d, q, nseg, starts, lens, gain, rnoise, rate_est, dark, 
     return num * var_r, err, var_p, var_r
 
 
-@njit(**_JIT)
+@njit(**_JIT_INLINE)
 def finish_rate(sums, dq, nints, n_dnu, n_sat, any_sat, out, p):
     """Write the exposure-level rate of pixel ``p`` from the summed inverses."""
     if n_dnu == nints:
