@@ -1,0 +1,262 @@
+"""The output (mosaic) grid: a TAN gwcs built from input footprints, and a size check.
+
+Follows the reference recipe (``stcal.alignment.util.wcs_from_sregions``): the
+fiducial is the centre of the inputs' corner footprints, the pixel scale is the
+first input's scale times ``pixel_scale_ratio`` (or ``pixel_scale``), and the
+bounding box covers every input. All of it runs on the client and allocates
+nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from daskcal.image._dataset import get_wcs
+
+__all__ = ["output_wcs", "resolve_output_wcs", "check_output_size", "pixel_scale_of", "max_output_bytes"]
+
+CONFIG_KEY = "daskcal.resample.max-output-memory"
+ENV_KEY = "DASKCAL_MAX_OUTPUT_MEMORY"
+DEFAULT_MAX_OUTPUT = "256 GiB"
+
+
+def _as_wcs(item):
+    import gwcs
+
+    if isinstance(item, gwcs.WCS):
+        return item
+    return get_wcs(item)
+
+
+def _bbox(wcs, shape=None):
+    bb = wcs.bounding_box
+    if bb is not None:
+        try:
+            return tuple(tuple(float(v) for v in lim) for lim in bb.bounding_box(order="F"))
+        except AttributeError:
+            return tuple(tuple(float(v) for v in lim) for lim in bb)
+    if shape is None:
+        shape = wcs.array_shape
+    if shape is None:
+        msg = "an input WCS has neither bounding_box nor array_shape; cannot compute its footprint"
+        raise ValueError(msg)
+    return ((-0.5, shape[1] - 0.5), (-0.5, shape[0] - 0.5))
+
+
+def _footprint(wcs, shape=None):
+    (x0, x1), (y0, y1) = _bbox(wcs, shape)
+    x = np.array([x0, x1, x1, x0])
+    y = np.array([y0, y0, y1, y1])
+    ra, dec = wcs(x, y, with_bounding_box=False)
+    return np.column_stack([ra, dec])
+
+
+def _fiducial(footprints):
+    radec = np.deg2rad(np.vstack(footprints))
+    lon, lat = radec[:, 0], radec[:, 1]
+    xyz = np.array([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
+    mid = (xyz.max(axis=1) + xyz.min(axis=1)) / 2.0
+    ra = math.degrees(math.atan2(mid[1], mid[0])) % 360.0
+    dec = math.degrees(math.atan2(mid[2], math.hypot(mid[0], mid[1])))
+    return ra, dec
+
+
+def pixel_scale_of(wcs, shape=None) -> float:
+    """Pixel scale (deg/px) of a WCS at the centre of its bounding box: sqrt(sx * sy)."""
+    from astropy.coordinates import SkyCoord
+
+    (x0, x1), (y0, y1) = _bbox(wcs, shape)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    ra, dec = wcs([cx, cx + 1, cx], [cy, cy, cy + 1], with_bounding_box=False)
+    c = SkyCoord(ra, dec, unit="deg")
+    return float(math.sqrt(c[0].separation(c[1]).deg * c[0].separation(c[2]).deg))
+
+
+def _rotation_of(wcs, shape=None) -> float:
+    """Angle (deg) of a WCS's +y axis east of north at the centre of its bounding box."""
+    from astropy.coordinates import SkyCoord
+
+    (x0, x1), (y0, y1) = _bbox(wcs, shape)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    ra, dec = wcs([cx, cx], [cy, cy + 1], with_bounding_box=False)
+    c = SkyCoord(ra, dec, unit="deg")
+    return float(c[0].position_angle(c[1]).deg)
+
+
+def max_output_bytes(limit=None) -> int:
+    """The allowed output size in bytes: ``limit``, else Dask config, else environment, else 256 GiB.
+
+    Parameters
+    ----------
+    limit : int or str, optional
+        Bytes or a string such as ``"32 GiB"``. Default: Dask config
+        ``daskcal.resample.max-output-memory``, then ``$DASKCAL_MAX_OUTPUT_MEMORY``.
+    """
+    import dask
+    from dask.utils import parse_bytes
+
+    if limit is None:
+        limit = dask.config.get(CONFIG_KEY, None)
+    if limit is None:
+        limit = os.environ.get(ENV_KEY, DEFAULT_MAX_OUTPUT)
+    return int(parse_bytes(limit) if isinstance(limit, str) else limit)
+
+
+def check_output_size(shape: Sequence[int], bytes_per_pixel: float, limit=None) -> int:
+    """Raise ``ValueError`` when an output of ``shape`` would need more than the allowed bytes.
+
+    Returns the number of bytes the output planes need.
+    """
+    from dask.utils import format_bytes
+
+    ny, nx = (int(s) for s in shape)
+    need = int(ny * nx * bytes_per_pixel)
+    allowed = max_output_bytes(limit)
+    if need > allowed:
+        msg = (
+            f"the output mosaic of shape ({ny}, {nx}) would need {need} bytes ({format_bytes(need)}) "
+            f"for its planes, more than the allowed {allowed} bytes ({format_bytes(allowed)}); "
+            f"check pixel_scale/pixel_scale_ratio/output_shape, or raise the limit with max_output_memory=, "
+            f"Dask config {CONFIG_KEY!r} or ${ENV_KEY}"
+        )
+        raise ValueError(msg)
+    return need
+
+
+def output_wcs(
+    images,
+    pixel_scale: float | None = None,
+    pixel_scale_ratio: float = 1.0,
+    rotation: float | None = None,
+    crpix: Sequence[float] | None = None,
+    crval: Sequence[float] | None = None,
+    output_shape: Sequence[int] | None = None,
+    *,
+    max_output_memory=None,
+    bytes_per_pixel: float = 28.0,
+):
+    """Build the mosaic WCS covering every input.
+
+    Parameters
+    ----------
+    images : sequence of xarray.Dataset or gwcs.WCS
+        Input exposures (each with a WCS) or their WCSs.
+    pixel_scale : float, optional
+        Output pixel scale (arcsec/px). Overrides ``pixel_scale_ratio``.
+    pixel_scale_ratio : float, default 1.0
+        Output pixel scale over the first input's pixel scale (at its centre).
+    rotation : float, optional
+        Angle (deg) of the output +y axis east of north; 0 puts north up and east
+        left. Default: the orientation of the first input.
+    crpix : (float, float), optional
+        Pixel (x, y; 0-based) of the fiducial. Default: so the inputs start at pixel 0.
+    crval : (float, float), optional
+        Fiducial RA, Dec (deg). Default: the centre of the input footprints.
+    output_shape : (int, int), optional
+        ``(nx, ny)``, as the reference takes it. Default: the bounding box of all inputs.
+    max_output_memory : int or str, optional
+        Largest allowed size of the output planes; see :func:`max_output_bytes`.
+    bytes_per_pixel : float, default 28.0
+        Bytes per output pixel counted by the size check (data, wht, err, three
+        variances as float32 and one context plane).
+
+    Returns
+    -------
+    gwcs.WCS
+        TAN WCS with ``bounding_box``, ``pixel_shape`` and ``array_shape`` set.
+
+    Raises
+    ------
+    ValueError
+        No inputs, a too small or too large output.
+    """
+    import gwcs
+    from astropy.modeling import models
+
+    images = list(images)
+    if not images:
+        msg = "output_wcs needs at least one input image"
+        raise ValueError(msg)
+    wcss = [_as_wcs(im) for im in images]
+    shapes = [None if hasattr(im, "forward_transform") else tuple(im["data"].shape) for im in images]
+    footprints = [_footprint(w, s) for w, s in zip(wcss, shapes)]
+    ra0, dec0 = (float(crval[0]), float(crval[1])) if crval is not None else _fiducial(footprints)
+    if pixel_scale is not None:
+        if not pixel_scale > 0:
+            msg = f"pixel_scale must be positive (arcsec); got {pixel_scale}"
+            raise ValueError(msg)
+        scale = float(pixel_scale) / 3600.0
+    else:
+        if not pixel_scale_ratio > 0:
+            msg = f"pixel_scale_ratio must be positive; got {pixel_scale_ratio}"
+            raise ValueError(msg)
+        scale = pixel_scale_of(wcss[0], shapes[0]) * float(pixel_scale_ratio)
+    th = math.radians(_rotation_of(wcss[0], shapes[0]) if rotation is None else float(rotation))
+    pc = np.array([[-math.cos(th), math.sin(th)], [math.sin(th), math.cos(th)]])
+    core = (
+        models.Scale(scale) & models.Scale(scale)
+        | models.AffineTransformation2D(matrix=pc)
+        | models.Pix2Sky_TAN()
+        | models.RotateNative2Celestial(ra0, dec0, 180.0)
+    )
+    native = np.hstack([np.array(core.inverse(*f.T)) for f in footprints])
+    dmin, dmax = native.min(axis=1), native.max(axis=1)
+    off = -dmin if crpix is None else np.array([float(crpix[0]), float(crpix[1])])
+    if output_shape is None:
+        nx, ny = (int(v + 0.5) for v in dmax + off)
+    else:
+        nx, ny = (int(v) for v in output_shape)
+    if nx < 2 or ny < 2:
+        msg = f"the output shape (ny, nx) = ({ny}, {nx}) computed from the inputs and WCS parameters is too small"
+        raise ValueError(msg)
+    check_output_size((ny, nx), bytes_per_pixel, max_output_memory)
+    fwd = models.Shift(-off[0]) & models.Shift(-off[1]) | core
+    ref = wcss[0]
+    w = gwcs.WCS([(ref.input_frame, fwd), (ref.output_frame, None)])
+    w.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    w.pixel_shape = (nx, ny)
+    return w
+
+
+def resolve_output_wcs(images, output_wcs_arg=None, **wcs_args):
+    """The output WCS of a resample call: built, a gwcs given, or read from an ASDF file.
+
+    A gwcs or ASDF file (``wcs`` key) without ``array_shape`` takes its shape from
+    ``output_shape`` (nx, ny) or its bounding box. Returns a copy; the caller's
+    object is not modified.
+    """
+    import copy
+
+    import gwcs
+
+    if output_wcs_arg is None:
+        return output_wcs(images, **wcs_args)
+    if isinstance(output_wcs_arg, (str, os.PathLike)):
+        import asdf
+
+        with asdf.open(output_wcs_arg, lazy_load=False, memmap=False) as af:
+            if "wcs" not in af.tree:
+                msg = f"ASDF file {str(output_wcs_arg)!r} has no 'wcs' key at its root"
+                raise ValueError(msg)
+            w = copy.deepcopy(af.tree["wcs"])
+    elif isinstance(output_wcs_arg, gwcs.WCS):
+        w = copy.deepcopy(output_wcs_arg)
+    else:
+        msg = f"output_wcs must be None, a gwcs.WCS or an ASDF file path; got {type(output_wcs_arg).__name__}"
+        raise TypeError(msg)
+    shape = wcs_args.get("output_shape")
+    if shape is not None:
+        w.pixel_shape = (int(shape[0]), int(shape[1]))
+        w.array_shape = (int(shape[1]), int(shape[0]))
+    if w.array_shape is None:
+        if w.bounding_box is None:
+            msg = "the given output WCS has neither array_shape nor bounding_box; pass output_shape=(nx, ny)"
+            raise ValueError(msg)
+        (_, x1), (_, y1) = _bbox(w)
+        w.array_shape = (int(y1 + 0.5), int(x1 + 0.5))
+    check_output_size(w.array_shape, wcs_args.get("bytes_per_pixel", 28.0), wcs_args.get("max_output_memory"))
+    return w

@@ -1,0 +1,646 @@
+"""Resample (drizzle) many exposures into a mosaic built tile by tile.
+
+The graph (see ``docs/resample.md``):
+
+1. Each input is cut into blocks. On the client, a coarse pixel map of the
+   blocks' edges gives every block's output footprint; with a margin for the
+   kernel this is the block's *window*.
+2. One task per block drizzles it into its window (drizzle's C kernel), which
+   holds the whole footprint, so drizzle never clips the input: the result equals
+   a whole-mosaic drizzle to float rounding.
+3. For every (input, tile) pair, one task adds the windows of that input which
+   touch the tile into tile arrays and forms the input's contribution (weighted
+   sums, weights, context bits, variance sums per the reference's recipe).
+4. Contributions to a tile are merged pairwise (a tree) and finalised into the
+   output planes of the tile. Peak memory is set by the block and tile sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from daskcal.image import _driz
+from daskcal.image._dataset import VARIANCE_NAMES, get_wcs, wcs_to_text
+from daskcal.image._grid import _bbox, check_output_size, pixel_scale_of, resolve_output_wcs
+
+__all__ = ["resample", "ResampleParams", "KERNELS", "WEIGHT_TYPES"]
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
+WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime", "none")
+COMPUTE_ERR = ("from_var", "driz_err", None)
+TILE_CONFIG = "daskcal.resample.tile-memory"
+DEFAULT_TILE_MEMORY = "128 MiB"
+BYTES_PER_TILE_PIXEL = 110  # float64 sums and weights of a tile partial plus temporaries
+
+
+def _parse_good_bits(good_bits):
+    from astropy.nddata.bitmask import interpret_bit_flags
+
+    from daskcal.dq import dq_dict
+
+    if good_bits is None:
+        return None
+    try:
+        return interpret_bit_flags(good_bits, flag_name_map=dq_dict())
+    except (ValueError, TypeError, KeyError) as exc:
+        msg = (
+            f"good_bits {good_bits!r} is not valid: {exc}; expected an integer, '4+8', '4,8', "
+            f"DQ names such as 'JUMP_DET,DROPOUT', optionally with a leading '~'"
+        )
+        raise ValueError(msg) from exc
+
+
+def _parse_fillval(fillval) -> float:
+    if fillval is None:
+        return float("nan")
+    if isinstance(fillval, str):
+        s = fillval.strip().upper()
+        if s in ("", "INDEF", "NAN"):
+            return float("nan")
+        try:
+            return float(s)
+        except ValueError:
+            msg = f"fillval must be a number, 'NaN' or 'INDEF'; got {fillval!r}"
+            raise ValueError(msg) from None
+    return float(fillval)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResampleParams:
+    """Validated parameters of :func:`resample` (defaults as the reference step's)."""
+
+    pixfrac: float = 1.0
+    kernel: str = "square"
+    fillval: str | float = "NaN"
+    weight_type: str | None = "ivm"
+    good_bits: int | str | None = "~DO_NOT_USE+NON_SCIENCE"
+    enable_ctx: bool = True
+    enable_var: bool = True
+    compute_err: str | None = "from_var"
+    propagate_dq: bool = False
+    pixmap_stepsize: float = 1
+    pixmap_order: int = 1
+
+    def __post_init__(self):
+        if not (isinstance(self.pixfrac, (int, float)) and 0 < self.pixfrac <= 1):
+            msg = f"pixfrac must be in (0, 1]; got {self.pixfrac!r}"
+            raise ValueError(msg)
+        if self.kernel not in KERNELS:
+            msg = f"unknown kernel {self.kernel!r}; expected one of {', '.join(KERNELS)}"
+            raise ValueError(msg)
+        wt = "none" if self.weight_type is None else self.weight_type
+        if wt not in WEIGHT_TYPES:
+            msg = f"unknown weight_type {self.weight_type!r}; expected one of {', '.join(WEIGHT_TYPES)}"
+            raise ValueError(msg)
+        if self.compute_err not in COMPUTE_ERR:
+            msg = f"unknown compute_err {self.compute_err!r}; expected 'from_var', 'driz_err' or None"
+            raise ValueError(msg)
+        if not self.pixmap_stepsize >= 1:
+            msg = f"pixmap_stepsize must be >= 1 (px); got {self.pixmap_stepsize!r}"
+            raise ValueError(msg)
+        if self.pixmap_order not in (1, 3):
+            msg = f"pixmap_order must be 1 or 3; got {self.pixmap_order!r}"
+            raise ValueError(msg)
+        _parse_fillval(self.fillval)
+        _parse_good_bits(self.good_bits)
+
+    @property
+    def good_bits_int(self):
+        return _parse_good_bits(self.good_bits)
+
+    @property
+    def weight_name(self) -> str:
+        return "none" if self.weight_type is None else self.weight_type
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    index: int
+    ds: xr.Dataset
+    wcs: object
+    shape: tuple
+    bounds: tuple  # xmin, xmax, ymin, ymax (inclusive) from the WCS bounding box
+    tmeasure: float
+    level: float
+
+
+def _inputs(images) -> list[_Input]:
+    if isinstance(images, xr.Dataset):
+        images = [images]
+    images = list(images)
+    if not images:
+        msg = "resample needs at least one input image"
+        raise ValueError(msg)
+    out = []
+    for k, ds in enumerate(images):
+        if not isinstance(ds, xr.Dataset):
+            msg = f"input {k} is a {type(ds).__name__}; expected an xarray.Dataset from daskcal.image_dataset"
+            raise TypeError(msg)
+        if "data" not in ds:
+            msg = f"input {k} ({ds.attrs.get('name', '?')!r}) has no 'data' variable"
+            raise ValueError(msg)
+        shape = tuple(ds["data"].shape)
+        if len(shape) != 2:
+            msg = f"input {k} ({ds.attrs.get('name', '?')!r}) data must be 2-D; got shape {shape}"
+            raise ValueError(msg)
+        for name in ds.data_vars:
+            if tuple(ds[name].shape) != shape:
+                msg = f"input {k} ({ds.attrs.get('name', '?')!r}): {name} has shape {tuple(ds[name].shape)}, data {shape}"
+                raise ValueError(msg)
+        wcs = get_wcs(ds)
+        (x1, x2), (y1, y2) = _bbox(wcs, shape)
+        xmin, ymin = max(0, int(x1 + 0.5)), max(0, int(y1 + 0.5))
+        xmax = max(xmin, min(shape[1] - 1, int(x2 + 0.5)))
+        ymax = max(ymin, min(shape[0] - 1, int(y2 + 0.5)))
+        texp = float(ds.attrs.get("exposure_time", 0) or 0)
+        if not texp > 0:
+            msg = f"input {k} ({ds.attrs.get('name', '?')!r}) needs a positive exposure_time; got {texp}"
+            raise ValueError(msg)
+        tm = ds.attrs.get("measurement_time")
+        level = ds.attrs.get("level")
+        level = 0.0 if (level is None or ds.attrs.get("subtracted", False)) else float(level)
+        out.append(_Input(k, ds, wcs, shape, (xmin, xmax, ymin, ymax), float(tm if tm is not None else texp), level))
+    return out
+
+
+def _kernel_margin(p: ResampleParams, psr: float) -> int:
+    """Output pixels by which a kernel can reach beyond the mapped pixel edges."""
+    reach = {"square": 1.0, "point": 1.0, "turbo": 1.0, "gaussian": 3.0, "lanczos2": 3.0, "lanczos3": 4.0}[p.kernel]
+    return int(math.ceil(reach * max(p.pixfrac, 1.0) / psr)) + 3
+
+
+def _edges_map(inp: _Input, wcs_out, step: int):
+    """Output (x, y) of an input's pixel-edge lattice every ``step`` px (client side, coarse)."""
+    xmin, xmax, ymin, ymax = inp.bounds
+    xs = np.unique(np.r_[np.arange(xmin - 0.5, xmax + 0.5, step), xmax + 0.5])
+    ys = np.unique(np.r_[np.arange(ymin - 0.5, ymax + 0.5, step), ymax + 0.5])
+    gx, gy = np.meshgrid(xs, ys)
+    ra, dec = inp.wcs(gx, gy, with_bounding_box=False)
+    ox, oy = wcs_out.invert(ra, dec, with_bounding_box=False)
+    return xs, ys, np.asarray(ox), np.asarray(oy)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    inp: int
+    y0: int
+    y1: int  # exclusive
+    x0: int
+    x1: int
+    window: tuple  # oy, ox, wy, wx
+
+
+def _plan_blocks(inp: _Input, wcs_out, block: int, margin: int, out_shape) -> list[_Block]:
+    """Cut an input into blocks and find each block's output window."""
+    xmin, xmax, ymin, ymax = inp.bounds
+    step = max(4, min(16, block))
+    xs, ys, ox, oy = _edges_map(inp, wcs_out, step)
+    if not (np.all(np.isfinite(ox)) and np.all(np.isfinite(oy))):
+        msg = f"input {inp.index} ({inp.ds.attrs.get('name', '?')!r}) does not map onto the output WCS everywhere"
+        raise ValueError(msg)
+    blocks = []
+    for by in range(ymin, ymax + 1, block):
+        for bx in range(xmin, xmax + 1, block):
+            y1, x1 = min(by + block, ymax + 1), min(bx + block, xmax + 1)
+            sx = (xs >= bx - 0.5 - step) & (xs <= x1 - 0.5 + step)
+            sy = (ys >= by - 0.5 - step) & (ys <= y1 - 0.5 + step)
+            bxs, bys = ox[np.ix_(sy, sx)], oy[np.ix_(sy, sx)]
+            wx0 = int(math.floor(bxs.min())) - margin
+            wx1 = int(math.ceil(bxs.max())) + margin + 1
+            wy0 = int(math.floor(bys.min())) - margin
+            wy1 = int(math.ceil(bys.max())) + margin + 1
+            if wx1 <= 0 or wy1 <= 0 or wx0 >= out_shape[1] or wy0 >= out_shape[0]:
+                continue
+            blocks.append(_Block(inp.index, by, y1, bx, x1, (wy0, wx0, wy1 - wy0, wx1 - wx0)))
+    return blocks
+
+
+def _tiles(shape, tile_shape):
+    ty, tx = tile_shape
+    ys = list(range(0, shape[0], ty))
+    xs = list(range(0, shape[1], tx))
+    return ys, xs
+
+
+def _default_tile_shape(out_shape):
+    import dask
+    from dask.utils import parse_bytes
+
+    budget = dask.config.get(TILE_CONFIG, None) or DEFAULT_TILE_MEMORY
+    budget = parse_bytes(budget) if isinstance(budget, str) else int(budget)
+    side = int(math.sqrt(max(budget, 1) / BYTES_PER_TILE_PIXEL))
+    side = max(256, (side // 256) * 256)
+    return (min(side, out_shape[0]), min(side, out_shape[1]))
+
+
+def _coarse_grid(wcs_in, wcs_out, inp: _Input, stepsize, order):
+    """The reference's whole-input coarse pixel-map grid for ``pixmap_stepsize > 1``."""
+    xmin, xmax, ymin, ymax = inp.bounds
+    w, h = xmax - xmin + 1, ymax - ymin + 1
+    if stepsize <= 1 or max(w, h) <= 10:
+        return None
+    nx = max(int(math.ceil(w / stepsize)), min(10, w))
+    ny = max(int(math.ceil(h / stepsize)), min(10, h))
+    xc, yc = np.linspace(xmin, xmax, nx), np.linspace(ymin, ymax, ny)
+    gx, gy = np.meshgrid(xc, yc)
+    bb_in, bb_out = wcs_in.bounding_box, wcs_out.bounding_box
+    try:
+        wcs_in.bounding_box = None
+        wcs_out.bounding_box = None
+        px, py = wcs_out.world_to_pixel_values(*wcs_in.pixel_to_world_values(gx, gy))
+    finally:
+        wcs_in.bounding_box = bb_in
+        wcs_out.bounding_box = bb_out
+    if not (np.all(np.isfinite(px)) and np.all(np.isfinite(py))):
+        return None
+    return (yc, xc, np.asarray(px), np.asarray(py))
+
+
+def _block_task(arrays, wcs_text_in, wcs_text_out, cut, blk_bounds, window, coarse, level, p, bp):
+    """Dask task: compute a block's pixel map and weights, then drizzle it (see _driz)."""
+    from daskcal.image._dataset import wcs_from_text
+
+    wcs_in, wcs_out = wcs_from_text(wcs_text_in), wcs_from_text(wcs_text_out)
+    cy0, cy1, cx0, cx1 = cut
+    pixmap = _driz.compute_pixmap(wcs_in, wcs_out, cy0, cy1, cx0, cx1, coarse=coarse, order=p.pixmap_order)
+    pixmap[..., 0] -= window[1]
+    pixmap[..., 1] -= window[0]
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    data = arrays["data"].astype(np.float32)
+    if level:
+        data = data - np.float32(level)
+    dq = arrays.get("dq")
+    if dq is None:
+        dq = np.zeros(data.shape, np.uint32)
+    weight = _driz.weight_map(data, dq, arrays, p.weight_type, p.good_bits_int, bp["tmeasure"])
+    blk = dict(arrays, data=data, weight=weight, dq=dq.astype(np.uint32))
+    return _driz.drizzle_block(blk, pixmap, blk_bounds, window, bp)
+
+
+def _input_tile_task(tile, ctx_index, nplanes, bp, *windows):
+    return _driz.input_partial(list(windows), tile, ctx_index, nplanes, bp)
+
+
+def _tree_merge(parts):
+    import dask
+
+    parts = list(parts)
+    if not parts:
+        return None
+    while len(parts) > 1:
+        nxt = [dask.delayed(_driz.merge_partials, pure=True)(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    return parts[0]
+
+
+def _time_totals(inps: list[_Input]) -> dict:
+    seen, texp, tmeas, dur, starts, ends, all_meas = set(), 0.0, 0.0, 0.0, [], [], True
+    for inp in inps:
+        a = inp.ds.attrs
+        gid = a.get("group_id", a.get("name", inp.index))
+        if gid in seen:
+            continue
+        seen.add(gid)
+        texp += float(a["exposure_time"])
+        if a.get("measurement_time") is None:
+            all_meas = False
+            tmeas += float(a["exposure_time"])
+        else:
+            tmeas += float(a["measurement_time"])
+        dur += float(a.get("duration") or 0.0)
+        if a.get("start_time") is not None:
+            starts.append(float(a["start_time"]))
+        if a.get("end_time") is not None:
+            ends.append(float(a["end_time"]))
+    return {
+        "exposure_time": texp,
+        "measurement_time": tmeas if all_meas else None,
+        "duration": dur,
+        "start_time": min(starts) if starts else None,
+        "end_time": max(ends) if ends else None,
+        "pointings": len(seen),
+    }
+
+
+def _s_region(wcs_out, shape) -> str:
+    ny, nx = shape
+    x = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
+    y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+    ra, dec = wcs_out(x, y, with_bounding_box=False)
+    pts = " ".join(f"{r % 360:.9f} {d:.9f}" for r, d in zip(ra, dec))
+    return f"POLYGON ICRS  {pts}"
+
+
+def resample(
+    images,
+    output_wcs=None,
+    pixfrac: float = 1.0,
+    kernel: str = "square",
+    fillval="NaN",
+    weight_type: str | None = "ivm",
+    good_bits="~DO_NOT_USE+NON_SCIENCE",
+    enable_ctx: bool = True,
+    enable_var: bool = True,
+    compute_err: str | None = "from_var",
+    propagate_dq: bool = False,
+    pixmap_stepsize: float = 1,
+    pixmap_order: int = 1,
+    tile_shape: Sequence[int] | None = None,
+    single: bool = False,
+    *,
+    block_shape: int | None = None,
+    max_output_memory=None,
+    **wcs_args,
+) -> xr.Dataset:
+    """Drizzle exposures onto one output grid, tile by tile, as a lazy dataset.
+
+    Parameters
+    ----------
+    images : sequence of xarray.Dataset
+        Calibrated exposures (:func:`daskcal.image_dataset` / :func:`daskcal.open_images`).
+    output_wcs : gwcs.WCS or path, optional
+        Output grid, or an ASDF file with a ``wcs`` key. Default: built from the
+        inputs with :func:`daskcal.output_wcs` and ``**wcs_args``.
+    pixfrac : float, default 1.0
+        Linear size of the drop relative to the input pixel, in (0, 1].
+    kernel : str, default "square"
+        One of square, point, turbo, gaussian, lanczos2, lanczos3.
+    fillval : float or str, default "NaN"
+        Value of output pixels no input reaches.
+    weight_type : str, default "ivm"
+        ivm (1/var_rnoise), ivm-sky (1/var_sky), exptime (measurement time, else
+        exposure time, s) or none (1). Always times the ``good_bits`` DQ mask.
+    good_bits : int or str, default "~DO_NOT_USE+NON_SCIENCE"
+        DQ bits counted as good: integers, "4+8", "4,8", DQ names, "~" inverts.
+    enable_ctx : bool, default True
+        Compute the context planes ``con(plane, y, x)`` (bit ``k % 32`` of plane
+        ``k // 32`` set where input ``k`` contributed).
+    enable_var : bool, default True
+        Resample ``var_rnoise``, ``var_flat``, ``var_poisson`` as the reference does.
+    compute_err : {"from_var", "driz_err", None}, default "from_var"
+        ``err`` as sqrt of the summed variances, the drizzled input ``err`` or none.
+    propagate_dq : bool, default False
+        OR of contributing input DQ as ``dq``.
+    pixmap_stepsize : float, default 1
+        Evaluate the WCS every this many input pixels and interpolate the rest.
+    pixmap_order : {1, 3}, default 1
+        Spline order of that interpolation.
+    tile_shape : (int, int), optional
+        Output tile (= Zarr chunk) shape. Default: from Dask config
+        ``daskcal.resample.tile-memory`` (128 MiB).
+    single : bool, default False
+        Drizzle each exposure group (``group_id``) onto its own copy of the grid;
+        the outputs are stacked on a ``group`` dimension.
+    block_shape : int, optional
+        Side (input px) of the input blocks drizzled at once. Default: the tile
+        side times the pixel scale ratio, clipped to 64..1024.
+    max_output_memory : int or str, optional
+        Largest allowed output size (see :func:`daskcal.image._grid.max_output_bytes`).
+    **wcs_args
+        ``pixel_scale``, ``pixel_scale_ratio``, ``rotation``, ``crpix``, ``crval``,
+        ``output_shape`` for :func:`daskcal.output_wcs`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy (dask) ``data``, ``wht``, ``con`` (int32), ``err``, ``var_*``, ``dq``
+        as enabled; attributes: the WCS (``wcs_asdf``), time totals, ``s_region``,
+        pixel scale, resample parameters and input names.
+    """
+    params = ResampleParams(pixfrac, kernel, fillval, weight_type, good_bits, enable_ctx, enable_var,
+                            compute_err, propagate_dq, pixmap_stepsize, pixmap_order)
+    inps = _inputs(images)
+    nplanes_all = (len(inps) - 1) // 32 + 1
+    wcs_out = resolve_output_wcs(inps_ds := [i.ds for i in inps], output_wcs, max_output_memory=max_output_memory,
+                                 bytes_per_pixel=_bytes_per_pixel(params, nplanes_all), **wcs_args)
+    out_shape = tuple(int(s) for s in wcs_out.array_shape)
+    check_output_size(out_shape, _bytes_per_pixel(params, nplanes_all) * (1 if not single else len(_groups(inps))),
+                      max_output_memory)
+    out_scale = pixel_scale_of(wcs_out, out_shape)
+    psr = wcs_args.get("pixel_scale_ratio") if (output_wcs is None and wcs_args.get("pixel_scale") is None) else None
+    if psr is None:
+        psr = out_scale / pixel_scale_of(inps[0].wcs, inps[0].shape)
+    psr = float(psr)
+    if tile_shape is None:
+        tile_shape = _default_tile_shape(out_shape)
+    tile_shape = (int(tile_shape[0]), int(tile_shape[1]))
+    if min(tile_shape) < 1:
+        msg = f"tile_shape must be positive; got {tile_shape}"
+        raise ValueError(msg)
+    if block_shape is None:
+        block_shape = int(min(1024, max(64, min(tile_shape) * psr)))
+    margin = _kernel_margin(params, psr)
+    blocks = {i.index: _plan_blocks(i, wcs_out, int(block_shape), margin, out_shape) for i in inps}
+    if not any(blocks.values()):
+        msg = "no input overlaps the output grid; check the inputs' WCS and the output WCS parameters"
+        raise ValueError(msg)
+    groups = _groups(inps) if single else {None: [i.index for i in inps]}
+    ds = _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, params, psr, single)
+    ds.attrs.update(_attrs(inps, wcs_out, out_shape, params, psr, out_scale, tile_shape))
+    del inps_ds
+    return ds
+
+
+def _groups(inps):
+    groups: dict = {}
+    for i in inps:
+        gid = i.ds.attrs.get("group_id", i.ds.attrs.get("name", i.index))
+        groups.setdefault(gid, []).append(i.index)
+    return groups
+
+
+def _bytes_per_pixel(p: ResampleParams, nplanes: int) -> float:
+    n = 8.0
+    if p.enable_ctx:
+        n += 4 * nplanes
+    if p.enable_var:
+        n += 12
+    if p.compute_err:
+        n += 4
+    if p.propagate_dq:
+        n += 4
+    return n
+
+
+def _attrs(inps, wcs_out, out_shape, p, psr, out_scale, tile_shape):
+    a = _time_totals(inps)
+    a.update(
+        wcs_asdf=wcs_to_text(wcs_out),
+        s_region=_s_region(wcs_out, out_shape),
+        pixel_scale=out_scale * 3600.0,
+        pixel_scale_ratio=psr,
+        pixelarea_arcsecsq=(out_scale * 3600.0) ** 2,
+        pixelarea_steradians=math.radians(out_scale) ** 2,
+        pixfrac=p.pixfrac,
+        kernel=p.kernel,
+        fillval=str(p.fillval),
+        weight_type=p.weight_name,
+        good_bits=str(p.good_bits),
+        inputs=[str(i.ds.attrs.get("name", i.index)) for i in inps],
+        tile_shape=list(tile_shape),
+        name="mosaic",
+    )
+    return a
+
+
+def _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, p, psr, single):
+    import dask
+    import dask.array as da
+
+    text_out = wcs_to_text(wcs_out)
+    fill = _parse_fillval(p.fillval)
+    var_present = {i.index: [n for n in VARIANCE_NAMES if n in i.ds] for i in inps}
+    final_p = dict(fillval=fill, enable_ctx=p.enable_ctx, enable_var=p.enable_var, compute_err=p.compute_err,
+                   propagate_dq=p.propagate_dq, var_scale=1.0 / psr**2, err_scale=psr)
+
+    # 1-2: block windows (one task per block, shared by every tile it touches)
+    win_tasks: dict = {}
+    for inp in inps:
+        bp = dict(kernel=p.kernel, pixfrac=p.pixfrac, psr=psr, exptime=float(inp.ds.attrs["exposure_time"]),
+                  enable_ctx=p.enable_ctx, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
+                  propagate_dq=p.propagate_dq, tmeasure=inp.tmeasure)
+        names = ["data", "dq"]
+        if p.weight_name == "ivm" or "var_rnoise" in var_present[inp.index]:
+            names.append("var_rnoise")
+        if p.enable_var:
+            names += [n for n in var_present[inp.index] if n != "var_rnoise"]
+        if p.weight_name == "ivm-sky" and "var_sky" in inp.ds:
+            names.append("var_sky")
+        if p.compute_err == "driz_err" and "err" in inp.ds:
+            names.append("err")
+        darrs = {n: _as_dask(inp.ds[n]) for n in names if n in inp.ds}
+        text_in = inp.ds.attrs["wcs_asdf"]
+        coarse = _coarse_grid(inp.wcs, wcs_out, inp, p.pixmap_stepsize, p.pixmap_order)
+        coarse_d = dask.delayed(coarse) if coarse is not None else None
+        ny, nx = inp.shape
+        for b in blocks[inp.index]:
+            h = 2  # halo so pixel corners at block edges interpolate like the whole input's
+            cy0, cy1 = max(0, b.y0 - h), min(ny, b.y1 + h)
+            cx0, cx1 = max(0, b.x0 - h), min(nx, b.x1 + h)
+            bounds = (b.x0 - cx0, b.x1 - 1 - cx0, b.y0 - cy0, b.y1 - 1 - cy0)
+            cut_arrays = {n: a[cy0:cy1, cx0:cx1] for n, a in darrs.items()}
+            win_tasks[b] = dask.delayed(_block_task, pure=True)(
+                cut_arrays, text_in, text_out, (cy0, cy1, cx0, cx1), bounds, b.window, coarse_d, inp.level, p, bp)
+
+    # 3-4: per tile, per input contributions merged pairwise, then finalised
+    ys, xs = _tiles(out_shape, tile_shape)
+    gkeys = list(groups)
+    per_group = []
+    for gid in gkeys:
+        members = groups[gid]
+        nplanes = (len(members) - 1) // 32 + 1
+        rows = []
+        for ty in ys:
+            row = []
+            for tx in xs:
+                tile = (ty, min(ty + tile_shape[0], out_shape[0]), tx, min(tx + tile_shape[1], out_shape[1]))
+                tshape = (tile[1] - tile[0], tile[3] - tile[2])
+                parts = []
+                for pos, k in enumerate(members):
+                    touching = [win_tasks[b] for b in blocks[k] if _touches(b.window, tile)]
+                    if not touching:
+                        continue
+                    ip = inps[k]
+                    bp = dict(weight_type=p.weight_name, tmeasure=ip.tmeasure, enable_var=p.enable_var,
+                              driz_err=p.compute_err == "driz_err", propagate_dq=p.propagate_dq)
+                    parts.append(dask.delayed(_input_tile_task, pure=True)(
+                        tile, pos if p.enable_ctx else None, nplanes, bp, *touching))
+                merged = _tree_merge(parts)
+                if merged is None:
+                    row.append(_empty_tile(tshape, nplanes, final_p))
+                else:
+                    fin = dask.delayed(_driz.finalize_tile, pure=True)(merged, tshape, nplanes, final_p)
+                    row.append(_tile_arrays(fin, tshape, nplanes, final_p))
+            rows.append(row)
+        per_group.append((nplanes, rows))
+
+    names = _output_names(p)
+    data_vars = {}
+    max_planes = max(n for n, _ in per_group)
+    for name in names:
+        stacks = []
+        for nplanes, rows in per_group:
+            arr = da.block([[t[name] for t in row] for row in rows])
+            if name == "con" and nplanes < max_planes:
+                pad = da.zeros((max_planes - nplanes, *out_shape), np.int32, chunks=(1, *tile_shape))
+                arr = da.concatenate([arr, pad], axis=0)
+            stacks.append(arr)
+        dims = ("plane", "y", "x") if name == "con" else ("y", "x")
+        if single:
+            data_vars[name] = (("group", *dims), da.stack(stacks))
+        else:
+            data_vars[name] = (dims, stacks[0])
+    coords = {"group": [str(g) for g in gkeys]} if single else {}
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def _touches(window, tile):
+    oy, ox, wy, wx = window
+    return oy < tile[1] and oy + wy > tile[0] and ox < tile[3] and ox + wx > tile[2]
+
+
+def _output_names(p: ResampleParams):
+    names = ["data", "wht"]
+    if p.enable_ctx:
+        names.append("con")
+    if p.enable_var:
+        names += list(_driz.VAR_NAMES)
+    if p.compute_err == "driz_err" or (p.compute_err == "from_var" and p.enable_var):
+        names.append("err")
+    if p.propagate_dq:
+        names.append("dq")
+    return names
+
+
+_DTYPES = {"data": np.float32, "wht": np.float32, "con": np.int32, "err": np.float32, "dq": np.uint32,
+           "var_rnoise": np.float32, "var_flat": np.float32, "var_poisson": np.float32}
+
+
+def _tile_arrays(fin, tshape, nplanes, final_p):
+    import dask
+    import dask.array as da
+
+    out = {}
+    for name, dtype in _DTYPES.items():
+        shape = (nplanes, *tshape) if name == "con" else tshape
+        out[name] = da.from_delayed(dask.delayed(_pick, pure=True)(fin, name), shape, dtype=dtype)
+    return out
+
+
+def _pick(d, name):
+    return d[name]
+
+
+def _empty_tile(tshape, nplanes, final_p):
+    import dask.array as da
+
+    fill = final_p["fillval"]
+    return {
+        "data": da.full(tshape, fill, dtype=np.float32),
+        "wht": da.zeros(tshape, np.float32),
+        "con": da.zeros((nplanes, *tshape), np.int32),
+        "err": da.full(tshape, np.nan if final_p["compute_err"] == "from_var" else fill, dtype=np.float32),
+        "dq": da.zeros(tshape, np.uint32),
+        "var_rnoise": da.full(tshape, np.nan, dtype=np.float32),
+        "var_flat": da.full(tshape, np.nan, dtype=np.float32),
+        "var_poisson": da.full(tshape, np.nan, dtype=np.float32),
+    }
+
+
+def _as_dask(var):
+    import dask.array as da
+
+    d = var.data
+    if isinstance(d, da.Array):
+        return d
+    return da.from_array(np.asarray(d), chunks=-1)
