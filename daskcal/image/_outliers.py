@@ -1,0 +1,475 @@
+"""Outlier (cosmic-ray) detection in dithered exposures: the image-stage step 4.
+
+With ``resample_data=True`` (the default, as in the reference), every exposure
+group is drizzled alone onto the output grid and written, tile by tile, into a
+sparse Zarr stack in a temporary directory (chunks no group touches are never
+written). Each output tile's median reads only the layers of the groups that
+overlap it. The median mosaic is blotted back onto each input's own grid and
+compared with it (:func:`~daskcal.image._outlier_kernels.flag_resampled_crs`);
+outliers get ``OUTLIER | DO_NOT_USE`` in a new DQ array.
+
+With ``resample_data=False`` the median is taken of the inputs on their common
+grid and compared with :func:`~daskcal.image._outlier_kernels.flag_crs`.
+
+Everything is lazy: :func:`flag_outliers` returns new datasets whose ``dq`` is a
+dask array and a dask-backed median mosaic; nothing runs until the caller
+computes or saves them, with the scheduler of the caller's choosing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from daskcal.image import _outlier_blocks as blocks
+
+log = logging.getLogger(__name__)
+
+__all__ = ["flag_outliers", "OutlierResult", "OutlierParameters", "parse_pair"]
+
+#: Default memory budget (bytes) of one tile's stack of layers in a median task.
+DEFAULT_BUFFER_SIZE = 256 * 2**20
+#: Default output tile (rows, columns).
+DEFAULT_TILE = (1024, 1024)
+_KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
+_WEIGHT_TYPES = ("ivm", "exptime", None)
+
+
+def parse_pair(value, name):
+    """Two floats from ``"5.0 4.0"`` (spaces or commas) or a pair of numbers.
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is not exactly two finite numbers.
+    """
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[\s,]+", value.strip()) if p]
+    elif isinstance(value, Sequence) or isinstance(value, np.ndarray):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        nums = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        nums = ()
+    if len(nums) != 2 or not all(math.isfinite(v) for v in nums):
+        msg = f"{name} must be two numbers such as '5.0 4.0'; got {value!r}"
+        raise ValueError(msg)
+    return nums
+
+
+@dataclasses.dataclass(frozen=True)
+class OutlierParameters:
+    """Validated parameters of :func:`flag_outliers` (see there for meanings)."""
+
+    snr: tuple[float, float] = (5.0, 4.0)
+    scale: tuple[float, float] = (1.2, 0.7)
+    backg: float = 0.0
+    maskpt: float = 0.7
+    kernel: str = "square"
+    pixfrac: float = 1.0
+    fillval: str = "NaN"
+    weight_type: str | None = "ivm"
+    good_bits: object = "~DO_NOT_USE"
+    resample_data: bool = True
+    in_memory: bool = False
+    buffer_size: int = DEFAULT_BUFFER_SIZE
+    tile_shape: tuple[int, int] = DEFAULT_TILE
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "snr", parse_pair(self.snr, "snr"))
+        set_(self, "scale", parse_pair(self.scale, "scale"))
+        if min(self.snr) < 0 or min(self.scale) < 0:
+            msg = f"snr and scale must be non-negative; got snr={self.snr}, scale={self.scale}"
+            raise ValueError(msg)
+        for name in ("backg", "maskpt", "pixfrac"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+                msg = f"{name} must be a finite number; got {v!r}"
+                raise ValueError(msg)
+            set_(self, name, float(v))
+        if not 0.0 <= self.maskpt <= 1.0:
+            msg = f"maskpt must be in [0, 1]; got {self.maskpt}"
+            raise ValueError(msg)
+        if not 0.0 < self.pixfrac <= 1.0:
+            msg = f"pixfrac must be in (0, 1]; got {self.pixfrac}"
+            raise ValueError(msg)
+        if self.kernel not in _KERNELS:
+            msg = f"kernel must be one of {_KERNELS}; got {self.kernel!r}"
+            raise ValueError(msg)
+        if self.weight_type not in _WEIGHT_TYPES:
+            msg = f"weight_type must be one of {_WEIGHT_TYPES}; got {self.weight_type!r}"
+            raise ValueError(msg)
+        fv = str(self.fillval).strip()
+        if fv.upper() not in ("NAN", "INDEF", ""):
+            try:
+                float(fv)
+            except ValueError:
+                msg = f"fillval must be 'NaN', 'INDEF' or a number; got {self.fillval!r}"
+                raise ValueError(msg) from None
+        set_(self, "fillval", fv)
+        from astropy.nddata.bitmask import interpret_bit_flags
+
+        from daskcal.dq import dq_dict
+
+        try:
+            interpret_bit_flags(self.good_bits, flag_name_map=dq_dict())
+        except (ValueError, TypeError) as exc:
+            msg = f"good_bits {self.good_bits!r} is not a valid bit-flag expression: {exc}"
+            raise ValueError(msg) from None
+        if self.buffer_size is None:
+            set_(self, "buffer_size", DEFAULT_BUFFER_SIZE)
+        if isinstance(self.buffer_size, bool) or not isinstance(self.buffer_size, (int, np.integer)) or self.buffer_size <= 0:
+            msg = f"buffer_size must be a positive number of bytes; got {self.buffer_size!r}"
+            raise ValueError(msg)
+        set_(self, "buffer_size", int(self.buffer_size))
+        ts = DEFAULT_TILE if self.tile_shape is None else self.tile_shape
+        if np.ndim(ts) == 0:
+            ts = (ts, ts)
+        ts = tuple(int(t) for t in ts)
+        if len(ts) != 2 or min(ts) < 1:
+            msg = f"tile_shape must be two positive integers (rows, columns); got {self.tile_shape!r}"
+            raise ValueError(msg)
+        set_(self, "tile_shape", ts)
+        set_(self, "resample_data", bool(self.resample_data))
+        set_(self, "in_memory", bool(self.in_memory))
+
+    @property
+    def fill_value(self) -> float:
+        """``fillval`` as a float (NaN for ``"NaN"``/``"INDEF"``)."""
+        return np.nan if self.fillval.upper() in ("NAN", "INDEF", "") else float(self.fillval)
+
+
+@dataclasses.dataclass
+class OutlierResult:
+    """Result of :func:`flag_outliers`.
+
+    Attributes
+    ----------
+    images : list of xarray.Dataset
+        New datasets, one per input and in input order, equal to the inputs but
+        for ``dq`` (a lazy uint32 array with ``OUTLIER | DO_NOT_USE`` added).
+    median : xarray.DataArray
+        Lazy median mosaic (float32; the unit of the data) on ``(y, x)`` of the
+        output grid (``resample_data=True``) or of the inputs' grid, with the WCS
+        as ASDF text in ``attrs["wcs_asdf"]``.
+    tempdir : object or None
+        Holds the Zarr stack the lazy results read (path in ``tempdir.name``).
+        It is removed by :meth:`cleanup` or at interpreter exit; compute or save
+        what you need first.
+    """
+
+    images: list
+    median: xr.DataArray
+    tempdir: object = None
+
+    def cleanup(self) -> None:
+        """Remove the temporary stack; the lazy arrays cannot be computed afterwards."""
+        if self.tempdir is not None:
+            self.tempdir.cleanup()
+            self.tempdir = None
+
+
+def flag_outliers(
+    images,
+    snr="5.0 4.0",
+    scale="1.2 0.7",
+    backg=0.0,
+    maskpt=0.7,
+    kernel="square",
+    pixfrac=1.0,
+    fillval="NaN",
+    weight_type="ivm",
+    good_bits="~DO_NOT_USE",
+    resample_data=True,
+    in_memory=False,
+    buffer_size=None,
+    tile_shape=None,
+    tempdir=None,
+    output_wcs=None,
+) -> OutlierResult:
+    """Flag outliers (cosmic rays) by comparing each exposure with the median of all.
+
+    Parameters
+    ----------
+    images : sequence of xarray.Dataset
+        Calibrated exposures (:func:`daskcal.image_dataset`) with ``data``,
+        ``err`` (total error, unit of data), ``dq``, optionally ``var_rnoise``,
+        a WCS and a ``group_id`` attribute. Not modified.
+    snr : str or (float, float), default "5.0 4.0"
+        Detection thresholds (units of ``err``) before and after growing the
+        mask by its 3x3 neighbourhood; ``resample_data=False`` uses the first.
+    scale : str or (float, float), default "1.2 0.7"
+        Multipliers of the blotted median's absolute derivative added to the
+        two thresholds.
+    backg : float, default 0.0
+        Background (unit of data) subtracted from each difference.
+    maskpt : float, default 0.7
+        Resampled pixels with weight below ``maskpt`` times their group's mean
+        (3-sigma-clipped) weight are left out of the median.
+    kernel : str, default "square"
+        Drizzle kernel ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3").
+    pixfrac : float, default 1.0
+        Drizzle pixel shrink factor, in (0, 1].
+    fillval : str, default "NaN"
+        Value of resampled pixels that receive no input ("NaN", "INDEF" or a number).
+    weight_type : {"ivm", "exptime", None}, default "ivm"
+        Drizzle weights: inverse read-noise variance, measurement time (s), or 1.
+    good_bits : str or int, default "~DO_NOT_USE"
+        DQ bits that still count as good (astropy bitmask syntax, JWST names).
+    resample_data : bool, default True
+        Median of the single-drizzled groups on the output grid (True) or of the
+        inputs on their own (common) grid (False).
+    in_memory : bool, default False
+        Always hold a tile's stack in memory, whatever ``buffer_size``.
+    buffer_size : int, optional
+        Memory budget (bytes) of one median task's stack; larger stacks go
+        through an on-disk median buffer of this size. Default 256 MiB.
+    tile_shape : (int, int), optional
+        Output tile (rows, columns): Zarr chunk of the stack and median block.
+        Default (1024, 1024).
+    tempdir : str or path-like, optional
+        Parent of the temporary directory holding the stack (system default
+        when None). It must be visible to every Dask worker.
+    output_wcs : gwcs.WCS or str, optional
+        Output grid (a gwcs or an ASDF file with a ``wcs`` key); default the
+        grid :func:`daskcal.output_wcs` builds from the inputs.
+
+    Returns
+    -------
+    OutlierResult
+        ``images`` (new datasets with lazy ``dq``), ``median`` (lazy mosaic)
+        and the temporary directory they read from.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two exposure groups (two images without resampling), images
+        without a WCS, inconsistent shapes, malformed parameters.
+    """
+    buffer_size = DEFAULT_BUFFER_SIZE if buffer_size is None else buffer_size
+    params = OutlierParameters(
+        snr=snr, scale=scale, backg=backg, maskpt=maskpt, kernel=kernel, pixfrac=pixfrac, fillval=fillval,
+        weight_type=weight_type, good_bits=good_bits, resample_data=resample_data, in_memory=in_memory,
+        buffer_size=buffer_size, tile_shape=tile_shape,
+    )
+    images = _check_images(images)
+    if params.resample_data:
+        return _flag_resampled(images, params, tempdir, output_wcs)
+    return _flag_unresampled(images, params)
+
+
+# -- input checks ---------------------------------------------------------------
+def _check_images(images):
+    from daskcal.image._dataset import get_wcs
+
+    if isinstance(images, xr.Dataset):
+        msg = "images must be a sequence of datasets, not one dataset"
+        raise TypeError(msg)
+    images = list(images)
+    for k, ds in enumerate(images):
+        if not isinstance(ds, xr.Dataset):
+            msg = f"images[{k}] must be an xarray.Dataset; got {type(ds).__name__}"
+            raise TypeError(msg)
+        missing = [v for v in ("data", "err", "dq") if v not in ds]
+        if missing:
+            msg = f"images[{k}] ({ds.attrs.get('name', '?')!r}) lacks {missing}; outlier detection needs data, err and dq"
+            raise ValueError(msg)
+        get_wcs(ds)  # raises a clear ValueError when missing
+        if ds["data"].ndim != 2:
+            msg = f"images[{k}] data must be 2-D (y, x); got dims {ds['data'].dims}"
+            raise ValueError(msg)
+    return images
+
+
+def _group_ids(images):
+    ids = []
+    for k, ds in enumerate(images):
+        g = ds.attrs.get("group_id")
+        ids.append(str(g) if g is not None else str(ds.attrs.get("name", k)))
+    return ids
+
+
+def _member(ds):
+    exptime = ds.attrs.get("measurement_time") or ds.attrs.get("exposure_time", 1.0)
+    return {
+        "data": ds["data"].data,
+        "dq": ds["dq"].data,
+        "var_rnoise": ds["var_rnoise"].data if "var_rnoise" in ds else None,
+        "wcs": ds.attrs["wcs_asdf"],
+        "exptime": float(exptime),
+    }
+
+
+def _new_dataset(ds, dq):
+    new = ds.copy(deep=False)
+    new["dq"] = (ds["dq"].dims, dq)
+    new["dq"].attrs.update(ds["dq"].attrs)
+    new.attrs = dict(ds.attrs)
+    return new
+
+
+# -- resample_data=True ----------------------------------------------------------
+class _StackDirectory:
+    """A temporary directory removed by ``cleanup()`` or at interpreter exit (not on GC).
+
+    The lazy results read the stack after :func:`flag_outliers` returns, so the
+    directory must outlive any reference the caller keeps to the result object.
+    """
+
+    def __init__(self, parent):
+        import atexit
+        import tempfile
+
+        self.name = tempfile.mkdtemp(prefix="daskcal-outliers-", dir=parent)
+        atexit.register(self.cleanup)
+
+    def cleanup(self):
+        import shutil
+
+        shutil.rmtree(self.name, ignore_errors=True)
+
+    def __repr__(self):
+        return f"<stack directory {self.name}>"
+
+
+def _tiles_of(window, tile_shape, out_shape):
+    y0, y1, x0, x1 = window
+    ty, tx = tile_shape
+    out = []
+    for i in range(y0 // ty, (y1 - 1) // ty + 1):
+        for j in range(x0 // tx, (x1 - 1) // tx + 1):
+            out.append((i, j))
+    return out
+
+
+def _tile_box(i, j, tile_shape, out_shape):
+    ty, tx = tile_shape
+    return (i * ty, min((i + 1) * ty, out_shape[0]), j * tx, min((j + 1) * tx, out_shape[1]))
+
+
+def _flag_resampled(images, params, tempdir, output_wcs_arg):
+    import dask
+    import dask.array as da
+    import zarr
+
+    from daskcal.image._dataset import get_wcs, wcs_to_text
+    from daskcal.image._grid import resolve_output_wcs
+    ids = _group_ids(images)
+    groups = list(dict.fromkeys(ids))
+    if len(groups) < 2:
+        msg = f"outlier detection with resampling needs at least 2 exposure groups (group_id); got {len(groups)}: {groups}"
+        raise ValueError(msg)
+    out_wcs = resolve_output_wcs(images, output_wcs_arg)
+    out_shape = tuple(int(s) for s in out_wcs.array_shape)
+    out_text = wcs_to_text(out_wcs)
+    tile_shape = (min(params.tile_shape[0], out_shape[0]), min(params.tile_shape[1], out_shape[1]))
+    margin = 3 + math.ceil(2 * params.pixfrac)
+
+    windows = [
+        blocks.footprint_window(get_wcs(ds), out_wcs, ds["data"].shape, out_shape, margin) for ds in images
+    ]
+
+    tmp = _StackDirectory(tempdir)
+    store = os.path.join(tmp.name, "single.zarr")
+    zarr.create_array(
+        store=store, shape=(len(groups), *out_shape), chunks=(1, *tile_shape), dtype="float32",
+        fill_value=np.nan, zarr_format=3, config={"write_empty_chunks": False},
+    )
+    token = dask.base.tokenize(out_text, params, [ds.attrs.get("name") for ds in images], store)
+
+    group_tasks, group_tiles = [], []
+    for gi, g in enumerate(groups):
+        members = [k for k, gid in enumerate(ids) if gid == g and windows[k] is not None]
+        if not members:
+            group_tasks.append(None)
+            group_tiles.append(set())
+            continue
+        ws = [windows[k] for k in members]
+        window = (min(w[0] for w in ws), max(w[1] for w in ws), min(w[2] for w in ws), max(w[3] for w in ws))
+        tij = _tiles_of(window, tile_shape, out_shape)
+        group_tiles.append(set(tij))
+        task = dask.delayed(blocks.drizzle_group, pure=True)(
+            [_member(images[k]) for k in members], window, out_text, params, gi, store,
+            [_tile_box(i, j, tile_shape, out_shape) for i, j in tij],
+            dask_key_name=f"outlier-single-drizzle-{token}-{gi}",
+        )
+        group_tasks.append(task)
+
+    nty, ntx = math.ceil(out_shape[0] / tile_shape[0]), math.ceil(out_shape[1] / tile_shape[1])
+    rows = []
+    for i in range(nty):
+        row = []
+        for j in range(ntx):
+            box = _tile_box(i, j, tile_shape, out_shape)
+            layers = [gi for gi in range(len(groups)) if (i, j) in group_tiles[gi]]
+            deps = [group_tasks[gi] for gi in layers]
+            t = dask.delayed(blocks.median_tile, pure=True)(
+                store, box, layers, params.buffer_size, params.in_memory, tmp.name, *deps,
+                dask_key_name=f"outlier-median-{token}-{i}-{j}",
+            )
+            row.append(da.from_delayed(t, shape=(box[1] - box[0], box[3] - box[2]), dtype=np.float32,
+                                       meta=np.empty((0, 0), np.float32)))
+        rows.append(row)
+    median = da.block(rows)
+    median_da = xr.DataArray(median, dims=("y", "x"), name="median", attrs={"wcs_asdf": out_text, "unit": images[0]["data"].attrs.get("units", images[0].attrs.get("bunit_data"))})
+
+    new_images = []
+    for k, ds in enumerate(images):
+        w = windows[k]
+        med = median[w[0]:w[1], w[2]:w[3]] if w is not None else None
+        t = dask.delayed(blocks.blot_and_flag, pure=True)(
+            med, w, ds["data"].data, ds["err"].data, ds["dq"].data, ds.attrs["wcs_asdf"], out_text, params,
+            dask_key_name=f"outlier-blot-flag-{token}-{k}",
+        )
+        dq = da.from_delayed(t, shape=ds["dq"].shape, dtype=np.uint32, meta=np.empty((0, 0), np.uint32))
+        new_images.append(_new_dataset(ds, dq))
+    return OutlierResult(images=new_images, median=median_da, tempdir=tmp)
+
+
+# -- resample_data=False ---------------------------------------------------------
+def _flag_unresampled(images, params):
+    import dask
+    import dask.array as da
+
+    from daskcal.image._median_kernels import nanmedian_stack
+
+    if len(images) < 2:
+        msg = f"outlier detection needs at least 2 images; got {len(images)}"
+        raise ValueError(msg)
+    shape = images[0]["data"].shape
+    bad = [k for k, ds in enumerate(images) if ds["data"].shape != shape]
+    if bad:
+        msg = f"without resampling every image must have the shape of the first {shape}; images {bad} differ"
+        raise ValueError(msg)
+    n = len(images)
+    ty, tx = min(params.tile_shape[0], shape[0]), min(params.tile_shape[1], shape[1])
+    if not params.in_memory:  # keep one tile's stack within the budget
+        while n * ty * tx * 4 > params.buffer_size and max(ty, tx) > 16:
+            ty, tx = (max(ty // 2, 1), tx) if ty >= tx else (ty, max(tx // 2, 1))
+    masked = []
+    for ds in images:
+        m = _member(ds)
+        t = dask.delayed(blocks.masked_for_median, pure=True)(m["data"], m["dq"], m["var_rnoise"], params, m["exptime"])
+        masked.append(da.from_delayed(t, shape=shape, dtype=np.float32, meta=np.empty((0, 0), np.float32)))
+    stack = da.stack(masked).rechunk((n, ty, tx))
+    median = stack.map_blocks(
+        lambda b: nanmedian_stack(b), drop_axis=0, dtype=np.float32, meta=np.empty((0, 0), np.float32)
+    )
+    attrs = {"wcs_asdf": images[0].attrs["wcs_asdf"]}
+    median_da = xr.DataArray(median, dims=("y", "x"), name="median", attrs=attrs)
+    new_images = []
+    for ds in images:
+        t = dask.delayed(blocks.flag_against_median, pure=True)(median, ds["data"].data, ds["err"].data, ds["dq"].data, params)
+        dq = da.from_delayed(t, shape=shape, dtype=np.uint32, meta=np.empty((0, 0), np.uint32))
+        new_images.append(_new_dataset(ds, dq))
+    return OutlierResult(images=new_images, median=median_da, tempdir=None)
