@@ -1,0 +1,149 @@
+"""Slow references for the detector kernels: plain numpy/Python, and stcal 1.20 called as JWST does."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+
+from daskcal.dq import DQ, dq_dict
+
+SAT, DNU, JUMP = int(DQ.SATURATED), int(DQ.DO_NOT_USE), int(DQ.JUMP_DET)
+BAD = SAT | DNU
+
+
+# ---------------------------------------------------------------- datasets
+def make_ramps(shape=(1, 6, 24, 20), *, seed=0, rate=5.0, readnoise=10.0, gain=2.0, cr=(), bias=0.0):
+    """Small numpy ramp dataset: bias + rate*t + white noise + cosmic-ray steps.
+
+    ``cr`` is a list of (integration, group, y, x, DN) steps added from that group on.
+    """
+    nints, ngroups, ny, nx = shape
+    rng = np.random.default_rng(seed)
+    t = 10.0 * np.arange(ngroups)[None, :, None, None]
+    data = bias + rate * t + (readnoise / np.sqrt(2)) * rng.standard_normal(shape)
+    for i, g, y, x, dn in cr:
+        data[i, g:, y, x] += dn
+    data = data.astype(np.float32)
+    pix = ("y", "x")
+    return xr.Dataset(
+        {
+            "data": (("integration", "group", "y", "x"), data),
+            "groupdq": (("integration", "group", "y", "x"), np.zeros(shape, np.uint8)),
+            "pixeldq": (pix, np.zeros((ny, nx), np.uint32)),
+            "gain": (pix, np.full((ny, nx), gain, np.float32)),
+            "readnoise": (pix, np.full((ny, nx), readnoise, np.float32)),
+            "saturation": (pix, np.full((ny, nx), 60000.0, np.float32)),
+            "superbias": (pix, np.full((ny, nx), bias, np.float32)),
+        },
+        attrs={"group_time": 10.0, "frame_time": 10.0, "nframes": 1, "groupgap": 0},
+    )
+
+
+# ---------------------------------------------------------------- stcal oracles
+def stcal_saturation(ramps: xr.Dataset, n_pix_grow_sat=1):
+    """``flag_saturated_pixels`` on copies, with pixeldq as the reference DQ."""
+    from stcal.saturation.saturation import flag_saturated_pixels
+
+    pdq = ramps["pixeldq"].values
+    gdq, pdq_out, _ = flag_saturated_pixels(
+        ramps["data"].values.copy(),
+        ramps["groupdq"].values.copy(),
+        pdq.copy(),
+        ramps["saturation"].values.copy(),
+        pdq.copy(),
+        65535,
+        dq_dict(),
+        n_pix_grow_sat=n_pix_grow_sat,
+    )
+    return gdq, pdq_out
+
+
+def stcal_jumps(ramps: xr.Dataset, **kw):
+    """``detect_jumps_data`` on copies, set up as the JWST jump step does (no snowballs/showers)."""
+    from stcal.jump.jump import detect_jumps_data
+    from stcal.jump.jump_class import JumpData
+
+    nframes = int(ramps.attrs["nframes"])
+    gt = float(ramps.attrs["group_time"])
+    jd = JumpData(gain2d=ramps["gain"].values.copy(), rnoise2d=ramps["readnoise"].values.copy(), dqflags=dq_dict())
+    jd.init_arrays_from_arrays(
+        ramps["data"].values.copy(), ramps["groupdq"].values.copy(), ramps["pixeldq"].values.copy()
+    )
+    jd.nframes = nframes
+    jd.dt_group = np.ones(1)
+    jd.n_reads_groupdiff = 2 * nframes * np.ones(1)
+    jd.max_cores = "none"
+    jd.set_detection_settings(
+        kw.get("rejection_threshold", 4.0),
+        kw.get("three_group_rejection_threshold", 6.0),
+        kw.get("four_group_rejection_threshold", 5.0),
+        kw.get("max_jump_to_flag_neighbors", 1000.0),
+        kw.get("min_jump_to_flag_neighbors", 10.0),
+        kw.get("flag_4_neighbors", True),
+    )
+    jd.set_after_jump(
+        kw.get("after_jump_flag_dn1", 0.0),
+        int(kw.get("after_jump_flag_time1", 0.0) // gt),
+        kw.get("after_jump_flag_dn2", 0.0),
+        int(kw.get("after_jump_flag_time2", 0.0) // gt),
+    )
+    gdq, pdq, _, _ = detect_jumps_data(jd)
+    return gdq, pdq
+
+
+# ---------------------------------------------------------------- numpy references
+def saturation_reference(data, gdq, thresh, n_pix_grow_sat):
+    """Saturation flags from whole-array numpy operations (4-D in, 4-D out)."""
+    over = np.logical_or.accumulate(data >= thresh, axis=1)
+    out = gdq | np.where(over, SAT, 0).astype(np.uint8)
+    out |= np.where(data <= 0, int(DQ.AD_FLOOR | DQ.DO_NOT_USE), 0).astype(np.uint8)
+    if n_pix_grow_sat:
+        box = np.ones((1, 1, 2 * n_pix_grow_sat + 1, 2 * n_pix_grow_sat + 1), bool)
+        grown = ndimage.binary_dilation((out & SAT) != 0, structure=box)
+        out |= np.where(grown, SAT, 0).astype(np.uint8)
+    return out
+
+
+def _clipped_median(v):
+    v = v[np.isfinite(v)]
+    n = v.size
+    if n < 2:
+        return np.nan, n
+    if n == 2:
+        return v.min(), n
+    if n == 3:
+        return np.median(v), n
+    rest = v[v != v.max()]
+    return (np.median(rest) if rest.size else np.nan), n
+
+
+def primary_reference(data, gdq, gain, rnoise, nframes, thresholds=(4.0, 5.0, 6.0)):
+    """Iterative two-point primary jumps, one pixel at a time in Python (flat 3-D in and out)."""
+    nints, ngroups, npix = data.shape
+    out = gdq.copy()
+    for p in range(npix):
+        e = data[:, :, p] * gain[p]
+        d = np.diff(e, axis=1).astype(np.float64)
+        d[((gdq[:, 1:, p] | gdq[:, :-1, p]) & BAD) != 0] = np.nan
+        a = np.abs(d).ravel()
+        var_rn = np.float64((rnoise[p] * gain[p]) ** 2) / nframes
+        first = True
+        while True:
+            med, n = _clipped_median(a)
+            if n < 2:
+                break
+            if not first:
+                med = float(np.float32(med))
+            sig = np.sqrt(abs(med) + var_rn)
+            sig = np.nan if sig == 0 else sig
+            ratio = np.abs((a - med).astype(np.float32).astype(np.float64)) / sig
+            thr = thresholds[0] if n >= 4 else thresholds[1] if n == 3 else thresholds[2]
+            if not np.any(np.isfinite(ratio)) or not np.nanmax(ratio) > thr:
+                break
+            hit = ratio == np.nanmax(ratio)
+            for k in np.flatnonzero(hit):
+                out[k // (ngroups - 1), k % (ngroups - 1) + 1, p] |= JUMP
+            a[hit] = np.nan
+            first = False
+    return out
