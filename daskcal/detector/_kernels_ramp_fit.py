@@ -226,7 +226,7 @@ def snr_index(d, gain, rnoise):
     """Index into SNR_POWERS for a segment whose last-minus-first signal is ``d`` DN."""
     den = rnoise * rnoise + d * gain
     snr = 0.0
-    if den > 0.0 and gain != 0.0:
+    if not (den <= 0.0 or gain == 0.0):  # a NaN ``den`` goes through, as in stcal
         snr = d * gain / math.sqrt(den)
         if snr < 0.0:
             snr = 0.0

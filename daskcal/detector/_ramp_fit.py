@@ -143,7 +143,7 @@ def _fit_graph(data, groupdq, pixeldq, gain, readnoise, dark, **params) -> da.Ar
         chunks=((n_planes(nints),), *data.chunks[2:]),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
-        name="fit-ramps",
+        token="fit-ramps",  # key prefix; a fixed name= would collide between calls
         **params,
     )
 
