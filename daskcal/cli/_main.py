@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "daskcal.cli._ingest",
     "daskcal.cli._detector1",
     "daskcal.cli._run",
+    "daskcal.cli._outliers",
 )
 
 

@@ -1,0 +1,170 @@
+"""``daskcal outliers INPUTS... -o OUTDIR``: flag outliers in calibrated exposures on a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tomllib
+from pathlib import Path
+
+from daskcal.cli._common import add_cluster_options
+
+__all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
+
+#: Parameters of the outliers step and their defaults (the reference's).
+STEP_DEFAULTS = {
+    "snr": "5.0 4.0",
+    "scale": "1.2 0.7",
+    "backg": 0.0,
+    "maskpt": 0.7,
+    "kernel": "square",
+    "pixfrac": 1.0,
+    "fillval": "NaN",
+    "weight_type": "ivm",
+    "good_bits": "~DO_NOT_USE",
+    "resample_data": True,
+    "in_memory": False,
+    "buffer_size": None,
+    "tile_shape": None,
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "outliers",
+        help="flag outliers (cosmic rays) in calibrated exposures by comparison with their median",
+        description="Flag outliers in calibrated image Zarr stores: single-drizzle each exposure group, "
+        "take the median, blot it back and compare. Writes OUTDIR/<name>.zarr per input (dq updated) "
+        "and, with --save-median, OUTDIR/median.zarr.",
+    )
+    p.add_argument("inputs", nargs="+", help="calibrated image Zarr stores (two exposure groups or more)")
+    p.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    p.add_argument("--save-median", action="store_true", help="also write the median mosaic as median.zarr")
+    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.outliers] table (graphs/outliers.toml)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    g = p.add_argument_group("outliers parameters (default: the recipe's, else the reference defaults)")
+    g.add_argument("--snr", default=None, help="two thresholds in sigma (default '5.0 4.0')")
+    g.add_argument("--scale", default=None, help="two derivative multipliers (default '1.2 0.7')")
+    g.add_argument("--backg", type=float, default=None, help="background subtracted from differences (default 0)")
+    g.add_argument("--maskpt", type=float, default=None, help="weight fraction below which resampled pixels are ignored (0.7)")
+    g.add_argument("--kernel", default=None, help="drizzle kernel (default square)")
+    g.add_argument("--pixfrac", type=float, default=None, help="drizzle pixfrac (default 1.0)")
+    g.add_argument("--fillval", default=None, help="fill of uncovered resampled pixels (default NaN)")
+    g.add_argument("--weight-type", default=None, choices=["ivm", "exptime", "none"], help="drizzle weights (ivm)")
+    g.add_argument("--good-bits", default=None, help="DQ bits counted as good (default '~DO_NOT_USE')")
+    g.add_argument("--no-resample", dest="resample_data", action="store_const", const=False, default=None,
+                   help="take the median on the inputs' own grid (all inputs of one shape)")
+    g.add_argument("--in-memory", action="store_const", const=True, default=None, help="hold every tile's stack in memory")
+    g.add_argument("--buffer-size", type=float, default=None, help="memory budget of one median task in MB (default 256)")
+    g.add_argument("--tile-shape", type=int, nargs=2, metavar=("TY", "TX"), default=None, help="output tile (1024 1024)")
+    g.add_argument("--tempdir", default=None, help="parent of the temporary stack (visible to every worker)")
+    add_cluster_options(p)
+    p.set_defaults(func=_main)
+
+
+def load_steps(path) -> dict:
+    """The ``[steps.outliers]`` table of a recipe, checked against :data:`STEP_DEFAULTS`."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"no recipe file at {str(path)!r}"
+        raise FileNotFoundError(msg)
+    with path.open("rb") as fh:
+        try:
+            recipe = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"recipe {str(path)!r} is not valid TOML: {exc}"
+            raise ValueError(msg) from exc
+    if recipe.get("pipeline") != "outliers":
+        msg = f"recipe {str(path)!r}: pipeline must be 'outliers'; got {recipe.get('pipeline')!r}"
+        raise ValueError(msg)
+    return _check_steps(recipe.get("steps", {}))
+
+
+def _check_steps(steps: dict) -> dict:
+    unknown_steps = set(steps) - {"outliers"}
+    if unknown_steps:
+        msg = f"recipe steps {sorted(unknown_steps)} are unknown; the outliers pipeline has one step, 'outliers'"
+        raise ValueError(msg)
+    values = dict(steps.get("outliers", {}))
+    unknown = set(values) - set(STEP_DEFAULTS)
+    if unknown:
+        msg = f"recipe parameters steps.outliers.{sorted(unknown)} are unknown; expected some of {list(STEP_DEFAULTS)}"
+        raise ValueError(msg)
+    return values
+
+
+def _main(args: argparse.Namespace) -> int:
+    params = dict(STEP_DEFAULTS)
+    if args.recipe:
+        params.update(load_steps(args.recipe))
+    for name in STEP_DEFAULTS:
+        v = getattr(args, name, None)
+        if v is not None:
+            params[name] = v
+    if params.get("weight_type") == "none":
+        params["weight_type"] = None
+    if args.buffer_size is not None:
+        params["buffer_size"] = int(args.buffer_size * 2**20)
+    if params.get("tile_shape") is not None:
+        params["tile_shape"] = tuple(params["tile_shape"])
+    execute(args.inputs, args.output, params, args, save_median=args.save_median, overwrite=args.overwrite,
+            tempdir=args.tempdir)
+    return 0
+
+
+def _open(path):
+    import xarray as xr
+
+    p = Path(path)
+    if not p.exists():
+        msg = f"no input at {str(p)!r}"
+        raise FileNotFoundError(msg)
+    if p.suffix.lower() == ".fits":
+        msg = f"{str(p)!r} is FITS; outliers reads calibrated image Zarr stores"
+        raise ValueError(msg)
+    try:
+        from daskcal.image._io import open_images  # the image-stage reader, when present
+
+        return open_images([str(p)])[0]
+    except ImportError:
+        return xr.open_zarr(p, consolidated=False)
+
+
+def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=False, tempdir=None) -> dict:
+    """Open the inputs, build the graph, run it on the chosen cluster and write the products."""
+    from daskcal.cluster import connect
+    from daskcal.image._outliers import flag_outliers
+    from daskcal.io._atomic import save_products
+
+    images = [_open(p) for p in inputs]
+    names = []
+    for k, (ds, path) in enumerate(zip(images, inputs)):
+        name = str(ds.attrs.get("name") or Path(path).stem)
+        names.append(name if name not in names else f"{name}_{k}")
+    result = flag_outliers(images, tempdir=tempdir, **params)  # validates before anything runs
+    products = {name: ds for name, ds in zip(names, result.images)}
+    if save_median:
+        products["median"] = result.median.to_dataset()
+    try:
+        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+            print(f"dashboard: {client.dashboard_link}")
+            t0 = time.perf_counter()
+            paths = save_products(products, output, overwrite=overwrite, progress=not args.no_progress)
+            elapsed = time.perf_counter() - t0
+    finally:
+        result.cleanup()
+    print(f"outliers: {len(images)} exposures in {elapsed:.1f} s")
+    for name, store in paths.items():
+        print(f"{name}: {store}")
+    return paths
+
+
+def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
+    """Run a ``pipeline = "outliers"`` recipe (graphs/outliers.toml) from ``daskcal run``."""
+    params = dict(STEP_DEFAULTS)
+    params.update(_check_steps(steps))
+    if params.get("tile_shape") is not None:
+        params["tile_shape"] = tuple(params["tile_shape"])
+    execute(inputs, output, params, args, save_median=bool(execution.get("save_median", False)),
+            overwrite=getattr(args, "overwrite", False), tempdir=execution.get("tempdir"))
+    return 0
