@@ -123,7 +123,7 @@ class OutlierParameters:
 
         try:
             interpret_bit_flags(self.good_bits, flag_name_map=dq_dict())
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             msg = f"good_bits {self.good_bits!r} is not a valid bit-flag expression: {exc}"
             raise ValueError(msg) from None
         if self.buffer_size is None:
