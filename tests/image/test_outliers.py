@@ -291,7 +291,7 @@ def test_cli(tmp_path):
     recipe = Path(__file__).parents[2] / "graphs" / "outliers.toml"
     out = tmp_path / "out"
     rc = main(["outliers", *paths, "-o", str(out), "--save-median", "--recipe", str(recipe), "--tile-shape", "40", "40",
-               "--workers", "2", "--no-progress", "--tempdir", str(tmp_path)])
+               "--workers", "1", "--no-progress", "--tempdir", str(tmp_path)])
     assert rc == 0
     expected = flag_outliers(sim.images, tile_shape=(40, 40))
     for ds, exp in zip(sim.images, expected.images):
