@@ -40,7 +40,8 @@ NOT_PERSISTENCE = 0xFF & ~PERSISTENCE
 
 #: Variances at or above this are reported as 0 (stcal's LARGE_VARIANCE_THRESHOLD).
 LARGE_VARIANCE = 1.0e6
-#: Lower signal-to-noise bounds of the optimal-weighting exponents (Fixsen et al. 2000).
+#: Lower signal-to-noise bounds of the optimal-weighting exponents (Fixsen et al. 2000);
+#: :func:`snr_index` spells them out as comparisons.
 SNR_BOUNDS = (5.0, 10.0, 20.0, 50.0, 100.0)
 #: Exponents P for S < 5, 5 <= S < 10, ..., S >= 100.
 SNR_POWERS = (0.0, 0.4, 1.0, 3.0, 6.0, 10.0)
@@ -397,6 +398,8 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
     starts = np.empty(ngroups, np.int64)
     lens = np.empty(ngroups, np.int64)
     sums = np.empty(3, np.float64)
+    # The per-integration logic stays in this loop on purpose: moving it into an
+    # inlined helper (views of ``stats`` and a 5-tuple return) cost 25% speed.
     for p in range(npix):
         load_pixel(data, gdq, p, suppress, dloc, qloc, stats)
         g = np.float64(gain[p])
