@@ -1,0 +1,167 @@
+"""Median benchmark: daskcal's MedianComputer against stcal 1.20's on the same frames.
+
+Run by hand (not a test)::
+
+    python benchmarks/bench_median.py            # 20 x 4096 x 4096 float32, 10% NaN
+    python benchmarks/bench_median.py --quick    # 20 x 1024 x 1024
+
+Every measurement runs in a fresh process that generates the frames one at a time
+(seeded, in row blocks, so generation adds one frame to the peak), appends them,
+evaluates the median and reports its wall time (append + evaluate) and its own
+peak RSS. A "frames only" run measures the generation's own peak so the computers'
+share can be read off. Results go to benchmarks/results/median.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "median.txt"
+MB = 2**20
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _frame(k, shape, out):
+    import numpy as np
+
+    rng = np.random.default_rng(1000 + k)
+    step = 256
+    for r0 in range(0, shape[0], step):
+        block = out[r0 : r0 + step]
+        rng.standard_normal(block.shape, dtype=np.float32, out=block)
+        block[rng.random(block.shape, dtype=np.float32) < 0.1] = np.nan
+    return out
+
+
+def child(impl: str, n: int, ny: int, nx: int, buffer_mb: float, tmp: str) -> dict:
+    import numpy as np
+
+    shape = (n, ny, nx)
+    buf = np.empty((ny, nx), np.float32)
+    if impl == "frames":
+        base = _rss_mb()
+        t0 = time.perf_counter()
+        for k in range(n):
+            _frame(k, (ny, nx), buf)
+        out = np.empty((ny, nx), np.float32)
+        elapsed = time.perf_counter() - t0
+    else:
+        if impl.startswith("stcal"):
+            from stcal.outlier_detection.median import MedianComputer
+        else:
+            from daskcal.image._median import MedianComputer
+            from daskcal.image._median_kernels import nanmedian_columns
+
+            nanmedian_columns(np.zeros((2, 2), np.float32), np.zeros(2, np.float32))  # compile outside the timing
+        in_memory = impl.endswith("memory")
+        base = _rss_mb()
+        mc = MedianComputer(shape, in_memory=in_memory, buffer_size=int(buffer_mb * MB), tempdir=tmp)
+        gen = 0.0
+        t0 = time.perf_counter()
+        for k in range(n):
+            g0 = time.perf_counter()
+            _frame(k, (ny, nx), buf)
+            gen += time.perf_counter() - g0
+            mc.append(buf, k)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = mc.evaluate()
+        elapsed = time.perf_counter() - t0 - gen
+    return {
+        "impl": impl,
+        "seconds": elapsed,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "base_mb": base,
+        "checksum": float(np.nansum(out[:: max(ny // 64, 1)], dtype=np.float64)),
+    }
+
+
+def run(impl, n, ny, nx, buffer_mb, tmp):
+    cmd = [sys.executable, __file__, "--child", impl, "--n", str(n), "--shape", str(ny), str(nx),
+           "--buffer-mb", str(buffer_mb), "--tmp", tmp]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--child", default=None)
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--shape", type=int, nargs=2, default=None)
+    ap.add_argument("--buffer-mb", type=float, default=64.0)
+    ap.add_argument("--tmp", default=None)
+    args = ap.parse_args()
+    shape = tuple(args.shape) if args.shape else ((1024, 1024) if args.quick else (4096, 4096))
+    if args.child:
+        print(json.dumps(child(args.child, args.n, *shape, args.buffer_mb, args.tmp)))
+        return
+    cases = [
+        ("frames", 64.0),
+        ("stcal-disk", 64.0),
+        ("daskcal-disk", 64.0),
+        ("stcal-disk", 100.0),
+        ("daskcal-disk", 100.0),
+        ("daskcal-disk", 16.0),
+        ("stcal-memory", 0.0),
+        ("daskcal-memory", 0.0),
+    ]
+    lines = [
+        f"# median of {args.n} frames of {shape[0]}x{shape[1]} float32, 10% NaN (seeded); fresh process per run",
+        "# seconds: append + evaluate (frame generation excluded), median of runs; peak: process max RSS (MB);",
+        "# growth: peak minus the RSS just before the run (imports, compiled kernels and the one frame buffer loaded)",
+        f"# command: python benchmarks/bench_median.py{' --quick' if args.quick else ''}",
+        f"{'implementation':<16} {'buffer MB':>9} {'seconds':>8} {'Mpix/s':>8} {'peak MB':>8} {'growth MB':>9}  notes",
+    ]
+    checks = {}
+    with tempfile.TemporaryDirectory(prefix="bench-median-") as tmp:
+        for impl, buf in cases:
+            runs, note = [], ""
+            for _ in range(1 if impl == "frames" else args.repeat):
+                try:
+                    runs.append(run(impl, args.n, *shape, buf, tmp))
+                except subprocess.CalledProcessError as exc:
+                    err = (exc.stderr or "").strip().splitlines()
+                    note = f"FAILS: {err[-1] if err else exc}"
+                    break
+            if not runs:
+                lines.append(f"{impl:<16} {buf:>9.0f} {'-':>8} {'-':>8} {'-':>8} {'-':>9}  {note}")
+                print(lines[-1], flush=True)
+                continue
+            secs = sorted(r["seconds"] for r in runs)[len(runs) // 2]
+            peak = max(r["peak_mb"] for r in runs)
+            growth = max(r["peak_mb"] - r["base_mb"] for r in runs)
+            mpix = args.n * shape[0] * shape[1] / 1e6 / secs if secs > 0 else float("nan")
+            if impl != "frames":
+                checks[(impl, buf)] = runs[0]["checksum"]
+            else:
+                note = "generation only (the floor every run shares)"
+            lines.append(f"{impl:<16} {buf:>9.0f} {secs:>8.2f} {mpix:>8.1f} {peak:>8.0f} {growth:>9.0f}  {note}")
+            print(lines[-1], flush=True)
+    same = len({round(v, 3) for v in checks.values()}) == 1
+    lines.append(f"# all medians equal (checksum over every 64th row): {same}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
