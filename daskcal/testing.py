@@ -123,7 +123,8 @@ def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True) -> tuple
     rd.set_meta("NIRCAM", float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]), int(a["nframes"]))
     rd.algorithm = "OLS_C"
     rd.set_dqflags(dq_dict())
-    rd.suppress_one_group_ramps = suppress_one_group
+    # jwst's ramp_fit turns suppression off for single-group exposures
+    rd.suppress_one_group_ramps = suppress_one_group and ramps.sizes["group"] > 1
     rn = np.array(ramps["readnoise"].values, dtype=np.float32)
     gain = np.array(ramps["gain"].values, dtype=np.float32)
     image, integ, _ = ramp_fit_data(rd, False, rn, gain, "OLS_C", "optimal", "none")
