@@ -44,18 +44,29 @@ def _pixel_diffs(data, gdq, gain, p, diffs):  # pragma: no cover - compiled
 
 @njit(nogil=True, cache=True)
 def _sort_finite(vals, buf):  # pragma: no cover - compiled
-    """Insertion-sort the non-NaN values of ``vals`` into ``buf``; return their number."""
+    """Sort the non-NaN values of ``vals`` into ``buf[:n]``; return ``n``.
+
+    Short ramps (the usual case) are placed by rank without branches, which is
+    several times faster than a comparison sort; ``buf`` needs ``2 * vals.size``.
+    """
+    m = vals.size
     n = 0
-    for k in range(vals.size):
+    for k in range(m):
         v = vals[k]
-        if v != v:
-            continue
-        j = n
-        while j > 0 and buf[j - 1] > v:
-            buf[j] = buf[j - 1]
-            j -= 1
-        buf[j] = v
-        n += 1
+        if v == v:
+            buf[m + n] = v
+            n += 1
+    if n > 16:
+        buf[:n] = buf[m : m + n]
+        buf[:n].sort()
+        return n
+    for k in range(n):
+        v = buf[m + k]
+        rank = 0
+        for j in range(n):
+            w = buf[m + j]
+            rank += (w < v) | ((w == v) & (j < k))
+        buf[rank] = v
     return n
 
 
@@ -131,8 +142,7 @@ def primary_jumps(data, gdq, gain, rnoise, nframes, thr_normal, thr_3diff, thr_2
     ntot = nints * nd
     diffs = np.empty(ntot)
     absd = np.empty(ntot)
-    buf = np.empty(ntot)
-    ratio = np.empty(ntot)
+    buf = np.empty(2 * ntot)
     for p in range(npix):
         g = gain[p]
         rn = rnoise[p] * g
@@ -149,23 +159,22 @@ def primary_jumps(data, gdq, gain, rnoise, nframes, thr_normal, thr_3diff, thr_2
             absd[k] = np.abs(diffs[k])
         first = True
         while True:
-            med, n = _clipped_median(absd, buf)
+            med, n = _clipped_median(absd, buf)  # leaves the usable values sorted in buf[:n]
             if n < 2:
                 break
             if not first:
                 med = np.float64(np.float32(med))
             sig = _sigma(med, var_rn)
             thr = thr_normal if n >= 4 else (thr_3diff if n == 3 else thr_2diff)
-            rmax = -1.0
-            for k in range(ntot):
-                r = np.abs(np.float64(np.float32(absd[k] - med))) / sig
-                ratio[k] = r
-                if r > rmax:
-                    rmax = r
+            # |round32(a - med)| / sig is monotone in a on either side of med, so the
+            # largest ratio belongs to the smallest or the largest usable value.
+            lo = np.abs(np.float64(np.float32(buf[0] - med))) / sig
+            hi = np.abs(np.float64(np.float32(buf[n - 1] - med))) / sig
+            rmax = max(lo, hi)
             if not rmax > thr:
                 break
             for k in range(ntot):
-                if ratio[k] == rmax:
+                if np.abs(np.float64(np.float32(absd[k] - med))) / sig == rmax:
                     out[k // nd, k % nd + 1, p] |= _JUMP
                     absd[k] = np.nan
             first = False
@@ -194,7 +203,7 @@ def neighbor_sources(data, gdq, gain, rnoise, nframes, lo, hi, out):  # pragma: 
     nints, ngroups, npix = data.shape
     nd = ngroups - 1
     diffs = np.empty(nints * nd)
-    buf = np.empty(nints * nd)
+    buf = np.empty(2 * nints * nd)
     for p in range(npix):
         found = False
         for i in range(nints):
@@ -268,7 +277,7 @@ def after_jump_flags(data, gdq, gain, e1, n1, e2, n2, out):  # pragma: no cover 
     j1 = min(n1, ngroups - 2)
     j2 = min(n2, ngroups - 2)
     diffs = np.empty(nints * nd)
-    buf = np.empty(nints * nd)
+    buf = np.empty(2 * nints * nd)
     until = np.empty(ngroups, dtype=np.int64)
     for p in range(npix):
         found = False

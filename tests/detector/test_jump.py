@@ -57,8 +57,8 @@ def test_parity_two_integrations(two_ints, chunks):
 
 @pytest.mark.parametrize(
     "shape",
-    [(1, 3, 64, 64), (1, 4, 64, 64), (2, 3, 48, 48), (1, 10, 64, 64), (1, 12, 48, 48), (2, 11, 40, 40)],
-    ids=["3groups", "4groups", "2x3groups", "10groups", "12groups-single-pass", "2x11groups-single-pass"],
+    [(1, 3, 64, 64), (1, 4, 64, 64), (2, 3, 48, 48), (1, 10, 64, 64), (3, 7, 32, 32), (1, 12, 48, 48), (2, 11, 40, 40)],
+    ids=["3groups", "4groups", "2x3groups", "10groups", "3x7groups", "12groups-single-pass", "2x11groups-single-pass"],
 )
 def test_parity_group_counts(shape):
     r, _ = _calibrated(shape, seed=sum(shape))
