@@ -14,6 +14,7 @@ __all__ = ["register", "PIPELINES", "load_recipe"]
 # pipeline name -> module whose ``run_recipe(inputs, output, steps, execution, args)`` runs it
 PIPELINES = {
     "detector1": "daskcal.cli._detector1",
+    "outliers": "daskcal.cli._outliers",
 }
 
 

@@ -42,14 +42,18 @@ def subtract_superbias(ramps: xr.Dataset) -> xr.Dataset:
 
 
 def step_parameters() -> dict[str, dict[str, object]]:
-    """``{step: {parameter: default}}`` for the steps detector1 runs."""
+    """``{step: {parameter: default}}`` for the steps detector1 runs.
+
+    Parameters whose default is None (such as ``fit_ramps``' ``dark_current`` array)
+    are Python-only and not listed: recipes and the command line cannot express them.
+    """
     out = {}
     for step, func in STEPS.items():
         sig = inspect.signature(func)
         out[step] = {
             name: p.default
             for name, p in list(sig.parameters.items())[1:]
-            if p.default is not inspect.Parameter.empty
+            if p.default is not inspect.Parameter.empty and p.default is not None
         }
     return out
 
