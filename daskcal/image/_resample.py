@@ -207,9 +207,8 @@ def _plan_blocks(inp: _Input, wcs_out, block: int, margin: int, out_shape) -> li
         msg = f"input {inp.index} ({inp.ds.attrs.get('name', '?')!r}) does not map onto the output WCS everywhere"
         raise ValueError(msg)
     blocks = []
-    for by in range(ymin, ymax + 1, block):
-        for bx in range(xmin, xmax + 1, block):
-            y1, x1 = min(by + block, ymax + 1), min(bx + block, xmax + 1)
+    for by, y1 in _even_cuts(ymin, ymax + 1, block):
+        for bx, x1 in _even_cuts(xmin, xmax + 1, block):
             sx = (xs >= bx - 0.5 - step) & (xs <= x1 - 0.5 + step)
             sy = (ys >= by - 0.5 - step) & (ys <= y1 - 0.5 + step)
             bxs, bys = ox[np.ix_(sy, sx)], oy[np.ix_(sy, sx)]
@@ -221,6 +220,13 @@ def _plan_blocks(inp: _Input, wcs_out, block: int, margin: int, out_shape) -> li
                 continue
             blocks.append(_Block(inp.index, by, y1, bx, x1, (wy0, wx0, wy1 - wy0, wx1 - wx0)))
     return blocks
+
+
+def _even_cuts(start, stop, size):
+    """Cut [start, stop) into near-equal pieces of at most ``size`` (no slivers drizzle would reject)."""
+    n = max(1, math.ceil((stop - start) / size))
+    edges = np.linspace(start, stop, n + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
 def _tiles(shape, tile_shape):
@@ -439,6 +445,9 @@ def resample(
         raise ValueError(msg)
     if block_shape is None:
         block_shape = int(min(1024, max(64, min(tile_shape) * psr)))
+    if int(block_shape) < 8:
+        msg = f"block_shape must be at least 8 input pixels; got {block_shape}"
+        raise ValueError(msg)
     margin = _kernel_margin(params, psr)
     blocks = {i.index: _plan_blocks(i, wcs_out, int(block_shape), margin, out_shape) for i in inps}
     if not any(blocks.values()):

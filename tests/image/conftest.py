@@ -1,0 +1,18 @@
+"""Fixtures for the image-stage resample tests: small simulated exposures and the stcal oracle."""
+
+from __future__ import annotations
+
+import pytest
+
+import daskcal
+
+
+@pytest.fixture(scope="session")
+def sim6():
+    """Six dithered 100x120 exposures, 2 px distortion, with stars."""
+    return daskcal.simulate_images(n=6, shape=(100, 120), seed=1, n_stars=12)
+
+
+@pytest.fixture(scope="session")
+def sim6_wcs(sim6):
+    return daskcal.output_wcs(sim6.images)
