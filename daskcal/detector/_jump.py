@@ -25,7 +25,7 @@ from daskcal.detector._kernels_jump import (
 )
 from daskcal.dq import DQ
 
-__all__ = ["JumpParameters", "detect_jumps", "jump_block", "jump_mode"]
+__all__ = ["JumpParameters", "detect_jumps", "jump_block", "jump_block_arguments", "jump_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,50 @@ def jump_block(
     return out.reshape(data.shape)
 
 
+def jump_block_arguments(params: JumpParameters, ramps: xr.Dataset) -> dict:
+    """Check ``ramps`` for jump detection and turn ``params`` into :func:`jump_block` keywords.
+
+    Computes the detector-wide scalars the blocks need (the median gain that
+    converts the after-jump thresholds to electrons) and refuses what the
+    two-point method cannot do; logs a warning when there are too few groups.
+    """
+    nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
+    if nints >= MIN_SIGCLIP_INTS:
+        msg = f"detect_jumps supports fewer than {MIN_SIGCLIP_INTS} integrations (stcal switches to sigma clipping); got {nints}"
+        raise NotImplementedError(msg)
+    check_reference_values(ramps, ("gain", "readnoise"))
+    if ngroups < MIN_GROUPS:
+        log.warning("jump detection needs %d groups; data have %d: no jumps will be flagged", MIN_GROUPS, ngroups)
+
+    group_time = float(ramps.attrs["group_time"])
+    n1 = int(params.after_jump_flag_time1 // group_time)
+    n2 = int(params.after_jump_flag_time2 // group_time)
+    after_jump = None
+    if n1 > 0 or n2 > 0:
+        median_gain = np.nanmedian(np.asarray(ramps["gain"].values))
+        after_jump = (
+            float(params.after_jump_flag_dn1 * median_gain),
+            n1,
+            float(params.after_jump_flag_dn2 * median_gain),
+            n2,
+        )
+    neighbors = None
+    if params.flag_4_neighbors:
+        neighbors = (float(params.min_jump_to_flag_neighbors), float(params.max_jump_to_flag_neighbors))
+    thresholds = (
+        float(params.rejection_threshold),
+        float(params.four_group_rejection_threshold),
+        float(params.three_group_rejection_threshold),
+    )
+
+    return {
+        "nframes": int(ramps.attrs["nframes"]),
+        "thresholds": thresholds,
+        "neighbors": neighbors,
+        "after_jump": after_jump,
+    }
+
+
 def detect_jumps(
     ramps: xr.Dataset,
     rejection_threshold: float = 4.0,
@@ -272,34 +316,8 @@ def detect_jumps(
         after_jump_flag_time2,
     )
     validate_ramps(ramps, require=("gain", "readnoise"))
-    nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
-    if nints >= MIN_SIGCLIP_INTS:
-        msg = f"detect_jumps supports fewer than {MIN_SIGCLIP_INTS} integrations (stcal switches to sigma clipping); got {nints}"
-        raise NotImplementedError(msg)
-    check_reference_values(ramps, ("gain", "readnoise"))
-    if ngroups < MIN_GROUPS:
-        log.warning("jump detection needs %d groups; data have %d: no jumps will be flagged", MIN_GROUPS, ngroups)
-
-    group_time = float(ramps.attrs["group_time"])
-    n1 = int(params.after_jump_flag_time1 // group_time)
-    n2 = int(params.after_jump_flag_time2 // group_time)
-    after_jump = None
-    if n1 > 0 or n2 > 0:
-        median_gain = np.nanmedian(np.asarray(ramps["gain"].values))
-        after_jump = (
-            float(params.after_jump_flag_dn1 * median_gain),
-            n1,
-            float(params.after_jump_flag_dn2 * median_gain),
-            n2,
-        )
-    neighbors = None
-    if params.flag_4_neighbors:
-        neighbors = (float(params.min_jump_to_flag_neighbors), float(params.max_jump_to_flag_neighbors))
-    thresholds = (
-        float(params.rejection_threshold),
-        float(params.four_group_rejection_threshold),
-        float(params.three_group_rejection_threshold),
-    )
+    args = jump_block_arguments(params, ramps)
+    neighbors = args["neighbors"]
 
     ds = pixel_chunked(ramps)
     data, gdq = ds["data"].data, ds["groupdq"].data
@@ -329,10 +347,7 @@ def detect_jumps(
         concatenate=True,
         dtype=np.uint8,
         meta=np.empty((0, 0, 0, 0), dtype=np.uint8),
-        nframes=int(ramps.attrs["nframes"]),
-        thresholds=thresholds,
-        neighbors=neighbors,
-        after_jump=after_jump,
+        **args,
     )
     if halo:
         new_gdq = da.overlap.trim_internal(new_gdq, d4, boundary="none")

@@ -9,11 +9,12 @@ import numpy as np
 import xarray as xr
 
 from daskcal.detector._common import pixel_chunked, validate_ramps
+from daskcal.detector._fused import detector1_graph
 from daskcal.detector._jump import detect_jumps
 from daskcal.detector._ramp_fit import RampFitResult, fit_ramps
 from daskcal.detector._saturation import flag_saturation
 
-__all__ = ["STEPS", "subtract_superbias", "detector1", "step_parameters"]
+__all__ = ["STEPS", "subtract_superbias", "detector1", "detector1_steps", "step_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,32 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     Returns
     -------
     RampFitResult
-        Lazy ``.rate`` and ``.rateints`` datasets (DN/s). Nothing is computed until
-        the caller computes or saves them.
+        Lazy ``.rate`` and ``.rateints`` datasets (DN/s). Only small detector-wide
+        statistics (gain checks, the median gain, which group planes are usable)
+        are computed here; the ramps are read when the caller computes or saves
+        the products.
+
+    Notes
+    -----
+    The steps run fused, chunk by chunk, with one halo of ``n_pix_grow_sat + 1``
+    pixels (see :mod:`daskcal.detector._fused`); the result equals running
+    :func:`flag_saturation`, :func:`subtract_superbias`, :func:`detect_jumps` and
+    :func:`fit_ramps` one after another (:func:`detector1_steps`).
     """
     routed = _route(params)
     validate_ramps(ramps, require=("gain", "readnoise", "saturation"))
+    if "superbias" in ramps:
+        validate_ramps(ramps, require=("superbias",))
+    return detector1_graph(ramps, routed, chunks)
+
+
+def detector1_steps(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **params) -> RampFitResult:
+    """detector1 as four separate step graphs (the composition :func:`detector1` fuses).
+
+    Same parameters and result as :func:`detector1`; kept to show (and test) that
+    the fused graph equals the steps one after another.
+    """
+    routed = _route(params)
     ramps = pixel_chunked(ramps, chunks)
     ramps = flag_saturation(ramps, **routed["saturation"])
     ramps = subtract_superbias(ramps)

@@ -89,3 +89,15 @@ def test_subtract_superbias_treats_nan_as_zero(sim):
     out = daskcal.subtract_superbias(ramps).compute()
     np.testing.assert_array_equal(out["data"].values[:, :, 0, 0], ramps["data"].values[:, :, 0, 0])
     np.testing.assert_allclose(out["data"].values[:, :, 1, 1], ramps["data"].values[:, :, 1, 1] - bias[1, 1])
+
+
+@pytest.mark.parametrize("params", [{}, {"n_pix_grow_sat": 2, "flag_4_neighbors": False},
+                                    {"n_pix_grow_sat": 0, "after_jump_flag_dn1": 100.0, "after_jump_flag_time1": 25.0}])
+def test_fused_graph_equals_the_steps_one_after_another(sim, params):
+    from daskcal.detector._pipeline import detector1_steps
+
+    fused = daskcal.detector1(sim.ramps, chunks=(23, 31), **params)
+    steps = detector1_steps(sim.ramps, chunks=(40, 40), **params)
+    a, b = dask.compute(fused.rateints, steps.rateints)
+    for name in (*PRODUCTS, "dq"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)

@@ -1,0 +1,161 @@
+"""detector1 as one fused block per chunk (block + graph layers).
+
+Running the steps as separate graphs (``flag_saturation`` -> ``subtract_superbias``
+-> ``detect_jumps`` -> ``fit_ramps``) builds a halo'd copy of the cube for each
+step with a halo and keeps intermediate cubes alive between tasks. Here every
+chunk is read once with one halo wide enough for the whole chain and runs all
+steps in memory:
+
+- saturation growth needs ``n_pix_grow_sat`` pixels of raw data around a pixel;
+- jump neighbour flagging needs the primary jumps of the 4 neighbours, hence
+  their saturation flags, hence ``n_pix_grow_sat + 1`` pixels of raw data.
+
+So the halo is ``n_pix_grow_sat + (1 if flag_4_neighbors else 0)`` and every
+result on the chunk's core is exactly what the step-by-step graph gives.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from daskcal.detector._common import PIX_DIMS, pixel_chunked
+from daskcal.detector._jump import JumpParameters, jump_block, jump_block_arguments
+from daskcal.detector._ramp_fit import _dark_array, _products, fit_block, n_planes
+from daskcal.detector._saturation import ATOD_LIMIT, SaturationParameters, saturation_block
+from daskcal.dq import DQ
+
+__all__ = ["detector1_block", "detector1_graph", "plane_usable"]
+
+_NO_SAT_CHECK = np.uint32(DQ.NO_SAT_CHECK)
+_BAD_GAIN = np.uint32(DQ.NO_GAIN_VALUE | DQ.DO_NOT_USE)
+_DNU = int(DQ.DO_NOT_USE)
+
+
+def _usable_planes(data: np.ndarray, gdq: np.ndarray) -> np.ndarray:
+    """(nints, ngroups): planes with a pixel that is not DO_NOT_USE after the A/D-floor check."""
+    return (((gdq & _DNU) == 0) & ~(data <= 0)).any(axis=(2, 3))
+
+
+def plane_usable(ds: xr.Dataset) -> np.ndarray:
+    """Which (integration, group) planes have any usable pixel after saturation flagging.
+
+    Jump detection chooses its method from this detector-wide statistic. Saturation
+    adds DO_NOT_USE only at the A/D floor (<= 0 DN), so it is computed from the raw
+    data and input DQ. The first chunk usually settles it (a plane with a usable
+    pixel there is usable); only otherwise is the whole cube reduced.
+
+    Returns
+    -------
+    ndarray of bool, shape (nints, ngroups)
+    """
+    data, gdq = ds["data"].data, ds["groupdq"].data
+    first = _usable_planes(*da.compute(data.blocks[:, :, 0, 0], gdq.blocks[:, :, 0, 0]))
+    if first.all():
+        return first
+    usable = (((gdq & _DNU) == 0) & ~(data <= 0)).any(axis=(2, 3))
+    return np.asarray(usable.compute())
+
+
+def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usable, n_pix_grow_sat, jump, fit,
+                    block_info=None):
+    """Saturation, superbias, jumps and ramp fit on one halo'd chunk; products for its core.
+
+    Parameters
+    ----------
+    data : ndarray (nints, ngroups, cy + halos, cx + halos)
+        Raw ramps in DN (bias included).
+    gdq : ndarray, uint8
+        Input group DQ, same shape.
+    pdq, sat, bias, gain, rnoise, dark : ndarray (cy + halos, cx + halos)
+        Pixel DQ; saturation threshold (DN); superbias (DN, NaN as 0); gain
+        (e-/DN); CDS read noise (DN); dark current (DN/s).
+    halo : int
+        Halo width in pixels on the sides that have a neighbour chunk.
+    usable : ndarray of bool (nints, ngroups)
+        Detector-wide usable planes (:func:`plane_usable`).
+    n_pix_grow_sat : int
+        Saturation growth half-width (pixels).
+    jump, fit : dict
+        Keyword arguments of :func:`jump_block` and :func:`fit_block`.
+
+    Returns
+    -------
+    ndarray, float32 (n_planes(nints), cy, cx)
+        The stacked rate and rateints planes of :func:`fit_block`.
+    """
+    ys, xs = _core(block_info, halo, data.shape[2:])
+    skip = ((pdq & _NO_SAT_CHECK) != 0) | np.isnan(sat)
+    thresh = np.where(skip, sat.dtype.type(ATOD_LIMIT + 1), sat)
+    gdq = saturation_block(data, gdq, thresh, n_pix_grow_sat=n_pix_grow_sat)
+    data = data - np.nan_to_num(bias, nan=0.0).astype(np.float32)
+    gdq = jump_block(data, gdq, gain, rnoise, usable, **jump)
+    pdq = pdq | np.where(np.isnan(sat), _NO_SAT_CHECK, np.uint32(0)) | np.where(gain > 0, np.uint32(0), _BAD_GAIN)
+    return fit_block(data[:, :, ys, xs], gdq[:, :, ys, xs], pdq[ys, xs], gain[ys, xs], rnoise[ys, xs],
+                     dark[ys, xs], **fit)
+
+
+def _core(block_info, halo: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The slices of a halo'd block that hold its core (boundary='none' adds no outer halo)."""
+    if block_info is None or halo == 0:
+        return slice(None), slice(None)
+    info = block_info[0]
+    cuts = []
+    for axis, size in zip((2, 3), shape, strict=True):
+        loc, n = info["chunk-location"][axis], info["num-chunks"][axis]
+        lo = halo if loc > 0 else 0
+        hi = size - (halo if loc < n - 1 else 0)
+        cuts.append(slice(lo, hi))
+    return cuts[0], cuts[1]
+
+
+def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
+    """Build the fused detector1 graph; returns a :class:`RampFitResult` (lazy).
+
+    ``routed`` holds the parameters of each step (``saturation``, ``jump``,
+    ``ramp_fit``), already checked by name.
+    """
+    sat_params = SaturationParameters(**routed["saturation"])
+    jump_params = JumpParameters(**routed["jump"])
+    suppress = routed["ramp_fit"].get("suppress_one_group", True)
+    if not isinstance(suppress, (bool, np.bool_)):
+        msg = f"suppress_one_group must be True or False; got {suppress!r}"
+        raise TypeError(msg)
+    ds = pixel_chunked(ramps, chunks)
+    jump_args = jump_block_arguments(jump_params, ds)
+    n = sat_params.n_pix_grow_sat
+    halo = n + (1 if jump_params.flag_4_neighbors else 0)
+    nints = ds.sizes["integration"]
+    chunks_yx = ds["data"].data.chunks[2:]
+    fit = {
+        "group_time": float(ds.attrs["group_time"]),
+        "frame_time": float(ds.attrs["frame_time"]),
+        "nframes": int(ds.attrs["nframes"]),
+        "suppress_one_group": bool(suppress),
+    }
+    zeros = xr.DataArray(da.zeros(ds["data"].shape[2:], dtype=np.float32, chunks=chunks_yx), dims=PIX_DIMS)
+    bias = ds["superbias"] if "superbias" in ds else zeros
+    pix = [ds["pixeldq"], ds["saturation"], bias, ds["gain"], ds["readnoise"], _dark_array(None, ds)]
+    pix = [v.data.rechunk(chunks_yx) for v in pix]
+    cube = [ds["data"].data, ds["groupdq"].data.rechunk(ds["data"].data.chunks)]
+    if halo:
+        cube = [da.overlap.overlap(a, depth={0: 0, 1: 0, 2: halo, 3: halo}, boundary="none") for a in cube]
+        pix = [da.overlap.overlap(a, depth={0: halo, 1: halo}, boundary="none") for a in pix]
+    stacked = da.map_blocks(
+        detector1_block,
+        *cube,
+        *pix,
+        drop_axis=(0, 1),
+        new_axis=0,
+        chunks=((n_planes(nints),), *chunks_yx),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+        token="detector1",
+        halo=halo,
+        usable=plane_usable(ds),
+        n_pix_grow_sat=n,
+        jump=jump_args,
+        fit=fit,
+    )
+    return _products(stacked, ramps)
