@@ -197,7 +197,10 @@ def jump_block_arguments(params: JumpParameters, ramps: xr.Dataset) -> dict:
     """
     nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
     if nints >= MIN_SIGCLIP_INTS:
-        msg = f"detect_jumps supports fewer than {MIN_SIGCLIP_INTS} integrations (stcal switches to sigma clipping); got {nints}"
+        msg = (
+            f"detect_jumps supports fewer than {MIN_SIGCLIP_INTS} integrations "
+            f"(stcal switches to sigma clipping, which is not implemented); got {nints}"
+        )
         raise NotImplementedError(msg)
     check_reference_values(ramps, ("gain", "readnoise"))
     if ngroups < MIN_GROUPS:

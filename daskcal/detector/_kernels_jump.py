@@ -114,7 +114,9 @@ def _sigma(med, var_rn):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def primary_jumps(data, gdq, gain, rnoise, nframes, thr_normal, thr_3diff, thr_2diff, single_pass, out):  # pragma: no cover
+def primary_jumps(  # pragma: no cover - compiled
+    data, gdq, gain, rnoise, nframes, thr_normal, thr_3diff, thr_2diff, single_pass, out
+):
     """Flag primary jumps pixel by pixel (JUMP_DET at the later group of a difference).
 
     Parameters

@@ -245,3 +245,22 @@ def test_bad_input():
     many = make_ramps((100, 3, 2, 2))
     with pytest.raises(NotImplementedError, match="100"):
         detect_jumps(many)
+
+
+def _boom(block):
+    raise AssertionError("a ramp chunk was computed")
+
+
+def test_errors_and_graph_need_no_ramp_computation():
+    r = make_ramps((1, 5, 16, 16))
+    poison = {}
+    for k in ("data", "groupdq"):
+        arr = da.from_array(r[k].values, chunks=(-1, -1, 8, 8))
+        poison[k] = (r[k].dims, arr.map_blocks(_boom, meta=r[k].values[:0, :0, :0, :0]))
+    lazy = r.assign(poison)
+    out = detect_jumps(lazy)  # builds the graph; only the 2-D gain and read noise are read
+    assert isinstance(out["groupdq"].data, da.Array)
+    with pytest.raises(ValueError, match="rejection_threshold"):
+        detect_jumps(lazy, rejection_threshold=-1.0)
+    with pytest.raises(AssertionError, match="computed"):
+        out["groupdq"].values

@@ -135,3 +135,22 @@ def test_bad_input():
         flag_saturation(r.assign(saturation=r["saturation"].T))
     with pytest.raises(ValueError, match="group_time"):
         flag_saturation(xr.Dataset(r.data_vars))
+
+
+def _boom(block):
+    raise AssertionError("a chunk was computed")
+
+
+def test_errors_and_graph_need_no_computation():
+    r = make_ramps((1, 5, 16, 16))
+    poison = {}
+    for k, v in r.data_vars.items():
+        meta = v.values[(slice(0, 0),) * v.ndim]
+        poison[k] = (v.dims, da.from_array(v.values).map_blocks(_boom, meta=meta))
+    lazy = r.assign(poison)
+    out = flag_saturation(lazy, 2)
+    assert isinstance(out["groupdq"].data, da.Array)
+    with pytest.raises(ValueError, match="n_pix_grow_sat"):
+        flag_saturation(lazy, -2)
+    with pytest.raises(AssertionError, match="computed"):
+        out["groupdq"].values
