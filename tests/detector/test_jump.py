@@ -95,6 +95,9 @@ def test_parity_do_not_use_groups_and_saturation():
     gdq[1, 2:, 11, 11] |= SAT
     gdq[0, 3, 12, 12] |= JUMP | SAT  # an earlier JUMP on a flagged group is removed
     r["groupdq"] = (r["groupdq"].dims, gdq)
+    data = r["data"].values.copy()
+    data[rng.random(data.shape) < 0.01] = np.nan  # unflagged NaN values are unusable too
+    r["data"] = (r["data"].dims, data)
     assert (gdq & SAT).any()
     out = _assert_parity(r, (17, 30))
     assert not (out[0, :, 10, 10] & JUMP).any() and out[0, 3, 12, 12] == SAT
