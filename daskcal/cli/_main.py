@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    # dask.distributed sets its own loggers to INFO; filter at the handler so -v rules everything
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+    logging.getLogger("daskcal").setLevel(level)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
