@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 __all__ = ["pixel_map", "footprint_window", "drizzle_weight", "drizzle_group", "median_tile", "blot_and_flag"]
 
 
+def assemble(x):
+    """An array from what a graph hands a task: an ndarray, or nested lists of blocks (np.block)."""
+    if isinstance(x, list):
+        return np.block(x)
+    return x
+
+
 def _wcs(text):
     from daskcal.image._dataset import wcs_from_text
 
@@ -143,8 +150,9 @@ def drizzle_group(members, window, out_wcs_text, params, layer, store, tiles):
     wht = np.zeros((y1 - y0, x1 - x0), np.float32)
     driz = Drizzle(kernel=params.kernel, fillval="0", out_img=img, out_wht=wht, disable_ctx=True)
     for m in members:
-        data = np.asarray(m["data"], dtype=np.float32)
-        weight = drizzle_weight(m["dq"], m["var_rnoise"], params.weight_type, params.good_bits, m["exptime"])
+        data = np.asarray(assemble(m["data"]), dtype=np.float32)
+        var_rnoise = None if m["var_rnoise"] is None else assemble(m["var_rnoise"])
+        weight = drizzle_weight(assemble(m["dq"]), var_rnoise, params.weight_type, params.good_bits, m["exptime"])
         pixmap = pixel_map(_wcs(m["wcs"]), out_wcs, data.shape)
         pixmap[..., 0] -= x0
         pixmap[..., 1] -= y0
@@ -227,7 +235,8 @@ def blot_and_flag(median, window, data, err, dq, in_wcs_text, out_wcs_text, para
 
     from daskcal.dq import DQ
 
-    data = np.asarray(data)
+    data, err, dq = np.asarray(assemble(data)), assemble(err), assemble(dq)
+    median = None if median is None else assemble(median)
     blot = np.zeros(data.shape, np.float32)
     if window is not None:
         y0, y1, x0, x1 = window
@@ -248,21 +257,22 @@ def flag_against_median(median, data, err, dq, params):
     """New DQ of one input compared with the median on its own grid (``resample_data=False``)."""
     from daskcal.dq import DQ
 
-    mask = flag_crs(np.asarray(data), np.asarray(err), median, params.snr[0])
+    mask = flag_crs(np.asarray(assemble(data)), np.asarray(assemble(err)), assemble(median), params.snr[0])
     return _apply(dq, mask, DQ)
 
 
 def masked_for_median(data, dq, var_rnoise, params, exptime):
     """An input with pixels below its own weight threshold set to NaN (``resample_data=False``)."""
-    weight = drizzle_weight(dq, var_rnoise, params.weight_type, params.good_bits, exptime)
+    var_rnoise = None if var_rnoise is None else assemble(var_rnoise)
+    weight = drizzle_weight(assemble(dq), var_rnoise, params.weight_type, params.good_bits, exptime)
     threshold = compute_weight_threshold(weight, params.maskpt)
-    out = np.array(data, dtype=np.float32, copy=True)
+    out = np.array(assemble(data), dtype=np.float32, copy=True)
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         out[weight < threshold] = np.nan
     return out
 
 
 def _apply(dq, mask, DQ):  # noqa: N803
-    new = np.array(dq, dtype=np.uint32, copy=True)
+    new = np.array(assemble(dq), dtype=np.uint32, copy=True)
     new[mask] |= np.uint32(DQ.OUTLIER | DQ.DO_NOT_USE)
     return new

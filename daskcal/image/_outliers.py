@@ -299,12 +299,26 @@ def _group_ids(images):
     return ids
 
 
+def _blocks(x):
+    """Hand a dask array to a delayed task as its blocks (nested lists), without a re-keyed copy.
+
+    Passing a dask array itself to ``dask.delayed`` optimises and renames its graph,
+    so work shared with other outputs (the single drizzles behind the median) would
+    run again for every task that receives it.
+    """
+    import dask.array as da
+
+    if isinstance(x, da.Array):
+        return x.to_delayed(optimize_graph=False).tolist()
+    return x
+
+
 def _member(ds):
     exptime = ds.attrs.get("measurement_time") or ds.attrs.get("exposure_time", 1.0)
     return {
-        "data": ds["data"].data,
-        "dq": ds["dq"].data,
-        "var_rnoise": ds["var_rnoise"].data if "var_rnoise" in ds else None,
+        "data": _blocks(ds["data"].data),
+        "dq": _blocks(ds["dq"].data),
+        "var_rnoise": _blocks(ds["var_rnoise"].data) if "var_rnoise" in ds else None,
         "wcs": ds.attrs["wcs_asdf"],
         "exptime": float(exptime),
     }
@@ -428,7 +442,8 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
         w = windows[k]
         med = median[w[0]:w[1], w[2]:w[3]] if w is not None else None
         t = dask.delayed(blocks.blot_and_flag, pure=True)(
-            med, w, ds["data"].data, ds["err"].data, ds["dq"].data, ds.attrs["wcs_asdf"], out_text, params,
+            _blocks(med), w, _blocks(ds["data"].data), _blocks(ds["err"].data), _blocks(ds["dq"].data),
+            ds.attrs["wcs_asdf"], out_text, params,
             dask_key_name=f"outlier-blot-flag-{token}-{k}",
         )
         dq = da.from_delayed(t, shape=ds["dq"].shape, dtype=np.uint32, meta=np.empty((0, 0), np.uint32))
@@ -469,7 +484,9 @@ def _flag_unresampled(images, params):
     median_da = xr.DataArray(median, dims=("y", "x"), name="median", attrs=attrs)
     new_images = []
     for ds in images:
-        t = dask.delayed(blocks.flag_against_median, pure=True)(median, ds["data"].data, ds["err"].data, ds["dq"].data, params)
+        t = dask.delayed(blocks.flag_against_median, pure=True)(
+            _blocks(median), _blocks(ds["data"].data), _blocks(ds["err"].data), _blocks(ds["dq"].data), params
+        )
         dq = da.from_delayed(t, shape=shape, dtype=np.uint32, meta=np.empty((0, 0), np.uint32))
         new_images.append(_new_dataset(ds, dq))
     return OutlierResult(images=new_images, median=median_da, tempdir=None)
