@@ -124,10 +124,9 @@ def _open(path):
         raise ValueError(msg)
     try:
         from daskcal.image._io import open_images  # the image-stage reader, when present
-
-        return open_images([str(p)])[0]
     except ImportError:
         return xr.open_zarr(p, consolidated=False)
+    return open_images([str(p)])[0]
 
 
 def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=False, tempdir=None) -> dict:
