@@ -67,6 +67,8 @@ def _compare(images, wcs_out, *, tile_shape, block_shape, **kw):
     out = daskcal.resample(images, output_wcs=wcs_out, tile_shape=tile_shape, block_shape=block_shape, **kw)
     res = dask.compute(out, scheduler="threads")[0]
     kw.setdefault("weight_type", "ivm")
+    # stcal's Resample class defaults to fillval=0.0; the step (and daskcal) to NaN: pass ours explicitly
+    kw.setdefault("fillval", "NaN")
     ref = run_stcal(images, wcs_out, pixel_scale_ratio=res.attrs["pixel_scale_ratio"],
                     pixel_scale=res.attrs["pixel_scale"], good_bits="~DO_NOT_USE+NON_SCIENCE",
                     compute_err="from_var", **kw)
@@ -85,17 +87,25 @@ def _compare(images, wcs_out, *, tile_shape, block_shape, **kw):
 @pytest.mark.filterwarnings("ignore:Kernel .* is not a flux-conserving kernel")
 @pytest.mark.parametrize("kernel", ["square", "point", "turbo", "gaussian", "lanczos2", "lanczos3"])
 def test_parity_kernels(sim6, sim6_wcs, kernel):
-    # tiles of 37x53 and blocks of 40 px cut every input and window
-    _, _, d, con_equal = _compare(sim6.images, sim6_wcs, tile_shape=(37, 53), block_shape=40, kernel=kernel, fillval=0)
+    # tiles of 37x53 and blocks of 40 px cut every input and window; default fillval (NaN)
+    _, _, d, con_equal = _compare(sim6.images, sim6_wcs, tile_shape=(37, 53), block_shape=40, kernel=kernel)
     assert con_equal
     assert d["data"] < 1e-5 and d["wht"] < 1e-5, d
     assert max(d[n] for n in PLANES) < 1e-4, d
 
 
-@pytest.mark.parametrize("weight_type", ["exptime", "ivm-sky"])
-def test_parity_weight_types(sim6, sim6_wcs, weight_type):
+@pytest.mark.parametrize(("weight_type", "fillval"), [("exptime", "NaN"), ("ivm-sky", "INDEF"), ("exptime", 0)])
+def test_parity_weight_types(sim6, sim6_wcs, weight_type, fillval):
+    """Parity with the default fill too.
+
+    The NaN-fill differences once seen here came from the oracle, not from daskcal:
+    ``stcal.resample.Resample`` defaults to ``fillval=0.0`` while the step (and
+    daskcal) default to NaN, so an oracle built without ``fillval`` put 0 where
+    daskcal put NaN (pixels no input reaches). With the same fill, the pixels that
+    get the fill are the same (total weight zero), and NaN/INDEF/"" all mean NaN.
+    """
     _, _, d, con_equal = _compare(sim6.images, sim6_wcs, tile_shape=(50, 64), block_shape=48,
-                                  weight_type=weight_type, pixfrac=0.7, fillval=0)
+                                  weight_type=weight_type, pixfrac=0.7, fillval=fillval)
     assert con_equal
     assert d["data"] < 1e-5 and d["wht"] < 1e-5, d
     assert max(d[n] for n in PLANES) < 1e-4, d
@@ -140,38 +150,57 @@ def test_tiles_equal_one_tile(sim6, sim6_wcs):
         np.testing.assert_array_equal(tiled[name].values, whole[name].values, err_msg=name)
 
 
-@pytest.mark.parametrize("kernel", ["square", "point", "turbo"])
-def test_flux_conserved(kernel):
-    """Star fluxes in the mosaic against truth (exptime weights; aperture 15x15 px).
-
-    Per star the scatter is up to ~0.7% (sampling phases of 8 dithers combined with
-    per-pixel weights); the median over stars is held to 0.5% (point: the sum over
-    stars, as single point drops leave per-star sampling noise of several %).
-    """
-    sim = daskcal.simulate_images(n=8, shape=(160, 160), seed=5, n_stars=20)
+def _star_fluxes(kernel, n, n_stars, r=7):
+    """Aperture sums of isolated stars in the mosaic over their true fluxes, minus 1."""
+    sim = daskcal.simulate_images(n=n, shape=(160, 160), seed=5, n_stars=n_stars, dither=6.0)
     res = daskcal.resample(sim.images, kernel=kernel, fillval=0, enable_var=False, compute_err=None,
                            weight_type="exptime", tile_shape=(96, 96)).compute(scheduler="threads")
-    w = get_wcs(res)
-    x, y = w.invert(sim.truth.star_ra, sim.truth.star_dec, with_bounding_box=False)
-    ny, nx = res.data.shape
-    r = 7
-    measured, truth = [], []
-    for xi, yi, f in zip(x, y, sim.truth.star_flux):
+    ra, dec, flux = sim.truth.star_ra, sim.truth.star_dec, sim.truth.star_flux
+    x, y = get_wcs(res).invert(ra, dec, with_bounding_box=False)
+    keep = flux >= 1000  # noise in a 15x15 px aperture is < 0.1% of these
+    for ds in sim.images:  # the aperture lies inside every exposure
+        xi, yi = get_wcs(ds).invert(ra, dec, with_bounding_box=False)
+        keep &= (xi > r + 2) & (xi < 160 - r - 3) & (yi > r + 2) & (yi < 160 - r - 3)
+    sep = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    np.fill_diagonal(sep, np.inf)
+    keep &= sep.min(axis=1) > 2.5 * r  # no neighbour's light in the aperture
+    out = []
+    for xi, yi, f in zip(x[keep], y[keep], flux[keep]):
         xi, yi = int(round(xi)), int(round(yi))
-        if f < 1000 or not (r + 2 <= xi < nx - r - 2 and r + 2 <= yi < ny - r - 2):
-            continue
-        box = (slice(yi - r, yi + r + 1), slice(xi - r, xi + r + 1))
-        if np.any(res.wht.values[box] == 0):
-            continue
-        measured.append(float(res.data.values[box].sum()))
-        truth.append(f)
-    measured, truth = np.array(measured), np.array(truth)
-    assert len(truth) >= 5
-    if kernel == "point":
-        assert abs(measured.sum() / truth.sum() - 1) < 1e-2
-    else:
-        assert np.median(np.abs(measured / truth - 1)) < 5e-3
-        assert np.max(np.abs(measured / truth - 1)) < 1e-2
+        out.append(float(res.data.values[yi - r:yi + r + 1, xi - r:xi + r + 1].sum()) / f - 1)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("kernel", ["square", "turbo"])
+def test_flux_conserved(kernel):
+    """Each isolated star keeps its flux within 0.5% (8 dithers, exptime weights).
+
+    What is measured: the sum over a 15x15 px aperture (5.8 PSF sigma) of stars
+    brighter than 1000 (noise < 0.1%), whose aperture lies inside every exposure
+    and holds no other star. Earlier versions of this test saw up to ~0.7% per star:
+    that was neighbours' light in the aperture and apertures only partly covered by
+    some exposures (the weighted mean then mixes differently sampled images), not
+    lost flux. Measured: <= 0.25% per star (0.002 of pixels masked by DQ).
+    """
+    rel = _star_fluxes(kernel, n=8, n_stars=20)
+    assert len(rel) >= 4
+    assert np.max(np.abs(rel)) < 5e-3, rel
+
+
+def test_flux_conserved_point():
+    """The point kernel conserves star flux on average, not star by star.
+
+    Each input pixel centre lands in one output pixel, whose value is the weighted
+    mean of the samples that landed in it; where one exposure puts two samples in
+    a pixel and none in its neighbour, that exposure's weight shifts between pixels.
+    So a single star's aperture sum scatters by the sampling (measured ~1.4% median
+    with 8 dithers, ~0.5% with 24), but without bias: the mean over isolated stars
+    of a 24-dither mosaic is held to 0.5% (measured 0.02%), and no star to 3%.
+    """
+    rel = _star_fluxes("point", n=24, n_stars=40)
+    assert len(rel) >= 4
+    assert abs(np.mean(rel)) < 5e-3, rel
+    assert np.max(np.abs(rel)) < 3e-2, rel
 
 
 def test_single_mode_equals_per_group(sim6, sim6_wcs):
