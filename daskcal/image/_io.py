@@ -1,0 +1,383 @@
+"""Reading calibrated exposures and writing mosaics: Zarr, JWST-style FITS, associations.
+
+- :func:`open_images` opens Zarr stores written by :func:`daskcal.save` of an
+  :func:`daskcal.image_dataset`, JWST ``_cal.fits`` files (SCI, ERR, DQ, VAR_*
+  extensions, the gwcs in the ``ASDF`` extension at ``meta.wcs``) and association
+  JSON files, all lazily (each FITS chunk is read by the task that needs it).
+- :func:`write_cal_fits` writes an image dataset as such a FITS file.
+- :func:`to_fits` exports a mosaic that fits in memory as an ``_i2d``-like FITS file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, get_wcs, wcs_from_text, wcs_to_text
+from daskcal.io._atomic import atomic_path
+
+__all__ = ["open_images", "expand_inputs", "write_cal_fits", "to_fits", "CAL_EXTENSIONS", "I2D_EXTENSIONS"]
+
+#: Dataset variable -> FITS extension of a calibrated exposure.
+CAL_EXTENSIONS = {"data": "SCI", "err": "ERR", "dq": "DQ", "var_poisson": "VAR_POISSON",
+                  "var_rnoise": "VAR_RNOISE", "var_flat": "VAR_FLAT"}
+#: Dataset variable -> FITS extension of a mosaic (``_i2d``).
+I2D_EXTENSIONS = {"data": "SCI", "err": "ERR", "con": "CON", "wht": "WHT", "var_poisson": "VAR_POISSON",
+                  "var_rnoise": "VAR_RNOISE", "var_flat": "VAR_FLAT", "dq": "DQ"}
+#: Attribute -> (primary header keyword, ASDF tree path) of an exposure's times and sky.
+_KEYWORDS = {
+    "exposure_time": ("EFFEXPTM", ("exposure", "exposure_time")),
+    "measurement_time": ("TMEASURE", ("exposure", "measurement_time")),
+    "duration": ("DURATION", ("exposure", "duration")),
+    "start_time": ("EXPSTART", ("exposure", "start_time")),
+    "end_time": ("EXPEND", ("exposure", "end_time")),
+    "level": ("BKGLEVEL", ("background", "level")),
+    "subtracted": ("BKGSUB", ("background", "subtracted")),
+    "group_id": ("GROUP_ID", ("group_id",)),
+}
+ASDF_EXT = "ASDF"
+ASDF_COLUMN = "ASDF_METADATA"
+DEFAULT_CHUNKS = (1024, 1024)
+FITS_EXPORT_CONFIG = "daskcal.fits-export-memory"
+DEFAULT_FITS_EXPORT = "4 GiB"
+
+
+# ---------------------------------------------------------------- inputs
+
+def expand_inputs(paths_or_asn) -> list[Path]:
+    """Paths of the exposures named by paths, association JSON files, or both.
+
+    An association (jwst format) contributes ``products[0].members[].expname``,
+    relative to the association's directory.
+    """
+    if isinstance(paths_or_asn, (str, os.PathLike)):
+        paths_or_asn = [paths_or_asn]
+    out: list[Path] = []
+    for item in paths_or_asn:
+        p = Path(item)
+        if not p.exists():
+            msg = f"no input at {str(p)!r}"
+            raise FileNotFoundError(msg)
+        if p.suffix.lower() == ".json":
+            out.extend(_asn_members(p))
+        else:
+            out.append(p)
+    if not out:
+        msg = "no input images given"
+        raise ValueError(msg)
+    return out
+
+
+def _asn_members(path: Path) -> list[Path]:
+    try:
+        asn = json.loads(path.read_text())
+        members = asn["products"][0]["members"]
+        names = [m["expname"] for m in members]
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        msg = f"association {str(path)!r} is not valid: {exc!r}; expected JSON with products[0].members[].expname"
+        raise ValueError(msg) from exc
+    if not names:
+        msg = f"association {str(path)!r} has no members"
+        raise ValueError(msg)
+    members = [(path.parent / n) if not Path(n).is_absolute() else Path(n) for n in names]
+    missing = [str(m) for m in members if not m.exists()]
+    if missing:
+        msg = f"association {str(path)!r} names exposures that do not exist: {missing}"
+        raise FileNotFoundError(msg)
+    return members
+
+
+def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr.Dataset]:
+    """Open calibrated exposures lazily.
+
+    Parameters
+    ----------
+    paths_or_asn : path-like or sequence of path-like
+        Zarr stores (from :func:`daskcal.save` of an :func:`daskcal.image_dataset`),
+        JWST-style ``_cal.fits`` files, and/or association JSON files.
+    chunks : (int, int), optional
+        ``(y, x)`` chunk shape of FITS arrays (px). Default (1024, 1024); Zarr
+        stores keep their own chunks.
+
+    Returns
+    -------
+    list of xarray.Dataset
+        Dask-backed image datasets, one per exposure, in the given order.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path or association member does not exist.
+    ValueError
+        A file without SCI data or without a WCS, extensions of different shapes,
+        an unreadable association.
+    """
+    return [_open_one(p, chunks) for p in expand_inputs(paths_or_asn)]
+
+
+def _open_one(path: Path, chunks) -> xr.Dataset:
+    name = path.name.lower()
+    if name.endswith((".fits", ".fits.gz", ".fit")):
+        return _open_cal_fits(path, chunks or DEFAULT_CHUNKS)
+    if path.is_dir():
+        return _open_zarr(path)
+    msg = f"{str(path)!r} is neither a Zarr store (directory), a .fits file nor an association .json"
+    raise ValueError(msg)
+
+
+def _open_zarr(path: Path) -> xr.Dataset:
+    try:
+        ds = xr.open_zarr(path, consolidated=False)
+    except Exception as exc:  # zarr raises several types for "not a store"
+        msg = f"{str(path)!r} is not a readable Zarr store: {exc}"
+        raise ValueError(msg) from exc
+    if "data" not in ds:
+        msg = f"Zarr store {str(path)!r} has no 'data' variable; expected an image dataset"
+        raise ValueError(msg)
+    if not ds.attrs.get(WCS_ATTR):
+        msg = f"Zarr store {str(path)!r} has no WCS (attribute {WCS_ATTR!r}); write it from daskcal.image_dataset"
+        raise ValueError(msg)
+    return ds
+
+
+class _FitsSection:
+    """Array-like view of one FITS extension that reads only the requested slice."""
+
+    def __init__(self, path: str, ext: str, shape: tuple, dtype: np.dtype):
+        self.path, self.ext, self.shape, self.dtype = path, ext, shape, np.dtype(dtype)
+        self.ndim = len(shape)
+
+    def __getitem__(self, key):
+        from astropy.io import fits
+
+        # raw values (memory-mapped even where BZERO/BSCALE are set, as for uint32 DQ), scaled here
+        with fits.open(self.path, memmap=True, lazy_load_hdus=True, do_not_scale_image_data=True) as hdul:
+            hdu = hdul[self.ext]
+            raw = np.asarray(hdu.section[key])
+            bzero, bscale = hdu.header.get("BZERO", 0), hdu.header.get("BSCALE", 1)
+        if bzero == 0 and bscale == 1:
+            return raw.astype(self.dtype)
+        if self.dtype.kind in "ui" and bscale == 1:
+            return (raw.astype(np.int64) + int(bzero)).astype(self.dtype)
+        return (raw * float(bscale) + float(bzero)).astype(self.dtype)
+
+
+def _tree_get(tree, keys):
+    node = tree
+    for k in keys:
+        try:
+            node = node[k]
+        except (KeyError, TypeError, IndexError):
+            return None
+    return node
+
+
+def _read_asdf_tree(hdul, path):
+    """The ASDF tree of a FITS file's ``ASDF`` extension (as stdatamodels writes it)."""
+    import asdf
+
+    if ASDF_EXT not in hdul:
+        msg = f"{str(path)!r} has no {ASDF_EXT} extension, so no WCS; expected a JWST-style _cal.fits"
+        raise ValueError(msg)
+    raw = hdul[ASDF_EXT].data[ASDF_COLUMN][0].tobytes()
+    af = asdf.open(io.BytesIO(raw), lazy_load=False, memmap=False)
+    return af
+
+
+def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
+    import dask.array as da
+    from astropy.io import fits
+    from dask.base import tokenize
+
+    with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+        if "SCI" not in hdul or hdul["SCI"].header.get("NAXIS", 0) != 2:
+            msg = f"{str(path)!r} has no 2-D SCI extension; expected a JWST-style _cal.fits"
+            raise ValueError(msg)
+        with _read_asdf_tree(hdul, path) as af:
+            wcs = _tree_get(af.tree, ("meta", "wcs"))
+            if wcs is None:
+                msg = f"{str(path)!r}: the ASDF extension has no meta.wcs; the image cannot be resampled"
+                raise ValueError(msg)
+            text = wcs_to_text(wcs)
+            meta_tree = af.tree.get("meta", {})
+            attrs = _fits_attrs(hdul[0].header, meta_tree, path)
+        shape = (hdul["SCI"].header["NAXIS2"], hdul["SCI"].header["NAXIS1"])
+        data_vars = {}
+        for var, ext in CAL_EXTENSIONS.items():
+            if ext not in hdul:
+                continue
+            h = hdul[ext].header
+            eshape = tuple(h[f"NAXIS{i}"] for i in range(h.get("NAXIS", 0), 0, -1))
+            if eshape != shape:
+                msg = f"{str(path)!r}: extension {ext} has shape {eshape}; SCI has {shape}"
+                raise ValueError(msg)
+            dtype = np.uint32 if var == "dq" else np.float32
+            arr = _FitsSection(str(path), ext, shape, dtype)
+            name = f"fits-{ext.lower()}-" + tokenize(str(path.resolve()), os.path.getmtime(path), ext, tuple(chunks))
+            data_vars[var] = (("y", "x"), da.from_array(arr, chunks=tuple(chunks), name=name,
+                                                        meta=np.empty((0, 0), dtype)))
+        bunit = hdul["SCI"].header.get("BUNIT")
+    if "dq" not in data_vars:
+        data_vars["dq"] = (("y", "x"), da.zeros(shape, np.uint32, chunks=tuple(chunks)))
+    attrs[WCS_ATTR] = text
+    if bunit:
+        attrs["bunit_data"] = str(bunit)
+    return xr.Dataset(data_vars, attrs=attrs)
+
+
+def _fits_attrs(header, meta_tree, path: Path) -> dict:
+    attrs = dict(_META_DEFAULTS)
+    stem = path.name.split(".fits")[0]
+    attrs["name"] = stem
+    for key, (kw, tree_path) in _KEYWORDS.items():
+        value = _tree_get(meta_tree, tree_path)
+        if value is None and kw in header:
+            value = header[kw]
+        if value is not None:
+            attrs[key] = value if isinstance(value, (bool, str)) else float(value)
+    if attrs["group_id"] is None:
+        attrs["group_id"] = stem
+    if not float(attrs["exposure_time"]) > 0:
+        msg = f"{str(path)!r}: exposure time (EFFEXPTM / meta.exposure.exposure_time) must be positive"
+        raise ValueError(msg)
+    if attrs["duration"] is None:
+        attrs["duration"] = attrs["exposure_time"]
+    if attrs["end_time"] is None:
+        attrs["end_time"] = float(attrs["start_time"]) + float(attrs["exposure_time"]) / 86400.0
+    attrs["subtracted"] = bool(attrs["subtracted"])
+    return attrs
+
+
+# ---------------------------------------------------------------- writing
+
+def _asdf_hdu(tree: dict):
+    import asdf
+    from astropy.io import fits
+
+    buf = io.BytesIO()
+    asdf.AsdfFile(tree).write_to(buf, all_array_storage="inline")
+    raw = np.frombuffer(buf.getvalue(), np.uint8)
+    col = fits.Column(name=ASDF_COLUMN, format=f"{raw.size}B", array=raw[None, :])
+    return fits.BinTableHDU.from_columns([col], name=ASDF_EXT)
+
+
+def _primary(attrs: dict):
+    from astropy.io import fits
+
+    primary = fits.PrimaryHDU()
+    for key, (kw, _) in _KEYWORDS.items():
+        v = attrs.get(key)
+        if isinstance(v, (int, float, str, bool, np.floating, np.integer)):
+            primary.header[kw] = v
+    return primary
+
+
+def write_cal_fits(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
+    """Write an image dataset as a JWST-style ``_cal.fits`` file (computes it).
+
+    Extensions SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE, VAR_FLAT (those present) and
+    ASDF (``meta.wcs``, ``meta.exposure``, ``meta.background``); times also as
+    primary header keywords (EFFEXPTM, TMEASURE, DURATION, EXPSTART, EXPEND).
+    Written atomically.
+    """
+    from astropy.io import fits
+
+    wcs = get_wcs(ds)
+    a = ds.attrs
+    hdus = [_primary(a)]
+    for var, ext in CAL_EXTENSIONS.items():
+        if var in ds:
+            hdu = fits.ImageHDU(np.asarray(ds[var].values), name=ext)
+            if var == "data":
+                hdu.header["BUNIT"] = str(a.get("bunit_data", "MJy/sr"))
+            hdus.append(hdu)
+    meta = {
+        "wcs": wcs,
+        "filename": Path(path).name,
+        "group_id": a.get("group_id"),
+        "exposure": {k: a.get(k) for k in ("exposure_time", "measurement_time", "duration", "start_time", "end_time")},
+        "background": {"level": a.get("level", 0.0), "subtracted": bool(a.get("subtracted", False))},
+    }
+    meta["exposure"] = {k: v for k, v in meta["exposure"].items() if v is not None}
+    hdus.append(_asdf_hdu({"meta": meta}))
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp)
+    return Path(path)
+
+
+def to_fits(mosaic: xr.Dataset, path, *, overwrite: bool = False, max_memory=None) -> Path:
+    """Export a mosaic from :func:`daskcal.resample` as an ``_i2d``-like FITS file.
+
+    The planes are computed into memory, so this is for mosaics that fit; larger
+    ones stay in their Zarr store.
+
+    Parameters
+    ----------
+    mosaic : xarray.Dataset
+        A (lazy or loaded) mosaic, or a store opened from one; not ``single=True``
+        output (select a group with ``mosaic.isel(group=k)``).
+    path : path-like
+        Destination FITS file, written atomically.
+    overwrite : bool, default False
+        Replace an existing file.
+    max_memory : int or str, optional
+        Largest size of the planes to export. Default: Dask config
+        ``daskcal.fits-export-memory``, else 4 GiB.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        A mosaic larger than ``max_memory``, one with a ``group`` dimension, or
+        without data or WCS.
+    """
+    import dask
+    from astropy.io import fits
+    from dask.utils import format_bytes, parse_bytes
+
+    if "data" not in mosaic or "wht" not in mosaic:
+        msg = "to_fits needs a mosaic with 'data' and 'wht' (from daskcal.resample)"
+        raise ValueError(msg)
+    if "group" in mosaic.dims:
+        msg = "to_fits exports one mosaic; select a group of single=True output with mosaic.isel(group=k)"
+        raise ValueError(msg)
+    wcs = get_wcs(mosaic)
+    limit = max_memory if max_memory is not None else dask.config.get(FITS_EXPORT_CONFIG, DEFAULT_FITS_EXPORT)
+    limit = parse_bytes(limit) if isinstance(limit, str) else int(limit)
+    names = [v for v in I2D_EXTENSIONS if v in mosaic]
+    need = sum(int(mosaic[v].nbytes) for v in names)
+    if need > limit:
+        msg = (f"the mosaic planes need {need} bytes ({format_bytes(need)}) in memory, more than the FITS export "
+               f"limit of {limit} bytes ({format_bytes(limit)}); keep the Zarr store, or raise max_memory= / "
+               f"Dask config {FITS_EXPORT_CONFIG!r}")
+        raise ValueError(msg)
+    arrays = dask.compute({v: mosaic[v].data for v in names})[0]
+    hdus = [_primary(mosaic.attrs)]
+    for v in names:
+        hdu = fits.ImageHDU(np.asarray(arrays[v]), name=I2D_EXTENSIONS[v])
+        hdus.append(hdu)
+    skip = {WCS_ATTR}
+    meta = {k: v for k, v in mosaic.attrs.items() if k not in skip and isinstance(v, (int, float, str, bool, list))}
+    meta["wcs"] = wcs
+    hdus.append(_asdf_hdu({"meta": meta}))
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp)
+    return Path(path)
+
+
+def read_fits_wcs(path):
+    """The gwcs of a FITS file written by :func:`to_fits` or :func:`write_cal_fits`."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdul, _read_asdf_tree(hdul, path) as af:
+        return wcs_from_text(wcs_to_text(af.tree["meta"]["wcs"]))
