@@ -92,8 +92,10 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usab
     data = data - np.nan_to_num(bias, nan=0.0).astype(np.float32)
     gdq = jump_block(data, gdq, gain, rnoise, usable, **jump)
     pdq = pdq | np.where(np.isnan(sat), _NO_SAT_CHECK, np.uint32(0)) | np.where(gain > 0, np.uint32(0), _BAD_GAIN)
-    return fit_block(data[:, :, ys, xs], gdq[:, :, ys, xs], pdq[ys, xs], gain[ys, xs], rnoise[ys, xs],
-                     dark[ys, xs], **fit)
+    # Fitting the halo too (a few % more pixels) avoids copying the cropped cube;
+    # only the small product planes are cropped.
+    planes = fit_block(data, gdq, pdq, gain, rnoise, dark, **fit)
+    return np.ascontiguousarray(planes[:, ys, xs])
 
 
 def _core(block_info, halo: int, shape: tuple[int, int]) -> tuple[slice, slice]:
