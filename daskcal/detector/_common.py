@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import dask.array as da
@@ -16,6 +17,8 @@ __all__ = [
     "pixel_chunked",
     "as_dask",
 ]
+
+log = logging.getLogger(__name__)
 
 RAMP_DIMS = ("integration", "group", "y", "x")
 PIX_DIMS = ("y", "x")
@@ -111,6 +114,10 @@ def check_reference_values(ramps: xr.Dataset, names: tuple[str, ...]) -> None:
         if not good.any():
             msg = "gain must be positive and finite (e-/DN); no pixel is"
             raise ValueError(msg)
+        if not good.all():
+            log.warning(
+                "gain is not positive and finite in %d pixels: they get NO_GAIN_VALUE | DO_NOT_USE", int((~good).sum())
+            )
     if "readnoise" in names:
         rn = np.asarray(ramps["readnoise"].values)
         bad = ~(np.isfinite(rn) & (rn >= 0))
