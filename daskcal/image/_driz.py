@@ -27,6 +27,7 @@ __all__ = [
     "merge_partials",
     "finalize_tile",
     "compute_pixmap",
+    "pixel_to_pixel",
     "weight_map",
 ]
 
@@ -75,6 +76,18 @@ def weight_map(data, dq, arrays: dict, weight_type: str | None, good_bits: int, 
     return result.astype(np.float32)
 
 
+def pixel_to_pixel(wcs_in, wcs_out, x, y):
+    """Output pixel (x, y) of input pixels (x, y), ignoring both bounding boxes.
+
+    Evaluates the transforms with ``with_bounding_box=False`` instead of clearing
+    the WCSs' bounding boxes (as the reference does): the WCS objects are cached
+    and shared by the threads of a worker, so they must never be modified.
+    """
+    ra, dec = wcs_in(x, y, with_bounding_box=False)
+    ox, oy = wcs_out.invert(ra, dec, with_bounding_box=False)
+    return np.asarray(ox, np.float64), np.asarray(oy, np.float64)
+
+
 def compute_pixmap(wcs_in, wcs_out, y0, y1, x0, x1, coarse=None, order=1):
     """Pixel map ``(ny, nx, 2)`` (output x, y) of input rows y0:y1, columns x0:x1.
 
@@ -83,14 +96,7 @@ def compute_pixmap(wcs_in, wcs_out, y0, y1, x0, x1, coarse=None, order=1):
     """
     if coarse is None:
         y, x = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        bb_in, bb_out = wcs_in.bounding_box, wcs_out.bounding_box
-        try:
-            wcs_in.bounding_box = None
-            wcs_out.bounding_box = None
-            ox, oy = wcs_out.world_to_pixel_values(*wcs_in.pixel_to_world_values(x, y))
-        finally:
-            wcs_in.bounding_box = bb_in
-            wcs_out.bounding_box = bb_out
+        ox, oy = pixel_to_pixel(wcs_in, wcs_out, x, y)
     else:
         from scipy import interpolate
 

@@ -257,14 +257,7 @@ def _coarse_grid(wcs_in, wcs_out, inp: _Input, stepsize, order):
     ny = max(int(math.ceil(h / stepsize)), min(10, h))
     xc, yc = np.linspace(xmin, xmax, nx), np.linspace(ymin, ymax, ny)
     gx, gy = np.meshgrid(xc, yc)
-    bb_in, bb_out = wcs_in.bounding_box, wcs_out.bounding_box
-    try:
-        wcs_in.bounding_box = None
-        wcs_out.bounding_box = None
-        px, py = wcs_out.world_to_pixel_values(*wcs_in.pixel_to_world_values(gx, gy))
-    finally:
-        wcs_in.bounding_box = bb_in
-        wcs_out.bounding_box = bb_out
+    px, py = _driz.pixel_to_pixel(wcs_in, wcs_out, gx, gy)
     if not (np.all(np.isfinite(px)) and np.all(np.isfinite(py))):
         return None
     return (yc, xc, np.asarray(px), np.asarray(py))
@@ -433,7 +426,8 @@ def resample(
     check_output_size(out_shape, _bytes_per_pixel(params, nplanes_all) * (1 if not single else len(_groups(inps))),
                       max_output_memory)
     out_scale = pixel_scale_of(wcs_out, out_shape)
-    psr = wcs_args.get("pixel_scale_ratio") if (output_wcs is None and wcs_args.get("pixel_scale") is None) else None
+    # as the reference step: a built grid has exactly the ratio asked for (default 1.0), not the measured one
+    psr = wcs_args.get("pixel_scale_ratio", 1.0) if (output_wcs is None and wcs_args.get("pixel_scale") is None) else None
     if psr is None:
         psr = out_scale / pixel_scale_of(inps[0].wcs, inps[0].shape)
     psr = float(psr)

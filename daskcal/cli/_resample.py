@@ -1,0 +1,209 @@
+"""``daskcal resample INPUTS... -o OUT.zarr``: drizzle calibrated exposures into a mosaic on a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from daskcal.cli._common import add_cluster_options
+
+__all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
+
+#: Parameters of :func:`daskcal.resample` and their defaults (the reference step's).
+#: ``None`` means "derived from the inputs" (TOML recipes leave those keys out).
+STEP_DEFAULTS = {
+    "pixfrac": 1.0,
+    "kernel": "square",
+    "fillval": "NaN",
+    "weight_type": "ivm",
+    "good_bits": "~DO_NOT_USE+NON_SCIENCE",
+    "enable_ctx": True,
+    "enable_var": True,
+    "compute_err": "from_var",
+    "propagate_dq": False,
+    "pixmap_stepsize": 1,
+    "pixmap_order": 1,
+    "pixel_scale": None,
+    "pixel_scale_ratio": 1.0,
+    "rotation": None,
+    "crpix": None,
+    "crval": None,
+    "output_shape": None,
+    "output_wcs": None,
+    "tile_shape": None,
+    "single": False,
+}
+_WCS_ARGS = ("pixel_scale", "pixel_scale_ratio", "rotation", "crpix", "crval", "output_shape")
+
+
+def register(sub) -> None:
+    from daskcal.image._resample import KERNELS, WEIGHT_TYPES
+
+    p = sub.add_parser(
+        "resample",
+        help="drizzle calibrated exposures into a mosaic (Zarr, optionally FITS)",
+        description="Resample (drizzle) calibrated exposures - Zarr image stores, JWST-style _cal.fits files or an "
+        "association JSON - onto one output grid, tile by tile, and write OUT.zarr atomically.",
+    )
+    p.add_argument("inputs", nargs="+", help="image Zarr stores, _cal.fits files and/or association .json files")
+    p.add_argument("-o", "--output", required=True, help="output mosaic Zarr store (written atomically)")
+    p.add_argument("--fits", action="store_true", help="also export OUT_i2d.fits (mosaic must fit in memory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.resample] table (graphs/resample.toml)")
+    g = p.add_argument_group("resample parameters (default: the recipe's, else the reference step's)")
+    g.add_argument("--pixfrac", type=float, default=None, help="drop size relative to an input pixel, (0, 1] (1.0)")
+    g.add_argument("--kernel", choices=KERNELS, default=None, help="drizzle kernel (square)")
+    g.add_argument("--fillval", default=None, help="value of output pixels no input reaches (NaN)")
+    g.add_argument("--weight-type", choices=WEIGHT_TYPES, default=None,
+                   help="ivm (1/var_rnoise), ivm-sky, exptime (s) or none (ivm)")
+    g.add_argument("--good-bits", default=None, help="DQ bits counted as good (~DO_NOT_USE+NON_SCIENCE)")
+    g.add_argument("--no-ctx", dest="enable_ctx", action="store_const", const=False, default=None,
+                   help="do not compute the context planes (con)")
+    g.add_argument("--no-var", dest="enable_var", action="store_const", const=False, default=None,
+                   help="do not resample the variance arrays")
+    g.add_argument("--compute-err", choices=["from_var", "driz_err", "none"], default=None,
+                   help="err from the variances, drizzled input err, or none (from_var)")
+    g.add_argument("--propagate-dq", action="store_const", const=True, default=None, help="OR of input DQ as dq")
+    g.add_argument("--pixmap-stepsize", type=float, default=None, help="evaluate the WCS every N input px (1)")
+    g.add_argument("--pixmap-order", type=int, choices=[1, 3], default=None, help="pixel-map spline order (1)")
+    g.add_argument("--pixel-scale", type=float, default=None, help="output pixel scale, arcsec/px (overrides ratio)")
+    g.add_argument("--pixel-scale-ratio", type=float, default=None, help="output / input pixel scale (1.0)")
+    g.add_argument("--rotation", type=float, default=None, help="output +y axis east of north, deg (first input's)")
+    g.add_argument("--crpix", type=float, nargs=2, metavar=("X", "Y"), default=None, help="fiducial pixel (0-based)")
+    g.add_argument("--crval", type=float, nargs=2, metavar=("RA", "DEC"), default=None, help="fiducial sky, deg")
+    g.add_argument("--output-shape", type=int, nargs=2, metavar=("NX", "NY"), default=None, help="output shape")
+    g.add_argument("--output-wcs", default=None, metavar="FILE.asdf", help="output grid from an ASDF file's 'wcs'")
+    g.add_argument("--tile-shape", type=int, nargs=2, metavar=("TY", "TX"), default=None,
+                   help="output tile = Zarr chunk (from daskcal.resample.tile-memory, 128 MiB)")
+    g.add_argument("--single", action="store_const", const=True, default=None,
+                   help="one mosaic per exposure group, stacked on a group dimension")
+    add_cluster_options(p)
+    p.set_defaults(func=_main)
+
+
+def _check_steps(steps: dict) -> dict:
+    unknown_steps = set(steps) - {"resample"}
+    if unknown_steps:
+        msg = f"recipe steps {sorted(unknown_steps)} are unknown; the resample pipeline has one step, 'resample'"
+        raise ValueError(msg)
+    values = dict(steps.get("resample", {}))
+    unknown = set(values) - set(STEP_DEFAULTS)
+    if unknown:
+        msg = f"recipe parameters steps.resample.{sorted(unknown)} are unknown; expected some of {list(STEP_DEFAULTS)}"
+        raise ValueError(msg)
+    return values
+
+
+def _main(args: argparse.Namespace) -> int:
+    params = dict(STEP_DEFAULTS)
+    if args.recipe:
+        from daskcal.cli._run import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        if recipe["pipeline"] != "resample":
+            msg = f"recipe {args.recipe!r} is for pipeline {recipe['pipeline']!r}; expected 'resample'"
+            raise ValueError(msg)
+        params.update(_check_steps(recipe["steps"]))
+    for name in STEP_DEFAULTS:
+        v = getattr(args, name, None)
+        if v is not None:
+            params[name] = v
+    execute(args.inputs, args.output, params, args, fits=args.fits, overwrite=args.overwrite)
+    return 0
+
+
+def _library_kwargs(params: dict) -> dict:
+    kw = dict(params)
+    for name in ("weight_type", "compute_err"):
+        if kw.get(name) in ("none", "None"):
+            kw[name] = None
+    for name in ("crpix", "crval", "output_shape", "tile_shape"):
+        if kw.get(name) is not None:
+            kw[name] = tuple(kw[name])
+    for name in _WCS_ARGS:
+        if kw.get(name) is None:
+            kw.pop(name, None)
+    return kw
+
+
+def fits_path(output) -> Path:
+    """Where ``--fits`` puts the FITS export of ``OUT.zarr``: ``OUT_i2d.fits`` beside it."""
+    out = Path(output)
+    stem = out.name[: -len(".zarr")] if out.name.endswith(".zarr") else out.name
+    return out.with_name(f"{stem}_i2d.fits")
+
+
+def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite: bool = False) -> Path:
+    """Open the inputs, build the mosaic graph (validating everything), run it and write OUT atomically."""
+    from daskcal.cluster import connect
+    from daskcal.image._io import open_images
+    from daskcal.image._resample import resample
+    from daskcal.io._atomic import atomic_path
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        msg = f"output {str(output)!r} already exists; pass --overwrite to replace it"
+        raise FileExistsError(msg)
+    if fits and fits_path(output).exists() and not overwrite:
+        msg = f"output {str(fits_path(output))!r} already exists; pass --overwrite to replace it"
+        raise FileExistsError(msg)
+    images = open_images(inputs)
+    mosaic = resample(images, **_library_kwargs(params))  # every check runs here, before anything is written
+    if fits:
+        _check_fits_export(mosaic)
+    mpix = sum(im["data"].size for im in images) / 1e6
+    print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
+          f"tiles {mosaic.attrs['tile_shape']}")
+    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+        print(f"dashboard: {client.dashboard_link}", flush=True)
+        t0 = time.perf_counter()
+        with atomic_path(output, overwrite=overwrite) as tmp:
+            write = mosaic.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False)
+            future = client.compute(write)
+            if not args.no_progress:
+                from distributed import progress
+
+                progress(future)
+                print()
+            future.result()
+        elapsed = time.perf_counter() - t0
+    print(f"resample: {mpix:.1f} input Mpix in {elapsed:.1f} s ({mpix / elapsed:.2f} input Mpix/s)")
+    print(f"mosaic: {output}")
+    if fits:
+        import xarray as xr
+
+        from daskcal.image._io import to_fits
+
+        with xr.open_zarr(output, consolidated=False) as ds:
+            to_fits(ds, fits_path(output), overwrite=True)
+        print(f"fits: {fits_path(output)}")
+    return output
+
+
+def _check_fits_export(mosaic) -> None:
+    import dask
+    from dask.utils import format_bytes, parse_bytes
+
+    from daskcal.image._io import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG
+
+    if "group" in mosaic.dims:
+        msg = "--fits exports one mosaic; it cannot be combined with --single"
+        raise ValueError(msg)
+    limit = dask.config.get(FITS_EXPORT_CONFIG, DEFAULT_FITS_EXPORT)
+    limit = parse_bytes(limit) if isinstance(limit, str) else int(limit)
+    need = int(mosaic.nbytes)
+    if need > limit:
+        msg = (f"--fits: the mosaic needs {format_bytes(need)} in memory, more than the FITS export limit "
+               f"{format_bytes(limit)} (Dask config {FITS_EXPORT_CONFIG!r}); write Zarr only")
+        raise ValueError(msg)
+
+
+def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
+    """Run a ``pipeline = "resample"`` recipe (graphs/resample.toml) from ``daskcal run``."""
+    params = dict(STEP_DEFAULTS)
+    params.update(_check_steps(steps))
+    if execution.get("tile_shape") is not None and params.get("tile_shape") is None:
+        params["tile_shape"] = execution["tile_shape"]
+    execute(inputs, output, params, args, fits=getattr(args, "fits", False), overwrite=getattr(args, "overwrite", False))
+    return 0
