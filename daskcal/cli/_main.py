@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "daskcal.cli._detector1",
     "daskcal.cli._run",
     "daskcal.cli._outliers",
+    "daskcal.cli._resample",
 )
 
 

@@ -15,6 +15,7 @@ __all__ = ["register", "PIPELINES", "load_recipe"]
 PIPELINES = {
     "detector1": "daskcal.cli._detector1",
     "outliers": "daskcal.cli._outliers",
+    "resample": "daskcal.cli._resample",
 }
 
 
