@@ -18,6 +18,9 @@ Cases, each in a fresh process:
    smaller than a tile's stack, synchronous scheduler in one process; growth of the
    process's peak RSS over its RSS before the run, against ``in_memory=True``.
 
+Peaks of single processes are their own VmHWM (ru_maxrss would include the parent's
+peak, which Linux carries across fork+exec).
+
 The flagged masks and medians of (1) and (2) are compared pixel by pixel.
 Results go to benchmarks/results/outliers.txt.
 """
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import threading
@@ -39,12 +41,22 @@ RESULTS = HERE / "results" / "outliers.txt"
 MB = 2**20
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's
+    peak across fork+exec into it, and the parent holds the simulated inputs."""
+    return _status_mb("VmHWM")
 
 
 class TreeSampler:
@@ -131,7 +143,7 @@ def child_reference(paths, save):
     median, dqs = mod.reference_outliers(images, out)
     elapsed = time.perf_counter() - t0
     np.savez(save, median=median, dq=np.stack(dqs))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     return {"seconds": elapsed, "peak_mb": peak, "base_mb": base, "shape": list(median.shape)}
 
 
@@ -169,7 +181,7 @@ def child_stack(paths, budget_mb, in_memory, tile, tmp):
         t0 = time.perf_counter()
         med = res.median.values
         elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     res.cleanup()
     ngroups = len(images)
     return {"seconds": elapsed, "peak_mb": peak, "base_mb": base, "growth_mb": peak - base,
