@@ -1,0 +1,240 @@
+"""Benchmark: daskcal.resample on 2 workers against stcal.resample.Resample (one process).
+
+Usage::
+
+    python benchmarks/bench_resample.py [--n 8] [--size 2048] [--workdir /tmp/daskcal-bench]
+        [--large-ratio 0.1] [--large-n 8] [--skip-large]
+
+Writes ``benchmarks/results/resample.txt``. Inputs are simulated once and written to
+Zarr; stcal gets them as in-memory arrays (in a fresh process, whose peak RSS
+includes them); daskcal reads the Zarr stores on an embedded LocalCluster of 2
+worker processes x 1 thread, and its peak is the sum over the client and worker
+processes sampled every 0.1 s. Both use square, pixfrac 1, ivm weights,
+variances, context, err from variances, pixmap_stepsize=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SETTINGS = dict(kernel="square", pixfrac=1.0, weight_type="ivm", fillval="NaN", enable_ctx=True, enable_var=True,
+                compute_err="from_var", good_bits="~DO_NOT_USE+NON_SCIENCE")
+PLANES = ("data", "wht", "err", "var_rnoise", "var_poisson", "var_flat")
+
+
+def make_inputs(workdir: Path, n: int, size: int) -> list[str]:
+    import daskcal
+
+    paths = [workdir / f"in{k}.zarr" for k in range(n)]
+    if all(p.exists() for p in paths):
+        return [str(p) for p in paths]
+    sim = daskcal.simulate_images(n=n, shape=(size, size), seed=0, distortion=4.0, dither=0.45 * size,
+                                  n_stars=2000)
+    for p, ds in zip(paths, sim.images):
+        if p.exists():
+            shutil.rmtree(p)
+        daskcal.save(ds, p)
+    return [str(p) for p in paths]
+
+
+def run_stcal(paths, out_npz, psr):
+    """In this (fresh) process: load inputs into memory, run stcal, save planes; return seconds, peak GB."""
+    import warnings
+
+    import xarray as xr
+    from stcal.resample import Resample
+
+    import daskcal
+    from daskcal.dq import dq_dict
+    from daskcal.image._dataset import get_wcs
+
+    class _Resample(Resample):
+        dq_flag_name_map = dq_dict()
+
+    images = [xr.open_zarr(p, consolidated=False).load() for p in paths]
+    wcs_out = daskcal.output_wcs(images)
+    models = []
+    for ds in images:
+        m = {k: ds[k].values for k in ds.data_vars}
+        a = ds.attrs
+        m.update(filename=a["name"], group_id=a["group_id"], wcs=get_wcs(ds), exposure_time=a["exposure_time"],
+                 start_time=a["start_time"], end_time=a["end_time"], duration=a["duration"],
+                 measurement_time=a["measurement_time"], pixelarea_steradians=None, level=a["level"],
+                 subtracted=a["subtracted"])
+        models.append(m)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = _Resample({"wcs": wcs_out, "pixel_scale_ratio": psr, "pixel_scale": None}, pixmap_stepsize=1, **SETTINGS)
+        for m in models:
+            r.add_model(m)
+        r.finalize()
+    elapsed = time.perf_counter() - t0
+    out = r.output_model
+    np.savez(out_npz, con=out["con"], **{k: out[k] for k in PLANES})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return elapsed, peak
+
+
+class RssSampler:
+    """Peak of the summed RSS of this process and its children (the workers), sampled every 0.1 s."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def run_daskcal(paths, out_zarr, workers=2, **kw):
+    import dask
+    from distributed import Client, LocalCluster
+
+    import daskcal
+    from daskcal.io._atomic import save_dataset
+
+    if Path(out_zarr).exists():
+        shutil.rmtree(out_zarr)
+    with RssSampler() as rss:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          memory_limit="8 GiB") as lc, Client(lc):
+            t0 = time.perf_counter()
+            with dask.config.set({"distributed.worker.memory.target": False}):
+                mosaic = daskcal.resample(daskcal.open_images(paths), pixmap_stepsize=1, **SETTINGS, **kw)
+                t_graph = time.perf_counter() - t0
+                save_dataset(mosaic, out_zarr)
+            elapsed = time.perf_counter() - t0
+    return elapsed, t_graph, rss.peak / 2**30, mosaic
+
+
+def compare(out_zarr, ref_npz, band=4):
+    import xarray as xr
+
+    got = xr.open_zarr(out_zarr, consolidated=False)
+    ref = np.load(ref_npz)
+    m = np.zeros(ref["data"].shape, bool)
+    m[band:-band, band:-band] = True
+    res = {}
+    for name in PLANES:
+        a, b = got[name].values[m].astype(np.float64), ref[name][m].astype(np.float64)
+        nan_mismatch = int(np.sum(np.isnan(a) != np.isnan(b)))
+        ok = ~np.isnan(a) & ~np.isnan(b)
+        floor = 1e-2 * np.nanmax(np.abs(b)) if name == "data" else 0.0
+        den = np.abs(b[ok]) + floor
+        diff = np.abs(a[ok] - b[ok])
+        rel = np.divide(diff, den, out=np.where(diff > 0, np.inf, 0.0), where=den > 0)
+        res[name] = (float(rel.max()) if rel.size else 0.0, nan_mismatch)
+    res["con_equal"] = bool(np.array_equal(got.con.values[:, m], ref["con"][:, m]))
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--workdir", default="/tmp/daskcal-bench-resample")
+    ap.add_argument("--stcal-child", nargs=2, metavar=("NPZ", "PSR"), help=argparse.SUPPRESS)
+    ap.add_argument("--large-ratio", type=float, default=0.1)
+    ap.add_argument("--large-n", type=int, default=8)
+    ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--skip-small", action="store_true")
+    args = ap.parse_args(argv)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = make_inputs(work, args.n, args.size)
+    if args.stcal_child:
+        t, peak = run_stcal(paths, args.stcal_child[0], float(args.stcal_child[1]))
+        print(json.dumps({"seconds": t, "peak_gb": peak}))
+        return 0
+    mpix = args.n * args.size**2 / 1e6
+    lines = [f"# bench_resample.py: {args.n} dithered {args.size}x{args.size} inputs, cubic distortion 4 px, "
+             f"0.03\"/px; square, pixfrac 1, ivm, variances, context, err from_var, pixmap_stepsize=1",
+             f"# machine: {os.cpu_count()} cores; stcal {_version('stcal')}, drizzle {_version('drizzle')}; "
+             f"daskcal on an embedded LocalCluster: 2 worker processes x 1 thread; peak = client + workers RSS",
+             f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}"]
+    if not args.skip_small:
+        ref_npz = work / "stcal.npz"
+        out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--size", str(args.size), "--workdir",
+                              str(work), "--stcal-child", str(ref_npz), "1.0"], capture_output=True, text=True,
+                             check=True)
+        st = json.loads(out.stdout.strip().splitlines()[-1])
+        t, t_graph, peak, mosaic = run_daskcal(paths, work / "daskcal.zarr")
+        diffs = compare(work / "daskcal.zarr", ref_npz)
+        lines += [
+            f"output {tuple(mosaic.data.shape)}, tiles {mosaic.attrs['tile_shape']}",
+            "| run | seconds | input Mpix/s | peak GB |",
+            "|---|---|---|---|",
+            f"| stcal.resample.Resample (1 process, inputs in memory) | {st['seconds']:.1f} | "
+            f"{mpix / st['seconds']:.2f} | {st['peak_gb']:.2f} |",
+            f"| daskcal.resample, 2 workers, Zarr in -> Zarr out (graph {t_graph:.1f} s incl.) | {t:.1f} | "
+            f"{mpix / t:.2f} | {peak:.2f} |",
+            f"throughput ratio daskcal/stcal: {st['seconds'] / t:.2f}x",
+            "equality outside the 4 px edge band: max relative difference (NaN placement mismatches) per plane:",
+            "  " + ", ".join(f"{k} {v[0]:.2g} ({v[1]})" for k, v in diffs.items() if k != "con_equal")
+            + f"; con identical: {diffs['con_equal']}",
+        ]
+        print("\n".join(lines), flush=True)
+    if not args.skip_large:
+        lp = paths[: args.large_n]
+        big = Path("/tmp/daskcal-bench-large.zarr")
+        t, t_graph, peak, mosaic = run_daskcal(lp, big, pixel_scale_ratio=args.large_ratio)
+        ny, nx = mosaic.data.shape
+        planes_gb = ny * nx * (4 * 6 + 4 * ((len(lp) - 1) // 32 + 1)) / 2**30
+        du = subprocess.run(["du", "-sh", str(big)], capture_output=True, text=True).stdout.split()[0]
+        lines += [
+            f"large mosaic: {len(lp)} inputs at pixel_scale_ratio={args.large_ratio} -> output ({ny}, {nx}) "
+            f"= {ny * nx / 1e6:.0f} Mpix; its planes would need {planes_gb:.1f} GiB in memory (stcal holds them all)",
+            f"| daskcal.resample, 2 workers, Zarr out ({du} on disk) | {t:.1f} s | "
+            f"{len(lp) * args.size**2 / 1e6 / t:.3f} input Mpix/s | peak {peak:.2f} GB |",
+        ]
+        shutil.rmtree(big, ignore_errors=True)
+        print("\n".join(lines[-2:]), flush=True)
+    res = HERE / "results" / "resample.txt"
+    res.parent.mkdir(exist_ok=True)
+    res.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def _version(name):
+    from importlib.metadata import version
+
+    return version(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
