@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import tomllib
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options
@@ -64,20 +63,13 @@ def register(sub) -> None:
 
 def load_steps(path) -> dict:
     """The ``[steps.outliers]`` table of a recipe, checked against :data:`STEP_DEFAULTS`."""
-    path = Path(path)
-    if not path.is_file():
-        msg = f"no recipe file at {str(path)!r}"
-        raise FileNotFoundError(msg)
-    with path.open("rb") as fh:
-        try:
-            recipe = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            msg = f"recipe {str(path)!r} is not valid TOML: {exc}"
-            raise ValueError(msg) from exc
-    if recipe.get("pipeline") != "outliers":
-        msg = f"recipe {str(path)!r}: pipeline must be 'outliers'; got {recipe.get('pipeline')!r}"
+    from daskcal.cli._run import load_recipe
+
+    recipe = load_recipe(path)
+    if recipe["pipeline"] != "outliers":
+        msg = f"recipe {str(path)!r}: pipeline must be 'outliers'; got {recipe['pipeline']!r}"
         raise ValueError(msg)
-    return _check_steps(recipe.get("steps", {}))
+    return _check_steps(recipe["steps"])
 
 
 def _check_steps(steps: dict) -> dict:
