@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,12 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def prepare(shape, path: Path, chunks) -> None:
@@ -130,6 +134,10 @@ def main() -> None:
     chunks = tuple(args.chunks)
     if args.child:
         kind, path, *rest = args.child
+        if kind == "prepare":
+            prepare(tuple(int(v) for v in rest), Path(path), chunks)
+            print(json.dumps({}))
+            return
         res = run_stcal(path) if kind == "stcal" else run_daskcal(path, int(rest[0]), chunks)
         print(json.dumps(res))
         return
@@ -138,9 +146,9 @@ def main() -> None:
     n = 1024 if args.quick else 2048
     shape = (1, 10, n, n)
     cube = OUT / f"ramps_{n}.zarr"
-    prepare(shape, cube, chunks)
-    mpg = shape[0] * shape[1] * n * n / 1e6
     ch = ["--chunks", *map(str, chunks)]
+    _child(["--child", "prepare", str(cube), *map(str, shape), *ch])
+    mpg = shape[0] * shape[1] * n * n / 1e6
     lines = [f"# detector1 benchmark, {time.strftime('%Y-%m-%d %H:%M')}, cube {shape}, chunks {chunks}, "
              f"{os.cpu_count()} cores", f"# command: python benchmarks/bench_detector1.py {' '.join(sys.argv[1:])}"]
     st = _child(["--child", "stcal", str(cube), *ch])
@@ -157,7 +165,7 @@ def main() -> None:
     lines.append(compare(cube, 2))
     if not args.quick:
         big = OUT / f"ramps_{2 * n}.zarr"
-        prepare((1, 10, 2 * n, 2 * n), big, chunks)
+        _child(["--child", "prepare", str(big), "1", "10", str(2 * n), str(2 * n), *ch])
         d4 = _child(["--child", "daskcal", str(big), "2", *ch])
         lines.append(f"daskcal, 2 threads, 4x pixels {(1, 10, 2 * n, 2 * n)}: {d4['seconds']:.2f} s "
                      f"{4 * mpg / d4['seconds']:.1f} Mpix*groups/s peak RSS {d4['peak_mb']:.0f} MB "

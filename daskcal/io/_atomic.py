@@ -79,8 +79,24 @@ def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, comput
         msg = "compute=False is not supported: an atomic write must run to completion"
         raise ValueError(msg)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(ds))
     return Path(path)
+
+
+def _encoding(ds) -> dict:
+    """Blosc-LZ4 with byte shuffle for variables that do not name their own compressor.
+
+    It writes several times faster than Zarr's default Zstandard at a similar ratio on
+    noisy float data, and writing products is on the critical path of every run.
+    """
+    from zarr.codecs import BloscCodec
+
+    codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    return {
+        name: {"compressors": (codec,)}
+        for name, var in ds.data_vars.items()
+        if "compressors" not in var.encoding and "compressor" not in var.encoding
+    }
 
 
 def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "daskcal-") -> tempfile.TemporaryDirectory:
@@ -118,7 +134,10 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
         tmp.mkdir()
         writes = []
         for name, ds in products.items():
-            writes.append(ds.to_zarr(tmp / f"{name}.zarr", mode="w", zarr_format=3, consolidated=False, compute=False))
+            writes.append(
+                ds.to_zarr(tmp / f"{name}.zarr", mode="w", zarr_format=3, consolidated=False, compute=False,
+                           encoding=_encoding(ds))
+            )
             paths[name] = Path(out_dir) / f"{name}.zarr"
         client = _default_client()
         if client is not None:
