@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.detector._common import PIX_DIMS, pixel_chunked
+from daskcal.detector._halo import overlap_reading_twice
 from daskcal.detector._jump import JumpParameters, jump_block, jump_block_arguments
 from daskcal.detector._ramp_fit import _dark_array, _products, fit_block, n_planes
 from daskcal.detector._saturation import ATOD_LIMIT, SaturationParameters, saturation_block
@@ -141,9 +142,8 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     pix = [ds["pixeldq"], ds["saturation"], bias, ds["gain"], ds["readnoise"], _dark_array(None, ds)]
     pix = [v.data.rechunk(chunks_yx) for v in pix]
     cube = [ds["data"].data, ds["groupdq"].data.rechunk(ds["data"].data.chunks)]
-    if halo:
-        cube = [da.overlap.overlap(a, depth={0: 0, 1: 0, 2: halo, 3: halo}, boundary="none") for a in cube]
-        pix = [da.overlap.overlap(a, depth={0: halo, 1: halo}, boundary="none") for a in pix]
+    cube = [overlap_reading_twice(a, halo) for a in cube]
+    pix = [overlap_reading_twice(a, halo) for a in pix]
     stacked = da.map_blocks(
         detector1_block,
         *cube,

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["atomic_path", "save", "save_dataset", "save_products"]
 
 
@@ -108,13 +110,15 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     """Write several datasets as ``out_dir/<name>.zarr`` in one pass, atomically.
 
     The datasets are computed together, so work they share (for example the one
-    ramp fit behind ``rate`` and ``rateints``) runs once. ``out_dir`` appears only
-    when every store is complete.
+    ramp fit behind ``rate`` and ``rateints``) runs once, and every ``(y, x)`` chunk
+    of every variable of every product is written by one task as soon as it is
+    computed, so finished chunks never wait in memory for the other variables.
+    ``out_dir`` appears only when every store is complete.
 
     Parameters
     ----------
     products : dict of str to xarray.Dataset
-        Name -> dataset.
+        Name -> dataset. Dask-backed variables should share one ``(y, x)`` chunking.
     out_dir : path-like
         Destination directory.
     overwrite : bool, default False
@@ -128,17 +132,20 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
         Name -> store path.
     """
     import dask
+    import zarr
 
     paths = {}
     with atomic_path(out_dir, overwrite=overwrite) as tmp:
         tmp.mkdir()
-        writes = []
+        targets = []
         for name, ds in products.items():
-            writes.append(
-                ds.to_zarr(tmp / f"{name}.zarr", mode="w", zarr_format=3, consolidated=False, compute=False,
-                           encoding=_encoding(ds))
-            )
+            store = tmp / f"{name}.zarr"
+            # metadata and numpy-backed variables now; dask-backed chunks below
+            ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=_encoding(ds))
+            group = zarr.open_group(store, mode="r+", zarr_format=3)
+            targets += [(group[v], ds[v].data) for v in ds.data_vars if _is_dask(ds[v].data)]
             paths[name] = Path(out_dir) / f"{name}.zarr"
+        writes = _chunk_writers(targets)
         client = _default_client()
         if client is not None:
             futures = client.compute(writes)
@@ -151,6 +158,40 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
         else:
             dask.compute(*writes)
     return paths
+
+
+def _is_dask(arr) -> bool:
+    import dask.array as da
+
+    return isinstance(arr, da.Array)
+
+
+def _write_blocks(targets, blocks, y0: int, x0: int) -> None:
+    for target, block in zip(targets, blocks, strict=True):
+        target[..., y0 : y0 + block.shape[-2], x0 : x0 + block.shape[-1]] = block
+
+
+def _chunk_writers(targets: list) -> list:
+    """One delayed write per ``(y, x)`` chunk, storing that chunk of every array."""
+    import dask
+    import dask.array as da
+
+    if not targets:
+        return []
+    grid = targets[0][1].chunks[-2:]
+    odd = [(t, a) for t, a in targets if a.chunks[-2:] != grid]
+    same = [(t, a) for t, a in targets if a.chunks[-2:] == grid]
+    writes = []
+    if odd:
+        writes.append(da.store([a for _, a in odd], [t for t, _ in odd], lock=False, compute=False))
+    ys = np.cumsum((0, *grid[0]))
+    xs = np.cumsum((0, *grid[1]))
+    write = dask.delayed(_write_blocks, pure=False)
+    for iy in range(len(grid[0])):
+        for ix in range(len(grid[1])):
+            blocks = [a.blocks[(slice(None),) * (a.ndim - 2) + (iy, ix)] for _, a in same]
+            writes.append(write([t for t, _ in same], blocks, int(ys[iy]), int(xs[ix])))
+    return writes
 
 
 def _default_client():
