@@ -20,7 +20,7 @@ _EXPORTS = {
     "simulate": "daskcal._simulate",
     "open_ramps": "daskcal.io._ramps",
     "ingest": "daskcal.io._ramps",
-    "to_fits": "daskcal.io._ramps",
+    "to_fits": "daskcal.io._export",
     "save": "daskcal.io._atomic",
     "flag_saturation": "daskcal.detector._saturation",
     "detect_jumps": "daskcal.detector._jump",

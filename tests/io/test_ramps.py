@@ -106,3 +106,16 @@ def test_rate_product_exports_to_fits(tmp_path):
         assert hdul["SCI"].header["BUNIT"] == "DN/s"
     with pytest.raises(ValueError, match="var_rnoise"):
         to_fits(rate.drop_vars("var_rnoise"), tmp_path / "bad.fits")
+
+
+def test_to_fits_dispatches_on_the_product(tmp_path):
+    from astropy.io import fits
+
+    import daskcal
+
+    sim = daskcal.simulate_images(2, (40, 50), seed=3)
+    mosaic = daskcal.resample(sim.images)
+    path = daskcal.to_fits(mosaic, tmp_path / "m_i2d.fits")
+    with fits.open(path) as hdul:
+        assert "WHT" in hdul and "CON" in hdul
+        np.testing.assert_allclose(hdul["WHT"].data, mosaic["wht"].values)
