@@ -1,11 +1,15 @@
 """Block functions of outlier detection: one task's worth of numpy work each.
 
-- :func:`drizzle_group`: single-drizzle one exposure group into its footprint
-  window of the output grid, mask weights below the group threshold, write the
-  window's tiles into the group's layer of the sparse Zarr stack.
+- :func:`block_pixel_map`: the pixel map of one input block (rows plus a halo),
+  computed once and used by both the block's drizzle and its blot.
+- :func:`drizzle_block`: single-drizzle one input block into an output window
+  holding its whole footprint (so drizzle never clips it).
+- :func:`merge_group`: add a group's block windows as weighted sums, mask
+  weights below the group threshold, write the window's tiles into the group's
+  layer of the sparse Zarr stack.
 - :func:`median_tile`: median of the layers that overlap one output tile.
-- :func:`blot_and_flag`: blot a window of the median onto an input's grid and
-  flag outliers there.
+- :func:`blot_block`: blot a window of the median onto an input block's rows.
+- :func:`flag_input`: flag an input against its blotted median.
 
 No dask here; WCSs travel as ASDF text (cached deserialisation).
 """
@@ -24,13 +28,26 @@ from daskcal.image._outlier_kernels import compute_weight_threshold, flag_crs, f
 
 log = logging.getLogger(__name__)
 
-__all__ = ["pixel_map", "footprint_window", "drizzle_weight", "drizzle_group", "median_tile", "blot_and_flag"]
+__all__ = [
+    "pixel_map", "footprint_window", "drizzle_weight", "row_blocks", "block_pixel_map", "drizzle_block",
+    "merge_group", "median_tile", "blot_block", "flag_input",
+]
+
+#: Rows added each side of an input block so its edge pixels drizzle as in the whole input.
+BLOCK_HALO = 2
 
 
 def assemble(x):
-    """An array from what a graph hands a task: an ndarray, or nested lists of blocks (np.block)."""
+    """An array from what a graph hands a task.
+
+    An ndarray; nested lists of blocks (``np.block``); or a window of them,
+    ``{"chunks": nested lists, "box": (y0, y1, x0, x1)}`` inside the assembled chunks.
+    """
+    if isinstance(x, dict):
+        y0, y1, x0, x1 = x["box"]
+        return assemble(x["chunks"])[y0:y1, x0:x1]
     if isinstance(x, list):
-        return np.block(x)
+        return x[0][0] if len(x) == 1 and len(x[0]) == 1 else np.block(x)
     return x
 
 
@@ -40,34 +57,45 @@ def _wcs(text):
     return wcs_from_text(text)
 
 
+#: Pixels per WCS evaluation in :func:`pixel_map`: the transforms' temporaries stay in cache.
+PIXMAP_CHUNK = 1 << 18
+
+
 def pixel_map(in_wcs, out_wcs, shape, rows=None, cols=None):
     """Output-grid pixel coordinates (x, y) of input pixel centres, shape ``(ny, nx, 2)``.
 
     The input's bounding box applies (NaN outside it); the output's does not, as in
     the reference's ``calc_pixmap(..., disable_bbox="to")``. ``rows``/``cols``
-    restrict the map to given input rows/columns (1-D index arrays).
+    restrict the map to given input rows/columns (1-D index arrays). The
+    transforms are evaluated a few rows at a time: every pixel's value is the
+    same, and the intermediate arrays of the WCS's many steps stay in cache
+    (about 1.3x faster than one call for a 2048x2048 input).
     """
-    if rows is None and cols is None:
-        y, x = np.indices(shape, dtype=np.float64)
-    else:
-        rows = np.arange(shape[0]) if rows is None else np.asarray(rows)
-        cols = np.arange(shape[1]) if cols is None else np.asarray(cols)
-        y, x = np.meshgrid(rows.astype(np.float64), cols.astype(np.float64), indexing="ij")
-    ra, dec = in_wcs(x, y)
-    ox, oy = out_wcs.invert(ra, dec, with_bounding_box=False)
-    return np.dstack([np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)])
+    rows = np.arange(shape[0]) if rows is None else np.asarray(rows)
+    cols = np.arange(shape[1]) if cols is None else np.asarray(cols)
+    out = np.empty((rows.size, cols.size, 2), np.float64)
+    step = max(1, PIXMAP_CHUNK // max(cols.size, 1))
+    for a in range(0, rows.size, step):
+        y, x = np.meshgrid(rows[a : a + step].astype(np.float64), cols.astype(np.float64), indexing="ij")
+        ra, dec = in_wcs(x, y)
+        ox, oy = out_wcs.invert(ra, dec, with_bounding_box=False)
+        out[a : a + step, :, 0] = ox
+        out[a : a + step, :, 1] = oy
+    return out
 
 
-def footprint_window(in_wcs, out_wcs, shape, out_shape, margin):
+def footprint_window(in_wcs, out_wcs, shape, out_shape, margin, rows=None):
     """Output-grid window ``(y0, y1, x0, x1)`` holding an input's footprint plus ``margin`` px.
 
-    The extremes of a smooth map lie on the input's border, so only the border
-    pixels are mapped. Returns None when the input misses the output grid.
+    ``rows`` = ``(r0, r1)`` restricts it to the footprint of input rows r0:r1.
+    The extremes of a smooth map lie on the border of the mapped rectangle, so
+    only its border pixels are mapped. Returns None when it misses the output grid.
     """
     ny, nx = shape
+    r0, r1 = (0, ny) if rows is None else rows
     edges = [
-        pixel_map(in_wcs, out_wcs, shape, rows=[0, ny - 1]),
-        pixel_map(in_wcs, out_wcs, shape, cols=[0, nx - 1]),
+        pixel_map(in_wcs, out_wcs, shape, rows=[r0, r1 - 1]),
+        pixel_map(in_wcs, out_wcs, shape, rows=np.arange(r0, r1), cols=[0, nx - 1]),
     ]
     xy = np.concatenate([e.reshape(-1, 2) for e in edges])
     xy = xy[np.all(np.isfinite(xy), axis=1)]
@@ -116,20 +144,85 @@ def drizzle_weight(dq, var_rnoise, weight_type, good_bits, exptime):
     return good.astype(np.float32)
 
 
-def drizzle_group(members, window, out_wcs_text, params, layer, store, tiles):
-    """Single-drizzle one exposure group; mask low weights; write its layer of the stack.
+def row_blocks(ny, rows, halo=BLOCK_HALO):
+    """Cut ``ny`` input rows into near-equal blocks of at most ``rows``.
+
+    Returns a list of ``(r0, r1, c0, c1)``: the block's rows and the rows of its
+    cut (the block plus ``halo`` rows each side, within the input). Drizzle
+    places a pixel's corners half-way to its neighbours' mapped centres, so the
+    halo makes a block's edge pixels land exactly as in a whole-input drizzle.
+    """
+    n = max(1, math.ceil(ny / max(int(rows), 1)))
+    edges = np.linspace(0, ny, n + 1).round().astype(int).tolist()
+    return [(a, b, max(a - halo, 0), min(b + halo, ny)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def block_pixel_map(in_wcs_text, out_wcs_text, shape, cut_rows):
+    """Pixel map (output x, y; float64) of input rows ``cut_rows`` = ``(c0, c1)``, all columns.
+
+    The one pixel map of a block: its drizzle and its blot both use it.
+    """
+    c0, c1 = cut_rows
+    return pixel_map(_wcs(in_wcs_text), _wcs(out_wcs_text), shape, rows=np.arange(c0, c1))
+
+
+def drizzle_block(data, dq, var_rnoise, pixmap, block, window, params, exptime, level):
+    """Single-drizzle one input block (rows of a cut) into its output window.
 
     Parameters
     ----------
-    members : list of dict
-        One dict per input of the group: ``data``, ``dq``, ``var_rnoise`` (or
-        None), ``wcs`` (ASDF text), ``exptime`` (s).
-    window : tuple of int
-        ``(y0, y1, x0, x1)`` on the output grid containing every member's footprint.
-    out_wcs_text : str
-        Output WCS (ASDF text).
+    data, dq, var_rnoise : ndarray or nested lists of blocks
+        The cut's rows of the input (``var_rnoise`` may be None).
+    pixmap : ndarray, shape (nrows, nx, 2)
+        :func:`block_pixel_map` of the cut (absolute output pixels).
+    block : (int, int)
+        The block's first and last+1 rows inside the cut; the halo rows only
+        shape the corners of the edge pixels.
+    window : (y0, y1, x0, x1)
+        Output window holding the block's whole footprint plus a margin, so
+        drizzle never clips it.
     params : OutlierParameters
-        Drizzle and masking parameters.
+        ``kernel``, ``pixfrac``, ``weight_type``, ``good_bits``.
+    exptime : float
+        Exposure time (s) for drizzle and the ``"exptime"`` weight.
+    level : float
+        Sky level (unit of data) subtracted before drizzling (0 when none).
+
+    Returns
+    -------
+    tuple
+        ``(window, img, wht)``: the window and its drizzled image and weight
+        (float32, 0 where nothing landed).
+    """
+    from drizzle.resample import Drizzle
+
+    y0, y1, x0, x1 = window
+    data = np.asarray(assemble(data), dtype=np.float32)
+    if level:
+        data = data - np.float32(level)
+    var_rnoise = None if var_rnoise is None else assemble(var_rnoise)
+    weight = drizzle_weight(assemble(dq), var_rnoise, params.weight_type, params.good_bits, exptime)
+    pm = pixmap - np.array([x0, y0], dtype=np.float64)
+    img = np.zeros((y1 - y0, x1 - x0), np.float32)
+    wht = np.zeros((y1 - y0, x1 - x0), np.float32)
+    driz = Drizzle(kernel=params.kernel, fillval="0", out_img=img, out_wht=wht, disable_ctx=True)
+    nx = data.shape[1]
+    driz.add_image(data, exptime=exptime, pixmap=pm, weight_map=weight, pixfrac=params.pixfrac, in_units="cps",
+                   xmin=0, xmax=nx - 1, ymin=block[0], ymax=block[1] - 1)
+    return window, img, wht
+
+
+def merge_group(parts, window, params, layer, store, tiles):
+    """Merge a group's block windows, mask low weights, write the group's layer of the stack.
+
+    Parameters
+    ----------
+    parts : list of tuple
+        :func:`drizzle_block` results of every block of every member of the group.
+    window : (y0, y1, x0, x1)
+        Output window holding every part.
+    params : OutlierParameters
+        ``maskpt``, ``fillval``.
     layer : int
         Index of the group in the stack.
     store : str
@@ -141,23 +234,25 @@ def drizzle_group(members, window, out_wcs_text, params, layer, store, tiles):
     -------
     float
         The group's weight threshold.
-    """
-    from drizzle.resample import Drizzle
 
+    Notes
+    -----
+    Drizzled pieces add as weighted sums (sum of w*d, sum of w; float64 here),
+    which equals one drizzle of the whole group up to float32 rounding.
+    """
     y0, y1, x0, x1 = window
-    out_wcs = _wcs(out_wcs_text)
-    img = np.zeros((y1 - y0, x1 - x0), np.float32)
-    wht = np.zeros((y1 - y0, x1 - x0), np.float32)
-    driz = Drizzle(kernel=params.kernel, fillval="0", out_img=img, out_wht=wht, disable_ctx=True)
-    for m in members:
-        data = np.asarray(assemble(m["data"]), dtype=np.float32)
-        var_rnoise = None if m["var_rnoise"] is None else assemble(m["var_rnoise"])
-        weight = drizzle_weight(assemble(m["dq"]), var_rnoise, params.weight_type, params.good_bits, m["exptime"])
-        pixmap = pixel_map(_wcs(m["wcs"]), out_wcs, data.shape)
-        pixmap[..., 0] -= x0
-        pixmap[..., 1] -= y0
-        driz.add_image(data, exptime=m["exptime"], pixmap=pixmap, weight_map=weight, pixfrac=params.pixfrac, in_units="cps")
-        del pixmap, weight
+    shape = (y1 - y0, x1 - x0)
+    num = np.zeros(shape, np.float64)
+    wsum = np.zeros(shape, np.float64)
+    for (wy0, wy1, wx0, wx1), img, wht in parts:
+        sl = (slice(wy0 - y0, wy1 - y0), slice(wx0 - x0, wx1 - x0))
+        num[sl] += img * wht.astype(np.float64)
+        wsum[sl] += wht
+    del parts
+    wht = wsum.astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        img = (num / wsum).astype(np.float32)
+    del num, wsum
     threshold = compute_weight_threshold(wht, params.maskpt)
     img[wht == 0] = params.fill_value
     with np.errstate(invalid="ignore"):
@@ -212,44 +307,52 @@ def median_tile(store, tile, layers, budget, in_memory, tempdir, *_deps):
         mc.cleanup()
 
 
-def blot_and_flag(median, window, data, err, dq, in_wcs_text, out_wcs_text, params):
-    """New DQ of one input: blot the median window onto its grid, compare and flag.
+def blot_block(median, window, pixmap, block):
+    """Blot the median window onto the rows ``block`` (inside the cut) of an input.
 
     Parameters
     ----------
-    median : ndarray
-        The median mosaic inside ``window`` ``(y0, y1, x0, x1)``.
-    data, err, dq : ndarray
-        The input exposure (``err`` total error, same unit as ``data``).
-    in_wcs_text, out_wcs_text : str
-        WCSs (ASDF text) of the input and of the median mosaic.
-    params : OutlierParameters
-        ``snr``, ``scale``, ``backg``.
+    median : ndarray or nested lists of blocks, or None
+        The median mosaic inside ``window`` ``(y0, y1, x0, x1)``; None when the
+        input misses the output grid (the blot is then 0).
+    pixmap : ndarray, shape (nrows, nx, 2)
+        :func:`block_pixel_map` of the block's cut.
+    block : (int, int)
+        The block's rows inside the cut.
 
     Returns
     -------
-    ndarray of uint32
-        ``dq | (OUTLIER | DO_NOT_USE)`` where an outlier was found.
+    ndarray of float32
+        The blotted median on the block's rows (``drizzle.resample.blot_image``,
+        linear, fill 0, intensity scale 1, as the reference's ``gwcs_blot``).
     """
     from drizzle.resample import blot_image
 
+    b0, b1 = block
+    out = np.zeros((b1 - b0, pixmap.shape[1]), np.float32)
+    if median is None or window is None:
+        return out
+    y0, y1, x0, x1 = window
+    pm = np.array(pixmap[b0:b1], dtype=np.float64, copy=True)
+    pm[np.isnan(pm)] = -1  # as the reference: tblot cannot take NaN
+    pm[..., 0] -= x0
+    pm[..., 1] -= y0
+    med = np.ascontiguousarray(assemble(median), dtype=np.float32)
+    blot_image(data=med, pixmap=pm, out_img=out, fillval=0.0, iscale=1.0, interp="linear")
+    return out
+
+
+def flag_input(blots, data, err, dq, backg, params):
+    """New DQ of one input from its blotted median (row blocks in order) and ``flag_resampled_crs``.
+
+    ``backg`` (unit of data) is subtracted from each difference. Returns
+    ``dq | (OUTLIER | DO_NOT_USE)`` where an outlier was found.
+    """
     from daskcal.dq import DQ
 
-    data, err, dq = np.asarray(assemble(data)), assemble(err), assemble(dq)
-    median = None if median is None else assemble(median)
-    blot = np.zeros(data.shape, np.float32)
-    if window is not None:
-        y0, y1, x0, x1 = window
-        pixmap = pixel_map(_wcs(in_wcs_text), _wcs(out_wcs_text), data.shape)
-        pixmap[np.isnan(pixmap)] = -1  # as the reference: tblot cannot take NaN
-        pixmap[..., 0] -= x0
-        pixmap[..., 1] -= y0
-        blot_image(
-            data=np.ascontiguousarray(median, dtype=np.float32), pixmap=pixmap, out_img=blot,
-            fillval=0.0, iscale=1.0, interp="linear",
-        )
-        del pixmap
-    mask = flag_resampled_crs(data, err, blot, params.snr[0], params.snr[1], params.scale[0], params.scale[1], params.backg)
+    data, err = np.asarray(assemble(data)), np.asarray(assemble(err))
+    blot = blots[0] if len(blots) == 1 else np.concatenate(blots, axis=0)
+    mask = flag_resampled_crs(data, err, blot, params.snr[0], params.snr[1], params.scale[0], params.scale[1], backg)
     return _apply(dq, mask, DQ)
 
 

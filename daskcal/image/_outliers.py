@@ -38,6 +38,8 @@ __all__ = ["flag_outliers", "OutlierResult", "OutlierParameters", "parse_pair"]
 DEFAULT_BUFFER_SIZE = 256 * 2**20
 #: Default output tile (rows, columns).
 DEFAULT_TILE = (1024, 1024)
+#: Default input rows per drizzle/blot task.
+DEFAULT_BLOCK_ROWS = 512
 _KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
 _WEIGHT_TYPES = ("ivm", "exptime", None)
 
@@ -83,6 +85,7 @@ class OutlierParameters:
     in_memory: bool = False
     buffer_size: int = DEFAULT_BUFFER_SIZE
     tile_shape: tuple[int, int] = DEFAULT_TILE
+    block_rows: int = DEFAULT_BLOCK_ROWS
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -140,6 +143,11 @@ class OutlierParameters:
             msg = f"tile_shape must be two positive integers (rows, columns); got {self.tile_shape!r}"
             raise ValueError(msg)
         set_(self, "tile_shape", ts)
+        br = DEFAULT_BLOCK_ROWS if self.block_rows is None else self.block_rows
+        if isinstance(br, bool) or not isinstance(br, (int, np.integer)) or br < 1:
+            msg = f"block_rows must be a positive integer; got {self.block_rows!r}"
+            raise ValueError(msg)
+        set_(self, "block_rows", int(br))
         set_(self, "resample_data", bool(self.resample_data))
         set_(self, "in_memory", bool(self.in_memory))
 
@@ -196,6 +204,7 @@ def flag_outliers(
     tile_shape=None,
     tempdir=None,
     output_wcs=None,
+    block_rows=None,
 ) -> OutlierResult:
     """Flag outliers (cosmic rays) by comparing each exposure with the median of all.
 
@@ -243,6 +252,11 @@ def flag_outliers(
     output_wcs : gwcs.WCS or str, optional
         Output grid (a gwcs or an ASDF file with a ``wcs`` key); default the
         grid :func:`daskcal.output_wcs` builds from the inputs.
+    block_rows : int, optional
+        Input rows per drizzle and blot task (default 512): each input is cut
+        into row blocks whose pixel map is computed once and used by both.
+        The drizzled blocks add as weighted sums, so the result does not depend
+        on it beyond float32 rounding.
 
     Returns
     -------
@@ -260,7 +274,7 @@ def flag_outliers(
     params = OutlierParameters(
         snr=snr, scale=scale, backg=backg, maskpt=maskpt, kernel=kernel, pixfrac=pixfrac, fillval=fillval,
         weight_type=weight_type, good_bits=good_bits, resample_data=resample_data, in_memory=in_memory,
-        buffer_size=buffer_size, tile_shape=tile_shape,
+        buffer_size=buffer_size, tile_shape=tile_shape, block_rows=block_rows,
     )
     images = _check_images(images)
     if params.resample_data:
@@ -322,6 +336,38 @@ def _member(ds):
         "wcs": ds.attrs["wcs_asdf"],
         "exptime": float(exptime),
     }
+
+
+class _Chunks:
+    """A 2-D array cut into windows for tasks without re-materialising its graph per window.
+
+    A dask array's chunks become delayed objects once; a window is handed to a
+    task as the chunks it overlaps plus its box inside them (see
+    :func:`~daskcal.image._outlier_blocks.assemble`). A numpy array is sliced.
+    """
+
+    def __init__(self, x):
+        import dask.array as da
+
+        self.dask = isinstance(x, da.Array)
+        if self.dask:
+            self.grid = np.array(x.to_delayed(optimize_graph=False), dtype=object)
+            self.ys = np.cumsum((0, *x.chunks[0]))
+            self.xs = np.cumsum((0, *x.chunks[1]))
+        self.x = x
+        self.shape = x.shape
+
+    def window(self, y0=0, y1=None, x0=0, x1=None):
+        y1 = self.shape[0] if y1 is None else y1
+        x1 = self.shape[1] if x1 is None else x1
+        if not self.dask:
+            return self.x[y0:y1, x0:x1]
+        i0 = int(np.searchsorted(self.ys, y0, side="right")) - 1
+        i1 = int(np.searchsorted(self.ys, y1, side="left"))
+        j0 = int(np.searchsorted(self.xs, x0, side="right")) - 1
+        j1 = int(np.searchsorted(self.xs, x1, side="left"))
+        box = (y0 - int(self.ys[i0]), y1 - int(self.ys[i0]), x0 - int(self.xs[j0]), x1 - int(self.xs[j0]))
+        return {"chunks": self.grid[i0:i1, j0:j1].tolist(), "box": box}
 
 
 def _new_dataset(ds, dq):
@@ -389,10 +435,6 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
     tile_shape = (min(params.tile_shape[0], out_shape[0]), min(params.tile_shape[1], out_shape[1]))
     margin = 3 + math.ceil(2 * params.pixfrac)
 
-    windows = [
-        blocks.footprint_window(get_wcs(ds), out_wcs, ds["data"].shape, out_shape, margin) for ds in images
-    ]
-
     tmp = _StackDirectory(tempdir)
     store = os.path.join(tmp.name, "single.zarr")
     zarr.create_array(
@@ -401,21 +443,26 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
     )
     token = dask.base.tokenize(out_text, params, [ds.attrs.get("name") for ds in images], store)
 
+    # 1. per input block: one pixel map (kept for the blot), one drizzle into its window
+    plans = [_plan_input(k, ds, get_wcs(ds), out_wcs, out_text, out_shape, margin, params, token)
+             for k, ds in enumerate(images)]
+
+    # 2. per group: merge the block windows, mask low weights, write the group's layer
     group_tasks, group_tiles = [], []
     for gi, g in enumerate(groups):
-        members = [k for k, gid in enumerate(ids) if gid == g and windows[k] is not None]
-        if not members:
+        parts = [b for k, gid in enumerate(ids) if gid == g for b in plans[k].blocks]
+        if not parts:
             group_tasks.append(None)
             group_tiles.append(set())
             continue
-        ws = [windows[k] for k in members]
+        ws = [b.window for b in parts]
         window = (min(w[0] for w in ws), max(w[1] for w in ws), min(w[2] for w in ws), max(w[3] for w in ws))
         tij = _tiles_of(window, tile_shape, out_shape)
         group_tiles.append(set(tij))
-        task = dask.delayed(blocks.drizzle_group, pure=True)(
-            [_member(images[k]) for k in members], window, out_text, params, gi, store,
+        task = dask.delayed(blocks.merge_group, pure=True)(
+            [b.drizzled for b in parts], window, params, gi, store,
             [_tile_box(i, j, tile_shape, out_shape) for i, j in tij],
-            dask_key_name=f"outlier-single-drizzle-{token}-{gi}",
+            dask_key_name=f"outlier-single-merge-{token}-{gi}",
         )
         group_tasks.append(task)
 
@@ -437,18 +484,89 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
     median = da.block(rows)
     median_da = xr.DataArray(median, dims=("y", "x"), name="median", attrs={"wcs_asdf": out_text, "unit": images[0]["data"].attrs.get("units", images[0].attrs.get("bunit_data"))})
 
+    # 4. per input block: blot the median window under it with the block's pixel map; flag per input
+    med_chunks = _Chunks(median)
     new_images = []
     for k, ds in enumerate(images):
-        w = windows[k]
-        med = median[w[0]:w[1], w[2]:w[3]] if w is not None else None
-        t = dask.delayed(blocks.blot_and_flag, pure=True)(
-            _blocks(med), w, _blocks(ds["data"].data), _blocks(ds["err"].data), _blocks(ds["dq"].data),
-            ds.attrs["wcs_asdf"], out_text, params,
-            dask_key_name=f"outlier-blot-flag-{token}-{k}",
+        plan = plans[k]
+        blots = []
+        for b in plan.all_blocks:
+            med = None if b.window is None else med_chunks.window(*b.window)
+            blots.append(dask.delayed(blocks.blot_block, pure=True)(
+                med, b.window, b.pixmap, (b.r0 - b.c0, b.r1 - b.c0),
+                dask_key_name=f"outlier-blot-{token}-{k}-{b.r0}",
+            ))
+        t = dask.delayed(blocks.flag_input, pure=True)(
+            blots, plan.arrays["data"].window(), _Chunks(ds["err"].data).window(), plan.arrays["dq"].window(),
+            plan.backg, params,
+            dask_key_name=f"outlier-flag-{token}-{k}",
         )
         dq = da.from_delayed(t, shape=ds["dq"].shape, dtype=np.uint32, meta=np.empty((0, 0), np.uint32))
         new_images.append(_new_dataset(ds, dq))
     return OutlierResult(images=new_images, median=median_da, tempdir=tmp)
+
+
+@dataclasses.dataclass
+class _BlockPlan:
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    window: tuple | None
+    pixmap: object = None  # delayed pixel map of the cut
+    drizzled: object = None  # delayed (window, img, wht)
+
+
+@dataclasses.dataclass
+class _InputPlan:
+    all_blocks: list
+    backg: float
+    arrays: dict
+
+    @property
+    def blocks(self):
+        """The blocks that land on the output grid."""
+        return [b for b in self.all_blocks if b.window is not None]
+
+
+def _plan_input(k, ds, in_wcs, out_wcs, out_text, out_shape, margin, params, token):
+    """Row blocks of one input, each with its window, pixel-map task and drizzle task."""
+    import dask
+
+    shape = tuple(ds["data"].shape)
+    text_in = ds.attrs["wcs_asdf"]
+    exptime = float(ds.attrs.get("measurement_time") or ds.attrs.get("exposure_time") or 1.0)
+    level = None  # STEP2 _sky_level(ds)
+    backg = params.backg if level is None else level
+    arrays = {name: _Chunks(ds[name].data) for name in ("data", "dq", "var_rnoise") if name in ds}
+    data, dq, var = arrays["data"], arrays["dq"], arrays.get("var_rnoise")
+    plans = []
+    for r0, r1, c0, c1 in blocks.row_blocks(shape[0], params.block_rows):
+        window = blocks.footprint_window(in_wcs, out_wcs, shape, out_shape, margin, rows=(r0, r1))
+        b = _BlockPlan(r0, r1, c0, c1, window)
+        if window is not None:
+            b.pixmap = dask.delayed(blocks.block_pixel_map, pure=True)(
+                text_in, out_text, shape, (c0, c1), dask_key_name=f"outlier-pixmap-{token}-{k}-{r0}")
+            b.drizzled = dask.delayed(blocks.drizzle_block, pure=True)(
+                data.window(c0, c1), dq.window(c0, c1), None if var is None else var.window(c0, c1),
+                b.pixmap, (r0 - c0, r1 - c0), window, params, exptime, level or 0.0, dask_key_name=f"outlier-drizzle-{token}-{k}-{r0}",
+            )
+        plans.append(b)
+    return _InputPlan(plans, backg, arrays)
+
+
+def _sky_level(ds):
+    """The sky level the reference subtracts before drizzling and adds to the blot, or None.
+
+    stcal's ``Resample.add_model`` drizzles ``data - level`` unless the exposure's
+    background was already subtracted, and JWST's outlier step then flags with the
+    exposure's ``level`` as ``backg`` (the step's ``backg`` only when there is none).
+    """
+    level = ds.attrs.get("level")
+    if level is None or ds.attrs.get("subtracted", False):
+        return None
+    level = float(level)
+    return level if math.isfinite(level) else None
 
 
 # -- resample_data=False ---------------------------------------------------------
