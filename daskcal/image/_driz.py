@@ -3,12 +3,12 @@
 - :func:`drizzle_block` drizzles one block of one input into an output *window*
   that holds the block's whole footprint (drizzle's C kernel), for the data, the
   square roots of the variances and optionally the error array.
-- :func:`input_partial` adds the windows of one input that touch one tile into
-  tile arrays and turns them into that input's contribution (weighted sums,
-  weights, context bits, variance sums), following the reference's per-input
-  variance recipe.
-- :func:`merge_partials` adds contributions pairwise; :func:`finalize_tile`
-  divides them into the output planes.
+- :func:`cut_pieces` cuts a window into its parts per output tile, where the
+  window is made, so only those parts travel to the tiles' tasks.
+- :func:`reduce_tile` adds every input's pieces of one tile into running sums
+  (weighted sums, weights, context bits, and variance sums following the
+  reference's per-input variance recipe); :func:`finalize_tile` divides them
+  into the output planes.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 __all__ = [
     "Window",
     "drizzle_block",
-    "input_partial",
-    "merge_partials",
+    "cut_pieces",
+    "reduce_tile",
     "finalize_tile",
     "compute_pixmap",
     "pixel_to_pixel",
@@ -76,15 +76,87 @@ def weight_map(data, dq, arrays: dict, weight_type: str | None, good_bits: int, 
     return result.astype(np.float32)
 
 
+def _stages(model):
+    """The stages of a ``|`` chain of models, in order."""
+    from astropy.modeling import CompoundModel
+
+    if isinstance(model, CompoundModel) and model.op == "|":
+        return _stages(model.left) + _stages(model.right)
+    return [model]
+
+
+def _tan_split(wcs):
+    """``(plane, rotation)`` when ``wcs`` is ``plane | Pix2Sky_TAN | RotateNative2Celestial``, else None.
+
+    ``plane`` maps pixels to the projection plane (deg); most imaging WCSs
+    (distortion, then scale/rotation, then TAN) have this form.
+    """
+    import functools
+    import operator
+
+    from astropy.modeling import models
+
+    stages = _stages(wcs.forward_transform)
+    if (len(stages) < 3 or not isinstance(stages[-2], models.Pix2Sky_Gnomonic)
+            or not isinstance(stages[-1], models.RotateNative2Celestial)):
+        return None
+    return functools.reduce(operator.or_, stages[:-2]), stages[-1]
+
+
+def _native_rotation(rot_in, rot_out):
+    """3x3 matrix taking native unit vectors of one TAN projection to those of another.
+
+    Columns are the images of the native x, y and z axes, found by evaluating
+    the two sky rotations on those three points (so their conventions stay astropy's).
+    """
+    phi, theta = np.array([0.0, 90.0, 0.0]), np.array([0.0, 0.0, 90.0])
+    ra, dec = rot_in(phi, theta)
+    p, t = (np.radians(np.asarray(a, np.float64)) for a in rot_out.inverse(ra, dec))
+    return np.array([np.cos(t) * np.cos(p), np.cos(t) * np.sin(p), np.sin(t)])
+
+
+def _tan_to_tan(split_in, split_out, x, y):
+    """Pixel to pixel between two TAN WCSs without spherical trigonometry.
+
+    A gnomonic plane point (x, y) (deg) is the native direction proportional to
+    (-y, x, 180/pi) * pi/180, so the two projections and the two sky rotations
+    reduce to one matrix product and a division; agrees with the gwcs path to
+    ~1e-8 px (float64 rounding of RA/Dec in degrees there).
+    """
+    plane_in, rot_in = split_in
+    plane_out, rot_out = split_out
+    m = _native_rotation(rot_in, rot_out)
+    px, py = plane_in(x, y)
+    k = np.pi / 180.0
+    u0 = np.multiply(py, -k)
+    u1 = np.multiply(px, k)
+    del px, py
+    v2 = m[2, 0] * u0 + m[2, 1] * u1 + m[2, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.divide(1.0 / k, v2, out=v2)  # in place: v2 is not needed after this
+        inv[~(v2 > 0)] = np.nan  # behind the output projection's horizon
+        qx = (m[1, 0] * u0 + m[1, 1] * u1 + m[1, 2]) * inv
+        qy = (m[0, 0] * u0 + m[0, 1] * u1 + m[0, 2]) * inv
+    np.negative(qy, out=qy)
+    return plane_out.inverse(qx, qy)
+
+
 def pixel_to_pixel(wcs_in, wcs_out, x, y):
     """Output pixel (x, y) of input pixels (x, y), ignoring both bounding boxes.
 
-    Evaluates the transforms with ``with_bounding_box=False`` instead of clearing
-    the WCSs' bounding boxes (as the reference does): the WCS objects are cached
-    and shared by the threads of a worker, so they must never be modified.
+    When both WCSs end in a TAN projection and a sky rotation (see
+    :func:`_tan_split`), the sky step is done with unit vectors (no trig, ~3x
+    faster); otherwise the transforms are evaluated with
+    ``with_bounding_box=False`` instead of clearing the WCSs' bounding boxes (as
+    the reference does): the WCS objects are cached and shared by the threads of
+    a worker, so they must never be modified.
     """
-    ra, dec = wcs_in(x, y, with_bounding_box=False)
-    ox, oy = wcs_out.invert(ra, dec, with_bounding_box=False)
+    split_in, split_out = _tan_split(wcs_in), _tan_split(wcs_out)
+    if split_in is not None and split_out is not None:
+        ox, oy = _tan_to_tan(split_in, split_out, x, y)
+    else:
+        ra, dec = wcs_in(x, y, with_bounding_box=False)
+        ox, oy = wcs_out.invert(ra, dec, with_bounding_box=False)
     return np.asarray(ox, np.float64), np.asarray(oy, np.float64)
 
 
@@ -94,9 +166,11 @@ def compute_pixmap(wcs_in, wcs_out, y0, y1, x0, x1, coarse=None, order=1):
     ``coarse`` = (yc, xc, px, py): a whole-input coarse grid to interpolate with
     bivariate splines as the reference does for ``pixmap_stepsize > 1``.
     """
+    pixmap = np.empty((y1 - y0, x1 - x0, 2), np.float64)
     if coarse is None:
-        y, x = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        ox, oy = pixel_to_pixel(wcs_in, wcs_out, x, y)
+        x = np.broadcast_to(np.arange(x0, x1, dtype=np.float64), (y1 - y0, x1 - x0))
+        y = np.broadcast_to(np.arange(y0, y1, dtype=np.float64)[:, None], (y1 - y0, x1 - x0))
+        pixmap[..., 0], pixmap[..., 1] = pixel_to_pixel(wcs_in, wcs_out, x, y)
     else:
         from scipy import interpolate
 
@@ -104,8 +178,8 @@ def compute_pixmap(wcs_in, wcs_out, y0, y1, x0, x1, coarse=None, order=1):
         fx = interpolate.RectBivariateSpline(yc, xc, px, kx=order, ky=order)
         fy = interpolate.RectBivariateSpline(yc, xc, py, kx=order, ky=order)
         yy, xx = np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
-        ox, oy = fx(yy, xx), fy(yy, xx)
-    return np.dstack([ox, oy])
+        pixmap[..., 0], pixmap[..., 1] = fx(yy, xx), fy(yy, xx)
+    return pixmap
 
 
 def _new_drizzle(kernel, shape, ctx):
@@ -186,128 +260,164 @@ def drizzle_block(arrays: dict, pixmap, bounds, window, p: dict) -> Window:
                   main.out_dq if dq is not None else None)
 
 
-def _overlap(win: Window, tile):
-    ty0, ty1, tx0, tx1 = tile
+def cut_pieces(win: Window, tiles) -> tuple:
+    """Copies of the parts of a window that fall in each tile (``(y0, y1, x0, x1)``), as Windows.
+
+    Copies, so the window itself can be freed once its block task returns and
+    each tile's task receives only its own part.
+    """
     wy, wx = win.wht.shape
-    y0, y1 = max(ty0, win.oy), min(ty1, win.oy + wy)
-    x0, x1 = max(tx0, win.ox), min(tx1, win.ox + wx)
-    if y0 >= y1 or x0 >= x1:
-        return None
-    return (slice(y0 - ty0, y1 - ty0), slice(x0 - tx0, x1 - tx0)), (slice(y0 - win.oy, y1 - win.oy), slice(x0 - win.ox, x1 - win.ox))
+    pieces = []
+    for ty0, ty1, tx0, tx1 in tiles:
+        y0, y1 = max(ty0, win.oy), min(ty1, win.oy + wy)
+        x0, x1 = max(tx0, win.ox), min(tx1, win.ox + wx)
+        if y0 >= y1 or x0 >= x1:
+            pieces.append(None)
+            continue
+        s = (slice(y0 - win.oy, y1 - win.oy), slice(x0 - win.ox, x1 - win.ox))
+
+        def cut(a, s=s):
+            return None if a is None else np.ascontiguousarray(a[s])
+
+        pieces.append(Window(y0, x0, cut(win.wht), cut(win.img), {k: cut(v) for k, v in win.var.items()},
+                             cut(win.err), cut(win.ctx), cut(win.dq)))
+    return tuple(pieces)
 
 
-def input_partial(windows, tile, ctx_index: int | None, nplanes: int, p: dict) -> dict:
-    """One input's contribution to one tile from the windows of its blocks.
+class _TileSums:
+    """Running sums of one tile (float64) and its context/DQ bits."""
+
+    def __init__(self, shape, nplanes, ctx, p):
+        self.shape, self.p = shape, p
+        self.wht = np.zeros(shape, np.float64)
+        self.swd = np.zeros(shape, np.float64)
+        self.swe = np.zeros(shape, np.float64) if p["driz_err"] else None
+        self.con = np.zeros((nplanes, *shape), np.uint32) if ctx else None
+        self.dq = np.zeros(shape, np.uint32) if p["propagate_dq"] else None
+        self.var: dict = {}
+
+    def add_input(self, pieces, tile, ctx_index, tmeasure):
+        """Add one input's pieces (its blocks' parts of this tile): weighted sums, bits, variances."""
+        for pc in pieces:
+            r = (slice(pc.oy - tile[0], pc.oy - tile[0] + pc.wht.shape[0]),
+                 slice(pc.ox - tile[2], pc.ox - tile[2] + pc.wht.shape[1]))
+            self.wht[r] += pc.wht
+            self.swd[r] += np.multiply(pc.wht, pc.img, dtype=np.float64)
+            if self.swe is not None and pc.err is not None:
+                self.swe[r] += np.multiply(pc.wht, pc.err, dtype=np.float64)
+            if self.con is not None and pc.ctx is not None:
+                plane = self.con[ctx_index // 32][r]
+                plane[pc.ctx] |= np.uint32(1) << np.uint32(ctx_index % 32)
+            if self.dq is not None and pc.dq is not None:
+                self.dq[r] |= pc.dq
+        if self.p["enable_var"] and pieces[0].var:
+            r, means = _input_means(pieces, tile)
+            self._add_variances(r, means, tmeasure)
+
+    def _add_variances(self, r, means, tmeasure):
+        """The reference's per-input variance step: square the drizzled sqrt(var), weight it."""
+        wtype = self.p["weight_type"]
+        shape = next(iter(means.values())).shape
+        if wtype in ("ivm", "ivm-sky"):
+            rn = means.get("var_rnoise")
+            if rn is None:
+                weight = np.ones(shape)
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    inv = np.reciprocal(rn).astype(np.float64)
+                weight = np.where((rn > 0) & np.isfinite(rn), inv, 0.0)
+        elif wtype == "exptime":
+            weight = np.full(shape, float(tmeasure))
+        else:
+            weight = np.ones(shape)
+        for name, v in means.items():
+            if name not in self.var:
+                self.var[name] = (np.zeros(self.shape, np.float64), np.zeros(self.shape, np.float64))
+            vs, vw = self.var[name]
+            with np.errstate(invalid="ignore", over="ignore"):
+                ok = (v >= 0) & np.isfinite(v) & (weight > 0)
+                vs[r] += np.where(ok, v * weight * weight, 0.0)
+            vw[r] += np.where(ok, weight, 0.0)
+
+    def partial(self) -> dict:
+        out = {"swd": self.swd, "wht": self.wht}
+        if self.swe is not None:
+            out["swe"] = self.swe
+        if self.con is not None:
+            out["con"] = self.con
+        if self.dq is not None:
+            out["dq"] = self.dq
+        for name, (vs, vw) in self.var.items():
+            out[f"vsum_{name}"], out[f"vwt_{name}"] = vs, vw
+        return out
+
+
+def _input_means(pieces, tile):
+    """Region (tile slices) of one input's pieces and the squares of its drizzled sqrt(var) there.
+
+    One piece: drizzle's means as they are. Several (the input's blocks meet in
+    this tile): their weighted mean, as one drizzle of the whole input gives.
+    """
+    if len(pieces) == 1:
+        pc = pieces[0]
+        r = (slice(pc.oy - tile[0], pc.oy - tile[0] + pc.wht.shape[0]),
+             slice(pc.ox - tile[2], pc.ox - tile[2] + pc.wht.shape[1]))
+        means = {}
+        for name, m in pc.var.items():
+            m = np.where(pc.wht != 0, m, np.float32(np.nan))
+            means[name] = m * m
+        return r, means
+    y0 = min(pc.oy for pc in pieces)
+    x0 = min(pc.ox for pc in pieces)
+    y1 = max(pc.oy + pc.wht.shape[0] for pc in pieces)
+    x1 = max(pc.ox + pc.wht.shape[1] for pc in pieces)
+    w = np.zeros((y1 - y0, x1 - x0), np.float64)
+    sums = {name: np.zeros_like(w) for name in pieces[0].var}
+    for pc in pieces:
+        s = (slice(pc.oy - y0, pc.oy - y0 + pc.wht.shape[0]), slice(pc.ox - x0, pc.ox - x0 + pc.wht.shape[1]))
+        w[s] += pc.wht
+        for name, m in pc.var.items():
+            sums[name][s] += np.multiply(pc.wht, m, dtype=np.float64)
+    covered = w != 0
+    means = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, sm in sums.items():
+            m = np.where(covered, sm / np.where(covered, w, 1.0), np.nan).astype(np.float32)
+            means[name] = m * m
+    r = (slice(y0 - tile[0], y1 - tile[0]), slice(x0 - tile[2], x1 - tile[2]))
+    return r, means
+
+
+def reduce_tile(pieces, owners, tile, nplanes: int, p: dict, final_p: dict) -> dict:
+    """Output planes of one tile from the pieces of every input that reaches it.
 
     Parameters
     ----------
-    windows : list of Window
-        Windows of the input's blocks that touch the tile.
+    pieces : list of Window or None
+        Parts of block windows in this tile (None: a block whose window missed it).
+    owners : list of (int or None, float)
+        Per piece: the input's context bit index (None: no context) and its
+        measurement time (s, for ``weight_type="exptime"``).
     tile : (y0, y1, x0, x1)
         The tile in mosaic pixels.
-    ctx_index : int or None
-        Context bit of this input (plane ``k // 32``, bit ``k % 32``).
     nplanes : int
         Context planes of the output.
     p : dict
-        ``weight_type``, ``tmeasure`` (s), ``enable_var``, ``driz_err``, ``propagate_dq``.
-
-    Returns
-    -------
-    dict
-        ``swd`` (sum of weight x data), ``wht``, and as enabled ``swe`` (error),
-        ``con`` (uint32 planes), ``dq``, ``vsum_<name>``, ``vwt_<name>``.
+        ``weight_type``, ``enable_var``, ``driz_err``, ``propagate_dq``.
+    final_p : dict
+        As :func:`finalize_tile` takes it.
     """
     shape = (tile[1] - tile[0], tile[3] - tile[2])
-    wht = np.zeros(shape, np.float64)
-    swd = np.zeros(shape, np.float64)
-    sv = {}
-    swe = np.zeros(shape, np.float64) if p["driz_err"] else None
-    ctx = np.zeros(shape, bool) if ctx_index is not None else None
-    dq = np.zeros(shape, np.uint32) if p["propagate_dq"] else None
-    for win in windows:
-        ov = _overlap(win, tile)
-        if ov is None:
-            continue
-        t, w = ov
-        ww = win.wht[w].astype(np.float64)
-        wht[t] += ww
-        swd[t] += ww * win.img[w]
-        for name, m in win.var.items():
-            if name not in sv:
-                sv[name] = np.zeros(shape, np.float64)
-            sv[name][t] += ww * m[w]
-        if swe is not None and win.err is not None:
-            swe[t] += ww * win.err[w]
-        if ctx is not None:
-            ctx[t] |= win.ctx[w]
-        if dq is not None and win.dq is not None:
-            dq[t] |= win.dq[w]
-    out = {"swd": swd, "wht": wht}
-    if swe is not None:
-        out["swe"] = swe
-    if ctx is not None:
-        con = np.zeros((nplanes, *shape), np.uint32)
-        con[ctx_index // 32][ctx] = np.uint32(1) << np.uint32(ctx_index % 32)
-        out["con"] = con
-    if dq is not None:
-        out["dq"] = dq
-    if p["enable_var"]:
-        _variance_contribution(out, sv, wht, p)
-    return out
-
-
-def _variance_contribution(out, sv, wht, p):
-    """The reference's per-input variance step: square the drizzled sqrt(var), weight it."""
-    covered = wht != 0
-    means = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for name, s in sv.items():
-            m = np.full(wht.shape, np.nan, np.float32)
-            m[covered] = (s[covered] / wht[covered]).astype(np.float32)
-            means[name] = m * m
-    wtype = p["weight_type"]
-    if wtype in ("ivm", "ivm-sky"):
-        rn = means.get("var_rnoise")
-        weight = np.zeros(wht.shape, np.float64)
-        if rn is not None:
-            good = (rn > 0) & np.isfinite(rn)
-            weight[good] = np.reciprocal(rn[good])
-        else:
-            weight[:] = 1.0
-    elif wtype == "exptime":
-        weight = np.full(wht.shape, float(p["tmeasure"]))
-    else:
-        weight = np.ones(wht.shape)
-    for name, v in means.items():
-        mask = (v >= 0) & np.isfinite(v) & (weight > 0)
-        vs = np.zeros(wht.shape, np.float64)
-        vw = np.zeros(wht.shape, np.float64)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
-            vs[mask] = v[mask] * weight[mask] * weight[mask]
-        vw[mask] = weight[mask]
-        out[f"vsum_{name}"] = vs
-        out[f"vwt_{name}"] = vw
-
-
-def merge_partials(a: dict | None, b: dict | None) -> dict | None:
-    """Add two contributions to the same tile (sums add, context and DQ bits OR)."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    out = {}
-    for k in a.keys() | b.keys():
-        if k not in a:
-            out[k] = b[k]
-        elif k not in b:
-            out[k] = a[k]
-        elif k in ("con", "dq"):
-            out[k] = a[k] | b[k]
-        else:
-            out[k] = a[k] + b[k]
-    return out
+    by_input: dict = {}
+    for pc, owner in zip(pieces, owners):
+        if pc is not None:
+            by_input.setdefault(owner, []).append(pc)
+    if not by_input:
+        return finalize_tile(None, shape, nplanes, final_p)
+    sums = _TileSums(shape, nplanes, final_p["enable_ctx"], p)
+    for (ctx_index, tmeasure), pcs in by_input.items():
+        sums.add_input(pcs, tile, ctx_index, tmeasure)
+    return finalize_tile(sums.partial(), shape, nplanes, final_p)
 
 
 def finalize_tile(part: dict | None, shape, nplanes: int, p: dict) -> dict:

@@ -5,14 +5,15 @@ The graph (see ``docs/resample.md``):
 1. Each input is cut into blocks. On the client, a coarse pixel map of the
    blocks' edges gives every block's output footprint; with a margin for the
    kernel this is the block's *window*.
-2. One task per block drizzles it into its window (drizzle's C kernel), which
+2. One task per block computes the block's pixel map once and drizzles the data
+   and each sqrt(variance) with it into its window (drizzle's C kernel), which
    holds the whole footprint, so drizzle never clips the input: the result equals
-   a whole-mosaic drizzle to float rounding.
-3. For every (input, tile) pair, one task adds the windows of that input which
-   touch the tile into tile arrays and forms the input's contribution (weighted
-   sums, weights, context bits, variance sums per the reference's recipe).
-4. Contributions to a tile are merged pairwise (a tree) and finalised into the
-   output planes of the tile. Peak memory is set by the block and tile sizes.
+   a whole-mosaic drizzle to float rounding. The same task cuts the window into
+   its parts per output tile, so only those parts leave the worker.
+3. One task per tile adds the parts of every input that reaches it into running
+   sums (weighted sums, weights, context bits, variance sums per the reference's
+   per-input recipe) and finalises the tile's output planes. Peak memory is set
+   by the block and tile sizes.
 """
 
 from __future__ import annotations
@@ -263,8 +264,8 @@ def _coarse_grid(wcs_in, wcs_out, inp: _Input, stepsize, order):
     return (yc, xc, np.asarray(px), np.asarray(py))
 
 
-def _block_task(arrays, wcs_text_in, wcs_text_out, cut, blk_bounds, window, coarse, level, p, bp):
-    """Dask task: compute a block's pixel map and weights, then drizzle it (see _driz)."""
+def _block_task(arrays, wcs_text_in, wcs_text_out, cut, blk_bounds, window, coarse, level, p, bp, tiles):
+    """Dask task: a block's pixel map and weights, drizzled into its window, cut per tile (see _driz)."""
     from daskcal.image._dataset import wcs_from_text
 
     wcs_in, wcs_out = wcs_from_text(wcs_text_in), wcs_from_text(wcs_text_out)
@@ -273,33 +274,17 @@ def _block_task(arrays, wcs_text_in, wcs_text_out, cut, blk_bounds, window, coar
     pixmap[..., 0] -= window[1]
     pixmap[..., 1] -= window[0]
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    data = arrays["data"].astype(np.float32)
+    data = arrays["data"].astype(np.float32, copy=False)
     if level:
         data = data - np.float32(level)
     dq = arrays.get("dq")
     if dq is None:
         dq = np.zeros(data.shape, np.uint32)
     weight = _driz.weight_map(data, dq, arrays, p.weight_type, p.good_bits_int, bp["tmeasure"])
-    blk = dict(arrays, data=data, weight=weight, dq=dq.astype(np.uint32))
-    return _driz.drizzle_block(blk, pixmap, blk_bounds, window, bp)
-
-
-def _input_tile_task(tile, ctx_index, nplanes, bp, *windows):
-    return _driz.input_partial(list(windows), tile, ctx_index, nplanes, bp)
-
-
-def _tree_merge(parts):
-    import dask
-
-    parts = list(parts)
-    if not parts:
-        return None
-    while len(parts) > 1:
-        nxt = [dask.delayed(_driz.merge_partials, pure=True)(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
-        if len(parts) % 2:
-            nxt.append(parts[-1])
-        parts = nxt
-    return parts[0]
+    blk = dict(arrays, data=data, weight=weight, dq=dq.astype(np.uint32, copy=False))
+    win = _driz.drizzle_block(blk, pixmap, blk_bounds, window, bp)
+    del pixmap, blk, arrays
+    return _driz.cut_pieces(win, tiles)
 
 
 def _time_totals(inps: list[_Input]) -> dict:
@@ -506,8 +491,13 @@ def _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, p, psr, s
     final_p = dict(fillval=fill, enable_ctx=p.enable_ctx, enable_var=p.enable_var, compute_err=p.compute_err,
                    propagate_dq=p.propagate_dq, var_scale=1.0 / psr**2, err_scale=psr)
 
-    # 1-2: block windows (one task per block, shared by every tile it touches)
-    win_tasks: dict = {}
+    # tiles of the output, and for each block the tiles its window touches
+    ys, xs = _tiles(out_shape, tile_shape)
+    tiles = [(ty, min(ty + tile_shape[0], out_shape[0]), tx, min(tx + tile_shape[1], out_shape[1]))
+             for ty in ys for tx in xs]
+
+    # 1-2: one task per block: pixel map, drizzle into its window, cut the window per tile
+    pieces: dict = {}  # tile index -> [(input index, delayed piece)]
     for inp in inps:
         bp = dict(kernel=p.kernel, pixfrac=p.pixfrac, psr=psr, exptime=float(inp.ds.attrs["exposure_time"]),
                   enable_ctx=p.enable_ctx, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
@@ -527,43 +517,44 @@ def _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, p, psr, s
         coarse_d = dask.delayed(coarse) if coarse is not None else None
         ny, nx = inp.shape
         for b in blocks[inp.index]:
+            touched = [t for t, tile in enumerate(tiles) if _touches(b.window, tile)]
+            if not touched:
+                continue
             h = 2  # halo so pixel corners at block edges interpolate like the whole input's
             cy0, cy1 = max(0, b.y0 - h), min(ny, b.y1 + h)
             cx0, cx1 = max(0, b.x0 - h), min(nx, b.x1 + h)
             bounds = (b.x0 - cx0, b.x1 - 1 - cx0, b.y0 - cy0, b.y1 - 1 - cy0)
             cut_arrays = {n: a[cy0:cy1, cx0:cx1] for n, a in darrs.items()}
-            win_tasks[b] = dask.delayed(_block_task, pure=True)(
-                cut_arrays, text_in, text_out, (cy0, cy1, cx0, cx1), bounds, b.window, coarse_d, inp.level, p, bp)
+            task = dask.delayed(_block_task, pure=True, nout=len(touched))(
+                cut_arrays, text_in, text_out, (cy0, cy1, cx0, cx1), bounds, b.window, coarse_d, inp.level, p, bp,
+                [tiles[t] for t in touched])
+            for k, t in enumerate(touched):
+                pieces.setdefault(t, []).append((inp.index, task[k]))
 
-    # 3-4: per tile, per input contributions merged pairwise, then finalised
-    ys, xs = _tiles(out_shape, tile_shape)
+    # 3-4: one task per tile adds the pieces of every input that reaches it and finalises the tile
+    rp = dict(weight_type=p.weight_name, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
+              propagate_dq=p.propagate_dq)
     gkeys = list(groups)
     per_group = []
     for gid in gkeys:
         members = groups[gid]
+        pos_of = {k: pos for pos, k in enumerate(members)}
         nplanes = (len(members) - 1) // 32 + 1
         rows = []
-        for ty in ys:
+        for iy in range(len(ys)):
             row = []
-            for tx in xs:
-                tile = (ty, min(ty + tile_shape[0], out_shape[0]), tx, min(tx + tile_shape[1], out_shape[1]))
+            for ix in range(len(xs)):
+                t = iy * len(xs) + ix
+                tile = tiles[t]
                 tshape = (tile[1] - tile[0], tile[3] - tile[2])
-                parts = []
-                for pos, k in enumerate(members):
-                    touching = [win_tasks[b] for b in blocks[k] if _touches(b.window, tile)]
-                    if not touching:
-                        continue
-                    ip = inps[k]
-                    bp = dict(weight_type=p.weight_name, tmeasure=ip.tmeasure, enable_var=p.enable_var,
-                              driz_err=p.compute_err == "driz_err", propagate_dq=p.propagate_dq)
-                    parts.append(dask.delayed(_input_tile_task, pure=True)(
-                        tile, pos if p.enable_ctx else None, nplanes, bp, *touching))
-                merged = _tree_merge(parts)
-                if merged is None:
+                mine = [(k, d) for k, d in pieces.get(t, []) if k in pos_of]
+                if not mine:
                     row.append(_empty_tile(tshape, nplanes, final_p))
-                else:
-                    fin = dask.delayed(_driz.finalize_tile, pure=True)(merged, tshape, nplanes, final_p)
-                    row.append(_tile_arrays(fin, tshape, nplanes, final_p))
+                    continue
+                owners = [(pos_of[k] if p.enable_ctx else None, inps[k].tmeasure) for k, _ in mine]
+                fin = dask.delayed(_driz.reduce_tile, pure=True)([d for _, d in mine], owners, tile, nplanes, rp,
+                                                                 final_p)
+                row.append(_tile_arrays(fin, tshape, nplanes, final_p))
             rows.append(row)
         per_group.append((nplanes, rows))
 
