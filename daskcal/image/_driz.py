@@ -86,21 +86,58 @@ def _stages(model):
 
 
 def _tan_split(wcs):
-    """``(plane, rotation)`` when ``wcs`` is ``plane | Pix2Sky_TAN | RotateNative2Celestial``, else None.
+    """``(plane stages, rotation)`` when ``wcs`` is ``plane | Pix2Sky_TAN | RotateNative2Celestial``, else None.
 
-    ``plane`` maps pixels to the projection plane (deg); most imaging WCSs
+    The plane stages map pixels to the projection plane (deg); most imaging WCSs
     (distortion, then scale/rotation, then TAN) have this form.
     """
-    import functools
-    import operator
-
     from astropy.modeling import models
 
     stages = _stages(wcs.forward_transform)
     if (len(stages) < 3 or not isinstance(stages[-2], models.Pix2Sky_Gnomonic)
             or not isinstance(stages[-1], models.RotateNative2Celestial)):
         return None
-    return functools.reduce(operator.or_, stages[:-2]), stages[-1]
+    return stages[:-2], stages[-1]
+
+
+def _simple_pair(stage):
+    """``(kind, a, b)`` for ``Shift & Shift`` / ``Scale & Scale`` stages without units, else None."""
+    from astropy.modeling import CompoundModel, models
+
+    if not (isinstance(stage, CompoundModel) and stage.op == "&"):
+        return None
+    left, right = stage.left, stage.right
+    for kind in (models.Shift, models.Scale):
+        if type(left) is kind and type(right) is kind:
+            a, b = (m.parameters[0] for m in (left, right))
+            if not (getattr(left, "_has_units", False) or getattr(right, "_has_units", False)):
+                return kind.__name__, float(a), float(b)
+    return None
+
+
+def _apply_stages(stages, *args):
+    """Evaluate a ``|`` chain stage by stage: affine, shift and scale pairs as plain NumPy, the rest by astropy.
+
+    Same arithmetic as the models' own ``evaluate`` without their input checks
+    and array stacking (the affine stage alone costs ~0.1 s per Mpix there).
+    """
+    from astropy.modeling import models
+
+    for st in stages:
+        pair = _simple_pair(st) if len(args) == 2 else None
+        if pair is not None:
+            kind, a, b = pair
+            x, y = args
+            args = (x + a, y + b) if kind == "Shift" else (x * a, y * b)
+        elif type(st) is models.AffineTransformation2D and len(args) == 2 and st.matrix.unit is None:
+            (m00, m01), (m10, m11) = np.asarray(st.matrix.value, np.float64)
+            t0, t1 = np.asarray(st.translation.value, np.float64)
+            x, y = args
+            args = (m00 * x + m01 * y + t0, m10 * x + m11 * y + t1)
+        else:
+            out = st(*args)
+            args = out if isinstance(out, tuple) else (out,)
+    return args
 
 
 def _native_rotation(rot_in, rot_out):
@@ -126,7 +163,7 @@ def _tan_to_tan(split_in, split_out, x, y):
     plane_in, rot_in = split_in
     plane_out, rot_out = split_out
     m = _native_rotation(rot_in, rot_out)
-    px, py = plane_in(x, y)
+    px, py = _apply_stages(plane_in, x, y)
     k = np.pi / 180.0
     u0 = np.multiply(py, -k)
     u1 = np.multiply(px, k)
@@ -138,7 +175,7 @@ def _tan_to_tan(split_in, split_out, x, y):
         qx = (m[1, 0] * u0 + m[1, 1] * u1 + m[1, 2]) * inv
         qy = (m[0, 0] * u0 + m[0, 1] * u1 + m[0, 2]) * inv
     np.negative(qy, out=qy)
-    return plane_out.inverse(qx, qy)
+    return _apply_stages([st.inverse for st in reversed(plane_out)], qx, qy)
 
 
 def pixel_to_pixel(wcs_in, wcs_out, x, y):
