@@ -19,6 +19,7 @@ import logging
 import warnings
 
 import numpy as np
+from numba import njit
 
 __all__ = [
     "Window",
@@ -321,6 +322,87 @@ def cut_pieces(win: Window, tiles) -> tuple:
     return tuple(pieces)
 
 
+_WCODES = {"ivm": 0, "ivm-sky": 0, "exptime": 1}  # anything else: weight 1
+
+
+@njit(nogil=True, cache=True)
+def _add_data_kernel(wht, swd, con, bit, use_ctx, w, img, ctx):
+    """Add one piece's weights and weighted data; OR its context bit (tile views, piece arrays)."""
+    ny, nx = w.shape
+    for i in range(ny):
+        for j in range(nx):
+            wv = w[i, j]
+            if wv != 0:
+                wht[i, j] += wv
+                swd[i, j] += np.float64(wv) * np.float64(img[i, j])
+            if use_ctx and ctx[i, j]:
+                con[i, j] |= bit
+
+
+@njit(nogil=True, cache=True)
+def _add_var_kernel(vsum, vwt, w, m0, m1, m2, present, rn_slot, wcode, tmeasure):
+    """The reference's per-input variance step for one input's drizzled sqrt(var) means.
+
+    Where the input reached (``w != 0``): square each mean (float32), weight it
+    by 1/var_rnoise (ivm), the measurement time (exptime) or 1, and add
+    ``v * weight**2`` and ``weight`` where ``v`` is finite and non-negative.
+    """
+    ny, nx = w.shape
+    for i in range(ny):
+        for j in range(nx):
+            if w[i, j] == 0:
+                continue
+            v0 = m0[i, j] * m0[i, j] if present[0] else np.float32(np.nan)
+            v1 = m1[i, j] * m1[i, j] if present[1] else np.float32(np.nan)
+            v2 = m2[i, j] * m2[i, j] if present[2] else np.float32(np.nan)
+            if wcode == 0:
+                if rn_slot < 0:
+                    weight = 1.0
+                else:
+                    rn = v0 if rn_slot == 0 else (v1 if rn_slot == 1 else v2)
+                    weight = np.float64(np.float32(1.0) / rn) if (rn > 0 and np.isfinite(rn)) else 0.0
+            elif wcode == 1:
+                weight = tmeasure
+            else:
+                weight = 1.0
+            if not weight > 0:
+                continue
+            for k in range(3):
+                if not present[k]:
+                    continue
+                v = v0 if k == 0 else (v1 if k == 1 else v2)
+                if v >= 0 and np.isfinite(v):
+                    vsum[k, i, j] += np.float64(v) * weight * weight
+                    vwt[k, i, j] += weight
+
+
+@njit(nogil=True, cache=True)
+def _finalize_kernel(swd, wht, vsum, vwt, present, fill, var_scale, data, wout, var, err, do_var, do_err):
+    """Output data, weight, variances (sum v w^2 * scale / w / w) and err = sqrt(nansum(variances))."""
+    ny, nx = wht.shape
+    nan = np.float32(np.nan)
+    for i in range(ny):
+        for j in range(nx):
+            wv = wht[i, j]
+            data[i, j] = np.float32(swd[i, j] / wv) if wv != 0 else np.float32(fill)
+            wout[i, j] = np.float32(wv)
+            if do_var:
+                total = np.float32(0.0)
+                anyv = False
+                for k in range(3):
+                    vw = vwt[k, i, j]
+                    if present[k] and vw > 0:
+                        v = np.float32(vsum[k, i, j] * var_scale / vw / vw)
+                        var[k, i, j] = v
+                        if not np.isnan(v):
+                            total += v
+                            anyv = True
+                    else:
+                        var[k, i, j] = nan
+                if do_err:
+                    err[i, j] = np.sqrt(total) if anyv else nan
+
+
 class _TileSums:
     """Running sums of one tile (float64) and its context/DQ bits."""
 
@@ -331,79 +413,87 @@ class _TileSums:
         self.swe = np.zeros(shape, np.float64) if p["driz_err"] else None
         self.con = np.zeros((nplanes, *shape), np.uint32) if ctx else None
         self.dq = np.zeros(shape, np.uint32) if p["propagate_dq"] else None
-        self.var: dict = {}
+        nv = 3 if p["enable_var"] else 0
+        self.vsum = np.zeros((nv, *shape), np.float64)
+        self.vwt = np.zeros((nv, *shape), np.float64)
+        self.present = np.zeros(3, np.bool_)
+        self._nobool = np.zeros((1, 1), np.bool_)  # stand-ins the kernels never index
+        self._nocon = np.zeros((1, 1), np.uint32)
 
     def add_input(self, pieces, tile, ctx_index, tmeasure):
         """Add one input's pieces (its blocks' parts of this tile): weighted sums, bits, variances."""
+        use_ctx = self.con is not None and ctx_index is not None
         for pc in pieces:
             r = (slice(pc.oy - tile[0], pc.oy - tile[0] + pc.wht.shape[0]),
                  slice(pc.ox - tile[2], pc.ox - tile[2] + pc.wht.shape[1]))
-            self.wht[r] += pc.wht
-            self.swd[r] += np.multiply(pc.wht, pc.img, dtype=np.float64)
+            with_ctx = use_ctx and pc.ctx is not None
+            con = self.con[ctx_index // 32][r] if with_ctx else self._nocon
+            bit = np.uint32(1) << np.uint32(ctx_index % 32) if with_ctx else np.uint32(0)
+            _add_data_kernel(self.wht[r], self.swd[r], con, bit, with_ctx, pc.wht, pc.img,
+                             pc.ctx if with_ctx else self._nobool)
             if self.swe is not None and pc.err is not None:
                 self.swe[r] += np.multiply(pc.wht, pc.err, dtype=np.float64)
-            if self.con is not None and pc.ctx is not None:
-                plane = self.con[ctx_index // 32][r]
-                plane[pc.ctx] |= np.uint32(1) << np.uint32(ctx_index % 32)
             if self.dq is not None and pc.dq is not None:
                 self.dq[r] |= pc.dq
         if self.p["enable_var"] and pieces[0].var:
-            r, means = _input_means(pieces, tile)
-            self._add_variances(r, means, tmeasure)
-
-    def _add_variances(self, r, means, tmeasure):
-        """The reference's per-input variance step: square the drizzled sqrt(var), weight it."""
-        wtype = self.p["weight_type"]
-        shape = next(iter(means.values())).shape
-        if wtype in ("ivm", "ivm-sky"):
-            rn = means.get("var_rnoise")
-            if rn is None:
-                weight = np.ones(shape)
+            if len(pieces) == 1:
+                pc = pieces[0]
+                r = (slice(pc.oy - tile[0], pc.oy - tile[0] + pc.wht.shape[0]),
+                     slice(pc.ox - tile[2], pc.ox - tile[2] + pc.wht.shape[1]))
+                w, means = pc.wht, pc.var
             else:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    inv = np.reciprocal(rn).astype(np.float64)
-                weight = np.where((rn > 0) & np.isfinite(rn), inv, 0.0)
-        elif wtype == "exptime":
-            weight = np.full(shape, float(tmeasure))
-        else:
-            weight = np.ones(shape)
-        for name, v in means.items():
-            if name not in self.var:
-                self.var[name] = (np.zeros(self.shape, np.float64), np.zeros(self.shape, np.float64))
-            vs, vw = self.var[name]
-            with np.errstate(invalid="ignore", over="ignore"):
-                ok = (v >= 0) & np.isfinite(v) & (weight > 0)
-                vs[r] += np.where(ok, v * weight * weight, 0.0)
-            vw[r] += np.where(ok, weight, 0.0)
+                r, w, means = _merged_means(pieces, tile)
+            self._add_variances(r, w, means, tmeasure)
 
-    def partial(self) -> dict:
-        out = {"swd": self.swd, "wht": self.wht}
-        if self.swe is not None:
-            out["swe"] = self.swe
-        if self.con is not None:
-            out["con"] = self.con
-        if self.dq is not None:
-            out["dq"] = self.dq
-        for name, (vs, vw) in self.var.items():
-            out[f"vsum_{name}"], out[f"vwt_{name}"] = vs, vw
+    def _add_variances(self, r, w, means, tmeasure):
+        present = np.array([n in means for n in VAR_NAMES])
+        self.present |= present
+        dummy = np.zeros((1, 1), np.float32)
+        m = [means.get(n, dummy) for n in VAR_NAMES]
+        rn_slot = VAR_NAMES.index("var_rnoise") if "var_rnoise" in means else -1
+        wcode = _WCODES.get(self.p["weight_type"], 2)
+        _add_var_kernel(self.vsum[:, r[0], r[1]], self.vwt[:, r[0], r[1]], w, m[0], m[1], m[2], present, rn_slot,
+                        wcode, float(tmeasure))
+
+    def finalize(self, nplanes, final_p) -> dict:
+        """The tile's output planes."""
+        p = final_p
+        shape = self.shape
+        data = np.empty(shape, np.float32)
+        wht = np.empty(shape, np.float32)
+        do_var = bool(p["enable_var"])
+        do_err = do_var and p["compute_err"] == "from_var"
+        var = np.empty((3, *shape), np.float32) if do_var else np.empty((3, 1, 1), np.float32)
+        err = np.empty(shape, np.float32) if do_err else np.empty((1, 1), np.float32)
+        vsum = self.vsum if do_var else np.zeros((3, 1, 1))
+        vwt = self.vwt if do_var else np.zeros((3, 1, 1))
+        _finalize_kernel(self.swd, self.wht, vsum, vwt, self.present, float(p["fillval"]), float(p["var_scale"]),
+                         data, wht, var, err, do_var, do_err)
+        out = {"data": data, "wht": wht}
+        if p["enable_ctx"]:
+            con = self.con if self.con is not None else np.zeros((nplanes, *shape), np.uint32)
+            out["con"] = con.view(np.int32)
+        if do_var:
+            for k, name in enumerate(VAR_NAMES):
+                out[name] = var[k]
+        if do_err:
+            out["err"] = err
+        elif p["compute_err"] == "driz_err":
+            e = np.full(shape, p["fillval"], np.float32)
+            if self.swe is not None:
+                covered = self.wht != 0
+                e[covered] = (self.swe[covered] / self.wht[covered] / p["err_scale"]).astype(np.float32)
+            out["err"] = e
+        if p["propagate_dq"]:
+            out["dq"] = self.dq if self.dq is not None else np.zeros(shape, np.uint32)
         return out
 
 
-def _input_means(pieces, tile):
-    """Region (tile slices) of one input's pieces and the squares of its drizzled sqrt(var) there.
+def _merged_means(pieces, tile):
+    """One input's pieces meeting in a tile (its blocks' seams): region, summed weight, weighted mean sqrt(var).
 
-    One piece: drizzle's means as they are. Several (the input's blocks meet in
-    this tile): their weighted mean, as one drizzle of the whole input gives.
+    As one drizzle of the whole input gives: sum(w * m) / sum(w), float32, NaN where no weight.
     """
-    if len(pieces) == 1:
-        pc = pieces[0]
-        r = (slice(pc.oy - tile[0], pc.oy - tile[0] + pc.wht.shape[0]),
-             slice(pc.ox - tile[2], pc.ox - tile[2] + pc.wht.shape[1]))
-        means = {}
-        for name, m in pc.var.items():
-            m = np.where(pc.wht != 0, m, np.float32(np.nan))
-            means[name] = m * m
-        return r, means
     y0 = min(pc.oy for pc in pieces)
     x0 = min(pc.ox for pc in pieces)
     y1 = max(pc.oy + pc.wht.shape[0] for pc in pieces)
@@ -419,10 +509,9 @@ def _input_means(pieces, tile):
     means = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         for name, sm in sums.items():
-            m = np.where(covered, sm / np.where(covered, w, 1.0), np.nan).astype(np.float32)
-            means[name] = m * m
+            means[name] = np.where(covered, sm / np.where(covered, w, 1.0), np.nan).astype(np.float32)
     r = (slice(y0 - tile[0], y1 - tile[0]), slice(x0 - tile[2], x1 - tile[2]))
-    return r, means
+    return r, w, means
 
 
 def reduce_tile(pieces, owners, tile, nplanes: int, p: dict, final_p: dict) -> dict:
@@ -454,7 +543,7 @@ def reduce_tile(pieces, owners, tile, nplanes: int, p: dict, final_p: dict) -> d
     sums = _TileSums(shape, nplanes, final_p["enable_ctx"], p)
     for (ctx_index, tmeasure), pcs in by_input.items():
         sums.add_input(pcs, tile, ctx_index, tmeasure)
-    return finalize_tile(sums.partial(), shape, nplanes, final_p)
+    return sums.finalize(nplanes, final_p)
 
 
 def finalize_tile(part: dict | None, shape, nplanes: int, p: dict) -> dict:
