@@ -40,6 +40,12 @@ COMPUTE_ERR = ("from_var", "driz_err", None)
 TILE_CONFIG = "daskcal.resample.tile-memory"
 DEFAULT_TILE_MEMORY = "128 MiB"
 BYTES_PER_TILE_PIXEL = 110  # float64 sums and weights of a tile partial plus temporaries
+BLOCK_CONFIG = "daskcal.resample.block-memory"
+DEFAULT_BLOCK_MEMORY = "512 MiB"
+# a block task holds per input pixel its arrays, weights and pixel map (~40 B) and, per output pixel of
+# its window, drizzle's planes and the window's pieces cut per tile (~46 B)
+BYTES_PER_BLOCK_INPUT_PIXEL = 40
+BYTES_PER_WINDOW_PIXEL = 46
 
 
 def _parse_good_bits(good_bits):
@@ -248,6 +254,21 @@ def _default_tile_shape(out_shape):
     return (min(side, out_shape[0]), min(side, out_shape[1]))
 
 
+def _default_block_shape(psr: float) -> int:
+    """Side (input px) of blocks whose task fits Dask config ``daskcal.resample.block-memory`` (512 MiB).
+
+    Big blocks mean one pixel map and four drizzle calls for most of an input and
+    few seams; 2048^2 inputs at the input pixel scale are drizzled whole.
+    """
+    import dask
+    from dask.utils import parse_bytes
+
+    budget = dask.config.get(BLOCK_CONFIG, None) or DEFAULT_BLOCK_MEMORY
+    budget = parse_bytes(budget) if isinstance(budget, str) else int(budget)
+    per_px = BYTES_PER_BLOCK_INPUT_PIXEL + BYTES_PER_WINDOW_PIXEL / psr**2
+    return max(64, int(math.sqrt(max(budget, 1) / per_px)))
+
+
 def _coarse_grid(wcs_in, wcs_out, inp: _Input, stepsize, order):
     """The reference's whole-input coarse pixel-map grid for ``pixmap_stepsize > 1``."""
     xmin, xmax, ymin, ymax = inp.bounds
@@ -386,8 +407,11 @@ def resample(
         Drizzle each exposure group (``group_id``) onto its own copy of the grid;
         the outputs are stacked on a ``group`` dimension.
     block_shape : int, optional
-        Side (input px) of the input blocks drizzled at once. Default: the tile
-        side times the pixel scale ratio, clipped to 64..1024.
+        Side (input px) of the input blocks drizzled at once (each block's pixel
+        map is computed once for the data, variances and context). Default: the
+        largest whose task fits Dask config ``daskcal.resample.block-memory``
+        (512 MiB): ~2400 px at the input pixel scale, ~340 px at
+        ``pixel_scale_ratio=0.1``; at least 64.
     max_output_memory : int or str, optional
         Largest allowed output size (see :func:`daskcal.image._grid.max_output_bytes`).
     **wcs_args
@@ -423,7 +447,7 @@ def resample(
         msg = f"tile_shape must be positive; got {tile_shape}"
         raise ValueError(msg)
     if block_shape is None:
-        block_shape = int(min(1024, max(64, min(tile_shape) * psr)))
+        block_shape = _default_block_shape(psr)
     if int(block_shape) < 8:
         msg = f"block_shape must be at least 8 input pixels; got {block_shape}"
         raise ValueError(msg)
