@@ -142,8 +142,11 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     pix = [ds["pixeldq"], ds["saturation"], bias, ds["gain"], ds["readnoise"], _dark_array(None, ds)]
     pix = [v.data.rechunk(chunks_yx) for v in pix]
     cube = [ds["data"].data, ds["groupdq"].data.rechunk(ds["data"].data.chunks)]
+    # The cube's halo comes from a second read (no whole chunk waits for its neighbours);
+    # the 2-D reference arrays are small enough to take dask's overlap and be read once.
     cube = [overlap_reading_twice(a, halo) for a in cube]
-    pix = [overlap_reading_twice(a, halo) for a in pix]
+    if halo:
+        pix = [da.overlap.overlap(a, depth={0: halo, 1: halo}, boundary="none") for a in pix]
     stacked = da.map_blocks(
         detector1_block,
         *cube,

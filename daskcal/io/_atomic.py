@@ -166,15 +166,23 @@ def _is_dask(arr) -> bool:
     return isinstance(arr, da.Array)
 
 
-def _write_blocks(targets, blocks, y0: int, x0: int) -> None:
+def _write_blocks(targets, y0: int, x0: int, *blocks) -> np.ndarray:
     for target, block in zip(targets, blocks, strict=True):
         target[..., y0 : y0 + block.shape[-2], x0 : x0 + block.shape[-1]] = block
+    return np.ones((1, 1), dtype=bool)
 
 
 def _chunk_writers(targets: list) -> list:
-    """One delayed write per ``(y, x)`` chunk, storing that chunk of every array."""
-    import dask
+    """One write task per ``(y, x)`` chunk, storing that chunk of every array.
+
+    Returns collections to compute: a small boolean dask array (one element per
+    chunk) whose tasks do the writing, plus a ``da.store`` for arrays chunked differently.
+    """
+    import functools
+
     import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
 
     if not targets:
         return []
@@ -184,13 +192,20 @@ def _chunk_writers(targets: list) -> list:
     writes = []
     if odd:
         writes.append(da.store([a for _, a in odd], [t for t, _ in odd], lock=False, compute=False))
+    # one block per (y, x) chunk: merge any leading-axis chunks first
+    arrays = [a.rechunk((-1,) * (a.ndim - 2) + grid) for _, a in same]
+    write = functools.partial(_write_blocks, [t for t, _ in same])
+    name = "write-chunks-" + tokenize(*arrays)
     ys = np.cumsum((0, *grid[0]))
     xs = np.cumsum((0, *grid[1]))
-    write = dask.delayed(_write_blocks, pure=False)
-    for iy in range(len(grid[0])):
-        for ix in range(len(grid[1])):
-            blocks = [a.blocks[(slice(None),) * (a.ndim - 2) + (iy, ix)] for _, a in same]
-            writes.append(write([t for t, _ in same], blocks, int(ys[iy]), int(xs[ix])))
+    dsk = {
+        (name, iy, ix): (write, int(ys[iy]), int(xs[ix]), *[(a.name, *(0,) * (a.ndim - 2), iy, ix) for a in arrays])
+        for iy in range(len(grid[0]))
+        for ix in range(len(grid[1]))
+    }
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=arrays)
+    nby, nbx = len(grid[0]), len(grid[1])
+    writes.append(da.Array(graph, name, chunks=((1,) * nby, (1,) * nbx), dtype=bool))
     return writes
 
 
