@@ -29,7 +29,7 @@ from daskcal.image._outlier_kernels import compute_weight_threshold, flag_crs, f
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "pixel_map", "footprint_window", "drizzle_weight", "row_blocks", "block_pixel_map", "drizzle_block",
+    "pixel_map", "footprint_window", "block_windows", "drizzle_weight", "row_blocks", "block_pixel_map", "drizzle_block",
     "merge_group", "median_tile", "blot_block", "flag_input",
 ]
 
@@ -94,13 +94,24 @@ def footprint_window(in_wcs, out_wcs, shape, out_shape, margin, rows=None):
     The extremes of a smooth map lie on the border of the mapped rectangle, so
     only its border pixels are mapped. Returns None when it misses the output grid.
     """
+    return block_windows(in_wcs, out_wcs, shape, out_shape, margin, [(0, shape[0]) if rows is None else rows])[0]
+
+
+def block_windows(in_wcs, out_wcs, shape, out_shape, margin, row_ranges):
+    """:func:`footprint_window` of several row ranges of one input, from one evaluation of the WCS."""
     ny, nx = shape
-    r0, r1 = (0, ny) if rows is None else rows
-    edges = [
-        pixel_map(in_wcs, out_wcs, shape, rows=[r0, r1 - 1]),
-        pixel_map(in_wcs, out_wcs, shape, rows=np.arange(r0, r1), cols=[0, nx - 1]),
-    ]
-    xy = np.concatenate([e.reshape(-1, 2) for e in edges])
+    edge_rows = sorted({r for r0, r1 in row_ranges for r in (r0, r1 - 1)})
+    across = pixel_map(in_wcs, out_wcs, shape, rows=edge_rows)  # (len(edge_rows), nx, 2)
+    sides = pixel_map(in_wcs, out_wcs, shape, cols=[0, nx - 1])  # (ny, 2, 2)
+    where = {r: i for i, r in enumerate(edge_rows)}
+    out = []
+    for r0, r1 in row_ranges:
+        xy = np.concatenate([across[[where[r0], where[r1 - 1]]].reshape(-1, 2), sides[r0:r1].reshape(-1, 2)])
+        out.append(_window_of(xy, margin, out_shape))
+    return out
+
+
+def _window_of(xy, margin, out_shape):
     xy = xy[np.all(np.isfinite(xy), axis=1)]
     if xy.size == 0:
         return None

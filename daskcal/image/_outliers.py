@@ -549,8 +549,9 @@ def _plan_input(k, ds, in_wcs, out_wcs, out_text, out_shape, margin, params, tok
     arrays = {name: _Chunks(ds[name].data) for name in ("data", "dq", "var_rnoise") if name in ds}
     data, dq, var = arrays["data"], arrays["dq"], arrays.get("var_rnoise")
     plans = []
-    for r0, r1, c0, c1 in blocks.row_blocks(shape[0], params.block_rows):
-        window = blocks.footprint_window(in_wcs, out_wcs, shape, out_shape, margin, rows=(r0, r1))
+    cuts = blocks.row_blocks(shape[0], params.block_rows)
+    windows = blocks.block_windows(in_wcs, out_wcs, shape, out_shape, margin, [(r0, r1) for r0, r1, _, _ in cuts])
+    for (r0, r1, c0, c1), window in zip(cuts, windows):
         b = _BlockPlan(r0, r1, c0, c1, window)
         if window is not None:
             b.pixmap = dask.delayed(blocks.block_pixel_map, pure=True)(
