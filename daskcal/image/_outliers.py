@@ -346,25 +346,29 @@ def _member(ds):
 
 
 class _Chunks:
-    """A 2-D array cut into windows for tasks without re-materialising its graph per window.
+    """A 2-D array cut into windows for tasks, by reference to its chunks' keys.
 
-    A dask array's chunks become delayed objects once; a window is handed to a
-    task as the chunks it overlaps plus its box inside them (see
-    :func:`~daskcal.image._outlier_blocks.assemble`). A numpy array is sliced.
+    A window is handed to a task as the chunks it overlaps plus its box inside
+    them (see :func:`~daskcal.image._outlier_blocks.assemble`). A numpy array is
+    sliced.
     """
 
-    def __init__(self, x):
+    def __init__(self, x, keys=None, graph=None):
         import dask.array as da
 
         self.dask = isinstance(x, da.Array)
         if self.dask:
-            self.grid = np.array(x.to_delayed(optimize_graph=False), dtype=object)
+            self.keys = keys if keys is not None else x.__dask_keys__()
             self.ys = np.cumsum((0, *x.chunks[0]))
             self.xs = np.cumsum((0, *x.chunks[1]))
+            if keys is None and graph is not None:
+                graph.depend(x)
         self.x = x
         self.shape = x.shape
 
     def window(self, y0=0, y1=None, x0=0, x1=None):
+        from dask._task_spec import TaskRef
+
         y1 = self.shape[0] if y1 is None else y1
         x1 = self.shape[1] if x1 is None else x1
         if not self.dask:
@@ -374,7 +378,8 @@ class _Chunks:
         j0 = int(np.searchsorted(self.xs, x0, side="right")) - 1
         j1 = int(np.searchsorted(self.xs, x1, side="left"))
         box = (y0 - int(self.ys[i0]), y1 - int(self.ys[i0]), x0 - int(self.xs[j0]), x1 - int(self.xs[j0]))
-        return {"chunks": self.grid[i0:i1, j0:j1].tolist(), "box": box}
+        chunks = [[k if isinstance(k, TaskRef) else TaskRef(k) for k in row[j0:j1]] for row in self.keys[i0:i1]]
+        return {"chunks": chunks, "box": box}
 
 
 def _new_dataset(ds, dq):
@@ -451,8 +456,9 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
     )
     token = dask.base.tokenize(out_text, params, [ds.attrs.get("name") for ds in images], store)
 
+    graph = _TaskGraph()
     # 1. per input block: one pixel map (kept for the blot), one drizzle into its window
-    plans = [_plan_input(k, ds, get_wcs(ds), out_wcs, out_text, out_shape, margin, params, token)
+    plans = [_plan_input(graph, k, ds, get_wcs(ds), out_wcs, out_text, out_shape, margin, params, token)
              for k, ds in enumerate(images)]
 
     # 2. per group: merge the block windows, mask low weights, write the group's layer
@@ -467,51 +473,79 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
         window = (min(w[0] for w in ws), max(w[1] for w in ws), min(w[2] for w in ws), max(w[3] for w in ws))
         tij = _tiles_of(window, tile_shape, out_shape)
         group_tiles.append(set(tij))
-        task = dask.delayed(blocks.merge_group, pure=True)(
+        group_tasks.append(graph.add(
+            f"outlier-single-merge-{token}-{gi}", blocks.merge_group,
             [b.drizzled for b in parts], window, params, gi, store,
             [_tile_box(i, j, tile_shape, out_shape) for i, j in tij],
-            dask_key_name=f"outlier-single-merge-{token}-{gi}",
-        )
-        group_tasks.append(task)
+        ))
 
+    # 3. per output tile: median of the layers that overlap it
+    median_name = f"outlier-median-{token}"
     nty, ntx = math.ceil(out_shape[0] / tile_shape[0]), math.ceil(out_shape[1] / tile_shape[1])
-    rows = []
+    median_keys = []
     for i in range(nty):
         row = []
         for j in range(ntx):
             box = _tile_box(i, j, tile_shape, out_shape)
             layers = [gi for gi in range(len(groups)) if (i, j) in group_tiles[gi]]
             deps = [group_tasks[gi] for gi in layers]
-            t = dask.delayed(blocks.median_tile, pure=True)(
-                store, box, layers, params.buffer_size, params.in_memory, tmp.name, *deps,
-                dask_key_name=f"outlier-median-{token}-{i}-{j}",
-            )
-            row.append(da.from_delayed(t, shape=(box[1] - box[0], box[3] - box[2]), dtype=np.float32,
-                                       meta=np.empty((0, 0), np.float32)))
-        rows.append(row)
-    median = da.block(rows)
-    median_da = xr.DataArray(median, dims=("y", "x"), name="median", attrs={"wcs_asdf": out_text, "unit": images[0]["data"].attrs.get("units", images[0].attrs.get("bunit_data"))})
+            row.append(graph.add((median_name, i, j), blocks.median_tile,
+                                 store, box, layers, params.buffer_size, params.in_memory, tmp.name, *deps))
+        median_keys.append(row)
+    chunks = (tuple(_tile_box(i, 0, tile_shape, out_shape)[1] - i * tile_shape[0] for i in range(nty)),
+              tuple(_tile_box(0, j, tile_shape, out_shape)[3] - j * tile_shape[1] for j in range(ntx)))
+    median = graph.array(median_name, chunks, np.float32)
+    unit = images[0]["data"].attrs.get("units", images[0].attrs.get("bunit_data"))
+    median_da = xr.DataArray(median, dims=("y", "x"), name="median", attrs={"wcs_asdf": out_text, "unit": unit})
+    med_chunks = _Chunks(median, keys=median_keys, graph=graph)
 
     # 4. per input block: blot the median window under it with the block's pixel map; flag per input
-    med_chunks = _Chunks(median)
     new_images = []
     for k, ds in enumerate(images):
         plan = plans[k]
         blots = []
         for b in plan.all_blocks:
             med = None if b.window is None else med_chunks.window(*b.window)
-            blots.append(dask.delayed(blocks.blot_block, pure=True)(
-                med, b.window, b.pixmap, (b.r0 - b.c0, b.r1 - b.c0),
-                dask_key_name=f"outlier-blot-{token}-{k}-{b.r0}",
-            ))
-        t = dask.delayed(blocks.flag_input, pure=True)(
-            blots, plan.arrays["data"].window(), _Chunks(ds["err"].data).window(), plan.arrays["dq"].window(),
-            plan.backg, params,
-            dask_key_name=f"outlier-flag-{token}-{k}",
-        )
-        dq = da.from_delayed(t, shape=ds["dq"].shape, dtype=np.uint32, meta=np.empty((0, 0), np.uint32))
+            blots.append(graph.add(f"outlier-blot-{token}-{k}-{b.r0}", blocks.blot_block,
+                                   med, b.window, b.pixmap, (b.r0 - b.c0, b.r1 - b.c0)))
+        err = _Chunks(ds["err"].data, graph=graph)
+        name = f"outlier-flag-{token}-{k}"
+        graph.add((name, 0, 0), blocks.flag_input, blots, plan.arrays["data"].window(), err.window(),
+                  plan.arrays["dq"].window(), plan.backg, params)
+        dq = graph.array(name, tuple((n,) for n in ds["dq"].shape), np.uint32)
         new_images.append(_new_dataset(ds, dq))
     return OutlierResult(images=new_images, median=median_da, tempdir=tmp)
+
+
+class _TaskGraph:
+    """Tasks of the resampled path as one graph layer, built without ``dask.delayed``.
+
+    ``dask.delayed`` optimises and culls the graphs of all its arguments on every
+    call, which for hundreds of tasks fed by input chunks and median tiles took
+    seconds on the client; here a task is a ``dask`` ``Task`` whose arguments refer
+    to other keys, and the layer is attached to the input arrays' graphs once.
+    """
+
+    def __init__(self):
+        self.tasks = {}
+        self.deps = {}
+
+    def depend(self, collection):
+        self.deps[id(collection)] = collection
+
+    def add(self, key, func, *args):
+        from dask._task_spec import Task, TaskRef, parse_input
+
+        self.tasks[key] = Task(key, func, *(parse_input(a) for a in args))
+        return TaskRef(key)
+
+    def array(self, name, chunks, dtype):
+        """A dask array whose chunks are the tasks ``(name, i, j)`` (with every task so far behind it)."""
+        import dask.array as da
+        from dask.highlevelgraph import HighLevelGraph
+
+        hlg = HighLevelGraph.from_collections(name, dict(self.tasks), dependencies=list(self.deps.values()))
+        return da.Array(hlg, name, chunks=chunks, dtype=dtype, meta=np.empty((0, 0), dtype))
 
 
 @dataclasses.dataclass
@@ -537,16 +571,14 @@ class _InputPlan:
         return [b for b in self.all_blocks if b.window is not None]
 
 
-def _plan_input(k, ds, in_wcs, out_wcs, out_text, out_shape, margin, params, token):
+def _plan_input(graph, k, ds, in_wcs, out_wcs, out_text, out_shape, margin, params, token):
     """Row blocks of one input, each with its window, pixel-map task and drizzle task."""
-    import dask
-
     shape = tuple(ds["data"].shape)
     text_in = ds.attrs["wcs_asdf"]
     exptime = float(ds.attrs.get("measurement_time") or ds.attrs.get("exposure_time") or 1.0)
     level = _sky_level(ds)
     backg = params.backg if level is None else level
-    arrays = {name: _Chunks(ds[name].data) for name in ("data", "dq", "var_rnoise") if name in ds}
+    arrays = {name: _Chunks(ds[name].data, graph=graph) for name in ("data", "dq", "var_rnoise") if name in ds}
     data, dq, var = arrays["data"], arrays["dq"], arrays.get("var_rnoise")
     plans = []
     cuts = blocks.row_blocks(shape[0], params.block_rows)
@@ -554,11 +586,11 @@ def _plan_input(k, ds, in_wcs, out_wcs, out_text, out_shape, margin, params, tok
     for (r0, r1, c0, c1), window in zip(cuts, windows):
         b = _BlockPlan(r0, r1, c0, c1, window)
         if window is not None:
-            b.pixmap = dask.delayed(blocks.block_pixel_map, pure=True)(
-                text_in, out_text, shape, (c0, c1), dask_key_name=f"outlier-pixmap-{token}-{k}-{r0}")
-            b.drizzled = dask.delayed(blocks.drizzle_block, pure=True)(
+            b.pixmap = graph.add(f"outlier-pixmap-{token}-{k}-{r0}", blocks.block_pixel_map, text_in, out_text, shape, (c0, c1))
+            b.drizzled = graph.add(
+                f"outlier-drizzle-{token}-{k}-{r0}", blocks.drizzle_block,
                 data.window(c0, c1), dq.window(c0, c1), None if var is None else var.window(c0, c1),
-                b.pixmap, (r0 - c0, r1 - c0), window, params, exptime, level or 0.0, dask_key_name=f"outlier-drizzle-{token}-{k}-{r0}",
+                b.pixmap, (r0 - c0, r1 - c0), window, params, exptime, level or 0.0,
             )
         plans.append(b)
     return _InputPlan(plans, backg, arrays)
