@@ -162,15 +162,13 @@ def _warm_worker():
 
 
 def child_daskcal(paths, save, workers, tmp, threads=1):
-    import dask
     import numpy as np
 
     from daskcal.cluster import connect
-    from daskcal.image._outliers import WORKER_ENVIRON, flag_outliers
+    from daskcal.image._outliers import flag_outliers
 
     images = _open(paths, load=False)
-    environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
-    with dask.config.set(environ), connect("local", n_workers=workers, threads_per_worker=threads) as client:
+    with connect("local", n_workers=workers, threads_per_worker=threads) as client:
         client.run(_warm_worker)  # imports and numba caches loaded before timing, as in the reference process
         with TreeSampler() as s:
             t0 = time.perf_counter()

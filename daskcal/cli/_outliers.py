@@ -123,10 +123,8 @@ def _open(path):
 
 def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=False, tempdir=None) -> dict:
     """Open the inputs, build the graph, run it on the chosen cluster and write the products."""
-    import dask
-
     from daskcal.cluster import connect
-    from daskcal.image._outliers import WORKER_ENVIRON, flag_outliers
+    from daskcal.image._outliers import flag_outliers
     from daskcal.io._atomic import save_products
 
     images = [_open(p) for p in inputs]
@@ -139,8 +137,7 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
     if save_median:
         products["median"] = result.median.to_dataset()
     try:
-        environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
-        with dask.config.set(environ), connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
             print(f"dashboard: {client.dashboard_link}")
             t0 = time.perf_counter()
             paths = save_products(products, output, overwrite=overwrite, progress=not args.no_progress)

@@ -59,7 +59,7 @@ def _wcs(text):
 
 #: Pixels per WCS evaluation in :func:`pixel_map`: the transforms' temporaries (512 KiB
 #: each) stay in cache, and in the heap when glibc's mmap threshold is above them (see
-#: ``WORKER_ENVIRON`` in :mod:`daskcal.image._outliers`).
+#: ``WORKER_ENVIRON`` in :mod:`daskcal.cluster`).
 PIXMAP_CHUNK = 1 << 16
 
 

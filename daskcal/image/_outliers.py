@@ -40,13 +40,6 @@ DEFAULT_BUFFER_SIZE = 256 * 2**20
 DEFAULT_TILE = (1024, 1024)
 #: Default input rows per drizzle/blot task.
 DEFAULT_BLOCK_ROWS = 512
-#: Environment for Dask worker processes (``distributed.nanny.pre-spawn-environ``) that
-#: the CLI and benchmarks set. Dask's nannies set ``MALLOC_TRIM_THRESHOLD_``, which
-#: also freezes glibc's mmap threshold at 128 KiB: every temporary array of a WCS
-#: evaluation is then a fresh mmap whose pages fault in, and pixel maps take ~5x
-#: longer. A 4 MiB threshold keeps them in the heap; larger arrays still go to mmap
-#: and back to the system when freed.
-WORKER_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": 4 * 2**20}
 _KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
 _WEIGHT_TYPES = ("ivm", "exptime", None)
 
