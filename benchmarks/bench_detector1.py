@@ -25,26 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _proc import peak_mb as _peak_mb, rss_mb as _rss_mb
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 RESULTS = HERE / "results" / "detector1.txt"
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork + exec
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def prepare(shape, path: Path, chunks) -> None:

@@ -16,24 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _proc import peak_mb as _peak_mb, rss_mb as _rss_mb
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "median.txt"
 MB = 2**20
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _frame(k, shape, out):
@@ -87,7 +80,7 @@ def child(impl: str, n: int, ny: int, nx: int, buffer_mb: float, tmp: str) -> di
     return {
         "impl": impl,
         "seconds": elapsed,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": _peak_mb(),
         "base_mb": base,
         "checksum": float(np.nansum(out[:: max(ny // 64, 1)], dtype=np.float64)),
     }

@@ -35,28 +35,12 @@ import threading
 import time
 from pathlib import Path
 
+from _proc import peak_mb as _peak_mb, rss_mb as _rss_mb
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "outliers"
 RESULTS = HERE / "results" / "outliers.txt"
 MB = 2**20
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _rss_mb() -> float:
-    return _status_mb("VmRSS")
-
-
-def _peak_mb() -> float:
-    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's
-    peak across fork+exec into it, and the parent holds the simulated inputs."""
-    return _status_mb("VmHWM")
 
 
 class TreeSampler:
