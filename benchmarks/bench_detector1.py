@@ -8,7 +8,9 @@ Run by hand (not a test)::
 Each measurement runs in a fresh process. Throughput is nints*ngroups*ny*nx / 1e6 / seconds
 (Mpix*groups/s) for saturation + superbias + jump + ramp fit. daskcal's time includes
 reading the ramps from Zarr (the products end in memory); a second timing adds writing
-rate and rateints to Zarr. stcal's is the chain alone on arrays already in memory. Peak memory is the process's maximum RSS; for daskcal
+rate and rateints to Zarr. stcal's is the chain alone on arrays already in memory. Children run with daskcal.cluster.WORKER_ENVIRON
+(MALLOC_MMAP_THRESHOLD_), the allocator setting daskcal's embedded workers get. Peak memory is the
+process's maximum RSS (VmHWM); for daskcal
 we also report the growth over the RSS measured just before the run (imports and compiled
 kernels loaded), which is what the chunking bounds. Results go to
 benchmarks/results/detector1.txt.
@@ -95,7 +97,11 @@ def run_daskcal(path: str, threads: int, chunks) -> dict:
 
 
 def _child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    from daskcal.cluster import WORKER_ENVIRON
+
+    # the allocator setting daskcal.connect gives its workers (glibc reads it at start-up)
+    env = dict(os.environ, **{k: str(v) for k, v in WORKER_ENVIRON.items()})
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
