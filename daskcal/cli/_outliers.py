@@ -73,16 +73,9 @@ def load_steps(path) -> dict:
 
 
 def _check_steps(steps: dict) -> dict:
-    unknown_steps = set(steps) - {"outliers"}
-    if unknown_steps:
-        msg = f"recipe steps {sorted(unknown_steps)} are unknown; the outliers pipeline has one step, 'outliers'"
-        raise ValueError(msg)
-    values = dict(steps.get("outliers", {}))
-    unknown = set(values) - set(STEP_DEFAULTS)
-    if unknown:
-        msg = f"recipe parameters steps.outliers.{sorted(unknown)} are unknown; expected some of {list(STEP_DEFAULTS)}"
-        raise ValueError(msg)
-    return values
+    from daskcal.cli._run import single_step_values
+
+    return single_step_values(steps, "outliers", STEP_DEFAULTS)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -83,16 +83,9 @@ def register(sub) -> None:
 
 
 def _check_steps(steps: dict) -> dict:
-    unknown_steps = set(steps) - {"resample"}
-    if unknown_steps:
-        msg = f"recipe steps {sorted(unknown_steps)} are unknown; the resample pipeline has one step, 'resample'"
-        raise ValueError(msg)
-    values = dict(steps.get("resample", {}))
-    unknown = set(values) - set(STEP_DEFAULTS)
-    if unknown:
-        msg = f"recipe parameters steps.resample.{sorted(unknown)} are unknown; expected some of {list(STEP_DEFAULTS)}"
-        raise ValueError(msg)
-    return values
+    from daskcal.cli._run import single_step_values
+
+    return single_step_values(steps, "resample", STEP_DEFAULTS)
 
 
 def _main(args: argparse.Namespace) -> int:

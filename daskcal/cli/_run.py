@@ -9,7 +9,7 @@ from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options
 
-__all__ = ["register", "PIPELINES", "load_recipe"]
+__all__ = ["register", "PIPELINES", "load_recipe", "single_step_values"]
 
 # pipeline name -> module whose ``run_recipe(inputs, output, steps, execution, args)`` runs it
 PIPELINES = {
@@ -60,6 +60,30 @@ def load_recipe(path: str | Path) -> dict:
         msg = f"recipe {str(path)!r}: every entry of [steps] must be a table of parameters"
         raise ValueError(msg)
     return {"pipeline": pipeline, "steps": steps, "execution": recipe.get("execution", {})}
+
+
+def single_step_values(steps: dict, step: str, defaults: dict) -> dict:
+    """The parameters of a one-step pipeline's ``[steps.<step>]`` table, checked by name.
+
+    Parameters
+    ----------
+    steps : dict
+        The recipe's ``steps`` table.
+    step : str
+        The pipeline's only step (``"resample"``, ``"outliers"``).
+    defaults : dict
+        The step's parameters and defaults; any other name is an error.
+    """
+    unknown_steps = set(steps) - {step}
+    if unknown_steps:
+        msg = f"recipe steps {sorted(unknown_steps)} are unknown; the {step} pipeline has one step, {step!r}"
+        raise ValueError(msg)
+    values = dict(steps.get(step, {}))
+    unknown = set(values) - set(defaults)
+    if unknown:
+        msg = f"recipe parameters steps.{step}.{sorted(unknown)} are unknown; expected some of {list(defaults)}"
+        raise ValueError(msg)
+    return values
 
 
 def _main(args: argparse.Namespace) -> int:
