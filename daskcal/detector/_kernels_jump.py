@@ -27,6 +27,17 @@ _NOT_JUMP = 0xFF ^ _JUMP
 
 
 @njit(nogil=True, cache=True)
+def _has_jump(gdq, p):  # pragma: no cover - compiled
+    """Whether any group after the first of pixel ``p`` carries JUMP_DET."""
+    nints, ngroups, _ = gdq.shape
+    for i in range(nints):
+        for grp in range(1, ngroups):
+            if gdq[i, grp, p] & _JUMP:
+                return True
+    return False
+
+
+@njit(nogil=True, cache=True)
 def _pixel_diffs(data, gdq, gain, p, diffs):  # pragma: no cover - compiled
     """First differences of pixel ``p`` in electrons; NaN where either group is SATURATED/DO_NOT_USE."""
     nints, ngroups, _ = data.shape
@@ -207,11 +218,7 @@ def neighbor_sources(data, gdq, gain, rnoise, nframes, lo, hi, out):  # pragma: 
     diffs = np.empty(nints * nd)
     buf = np.empty(2 * nints * nd)
     for p in range(npix):
-        found = False
-        for i in range(nints):
-            for grp in range(1, ngroups):
-                found |= (gdq[i, grp, p] & _JUMP) != 0
-        if not found:
+        if not _has_jump(gdq, p):
             continue
         g = gain[p]
         rn = rnoise[p] * g
@@ -282,11 +289,7 @@ def after_jump_flags(data, gdq, gain, e1, n1, e2, n2, out):  # pragma: no cover 
     buf = np.empty(2 * nints * nd)
     until = np.empty(ngroups, dtype=np.int64)
     for p in range(npix):
-        found = False
-        for i in range(nints):
-            for grp in range(1, ngroups):
-                found |= (gdq[i, grp, p] & _JUMP) != 0
-        if not found:
+        if not _has_jump(gdq, p):
             continue
         _pixel_diffs(data, gdq, gain[p], p, diffs)
         med = _plain_median(diffs, buf)
