@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 
 def status_mb(field: str) -> float:
     """A ``/proc/self/status`` field such as ``VmRSS`` or ``VmHWM``, in MiB (NaN if absent)."""
@@ -24,3 +26,49 @@ def peak_mb() -> float:
     and benchmark parents hold simulated inputs.
     """
     return status_mb("VmHWM")
+
+
+class TreeSampler:
+    """Peak of the summed RSS (MiB) of this process and all its descendants, sampled with psutil.
+
+    ``peak_total`` is the summed peak, ``peak_single_child`` the largest child's.
+    """
+
+    def __init__(self, interval=0.05):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak_total = 0.0
+        self.peak_single_child = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total, single = 0.0, 0.0
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+            except psutil.Error:
+                procs = [self.proc]
+            for p in procs:
+                try:
+                    rss = p.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                total += rss
+                if p.pid != self.proc.pid:
+                    single = max(single, rss)
+            self.peak_total = max(self.peak_total, total)
+            self.peak_single_child = max(self.peak_single_child, single)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()

@@ -31,59 +31,15 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from _proc import peak_mb as _peak_mb, rss_mb as _rss_mb
+from _proc import TreeSampler, peak_mb as _peak_mb, rss_mb as _rss_mb
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "outliers"
 RESULTS = HERE / "results" / "outliers.txt"
 MB = 2**20
-
-
-class TreeSampler:
-    """Peak of the summed RSS of this process and all its descendants (psutil sampling)."""
-
-    def __init__(self, interval=0.05):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.interval = interval
-        self.peak_total = 0.0
-        self.peak_single_child = 0.0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            total, single = 0.0, 0.0
-            try:
-                procs = [self.proc, *self.proc.children(recursive=True)]
-            except psutil.Error:
-                procs = [self.proc]
-            for p in procs:
-                try:
-                    rss = p.memory_info().rss / MB
-                except psutil.Error:
-                    continue
-                total += rss
-                if p.pid != self.proc.pid:
-                    single = max(single, rss)
-            self.peak_total = max(self.peak_total, total)
-            self.peak_single_child = max(self.peak_single_child, single)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def prepare(kind: str, n: int, shape, dither=None, cosmic_rays=0) -> list[Path]:

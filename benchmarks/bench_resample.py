@@ -22,9 +22,10 @@ import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from _proc import TreeSampler
 
 import numpy as np
 
@@ -88,39 +89,6 @@ def run_stcal(paths, out_npz, psr):
     return elapsed, peak
 
 
-class RssSampler:
-    """Peak of the summed RSS of this process and its children (the workers), sampled every 0.1 s."""
-
-    def __init__(self):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for p in [self.proc, *self.proc.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(0.1)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-
-
 def _warm_worker():
     """Import and run everything a resample task uses once (a tiny mosaic, in this process)."""
     import daskcal
@@ -175,7 +143,7 @@ def run_daskcal(paths, out_zarr, workers=2, memory_limit="8 GiB", config=None, *
     if Path(out_zarr).exists():
         shutil.rmtree(out_zarr)
     # worker memory thresholds are read when the workers start: set them before the cluster
-    with RssSampler() as rss, dask.config.set({"distributed.worker.memory.target": False, **(config or {})}):
+    with TreeSampler(interval=0.1) as rss, dask.config.set({"distributed.worker.memory.target": False, **(config or {})}):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           memory_limit=memory_limit) as lc, Client(lc) as client:
             _warm_cluster(client, Path(out_zarr).parent)
@@ -185,7 +153,7 @@ def run_daskcal(paths, out_zarr, workers=2, memory_limit="8 GiB", config=None, *
             save_dataset(mosaic, out_zarr)
             elapsed = time.perf_counter() - t0
             hwm = _vm_hwm_sum(rss.proc)
-    return elapsed, t_graph, rss.peak / 2**30, mosaic, hwm / 2**30
+    return elapsed, t_graph, rss.peak_total / 2**10, mosaic, hwm / 2**30
 
 
 def compare(out_zarr, ref_npz, band=4):
