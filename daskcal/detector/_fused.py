@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.detector._common import PIX_DIMS, pixel_chunked
-from daskcal.detector._halo import overlap_reading_twice
+from daskcal.detector._halo import HALO_PREFIX, overlap_reading_twice
 from daskcal.detector._jump import JumpParameters, jump_block, jump_block_arguments
 from daskcal.detector._ramp_fit import _dark_array, _products, fit_block, n_planes
 from daskcal.detector._saturation import ATOD_LIMIT, SaturationParameters, saturation_block
@@ -60,6 +60,7 @@ def plane_usable(ds: xr.Dataset) -> np.ndarray:
 
 
 def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usable, n_pix_grow_sat, jump, fit,
+                    owns_data=False,
                     block_info=None):
     """Saturation, superbias, jumps and ramp fit on one halo'd chunk; products for its core.
 
@@ -80,6 +81,9 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usab
         Saturation growth half-width (pixels).
     jump, fit : dict
         Keyword arguments of :func:`jump_block` and :func:`fit_block`.
+    owns_data : bool, default False
+        ``data`` is a copy made for this task (the halo'd block), so the bias is
+        subtracted in place instead of in a new cube.
 
     Returns
     -------
@@ -90,7 +94,8 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usab
     skip = ((pdq & _NO_SAT_CHECK) != 0) | np.isnan(sat)
     thresh = np.where(skip, sat.dtype.type(ATOD_LIMIT + 1), sat)
     gdq = saturation_block(data, gdq, thresh, n_pix_grow_sat=n_pix_grow_sat)
-    data = data - np.nan_to_num(bias, nan=0.0).astype(np.float32)
+    # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
+    data = np.subtract(data, np.nan_to_num(bias, nan=0.0).astype(np.float32), out=data if owns_data else None)
     gdq = jump_block(data, gdq, gain, rnoise, usable, **jump)
     pdq = pdq | np.where(np.isnan(sat), _NO_SAT_CHECK, np.uint32(0)) | np.where(gain > 0, np.uint32(0), _BAD_GAIN)
     # Fitting the halo too (a few % more pixels) avoids copying the cropped cube;
@@ -142,11 +147,11 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     pix = [ds["pixeldq"], ds["saturation"], bias, ds["gain"], ds["readnoise"], _dark_array(None, ds)]
     pix = [v.data.rechunk(chunks_yx) for v in pix]
     cube = [ds["data"].data, ds["groupdq"].data.rechunk(ds["data"].data.chunks)]
-    # The cube's halo comes from a second read (no whole chunk waits for its neighbours);
-    # the 2-D reference arrays are small enough to take dask's overlap and be read once.
+    # Halos come from a second read of the neighbours, so no whole chunk waits for its
+    # neighbours' blocks (with dask's overlap, the 2-D arrays' halo'd blocks were built
+    # far ahead and held: 130 MB for a 4096^2 cube).
     cube = [overlap_reading_twice(a, halo) for a in cube]
-    if halo:
-        pix = [da.overlap.overlap(a, depth={0: halo, 1: halo}, boundary="none") for a in pix]
+    pix = [overlap_reading_twice(a, halo) for a in pix]
     stacked = da.map_blocks(
         detector1_block,
         *cube,
@@ -158,6 +163,7 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         meta=np.empty((0, 0, 0), dtype=np.float32),
         token="detector1",
         halo=halo,
+        owns_data=cube[0].name.startswith(HALO_PREFIX),
         usable=plane_usable(ds),
         n_pix_grow_sat=n,
         jump=jump_args,

@@ -18,7 +18,10 @@ from dask.base import tokenize
 from dask.graph_manipulation import clone
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["overlap_reading_twice"]
+__all__ = ["HALO_PREFIX", "overlap_reading_twice"]
+
+#: Name prefix of the arrays this module builds (each block a new array, owned by its consumer).
+HALO_PREFIX = "halo-"
 
 
 def _copy(block: np.ndarray, ys: slice, xs: slice) -> np.ndarray:
@@ -60,7 +63,7 @@ def overlap_reading_twice(arr: da.Array, halo: int) -> da.Array:
         depth = {lead: halo, lead + 1: halo}
         return da.overlap.overlap(arr, depth=depth, boundary="none")
     src = clone(arr, assume_layers=False)
-    name = "halo-" + tokenize(arr, halo)
+    name = HALO_PREFIX + tokenize(arr, halo)
     edge = "halo-edge-" + tokenize(arr, halo)
     zeros = (0,) * lead
     nby, nbx = len(cy), len(cx)
