@@ -143,7 +143,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     n = 1024 if args.quick else 2048
     shape = (1, 10, n, n)
-    cube = OUT / f"ramps_{n}.zarr"
+    cube = OUT / f"ramps_{n}_c{chunks[0]}x{chunks[1]}.zarr"
     ch = ["--chunks", *map(str, chunks)]
     _child(["--child", "prepare", str(cube), *map(str, shape), *ch])
     mpg = shape[0] * shape[1] * n * n / 1e6
@@ -164,7 +164,7 @@ def main() -> None:
     lines.append("parity with stcal (2-thread run):")
     lines.append(compare(cube, 2))
     if not args.quick:
-        big = OUT / f"ramps_{2 * n}.zarr"
+        big = OUT / f"ramps_{2 * n}_c{chunks[0]}x{chunks[1]}.zarr"
         _child(["--child", "prepare", str(big), "1", "10", str(2 * n), str(2 * n), *ch])
         d4 = _child(["--child", "daskcal", str(big), "2", *ch])
         lines.append(f"daskcal, 2 threads, 4x pixels {(1, 10, 2 * n, 2 * n)}: {d4['seconds']:.2f} s "
