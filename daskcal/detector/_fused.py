@@ -22,15 +22,18 @@ import xarray as xr
 
 from daskcal.detector._common import PIX_DIMS, pixel_chunked
 from daskcal.detector._halo import HALO_PREFIX, overlap_reading_twice
-from daskcal.detector._jump import JumpParameters, jump_block, jump_block_arguments
+from daskcal.detector._jump import JumpParameters, gain_pixeldq, jump_block, jump_block_arguments
 from daskcal.detector._ramp_fit import _dark_array, _products, fit_block, n_planes
-from daskcal.detector._saturation import ATOD_LIMIT, SaturationParameters, saturation_block
+from daskcal.detector._saturation import (
+    SaturationParameters,
+    effective_threshold,
+    saturation_block,
+    saturation_pixeldq,
+)
 from daskcal.dq import DQ
 
 __all__ = ["detector1_block", "detector1_graph", "plane_usable"]
 
-_NO_SAT_CHECK = np.uint32(DQ.NO_SAT_CHECK)
-_BAD_GAIN = np.uint32(DQ.NO_GAIN_VALUE | DQ.DO_NOT_USE)
 _DNU = int(DQ.DO_NOT_USE)
 
 
@@ -55,7 +58,7 @@ def plane_usable(ds: xr.Dataset) -> np.ndarray:
     first = _usable_planes(*da.compute(data.blocks[:, :, 0, 0], gdq.blocks[:, :, 0, 0]))
     if first.all():
         return first
-    usable = (((gdq & _DNU) == 0) & ~(data <= 0)).any(axis=(2, 3))
+    usable = _usable_planes(data, gdq)
     return np.asarray(usable.compute())
 
 
@@ -91,13 +94,11 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usab
         The stacked rate and rateints planes of :func:`fit_block`.
     """
     ys, xs = _core(block_info, halo, data.shape[2:])
-    skip = ((pdq & _NO_SAT_CHECK) != 0) | np.isnan(sat)
-    thresh = np.where(skip, sat.dtype.type(ATOD_LIMIT + 1), sat)
-    gdq = saturation_block(data, gdq, thresh, n_pix_grow_sat=n_pix_grow_sat)
+    gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
     data = np.subtract(data, np.nan_to_num(bias, nan=0.0).astype(np.float32), out=data if owns_data else None)
     gdq = jump_block(data, gdq, gain, rnoise, usable, **jump)
-    pdq = pdq | np.where(np.isnan(sat), _NO_SAT_CHECK, np.uint32(0)) | np.where(gain > 0, np.uint32(0), _BAD_GAIN)
+    pdq = gain_pixeldq(saturation_pixeldq(pdq, sat), gain)
     # Fitting the halo too (a few % more pixels) avoids copying the cropped cube;
     # only the small product planes are cropped.
     planes = fit_block(data, gdq, pdq, gain, rnoise, dark, **fit)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import operator
 
 import dask.array as da
 import numpy as np
@@ -25,7 +24,7 @@ from daskcal.detector._kernels_jump import (
 )
 from daskcal.dq import DQ
 
-__all__ = ["JumpParameters", "detect_jumps", "jump_block", "jump_block_arguments", "jump_mode"]
+__all__ = ["JumpParameters", "detect_jumps", "gain_pixeldq", "jump_block", "jump_block_arguments", "jump_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +185,12 @@ def jump_block(
             after_jump_flags(d, out, g, e1, n1, e2, n2, out)
     clear_flagged_jumps(out)
     return out.reshape(data.shape)
+
+
+def gain_pixeldq(pdq, gain):
+    """``pdq`` with NO_GAIN_VALUE | DO_NOT_USE where the gain is not positive (or NaN); numpy or dask."""
+    flag = np.uint32(DQ.NO_GAIN_VALUE | DQ.DO_NOT_USE)
+    return (pdq | np.where(gain > 0, np.uint32(0), flag)).astype(pdq.dtype)
 
 
 def jump_block_arguments(params: JumpParameters, ramps: xr.Dataset) -> dict:
@@ -355,9 +360,7 @@ def detect_jumps(
     if halo:
         new_gdq = da.overlap.trim_internal(new_gdq, d4, boundary="none")
 
-    bad_gain = ~(ds["gain"].data > 0)
-    flag = np.uint32(DQ.NO_GAIN_VALUE | DQ.DO_NOT_USE)
-    new_pdq = operator.or_(pdq, da.where(bad_gain, flag, np.uint32(0))).astype(pdq.dtype)
+    new_pdq = gain_pixeldq(pdq, ds["gain"].data)
 
     out = ds.copy()
     out["groupdq"] = (ds["groupdq"].dims, new_gdq, ds["groupdq"].attrs)

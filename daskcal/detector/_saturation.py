@@ -7,7 +7,6 @@ Layers: :mod:`daskcal.detector._kernels_saturation` (numba) <- :func:`saturation
 from __future__ import annotations
 
 import dataclasses
-import operator
 
 import dask.array as da
 import numpy as np
@@ -17,7 +16,14 @@ from daskcal.detector._common import pixel_chunked, validate_ramps
 from daskcal.detector._kernels_saturation import grow_bit, saturation_flags
 from daskcal.dq import DQ
 
-__all__ = ["ATOD_LIMIT", "SaturationParameters", "flag_saturation", "saturation_block"]
+__all__ = [
+    "ATOD_LIMIT",
+    "SaturationParameters",
+    "effective_threshold",
+    "flag_saturation",
+    "saturation_block",
+    "saturation_pixeldq",
+]
 
 #: Hard DN limit of the 16-bit A-to-D converter (JWST's value).
 ATOD_LIMIT = 65535.0
@@ -41,6 +47,21 @@ class SaturationParameters:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             msg = f"n_pix_grow_sat must be an integer >= 0 (pixels); got {n!r}"
             raise ValueError(msg)
+
+
+def effective_threshold(sat, pdq):
+    """The thresholds (DN) the data are compared with; numpy or dask arrays.
+
+    Pixels whose threshold is NaN or whose ``pdq`` has NO_SAT_CHECK get
+    ``ATOD_LIMIT + 1``, so digitised data never saturate there (as stcal does).
+    """
+    skip = ((pdq & np.uint32(DQ.NO_SAT_CHECK)) != 0) | np.isnan(sat)
+    return np.where(skip, sat.dtype.type(ATOD_LIMIT + 1), sat).astype(sat.dtype)
+
+
+def saturation_pixeldq(pdq, sat):
+    """``pdq`` with NO_SAT_CHECK added where the threshold is NaN; numpy or dask arrays."""
+    return (pdq | np.where(np.isnan(sat), np.uint32(DQ.NO_SAT_CHECK), np.uint32(0))).astype(pdq.dtype)
 
 
 def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, *, n_pix_grow_sat: int) -> np.ndarray:
@@ -122,10 +143,7 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1) -> xr.Dataset:
     data, gdq = ds["data"].data, ds["groupdq"].data
     thresh, pdq = ds["saturation"].data, ds["pixeldq"].data
 
-    no_sat_check = np.uint32(DQ.NO_SAT_CHECK)
-    nan_thresh = da.isnan(thresh)
-    skip = ((pdq & no_sat_check) != 0) | nan_thresh
-    thresh_eff = da.where(skip, thresh.dtype.type(ATOD_LIMIT + 1), thresh).astype(thresh.dtype)
+    thresh_eff = effective_threshold(thresh, pdq)
 
     meta = np.empty((0, 0, 0, 0), dtype=np.uint8)
     if n == 0:
@@ -144,7 +162,7 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1) -> xr.Dataset:
             meta=meta,
             n_pix_grow_sat=n,
         )
-    new_pdq = operator.or_(pdq, da.where(nan_thresh, no_sat_check, np.uint32(0))).astype(pdq.dtype)
+    new_pdq = saturation_pixeldq(pdq, thresh)
 
     out = ds.copy()
     out["groupdq"] = (ds["groupdq"].dims, new_gdq, ds["groupdq"].attrs)

@@ -424,7 +424,6 @@ def _tile_box(i, j, tile_shape, out_shape):
 
 def _flag_resampled(images, params, tempdir, output_wcs_arg):
     import dask
-    import dask.array as da
     import zarr
 
     from daskcal.image._dataset import get_wcs, wcs_to_text
