@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-__all__ = ["WORKER_ENVIRON", "connect", "show_progress"]
+__all__ = ["WORKER_ENVIRON", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,3 @@ def connect(
     else:
         msg = f"cluster must be 'local', 'slurm', 'pbs' or a scheduler address such as tcp://host:8786; got {cluster!r}"
         raise ValueError(msg)
-
-
-def show_progress(futures_or_collection, *, enabled: bool = True) -> None:
-    """Show a console progress bar for running futures (no-op when ``enabled`` is False)."""
-    if not enabled:
-        return
-    from distributed import progress
-
-    progress(futures_or_collection)
