@@ -16,13 +16,22 @@ result on the chunk's core is exactly what the step-by-step graph gives.
 
 from __future__ import annotations
 
+import functools
+
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from daskcal.detector._common import PIX_DIMS, pixel_chunked
 from daskcal.detector._halo import HALO_PREFIX, overlap_reading_twice
-from daskcal.detector._jump import JumpParameters, gain_pixeldq, jump_block, jump_block_arguments
+from daskcal.detector._jump import (
+    JumpParameters,
+    gain_pixeldq,
+    jump_block,
+    jump_block_arguments,
+)
 from daskcal.detector._ramp_fit import _dark_array, _products, fit_block, n_planes
 from daskcal.detector._saturation import (
     SaturationParameters,
@@ -62,9 +71,8 @@ def plane_usable(ds: xr.Dataset) -> np.ndarray:
     return np.asarray(usable.compute())
 
 
-def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usable, n_pix_grow_sat, jump, fit,
-                    owns_data=False,
-                    block_info=None):
+def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slice(None), slice(None)), usable,
+                    n_pix_grow_sat, jump, fit, owns_data=False):
     """Saturation, superbias, jumps and ramp fit on one halo'd chunk; products for its core.
 
     Parameters
@@ -76,8 +84,8 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usab
     pdq, sat, bias, gain, rnoise, dark : ndarray (cy + halos, cx + halos)
         Pixel DQ; saturation threshold (DN); superbias (DN, NaN as 0); gain
         (e-/DN); CDS read noise (DN); dark current (DN/s).
-    halo : int
-        Halo width in pixels on the sides that have a neighbour chunk.
+    core : (slice, slice)
+        The ``(y, x)`` slices of the halo'd block that hold its chunk. Default: all.
     usable : ndarray of bool (nints, ngroups)
         Detector-wide usable planes (:func:`plane_usable`).
     n_pix_grow_sat : int
@@ -85,38 +93,61 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, halo, usab
     jump, fit : dict
         Keyword arguments of :func:`jump_block` and :func:`fit_block`.
     owns_data : bool, default False
-        ``data`` is a copy made for this task (the halo'd block), so the bias is
-        subtracted in place instead of in a new cube.
+        ``data`` is a copy made for this task alone (the halo'd block), so the bias
+        is subtracted in place instead of in a new cube, and ``data`` is then made
+        read-only: a second call on the same array (a retry that kept its input)
+        raises instead of subtracting the bias twice.
 
     Returns
     -------
     ndarray, float32 (n_planes(nints), cy, cx)
-        The stacked rate and rateints planes of :func:`fit_block`.
+        The stacked rate and rateints planes of :func:`fit_block` (a view of
+        the fitted halo'd block).
     """
-    ys, xs = _core(block_info, halo, data.shape[2:])
+    if owns_data and not data.flags.writeable:
+        msg = "detector1_block: this halo'd block was already consumed (bias subtracted in place); recompute its input"
+        raise RuntimeError(msg)
+    ys, xs = core
     gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
     data = np.subtract(data, np.nan_to_num(bias, nan=0.0).astype(np.float32), out=data if owns_data else None)
+    if owns_data:
+        data.flags.writeable = False
     gdq = jump_block(data, gdq, gain, rnoise, usable, **jump)
     pdq = gain_pixeldq(saturation_pixeldq(pdq, sat), gain)
-    # Fitting the halo too (a few % more pixels) avoids copying the cropped cube;
-    # only the small product planes are cropped.
+    # Fitting the halo too (a few % more pixels) avoids copying the cropped cube.
+    # The products are returned as a view of the core (not copied: the writer
+    # copies each plane into Zarr's buffers anyway).
     planes = fit_block(data, gdq, pdq, gain, rnoise, dark, **fit)
-    return np.ascontiguousarray(planes[:, ys, xs])
+    return planes[:, ys, xs]
 
 
-def _core(block_info, halo: int, shape: tuple[int, int]) -> tuple[slice, slice]:
-    """The slices of a halo'd block that hold its core (boundary='none' adds no outer halo)."""
-    if block_info is None or halo == 0:
-        return slice(None), slice(None)
-    info = block_info[0]
-    cuts = []
-    for axis, size in zip((2, 3), shape, strict=True):
-        loc, n = info["chunk-location"][axis], info["num-chunks"][axis]
-        lo = halo if loc > 0 else 0
-        hi = size - (halo if loc < n - 1 else 0)
-        cuts.append(slice(lo, hi))
-    return cuts[0], cuts[1]
+def _core_slices(index: int, sizes: tuple[int, ...], halo: int) -> slice:
+    """Slice of halo'd block ``index`` along one axis that holds its chunk (no outer halo at the edges)."""
+    lo = halo if index > 0 else 0
+    return slice(lo, lo + sizes[index])
+
+
+def _fused_blocks(cube, pix, chunks_yx, nplanes: int, **kwargs) -> da.Array:
+    """One :func:`detector1_block` task per chunk, fed each (halo'd) block as it is.
+
+    ``chunks_yx`` are the chunks without halos (the products'). ``da.map_blocks``
+    with ``drop_axis`` would concatenate the blocks of the dropped (integration,
+    group) axes even when there is one, copying the whole halo'd cube in every
+    task (13 MB per 512x512x10 chunk); here the task gets the block itself.
+    """
+    halo = kwargs.pop("halo")
+    name = "detector1-" + tokenize(*cube, *pix, halo, kwargs)
+    nby, nbx = len(chunks_yx[0]), len(chunks_yx[1])
+    dsk = {}
+    for i in range(nby):
+        for j in range(nbx):
+            core = (_core_slices(i, chunks_yx[0], halo), _core_slices(j, chunks_yx[1], halo))
+            func = functools.partial(detector1_block, core=core, **kwargs)
+            dsk[(name, 0, i, j)] = (func, *[(a.name, 0, 0, i, j) for a in cube], *[(a.name, i, j) for a in pix])
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[*cube, *pix])
+    return da.Array(graph, name, chunks=((nplanes,), *chunks_yx), dtype=np.float32,
+                    meta=np.empty((0, 0, 0), dtype=np.float32))
 
 
 def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
@@ -153,16 +184,11 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     # far ahead and held: 130 MB for a 4096^2 cube).
     cube = [overlap_reading_twice(a, halo) for a in cube]
     pix = [overlap_reading_twice(a, halo) for a in pix]
-    stacked = da.map_blocks(
-        detector1_block,
-        *cube,
-        *pix,
-        drop_axis=(0, 1),
-        new_axis=0,
-        chunks=((n_planes(nints),), *chunks_yx),
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), dtype=np.float32),
-        token="detector1",
+    stacked = _fused_blocks(
+        cube,
+        pix,
+        chunks_yx,
+        n_planes(nints),
         halo=halo,
         owns_data=cube[0].name.startswith(HALO_PREFIX),
         usable=plane_usable(ds),

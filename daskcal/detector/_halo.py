@@ -29,7 +29,19 @@ def _copy(block: np.ndarray, ys: slice, xs: slice) -> np.ndarray:
 
 
 def _assemble(rows: list[list[np.ndarray]]) -> np.ndarray:
-    return np.concatenate([np.concatenate(row, axis=-1) for row in rows], axis=-2)
+    """The pieces laid out in one new array (allocated once: no intermediate row arrays)."""
+    heights = [row[0].shape[-2] for row in rows]
+    widths = [piece.shape[-1] for piece in rows[0]]
+    first = rows[0][0]
+    out = np.empty((*first.shape[:-2], sum(heights), sum(widths)), dtype=first.dtype)
+    y = 0
+    for row, h in zip(rows, heights, strict=True):
+        x = 0
+        for piece, w in zip(row, widths, strict=True):
+            out[..., y:y + h, x:x + w] = piece
+            x += w
+        y += h
+    return out
 
 
 def _edge(size: int, halo: int, side: int) -> slice:
