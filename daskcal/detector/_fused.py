@@ -25,7 +25,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from daskcal.detector._common import PIX_DIMS, pixel_chunked
-from daskcal.detector._halo import HALO_PREFIX, overlap_reading_twice
+from daskcal.detector._halo import halo_blocks
 from daskcal.detector._jump import (
     JumpParameters,
     gain_pixeldq,
@@ -93,10 +93,8 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
     jump, fit : dict
         Keyword arguments of :func:`jump_block` and :func:`fit_block`.
     owns_data : bool, default False
-        ``data`` is a copy made for this task alone (the halo'd block), so the bias
-        is subtracted in place instead of in a new cube, and ``data`` is then made
-        read-only: a second call on the same array (a retry that kept its input)
-        raises instead of subtracting the bias twice.
+        ``data`` was made for this call alone (a halo'd block assembled inside
+        the task), so the bias is subtracted in place instead of in a new cube.
 
     Returns
     -------
@@ -104,15 +102,10 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
         The stacked rate and rateints planes of :func:`fit_block` (a view of
         the fitted halo'd block).
     """
-    if owns_data and not data.flags.writeable:
-        msg = "detector1_block: this halo'd block was already consumed (bias subtracted in place); recompute its input"
-        raise RuntimeError(msg)
     ys, xs = core
     gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
     data = np.subtract(data, np.nan_to_num(bias, nan=0.0).astype(np.float32), out=data if owns_data else None)
-    if owns_data:
-        data.flags.writeable = False
     gdq = jump_block(data, gdq, gain, rnoise, usable, **jump)
     pdq = gain_pixeldq(saturation_pixeldq(pdq, sat), gain)
     # Fitting the halo too (a few % more pixels) avoids copying the cropped cube.
@@ -128,24 +121,26 @@ def _core_slices(index: int, sizes: tuple[int, ...], halo: int) -> slice:
     return slice(lo, lo + sizes[index])
 
 
-def _fused_blocks(cube, pix, chunks_yx, nplanes: int, **kwargs) -> da.Array:
-    """One :func:`detector1_block` task per chunk, fed each (halo'd) block as it is.
+def _fused_blocks(cube, pix, halo: int, nplanes: int, **kwargs) -> da.Array:
+    """One :func:`detector1_block` task per chunk, which builds its own halo'd blocks.
 
-    ``chunks_yx`` are the chunks without halos (the products'). ``da.map_blocks``
-    with ``drop_axis`` would concatenate the blocks of the dropped (integration,
-    group) axes even when there is one, copying the whole halo'd cube in every
-    task (13 MB per 512x512x10 chunk); here the task gets the block itself.
+    Every halo'd block (:func:`daskcal.detector._halo.halo_blocks`) is assembled,
+    and read from Zarr where it can be, inside the task that uses it, so it
+    exists only while that task runs: as separate tasks, the scheduler built
+    them far ahead of their use. ``da.map_blocks`` with ``drop_axis`` is not
+    used either: it concatenates the blocks of the dropped (integration, group)
+    axes even when there is one, copying the cube in every task.
     """
-    halo = kwargs.pop("halo")
+    chunks_yx = cube[0].chunks[2:]
+    halos = [halo_blocks(a, halo) for a in (*cube, *pix)]
     name = "detector1-" + tokenize(*cube, *pix, halo, kwargs)
-    nby, nbx = len(chunks_yx[0]), len(chunks_yx[1])
     dsk = {}
-    for i in range(nby):
-        for j in range(nbx):
+    for i in range(len(chunks_yx[0])):
+        for j in range(len(chunks_yx[1])):
             core = (_core_slices(i, chunks_yx[0], halo), _core_slices(j, chunks_yx[1], halo))
-            func = functools.partial(detector1_block, core=core, **kwargs)
-            dsk[(name, 0, i, j)] = (func, *[(a.name, 0, 0, i, j) for a in cube], *[(a.name, i, j) for a in pix])
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[*cube, *pix])
+            func = functools.partial(detector1_block, core=core, owns_data=halos[0].fresh, **kwargs)
+            dsk[(name, 0, i, j)] = (func, *[h.tasks[(i, j)] for h in halos])
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[layer for h in halos for layer in h.layers])
     return da.Array(graph, name, chunks=((nplanes,), *chunks_yx), dtype=np.float32,
                     meta=np.empty((0, 0, 0), dtype=np.float32))
 
@@ -182,15 +177,11 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     # Halos come from a second read of the neighbours, so no whole chunk waits for its
     # neighbours' blocks (with dask's overlap, the 2-D arrays' halo'd blocks were built
     # far ahead and held: 130 MB for a 4096^2 cube).
-    cube = [overlap_reading_twice(a, halo) for a in cube]
-    pix = [overlap_reading_twice(a, halo) for a in pix]
     stacked = _fused_blocks(
         cube,
         pix,
-        chunks_yx,
+        halo,
         n_planes(nints),
-        halo=halo,
-        owns_data=cube[0].name.startswith(HALO_PREFIX),
         usable=plane_usable(ds),
         n_pix_grow_sat=n,
         jump=jump_args,

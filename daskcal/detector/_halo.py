@@ -7,10 +7,14 @@ chunks and grows with the image width. Here the halo edges are cut from a
 *second read* of the input (``dask.graph_manipulation.clone`` re-keys the input
 graph) and copied, so that read is dropped as soon as its edges are cut, and the
 first read of a chunk feeds only its own block. Each chunk is read twice; peak
-memory no longer depends on the image size.
+memory no longer depends on the image size. When the array comes straight from
+Zarr (:func:`daskcal.io._zarr_read.zarr_source`), the first read goes straight
+into the middle of the halo'd block, so the chunk is never held twice.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
@@ -18,7 +22,9 @@ from dask.base import tokenize
 from dask.graph_manipulation import clone
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["HALO_PREFIX", "overlap_reading_twice"]
+from daskcal.io._zarr_read import zarr_source
+
+__all__ = ["HALO_PREFIX", "HaloBlocks", "halo_blocks", "overlap_reading_twice"]
 
 #: Name prefix of the arrays this module builds (each block a new array, owned by its consumer).
 HALO_PREFIX = "halo-"
@@ -28,17 +34,25 @@ def _copy(block: np.ndarray, ys: slice, xs: slice) -> np.ndarray:
     return np.array(block[..., ys, xs], copy=True)
 
 
-def _assemble(rows: list[list[np.ndarray]]) -> np.ndarray:
-    """The pieces laid out in one new array (allocated once: no intermediate row arrays)."""
-    heights = [row[0].shape[-2] for row in rows]
-    widths = [piece.shape[-1] for piece in rows[0]]
-    first = rows[0][0]
-    out = np.empty((*first.shape[:-2], sum(heights), sum(widths)), dtype=first.dtype)
+def _assemble(rows: list[list], shape: tuple[int, ...], source=None, region=None) -> np.ndarray:
+    """The pieces laid out in one new array of ``shape`` (allocated once).
+
+    A ``None`` piece is the core chunk, read from ``source`` (a
+    :class:`daskcal.io._zarr_read.ZarrSource`) at ``region`` straight into place.
+    """
+    first = next(piece for row in rows for piece in row if piece is not None) if source is None else None
+    dtype = first.dtype if first is not None else source.array().dtype
+    out = np.empty(shape, dtype=dtype)
     y = 0
-    for row, h in zip(rows, heights, strict=True):
+    for row in rows:
         x = 0
-        for piece, w in zip(row, widths, strict=True):
-            out[..., y:y + h, x:x + w] = piece
+        for piece in row:
+            if piece is None:
+                h, w = region[-2].stop - region[-2].start, region[-1].stop - region[-1].start
+                source.read_into(region, out[..., y:y + h, x:x + w])
+            else:
+                h, w = piece.shape[-2:]
+                out[..., y:y + h, x:x + w] = piece
             x += w
         y += h
     return out
@@ -53,12 +67,41 @@ def _edge(size: int, halo: int, side: int) -> slice:
     return slice(0, size)
 
 
-def overlap_reading_twice(arr: da.Array, halo: int) -> da.Array:
-    """``arr`` with ``halo`` pixels of its neighbours on the last two axes (boundary 'none').
+@dataclass(frozen=True)
+class HaloBlocks:
+    """How to build each halo'd block of an array inside the task that consumes it.
 
-    Equal to ``da.overlap.overlap(arr, depth={-2: halo, -1: halo}, boundary="none")``
-    for arrays whose leading axes are single chunks and whose chunks are at least
-    ``halo`` pixels wide (otherwise that function is used).
+    Attributes
+    ----------
+    layers : list of dask collections
+        What the block tasks depend on (the edge-cutting layer and the reads).
+    tasks : dict
+        ``(i, j) -> task``: a (nested, legacy-form) task that returns the halo'd
+        block of chunk ``(i, j)``. Put it among a consumer task's arguments and
+        dask runs it within that task, so the block exists only while its
+        consumer runs.
+    chunks : tuple
+        Chunks of the halo'd array.
+    fresh : bool
+        Every evaluation of a block task makes a new array that nothing else
+        holds (the consumer may change it in place).
+    """
+
+    layers: list
+    tasks: dict
+    chunks: tuple
+    fresh: bool
+
+
+def halo_blocks(arr: da.Array, halo: int) -> HaloBlocks:
+    """The halo'd blocks of ``arr`` (``halo`` neighbour pixels on the last two axes, boundary 'none').
+
+    Each block equals the block of ``da.overlap.overlap(arr, depth={-2: halo,
+    -1: halo}, boundary="none")``. For arrays whose leading axes are single
+    chunks and whose chunks are at least ``halo`` pixels wide, it is assembled
+    from the chunk and edges cut from a second read of the neighbours, and an
+    array read straight from Zarr has its core read into place; otherwise it is
+    that function's block.
 
     Parameters
     ----------
@@ -68,18 +111,21 @@ def overlap_reading_twice(arr: da.Array, halo: int) -> da.Array:
         Halo width in pixels (>= 0).
     """
     lead = arr.ndim - 2
-    cy, cx = arr.chunks[-2], arr.chunks[-1]
-    if halo == 0:
-        return arr
-    if any(n != 1 for n in arr.numblocks[:lead]) or min(*cy, *cx) < halo:
-        depth = {lead: halo, lead + 1: halo}
-        return da.overlap.overlap(arr, depth=depth, boundary="none")
-    src = clone(arr, assume_layers=False)
-    name = HALO_PREFIX + tokenize(arr, halo)
-    edge = "halo-edge-" + tokenize(arr, halo)
     zeros = (0,) * lead
+    cy, cx = arr.chunks[-2], arr.chunks[-1]
     nby, nbx = len(cy), len(cx)
-    dsk = {}
+    if halo == 0 or any(n != 1 for n in arr.numblocks[:lead]) or min(*cy, *cx) < halo:
+        if halo:
+            arr = da.overlap.overlap(arr, depth={lead: halo, lead + 1: halo}, boundary="none")
+        tasks = {(i, j): (arr.name, *zeros, i, j) for i in range(nby) for j in range(nbx)}
+        return HaloBlocks([arr], tasks, arr.chunks, fresh=False)
+    source = zarr_source(arr)
+    src = clone(arr, assume_layers=False)
+    edge = "halo-edge-" + tokenize(arr, halo)
+    y0, x0 = np.cumsum((0, *cy)), np.cumsum((0, *cx))
+    grown_y = tuple(c + halo * (i > 0) + halo * (i < nby - 1) for i, c in enumerate(cy))
+    grown_x = tuple(c + halo * (j > 0) + halo * (j < nbx - 1) for j, c in enumerate(cx))
+    dsk, tasks = {}, {}
     for i in range(nby):
         for j in range(nbx):
             rows = []
@@ -93,15 +139,36 @@ def overlap_reading_twice(arr: da.Array, halo: int) -> da.Array:
                     if not 0 <= nj < nbx:
                         continue
                     if di == 0 and dj == 0:
-                        row.append((arr.name, *zeros, i, j))
+                        # the core: read into place when the array comes straight from Zarr
+                        row.append(None if source is not None else (arr.name, *zeros, i, j))
                         continue
                     key = (edge, *zeros, i, j, di + 1, dj + 1)
                     dsk[key] = (_copy, (src.name, *zeros, ni, nj), _edge(cy[ni], halo, di), _edge(cx[nj], halo, dj))
                     row.append(key)
                 rows.append(row)
-            dsk[(name, *zeros, i, j)] = (_assemble, rows)
-    grown_y = tuple(c + halo * (i > 0) + halo * (i < nby - 1) for i, c in enumerate(cy))
-    grown_x = tuple(c + halo * (j > 0) + halo * (j < nbx - 1) for j, c in enumerate(cx))
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[arr, src])
-    return da.Array(graph, name, chunks=arr.chunks[:lead] + (grown_y, grown_x), dtype=arr.dtype,
-                    meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
+            shape = (*arr.shape[:lead], grown_y[i], grown_x[j])
+            region = (*(slice(None),) * lead, slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
+            tasks[(i, j)] = (_assemble, rows, shape, source, region if source is not None else None)
+    # a collection only to carry the edge layer into consumers' graphs (its keys have 4 more axes)
+    edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[src]), edge,
+                     chunks=((1,),) * (lead + 4), dtype=arr.dtype)
+    layers = [edges] if source is not None else [edges, arr]
+    return HaloBlocks(layers, tasks, arr.chunks[:lead] + (grown_y, grown_x), fresh=True)
+
+
+def overlap_reading_twice(arr: da.Array, halo: int) -> da.Array:
+    """``arr`` with ``halo`` pixels of its neighbours on the last two axes, as a dask array.
+
+    Equal to ``da.overlap.overlap(arr, depth={-2: halo, -1: halo}, boundary="none")``;
+    see :func:`halo_blocks`. Each block is its own task here, which the
+    scheduler may run well before the block's consumer: graphs that care about
+    memory put :attr:`HaloBlocks.tasks` inside their consumers instead.
+    """
+    if halo == 0:
+        return arr
+    hb = halo_blocks(arr, halo)
+    name = HALO_PREFIX + tokenize(arr, halo)
+    zeros = (0,) * (arr.ndim - 2)
+    dsk = {(name, *zeros, i, j): task for (i, j), task in hb.tasks.items()}
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=hb.layers)
+    return da.Array(graph, name, chunks=hb.chunks, dtype=arr.dtype, meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))

@@ -1,0 +1,80 @@
+"""Reading ramps from Zarr with daskcal's own tasks: values and the read-into-place halo path."""
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from daskcal import detector1, open_ramps, save, simulate
+from daskcal.detector._halo import overlap_reading_twice
+from daskcal.io._zarr_read import ZarrSource, read_as_dask, zarr_source
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    sim = simulate((2, 5, 45, 38), seed=3, chunks=(16, 16))
+    path = tmp_path_factory.mktemp("zr") / "ramps.zarr"
+    save(sim.ramps, path)
+    return path, sim.ramps
+
+
+def test_open_ramps_reads_what_xarray_reads(store):
+    path, _ = store
+    ds = open_ramps(path, chunks=(20, 17))
+    ref = xr.open_zarr(path, consolidated=False)
+    for name in ds.data_vars:
+        assert zarr_source(ds[name].data) is not None, name
+        assert ds[name].data.chunks[-2:] == ((20, 20, 5), (17, 17, 4))
+        got = ds[name].values
+        assert got.dtype == ref[name].dtype
+        np.testing.assert_array_equal(got, ref[name].values, err_msg=name)
+
+
+def test_scaled_variables_are_left_to_xarray(tmp_path):
+    ds = xr.Dataset({"v": (("y", "x"), np.arange(12, dtype=np.float32).reshape(3, 4))})
+    ds.to_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False,
+               encoding={"v": {"dtype": "int16", "scale_factor": 0.5, "_FillValue": -1}})
+    from daskcal.io._ramps import _stored_as_is
+
+    opened = xr.open_zarr(tmp_path / "s.zarr", consolidated=False)
+    assert not _stored_as_is(opened["v"])
+
+
+@pytest.mark.parametrize("halo", [1, 2, 3])
+def test_halo_read_into_place_equals_dask_overlap(store, halo):
+    path, _ = store
+    arr = open_ramps(path, chunks=(16, 13))["data"].data
+    assert zarr_source(arr) is not None
+    ref = da.overlap.overlap(arr, depth={2: halo, 3: halo}, boundary="none")
+    got = overlap_reading_twice(arr, halo)
+    assert got.chunks == ref.chunks
+    np.testing.assert_array_equal(got.compute(), ref.compute())
+
+
+def test_a_changed_array_is_not_taken_for_its_source(store):
+    path, _ = store
+    arr = open_ramps(path)["data"].data
+    assert zarr_source(arr + 1) is None
+    assert zarr_source(arr.rechunk((2, 5, 8, 8))) is None
+
+
+def test_rewritten_store_gets_new_keys(tmp_path):
+    a = simulate((1, 3, 8, 8), seed=1).ramps
+    save(a, tmp_path / "r.zarr")
+    first = read_as_dask(ZarrSource.at(tmp_path / "r.zarr", "data"), (1, 3, 8, 8))
+    save(simulate((1, 3, 8, 8), seed=2).ramps, tmp_path / "r.zarr", overwrite=True)
+    second = read_as_dask(ZarrSource.at(tmp_path / "r.zarr", "data"), (1, 3, 8, 8))
+    assert first.name != second.name
+    np.testing.assert_array_equal(second.compute(), simulate((1, 3, 8, 8), seed=2).ramps["data"].values)
+
+
+def test_detector1_from_zarr_equals_in_memory(store):
+    path, ramps = store
+    with dask.config.set(scheduler="threads", num_workers=2):
+        from_zarr = detector1(open_ramps(path, chunks=(20, 17)))
+        in_memory = detector1(ramps.load(), chunks=(20, 17))
+        for name in ("rate", "rateints"):
+            a, b = getattr(from_zarr, name).compute(), getattr(in_memory, name).compute()
+            for v in a.data_vars:
+                np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=f"{name}.{v}")
