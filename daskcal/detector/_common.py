@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -102,28 +103,30 @@ def _check_var(ds: xr.Dataset, name: str, dims: tuple[str, ...], kind) -> None:
 
 
 def check_reference_values(ramps: xr.Dataset, names: tuple[str, ...]) -> None:
-    """Check gain/readnoise values (computes those 2-D arrays only).
+    """Check gain/readnoise values (reads those 2-D arrays, chunk by chunk).
 
     Gain that is non-positive or NaN is *not* an error for jump detection and
     ramp fitting (stcal flags such pixels NO_GAIN_VALUE | DO_NOT_USE), but a gain
     array with no usable pixel at all is. Negative or NaN read noise is an error.
     """
+    # counted chunk by chunk (dask reductions), so the check's memory does not grow with the detector
+    counts = {}
     if "gain" in names:
-        gain = np.asarray(ramps["gain"].values)
-        good = np.isfinite(gain) & (gain > 0)
-        if not good.any():
+        gain = as_dask(ramps["gain"])
+        counts["gain"] = (~(da.isfinite(gain) & (gain > 0))).sum()
+    if "readnoise" in names:
+        rn = as_dask(ramps["readnoise"])
+        counts["readnoise"] = (~(da.isfinite(rn) & (rn >= 0))).sum()
+    bad = dict(zip(counts, (int(n) for n in dask.compute(*counts.values())), strict=True))
+    if "gain" in bad:
+        if bad["gain"] == ramps["gain"].size:
             msg = "gain must be positive and finite (e-/DN); no pixel is"
             raise ValueError(msg)
-        if not good.all():
-            log.warning(
-                "gain is not positive and finite in %d pixels: they get NO_GAIN_VALUE | DO_NOT_USE", int((~good).sum())
-            )
-    if "readnoise" in names:
-        rn = np.asarray(ramps["readnoise"].values)
-        bad = ~(np.isfinite(rn) & (rn >= 0))
-        if bad.any():
-            msg = f"readnoise must be finite and >= 0 (DN, CDS); {int(bad.sum())} pixels are not"
-            raise ValueError(msg)
+        if bad["gain"]:
+            log.warning("gain is not positive and finite in %d pixels: they get NO_GAIN_VALUE | DO_NOT_USE", bad["gain"])
+    if bad.get("readnoise"):
+        msg = f"readnoise must be finite and >= 0 (DN, CDS); {bad['readnoise']} pixels are not"
+        raise ValueError(msg)
 
 
 def as_dask(var: xr.DataArray, chunk_yx: tuple[int, int] | None = None) -> da.Array:

@@ -106,7 +106,7 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
     gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
     data = np.subtract(data, np.nan_to_num(bias, nan=0.0).astype(np.float32), out=data if owns_data else None)
-    gdq = jump_block(data, gdq, gain, rnoise, usable, **jump)
+    gdq = jump_block(data, gdq, gain, rnoise, usable, **jump, in_place=True)  # gdq is saturation_block's new array
     pdq = gain_pixeldq(saturation_pixeldq(pdq, sat), gain)
     # Fitting the halo too (a few % more pixels) avoids copying the cropped cube.
     # The products are returned as a view of the core (not copied: the writer

@@ -139,6 +139,7 @@ def jump_block(
     thresholds: tuple[float, float, float],
     neighbors: tuple[float, float] | None,
     after_jump: tuple[float, int, float, int] | None,
+    in_place: bool = False,
 ) -> np.ndarray:
     """Jump flags for one chunk (neighbours are exact except on the chunk's outer ring).
 
@@ -160,6 +161,9 @@ def jump_block(
         (min, max) sigma of jumps whose 4 neighbours are flagged; None disables.
     after_jump : (float, int, float, int) or None
         (e1 electrons, n1 groups, e2 electrons, n2 groups); None disables.
+    in_place : bool, default False
+        Add the flags to ``gdq`` itself (when it is a C-contiguous uint8 array
+        the caller owns) instead of to a copy.
 
     Returns
     -------
@@ -169,7 +173,9 @@ def jump_block(
     flat = (nints, ngroups, cy * cx)
     planes = (nints * ngroups, cy, cx)
     q = np.ascontiguousarray(gdq, dtype=np.uint8).reshape(flat)
-    out = q.copy()
+    # the primary search reads only SATURATED / DO_NOT_USE from q and adds JUMP_DET
+    # pixel by pixel, so flagging into q itself gives the same result
+    out = q if in_place else q.copy()
     mode = jump_mode(np.asarray(usable, dtype=bool))
     if mode != "skip":
         d = np.ascontiguousarray(data).reshape(flat)

@@ -67,7 +67,7 @@ def grow_bit(flags, bit, n, out):  # pragma: no cover - compiled
         Box half-width in pixels (>= 0). Pixels beyond the array edge count as unset.
     out : ndarray, uint8, shape (nplanes, ny, nx)
         Receives ``flags`` with ``bit`` set wherever a pixel within the box has it.
-        Must not be the same array as ``flags``.
+        May be ``flags`` itself: a plane's box counts are taken before it is written.
     """
     nplanes, ny, nx = flags.shape
     rows = np.empty((ny, nx), dtype=np.int32)  # 1 where the bit is set within +-n in x

@@ -94,9 +94,9 @@ def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, *, n
     )
     if n_pix_grow_sat == 0:
         return out.reshape(data.shape)
-    grown = np.empty((nints * ngroups, cy, cx), dtype=np.uint8)
-    grow_bit(out.reshape(nints * ngroups, cy, cx), int(DQ.SATURATED), int(n_pix_grow_sat), grown)
-    return grown.reshape(data.shape)
+    planes = out.reshape(nints * ngroups, cy, cx)
+    grow_bit(planes, int(DQ.SATURATED), int(n_pix_grow_sat), planes)  # in place
+    return out.reshape(data.shape)
 
 
 def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1) -> xr.Dataset:

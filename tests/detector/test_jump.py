@@ -267,3 +267,20 @@ def test_errors_and_graph_need_no_ramp_computation():
         detect_jumps(lazy, rejection_threshold=-1.0)
     with pytest.raises(AssertionError, match="computed"):
         out["groupdq"].values
+
+
+def test_in_place_flags_equal_flags_on_a_copy():
+    from daskcal.detector._jump import jump_block, jump_block_arguments
+
+    sim = simulate((2, 6, 24, 20), seed=11)
+    ramps = flag_saturation(sim.ramps).compute()
+    params = JumpParameters(after_jump_flag_dn1=10, after_jump_flag_time1=1e9)
+    kw = jump_block_arguments(params, ramps)
+    args = (ramps["data"].values - ramps["superbias"].values, ramps["groupdq"].values,
+            ramps["gain"].values, ramps["readnoise"].values, np.ones((2, 6), dtype=bool))
+    copied = jump_block(*args, **kw)
+    gdq = args[1].copy()
+    in_place = jump_block(args[0], gdq, *args[2:], **kw, in_place=True)
+    assert np.shares_memory(in_place, gdq)
+    np.testing.assert_array_equal(in_place, copied)
+    assert (copied & JUMP).any()
