@@ -14,6 +14,7 @@ into the middle of the halo'd block, so the chunk is never held twice.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import dask.array as da
@@ -32,6 +33,16 @@ HALO_PREFIX = "halo-"
 
 def _copy(block: np.ndarray, ys: slice, xs: slice) -> np.ndarray:
     return np.array(block[..., ys, xs], copy=True)
+
+
+def _cut_edges(block: np.ndarray, cuts: dict) -> dict:
+    """Copies of the edges of one chunk that its neighbours need: ``{side: block[..., ys, xs]}``."""
+    return {side: np.array(block[..., ys, xs], copy=True) for side, (ys, xs) in cuts.items()}
+
+
+def _read_edges(source, region: tuple, cuts: dict) -> dict:
+    """:func:`_cut_edges` of a chunk read from Zarr within this task (the chunk is not kept)."""
+    return _cut_edges(source.read(region), cuts)
 
 
 def _assemble(rows: list[list], shape: tuple[int, ...], source=None, region=None) -> np.ndarray:
@@ -120,38 +131,61 @@ def halo_blocks(arr: da.Array, halo: int) -> HaloBlocks:
         tasks = {(i, j): (arr.name, *zeros, i, j) for i in range(nby) for j in range(nbx)}
         return HaloBlocks([arr], tasks, arr.chunks, fresh=False)
     source = zarr_source(arr)
-    src = clone(arr, assume_layers=False)
-    edge = "halo-edge-" + tokenize(arr, halo)
+    edge = "halo-edges-" + tokenize(arr, halo)
     y0, x0 = np.cumsum((0, *cy)), np.cumsum((0, *cx))
+
+    def region(i, j):
+        return (*(slice(None),) * lead, slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
+
+    # Edges come from a second read of each chunk, so that read is dropped as soon as
+    # its edges are cut and the first read of a chunk feeds only its own block. From
+    # Zarr, one task per chunk reads it and cuts every edge its neighbours need. Other
+    # arrays are read again through a cloned graph, with one copying task per edge
+    # (one task for all of them would be fused with the cloned read, which dask's
+    # task fusion refuses for cloned layers).
+    sides = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
+    src = None if source is not None else clone(arr, assume_layers=False)
+    dsk = {}
+    for ni in range(nby):
+        for nj in range(nbx):
+            # (di, dj): this chunk seen from the block at (ni - di, nj - dj)
+            cuts = {(di, dj): (_edge(cy[ni], halo, di), _edge(cx[nj], halo, dj))
+                    for di, dj in sides if 0 <= ni - di < nby and 0 <= nj - dj < nbx}
+            if source is not None:
+                dsk[(edge, *zeros, ni, nj)] = (_read_edges, source, region(ni, nj), cuts)
+                continue
+            for (di, dj), (ys, xs) in cuts.items():
+                dsk[(edge, *zeros, ni, nj, di + 1, dj + 1)] = (_copy, (src.name, *zeros, ni, nj), ys, xs)
+
+    def piece(i, j, di, dj):
+        if source is not None:
+            return (operator.getitem, (edge, *zeros, i + di, j + dj), (di, dj))
+        return (edge, *zeros, i + di, j + dj, di + 1, dj + 1)
+
     grown_y = tuple(c + halo * (i > 0) + halo * (i < nby - 1) for i, c in enumerate(cy))
     grown_x = tuple(c + halo * (j > 0) + halo * (j < nbx - 1) for j, c in enumerate(cx))
-    dsk, tasks = {}, {}
+    tasks = {}
     for i in range(nby):
         for j in range(nbx):
             rows = []
             for di in (-1, 0, 1):
-                ni = i + di
-                if not 0 <= ni < nby:
+                if not 0 <= i + di < nby:
                     continue
                 row = []
                 for dj in (-1, 0, 1):
-                    nj = j + dj
-                    if not 0 <= nj < nbx:
+                    if not 0 <= j + dj < nbx:
                         continue
                     if di == 0 and dj == 0:
                         # the core: read into place when the array comes straight from Zarr
                         row.append(None if source is not None else (arr.name, *zeros, i, j))
-                        continue
-                    key = (edge, *zeros, i, j, di + 1, dj + 1)
-                    dsk[key] = (_copy, (src.name, *zeros, ni, nj), _edge(cy[ni], halo, di), _edge(cx[nj], halo, dj))
-                    row.append(key)
+                    else:
+                        row.append(piece(i, j, di, dj))
                 rows.append(row)
             shape = (*arr.shape[:lead], grown_y[i], grown_x[j])
-            region = (*(slice(None),) * lead, slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
-            tasks[(i, j)] = (_assemble, rows, shape, source, region if source is not None else None)
-    # a collection only to carry the edge layer into consumers' graphs (its keys have 4 more axes)
-    edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[src]), edge,
-                     chunks=((1,),) * (lead + 4), dtype=arr.dtype)
+            tasks[(i, j)] = (_assemble, rows, shape, source, region(i, j) if source is not None else None)
+    # a collection only to carry the edge layer into consumers' graphs (its blocks are not arrays)
+    edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[] if src is None else [src]), edge,
+                     chunks=(*((1,),) * lead, (1,) * nby, (1,) * nbx), dtype=arr.dtype)
     layers = [edges] if source is not None else [edges, arr]
     return HaloBlocks(layers, tasks, arr.chunks[:lead] + (grown_y, grown_x), fresh=True)
 
