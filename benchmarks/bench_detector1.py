@@ -5,7 +5,9 @@ Run by hand (not a test)::
     python benchmarks/bench_detector1.py            # (1, 10, 2048, 2048), plus the 4x cube for memory
     python benchmarks/bench_detector1.py --quick     # (1, 10, 1024, 1024), no 4x cube
 
-Each measurement runs in a fresh process. Throughput is nints*ngroups*ny*nx / 1e6 / seconds
+Each measurement runs in a fresh process. The threaded runs (one process, dask's threaded
+scheduler) are followed by the command line's setting: an embedded LocalCluster of 1 and 2
+worker processes (1 thread each, chunk products persisted on the workers or written to Zarr). Throughput is nints*ngroups*ny*nx / 1e6 / seconds
 (Mpix*groups/s) for saturation + superbias + jump + ramp fit. daskcal's time includes
 reading the ramps from Zarr (the products end in memory, chunk by chunk: ``dask.persist``); a
 second timing adds writing rate and rateints to Zarr. Both are medians of 3 warm runs: the first, cold run
@@ -111,6 +113,32 @@ def run_daskcal(path: str, threads: int, chunks) -> dict:
     return {"seconds": compute, "seconds_with_write": dt, "seconds_cold": cold, "peak_mb": peak, "base_mb": base}
 
 
+def run_cluster(path: str, workers: int) -> dict:
+    """The command line's way: an embedded LocalCluster (``daskcal.connect``) of ``workers``
+    processes x 1 thread; medians of REPEATS warm runs after a cold one."""
+    import numpy as np
+    from distributed import wait
+
+    from daskcal import detector1, open_ramps
+    from daskcal.cluster import connect
+    from daskcal.io._atomic import save_products
+
+    writes, chains = [], []
+    with connect("local", n_workers=workers, threads_per_worker=1, dashboard_address=None) as client:
+        for rep in range(REPEATS + 1):
+            result = detector1(open_ramps(path))
+            with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+                t0 = time.perf_counter()
+                save_products({"rate": result.rate, "rateints": result.rateints}, Path(tmp) / "products")
+                writes.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            kept = client.persist([result.rate, result.rateints])
+            wait(kept)
+            chains.append(time.perf_counter() - t0)
+            del kept
+    return {"seconds": float(np.median(chains[1:])), "seconds_with_write": float(np.median(writes[1:]))}
+
+
 def _child(args: list[str]) -> dict:
     from daskcal.cluster import WORKER_ENVIRON
 
@@ -151,7 +179,10 @@ def main() -> None:
             prepare(tuple(int(v) for v in rest), Path(path), chunks)
             print(json.dumps({}))
             return
-        res = run_stcal(path) if kind == "stcal" else run_daskcal(path, int(rest[0]), chunks)
+        if kind == "cluster":
+            res = run_cluster(path, int(rest[0]))
+        else:
+            res = run_stcal(path) if kind == "stcal" else run_daskcal(path, int(rest[0]), chunks)
         print(json.dumps(res))
         return
 
@@ -177,6 +208,12 @@ def main() -> None:
                  f"(with writes {d1['seconds_with_write'] / d2['seconds_with_write']:.2f}x)")
     chunk_in = 10 * chunks[0] * chunks[1] * (4 + 1) + chunks[0] * chunks[1] * (4 * 4 + 4)
     lines.append(f"one chunk's inputs: {chunk_in / 2**20:.1f} MB; 3 x that x 2 threads = {6 * chunk_in / 2**20:.0f} MB")
+    c1 = _child(["--child", "cluster", str(cube), "1", *ch])
+    c2 = _child(["--child", "cluster", str(cube), "2", *ch])
+    lines.append(f"LocalCluster (as the CLI runs), 1 worker : {c1['seconds']:.2f} s (with Zarr writes "
+                 f"{c1['seconds_with_write']:.2f} s); 2 workers: {c2['seconds']:.2f} s (with Zarr writes "
+                 f"{c2['seconds_with_write']:.2f} s); 2 vs 1 workers: {c1['seconds'] / c2['seconds']:.2f}x "
+                 f"(with writes {c1['seconds_with_write'] / c2['seconds_with_write']:.2f}x)")
     lines.append("parity with stcal (2-thread run):")
     lines.append(compare(cube, 2))
     if not args.quick:

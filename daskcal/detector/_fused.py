@@ -24,15 +24,15 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from daskcal.detector._common import PIX_DIMS, pixel_chunked
-from daskcal.detector._halo import halo_blocks
+from daskcal.detector._common import pixel_chunked
+from daskcal.detector._halo import halo_blocks_group
 from daskcal.detector._jump import (
     JumpParameters,
     gain_pixeldq,
     jump_block,
     jump_block_arguments,
 )
-from daskcal.detector._ramp_fit import _dark_array, _products, fit_block, n_planes
+from daskcal.detector._ramp_fit import _products, fit_block, n_planes
 from daskcal.detector._saturation import (
     SaturationParameters,
     effective_threshold,
@@ -83,7 +83,8 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
         Input group DQ, same shape.
     pdq, sat, bias, gain, rnoise, dark : ndarray (cy + halos, cx + halos)
         Pixel DQ; saturation threshold (DN); superbias (DN, NaN as 0); gain
-        (e-/DN); CDS read noise (DN); dark current (DN/s).
+        (e-/DN); CDS read noise (DN); dark current (DN/s). ``bias`` and ``dark``
+        may also be one number for every pixel.
     core : (slice, slice)
         The ``(y, x)`` slices of the halo'd block that hold its chunk. Default: all.
     usable : ndarray of bool (nints, ngroups)
@@ -105,7 +106,11 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
     ys, xs = core
     gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
-    data = np.subtract(data, np.nan_to_num(bias, nan=0.0).astype(np.float32), out=data if owns_data else None)
+    if np.ndim(bias) or bias:
+        data = np.subtract(data, np.nan_to_num(np.asarray(bias, dtype=np.float32), nan=0.0),
+                           out=data if owns_data else None)
+    if np.ndim(dark) == 0:
+        dark = np.full(gain.shape, dark, dtype=np.float32)
     gdq = jump_block(data, gdq, gain, rnoise, usable, **jump, in_place=True)  # gdq is saturation_block's new array
     pdq = gain_pixeldq(saturation_pixeldq(pdq, sat), gain)
     # Fitting the halo too (a few % more pixels) avoids copying the cropped cube.
@@ -132,15 +137,19 @@ def _fused_blocks(cube, pix, halo: int, nplanes: int, **kwargs) -> da.Array:
     axes even when there is one, copying the cube in every task.
     """
     chunks_yx = cube[0].chunks[2:]
-    halos = [halo_blocks(a, halo) for a in (*cube, *pix)]
-    name = "detector1-" + tokenize(*cube, *pix, halo, kwargs)
+    # ``pix`` entries may be numbers (no superbias, no dark): passed to every block as they are
+    inputs = [*cube, *pix]
+    arrays = [a for a in inputs if isinstance(a, da.Array)]
+    halos = dict(zip(map(id, arrays), halo_blocks_group(arrays, halo), strict=True))
+    name = "detector1-" + tokenize(*inputs, halo, kwargs)
     dsk = {}
     for i in range(len(chunks_yx[0])):
         for j in range(len(chunks_yx[1])):
             core = (_core_slices(i, chunks_yx[0], halo), _core_slices(j, chunks_yx[1], halo))
-            func = functools.partial(detector1_block, core=core, owns_data=halos[0].fresh, **kwargs)
-            dsk[(name, 0, i, j)] = (func, *[h.tasks[(i, j)] for h in halos])
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[layer for h in halos for layer in h.layers])
+            func = functools.partial(detector1_block, core=core, owns_data=halos[id(cube[0])].fresh, **kwargs)
+            dsk[(name, 0, i, j)] = (func, *[halos[id(a)].tasks[(i, j)] if id(a) in halos else a for a in inputs])
+    layers = [layer for h in halos.values() for layer in h.layers]
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=list({id(x): x for x in layers}.values()))
     return da.Array(graph, name, chunks=((nplanes,), *chunks_yx), dtype=np.float32,
                     meta=np.empty((0, 0, 0), dtype=np.float32))
 
@@ -169,10 +178,11 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         "nframes": int(ds.attrs["nframes"]),
         "suppress_one_group": bool(suppress),
     }
-    zeros = xr.DataArray(da.zeros(ds["data"].shape[2:], dtype=np.float32, chunks=chunks_yx), dims=PIX_DIMS)
-    bias = ds["superbias"] if "superbias" in ds else zeros
-    pix = [ds["pixeldq"], ds["saturation"], bias, ds["gain"], ds["readnoise"], _dark_array(None, ds)]
-    pix = [v.data.rechunk(chunks_yx) for v in pix]
+    pix = [ds[v].data.rechunk(chunks_yx) for v in ("pixeldq", "saturation", "superbias", "gain", "readnoise")
+           if v in ds]
+    if "superbias" not in ds:
+        pix.insert(2, 0.0)  # no bias to subtract
+    pix.append(0.0)  # dark current (DN/s): detector1 has none
     cube = [ds["data"].data, ds["groupdq"].data.rechunk(ds["data"].data.chunks)]
     # Halos come from a second read of the neighbours, so no whole chunk waits for its
     # neighbours' blocks (with dask's overlap, the 2-D arrays' halo'd blocks were built

@@ -25,7 +25,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from daskcal.io._zarr_read import zarr_source
 
-__all__ = ["HALO_PREFIX", "HaloBlocks", "halo_blocks", "overlap_reading_twice"]
+__all__ = ["HALO_PREFIX", "HaloBlocks", "halo_blocks", "halo_blocks_group", "overlap_reading_twice"]
 
 #: Name prefix of the arrays this module builds (each block a new array, owned by its consumer).
 HALO_PREFIX = "halo-"
@@ -40,9 +40,9 @@ def _cut_edges(block: np.ndarray, cuts: dict) -> dict:
     return {side: np.array(block[..., ys, xs], copy=True) for side, (ys, xs) in cuts.items()}
 
 
-def _read_edges(source, region: tuple, cuts: dict) -> dict:
-    """:func:`_cut_edges` of a chunk read from Zarr within this task (the chunk is not kept)."""
-    return _cut_edges(source.read(region), cuts)
+def _read_edges(sources: list, regions: list, cuts: dict) -> list[dict]:
+    """:func:`_cut_edges` of one chunk of each array, read from Zarr within this task (no chunk is kept)."""
+    return [_cut_edges(source.read(region), cuts) for source, region in zip(sources, regions, strict=True)]
 
 
 def _assemble(rows: list[list], shape: tuple[int, ...], source=None, region=None) -> np.ndarray:
@@ -121,47 +121,57 @@ def halo_blocks(arr: da.Array, halo: int) -> HaloBlocks:
     halo : int
         Halo width in pixels (>= 0).
     """
+    return halo_blocks_group([arr], halo)[0]
+
+
+def halo_blocks_group(arrays: list, halo: int) -> list[HaloBlocks]:
+    """:func:`halo_blocks` of several arrays; those read from Zarr with the same ``(y, x)``
+    chunks share one edge-reading task per chunk (fewer, larger tasks)."""
+    out: list = [None] * len(arrays)
+    groups: dict = {}
+    for k, arr in enumerate(arrays):
+        if _assembled(arr, halo) and zarr_source(arr) is not None:
+            groups.setdefault(arr.chunks[-2:], []).append(k)
+        else:
+            out[k] = _halo_blocks_one(arr, halo)
+    for ks in groups.values():
+        for k, hb in zip(ks, _halo_blocks_zarr([arrays[k] for k in ks], halo), strict=True):
+            out[k] = hb
+    return out
+
+
+def _assembled(arr: da.Array, halo: int) -> bool:
+    """Whether halo'd blocks of ``arr`` are assembled here (else dask's overlap, or no halo)."""
     lead = arr.ndim - 2
-    zeros = (0,) * lead
-    cy, cx = arr.chunks[-2], arr.chunks[-1]
-    nby, nbx = len(cy), len(cx)
-    if halo == 0 or any(n != 1 for n in arr.numblocks[:lead]) or min(*cy, *cx) < halo:
-        if halo:
-            arr = da.overlap.overlap(arr, depth={lead: halo, lead + 1: halo}, boundary="none")
-        tasks = {(i, j): (arr.name, *zeros, i, j) for i in range(nby) for j in range(nbx)}
-        return HaloBlocks([arr], tasks, arr.chunks, fresh=False)
-    source = zarr_source(arr)
-    edge = "halo-edges-" + tokenize(arr, halo)
-    y0, x0 = np.cumsum((0, *cy)), np.cumsum((0, *cx))
+    return halo > 0 and all(n == 1 for n in arr.numblocks[:lead]) and min(*arr.chunks[-2], *arr.chunks[-1]) >= halo
+
+
+def _regions(arr: da.Array):
+    lead = arr.ndim - 2
+    y0, x0 = np.cumsum((0, *arr.chunks[-2])), np.cumsum((0, *arr.chunks[-1]))
 
     def region(i, j):
         return (*(slice(None),) * lead, slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
 
-    # Edges come from a second read of each chunk, so that read is dropped as soon as
-    # its edges are cut and the first read of a chunk feeds only its own block. From
-    # Zarr, one task per chunk reads it and cuts every edge its neighbours need. Other
-    # arrays are read again through a cloned graph, with one copying task per edge
-    # (one task for all of them would be fused with the cloned read, which dask's
-    # task fusion refuses for cloned layers).
-    sides = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
-    src = None if source is not None else clone(arr, assume_layers=False)
-    dsk = {}
-    for ni in range(nby):
-        for nj in range(nbx):
-            # (di, dj): this chunk seen from the block at (ni - di, nj - dj)
-            cuts = {(di, dj): (_edge(cy[ni], halo, di), _edge(cx[nj], halo, dj))
-                    for di, dj in sides if 0 <= ni - di < nby and 0 <= nj - dj < nbx}
-            if source is not None:
-                dsk[(edge, *zeros, ni, nj)] = (_read_edges, source, region(ni, nj), cuts)
-                continue
-            for (di, dj), (ys, xs) in cuts.items():
-                dsk[(edge, *zeros, ni, nj, di + 1, dj + 1)] = (_copy, (src.name, *zeros, ni, nj), ys, xs)
+    return region
 
-    def piece(i, j, di, dj):
-        if source is not None:
-            return (operator.getitem, (edge, *zeros, i + di, j + dj), (di, dj))
-        return (edge, *zeros, i + di, j + dj, di + 1, dj + 1)
 
+def _cuts(cy, cx, halo: int, ni: int, nj: int) -> dict:
+    """Edges of chunk ``(ni, nj)`` its neighbours need: ``(di, dj)`` is this chunk seen from
+    the block at ``(ni - di, nj - dj)``."""
+    return {(di, dj): (_edge(cy[ni], halo, di), _edge(cx[nj], halo, dj))
+            for di in (-1, 0, 1) for dj in (-1, 0, 1)
+            if (di, dj) != (0, 0) and 0 <= ni - di < len(cy) and 0 <= nj - dj < len(cx)}
+
+
+def _block_tasks(arr: da.Array, halo: int, piece, core) -> tuple[dict, tuple]:
+    """``(i, j) -> _assemble task`` from ``piece(i, j, di, dj)`` (a neighbour's edge) and
+    ``core(i, j)`` (the chunk itself, or None to read it into place)."""
+    lead = arr.ndim - 2
+    cy, cx = arr.chunks[-2], arr.chunks[-1]
+    nby, nbx = len(cy), len(cx)
+    source = zarr_source(arr) if core(0, 0) is None else None
+    region = _regions(arr)
     grown_y = tuple(c + halo * (i > 0) + halo * (i < nby - 1) for i, c in enumerate(cy))
     grown_x = tuple(c + halo * (j > 0) + halo * (j < nbx - 1) for j, c in enumerate(cx))
     tasks = {}
@@ -171,23 +181,66 @@ def halo_blocks(arr: da.Array, halo: int) -> HaloBlocks:
             for di in (-1, 0, 1):
                 if not 0 <= i + di < nby:
                     continue
-                row = []
-                for dj in (-1, 0, 1):
-                    if not 0 <= j + dj < nbx:
-                        continue
-                    if di == 0 and dj == 0:
-                        # the core: read into place when the array comes straight from Zarr
-                        row.append(None if source is not None else (arr.name, *zeros, i, j))
-                    else:
-                        row.append(piece(i, j, di, dj))
-                rows.append(row)
+                rows.append([core(i, j) if (di, dj) == (0, 0) else piece(i, j, di, dj)
+                             for dj in (-1, 0, 1) if 0 <= j + dj < nbx])
             shape = (*arr.shape[:lead], grown_y[i], grown_x[j])
             tasks[(i, j)] = (_assemble, rows, shape, source, region(i, j) if source is not None else None)
-    # a collection only to carry the edge layer into consumers' graphs (its blocks are not arrays)
-    edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[] if src is None else [src]), edge,
+    return tasks, arr.chunks[:lead] + (grown_y, grown_x)
+
+
+def _halo_blocks_zarr(arrays: list, halo: int) -> list[HaloBlocks]:
+    """Arrays read straight from Zarr, same ``(y, x)`` chunks: one task per chunk reads that
+    chunk of every array again and cuts the edges its neighbours need (then drops it), and
+    each block reads its own chunk into place."""
+    cy, cx = arrays[0].chunks[-2:]
+    edge = "halo-edges-" + tokenize(*arrays, halo)
+    sources = [zarr_source(a) for a in arrays]
+    regions = [_regions(a) for a in arrays]
+    dsk = {(edge, ni, nj): (_read_edges, sources, [r(ni, nj) for r in regions], _cuts(cy, cx, halo, ni, nj))
+           for ni in range(len(cy)) for nj in range(len(cx))}
+    # a collection only to carry the edge layer into consumers' graphs (its blocks are lists of dicts)
+    edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[]), edge,
+                     chunks=((1,) * len(cy), (1,) * len(cx)), dtype=np.float32)
+    out = []
+    for k, arr in enumerate(arrays):
+        def piece(i, j, di, dj, k=k):
+            return (operator.getitem, (operator.getitem, (edge, i + di, j + dj), k), (di, dj))
+
+        tasks, chunks = _block_tasks(arr, halo, piece, lambda i, j: None)
+        out.append(HaloBlocks([edges], tasks, chunks, fresh=True))
+    return out
+
+
+def _halo_blocks_one(arr: da.Array, halo: int) -> HaloBlocks:
+    lead = arr.ndim - 2
+    zeros = (0,) * lead
+    cy, cx = arr.chunks[-2], arr.chunks[-1]
+    nby, nbx = len(cy), len(cx)
+    if not _assembled(arr, halo):
+        if halo:
+            arr = da.overlap.overlap(arr, depth={lead: halo, lead + 1: halo}, boundary="none")
+        tasks = {(i, j): (arr.name, *zeros, i, j) for i in range(nby) for j in range(nbx)}
+        return HaloBlocks([arr], tasks, arr.chunks, fresh=False)
+    # Edges come from a second read through a cloned graph, so that read is dropped as
+    # soon as its edges are cut and the first read of a chunk feeds only its own block;
+    # one copying task per edge (one task for all of them would be fused with the cloned
+    # read, which dask's task fusion refuses for cloned layers).
+    edge = "halo-edge-" + tokenize(arr, halo)
+    src = clone(arr, assume_layers=False)
+    dsk = {}
+    for ni in range(nby):
+        for nj in range(nbx):
+            for (di, dj), (ys, xs) in _cuts(cy, cx, halo, ni, nj).items():
+                dsk[(edge, *zeros, ni, nj, di + 1, dj + 1)] = (_copy, (src.name, *zeros, ni, nj), ys, xs)
+    # a collection only to carry the edge layer into consumers' graphs (its keys have 2 more axes)
+    edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[src]), edge,
                      chunks=(*((1,),) * lead, (1,) * nby, (1,) * nbx), dtype=arr.dtype)
-    layers = [edges] if source is not None else [edges, arr]
-    return HaloBlocks(layers, tasks, arr.chunks[:lead] + (grown_y, grown_x), fresh=True)
+    tasks, chunks = _block_tasks(
+        arr, halo,
+        lambda i, j, di, dj: (edge, *zeros, i + di, j + dj, di + 1, dj + 1),
+        lambda i, j: (arr.name, *zeros, i, j),
+    )
+    return HaloBlocks([edges, arr], tasks, chunks, fresh=True)
 
 
 def overlap_reading_twice(arr: da.Array, halo: int) -> da.Array:
