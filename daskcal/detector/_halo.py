@@ -4,12 +4,17 @@
 neighbour chunks. In raster order a chunk is read for the halo of the block above
 it and then waits, whole, until its own block can run: memory holds a row of
 chunks and grows with the image width. Here the halo edges are cut from a
-*second read* of the input (``dask.graph_manipulation.clone`` re-keys the input
-graph) and copied, so that read is dropped as soon as its edges are cut, and the
-first read of a chunk feeds only its own block. Each chunk is read twice; peak
-memory no longer depends on the image size. When the array comes straight from
-Zarr (:func:`daskcal.io._zarr_read.zarr_source`), the first read goes straight
-into the middle of the halo'd block, so the chunk is never held twice.
+*second read* of each chunk, so that read is dropped as soon as its edges are cut,
+and the first read of a chunk feeds only its own block. Each chunk is read twice;
+peak memory no longer depends on the image size.
+
+:func:`halo_blocks` returns, for every block, a task to run *inside* the task that
+uses it, so a halo'd block exists only while its consumer runs. For arrays read
+straight from Zarr (:func:`daskcal.io._zarr_read.zarr_source`) the block's own chunk
+is read into the middle of the block, and one task per chunk reads it again and cuts
+every edge its neighbours need, for all such arrays at once
+(:func:`halo_blocks_group`). Other arrays are read again through a cloned graph
+(``dask.graph_manipulation.clone``).
 """
 
 from __future__ import annotations

@@ -78,3 +78,27 @@ def test_detector1_from_zarr_equals_in_memory(store):
             a, b = getattr(from_zarr, name).compute(), getattr(in_memory, name).compute()
             for v in a.data_vars:
                 np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=f"{name}.{v}")
+
+
+def test_halo_group_shares_edge_tasks_and_equals_dask_overlap(store):
+    from dask.highlevelgraph import HighLevelGraph
+
+    from daskcal.detector._halo import halo_blocks_group
+
+    path, _ = store
+    ds = open_ramps(path, chunks=(16, 13))
+    arrays = [ds["data"].data, ds["groupdq"].data, ds["gain"].data, ds["pixeldq"].data]
+    halo = 2
+    groups = halo_blocks_group(arrays, halo)
+    layers = {layer.name for hb in groups for layer in hb.layers}
+    assert len(layers) == 1  # one edge-reading layer for all four arrays
+    for arr, hb in zip(arrays, groups, strict=True):
+        name = "test-halo-" + arr.name
+        zeros = (0,) * (arr.ndim - 2)
+        dsk = {(name, *zeros, i, j): task for (i, j), task in hb.tasks.items()}
+        got = da.Array(HighLevelGraph.from_collections(name, dsk, dependencies=hb.layers), name,
+                       chunks=hb.chunks, dtype=arr.dtype)
+        depth = {arr.ndim - 2: halo, arr.ndim - 1: halo}
+        ref = da.overlap.overlap(arr, depth=depth, boundary="none")
+        assert got.chunks == ref.chunks
+        np.testing.assert_array_equal(got.compute(), ref.compute())
