@@ -217,6 +217,7 @@ def _halo_blocks_zarr(arrays: list, halo: int) -> list[HaloBlocks]:
 
 
 def _halo_blocks_one(arr: da.Array, halo: int) -> HaloBlocks:
+    """:func:`halo_blocks` of an array that is not read straight from Zarr (or cannot be assembled)."""
     lead = arr.ndim - 2
     zeros = (0,) * lead
     cy, cx = arr.chunks[-2], arr.chunks[-1]
