@@ -30,10 +30,10 @@ from dask.highlevelgraph import HighLevelGraph
 
 from daskcal.io._zarr_read import zarr_source
 
-__all__ = ["HALO_PREFIX", "HaloBlocks", "halo_blocks", "halo_blocks_group", "overlap_reading_twice"]
+__all__ = ["HaloBlocks", "halo_blocks", "halo_blocks_group", "overlap_reading_twice"]
 
-#: Name prefix of the arrays this module builds (each block a new array, owned by its consumer).
-HALO_PREFIX = "halo-"
+#: Name prefix of the halo'd arrays :meth:`HaloBlocks.to_array` builds.
+_HALO_PREFIX = "halo-"
 
 
 def _copy(block: np.ndarray, ys: slice, xs: slice) -> np.ndarray:
@@ -108,6 +108,15 @@ class HaloBlocks:
     chunks: tuple
     fresh: bool
 
+    def to_array(self, arr: da.Array) -> da.Array:
+        """The halo'd blocks of ``arr`` as a dask array, each block its own task."""
+        name = _HALO_PREFIX + tokenize(arr, [layer.name for layer in self.layers])
+        zeros = (0,) * (arr.ndim - 2)
+        dsk = {(name, *zeros, i, j): task for (i, j), task in self.tasks.items()}
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=self.layers)
+        return da.Array(graph, name, chunks=self.chunks, dtype=arr.dtype,
+                        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
+
 
 def halo_blocks(arr: da.Array, halo: int) -> HaloBlocks:
     """The halo'd blocks of ``arr`` (``halo`` neighbour pixels on the last two axes, boundary 'none').
@@ -169,14 +178,18 @@ def _cuts(cy, cx, halo: int, ni: int, nj: int) -> dict:
             if (di, dj) != (0, 0) and 0 <= ni - di < len(cy) and 0 <= nj - dj < len(cx)}
 
 
-def _block_tasks(arr: da.Array, halo: int, piece, core) -> tuple[dict, tuple]:
-    """``(i, j) -> _assemble task`` from ``piece(i, j, di, dj)`` (a neighbour's edge) and
-    ``core(i, j)`` (the chunk itself, or None to read it into place)."""
+def _block_tasks(arr: da.Array, halo: int, piece, source=None) -> tuple[dict, tuple]:
+    """``(i, j) -> _assemble task`` from ``piece(i, j, di, dj)`` (a neighbour's edge); the
+    chunk itself is read from ``source`` into place, or (no source) is ``arr``'s block."""
     lead = arr.ndim - 2
+    zeros = (0,) * lead
     cy, cx = arr.chunks[-2], arr.chunks[-1]
     nby, nbx = len(cy), len(cx)
-    source = zarr_source(arr) if core(0, 0) is None else None
     region = _regions(arr)
+
+    def core(i, j):
+        return None if source is not None else (arr.name, *zeros, i, j)
+
     grown_y = tuple(c + halo * (i > 0) + halo * (i < nby - 1) for i, c in enumerate(cy))
     grown_x = tuple(c + halo * (j > 0) + halo * (j < nbx - 1) for j, c in enumerate(cx))
     tasks = {}
@@ -211,7 +224,7 @@ def _halo_blocks_zarr(arrays: list, halo: int) -> list[HaloBlocks]:
         def piece(i, j, di, dj, k=k):
             return (operator.getitem, (operator.getitem, (edge, i + di, j + dj), k), (di, dj))
 
-        tasks, chunks = _block_tasks(arr, halo, piece, lambda i, j: None)
+        tasks, chunks = _block_tasks(arr, halo, piece, sources[k])
         out.append(HaloBlocks([edges], tasks, chunks, fresh=True))
     return out
 
@@ -241,11 +254,7 @@ def _halo_blocks_one(arr: da.Array, halo: int) -> HaloBlocks:
     # a collection only to carry the edge layer into consumers' graphs (its keys have 2 more axes)
     edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[src]), edge,
                      chunks=(*((1,),) * lead, (1,) * nby, (1,) * nbx), dtype=arr.dtype)
-    tasks, chunks = _block_tasks(
-        arr, halo,
-        lambda i, j, di, dj: (edge, *zeros, i + di, j + dj, di + 1, dj + 1),
-        lambda i, j: (arr.name, *zeros, i, j),
-    )
+    tasks, chunks = _block_tasks(arr, halo, lambda i, j, di, dj: (edge, *zeros, i + di, j + dj, di + 1, dj + 1))
     return HaloBlocks([edges, arr], tasks, chunks, fresh=True)
 
 
@@ -259,9 +268,4 @@ def overlap_reading_twice(arr: da.Array, halo: int) -> da.Array:
     """
     if halo == 0:
         return arr
-    hb = halo_blocks(arr, halo)
-    name = HALO_PREFIX + tokenize(arr, halo)
-    zeros = (0,) * (arr.ndim - 2)
-    dsk = {(name, *zeros, i, j): task for (i, j), task in hb.tasks.items()}
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=hb.layers)
-    return da.Array(graph, name, chunks=hb.chunks, dtype=arr.dtype, meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
+    return halo_blocks(arr, halo).to_array(arr)

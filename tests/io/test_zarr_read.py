@@ -81,8 +81,6 @@ def test_detector1_from_zarr_equals_in_memory(store):
 
 
 def test_halo_group_shares_edge_tasks_and_equals_dask_overlap(store):
-    from dask.highlevelgraph import HighLevelGraph
-
     from daskcal.detector._halo import halo_blocks_group
 
     path, _ = store
@@ -93,11 +91,7 @@ def test_halo_group_shares_edge_tasks_and_equals_dask_overlap(store):
     layers = {layer.name for hb in groups for layer in hb.layers}
     assert len(layers) == 1  # one edge-reading layer for all four arrays
     for arr, hb in zip(arrays, groups, strict=True):
-        name = "test-halo-" + arr.name
-        zeros = (0,) * (arr.ndim - 2)
-        dsk = {(name, *zeros, i, j): task for (i, j), task in hb.tasks.items()}
-        got = da.Array(HighLevelGraph.from_collections(name, dsk, dependencies=hb.layers), name,
-                       chunks=hb.chunks, dtype=arr.dtype)
+        got = hb.to_array(arr)
         depth = {arr.ndim - 2: halo, arr.ndim - 1: halo}
         ref = da.overlap.overlap(arr, depth=depth, boundary="none")
         assert got.chunks == ref.chunks
