@@ -20,3 +20,12 @@ def test_embedded_workers_get_the_allocator_settings():
 def test_unknown_cluster_is_a_clear_error():
     with pytest.raises(ValueError, match="cluster must be"), connect("nonsense"):
         pass
+
+
+def test_jobqueue_config_gives_batch_workers_the_same_settings():
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "jobqueue.yaml").read_text())
+    assert config["distributed"]["nanny"]["pre-spawn-environ"] == WORKER_ENVIRON
