@@ -96,47 +96,48 @@ def run_daskcal(path: str, threads: int, chunks) -> dict:
             peak = _peak_mb()
             with xr.open_zarr(paths["rate"], consolidated=False) as rate:
                 np.savez(Path(path).with_suffix(f".daskcal{threads}.npz"), **{k: rate[k].values for k in rate.data_vars})
-        # warm runs: the median of REPEATS
-        writes, chains = [], []
-        for _ in range(REPEATS):
-            with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-                t0 = time.perf_counter()
-                save_products({"rate": result.rate, "rateints": result.rateints}, Path(tmp) / "products")
-                writes.append(time.perf_counter() - t0)
-            # the chain alone: Zarr ramps in, products kept in memory chunk by chunk (persist: no
-            # concatenation into whole planes; stcal's figure covers the chain only)
-            t0 = time.perf_counter()
-            kept = dask.persist(result.rate, result.rateints)
-            chains.append(time.perf_counter() - t0)
-            del kept
-    dt, compute = float(np.median(writes)), float(np.median(chains))
+        dt, compute = _warm_medians(result, lambda r: dask.persist(r.rate, r.rateints))
     return {"seconds": compute, "seconds_with_write": dt, "seconds_cold": cold, "peak_mb": peak, "base_mb": base}
 
 
 def run_cluster(path: str, workers: int) -> dict:
     """The command line's way: an embedded LocalCluster (``daskcal.connect``) of ``workers``
     processes x 1 thread; medians of REPEATS warm runs after a cold one."""
-    import numpy as np
     from distributed import wait
 
     from daskcal import detector1, open_ramps
     from daskcal.cluster import connect
+
+    with connect("local", n_workers=workers, threads_per_worker=1, dashboard_address=None) as client:
+        result = detector1(open_ramps(path))
+
+        def persist(r):
+            return wait(client.persist([r.rate, r.rateints]))
+
+        _warm_medians(result, persist, repeats=1)  # cold: workers start, compile and grow their heaps
+        dt, compute = _warm_medians(result, persist)
+    return {"seconds": compute, "seconds_with_write": dt}
+
+
+def _warm_medians(result, persist, repeats: int = REPEATS) -> tuple[float, float]:
+    """Medians (s) over ``repeats`` runs of writing rate and rateints to Zarr, and of the chain
+    alone: Zarr ramps in, products kept in memory chunk by chunk by ``persist`` (no
+    concatenation into whole planes; stcal's figure covers the chain only)."""
+    import numpy as np
+
     from daskcal.io._atomic import save_products
 
     writes, chains = [], []
-    with connect("local", n_workers=workers, threads_per_worker=1, dashboard_address=None) as client:
-        for rep in range(REPEATS + 1):
-            result = detector1(open_ramps(path))
-            with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-                t0 = time.perf_counter()
-                save_products({"rate": result.rate, "rateints": result.rateints}, Path(tmp) / "products")
-                writes.append(time.perf_counter() - t0)
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             t0 = time.perf_counter()
-            kept = client.persist([result.rate, result.rateints])
-            wait(kept)
-            chains.append(time.perf_counter() - t0)
-            del kept
-    return {"seconds": float(np.median(chains[1:])), "seconds_with_write": float(np.median(writes[1:]))}
+            save_products({"rate": result.rate, "rateints": result.rateints}, Path(tmp) / "products")
+            writes.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        kept = persist(result)
+        chains.append(time.perf_counter() - t0)
+        del kept
+    return float(np.median(writes)), float(np.median(chains))
 
 
 def _child(args: list[str]) -> dict:
