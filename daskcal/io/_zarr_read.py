@@ -6,6 +6,17 @@ any CF decoding), and they remember where they come from: a graph that knows
 the :class:`ZarrSource` of an array can read a chunk straight into a buffer of
 its own (:meth:`ZarrSource.read_into`), for example the middle of a halo'd
 block, instead of reading it into a new array and copying it there.
+
+Chunks are read synchronously in the calling thread where the array allows it
+(:class:`_ChunkFiles`: a local store, no sharding or array-to-array codec, and at
+most one Blosc, Zstd or Gzip compressor, decoded by numcodecs, the library
+zarr-python itself calls). zarr-python 3 runs every read's Python work, and the
+copy of each decoded chunk into its destination, on its one event-loop thread
+(``zarr_io``), so two dask threads reading at once take turns there, and that
+thread and zarr's decoding pool take CPU from the kernels. Measured on the
+detector1 benchmark (2048^2 x 10 groups, 512^2 chunks, 2 cores): edge and core
+reads took 0.21 s on one thread and 0.38 s summed over two; read here, 0.11 and
+0.13 s. Any other array is read through zarr-python.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,14 +71,21 @@ class ZarrSource:
         return _open(self.store, self.name, self.version)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """The values in ``region`` as a new array."""
-        return self.array()[region]
+        """The values in ``region`` (one slice per axis) as a new array."""
+        files = _chunk_files(self.store, self.name, self.version)
+        if files is None or any(s.step not in (None, 1) for s in region):
+            return self.array()[region]
+        return files.read(region)
 
     def read_into(self, region: tuple[slice, ...], out: np.ndarray) -> None:
-        """Read ``region`` into ``out`` (a view with the region's shape; no intermediate array)."""
-        from zarr.core.buffer.cpu import NDBuffer
+        """Read ``region`` (one slice per axis) into ``out``, a view with the region's shape."""
+        files = _chunk_files(self.store, self.name, self.version)
+        if files is None or any(s.step not in (None, 1) for s in region):
+            from zarr.core.buffer.cpu import NDBuffer
 
-        self.array().get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
+            self.array().get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
+            return
+        files.read(region, out)
 
 
 @functools.lru_cache(maxsize=64)
@@ -74,6 +93,116 @@ def _open(store: str, name: str, version: str):
     import zarr
 
     return zarr.open_array(Path(store) / name, mode="r")
+
+
+def _decompressor(codec):
+    """``decompress(raw, dest)`` for a Zarr v3 bytes-to-bytes codec that numcodecs decodes, else None."""
+    import numcodecs
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    if isinstance(codec, BloscCodec):
+        from numcodecs import blosc
+
+        return blosc.decompress  # the frame's header carries its type size, shuffle and block size
+    if isinstance(codec, ZstdCodec):
+        from numcodecs import zstd
+
+        return zstd.decompress
+    if isinstance(codec, GzipCodec):
+        gzip = numcodecs.GZip(level=codec.level)
+        return lambda raw, dest: gzip.decode(raw, out=dest)
+    return None
+
+
+@dataclass(frozen=True)
+class _ChunkFiles:
+    """The chunk files of a Zarr v3 array in a local directory, decoded in the calling thread.
+
+    Attributes
+    ----------
+    root : Path
+        The array's directory (chunk keys are relative to it).
+    meta : ArrayV3Metadata
+        Shape, chunk grid, chunk key encoding, dtype and fill value.
+    dtype : numpy.dtype
+        In-memory dtype (native byte order).
+    decompress : callable or None
+        ``decompress(raw, dest)`` fills ``dest`` from a chunk file's bytes; None
+        when chunks are stored uncompressed.
+    """
+
+    root: Path
+    meta: object
+    dtype: np.dtype
+    decompress: object
+
+    def _chunk(self, coords: tuple[int, ...], out: np.ndarray) -> None:
+        """Fill ``out`` (C-contiguous, the full chunk shape) with the chunk at ``coords``."""
+        try:
+            raw = (self.root / self.meta.encode_chunk_key(coords)).read_bytes()
+        except FileNotFoundError:  # never written: all fill value
+            out[...] = self.meta.fill_value
+            return
+        if self.decompress is None:
+            if len(raw) != out.nbytes:
+                msg = f"{self.root}: chunk {coords} holds {len(raw)} bytes, expected {out.nbytes}"
+                raise ValueError(msg)
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
+        else:
+            self.decompress(raw, out)
+
+    def read(self, region: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """``region`` (slices with step 1) into ``out`` (new when None); returns it."""
+        shape, chunk = self.meta.shape, self.meta.chunk_grid.chunk_shape
+        bounds = [s.indices(n)[:2] for s, n in zip(region, shape, strict=True)]
+        if out is None:
+            out = np.empty([hi - lo for lo, hi in bounds], dtype=self.dtype)
+        spans = [range(lo // c, (hi - 1) // c + 1) if hi > lo else range(0) for (lo, hi), c in zip(bounds, chunk)]
+        full = None
+        for coords in itertools.product(*spans):
+            starts = [k * c for k, c in zip(coords, chunk)]
+            inner = tuple(slice(max(lo, s) - s, min(hi, s + c) - s)
+                          for (lo, hi), s, c in zip(bounds, starts, chunk))
+            into = tuple(slice(max(lo, s) - lo, min(hi, s + c) - lo) for (lo, hi), s, c in zip(bounds, starts, chunk))
+            whole = all(i.start == 0 and i.stop == c for i, c in zip(inner, chunk))
+            if whole and out[into].flags.c_contiguous:
+                self._chunk(coords, out[into])  # decoded straight into place
+                continue
+            if full is None:
+                full = np.empty(chunk, dtype=self.dtype)
+            self._chunk(coords, full)
+            out[into] = full[inner]
+        return out
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
+    """A :class:`_ChunkFiles` for the array if its layout allows reading it here, else None."""
+    from zarr.codecs import BytesCodec
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+    from zarr.storage import LocalStore
+
+    arr = _open(store, name, version)
+    meta = arr.metadata
+    if not isinstance(arr.store, LocalStore) or not isinstance(meta, ArrayV3Metadata):
+        return None
+    if not hasattr(meta.chunk_grid, "chunk_shape"):  # not a regular grid
+        return None
+    codecs = list(meta.codecs)
+    if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+        return None  # sharding, an array-to-array codec first, or a chain of compressors
+    dtype = np.dtype(arr.dtype)
+    if dtype.kind not in "biuf" or not dtype.isnative:
+        return None
+    endian = codecs[0].endian
+    if dtype.itemsize > 1 and (endian is None or endian.value != sys.byteorder):
+        return None
+    decompress = None
+    if len(codecs) == 2:
+        decompress = _decompressor(codecs[1])
+        if decompress is None:
+            return None
+    return _ChunkFiles(Path(arr.store.root) / arr.path, meta, dtype, decompress)
 
 
 def _read(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:

@@ -96,3 +96,80 @@ def test_halo_group_shares_edge_tasks_and_equals_dask_overlap(store):
         ref = da.overlap.overlap(arr, depth=depth, boundary="none")
         assert got.chunks == ref.chunks
         np.testing.assert_array_equal(got.compute(), ref.compute())
+
+
+def _array(tmp_path, name, values, chunks, **kwargs):
+    import zarr
+
+    arr = zarr.create_array(tmp_path / name, shape=values.shape, chunks=chunks, dtype=values.dtype, **kwargs)
+    arr[...] = values
+    return ZarrSource.at(tmp_path, name)
+
+
+_REGIONS = [
+    (slice(0, 2), slice(0, 5), slice(0, 16), slice(0, 16)),  # one whole chunk (decoded in place)
+    (slice(None), slice(1, 4), slice(5, 40), slice(3, 37)),  # several chunks, partial ones
+    (slice(1, 2), slice(0, 5), slice(32, 45), slice(32, 38)),  # the short chunks at the far edges
+    (slice(0, 2), slice(0, 5), slice(7, 7), slice(0, 38)),  # empty
+]
+
+
+@pytest.mark.parametrize("codec", ["blosc", "zstd", "gzip", "none"])
+def test_chunk_files_read_what_zarr_reads(tmp_path, codec):
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    from daskcal.io._zarr_read import _chunk_files
+
+    compressors = {"blosc": BloscCodec(cname="lz4", shuffle="shuffle"), "zstd": ZstdCodec(level=3),
+                   "gzip": GzipCodec(level=4), "none": None}[codec]
+    values = np.random.default_rng(5).normal(size=(2, 5, 45, 38)).astype(np.float32)
+    source = _array(tmp_path, "v", values, (2, 5, 16, 16), compressors=compressors)
+    assert _chunk_files(source.store, source.name, source.version) is not None
+    for region in _REGIONS:
+        np.testing.assert_array_equal(source.read(region), values[region])
+        want = values[region]
+        # into the middle of a larger block, as a halo'd block's core is read
+        out = np.full((*want.shape[:2], want.shape[2] + 3, want.shape[3] + 4), -1.0, dtype=np.float32)
+        view = out[..., 1:1 + want.shape[2], 2:2 + want.shape[3]]
+        source.read_into(region, view)
+        np.testing.assert_array_equal(view, want)
+        assert (out[..., 0, :] == -1).all() and (out[..., -1] == -1).all()
+
+
+def test_chunk_never_written_reads_as_fill_value(tmp_path):
+    import zarr
+
+    arr = zarr.create_array(tmp_path / "dq", shape=(40, 40), chunks=(16, 16), dtype=np.uint8, fill_value=7)
+    arr[20:30, 20:30] = 1  # writes only the middle chunks
+    source = ZarrSource.at(tmp_path, "dq")
+    assert not (tmp_path / "dq" / "c" / "0" / "0").exists()
+    np.testing.assert_array_equal(source.read((slice(0, 40), slice(0, 40))), arr[...])
+    assert source.read((slice(0, 16), slice(0, 16))).min() == 7
+
+
+@pytest.mark.parametrize("layout", ["sharded", "big-endian"])
+def test_other_layouts_are_read_by_zarr(tmp_path, layout):
+    from zarr.codecs import BytesCodec
+
+    from daskcal.io._zarr_read import _chunk_files
+
+    values = np.arange(40 * 36, dtype=np.float32).reshape(40, 36)
+    if layout == "sharded":
+        source = _array(tmp_path, "v", values, (8, 12), shards=(16, 36))
+    else:
+        source = _array(tmp_path, "v", values, (16, 16), serializer=BytesCodec(endian="big"), compressors=None)
+    assert _chunk_files(source.store, source.name, source.version) is None
+    region = (slice(3, 33), slice(5, 36))
+    np.testing.assert_array_equal(source.read(region), values[region])
+    out = np.empty((30, 31), dtype=np.float32)
+    source.read_into(region, out)
+    np.testing.assert_array_equal(out, values[region])
+
+
+def test_saved_ramps_are_read_without_zarr_python(store):
+    from daskcal.io._zarr_read import _chunk_files
+
+    path, _ = store
+    for name in ("data", "groupdq", "pixeldq", "gain", "readnoise", "saturation"):
+        source = ZarrSource.at(path, name)
+        assert _chunk_files(source.store, source.name, source.version) is not None, name
