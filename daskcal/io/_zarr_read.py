@@ -16,7 +16,10 @@ copy of each decoded chunk into its destination, on its one event-loop thread
 thread and zarr's decoding pool take CPU from the kernels. Measured on the
 detector1 benchmark (2048^2 x 10 groups, 512^2 chunks, 2 cores): edge and core
 reads took 0.21 s on one thread and 0.38 s summed over two; read here, 0.11 and
-0.13 s. Any other array is read through zarr-python.
+0.13 s. Any other array is read through zarr-python. (Decoding in the task's own
+thread needs the workers' ``glibc.malloc.tcache_count=0``, see
+``daskcal.cluster.WORKER_ENVIRON``: with glibc's per-thread cache the heap grew by
+~60 MB more.)
 """
 
 from __future__ import annotations
