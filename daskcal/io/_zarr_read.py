@@ -75,20 +75,24 @@ class ZarrSource:
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """The values in ``region`` (one slice per axis) as a new array."""
-        files = _chunk_files(self.store, self.name, self.version)
-        if files is None or any(s.step not in (None, 1) for s in region):
-            return self.array()[region]
-        return files.read(region)
+        files = self._files(region)
+        return self.array()[region] if files is None else files.read(region)
 
     def read_into(self, region: tuple[slice, ...], out: np.ndarray) -> None:
         """Read ``region`` (one slice per axis) into ``out``, a view with the region's shape."""
-        files = _chunk_files(self.store, self.name, self.version)
-        if files is None or any(s.step not in (None, 1) for s in region):
+        files = self._files(region)
+        if files is None:
             from zarr.core.buffer.cpu import NDBuffer
 
             self.array().get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
             return
         files.read(region, out)
+
+    def _files(self, region: tuple[slice, ...]) -> _ChunkFiles | None:
+        """The chunk files to read ``region`` from here, or None to read it through zarr-python."""
+        if any(s.step not in (None, 1) for s in region):
+            return None
+        return _chunk_files(self.store, self.name, self.version)
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,7 +110,14 @@ def _decompressor(codec):
     if isinstance(codec, BloscCodec):
         from numcodecs import blosc
 
-        return blosc.decompress  # the frame's header carries its type size, shuffle and block size
+        def decompress(raw, dest):  # the frame's header carries its type size, shuffle and block size
+            nbytes = int.from_bytes(raw[4:8], "little")  # Blosc 1 header: uncompressed size
+            if nbytes != dest.nbytes:
+                msg = f"Blosc chunk holds {nbytes} bytes, expected {dest.nbytes}"
+                raise ValueError(msg)
+            blosc.decompress(raw, dest)
+
+        return decompress
     if isinstance(codec, ZstdCodec):
         from numcodecs import zstd
 
