@@ -25,6 +25,7 @@ from daskcal.detector._common import (
     pixel_chunked,
     validate_ramps,
 )
+from daskcal.io._zarr_write import register_slice
 
 __all__ = ["RampFitResult", "fit_ramps", "fit_block"]
 
@@ -252,6 +253,9 @@ def _products(stacked: da.Array, ramps: xr.Dataset) -> RampFitResult:
         planes = stacked[nvar + k * nints: nvar + (k + 1) * nints]
         if name == "dq":
             plane, planes = plane.view(np.uint32), planes.view(np.uint32)
+        # writers take the stacked block once per chunk instead of one sliced block per variable
+        register_slice(plane, stacked, k, plane.dtype)
+        register_slice(planes, stacked, slice(nvar + k * nints, nvar + (k + 1) * nints), planes.dtype)
         var_attrs = {"units": _UNITS[name]} if _UNITS[name] else {}
         rate[name] = xr.Variable(PIX_DIMS, plane, var_attrs)
         rateints[name] = xr.Variable(("integration", *PIX_DIMS), planes, var_attrs)

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,8 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     import dask
     import zarr
 
+    from daskcal.io._zarr_read import ZarrSource
+
     paths = {}
     with atomic_path(out_dir, overwrite=overwrite) as tmp:
         tmp.mkdir()
@@ -143,7 +146,8 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
             # metadata and numpy-backed variables now; dask-backed chunks below
             ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=_encoding(ds))
             group = zarr.open_group(store, mode="r+", zarr_format=3)
-            targets += [(group[v], ds[v].data) for v in ds.data_vars if _is_dask(ds[v].data)]
+            targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
+                        for v in ds.data_vars if _is_dask(ds[v].data)]
             paths[name] = Path(out_dir) / f"{name}.zarr"
         writes = _chunk_writers(targets)
         client = _default_client()
@@ -166,35 +170,69 @@ def _is_dask(arr) -> bool:
     return isinstance(arr, da.Array)
 
 
-def _write_blocks(targets, y0: int, x0: int, *blocks) -> np.ndarray:
-    """Write one (y, x) chunk of every target; the writes run concurrently on Zarr's I/O loop."""
+@dataclass(frozen=True)
+class _Target:
+    """A Zarr array to write: the opened array (for zarr-python) and where it is (for :class:`ChunkWriter`)."""
+
+    array: object
+    source: object
+
+
+def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
+    """Write one ``(y, x)`` chunk of every target.
+
+    ``plan`` holds ``(target, k, index, dtype)``: the target's block is ``blocks[k]``, or
+    ``blocks[k][index].view(dtype)`` when ``index`` is not None (a slice of a stacked block).
+    Blocks are encoded and written in this thread where the array's layout allows
+    (:class:`daskcal.io._zarr_write.ChunkWriter`); the rest go through zarr-python, concurrently
+    on its I/O loop.
+    """
     import asyncio
 
     from zarr.core.sync import sync
 
+    from daskcal.io._zarr_write import chunk_writer
+
+    rest = []
+    for target, k, index, dtype in plan:
+        block = blocks[k] if index is None else blocks[k][index].view(dtype)
+        start = (0,) * (block.ndim - 2) + (y0, x0)
+        writer = chunk_writer(target.source)
+        if writer is not None and block.dtype == writer.dtype and writer.covers(start, block.shape):
+            writer.write(start, block)
+        else:
+            rest.append((target.array, block))
+
     async def write_all():
         await asyncio.gather(*[
-            target.async_array.setitem(
+            array.async_array.setitem(
                 (Ellipsis, slice(y0, y0 + block.shape[-2]), slice(x0, x0 + block.shape[-1])), block
             )
-            for target, block in zip(targets, blocks, strict=True)
+            for array, block in rest
         ])
 
-    sync(write_all())
+    if rest:
+        sync(write_all())
     return np.ones((1, 1), dtype=bool)
 
 
 def _chunk_writers(targets: list) -> list:
     """One write task per ``(y, x)`` chunk, storing that chunk of every array.
 
-    Returns collections to compute: a small boolean dask array (one element per
-    chunk) whose tasks do the writing, plus a ``da.store`` for arrays chunked differently.
+    Arrays registered as slices of one stacked array
+    (:func:`daskcal.io._zarr_write.register_slice`, e.g. every product of a ramp fit)
+    are cut from the stacked block inside the write task, so the task takes one block
+    for all of them. Returns collections to compute: a small boolean dask array (one
+    element per chunk) whose tasks do the writing, plus a ``da.store`` for arrays
+    chunked differently.
     """
     import functools
 
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
+
+    from daskcal.io._zarr_write import slice_of
 
     if not targets:
         return []
@@ -203,11 +241,20 @@ def _chunk_writers(targets: list) -> list:
     same = [(t, a) for t, a in targets if a.chunks[-2:] == grid]
     writes = []
     if odd:
-        writes.append(da.store([a for _, a in odd], [t for t, _ in odd], lock=False, compute=False))
-    # one block per (y, x) chunk: merge any leading-axis chunks first
-    arrays = [a.rechunk((-1,) * (a.ndim - 2) + grid) for _, a in same]
-    write = functools.partial(_write_blocks, [t for t, _ in same])
-    name = "write-chunks-" + tokenize(*arrays)
+        writes.append(da.store([a for _, a in odd], [t.array for t, _ in odd], lock=False, compute=False))
+    inputs: dict = {}  # name -> the dask array whose (y, x) blocks a write task takes
+    plan = []
+    for target, arr in same:
+        cut = slice_of(arr)
+        if cut is not None and cut.source.chunks[-2:] == grid and all(n == 1 for n in cut.source.numblocks[:-2]):
+            src, index, dtype = cut.source, cut.index, cut.dtype
+        else:  # one block per (y, x) chunk: merge any leading-axis chunks first
+            src, index, dtype = arr.rechunk((-1,) * (arr.ndim - 2) + grid), None, None
+        inputs.setdefault(src.name, src)
+        plan.append((target, list(inputs).index(src.name), index, dtype))
+    arrays = list(inputs.values())
+    write = functools.partial(_write_blocks, plan)
+    name = "write-chunks-" + tokenize(*arrays, [(t.source, k, i, d) for t, k, i, d in plan])
     ys = np.cumsum((0, *grid[0]))
     xs = np.cumsum((0, *grid[1]))
     dsk = {

@@ -37,7 +37,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["ZarrSource", "read_as_dask", "zarr_source"]
+__all__ = ["ChunkLayout", "ZarrSource", "chunk_layout", "read_as_dask", "zarr_source"]
 
 #: How many array names :func:`zarr_source` remembers (oldest forgotten first).
 _MAX_SOURCES = 1024
@@ -189,9 +189,32 @@ class _ChunkFiles:
         return out
 
 
-@functools.lru_cache(maxsize=64)
-def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
-    """A :class:`_ChunkFiles` for the array if its layout allows reading it here, else None."""
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Where and how the chunk files of a Zarr v3 array are stored, when daskcal reads and writes them itself.
+
+    Attributes
+    ----------
+    root : Path
+        The array's directory (chunk keys are relative to it).
+    meta : ArrayV3Metadata
+        Shape, regular chunk grid, chunk key encoding, dtype and fill value.
+    dtype : numpy.dtype
+        In-memory dtype (native byte order, stored in that order).
+    codec : BytesBytesCodec or None
+        The one compressor after the ``bytes`` codec, or None.
+    """
+
+    root: Path
+    meta: object
+    dtype: np.dtype
+    codec: object
+
+
+@functools.lru_cache(maxsize=256)
+def chunk_layout(store: str, name: str, version: str) -> ChunkLayout | None:
+    """The :class:`ChunkLayout` of an array in a local store with a regular grid, no sharding or
+    array-to-array codec, native byte order and at most one compressor; else None."""
     from zarr.codecs import BytesCodec
     from zarr.core.metadata.v3 import ArrayV3Metadata
     from zarr.storage import LocalStore
@@ -211,12 +234,21 @@ def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
     endian = codecs[0].endian
     if dtype.itemsize > 1 and (endian is None or endian.value != sys.byteorder):
         return None
+    return ChunkLayout(Path(arr.store.root) / arr.path, meta, dtype, codecs[1] if len(codecs) == 2 else None)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
+    """A :class:`_ChunkFiles` for the array if its layout allows reading it here, else None."""
+    layout = chunk_layout(store, name, version)
+    if layout is None:
+        return None
     decompress = None
-    if len(codecs) == 2:
-        decompress = _decompressor(codecs[1])
+    if layout.codec is not None:
+        decompress = _decompressor(layout.codec)
         if decompress is None:
             return None
-    return _ChunkFiles(Path(arr.store.root) / arr.path, meta, dtype, decompress)
+    return _ChunkFiles(layout.root, layout.meta, layout.dtype, decompress)
 
 
 def _read(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:

@@ -1,0 +1,166 @@
+"""Zarr chunks written by daskcal's own tasks, and arrays known to be slices of one stacked array.
+
+Writing through zarr-python 3 (``zarr.Array.__setitem__``) runs each write's
+Python work and its copy into a chunk buffer on zarr's one event-loop thread
+(``zarr_io``), so dask threads or worker processes that write at once take
+turns there (the same limit :mod:`daskcal.io._zarr_read` removes for reads).
+:class:`ChunkWriter` encodes a block's chunks with numcodecs (the library
+zarr-python itself calls) in the calling thread and writes the chunk files.
+It handles the layouts :func:`daskcal.io._zarr_read.chunk_layout` accepts (a
+local, unsharded v3 array, native byte order, at most one Blosc, Zstd or Gzip
+compressor) and blocks that start on chunk boundaries and end on one or at the
+array's end; anything else is written through zarr-python.
+
+:func:`register_slice` records that a dask array is one slice of the leading
+axis of another (for example each product of :func:`daskcal.fit_ramps` is a
+slice of one stacked array of every product plane), so a writer can take the
+stacked block once per chunk instead of one sliced block per variable: on a
+distributed cluster every sliced block is its own task (about 1 ms each).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from daskcal.io._zarr_read import ZarrSource, chunk_layout
+
+__all__ = ["ChunkWriter", "SliceOf", "chunk_writer", "register_slice", "slice_of"]
+
+#: How many array names :func:`slice_of` remembers (oldest forgotten first).
+_MAX_SLICES = 4096
+_SLICES: OrderedDict[str, SliceOf] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class SliceOf:
+    """An array that is ``source[index]`` viewed as ``dtype`` (``index`` selects on the leading axis).
+
+    Attributes
+    ----------
+    source : dask.array.Array
+        The stacked array; its last two axes are chunked as the slice's.
+    index : int or slice
+        Selection on ``source``'s leading axis.
+    dtype : numpy.dtype
+        The slice's dtype (same item size as ``source``'s: a view, not a cast).
+    """
+
+    source: object
+    index: int | slice
+    dtype: np.dtype
+
+    def take(self, block: np.ndarray) -> np.ndarray:
+        """This slice's part of one block of ``source`` (a view)."""
+        return block[self.index].view(self.dtype)
+
+
+def register_slice(arr, source, index: int | slice, dtype=None) -> None:
+    """Record that dask array ``arr`` is ``source[index].view(dtype)`` (see :class:`SliceOf`)."""
+    dtype = np.dtype(dtype if dtype is not None else source.dtype)
+    if dtype.itemsize != np.dtype(source.dtype).itemsize or source.chunks[-2:] != arr.chunks[-2:]:
+        msg = "a registered slice must be a view of the source with the same (y, x) chunks"
+        raise ValueError(msg)
+    _SLICES[arr.name] = SliceOf(source, index, dtype)
+    _SLICES.move_to_end(arr.name)
+    while len(_SLICES) > _MAX_SLICES:
+        _SLICES.popitem(last=False)
+
+
+def slice_of(arr) -> SliceOf | None:
+    """The :class:`SliceOf` registered for dask array ``arr`` (by name), else None."""
+    return _SLICES.get(getattr(arr, "name", None))
+
+
+def _compressor(codec):
+    """``compress(ndarray) -> bytes-like`` for a Zarr v3 bytes-to-bytes codec numcodecs encodes, else None."""
+    import numcodecs
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    if isinstance(codec, BloscCodec):
+        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]
+        return numcodecs.Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=shuffle,
+                               blocksize=codec.blocksize, typesize=codec.typesize).encode
+    if isinstance(codec, ZstdCodec):
+        return numcodecs.Zstd(level=codec.level, checksum=codec.checksum).encode
+    if isinstance(codec, GzipCodec):
+        return numcodecs.GZip(level=codec.level).encode
+    return None
+
+
+@dataclass(frozen=True)
+class ChunkWriter:
+    """Writes whole chunks of a Zarr v3 array in a local directory from the calling thread.
+
+    Attributes
+    ----------
+    root : Path
+        The array's directory (chunk keys are relative to it).
+    meta : ArrayV3Metadata
+        Shape, chunk grid, chunk key encoding, dtype and fill value.
+    dtype : numpy.dtype
+        In-memory dtype (native byte order).
+    compress : callable or None
+        ``compress(chunk) -> bytes``; None when chunks are stored uncompressed.
+    """
+
+    root: Path
+    meta: object
+    dtype: np.dtype
+    compress: object
+
+    def covers(self, start: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+        """Whether a block at ``start`` of ``shape`` is made of whole chunks (or ends at the array's end)."""
+        chunk = self.meta.chunk_grid.chunk_shape
+        if len(start) != len(chunk) or len(shape) != len(chunk):
+            return False
+        return all(s % c == 0 and s + n <= size and ((s + n) % c == 0 or s + n == size) and n > 0
+                   for s, n, c, size in zip(start, shape, chunk, self.meta.shape, strict=True))
+
+    def write(self, start: tuple[int, ...], block: np.ndarray) -> None:
+        """Write ``block`` (its dtype must be this array's) at ``start`` (see :meth:`covers`)."""
+        if block.dtype != self.dtype or not self.covers(start, block.shape):
+            msg = f"{self.root}: cannot write a {block.dtype} block of shape {block.shape} at {start}"
+            raise ValueError(msg)
+        chunk = self.meta.chunk_grid.chunk_shape
+        spans = [range(s // c, -(-(s + n) // c)) for s, n, c in zip(start, block.shape, chunk, strict=True)]
+        padded = None
+        for coords in itertools.product(*spans):
+            inner = tuple(slice(k * c - s, min((k + 1) * c - s, n))
+                          for k, c, s, n in zip(coords, chunk, start, block.shape, strict=True))
+            piece = block[inner]
+            if piece.shape != tuple(chunk):  # an edge chunk: Zarr stores it whole, padded with the fill value
+                if padded is None:
+                    padded = np.empty(chunk, dtype=self.dtype)
+                padded[...] = self.meta.fill_value
+                padded[tuple(slice(0, n) for n in piece.shape)] = piece
+                piece = padded
+            piece = np.ascontiguousarray(piece)
+            data = memoryview(piece.reshape(-1).view(np.uint8)) if self.compress is None else self.compress(piece)
+            path = self.root / self.meta.encode_chunk_key(coords)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+
+
+def chunk_writer(source: ZarrSource) -> ChunkWriter | None:
+    """A :class:`ChunkWriter` for the array ``source`` names if its layout allows it, else None."""
+    return _chunk_writer(source.store, source.name, source.version)
+
+
+@functools.lru_cache(maxsize=256)
+def _chunk_writer(store: str, name: str, version: str) -> ChunkWriter | None:
+    layout = chunk_layout(store, name, version)
+    if layout is None:
+        return None
+    compress = None
+    if layout.codec is not None:
+        compress = _compressor(layout.codec)
+        if compress is None:
+            return None
+    return ChunkWriter(layout.root, layout.meta, layout.dtype, compress)

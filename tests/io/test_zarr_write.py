@@ -1,0 +1,108 @@
+"""Writing Zarr chunks with daskcal's own tasks: what zarr-python reads back, and the product write graph."""
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from daskcal import detector1, simulate
+from daskcal.io._atomic import _chunk_writers, _Target, save_products
+from daskcal.io._zarr_read import ZarrSource
+from daskcal.io._zarr_write import chunk_writer, register_slice, slice_of
+
+
+def _empty(tmp_path, name, shape, chunks, dtype=np.float32, **kwargs):
+    zarr.create_array(tmp_path / name, shape=shape, chunks=chunks, dtype=dtype, **kwargs)
+    return ZarrSource.at(tmp_path, name)
+
+
+@pytest.mark.parametrize("codec", ["blosc", "zstd", "gzip", "none"])
+def test_chunk_writer_writes_what_zarr_reads(tmp_path, codec):
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    compressors = {"blosc": BloscCodec(cname="lz4", shuffle="shuffle"), "zstd": ZstdCodec(level=3),
+                   "gzip": GzipCodec(level=4), "none": None}[codec]
+    values = np.random.default_rng(2).normal(size=(3, 45, 38)).astype(np.float32)
+    source = _empty(tmp_path, "v", values.shape, (3, 16, 16), compressors=compressors, fill_value=np.nan)
+    writer = chunk_writer(source)
+    assert writer is not None
+    # blocks of one, two and the short edge chunks (which Zarr stores padded to a whole chunk)
+    for y0, y1 in ((0, 32), (32, 45)):
+        for x0, x1 in ((0, 16), (16, 38)):
+            assert writer.covers((0, y0, x0), (3, y1 - y0, x1 - x0))
+            writer.write((0, y0, x0), values[:, y0:y1, x0:x1])
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "v", mode="r")[...], values)
+    # and daskcal's own reader agrees
+    np.testing.assert_array_equal(source.read((slice(None), slice(0, 45), slice(0, 38))), values)
+
+
+def test_chunk_writer_refuses_blocks_that_are_not_whole_chunks(tmp_path):
+    source = _empty(tmp_path, "dq", (40, 36), (16, 16), dtype=np.uint32, fill_value=0)
+    writer = chunk_writer(source)
+    assert not writer.covers((8, 0), (16, 16))  # starts inside a chunk
+    assert not writer.covers((0, 0), (10, 16))  # ends inside a chunk that is not the last
+    assert not writer.covers((32, 32), (16, 16))  # runs past the array's end
+    assert writer.covers((32, 32), (8, 4))  # the last, short chunk
+    with pytest.raises(ValueError, match="cannot write"):
+        writer.write((8, 0), np.zeros((16, 16), dtype=np.uint32))
+    with pytest.raises(ValueError, match="cannot write"):
+        writer.write((0, 0), np.zeros((16, 16), dtype=np.float32))  # not the array's dtype
+    assert not (tmp_path / "dq" / "c").exists()
+
+
+@pytest.mark.parametrize("layout", ["sharded", "big-endian", "two compressors"])
+def test_other_layouts_have_no_chunk_writer(tmp_path, layout):
+    from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+
+    kwargs = {"sharded": {"shards": (32, 32)}, "big-endian": {"serializer": BytesCodec(endian="big")},
+              "two compressors": {"compressors": (ZstdCodec(), Crc32cCodec())}}[layout]
+    assert chunk_writer(_empty(tmp_path, "v", (40, 36), (16, 16), **kwargs)) is None
+
+
+def test_register_slice_checks_it_is_a_view():
+    stacked = dask.array.zeros((4, 32, 32), chunks=(4, 16, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match="view"):
+        register_slice(stacked[0].astype(np.float64), stacked, 0, np.float64)
+    with pytest.raises(ValueError, match="chunks"):
+        register_slice(stacked[0].rechunk(8), stacked, 0)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    sim = simulate((2, 5, 45, 38), seed=4, chunks=(16, 16))
+    return detector1(sim.ramps)
+
+
+def test_products_are_written_from_the_stacked_blocks(fitted, tmp_path):
+    products = {"rate": fitted.rate, "rateints": fitted.rateints}
+    targets = [(_Target(None, None), ds[v].data) for ds in products.values() for v in ds.data_vars]
+    stacked = {slice_of(arr).source.name for _, arr in targets}
+    assert len(stacked) == 1  # every variable of both products is a slice of one array
+    (writes,) = _chunk_writers(targets)
+    layer = writes.dask.layers[writes.name]
+    assert writes.dask.dependencies[writes.name] == stacked
+    assert len(layer) == 3 * 3  # one task per (y, x) chunk, each taking one stacked block
+    with dask.config.set(scheduler="threads"):
+        paths = save_products(products, tmp_path / "out")
+        for name, ds in products.items():
+            with xr.open_zarr(paths[name], consolidated=False) as got:
+                for v in ds.data_vars:
+                    want = ds[v].values
+                    assert got[v].dtype == want.dtype, (name, v)
+                    np.testing.assert_array_equal(got[v].values, want, err_msg=f"{name}.{v}")
+    # every chunk file was written here, none through zarr-python's padding of missing ones
+    assert len(list((paths["rate"] / "dq" / "c").rglob("*"))) == 3 + 3 * 3
+
+
+def test_variables_zarr_python_must_write_are_still_written(fitted, tmp_path):
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    rate = fitted.rate.copy()
+    rate["err"].encoding["compressors"] = (ZstdCodec(), Crc32cCodec())  # no direct writer for this layout
+    rate["twice"] = rate["data"] * 2  # not a slice of the stacked array
+    with dask.config.set(scheduler="threads"):
+        paths = save_products({"rate": rate}, tmp_path / "out")
+    with xr.open_zarr(paths["rate"], consolidated=False) as got:
+        for v in ("data", "err", "twice", "dq"):
+            np.testing.assert_array_equal(got[v].values, rate[v].values, err_msg=v)
