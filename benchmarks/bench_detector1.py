@@ -10,7 +10,7 @@ scheduler) are followed by the command line's setting: an embedded LocalCluster 
 worker processes (1 thread each, chunk products persisted on the workers or written to Zarr). Throughput is nints*ngroups*ny*nx / 1e6 / seconds
 (Mpix*groups/s) for saturation + superbias + jump + ramp fit. daskcal's time includes
 reading the ramps from Zarr (the products end in memory, chunk by chunk: ``dask.persist``); a
-second timing adds writing rate and rateints to Zarr. Both are medians of 3 warm runs: the first, cold run
+second timing adds writing rate and rateints to Zarr. Both are medians of 5 warm runs, the write runs first (on a cluster, each run starts once the previous run's results are released): the first, cold run
 (rate and rateints written to Zarr while the allocator's heap grows) is where peak memory is taken. stcal's is the chain alone on arrays already in memory. Children run with
 daskcal.cluster.WORKER_ENVIRON (glibc's mmap and trim thresholds, one malloc arena), the allocator
 settings daskcal's embedded workers get. Peak memory is the
@@ -37,7 +37,9 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 RESULTS = HERE / "results" / "detector1.txt"
 #: Warm daskcal runs per measurement (the median is reported; this VM's speed varies by tens of %).
-REPEATS = 3
+REPEATS = 5
+#: Fresh LocalClusters of 1 and of 2 workers, alternating, whose medians are compared.
+CLUSTER_ROUNDS = 3
 
 
 def prepare(shape, path: Path, chunks) -> None:
@@ -114,29 +116,43 @@ def run_cluster(path: str, workers: int) -> dict:
         def persist(r):
             return wait(client.persist([r.rate, r.rateints]))
 
-        _warm_medians(result, persist, repeats=1)  # cold: workers start, compile and grow their heaps
-        dt, compute = _warm_medians(result, persist)
+        def settle():
+            while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+                time.sleep(0.02)
+
+        _warm_medians(result, persist, repeats=1, settle=settle)  # cold: workers start, compile and grow their heaps
+        dt, compute = _warm_medians(result, persist, settle=settle)
     return {"seconds": compute, "seconds_with_write": dt}
 
 
-def _warm_medians(result, persist, repeats: int = REPEATS) -> tuple[float, float]:
+def _warm_medians(result, persist, repeats: int = REPEATS, settle=None) -> tuple[float, float]:
     """Medians (s) over ``repeats`` runs of writing rate and rateints to Zarr, and of the chain
     alone: Zarr ramps in, products kept in memory chunk by chunk by ``persist`` (no
-    concatenation into whole planes; stcal's figure covers the chain only)."""
+    concatenation into whole planes; stcal's figure covers the chain only). ``settle()``, if
+    given, runs untimed after each run (a cluster waits there until it has released the run's
+    results, so that work does not overlap the next timing)."""
     import numpy as np
 
     from daskcal.io._atomic import save_products
 
     writes, chains = [], []
+    # all the write runs, then all the chain runs: each series warms the heap for its own
+    # kind of run (persisted products take ~170 MB that a following write run would
+    # otherwise fault in again)
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
             t0 = time.perf_counter()
             save_products({"rate": result.rate, "rateints": result.rateints}, Path(tmp) / "products")
             writes.append(time.perf_counter() - t0)
+        if settle:
+            settle()
+    for _ in range(repeats):
         t0 = time.perf_counter()
         kept = persist(result)
         chains.append(time.perf_counter() - t0)
         del kept
+        if settle:
+            settle()
     return float(np.median(writes)), float(np.median(chains))
 
 
@@ -187,6 +203,8 @@ def main() -> None:
         print(json.dumps(res))
         return
 
+    import numpy as np
+
     OUT.mkdir(exist_ok=True)
     n = 1024 if args.quick else 2048
     shape = (1, 10, n, n)
@@ -209,12 +227,21 @@ def main() -> None:
                  f"(with writes {d1['seconds_with_write'] / d2['seconds_with_write']:.2f}x)")
     chunk_in = 10 * chunks[0] * chunks[1] * (4 + 1) + chunks[0] * chunks[1] * (4 * 4 + 4)
     lines.append(f"one chunk's inputs: {chunk_in / 2**20:.1f} MB; 3 x that x 2 threads = {6 * chunk_in / 2**20:.0f} MB")
-    c1 = _child(["--child", "cluster", str(cube), "1", *ch])
-    c2 = _child(["--child", "cluster", str(cube), "2", *ch])
-    lines.append(f"LocalCluster (as the CLI runs), 1 worker : {c1['seconds']:.2f} s (with Zarr writes "
+    # One cluster child's timings move by +-15% from one process to the next on this VM (the
+    # same run gave 1.04 s and 1.24 s in consecutive children), so 1 and 2 workers alternate
+    # over CLUSTER_ROUNDS children each and the medians over the rounds are compared.
+    rounds = [(_child(["--child", "cluster", str(cube), "1", *ch]), _child(["--child", "cluster", str(cube), "2", *ch]))
+              for _ in range(CLUSTER_ROUNDS)]
+    c1 = {k: float(np.median([r[0][k] for r in rounds])) for k in ("seconds", "seconds_with_write")}
+    c2 = {k: float(np.median([r[1][k] for r in rounds])) for k in ("seconds", "seconds_with_write")}
+    lines.append(f"LocalCluster (as the CLI runs), medians over {CLUSTER_ROUNDS} alternating rounds of fresh clusters, "
+                 f"1 worker : {c1['seconds']:.2f} s (with Zarr writes "
                  f"{c1['seconds_with_write']:.2f} s); 2 workers: {c2['seconds']:.2f} s (with Zarr writes "
                  f"{c2['seconds_with_write']:.2f} s); 2 vs 1 workers: {c1['seconds'] / c2['seconds']:.2f}x "
                  f"(with writes {c1['seconds_with_write'] / c2['seconds_with_write']:.2f}x)")
+    lines.append("  per round, 2 vs 1 workers: " + ", ".join(
+        f"{a['seconds'] / b['seconds']:.2f}x (writes {a['seconds_with_write'] / b['seconds_with_write']:.2f}x)"
+        for a, b in rounds))
     lines.append("parity with stcal (2-thread run):")
     lines.append(compare(cube, 2))
     if not args.quick:
