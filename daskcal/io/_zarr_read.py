@@ -102,6 +102,26 @@ def _open(store: str, name: str, version: str):
     return zarr.open_array(Path(store) / name, mode="r")
 
 
+def _check_size(kind: str, nbytes: int, expected: int) -> None:
+    if nbytes != expected:
+        msg = f"{kind} chunk holds {nbytes} bytes, expected {expected}"
+        raise ValueError(msg)
+
+
+def _zstd_content_size(raw) -> int | None:
+    """Decompressed size from a Zstandard frame header (RFC 8878, 3.1.1.1), or None if absent."""
+    if len(raw) < 6 or bytes(raw[:4]) != b"\x28\xb5\x2f\xfd":
+        return None
+    descriptor = raw[4]
+    single_segment = (descriptor >> 5) & 1
+    start = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]  # window byte, dictionary id
+    size = (single_segment, 2, 4, 8)[descriptor >> 6]
+    if size == 0 or len(raw) < start + size:
+        return None
+    value = int.from_bytes(raw[start:start + size], "little")
+    return value + 256 if size == 2 else value
+
+
 def _decompressor(codec):
     """``decompress(raw, dest)`` for a Zarr v3 bytes-to-bytes codec that numcodecs decodes, else None."""
     import numcodecs
@@ -111,20 +131,32 @@ def _decompressor(codec):
         from numcodecs import blosc
 
         def decompress(raw, dest):  # the frame's header carries its type size, shuffle and block size
-            nbytes = int.from_bytes(raw[4:8], "little")  # Blosc 1 header: uncompressed size
-            if nbytes != dest.nbytes:
-                msg = f"Blosc chunk holds {nbytes} bytes, expected {dest.nbytes}"
-                raise ValueError(msg)
+            _check_size("Blosc", int.from_bytes(raw[4:8], "little"), dest.nbytes)  # Blosc 1 header
             blosc.decompress(raw, dest)
 
         return decompress
     if isinstance(codec, ZstdCodec):
         from numcodecs import zstd
 
-        return zstd.decompress
+        def decompress(raw, dest):
+            nbytes = _zstd_content_size(raw)
+            if nbytes is None:  # the frame does not say: decode, then compare
+                data = zstd.decompress(raw)
+                _check_size("Zstd", len(data), dest.nbytes)
+                dest.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+                return
+            _check_size("Zstd", nbytes, dest.nbytes)
+            zstd.decompress(raw, dest)
+
+        return decompress
     if isinstance(codec, GzipCodec):
         gzip = numcodecs.GZip(level=codec.level)
-        return lambda raw, dest: gzip.decode(raw, out=dest)
+
+        def decompress(raw, dest):
+            _check_size("Gzip", int.from_bytes(raw[-4:], "little"), dest.nbytes % 2**32)  # ISIZE trailer
+            gzip.decode(raw, out=dest)
+
+        return decompress
     return None
 
 

@@ -8,7 +8,12 @@ import xarray as xr
 
 from daskcal import detector1, open_ramps, save, simulate
 from daskcal.detector._halo import overlap_reading_twice
-from daskcal.io._zarr_read import ZarrSource, read_as_dask, zarr_source
+from daskcal.io._zarr_read import (
+    ZarrSource,
+    _zstd_content_size,
+    read_as_dask,
+    zarr_source,
+)
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +180,39 @@ def test_saved_ramps_are_read_without_zarr_python(store):
         assert _chunk_files(source.store, source.name, source.version) is not None, name
 
 
-def test_blosc_chunk_of_the_wrong_size_is_an_error(tmp_path):
+@pytest.mark.parametrize("codec", ["blosc", "zstd", "zstd, size not in header", "gzip"])
+def test_chunk_of_the_wrong_size_is_an_error(tmp_path, codec):
     import shutil
 
-    from zarr.codecs import BloscCodec
+    import numcodecs
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
+    compressors = {"blosc": BloscCodec(), "zstd": ZstdCodec(), "zstd, size not in header": ZstdCodec(),
+                   "gzip": GzipCodec()}[codec]
     values = np.ones((32, 32), dtype=np.float32)
-    source = _array(tmp_path, "a", values, (16, 16), compressors=BloscCodec())
-    _array(tmp_path, "b", values, (8, 8), compressors=BloscCodec())
+    source = _array(tmp_path, "a", values, (16, 16), compressors=compressors)
+    _array(tmp_path, "b", values, (8, 8), compressors=compressors)
     shutil.copy(tmp_path / "b" / "c" / "0" / "0", tmp_path / "a" / "c" / "0" / "0")
-    with pytest.raises(ValueError, match="expected 1024"):
+    if codec == "zstd, size not in header":  # a streamed frame: the reader must decode to learn its size
+        raw = (tmp_path / "a" / "c" / "0" / "0").read_bytes()
+        assert _zstd_content_size(raw) == 256
+        (tmp_path / "a" / "c" / "0" / "0").write_bytes(_zstd_without_content_size(values[:8, :8]))
+    with pytest.raises(ValueError, match=f"{codec.split(',')[0].capitalize()} chunk holds 256 bytes, expected 1024"):
         source.read((slice(0, 16), slice(0, 16)))
+    # the chunks of the right size still read
+    np.testing.assert_array_equal(source.read((slice(16, 32), slice(0, 32))), values[16:])
+    assert numcodecs  # decoded by numcodecs
+
+
+def _zstd_without_content_size(block) -> bytes:
+    """A Zstandard frame of ``block`` whose header omits the content size (as streaming compressors write)."""
+    import numcodecs
+    from numcodecs import zstd
+
+    data = np.ascontiguousarray(block)
+    raw = bytes(numcodecs.Zstd().encode(data))
+    assert raw[4] & 0xE3 == 0x60  # single segment, a 2-byte content size, no dictionary
+    # no content size, not single segment: a window byte instead (0: 1 KiB, enough for 256 bytes)
+    out = raw[:4] + bytes([raw[4] & 0x04, 0x00]) + raw[7:]
+    assert zstd.decompress(out) == data.tobytes() and _zstd_content_size(out) is None
+    return out
