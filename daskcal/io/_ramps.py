@@ -67,6 +67,46 @@ def _stored_as_is(var: xr.DataArray) -> bool:
     return fill is None or (var.dtype.kind == "f" and np.isnan(fill))
 
 
+def _ext_shape(hdul, name: str) -> tuple[int, ...] | None:
+    """Shape of image extension ``name`` from its header (no data read), or None if absent or empty."""
+    if name not in hdul or not hdul[name].header.get("NAXIS", 0):
+        return None
+    return tuple(hdul[name].shape)
+
+
+def _read_fits_region(path: str, ext: str, region: tuple[slice, ...], dtype: str) -> np.ndarray:
+    """``region`` of image extension ``ext`` (BSCALE/BZERO applied) as ``dtype``; reads only that region."""
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        return np.asarray(hdul[ext].section[region], dtype=dtype)
+
+
+def _fits_cube(path: Path, ext: str, shape: tuple[int, ...], dtype, chunks_yx: tuple[int, int]):
+    """A dask array of a FITS image extension, one task per ``(y, x)`` chunk (leading axes whole).
+
+    Each task reads its region from the file (``ImageHDU.section``), so no task
+    holds more than one chunk, whatever the size of the file.
+    """
+    import itertools
+
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    chunks = da.core.normalize_chunks((*shape[:-2], *chunks_yx), shape)
+    st = path.stat()
+    name = f"fits-read-{ext.lower()}-" + tokenize(str(path.resolve()), st.st_mtime_ns, st.st_size, ext, chunks, dtype)
+    lead = (slice(None),) * (len(shape) - 2)
+    y0, x0 = np.cumsum((0, *chunks[-2])), np.cumsum((0, *chunks[-1]))
+    dsk = {}
+    for i, j in itertools.product(range(len(chunks[-2])), range(len(chunks[-1]))):
+        region = (*lead, slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
+        dsk[(name, *(0,) * len(lead), i, j)] = (_read_fits_region, str(path), ext, region, np.dtype(dtype).str)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks=chunks, dtype=dtype, meta=np.empty((0,) * len(shape), dtype=dtype))
+
+
 def _read_ext(hdul, names: tuple[str, ...]):
     for name in names:
         if name in hdul and hdul[name].data is not None:
@@ -127,21 +167,36 @@ def ingest(
     Returns
     -------
     xarray.Dataset
-        The ramp dataset (dask-backed).
+        The ramp dataset (dask-backed). ``SCI`` and ``GROUPDQ`` are read lazily,
+        one ``(y, x)`` chunk of every integration and group per task, so ingesting
+        holds a few chunks in memory, not the cube; without ``out`` the dataset
+        reads ``uncal`` when computed (keep the file in place).
     """
     from astropy.io import fits
 
-    with fits.open(uncal) as hdul:
-        sci = _read_ext(hdul, ("SCI",))
-        if sci is None or sci.ndim != 4:
-            got = "none" if sci is None else f"{sci.ndim} dimensions"
+    import dask.array as da
+
+    uncal = Path(uncal)
+    with fits.open(uncal, lazy_load_hdus=True) as hdul:  # headers only: the cubes are read chunk by chunk
+        shape = _ext_shape(hdul, "SCI")
+        if shape is None or len(shape) != 4:
+            got = "none" if shape is None else f"{len(shape)} dimensions"
             msg = f"{str(uncal)!r}: SCI must be a 4-D cube (nints, ngroups, ny, nx); got {got}"
             raise ValueError(msg)
-        data = np.asarray(sci, dtype=np.float32)
-        gdq = _read_ext(hdul, ("GROUPDQ",))
-        gdq = np.zeros(data.shape, np.uint8) if gdq is None else np.asarray(gdq, dtype=np.uint8)
-        pdq = _read_ext(hdul, ("PIXELDQ",))
-        pdq = np.zeros(data.shape[2:], np.uint32) if pdq is None else np.asarray(pdq, dtype=np.uint32)
+        data = _fits_cube(uncal, "SCI", shape, np.float32, chunks)
+        gdq_shape = _ext_shape(hdul, "GROUPDQ")
+        if gdq_shape is None:
+            gdq = da.zeros(shape, dtype=np.uint8, chunks=data.chunks)
+        elif gdq_shape != shape:
+            msg = f"{str(uncal)!r}: GROUPDQ has shape {gdq_shape}; expected SCI's {shape}"
+            raise ValueError(msg)
+        else:
+            gdq = _fits_cube(uncal, "GROUPDQ", shape, np.uint8, chunks)
+        pdq_shape = _ext_shape(hdul, "PIXELDQ")
+        if pdq_shape is not None and pdq_shape != shape[2:]:
+            msg = f"{str(uncal)!r}: PIXELDQ has shape {pdq_shape}; expected (ny, nx) = {shape[2:]}"
+            raise ValueError(msg)
+        pdq = np.zeros(shape[2:], np.uint32) if pdq_shape is None else np.asarray(hdul["PIXELDQ"].data, dtype=np.uint32)
         header = hdul[0].header
         attrs = {}
         for key, name in _KEYWORDS.items():
@@ -156,7 +211,7 @@ def ingest(
         "groupgap": int(attrs["groupgap"]),
         "source": os.path.basename(os.fspath(uncal)),
     }
-    shape = data.shape[2:]
+    shape = shape[2:]
     variables = {
         "data": (RAMP_DIMS, data, {"units": "DN"}),
         "groupdq": (RAMP_DIMS, gdq),

@@ -55,6 +55,46 @@ def test_ingest_names_what_is_missing(sim, tmp_path):
         ingest(files["uncal"], gain=small, readnoise=files["readnoise"], saturation=files["saturation"])
 
 
+def test_ingest_reads_the_cube_one_chunk_per_task(sim, tmp_path):
+    """An integer SCI cube (stored as int16 with BZERO, as JWST's uncal files are) is read by
+    one task per (y, x) chunk, each reading only its region; the file is left as it was."""
+    import hashlib
+
+    from astropy.io import fits
+
+    files = write_uncal(sim.ramps, tmp_path / "u_uncal.fits")
+    counts = np.clip(np.round(sim.ramps["data"].values), 0, 65535).astype(np.uint16)
+    with fits.open(files["uncal"], mode="update") as hdul:
+        hdul["SCI"].data = counts
+    with fits.open(files["uncal"]) as hdul:
+        assert hdul["SCI"].header["BITPIX"] == 16 and hdul["SCI"].header["BZERO"] == 32768
+    digest = hashlib.sha256(files["uncal"].read_bytes()).hexdigest()
+    ds = ingest(files["uncal"], gain=files["gain"], readnoise=files["readnoise"],
+                saturation=files["saturation"], chunks=(16, 16))
+    data = ds["data"].data
+    reads = {k: v for k, v in dict(data.__dask_graph__()).items() if k[0].startswith("fits-read-sci")}
+    assert len(reads) == 2 * 3 == data.npartitions
+    regions = sorted(tuple((r.start, r.stop) for r in task[3][2:]) for task in reads.values())  # (func, path, ext, region, dtype)
+    assert regions[0] == ((0, 16), (0, 16)) and regions[-1] == ((16, 30), (32, 44))
+    np.testing.assert_array_equal(ds["data"].values, counts.astype(np.float32))
+    assert ds["data"].dtype == np.float32
+    np.testing.assert_array_equal(ds["groupdq"].values, sim.ramps["groupdq"].values)
+    ingest(files["uncal"], gain=files["gain"], readnoise=files["readnoise"], saturation=files["saturation"],
+           out=tmp_path / "u.zarr")
+    assert hashlib.sha256(files["uncal"].read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("ext", ["GROUPDQ", "PIXELDQ"])
+def test_ingest_names_a_dq_extension_of_the_wrong_shape(sim, tmp_path, ext):
+    from astropy.io import fits
+
+    files = write_uncal(sim.ramps, tmp_path / "d_uncal.fits")
+    with fits.open(files["uncal"], mode="update") as hdul:
+        hdul[ext].data = hdul[ext].data[..., :-1]
+    with pytest.raises(ValueError, match=f"{ext} has shape"):
+        ingest(files["uncal"], gain=files["gain"], readnoise=files["readnoise"], saturation=files["saturation"])
+
+
 def test_open_ramps_rechunks_in_pixels_only(sim, tmp_path):
     save(sim.ramps.chunk({"integration": 1, "group": 2, "y": 10, "x": 10}), tmp_path / "r.zarr")
     ds = open_ramps(tmp_path / "r.zarr", chunks=(8, 9))
