@@ -172,9 +172,8 @@ def ingest(
         holds a few chunks in memory, not the cube; without ``out`` the dataset
         reads ``uncal`` when computed (keep the file in place).
     """
-    from astropy.io import fits
-
     import dask.array as da
+    from astropy.io import fits
 
     uncal = Path(uncal)
     with fits.open(uncal, lazy_load_hdus=True) as hdul:  # headers only: the cubes are read chunk by chunk
