@@ -135,17 +135,18 @@ def _vm_hwm_sum(proc) -> int:
 
 def run_daskcal(paths, out_zarr, workers=2, memory_limit="8 GiB", config=None, **kw):
     import dask
-    from distributed import Client, LocalCluster
+    import distributed  # noqa: F401  (its config defaults must exist before dask.config.set below)
 
     import daskcal
+    from daskcal.cluster import connect
     from daskcal.io._atomic import save_dataset
 
     if Path(out_zarr).exists():
         shutil.rmtree(out_zarr)
     # worker memory thresholds are read when the workers start: set them before the cluster
     with TreeSampler(interval=0.1) as rss, dask.config.set({"distributed.worker.memory.target": False, **(config or {})}):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          memory_limit=memory_limit) as lc, Client(lc) as client:
+        # daskcal.connect: the embedded cluster the command line starts (WORKER_ENVIRON's allocator settings)
+        with connect("local", n_workers=workers, threads_per_worker=1, memory_limit=memory_limit) as client:
             _warm_cluster(client, Path(out_zarr).parent)
             t0 = time.perf_counter()
             mosaic = daskcal.resample(daskcal.open_images(paths), pixmap_stepsize=1, **SETTINGS, **kw)
@@ -207,7 +208,7 @@ def main(argv=None):
     lines = [f"# bench_resample.py: {args.n} dithered {args.size}x{args.size} inputs, cubic distortion 4 px, "
              f"0.03\"/px; square, pixfrac 1, ivm, variances, context, err from_var, pixmap_stepsize=1",
              f"# machine: {os.cpu_count()} cores; stcal {_version('stcal')}, drizzle {_version('drizzle')}; "
-             f"daskcal on an embedded LocalCluster: 2 worker processes x 1 thread; peak = client + workers RSS",
+             f"daskcal on an embedded LocalCluster (daskcal.connect, with WORKER_ENVIRON): 2 worker processes x 1 thread; peak = client + workers RSS",
              f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}"]
     if not args.skip_small:
         ref_npz = work / "stcal.npz"
