@@ -114,6 +114,11 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     ramp fit behind ``rate`` and ``rateints``) runs once, and every ``(y, x)`` chunk
     of every variable of every product is written by one task as soon as it is
     computed, so finished chunks never wait in memory for the other variables.
+    That task encodes and writes the chunk files itself where the store allows
+    (:mod:`daskcal.io._zarr_write`: local, unsharded, one Blosc/Zstd/Gzip
+    compressor; products get Blosc-LZ4 with byte shuffle), and takes the ramp
+    fit's one stacked block for all of ``rate``'s and ``rateints``' variables.
+    Dask-backed variables are written as they are (no CF encoding).
     ``out_dir`` appears only when every store is complete.
 
     Parameters
