@@ -25,7 +25,7 @@ from daskcal.detector._common import (
     pixel_chunked,
     validate_ramps,
 )
-from daskcal.io._zarr_write import register_slice
+from daskcal.io._zarr_write import take_slice
 
 __all__ = ["RampFitResult", "fit_ramps", "fit_block"]
 
@@ -249,13 +249,11 @@ def _products(stacked: da.Array, ramps: xr.Dataset) -> RampFitResult:
     attrs = {k: ramps.attrs[k] for k in _CARRIED_ATTRS if k in ramps.attrs}
     rate, rateints = {}, {}
     for k, name in enumerate(PRODUCT_NAMES):
-        plane = stacked[k]
-        planes = stacked[nvar + k * nints: nvar + (k + 1) * nints]
-        if name == "dq":
-            plane, planes = plane.view(np.uint32), planes.view(np.uint32)
-        # writers take the stacked block once per chunk instead of one sliced block per variable
-        register_slice(plane, stacked, k, plane.dtype)
-        register_slice(planes, stacked, slice(nvar + k * nints, nvar + (k + 1) * nints), planes.dtype)
+        # one task per chunk each (slice and view), and writers take the stacked block once
+        # per chunk instead of one sliced block per variable (daskcal.io._zarr_write)
+        dtype = np.uint32 if name == "dq" else np.float32
+        plane = take_slice(stacked, k, dtype)
+        planes = take_slice(stacked, slice(nvar + k * nints, nvar + (k + 1) * nints), dtype)
         var_attrs = {"units": _UNITS[name]} if _UNITS[name] else {}
         rate[name] = xr.Variable(PIX_DIMS, plane, var_attrs)
         rateints[name] = xr.Variable(("integration", *PIX_DIMS), planes, var_attrs)

@@ -106,3 +106,18 @@ def test_variables_zarr_python_must_write_are_still_written(fitted, tmp_path):
     with xr.open_zarr(paths["rate"], consolidated=False) as got:
         for v in ("data", "err", "twice", "dq"):
             np.testing.assert_array_equal(got[v].values, rate[v].values, err_msg=v)
+
+
+def test_take_slice_is_one_task_per_chunk_and_equals_dask_slicing():
+    from daskcal.io._zarr_write import take_slice
+
+    values = np.random.default_rng(3).normal(size=(7, 40, 36)).astype(np.float32)
+    stacked = dask.array.from_array(values, chunks=(7, 16, 16))
+    for index, dtype in ((2, np.float32), (slice(3, 6), np.uint32)):
+        arr = take_slice(stacked, index, dtype)
+        assert len(arr.dask.layers[arr.name]) == 3 * 3
+        assert slice_of(arr).index == index
+        np.testing.assert_array_equal(arr.compute(), values[index].view(dtype))
+        assert arr.chunks == stacked[index].chunks
+    with pytest.raises(ValueError, match="one chunk"):
+        take_slice(stacked.rechunk((3, 16, 16)), 0)
