@@ -74,12 +74,54 @@ def _ext_shape(hdul, name: str) -> tuple[int, ...] | None:
     return tuple(hdul[name].shape)
 
 
+#: FITS BITPIX -> the (big-endian) dtype of the stored values.
+_BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+def _plain_image(hdu) -> tuple[int, np.dtype, float, float] | None:
+    """``(data offset, stored dtype, BSCALE, BZERO)`` of an uncompressed image HDU with no BLANK
+    value, whose values this module reads itself; None for anything else (compressed, BLANK, ...)."""
+    from astropy.io import fits
+
+    header = hdu.header
+    if isinstance(hdu, fits.CompImageHDU) or "BLANK" in header or header.get("BITPIX") not in _BITPIX:
+        return None
+    return (hdu.fileinfo()["datLoc"], np.dtype(_BITPIX[header["BITPIX"]]),
+            float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0)))
+
+
 def _read_fits_region(path: str, ext: str, region: tuple[slice, ...], dtype: str) -> np.ndarray:
-    """``region`` of image extension ``ext`` (BSCALE/BZERO applied) as ``dtype``; reads only that region."""
+    """``region`` of image extension ``ext`` (BSCALE/BZERO applied) as ``dtype``.
+
+    ``region`` takes whole leading axes and a ``(y, x)`` box. For a plain image the rows of
+    the box are read one band per plane (``y`` rows of full width: contiguous in the file)
+    into one reused buffer, so a task holds its region and one band, whatever the file's
+    size; anything else is read through ``ImageHDU.section``.
+    """
     from astropy.io import fits
 
     with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-        return np.asarray(hdul[ext].section[region], dtype=dtype)
+        hdu = hdul[ext]
+        plain = _plain_image(hdu)
+        shape = tuple(hdu.shape)
+        if plain is None or any(r != slice(None) for r in region[:-2]):
+            return np.array(hdu.section[region], dtype=dtype, copy=True)
+    offset, stored, bscale, bzero = plain
+    (y0, y1, _), (x0, x1, _) = region[-2].indices(shape[-2]), region[-1].indices(shape[-1])
+    ny, nx = shape[-2:]
+    lead = shape[:-2]
+    out = np.empty((*lead, y1 - y0, x1 - x0), dtype=dtype)
+    band = np.empty((y1 - y0, nx), dtype=stored)
+    scaled = bscale != 1.0 or bzero != 0.0
+    with open(path, "rb") as f:
+        for plane, idx in enumerate(np.ndindex(*lead)):
+            f.seek(offset + (plane * ny + y0) * nx * stored.itemsize)
+            if f.readinto(memoryview(band).cast("B")) != band.nbytes:
+                msg = f"{path!r}: {ext} is shorter than its header says"
+                raise ValueError(msg)
+            piece = band[:, x0:x1]
+            out[idx] = piece * np.float64(bscale) + np.float64(bzero) if scaled else piece
+    return out
 
 
 def _fits_cube(path: Path, ext: str, shape: tuple[int, ...], dtype, chunks_yx: tuple[int, int]):

@@ -84,6 +84,30 @@ def test_ingest_reads_the_cube_one_chunk_per_task(sim, tmp_path):
     assert hashlib.sha256(files["uncal"].read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.parametrize("layout", ["bscale", "blank", "compressed"])
+def test_fits_regions_equal_astropy_reads(tmp_path, layout):
+    """Scaled cubes are read by bands here; BLANK and tile-compressed ones through astropy's section."""
+    from astropy.io import fits
+
+    from daskcal.io._ramps import _fits_cube, _plain_image
+
+    raw = np.random.default_rng(1).integers(-3000, 3000, size=(2, 3, 37, 41)).astype(np.int16)
+    if layout == "compressed":
+        hdu = fits.CompImageHDU(raw, name="SCI")
+    else:
+        hdu = fits.ImageHDU(raw, name="SCI")
+        hdu.scale("int16", bscale=0.5, bzero=7.25) if layout == "bscale" else None
+        if layout == "blank":
+            hdu.header["BLANK"] = -3000
+    path = tmp_path / "cube.fits"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    with fits.open(path) as hdul:
+        want = np.asarray(hdul["SCI"].data, dtype=np.float32)
+        assert (_plain_image(hdul["SCI"]) is None) == (layout != "bscale")
+    got = _fits_cube(path, "SCI", want.shape, np.float32, (16, 16)).compute()
+    np.testing.assert_allclose(got, want, rtol=1e-7, equal_nan=True)
+
+
 @pytest.mark.parametrize("ext", ["GROUPDQ", "PIXELDQ"])
 def test_ingest_names_a_dq_extension_of_the_wrong_shape(sim, tmp_path, ext):
     from astropy.io import fits
