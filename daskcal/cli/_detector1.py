@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -17,11 +18,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "detector1",
         help="run saturation, superbias, jump detection and ramp fitting on a ramp Zarr store",
-        description="Run detector1 (saturation -> superbias -> jump -> ramp fit) on a ramp Zarr store "
-        "(from 'daskcal ingest' or 'daskcal simulate') and write OUT/rate.zarr and OUT/rateints.zarr.",
+        description="Run detector1 (saturation -> superbias -> jump -> ramp fit) on ramp Zarr stores "
+        "(from 'daskcal ingest' or 'daskcal simulate') and write OUT/rate.zarr and OUT/rateints.zarr; "
+        "with several inputs, OUT/<input name>/rate.zarr and rateints.zarr for each, one after the other "
+        "on one cluster. Every input is opened and checked before anything is computed.",
     )
-    p.add_argument("input", help="ramp Zarr store")
-    p.add_argument("output", help="output directory (written atomically)")
+    p.add_argument("input", nargs="+", metavar="IN", help="ramp Zarr store(s)")
+    p.add_argument("output", metavar="OUT", help="output directory (each product directory is written atomically)")
     p.add_argument("--chunks", type=int, nargs=2, metavar=("CY", "CX"), default=None, help="(y, x) chunk size")
     p.add_argument("--fits", action="store_true", help="also export rate.fits and rateints.fits")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -51,50 +54,85 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.detector._pipeline import step_parameters
 
     params = {name: getattr(args, name) for names in step_parameters().values() for name in names}
-    execute(args.input, args.output, params, args, chunks=args.chunks, fits=args.fits, overwrite=args.overwrite)
+    inputs = args.input[0] if len(args.input) == 1 else args.input
+    execute(inputs, args.output, params, args, chunks=args.chunks, fits=args.fits, overwrite=args.overwrite)
     return 0
 
 
 def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, overwrite=False) -> dict:
-    """Open ``input_path``, build the detector1 graph, run it on the chosen cluster, write products."""
+    """Open the input(s), build the detector1 graphs, run them on the chosen cluster, write products.
+
+    ``input_path`` is one ramp store (products in ``output``) or a list of them (products in
+    ``output/<store name without .zarr>``, one exposure after another on one cluster, so
+    start-up is paid once). Every input is opened and validated, and every output checked,
+    before anything is computed.
+
+    Returns
+    -------
+    dict
+        One input: ``{"rate": path, "rateints": path}``. Several: input -> that dict.
+    """
     from daskcal.cluster import connect
     from daskcal.detector._pipeline import detector1
     from daskcal.io._atomic import save_products
     from daskcal.io._ramps import open_ramps, to_fits
 
-    if str(input_path).endswith(".fits"):
-        msg = f"{input_path!r} is FITS; convert it first with 'daskcal ingest' (detector1 reads Zarr ramp stores)"
-        raise ValueError(msg)
-    ramps = open_ramps(input_path)
-    result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
+    single = isinstance(input_path, (str, os.PathLike))
+    inputs = [input_path] if single else list(input_path)
+    jobs = []
+    for inp, out in _outputs(inputs, output, single):
+        if str(inp).endswith(".fits"):
+            msg = f"{inp!r} is FITS; convert it first with 'daskcal ingest' (detector1 reads Zarr ramp stores)"
+            raise ValueError(msg)
+        if Path(out).exists() and not overwrite:
+            msg = f"output {str(out)!r} already exists; pass --overwrite to replace it"
+            raise FileExistsError(msg)
+        ramps = open_ramps(inp)
+        result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
+        jobs.append((inp, out, ramps, result))
+    done = {}
     with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
         print(f"dashboard: {client.dashboard_link}")
-        t0 = time.perf_counter()
-        paths = save_products(
-            {"rate": result.rate, "rateints": result.rateints}, output, overwrite=overwrite, progress=not args.no_progress
-        )
-        elapsed = time.perf_counter() - t0
-    if fits:
-        import xarray as xr
+        for inp, out, ramps, result in jobs:
+            t0 = time.perf_counter()
+            paths = save_products({"rate": result.rate, "rateints": result.rateints}, out, overwrite=overwrite,
+                                  progress=not args.no_progress)
+            elapsed = time.perf_counter() - t0
+            n = ramps.sizes
+            mpg = n["integration"] * n["group"] * n["y"] * n["x"] / 1e6
+            label = "detector1" if single else f"detector1 {inp}"
+            print(f"{label}: {mpg:.1f} Mpix*groups in {elapsed:.1f} s ({mpg / elapsed:.1f} Mpix*groups/s)")
+            done[inp] = paths
+    for inp, out, _, _ in jobs:
+        if fits:
+            import xarray as xr
 
-        for name, store in paths.items():
-            with xr.open_zarr(store, consolidated=False) as ds:
-                to_fits(ds, Path(output) / f"{name}.fits", overwrite=True)
-    n = ramps.sizes
-    mpg = n["integration"] * n["group"] * n["y"] * n["x"] / 1e6
-    print(f"detector1: {mpg:.1f} Mpix*groups in {elapsed:.1f} s ({mpg / elapsed:.1f} Mpix*groups/s)")
-    for name, store in paths.items():
-        print(f"{name}: {store}")
-    return paths
+            for name, store in done[inp].items():
+                with xr.open_zarr(store, consolidated=False) as ds:
+                    to_fits(ds, Path(out) / f"{name}.fits", overwrite=True)
+        for name, store in done[inp].items():
+            print(f"{name}: {store}")
+    return done[inputs[0]] if single else done
+
+
+def _outputs(inputs: list, output, single: bool) -> list[tuple]:
+    """``(input, output directory)`` pairs; several inputs go to ``output/<name>``, names unique."""
+    if single:
+        return [(inputs[0], Path(output))]
+    names = [Path(str(inp).rstrip("/")).name.removesuffix(".zarr") for inp in inputs]
+    seen: dict[str, str] = {}
+    for inp, name in zip(inputs, names, strict=True):
+        if name in seen:
+            msg = f"inputs {seen[name]!r} and {inp!r} would both write {str(Path(output) / name)!r}; rename one"
+            raise ValueError(msg)
+        seen[name] = inp
+    return [(inp, Path(output) / name) for inp, name in zip(inputs, names, strict=True)]
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
     """Run a ``pipeline = "detector1"`` recipe (see graphs/detector1.toml)."""
     from daskcal.detector._pipeline import step_parameters
 
-    if len(inputs) != 1:
-        msg = f"the detector1 pipeline takes one ramp store; got {len(inputs)} inputs"
-        raise ValueError(msg)
     known = step_parameters()
     params = {}
     for step, values in steps.items():
@@ -107,5 +145,6 @@ def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, arg
                 raise ValueError(msg)
             params[name] = value
     chunks = execution.get("chunks")
-    execute(inputs[0], output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite)
+    execute(inputs[0] if len(inputs) == 1 else inputs, output, params, args, chunks=chunks, fits=args.fits,
+            overwrite=args.overwrite)
     return 0

@@ -78,3 +78,41 @@ def test_simulate_then_detector1_from_the_command_line(tmp_path, capsys):
 def test_detector1_refuses_fits_input(tmp_path, capsys):
     assert main(["detector1", str(tmp_path / "x_uncal.fits"), str(tmp_path / "o")]) == 2
     assert "daskcal ingest" in capsys.readouterr().err
+
+
+def test_detector1_runs_several_exposures_on_one_cluster(tmp_path, capsys):
+    from daskcal import detector1, open_ramps
+
+    stores = []
+    for seed, name in ((1, "expo_a.zarr"), (2, "expo_b")):
+        path = tmp_path / name
+        assert main(["simulate", str(path), "--shape", "1", "4", "36", "30", "--chunks", "16", "16",
+                     "--seed", str(seed)]) == 0
+        stores.append(path)
+    out = tmp_path / "out"
+    assert main(["detector1", *map(str, stores), str(out), "--workers", "1", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("dashboard:") == 1  # one cluster for both
+    for store, name in zip(stores, ("expo_a", "expo_b"), strict=True):
+        want = detector1(open_ramps(store)).rate.compute()
+        with xr.open_zarr(out / name / "rate.zarr", consolidated=False) as got:
+            for v in want.data_vars:
+                np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=f"{name}.{v}")
+        assert (out / name / "rateints.zarr").exists()
+    # the recipe runs several inputs the same way
+    assert main(["run", "graphs/detector1.toml", *map(str, stores), str(tmp_path / "out2"), "--workers", "1",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "out2" / "expo_b" / "rate.zarr").exists()
+
+
+def test_detector1_checks_every_input_before_computing(tmp_path, capsys):
+    good = tmp_path / "good.zarr"
+    assert main(["simulate", str(good), "--shape", "1", "4", "20", "20"]) == 0
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    # two inputs with the same name would write the same directory
+    assert main(["detector1", str(good), str(other / "good.zarr"), str(tmp_path / "o1"), "--no-progress"]) == 2
+    assert "would both write" in capsys.readouterr().err
+    # an input that is not a ramp store: refused before the first exposure is computed
+    assert main(["detector1", str(good), str(tmp_path / "missing.zarr"), str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
