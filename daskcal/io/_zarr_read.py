@@ -166,32 +166,27 @@ class _ChunkFiles:
 
     Attributes
     ----------
-    root : Path
-        The array's directory (chunk keys are relative to it).
-    meta : ArrayV3Metadata
-        Shape, chunk grid, chunk key encoding, dtype and fill value.
-    dtype : numpy.dtype
-        In-memory dtype (native byte order).
+    layout : ChunkLayout
+        Where the files are, the chunk grid, dtype and fill value.
     decompress : callable or None
         ``decompress(raw, dest)`` fills ``dest`` from a chunk file's bytes; None
         when chunks are stored uncompressed.
     """
 
-    root: Path
-    meta: object
-    dtype: np.dtype
+    layout: ChunkLayout
     decompress: object
 
     def _chunk(self, coords: tuple[int, ...], out: np.ndarray) -> None:
         """Fill ``out`` (C-contiguous, the full chunk shape) with the chunk at ``coords``."""
+        root, meta = self.layout.root, self.layout.meta
         try:
-            raw = (self.root / self.meta.encode_chunk_key(coords)).read_bytes()
+            raw = (root / meta.encode_chunk_key(coords)).read_bytes()
         except FileNotFoundError:  # never written: all fill value
-            out[...] = self.meta.fill_value
+            out[...] = meta.fill_value
             return
         if self.decompress is None:
             if len(raw) != out.nbytes:
-                msg = f"{self.root}: chunk {coords} holds {len(raw)} bytes, expected {out.nbytes}"
+                msg = f"{root}: chunk {coords} holds {len(raw)} bytes, expected {out.nbytes}"
                 raise ValueError(msg)
             out.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
         else:
@@ -199,10 +194,10 @@ class _ChunkFiles:
 
     def read(self, region: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray:
         """``region`` (slices with step 1) into ``out`` (new when None); returns it."""
-        shape, chunk = self.meta.shape, self.meta.chunk_grid.chunk_shape
+        shape, chunk, dtype = self.layout.meta.shape, self.layout.meta.chunk_grid.chunk_shape, self.layout.dtype
         bounds = [s.indices(n)[:2] for s, n in zip(region, shape, strict=True)]
         if out is None:
-            out = np.empty([hi - lo for lo, hi in bounds], dtype=self.dtype)
+            out = np.empty([hi - lo for lo, hi in bounds], dtype=dtype)
         spans = [range(lo // c, (hi - 1) // c + 1) if hi > lo else range(0) for (lo, hi), c in zip(bounds, chunk)]
         full = None
         for coords in itertools.product(*spans):
@@ -215,7 +210,7 @@ class _ChunkFiles:
                 self._chunk(coords, out[into])  # decoded straight into place
                 continue
             if full is None:
-                full = np.empty(chunk, dtype=self.dtype)
+                full = np.empty(chunk, dtype=dtype)
             self._chunk(coords, full)
             out[into] = full[inner]
         return out
@@ -280,7 +275,7 @@ def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
         decompress = _decompressor(layout.codec)
         if decompress is None:
             return None
-    return _ChunkFiles(layout.root, layout.meta, layout.dtype, decompress)
+    return _ChunkFiles(layout, decompress)
 
 
 def _read(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:

@@ -24,11 +24,10 @@ import functools
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from daskcal.io._zarr_read import ZarrSource, chunk_layout
+from daskcal.io._zarr_read import ChunkLayout, ZarrSource, chunk_layout
 
 __all__ = ["ChunkWriter", "SliceOf", "chunk_writer", "register_slice", "slice_of", "take_slice"]
 
@@ -131,35 +130,36 @@ class ChunkWriter:
 
     Attributes
     ----------
-    root : Path
-        The array's directory (chunk keys are relative to it).
-    meta : ArrayV3Metadata
-        Shape, chunk grid, chunk key encoding, dtype and fill value.
-    dtype : numpy.dtype
-        In-memory dtype (native byte order).
+    layout : daskcal.io._zarr_read.ChunkLayout
+        Where the files go, the chunk grid, dtype and fill value.
     compress : callable or None
         ``compress(chunk) -> bytes``; None when chunks are stored uncompressed.
     """
 
-    root: Path
-    meta: object
-    dtype: np.dtype
+    layout: ChunkLayout
     compress: object
+
+    @property
+    def dtype(self) -> np.dtype:
+        """In-memory dtype of the array (native byte order)."""
+        return self.layout.dtype
 
     def covers(self, start: tuple[int, ...], shape: tuple[int, ...]) -> bool:
         """Whether a block at ``start`` of ``shape`` is made of whole chunks (or ends at the array's end)."""
-        chunk = self.meta.chunk_grid.chunk_shape
+        meta = self.layout.meta
+        chunk = meta.chunk_grid.chunk_shape
         if len(start) != len(chunk) or len(shape) != len(chunk):
             return False
         return all(s % c == 0 and s + n <= size and ((s + n) % c == 0 or s + n == size) and n > 0
-                   for s, n, c, size in zip(start, shape, chunk, self.meta.shape, strict=True))
+                   for s, n, c, size in zip(start, shape, chunk, meta.shape, strict=True))
 
     def write(self, start: tuple[int, ...], block: np.ndarray) -> None:
         """Write ``block`` (its dtype must be this array's) at ``start`` (see :meth:`covers`)."""
+        root, meta = self.layout.root, self.layout.meta
         if block.dtype != self.dtype or not self.covers(start, block.shape):
-            msg = f"{self.root}: cannot write a {block.dtype} block of shape {block.shape} at {start}"
+            msg = f"{root}: cannot write a {block.dtype} block of shape {block.shape} at {start}"
             raise ValueError(msg)
-        chunk = self.meta.chunk_grid.chunk_shape
+        chunk = meta.chunk_grid.chunk_shape
         spans = [range(s // c, -(-(s + n) // c)) for s, n, c in zip(start, block.shape, chunk, strict=True)]
         padded = None
         for coords in itertools.product(*spans):
@@ -169,12 +169,12 @@ class ChunkWriter:
             if piece.shape != tuple(chunk):  # an edge chunk: Zarr stores it whole, padded with the fill value
                 if padded is None:
                     padded = np.empty(chunk, dtype=self.dtype)
-                padded[...] = self.meta.fill_value
+                padded[...] = meta.fill_value
                 padded[tuple(slice(0, n) for n in piece.shape)] = piece
                 piece = padded
             piece = np.ascontiguousarray(piece)
             data = memoryview(piece.reshape(-1).view(np.uint8)) if self.compress is None else self.compress(piece)
-            path = self.root / self.meta.encode_chunk_key(coords)
+            path = root / meta.encode_chunk_key(coords)
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as f:
                 f.write(data)
@@ -195,4 +195,4 @@ def _chunk_writer(store: str, name: str, version: str) -> ChunkWriter | None:
         compress = _compressor(layout.codec)
         if compress is None:
             return None
-    return ChunkWriter(layout.root, layout.meta, layout.dtype, compress)
+    return ChunkWriter(layout, compress)
