@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
+
+
+def run_child(script: str, args: list[str]) -> dict:
+    """Run ``python script *args`` in a fresh process; return its last stdout line parsed as JSON.
+
+    The child gets daskcal.cluster.WORKER_ENVIRON (the allocator settings daskcal.connect gives
+    its workers; glibc reads them at start-up).
+    """
+    from daskcal.cluster import WORKER_ENVIRON
+
+    env = dict(os.environ, **{k: str(v) for k, v in WORKER_ENVIRON.items()})
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def status_mb(field: str) -> float:

@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _proc import peak_mb as _peak_mb, rss_mb as _rss_mb
+from _proc import peak_mb as _peak_mb, rss_mb as _rss_mb, run_child
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -157,14 +156,7 @@ def _warm_medians(result, persist, repeats: int = REPEATS, settle=None) -> tuple
 
 
 def _child(args: list[str]) -> dict:
-    from daskcal.cluster import WORKER_ENVIRON
-
-    # the allocator setting daskcal.connect gives its workers (glibc reads it at start-up)
-    env = dict(os.environ, **{k: str(v) for k, v in WORKER_ENVIRON.items()})
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, args)
 
 
 def compare(path: Path, threads: int) -> str:

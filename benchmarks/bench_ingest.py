@@ -18,12 +18,10 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _proc import peak_mb, rss_mb
+from _proc import peak_mb, rss_mb, run_child
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "ingest"
@@ -64,13 +62,7 @@ def run(shape) -> dict:
 
 
 def _child(args: list[str]) -> dict:
-    from daskcal.cluster import WORKER_ENVIRON
-
-    env = dict(os.environ, **{k: str(v) for k, v in WORKER_ENVIRON.items()})
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, args)
 
 
 def main() -> None:
