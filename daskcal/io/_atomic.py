@@ -196,14 +196,14 @@ def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
 
     from zarr.core.sync import sync
 
-    from daskcal.io._zarr_write import chunk_writer
+    from daskcal.io._zarr_write import chunk_writer, take_block
 
     rest = []
     for target, k, index, dtype in plan:
-        block = blocks[k] if index is None else blocks[k][index].view(dtype)
+        block = blocks[k] if index is None else take_block(blocks[k], index, dtype)
         start = (0,) * (block.ndim - 2) + (y0, x0)
         writer = chunk_writer(target.source)
-        if writer is not None and block.dtype == writer.dtype and writer.covers(start, block.shape):
+        if writer is not None and writer.accepts(start, block):
             writer.write(start, block)
         else:
             rest.append((target.array, block))
@@ -247,7 +247,7 @@ def _chunk_writers(targets: list) -> list:
     writes = []
     if odd:
         writes.append(da.store([a for _, a in odd], [t.array for t, _ in odd], lock=False, compute=False))
-    inputs: dict = {}  # name -> the dask array whose (y, x) blocks a write task takes
+    inputs: dict = {}  # name -> (position among the write task's blocks, the dask array it takes them from)
     plan = []
     for target, arr in same:
         cut = slice_of(arr)
@@ -255,9 +255,9 @@ def _chunk_writers(targets: list) -> list:
             src, index, dtype = cut.source, cut.index, cut.dtype
         else:  # one block per (y, x) chunk: merge any leading-axis chunks first
             src, index, dtype = arr.rechunk((-1,) * (arr.ndim - 2) + grid), None, None
-        inputs.setdefault(src.name, src)
-        plan.append((target, list(inputs).index(src.name), index, dtype))
-    arrays = list(inputs.values())
+        k = inputs.setdefault(src.name, (len(inputs), src))[0]
+        plan.append((target, k, index, dtype))
+    arrays = [a for _, a in inputs.values()]
     write = functools.partial(_write_blocks, plan)
     name = "write-chunks-" + tokenize(*arrays, [(t.source, k, i, d) for t, k, i, d in plan])
     ys = np.cumsum((0, *grid[0]))

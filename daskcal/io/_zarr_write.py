@@ -29,7 +29,7 @@ import numpy as np
 
 from daskcal.io._zarr_read import ChunkLayout, ZarrSource, chunk_layout
 
-__all__ = ["ChunkWriter", "SliceOf", "chunk_writer", "register_slice", "slice_of", "take_slice"]
+__all__ = ["ChunkWriter", "SliceOf", "chunk_writer", "register_slice", "slice_of", "take_block", "take_slice"]
 
 #: How many array names :func:`slice_of` remembers (oldest forgotten first).
 _MAX_SLICES = 4096
@@ -54,10 +54,6 @@ class SliceOf:
     index: int | slice
     dtype: np.dtype
 
-    def take(self, block: np.ndarray) -> np.ndarray:
-        """This slice's part of one block of ``source`` (a view)."""
-        return block[self.index].view(self.dtype)
-
 
 def register_slice(arr, source, index: int | slice, dtype=None) -> None:
     """Record that dask array ``arr`` is ``source[index].view(dtype)`` (see :class:`SliceOf`)."""
@@ -71,7 +67,8 @@ def register_slice(arr, source, index: int | slice, dtype=None) -> None:
         _SLICES.popitem(last=False)
 
 
-def _take(block: np.ndarray, index, dtype: np.dtype) -> np.ndarray:
+def take_block(block: np.ndarray, index, dtype: np.dtype) -> np.ndarray:
+    """A slice's part of one block of its source: ``block[index]`` viewed as ``dtype`` (no copy)."""
     return block[index].view(dtype)
 
 
@@ -94,7 +91,7 @@ def take_slice(source, index: int | slice, dtype=None):
     lead = np.empty(source.shape[0], dtype=bool)[index].shape  # () for an int, (n,) for a slice
     name = "take-" + tokenize(source, index, dtype)
     zeros = (0,) * (source.ndim - 3)
-    dsk = {(name, *(0,) * len(lead), *zeros, i, j): (_take, (source.name, 0, *zeros, i, j), index, dtype)
+    dsk = {(name, *(0,) * len(lead), *zeros, i, j): (take_block, (source.name, 0, *zeros, i, j), index, dtype)
            for i in range(source.numblocks[-2]) for j in range(source.numblocks[-1])}
     chunks = (*((n,) for n in lead), *source.chunks[1:])
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[source])
@@ -144,6 +141,10 @@ class ChunkWriter:
         """In-memory dtype of the array (native byte order)."""
         return self.layout.dtype
 
+    def accepts(self, start: tuple[int, ...], block: np.ndarray) -> bool:
+        """Whether :meth:`write` takes ``block`` at ``start``: this array's dtype, whole chunks."""
+        return block.dtype == self.dtype and self.covers(start, block.shape)
+
     def covers(self, start: tuple[int, ...], shape: tuple[int, ...]) -> bool:
         """Whether a block at ``start`` of ``shape`` is made of whole chunks (or ends at the array's end)."""
         meta = self.layout.meta
@@ -156,7 +157,7 @@ class ChunkWriter:
     def write(self, start: tuple[int, ...], block: np.ndarray) -> None:
         """Write ``block`` (its dtype must be this array's) at ``start`` (see :meth:`covers`)."""
         root, meta = self.layout.root, self.layout.meta
-        if block.dtype != self.dtype or not self.covers(start, block.shape):
+        if not self.accepts(start, block):
             msg = f"{root}: cannot write a {block.dtype} block of shape {block.shape} at {start}"
             raise ValueError(msg)
         chunk = meta.chunk_grid.chunk_shape
