@@ -54,17 +54,16 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.detector._pipeline import step_parameters
 
     params = {name: getattr(args, name) for names in step_parameters().values() for name in names}
-    inputs = args.input[0] if len(args.input) == 1 else args.input
-    execute(inputs, args.output, params, args, chunks=args.chunks, fits=args.fits, overwrite=args.overwrite)
+    execute(args.input, args.output, params, args, chunks=args.chunks, fits=args.fits, overwrite=args.overwrite)
     return 0
 
 
 def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, overwrite=False) -> dict:
     """Open the input(s), build the detector1 graphs, run them on the chosen cluster, write products.
 
-    ``input_path`` is one ramp store (products in ``output``) or a list of them (products in
-    ``output/<store name without .zarr>``, one exposure after another on one cluster, so
-    start-up is paid once). Every input is opened and validated, and every output checked,
+    ``input_path`` is one ramp store, or a list of them. One store's products go in ``output``;
+    several stores' in ``output/<store name without .zarr>``, one exposure after another on
+    one cluster, so start-up is paid once. Every input is opened and validated, and every output checked,
     before anything is computed.
 
     Returns
@@ -77,8 +76,8 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     from daskcal.io._atomic import save_products
     from daskcal.io._ramps import open_ramps, to_fits
 
-    single = isinstance(input_path, (str, os.PathLike))
-    inputs = [input_path] if single else list(input_path)
+    inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
+    single = len(inputs) == 1
     jobs = []
     for inp, out in _outputs(inputs, output, single):
         if str(inp).endswith(".fits"):
@@ -145,6 +144,5 @@ def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, arg
                 raise ValueError(msg)
             params[name] = value
     chunks = execution.get("chunks")
-    execute(inputs[0] if len(inputs) == 1 else inputs, output, params, args, chunks=chunks, fits=args.fits,
-            overwrite=args.overwrite)
+    execute(inputs, output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite)
     return 0
