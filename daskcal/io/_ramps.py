@@ -11,7 +11,7 @@ import xarray as xr
 from daskcal.detector._common import DEFAULT_CHUNK_YX, PIX_DIMS, RAMP_DIMS, pixel_chunked, validate_ramps
 from daskcal.dq import DQ
 from daskcal.io._atomic import atomic_path, save_dataset
-from daskcal.io._zarr_read import ZarrSource, read_as_dask
+from daskcal.io._zarr_read import ZarrSource, read_as_dask, read_regions
 
 __all__ = ["open_ramps", "ingest", "to_fits", "write_uncal"]
 
@@ -104,7 +104,7 @@ def _read_fits_region(path: str, ext: str, region: tuple[slice, ...], dtype: str
         hdu = hdul[ext]
         plain = _plain_image(hdu)
         shape = tuple(hdu.shape)
-        if plain is None or any(r != slice(None) for r in region[:-2]):
+        if plain is None or any(r.indices(n) != (0, n, 1) for r, n in zip(region[:-2], shape[:-2], strict=True)):
             return np.array(hdu.section[region], dtype=dtype, copy=True)
     offset, stored, bscale, bzero = plain
     (y0, y1, _), (x0, x1, _) = region[-2].indices(shape[-2]), region[-1].indices(shape[-1])
@@ -130,23 +130,14 @@ def _fits_cube(path: Path, ext: str, shape: tuple[int, ...], dtype, chunks_yx: t
     Each task reads its region from the file (``ImageHDU.section``), so no task
     holds more than one chunk, whatever the size of the file.
     """
-    import itertools
-
     import dask.array as da
     from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
 
     chunks = da.core.normalize_chunks((*shape[:-2], *chunks_yx), shape)
     st = path.stat()
     name = f"fits-read-{ext.lower()}-" + tokenize(str(path.resolve()), st.st_mtime_ns, st.st_size, ext, chunks, dtype)
-    lead = (slice(None),) * (len(shape) - 2)
-    y0, x0 = np.cumsum((0, *chunks[-2])), np.cumsum((0, *chunks[-1]))
-    dsk = {}
-    for i, j in itertools.product(range(len(chunks[-2])), range(len(chunks[-1]))):
-        region = (*lead, slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
-        dsk[(name, *(0,) * len(lead), i, j)] = (_read_fits_region, str(path), ext, region, np.dtype(dtype).str)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(graph, name, chunks=chunks, dtype=dtype, meta=np.empty((0,) * len(shape), dtype=dtype))
+    return read_regions(name, chunks, dtype, lambda region: (_read_fits_region, str(path), ext, region,
+                                                             np.dtype(dtype).str))
 
 
 def _read_ext(hdul, names: tuple[str, ...]):

@@ -37,7 +37,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["ChunkLayout", "ZarrSource", "chunk_layout", "read_as_dask", "zarr_source"]
+__all__ = ["ChunkLayout", "ZarrSource", "chunk_layout", "read_as_dask", "read_regions", "zarr_source"]
 
 #: How many array names :func:`zarr_source` remembers (oldest forgotten first).
 _MAX_SOURCES = 1024
@@ -282,6 +282,18 @@ def _read(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:
     return source.read(region)
 
 
+def read_regions(name: str, chunks: tuple, dtype, task) -> da.Array:
+    """A dask array named ``name`` whose every chunk is computed by ``task(region)``, a task with
+    no dependencies (``region``: one slice per axis); ``chunks`` normalized."""
+    starts = [np.cumsum((0, *c[:-1])) for c in chunks]
+    dsk = {}
+    for idx in itertools.product(*(range(len(c)) for c in chunks)):
+        region = tuple(slice(int(s[i]), int(s[i]) + c[i]) for s, c, i in zip(starts, chunks, idx, strict=True))
+        dsk[(name, *idx)] = task(region)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks=chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype=dtype))
+
+
 def read_as_dask(source: ZarrSource, chunks) -> da.Array:
     """A dask array whose every chunk is read from ``source`` by one task.
 
@@ -296,13 +308,7 @@ def read_as_dask(source: ZarrSource, chunks) -> da.Array:
     arr = source.array()
     chunks = da.core.normalize_chunks(chunks, arr.shape, dtype=arr.dtype)
     name = f"zarr-read-{source.name}-" + tokenize(source, chunks)
-    starts = [np.cumsum((0, *c[:-1])) for c in chunks]
-    dsk = {}
-    for idx in itertools.product(*(range(len(c)) for c in chunks)):
-        region = tuple(slice(int(s[i]), int(s[i]) + c[i]) for s, c, i in zip(starts, chunks, idx, strict=True))
-        dsk[(name, *idx)] = (_read, source, region)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    out = da.Array(graph, name, chunks=chunks, dtype=arr.dtype, meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
+    out = read_regions(name, chunks, arr.dtype, lambda region: (_read, source, region))
     _SOURCES[name] = source
     _SOURCES.move_to_end(name)
     while len(_SOURCES) > _MAX_SOURCES:
