@@ -121,3 +121,40 @@ def test_take_slice_is_one_task_per_chunk_and_equals_dask_slicing():
         assert arr.chunks == stacked[index].chunks
     with pytest.raises(ValueError, match="one chunk"):
         take_slice(stacked.rechunk((3, 16, 16)), 0)
+
+
+def test_products_metadata_is_what_to_zarr_writes(fitted, tmp_path):
+    """save_products writes the metadata from a one-chunk stand-in of each dask variable; every
+    array's and group's zarr.json must still be what xarray's own to_zarr writes."""
+    import json
+
+    from zarr.codecs import ZstdCodec
+
+    from daskcal.io._atomic import _encoding
+
+    rate = fitted.rate.copy()
+    rate["data"].attrs["units"] = "DN/s"
+    rate["err"].encoding["chunks"] = (8, 8)  # its own chunks (dropped: the compressor entry replaces them)
+    rate["dq"].encoding.update(chunks=(8, 16), compressors=(ZstdCodec(level=1),))  # its own chunks and compressor
+    rate["twice"] = (rate["data"] * 2).chunk({"y": (32, 13)})  # irregular dask chunks
+    rate["flat"] = xr.ones_like(rate["data"]).compute()  # numpy-backed: written with the metadata
+    with dask.config.set(scheduler="threads"):
+        paths = save_products({"rate": rate}, tmp_path / "out")
+        rate.to_zarr(tmp_path / "ref.zarr", zarr_format=3, consolidated=False, encoding=_encoding(rate))
+    files = sorted(p.relative_to(tmp_path / "ref.zarr") for p in (tmp_path / "ref.zarr").rglob("zarr.json"))
+    assert len(files) == 1 + len(rate.data_vars) + len(rate.coords)
+    for rel in files:
+        assert json.loads((paths["rate"] / rel).read_text()) == json.loads((tmp_path / "ref.zarr" / rel).read_text()), rel
+    with xr.open_zarr(paths["rate"], consolidated=False) as got:
+        for v in rate.data_vars:
+            np.testing.assert_array_equal(got[v].values, rate[v].values, err_msg=v)
+
+
+def test_products_whose_dask_chunks_straddle_zarr_chunks_are_refused(fitted, tmp_path):
+    """Two tasks must never write one Zarr chunk (as xarray's to_zarr refuses)."""
+    for bad, match in (((12, 18, 15), "'twice'.*dask chunks"), ((16, 8, 21), "'twice'.*dask chunks")):
+        rate = fitted.rate.copy()
+        rate["twice"] = (rate["data"] * 2).chunk({"y": bad})
+        with pytest.raises(ValueError, match=match):
+            save_products({"rate": rate}, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
