@@ -178,9 +178,16 @@ def compare(path: Path, threads: int) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--chunks", type=int, nargs=2, default=(512, 512))
+    p.add_argument("--chunks", type=int, nargs=2, default=None,
+                   help="(y, x) chunk size (default: daskcal's own for the cube, 512 1024)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
+    n = 1024 if args.quick else 2048
+    shape = (1, 10, n, n)
+    if args.chunks is None:
+        from daskcal.detector._common import default_chunk_yx
+
+        args.chunks = default_chunk_yx(shape)
     chunks = tuple(args.chunks)
     if args.child:
         kind, path, *rest = args.child
@@ -198,8 +205,6 @@ def main() -> None:
     import numpy as np
 
     OUT.mkdir(exist_ok=True)
-    n = 1024 if args.quick else 2048
-    shape = (1, 10, n, n)
     cube = OUT / f"ramps_{n}_c{chunks[0]}x{chunks[1]}.zarr"
     ch = ["--chunks", *map(str, chunks)]
     _child(["--child", "prepare", str(cube), *map(str, shape), *ch])

@@ -4,8 +4,8 @@ Run by hand (not a test)::
 
     python benchmarks/bench_ingest.py            # (1, 10, 2048, 2048) and (1, 40, 1024, 1024)
 
-Each ingest runs in a fresh process (dask's threaded scheduler, 2 threads, the default
-512x512 chunks) with daskcal.cluster.WORKER_ENVIRON's allocator settings. Memory is the
+Each ingest runs in a fresh process (dask's threaded scheduler, 2 threads, ingest's default
+chunks, sized by the cube's samples) with daskcal.cluster.WORKER_ENVIRON's allocator settings. Memory is the
 growth of the process's peak RSS (VmHWM) over its RSS just before ``ingest`` (imports
 loaded). The (y, x) reference images (gain, read noise, saturation, superbias, pixel DQ:
 20 B/pixel) are read whole; the cube is read one chunk per task. Results go to
@@ -77,14 +77,16 @@ def main() -> None:
             prepare(shape)
         print(json.dumps(res))
         return
+    from daskcal.detector._common import default_chunk_yx
+
     OUT.mkdir(parents=True, exist_ok=True)
-    lines = [f"# ingest benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, 2 threads, 512x512 chunks",
+    lines = [f"# ingest benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, 2 threads, default chunks",
              "# command: python benchmarks/bench_ingest.py",
-             "| cube | uncal file MB | seconds | growth of peak RSS, MB |", "|---|---|---|---|"]
+             "| cube | chunks | uncal file MB | seconds | growth of peak RSS, MB |", "|---|---|---|---|---|"]
     for shape in SHAPES:
         _child(["--child", "prepare", *map(str, shape)])
         r = _child(["--child", "run", *map(str, shape)])
-        lines.append(f"| {shape} | {r['file_mb']:.0f} | {r['seconds']:.2f} | {r['growth_mb']:.0f} |")
+        lines.append(f"| {shape} | {default_chunk_yx(shape)} | {r['file_mb']:.0f} | {r['seconds']:.2f} | {r['growth_mb']:.0f} |")
     text = "\n".join(lines) + "\n"
     RESULTS.write_text(text)
     print(text)

@@ -21,7 +21,8 @@ def register(sub) -> None:
     p.add_argument("--readnoise", required=True, help="read-noise reference FITS (DN, CDS)")
     p.add_argument("--saturation", required=True, help="saturation reference FITS (DN)")
     p.add_argument("--superbias", default=None, help="superbias reference FITS (DN)")
-    p.add_argument("--chunks", type=int, nargs=2, default=(512, 512), metavar=("CY", "CX"))
+    p.add_argument("--chunks", type=int, nargs=2, default=None, metavar=("CY", "CX"),
+                   help="(y, x) pixels per chunk (default: sized by the cube, 512 1024 for 10 groups of 2048x2048)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_main)
 
@@ -36,7 +37,7 @@ def _main(args: argparse.Namespace) -> int:
         saturation=args.saturation,
         superbias=args.superbias,
         out=args.output,
-        chunks=tuple(args.chunks),
+        chunks=tuple(args.chunks) if args.chunks else None,
         overwrite=args.overwrite,
     )
     print(f"ramps: {args.output} {dict(ds.sizes)}")

@@ -18,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("output", help="ramp Zarr store to write (e.g. ramps.zarr)")
     p.add_argument("--shape", type=int, nargs=4, default=(1, 10, 1024, 1024), metavar=("NINTS", "NGROUPS", "NY", "NX"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunks", type=int, nargs=2, default=(512, 512), metavar=("CY", "CX"))
+    p.add_argument("--chunks", type=int, nargs=2, default=None, metavar=("CY", "CX"),
+                   help="(y, x) pixels per chunk (default: sized by the cube, 512 1024 for 10 groups of 2048x2048)")
     p.add_argument("--group-time", type=float, default=10.737, help="s (default 10.737)")
     p.add_argument("--fits", action="store_true", help="also write a JWST-style _uncal.fits and reference FITS images")
     p.add_argument("--overwrite", action="store_true")
@@ -27,11 +28,13 @@ def register(sub) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     from daskcal._simulate import simulate
+    from daskcal.detector._common import default_chunk_yx
     from daskcal.io._atomic import save_dataset
     from daskcal.io._ramps import write_uncal
 
-    sim = simulate(tuple(args.shape), seed=args.seed, group_time=args.group_time, frame_time=args.group_time,
-                   chunks=tuple(args.chunks))
+    shape = tuple(args.shape)
+    sim = simulate(shape, seed=args.seed, group_time=args.group_time, frame_time=args.group_time,
+                   chunks=tuple(args.chunks) if args.chunks else default_chunk_yx(shape))
     out = Path(args.output)
     save_dataset(sim.ramps, out, overwrite=args.overwrite)
     truth = out.with_name(out.name.removesuffix(".zarr") + "_truth.zarr")

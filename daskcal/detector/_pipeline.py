@@ -82,7 +82,8 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
         Raw ramps (DN, bias included) with ``gain``, ``readnoise``, ``saturation``
         and optionally ``superbias`` (see :func:`daskcal.open_ramps`).
     chunks : (int, int), optional
-        ``(y, x)`` chunk size; default the input's chunking (512x512 for numpy input).
+        ``(y, x)`` chunk size; default the input's chunking (numpy input: sized by its samples,
+        :func:`daskcal.detector._common.default_chunk_yx`).
     **params
         Parameters of the steps, by name: ``n_pix_grow_sat`` (saturation; default 1),
         ``rejection_threshold`` (4.0), ``three_group_rejection_threshold`` (6.0),

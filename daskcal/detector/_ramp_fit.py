@@ -187,7 +187,8 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
         (e-/DN) and ``readnoise`` (DN, CDS) on ``(y, x)``; attrs
         ``group_time``, ``frame_time`` (s), ``nframes``, ``groupgap``.
         Numpy- or dask-backed; dask chunks are kept in ``y``/``x``
-        (numpy input is cut into 512x512 pixel chunks).
+        (numpy input is cut into chunks sized by its samples,
+        :func:`daskcal.detector._common.default_chunk_yx`).
     suppress_one_group : bool, default True
         Treat integrations with only one good group as unusable
         (jwst's default). Ignored with one group per integration.

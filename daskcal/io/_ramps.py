@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from daskcal.detector._common import DEFAULT_CHUNK_YX, PIX_DIMS, RAMP_DIMS, pixel_chunked, validate_ramps
+from daskcal.detector._common import PIX_DIMS, RAMP_DIMS, default_chunk_yx, pixel_chunked, validate_ramps
 from daskcal.dq import DQ
 from daskcal.io._atomic import atomic_path, save_dataset
 from daskcal.io._zarr_read import ZarrSource, read_as_dask, read_regions
@@ -172,7 +172,7 @@ def ingest(
     saturation: str | os.PathLike,
     superbias: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    chunks: tuple[int, int] = DEFAULT_CHUNK_YX,
+    chunks: tuple[int, int] | None = None,
     overwrite: bool = False,
 ) -> xr.Dataset:
     """Turn a JWST-style ``_uncal.fits`` and reference images into a ramp dataset.
@@ -192,8 +192,10 @@ def ingest(
         Superbias image in DN.
     out : path-like, optional
         Write the dataset to this Zarr store (atomically) and return it opened lazily.
-    chunks : (int, int), default (512, 512)
-        ``(y, x)`` chunk size of the result (and of the store).
+    chunks : (int, int), optional
+        ``(y, x)`` chunk size of the result (and of the store). Default: sized by
+        the cube's samples (:func:`daskcal.detector._common.default_chunk_yx`; 512 x 1024
+        for a (1, 10, 2048, 2048) exposure).
     overwrite : bool, default False
         Replace an existing ``out``.
 
@@ -215,6 +217,7 @@ def ingest(
             got = "none" if shape is None else f"{len(shape)} dimensions"
             msg = f"{str(uncal)!r}: SCI must be a 4-D cube (nints, ngroups, ny, nx); got {got}"
             raise ValueError(msg)
+        chunks = tuple(chunks) if chunks is not None else default_chunk_yx(shape)
         data = _fits_cube(uncal, "SCI", shape, np.float32, chunks)
         gdq_shape = _ext_shape(hdul, "GROUPDQ")
         if gdq_shape is None:

@@ -101,3 +101,38 @@ def test_fused_graph_equals_the_steps_one_after_another(sim, params):
     a, b = dask.compute(fused.rateints, steps.rateints)
     for name in (*PRODUCTS, "dq"):
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((1, 10, 2048, 2048), (512, 1024)),  # the benchmark's exposure: 8 chunks
+        ((1, 10, 4096, 4096), (512, 1024)),  # 4x the pixels, same chunks (bounded memory)
+        ((1, 100, 1024, 1032), (256, 258)),  # many groups: fewer pixels per chunk
+        ((2, 5, 100, 90), (100, 90)),  # small: one chunk
+        ((1, 3000, 1024, 1024), (64, 64)),  # never below 64 pixels a side
+        ((2048, 2048), (2048, 2048)),  # a 2-D image: one sample per pixel
+    ],
+)
+def test_default_chunks_are_sized_by_samples(shape, expected):
+    from daskcal.detector._common import CHUNK_SAMPLES, default_chunk_yx
+
+    cy, cx = default_chunk_yx(shape)
+    assert (cy, cx) == expected
+    samples = int(np.prod(shape[:-2])) * cy * cx
+    assert samples <= CHUNK_SAMPLES or min(cy, cx) <= 64
+    # halving once more would have been needed only if the chunk were still too big
+    assert samples * 2 > CHUNK_SAMPLES or (cy, cx) == tuple(shape[-2:])
+
+
+def test_numpy_input_and_ingest_default_to_sample_sized_chunks(tmp_path):
+    from daskcal import ingest
+    from daskcal.detector._common import as_dask
+    from daskcal.io._ramps import write_uncal
+
+    sim = simulate((1, 400, 200, 300), seed=2)  # 400 groups: 21 Ki pixels per chunk at most
+    arr = as_dask(sim.ramps["data"])
+    assert arr.chunks[2:] == ((100,) * 2, (150,) * 2)
+    paths = write_uncal(sim.ramps, tmp_path / "x_uncal.fits")
+    ds = ingest(paths["uncal"], gain=paths["gain"], readnoise=paths["readnoise"], saturation=paths["saturation"])
+    assert ds["data"].data.chunks[2:] == arr.chunks[2:]
