@@ -41,8 +41,8 @@ def default_chunk_yx(shape: tuple[int, ...]) -> tuple[int, int]:
     one 256 x 258. Chunks are sized by samples rather than pixels so that each
     detector1 task does about the same work whatever the number of groups: a few
     hundred ms, which keeps the scheduler's ~1 ms per task and the halo's second
-    read of each chunk to a few per cent of the run (512 x 512 chunks of that
-    2048^2 exposure spent 15 % more time on 2 worker processes).
+    read of each chunk to a few per cent of the run (2 worker processes took 0.90 s
+    on that 2048^2 exposure with 512 x 512 chunks, 0.80 s with 512 x 1024).
     """
     *lead, ny, nx = (int(n) for n in shape)
     per_pixel = max(1, int(np.prod(lead, dtype=np.int64)))
