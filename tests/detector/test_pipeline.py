@@ -136,3 +136,20 @@ def test_numpy_input_and_ingest_default_to_sample_sized_chunks(tmp_path):
     paths = write_uncal(sim.ramps, tmp_path / "x_uncal.fits")
     ds = ingest(paths["uncal"], gain=paths["gain"], readnoise=paths["readnoise"], saturation=paths["saturation"])
     assert ds["data"].data.chunks[2:] == arr.chunks[2:]
+
+
+def test_detector1_tasks_are_data_producers(tmp_path):
+    """The scheduler queues data-producer tasks and hands each to the next free worker thread
+    (distributed's root-ish queuing); detector1's chunk tasks must be such tasks, halo inputs
+    and all, whether the ramps come from Zarr or from memory."""
+    from dask._task_spec import Task
+
+    sim = simulate((1, 4, 40, 36), seed=5)
+    daskcal.save(sim.ramps, tmp_path / "r.zarr")
+    for ramps in (daskcal.open_ramps(tmp_path / "r.zarr", chunks=(16, 16)), sim.ramps):
+        stacked = daskcal.detector1(ramps, chunks=(16, 16)).rate["data"].data
+        layer = next(v for k, v in stacked.dask.layers.items() if k.startswith("detector1-"))
+        tasks = list(dict(layer).values())
+        assert len(tasks) == 3 * 3
+        assert all(isinstance(t, Task) and t.data_producer for t in tasks)
+        np.testing.assert_array_equal(stacked.compute(), daskcal.detector1(sim.ramps).rate["data"].values)
