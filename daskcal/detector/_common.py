@@ -37,7 +37,7 @@ def default_chunk_yx(shape: tuple[int, ...]) -> tuple[int, int]:
     From the whole detector, the longer side (``y`` when equal) is halved until a
     chunk holds at most :data:`CHUNK_SAMPLES` samples (or both sides reach
     :data:`MIN_CHUNK_SIDE`). A (1, 10, 2048, 2048) exposure gets 512 x 1024 chunks
-    (8 chunks, 25 MiB of inputs each; a 4096^2 one the same), a (1, 100, 1024, 1032)
+    (8 chunks, each with 25 MiB of ramps and group DQ; a 4096^2 one the same), a (1, 100, 1024, 1032)
     one 256 x 258. Chunks are sized by samples rather than pixels so that each
     detector1 task does about the same work whatever the number of groups: a few
     hundred ms, which keeps the scheduler's ~1 ms per task and the halo's second
