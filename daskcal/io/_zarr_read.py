@@ -37,11 +37,34 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["ChunkLayout", "ZarrSource", "chunk_layout", "read_as_dask", "read_regions", "zarr_source"]
+__all__ = ["ArrayNotes", "ChunkLayout", "ZarrSource", "chunk_layout", "read_as_dask", "read_regions", "zarr_source"]
 
-#: How many array names :func:`zarr_source` remembers (oldest forgotten first).
-_MAX_SOURCES = 1024
-_SOURCES: OrderedDict[str, ZarrSource] = OrderedDict()
+
+class ArrayNotes:
+    """Facts about dask arrays, kept by array name for the ``maxsize`` arrays noted last.
+
+    Any operation on a dask array gives it a new name, so a note applies only to the
+    array exactly as it was noted.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._notes: OrderedDict[str, object] = OrderedDict()
+
+    def add(self, name: str, note) -> None:
+        """Note ``note`` for the array called ``name`` (forgetting the oldest beyond ``maxsize``)."""
+        self._notes[name] = note
+        self._notes.move_to_end(name)
+        while len(self._notes) > self.maxsize:
+            self._notes.popitem(last=False)
+
+    def get(self, arr):
+        """The note for dask array ``arr`` (by its name), else None."""
+        return self._notes.get(getattr(arr, "name", None))
+
+
+#: The :class:`ZarrSource` of each array :func:`read_as_dask` made (see :func:`zarr_source`).
+_SOURCES = ArrayNotes(1024)
 
 
 @dataclass(frozen=True)
@@ -309,10 +332,7 @@ def read_as_dask(source: ZarrSource, chunks) -> da.Array:
     chunks = da.core.normalize_chunks(chunks, arr.shape, dtype=arr.dtype)
     name = f"zarr-read-{source.name}-" + tokenize(source, chunks)
     out = read_regions(name, chunks, arr.dtype, lambda region: (_read, source, region))
-    _SOURCES[name] = source
-    _SOURCES.move_to_end(name)
-    while len(_SOURCES) > _MAX_SOURCES:
-        _SOURCES.popitem(last=False)
+    _SOURCES.add(name, source)
     return out
 
 
@@ -322,4 +342,4 @@ def zarr_source(arr) -> ZarrSource | None:
     Any operation on the array gives it a new name, so only the array exactly
     as read is recognised.
     """
-    return _SOURCES.get(getattr(arr, "name", None))
+    return _SOURCES.get(arr)

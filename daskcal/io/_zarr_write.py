@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
-from daskcal.io._zarr_read import ChunkLayout, ZarrSource, chunk_layout
+from daskcal.io._zarr_read import ArrayNotes, ChunkLayout, ZarrSource, chunk_layout
 
 __all__ = ["ChunkWriter", "SliceOf", "chunk_writer", "register_slice", "slice_of", "take_block", "take_slice"]
 
-#: How many array names :func:`slice_of` remembers (oldest forgotten first).
-_MAX_SLICES = 4096
-_SLICES: OrderedDict[str, SliceOf] = OrderedDict()
+#: The :class:`SliceOf` of each registered array (see :func:`slice_of`).
+_SLICES = ArrayNotes(4096)
 
 
 @dataclass(frozen=True)
@@ -61,10 +59,7 @@ def register_slice(arr, source, index: int | slice, dtype=None) -> None:
     if dtype.itemsize != np.dtype(source.dtype).itemsize or source.chunks[-2:] != arr.chunks[-2:]:
         msg = "a registered slice must be a view of the source with the same (y, x) chunks"
         raise ValueError(msg)
-    _SLICES[arr.name] = SliceOf(source, index, dtype)
-    _SLICES.move_to_end(arr.name)
-    while len(_SLICES) > _MAX_SLICES:
-        _SLICES.popitem(last=False)
+    _SLICES.add(arr.name, SliceOf(source, index, dtype))
 
 
 def take_block(block: np.ndarray, index, dtype: np.dtype) -> np.ndarray:
@@ -102,7 +97,7 @@ def take_slice(source, index: int | slice, dtype=None):
 
 def slice_of(arr) -> SliceOf | None:
     """The :class:`SliceOf` registered for dask array ``arr`` (by name), else None."""
-    return _SLICES.get(getattr(arr, "name", None))
+    return _SLICES.get(arr)
 
 
 def _compressor(codec):
