@@ -37,7 +37,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["ArrayNotes", "ChunkLayout", "ZarrSource", "chunk_layout", "read_as_dask", "read_regions", "zarr_source"]
+__all__ = ["ArrayNotes", "ChunkLayout", "ZarrSource", "chunk_layout", "layout_and_codec", "read_as_dask", "read_regions", "zarr_source"]
 
 
 class ArrayNotes:
@@ -287,18 +287,27 @@ def chunk_layout(store: str, name: str, version: str) -> ChunkLayout | None:
     return ChunkLayout(Path(arr.store.root) / arr.path, meta, dtype, codecs[1] if len(codecs) == 2 else None)
 
 
-@functools.lru_cache(maxsize=64)
-def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
-    """A :class:`_ChunkFiles` for the array if its layout allows reading it here, else None."""
+def layout_and_codec(store: str, name: str, version: str, make) -> tuple | None:
+    """``(layout, function)`` for an array whose chunks daskcal reads or writes itself, else None.
+
+    ``function`` is ``make(codec)`` for the array's bytes-to-bytes codec (None from
+    ``make``: a codec daskcal does not handle, so None here), or None when chunks are
+    stored uncompressed.
+    """
     layout = chunk_layout(store, name, version)
     if layout is None:
         return None
-    decompress = None
-    if layout.codec is not None:
-        decompress = _decompressor(layout.codec)
-        if decompress is None:
-            return None
-    return _ChunkFiles(layout, decompress)
+    if layout.codec is None:
+        return layout, None
+    function = make(layout.codec)
+    return None if function is None else (layout, function)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
+    """A :class:`_ChunkFiles` for the array if its layout allows reading it here, else None."""
+    found = layout_and_codec(store, name, version, _decompressor)
+    return None if found is None else _ChunkFiles(*found)
 
 
 def _read(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daskcal.io._zarr_read import ArrayNotes, ChunkLayout, ZarrSource, chunk_layout
+from daskcal.io._zarr_read import ArrayNotes, ChunkLayout, ZarrSource, layout_and_codec
 
 __all__ = ["ChunkWriter", "SliceOf", "chunk_writer", "register_slice", "slice_of", "take_block", "take_slice"]
 
@@ -183,12 +183,5 @@ def chunk_writer(source: ZarrSource) -> ChunkWriter | None:
 
 @functools.lru_cache(maxsize=256)
 def _chunk_writer(store: str, name: str, version: str) -> ChunkWriter | None:
-    layout = chunk_layout(store, name, version)
-    if layout is None:
-        return None
-    compress = None
-    if layout.codec is not None:
-        compress = _compressor(layout.codec)
-        if compress is None:
-            return None
-    return ChunkWriter(layout, compress)
+    found = layout_and_codec(store, name, version, _compressor)
+    return None if found is None else ChunkWriter(*found)
