@@ -24,10 +24,10 @@ def register(sub) -> None:
         "on one cluster. Every input is opened and checked before anything is computed.",
     )
     p.add_argument("input", nargs="+", metavar="IN", help="ramp Zarr store(s)")
-    p.add_argument("output", metavar="OUT", help="output directory (each product directory is written atomically)")
+    p.add_argument("output", metavar="OUT", help="output directory (created if missing; products appear in it when complete)")
     p.add_argument("--chunks", type=int, nargs=2, metavar=("CY", "CX"), default=None, help="(y, x) chunk size")
     p.add_argument("--fits", action="store_true", help="also export rate.fits and rateints.fits")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace existing products (only the files this command writes)")
     for step, params in step_parameters().items():
         g = p.add_argument_group(f"{step} parameters")
         for name, default in params.items():
@@ -71,47 +71,60 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     dict
         One input: ``{"rate": path, "rateints": path}``. Several: input -> that dict.
     """
+    import contextlib
+
     from daskcal.cluster import connect
     from daskcal.detector._pipeline import detector1
     from daskcal.io._atomic import save_products
+    from daskcal.io._outputs import OutputSet
     from daskcal.io._ramps import open_ramps, to_fits
 
     inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
     single = len(inputs) == 1
+    names = ("rate", "rateints")
     jobs = []
     for inp, out in _outputs(inputs, output, single):
         if str(inp).endswith(".fits"):
             msg = f"{inp!r} is FITS; convert it first with 'daskcal ingest' (detector1 reads Zarr ramp stores)"
             raise ValueError(msg)
-        if Path(out).exists() and not overwrite:
-            msg = f"output {str(out)!r} already exists; pass --overwrite to replace it"
-            raise FileExistsError(msg)
+        products = [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in names] if fits else [])
+        outputs = OutputSet(products, overwrite=overwrite, inputs=inputs)
+        outputs.check()
         ramps = open_ramps(inp)
         result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
-        jobs.append((inp, out, ramps, result))
+        jobs.append((inp, out, ramps, result, outputs))
     done = {}
-    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
-        print(f"dashboard: {client.dashboard_link}")
-        for inp, out, ramps, result in jobs:
-            t0 = time.perf_counter()
-            paths = save_products({"rate": result.rate, "rateints": result.rateints}, out, overwrite=overwrite,
-                                  progress=not args.no_progress)
-            elapsed = time.perf_counter() - t0
-            n = ramps.sizes
-            mpg = n["integration"] * n["group"] * n["y"] * n["x"] / 1e6
-            label = "detector1" if single else f"detector1 {inp}"
-            print(f"{label}: {mpg:.1f} Mpix*groups in {elapsed:.1f} s ({mpg / elapsed:.1f} Mpix*groups/s)")
-            done[inp] = paths
-    for inp, out, _, _ in jobs:
-        if fits:
-            import xarray as xr
-
-            for name, store in done[inp].items():
-                with xr.open_zarr(store, consolidated=False) as ds:
-                    to_fits(ds, Path(out) / f"{name}.fits", overwrite=True)
+    with contextlib.ExitStack() as stack:
+        for job in jobs:  # staging folders exist (the outputs are writable) before the cluster starts
+            stack.enter_context(job[-1])
+        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+            print(f"dashboard: {client.dashboard_link}")
+            for inp, out, ramps, result, outputs in jobs:
+                t0 = time.perf_counter()
+                paths = save_products({"rate": result.rate, "rateints": result.rateints}, out,
+                                      progress=not args.no_progress, outputs=outputs)
+                elapsed = time.perf_counter() - t0
+                if fits:
+                    _export_fits(paths, outputs, to_fits)
+                outputs.commit()  # this exposure's products appear together
+                n = ramps.sizes
+                mpg = n["integration"] * n["group"] * n["y"] * n["x"] / 1e6
+                label = "detector1" if single else f"detector1 {inp}"
+                print(f"{label}: {mpg:.1f} Mpix*groups in {elapsed:.1f} s ({mpg / elapsed:.1f} Mpix*groups/s)")
+                done[inp] = paths
+    for inp, *_ in jobs:
         for name, store in done[inp].items():
             print(f"{name}: {store}")
     return done[inputs[0]] if single else done
+
+
+def _export_fits(stores: dict, outputs, to_fits) -> None:
+    """Export each staged store to FITS in the same staging folder (committed with the stores)."""
+    import xarray as xr
+
+    for name, final in stores.items():
+        with xr.open_zarr(outputs.path(final), consolidated=False) as ds:
+            to_fits(ds, outputs.path(final.with_suffix(".fits")))
 
 
 def _outputs(inputs: list, output, single: bool) -> list[tuple]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -46,11 +47,79 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
     logging.getLogger("daskcal").setLevel(level)
+    previous = _terminate_like_interrupt()
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
         print(f"daskcal {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file system that refuses: permissions, read-only, full, missing folders
+        print(f"daskcal {args.command}: error: {_describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Terminated as exc:
+        print(f"daskcal {args.command}: stopped by {exc}; products that were not complete were removed",
+              file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print(f"daskcal {args.command}: interrupted; products that were not complete were removed", file=sys.stderr)
+        return 130
+    finally:
+        _restore(previous)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """One line naming the path and the reason (``[Errno 28] ...`` without the number)."""
+    if exc.filename is None:
+        return str(exc)
+    where = repr(str(exc.filename)) + (f" -> {str(exc.filename2)!r}" if exc.filename2 else "")
+    return f"{where}: {exc.strerror or exc}"
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process gets SIGTERM or SIGHUP (a batch system's walltime,
+    ``scancel``, a closed terminal): the run unwinds as for Ctrl-C, cancelling its tasks and
+    removing its unfinished products."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    _quiet_shutdown()
+    raise Terminated(signum)
+
+
+def _raise_interrupt(signum, frame):
+    _quiet_shutdown()
+    raise KeyboardInterrupt
+
+
+def _quiet_shutdown() -> None:
+    """Once the run is being stopped, dask's reports of the tasks it cancels are noise: hide them."""
+    for name in ("distributed", "asyncio", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _terminate_like_interrupt() -> dict:
+    """Handle SIGTERM and SIGHUP like SIGINT, all quietly (main thread only); return the handlers replaced."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with SIGINT ignored
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
+    return previous
+
+
+def _restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,10 +37,10 @@ def register(sub) -> None:
         "and, with --save-median, OUTDIR/median.zarr.",
     )
     p.add_argument("inputs", nargs="+", help="calibrated image Zarr stores (two exposure groups or more)")
-    p.add_argument("-o", "--output", required=True, help="output directory (written atomically)")
+    p.add_argument("-o", "--output", required=True, help="output directory (created if missing; the products appear in it together when complete)")
     p.add_argument("--save-median", action="store_true", help="also write the median mosaic as median.zarr")
     p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.outliers] table (graphs/outliers.toml)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
     g = p.add_argument_group("outliers parameters (default: the recipe's, else the reference defaults)")
     g.add_argument("--snr", default=None, help="two thresholds in sigma (default '5.0 4.0')")
     g.add_argument("--scale", default=None, help="two derivative multipliers (default '1.2 0.7')")
@@ -119,6 +119,7 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
     from daskcal.cluster import connect
     from daskcal.image._outliers import flag_outliers
     from daskcal.io._atomic import save_products
+    from daskcal.io._outputs import OutputSet
 
     images = [_open(p) for p in inputs]
     names = []
@@ -129,12 +130,15 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
     products = {name: ds for name, ds in zip(names, result.images)}
     if save_median:
         products["median"] = result.median.to_dataset()
+    outputs = OutputSet([Path(output) / f"{name}.zarr" for name in products], overwrite=overwrite, inputs=inputs)
     try:
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
-            print(f"dashboard: {client.dashboard_link}")
-            t0 = time.perf_counter()
-            paths = save_products(products, output, overwrite=overwrite, progress=not args.no_progress)
-            elapsed = time.perf_counter() - t0
+        with outputs:  # checked, and the output folder proven writable, before the cluster starts
+            with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+                print(f"dashboard: {client.dashboard_link}")
+                t0 = time.perf_counter()
+                paths = save_products(products, output, progress=not args.no_progress, outputs=outputs)
+                elapsed = time.perf_counter() - t0
+            outputs.commit()
     finally:
         result.cleanup()
     print(f"outliers: {len(images)} exposures in {elapsed:.1f} s")

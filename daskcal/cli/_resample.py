@@ -132,15 +132,13 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     from daskcal.cluster import connect
     from daskcal.image._io import open_images
     from daskcal.image._resample import resample
-    from daskcal.io._atomic import atomic_path
+    from daskcal.io._atomic import write_zarr
+    from daskcal.io._outputs import OutputSet
 
     output = Path(output)
-    if output.exists() and not overwrite:
-        msg = f"output {str(output)!r} already exists; pass --overwrite to replace it"
-        raise FileExistsError(msg)
-    if fits and fits_path(output).exists() and not overwrite:
-        msg = f"output {str(fits_path(output))!r} already exists; pass --overwrite to replace it"
-        raise FileExistsError(msg)
+    outputs = OutputSet([output, fits_path(output)] if fits else [output], overwrite=overwrite,
+                        inputs=[p for p in inputs if not str(p).endswith(".json")] + _asn_members(inputs))
+    outputs.check()
     images = open_images(inputs)
     mosaic = resample(images, **_library_kwargs(params))  # every check runs here, before anything is written
     if fits:
@@ -148,30 +146,43 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     mpix = sum(im["data"].size for im in images) / 1e6
     print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
           f"tiles {mosaic.attrs['tile_shape']}")
-    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
-        print(f"dashboard: {client.dashboard_link}", flush=True)
-        t0 = time.perf_counter()
-        with atomic_path(output, overwrite=overwrite) as tmp:
-            write = mosaic.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False)
-            future = client.compute(write)
-            if not args.no_progress:
-                from distributed import progress
+    with outputs:  # the output folder is proven writable before the cluster starts
+        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+            print(f"dashboard: {client.dashboard_link}", flush=True)
+            t0 = time.perf_counter()
+            write_zarr(mosaic, outputs.path(output), progress=not args.no_progress)
+            elapsed = time.perf_counter() - t0
+        if fits:
+            import xarray as xr
 
-                progress(future)
-                print()
-            future.result()
-        elapsed = time.perf_counter() - t0
+            from daskcal.image._io import to_fits
+
+            with xr.open_zarr(outputs.path(output), consolidated=False) as ds:
+                to_fits(ds, outputs.path(fits_path(output)))
+        outputs.commit()  # the mosaic and its FITS export appear together
     print(f"resample: {mpix:.1f} input Mpix in {elapsed:.1f} s ({mpix / elapsed:.2f} input Mpix/s)")
     print(f"mosaic: {output}")
     if fits:
-        import xarray as xr
-
-        from daskcal.image._io import to_fits
-
-        with xr.open_zarr(output, consolidated=False) as ds:
-            to_fits(ds, fits_path(output), overwrite=True)
         print(f"fits: {fits_path(output)}")
     return output
+
+
+def _asn_members(inputs) -> list[Path]:
+    """Files named by association JSON inputs (relative to the association), for the overlap check."""
+    import json
+
+    members = []
+    for p in inputs:
+        if str(p).endswith(".json") and Path(p).is_file():
+            try:
+                asn = json.loads(Path(p).read_text())
+            except (OSError, ValueError):
+                continue  # open_images reports a bad association
+            for product in asn.get("products", []) if isinstance(asn, dict) else []:
+                for m in product.get("members", []) if isinstance(product, dict) else []:
+                    if isinstance(m, dict) and isinstance(m.get("expname"), str):
+                        members.append(Path(p).parent / m["expname"])
+    return members
 
 
 def _check_fits_export(mosaic) -> None:

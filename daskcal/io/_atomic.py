@@ -8,22 +8,31 @@ interrupted run never leaves a store that looks complete.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import shutil
 import tempfile
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "save", "save_dataset", "save_products"]
+from daskcal.io._outputs import OutputSet, mark_complete, mark_incomplete
+
+log = logging.getLogger(__name__)
+
+__all__ = ["atomic_path", "compute_on_client", "compute_writes", "save", "save_dataset", "save_products", "write_zarr"]
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it to ``path`` on success.
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = False,
+                inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a staging path for ``path``; move it into place when the block succeeds.
+
+    The product is written in a hidden staging folder beside ``path``
+    (:class:`daskcal.io._outputs.OutputSet`) and appears at ``path`` only when complete;
+    a product that appears at ``path`` meanwhile (another run) is never replaced without
+    ``overwrite``, and nothing but ``path`` itself is ever replaced.
 
     Parameters
     ----------
@@ -32,32 +41,12 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     overwrite : bool, default False
         Replace an existing ``path``. Without it an existing ``path`` is an error,
         raised before anything is written.
+    inputs : iterable of path-like, optional
+        Paths the run reads: ``path`` may not be, contain or sit inside one of them.
     """
-    final = Path(path)
-    if final.exists() and not overwrite:
-        msg = f"output {str(final)!r} already exists; pass overwrite=True (--overwrite) to replace it"
-        raise FileExistsError(msg)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        yield tmp
-        if final.exists():
-            trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            _remove(trash)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
-    elif p.exists():
-        p.unlink()
+    with OutputSet([path], overwrite=overwrite, inputs=inputs) as outputs:
+        yield outputs.path(path)
+        outputs.commit()
 
 
 def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, compute: bool = True):
@@ -82,8 +71,22 @@ def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, comput
         msg = "compute=False is not supported: an atomic write must run to completion"
         raise ValueError(msg)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(ds))
+        write_zarr(ds, tmp, encoding=_encoding(ds))
     return Path(path)
+
+
+def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool = False) -> None:
+    """``ds.to_zarr(store)`` with the store's root ``zarr.json`` hidden until every chunk is written.
+
+    Runs on the default ``distributed.Client`` if there is one (cancelling its tasks if the
+    write fails or is interrupted), else on dask's current scheduler.
+    """
+    import dask
+
+    write = ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+    mark_incomplete(store)
+    compute_writes([write], progress=progress)
+    mark_complete(store)
 
 
 def _encoding(ds) -> dict:
@@ -153,7 +156,8 @@ def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "
     return tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
 
 
-def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False) -> dict:
+def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False,
+                  outputs: OutputSet | None = None, inputs: Iterable[str | os.PathLike] = ()) -> dict:
     """Write several datasets as ``out_dir/<name>.zarr`` in one pass, atomically.
 
     The datasets are computed together, so work they share (for example the one
@@ -165,7 +169,13 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     compressor; products get Blosc-LZ4 with byte shuffle), and takes the ramp
     fit's one stacked block for all of ``rate``'s and ``rateints``' variables.
     Dask-backed variables are written as they are (no CF encoding).
-    ``out_dir`` appears only when every store is complete.
+
+    The stores are written in a hidden staging folder inside ``out_dir``, each with its
+    root ``zarr.json`` hidden until its last chunk is written (so an interrupted run
+    leaves nothing that opens as a product), and appear together when all are complete.
+    ``out_dir`` itself is created if missing and never replaced; only the named stores are.
+    If the computation fails or is interrupted, its tasks are cancelled before the
+    staging folder is removed.
 
     Parameters
     ----------
@@ -174,46 +184,142 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     out_dir : path-like
         Destination directory.
     overwrite : bool, default False
-        Replace an existing ``out_dir``.
+        Replace existing ``out_dir/<name>.zarr`` stores (nothing else in ``out_dir``).
     progress : bool, default False
         Show a console progress bar (needs an active ``distributed.Client``).
+    outputs : daskcal.io._outputs.OutputSet, optional
+        An entered output set that includes every ``out_dir/<name>.zarr``: the stores are
+        written in its staging folder and left for the caller to commit (with other
+        products, such as FITS exports). Without it the stores are committed here.
+    inputs : iterable of path-like, optional
+        Paths the run reads, which no product may be, contain or sit inside (when
+        ``outputs`` is not given).
 
     Returns
     -------
     dict of str to Path
-        Name -> store path.
+        Name -> final store path.
     """
+    finals = {name: Path(out_dir) / f"{name}.zarr" for name in products}
+    if outputs is not None:
+        _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress)
+        return finals
+    with OutputSet(finals.values(), overwrite=overwrite, inputs=inputs) as own:
+        _write_products(products, {name: own.path(f) for name, f in finals.items()}, progress)
+        own.commit()
+    return finals
+
+
+def _write_products(products: dict, stores: dict, progress: bool) -> None:
+    """Write each dataset of ``products`` to the (staging) store ``stores[name]``; see :func:`save_products`."""
     import dask
     import zarr
 
     from daskcal.io._zarr_read import ZarrSource
 
-    paths = {}
-    with atomic_path(out_dir, overwrite=overwrite) as tmp:
-        tmp.mkdir()
-        targets = []
-        for name, ds in products.items():
-            store = tmp / f"{name}.zarr"
-            # metadata and numpy-backed variables now; dask-backed chunks below
-            template, encoding = _metadata_template(ds, _encoding(ds))
-            template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
-            group = zarr.open_group(store, mode="r+", zarr_format=3)
-            targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
-                        for v in ds.data_vars if _is_dask(ds[v].data)]
-            paths[name] = Path(out_dir) / f"{name}.zarr"
-        writes = _chunk_writers(targets)
-        client = _default_client()
-        if client is not None:
-            futures = client.compute(writes)
-            if progress:
-                from distributed import progress as show
+    targets = []
+    for name, ds in products.items():
+        store = stores[name]
+        # metadata and numpy-backed variables now; dask-backed chunks below
+        template, encoding = _metadata_template(ds, _encoding(ds))
+        template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+        group = zarr.open_group(store, mode="r+", zarr_format=3)
+        targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
+                    for v in ds.data_vars if _is_dask(ds[v].data)]
+        mark_incomplete(store)
+    compute_writes(_chunk_writers(targets), progress=progress)
+    for store in stores.values():
+        mark_complete(store)
 
-                show(futures)
-                print()
-            client.gather(futures)
-        else:
-            dask.compute(*writes)
-    return paths
+
+def compute_writes(collections: list, *, progress: bool = False) -> None:
+    """Run write tasks; when this returns or raises, none of them is running any more.
+
+    On the default ``distributed.Client`` if there is one (:func:`compute_on_client`). Else
+    on dask's scheduler; the threaded one gets a pool of our own, so that on a failure or
+    an interruption the tasks still queued are dropped and those running are waited for
+    (dask's own ``get`` returns as soon as one task fails, while others are still writing
+    into a folder its caller is about to remove).
+    """
+    import dask
+
+    client = _default_client()
+    if client is not None:
+        compute_on_client(client, collections, progress=progress)
+        return
+    if dask.config.get("scheduler", None) not in (None, "threads", "threading"):
+        dask.compute(*collections)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask.system import CPU_COUNT
+
+    pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT, thread_name_prefix="daskcal-write")
+    try:
+        dask.compute(*collections, scheduler="threads", pool=pool)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def compute_on_client(client, collections, *, progress: bool = False):
+    """Compute ``collections`` on ``client``; on any failure or interruption cancel them first.
+
+    Cancelling before the caller removes its staging folder keeps queued tasks from
+    writing into it (tasks already running finish their chunk; the writers never
+    re-create a store that was removed).
+    """
+    futures = client.compute(collections)
+    try:
+        if progress:
+            from distributed import progress as show
+
+            show(futures)
+            print()
+        return client.gather(futures)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+            _wait_until_stopped(client)
+        raise
+
+
+def _wait_until_stopped(client, timeout: float = 60.0) -> None:
+    """After cancelling, wait until the workers no longer run what was running (cancelling does
+    not stop a running task, and a late chunk write would re-create a staging folder that is
+    being removed).
+
+    Waits until none of the tasks the workers were running when this was called still runs,
+    and no worker runs a cancelled task, over two checks 50 ms apart (a task that started
+    just before its worker heard of the cancellation turns "cancelled" then). The
+    distributed API has no public "is this cancelled task still running"; this asks each
+    worker through ``Client.run`` for its ``state.executing`` and ``state.long_running``
+    (distributed >= 2022.11). If those are missing it falls back to a fixed wait, with a warning.
+    """
+    import time
+
+    def running(dask_worker):
+        state = dask_worker.state
+        return [(str(ts.key), ts.state) for ts in (*state.executing, *state.long_running)]
+
+    deadline = time.monotonic() + timeout
+    first = None
+    clean = 0
+    while time.monotonic() < deadline:
+        try:
+            busy = [task for tasks in client.run(running).values() for task in tasks]
+        except AttributeError:
+            log.warning("cannot ask the workers whether cancelled writes still run; waiting 2 s")
+            time.sleep(2.0)
+            return
+        if first is None:
+            first = {key for key, _ in busy}
+        clean = 0 if any(key in first or state == "cancelled" for key, state in busy) else clean + 1
+        if clean >= 2:
+            return
+        time.sleep(0.05)
+    log.warning("tasks of the cancelled run were still running after %.0f s", timeout)
 
 
 def _is_dask(arr) -> bool:

@@ -171,9 +171,16 @@ class ChunkWriter:
             piece = np.ascontiguousarray(piece)
             data = memoryview(piece.reshape(-1).view(np.uint8)) if self.compress is None else self.compress(piece)
             path = root / meta.encode_chunk_key(coords)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
+            if not path.parent.is_dir():
+                if not root.is_dir():  # never re-create a store that a cancelled run has removed
+                    msg = f"{root}: the array being written no longer exists (the run was cancelled?)"
+                    raise FileNotFoundError(msg)
+                path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(path, "wb") as f:
+                    f.write(data)
+            except OSError as exc:  # name the file (a full disk says only "No space left on device")
+                raise type(exc)(exc.errno, exc.strerror, str(path)) from None
 
 
 def chunk_writer(source: ZarrSource) -> ChunkWriter | None:

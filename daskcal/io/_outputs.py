@@ -1,0 +1,369 @@
+"""The products of one run, staged out of sight and committed together.
+
+A command writes its products (Zarr stores, FITS files) under a hidden staging folder
+beside them, ``<parent>/.daskcal-partial-<host>-<pid>-<id>/``, and moves them into place
+only when every one of them is complete (:meth:`OutputSet.commit`):
+
+- Nothing but the products themselves is ever replaced, and only with ``overwrite``: the
+  folder they go in, and anything else in it, is left alone (it is created if missing).
+- A product is moved into place with a no-replace rename (``renameat2(RENAME_NOREPLACE)``
+  on Linux; ``link`` + ``unlink`` for files elsewhere), so a product that another run
+  put there meanwhile is never replaced without ``overwrite``: the later run fails
+  naming it. If one product of several cannot be placed, those already placed are
+  moved back, so the products appear together or not at all.
+- While chunks are being written, a staged Zarr store's root ``zarr.json`` is kept
+  under another name (:func:`mark_incomplete`), so a store left by a killed run cannot
+  be opened as a product; the name is restored once every chunk is written.
+- Each staging folder holds a marker with the host, PID and start time of the process
+  that made it. A later run that writes to the same folder removes the staging folders
+  of processes that no longer exist on this host (a warning names each one); nothing
+  without that marker is ever removed.
+- Signals (SIGINT, SIGTERM, SIGHUP) are held back while products are being moved into
+  place, so an interruption comes before or after the moves, never between them. Only
+  SIGKILL in that window (microseconds) can leave some products placed and some staged.
+
+Checks that need no data run in :meth:`OutputSet.__enter__`, before any cluster starts:
+an existing product without ``overwrite``, a product that is, contains or sits inside
+one of the inputs, an output folder that cannot be created or written (by creating the
+staging folder itself: permission bits say nothing to root or on network file systems).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+__all__ = ["OutputSet", "STAGE_PREFIX", "mark_complete", "mark_incomplete", "rename_noreplace", "remove_stale_partials"]
+
+log = logging.getLogger(__name__)
+
+#: Name prefix of every staging folder.
+STAGE_PREFIX = ".daskcal-partial-"
+#: The marker file inside a staging folder.
+MARKER = "daskcal-partial.json"
+#: What a staged Zarr store's root ``zarr.json`` is called until its chunks are written.
+HIDDEN_METADATA = "zarr.json.incomplete"
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)}
+
+
+def _norm(p: str | os.PathLike) -> Path:
+    """Absolute path with its parent's symlinks resolved (the last component kept as named)."""
+    p = Path(os.path.abspath(os.fspath(p)))
+    return p.parent.resolve() / p.name
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+class OutputSet:
+    """The products of one run: checked before it starts, staged while it runs, committed together.
+
+    Parameters
+    ----------
+    products : iterable of path-like
+        Final paths of every product the run writes (stores or files).
+    overwrite : bool, default False
+        Replace products that exist (and only them). Without it an existing product is an
+        error, raised on entering, and a product that appears while the run is writing is
+        never replaced.
+    inputs : iterable of path-like, optional
+        The run's inputs: a product that is one of them, contains one, or sits inside one
+        is refused.
+
+    Use as a context manager: entering checks and creates the staging folders, leaving
+    with an exception removes them (and any output folder the run created that is left
+    empty); :meth:`commit` moves the products into place. ``path(final)`` is where to
+    write each product.
+    """
+
+    def __init__(self, products: Iterable[str | os.PathLike], *, overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike] = ()) -> None:
+        self.finals = [_norm(p) for p in products]
+        self.overwrite = bool(overwrite)
+        self.inputs = [_norm(p) for p in inputs]
+        self._stages: dict[Path, Path] = {}
+        self._created: list[Path] = []
+        self.committed = False
+        if len(set(self.finals)) != len(self.finals):
+            seen = set()
+            dup = next(str(p) for p in self.finals if p in seen or seen.add(p))
+            msg = f"output {dup!r} is named twice in one run"
+            raise ValueError(msg)
+
+    # -- before the run ---------------------------------------------------------------
+    def check(self) -> None:
+        """Refuse existing products (without overwrite) and products that overlap an input."""
+        for final in self.finals:
+            for inp in self.inputs:
+                if _inside(inp, final) or _inside(final, inp):
+                    what = "is" if inp == final else ("contains" if _inside(inp, final) else "is inside")
+                    msg = f"output {str(final)!r} {what} the input {str(inp)!r}; choose another output"
+                    raise ValueError(msg)
+            if os.path.lexists(final) and not self.overwrite:
+                msg = f"output {str(final)!r} already exists; pass overwrite=True (--overwrite) to replace it"
+                raise FileExistsError(msg)
+            if os.path.lexists(final.parent) and not final.parent.is_dir():
+                msg = f"output folder {str(final.parent)!r} is not a directory"
+                raise NotADirectoryError(msg)
+
+    def __enter__(self) -> OutputSet:
+        self.check()
+        try:
+            for final in self.finals:
+                parent = final.parent
+                if parent not in self._stages:
+                    self._make_parent(parent)
+                    remove_stale_partials(parent)
+                    self._stages[parent] = _make_stage(parent, [f.name for f in self.finals if f.parent == parent])
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def _make_parent(self, parent: Path) -> None:
+        missing = []
+        p = parent
+        while not os.path.lexists(p):
+            missing.append(p)
+            p = p.parent
+        for p in reversed(missing):
+            try:
+                p.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _named(exc, p, "cannot create the output folder") from None
+            self._created.append(p)
+
+    def path(self, final: str | os.PathLike) -> Path:
+        """Where to write the product whose final path is ``final`` (inside its staging folder)."""
+        final = _norm(final)
+        if final not in self.finals:
+            msg = f"{str(final)!r} is not one of this run's outputs {[str(f) for f in self.finals]}"
+            raise ValueError(msg)
+        return self._stages[final.parent] / final.name
+
+    # -- after the run ----------------------------------------------------------------
+    def commit(self) -> list[Path]:
+        """Move every product into place, all or none; return the final paths.
+
+        A product missing from its staging folder is an error (the run did not write it).
+        """
+        for final in self.finals:
+            staged = self.path(final)
+            if not os.path.lexists(staged):
+                msg = f"output {str(final)!r} was not written by this run"
+                raise FileNotFoundError(msg)
+            mark_complete(staged)
+        placed: list[tuple[Path, Path, Path | None]] = []  # (staged, final, old product moved aside)
+        with _signals_held():
+            try:
+                for final in self.finals:
+                    staged = self.path(final)
+                    old = None
+                    if self.overwrite and os.path.lexists(final):
+                        old = staged.parent / f".old-{final.name}"
+                        os.replace(final, old)
+                    try:
+                        rename_noreplace(staged, final)
+                    except FileExistsError:
+                        if old is not None:
+                            os.replace(old, final)
+                        msg = (f"output {str(final)!r} appeared while this run was writing it (another run?); "
+                               f"it was left as it is; pass --overwrite to replace it")
+                        raise FileExistsError(msg) from None
+                    placed.append((staged, final, old))
+            except BaseException:
+                for staged, final, old in reversed(placed):
+                    os.replace(final, staged)
+                    if old is not None:
+                        os.replace(old, final)
+                raise
+        self.committed = True
+        for stage in self._stages.values():
+            _remove_tree(stage)
+        return list(self.finals)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            self._abort()
+
+    def _abort(self) -> None:
+        for stage in self._stages.values():
+            _remove_tree(stage)
+        for p in reversed(self._created):
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only if the run left it empty
+
+
+def _make_stage(parent: Path, names: list[str]) -> Path:
+    host = socket.gethostname().replace("-", "_")[:40] or "host"
+    stage = parent / f"{STAGE_PREFIX}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        stage.mkdir()
+        marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
+                  "products": names, "command": " ".join(sys.argv)[:500]}
+        (stage / MARKER).write_text(json.dumps(marker))
+    except OSError as exc:
+        _remove_tree(stage)
+        raise _named(exc, parent, "cannot write in the output folder") from None
+    return stage
+
+
+def _named(exc: OSError, path: Path, what: str) -> OSError:
+    """The same kind of OSError, with a one-line message naming ``path``."""
+    reason = exc.strerror or str(exc)
+    cls = {errno.EACCES: PermissionError, errno.EPERM: PermissionError, errno.ENOTDIR: NotADirectoryError}.get(
+        exc.errno, OSError)
+    named = cls(f"{what} {str(path)!r}: {reason}")
+    named.errno = exc.errno
+    return named
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - no psutil, or no such process: unknown
+        return None
+
+
+def _is_stale(stage: Path) -> bool:
+    """True if ``stage`` is a staging folder of a process that no longer runs on this host."""
+    try:
+        marker = json.loads((stage / MARKER).read_text())
+        pid = int(marker["pid"])
+        host = marker["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not ours (or being created right now): leave it
+    if host != socket.gethostname():
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    started = marker.get("started")
+    now = _process_start(pid)
+    return started is not None and now is not None and abs(now - started) > 1.0  # PID reused
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders in ``folder`` left by daskcal runs that no longer exist.
+
+    Only folders named ``.daskcal-partial-*`` that hold daskcal's marker naming a dead
+    process of this host are removed; a warning names each. Returns them.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(STAGE_PREFIX) and entry.is_dir() and _is_stale(entry):
+            log.warning("removing %s, left by a daskcal run that was killed", entry)
+            _remove_tree(entry)
+            removed.append(entry)
+    return removed
+
+
+def mark_incomplete(store: str | os.PathLike) -> None:
+    """Keep ``store``'s root ``zarr.json`` under another name, so the store cannot be opened."""
+    meta = Path(store) / "zarr.json"
+    if meta.exists():
+        os.replace(meta, Path(store) / HIDDEN_METADATA)
+
+
+def mark_complete(store: str | os.PathLike) -> None:
+    """Undo :func:`mark_incomplete` (nothing to do for other paths)."""
+    hidden = Path(store) / HIDDEN_METADATA
+    if hidden.exists():
+        os.replace(hidden, Path(store) / "zarr.json")
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP back (main thread only); they are delivered on leaving."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_warned_fallback = False
+
+
+def rename_noreplace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename ``src`` to ``dst``, failing with FileExistsError if ``dst`` exists (never replacing it).
+
+    Linux's ``renameat2(RENAME_NOREPLACE)`` makes the check and the rename one step. Where
+    it is missing or the file system refuses it, a file is linked then unlinked (also
+    atomic); a directory is renamed after a check, which another process could race (a
+    warning says so once).
+    """
+    global _warned_fallback
+    src_b, dst_b = os.fsencode(src), os.fsencode(dst)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "renameat2", None)
+        if fn is not None:
+            if fn(_AT_FDCWD, src_b, _AT_FDCWD, dst_b, _RENAME_NOREPLACE) == 0:
+                return
+            err = ctypes.get_errno()
+            if err in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(err, os.strerror(err), os.fsdecode(dst))
+            if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+                raise OSError(err, os.strerror(err), os.fsdecode(dst))
+    if not os.path.isdir(src):
+        os.link(src, dst)  # EEXIST if dst exists
+        os.unlink(src)
+        return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dst))
+    if not _warned_fallback:
+        log.warning("this file system has no no-replace rename: a product written at the same moment by "
+                    "another run could be replaced")
+        _warned_fallback = True
+    os.rename(src, dst)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove ``path`` (a staging folder): first renamed away, so a late writer cannot add to it."""
+    if not os.path.lexists(path):
+        return
+    trash = path.with_name(f"{path.name}.removing-{uuid.uuid4().hex[:6]}")
+    try:
+        os.rename(path, trash)
+    except OSError:
+        trash = path
+    for _ in range(5):
+        shutil.rmtree(trash, ignore_errors=True)
+        if not os.path.lexists(trash):
+            return
+        time.sleep(0.1)
+    log.warning("could not remove %s completely", trash)
