@@ -83,10 +83,22 @@ def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool 
     """
     import dask
 
-    write = ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
-    mark_incomplete(store)
-    compute_writes([write], progress=progress)
-    mark_complete(store)
+    with naming_path(store):
+        write = ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+        mark_incomplete(store)
+        compute_writes([write], progress=progress)
+        mark_complete(store)
+
+
+@contextlib.contextmanager
+def naming_path(path) -> Iterator[None]:
+    """Give an OSError raised inside without a file name (zarr's writes, a full disk) ``path`` as its name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
 
 
 def _encoding(ds) -> dict:
@@ -220,14 +232,16 @@ def _write_products(products: dict, stores: dict, progress: bool) -> None:
     targets = []
     for name, ds in products.items():
         store = stores[name]
-        # metadata and numpy-backed variables now; dask-backed chunks below
-        template, encoding = _metadata_template(ds, _encoding(ds))
-        template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
-        group = zarr.open_group(store, mode="r+", zarr_format=3)
-        targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
-                    for v in ds.data_vars if _is_dask(ds[v].data)]
-        mark_incomplete(store)
-    compute_writes(_chunk_writers(targets), progress=progress)
+        with naming_path(store):
+            # metadata and numpy-backed variables now; dask-backed chunks below
+            template, encoding = _metadata_template(ds, _encoding(ds))
+            template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+            group = zarr.open_group(store, mode="r+", zarr_format=3)
+            targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
+                        for v in ds.data_vars if _is_dask(ds[v].data)]
+            mark_incomplete(store)
+    with naming_path(Path(next(iter(stores.values()))).parent if stores else "."):
+        compute_writes(_chunk_writers(targets), progress=progress)
     for store in stores.values():
         mark_complete(store)
 
