@@ -393,15 +393,15 @@ class _StackDirectory:
 
     def __init__(self, parent):
         import atexit
-        import tempfile
 
-        self.name = tempfile.mkdtemp(prefix="daskcal-outliers-", dir=parent)
+        from daskcal.io._atomic import temporary_directory
+
+        self._dir = temporary_directory(parent, prefix="daskcal-outliers-")  # removed by a later run if we are killed
+        self.name = self._dir.name
         atexit.register(self.cleanup)
 
     def cleanup(self):
-        import shutil
-
-        shutil.rmtree(self.name, ignore_errors=True)
+        self._dir.cleanup()
 
     def __repr__(self):
         return f"<stack directory {self.name}>"

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from daskcal.io._outputs import OutputSet, mark_complete, mark_incomplete
+from daskcal.io._outputs import OutputSet, WorkDirectory, mark_complete, mark_incomplete
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +162,13 @@ def _check_aligned(name: str, dask_chunks: tuple, zarr_chunks: tuple) -> None:
             raise ValueError(msg)
 
 
-def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "daskcal-") -> tempfile.TemporaryDirectory:
-    """A temporary directory (deleted on cleanup) under ``parent`` or the system default."""
-    return tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
+def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "daskcal-") -> WorkDirectory:
+    """A temporary directory under ``parent`` or the system default: ``.name``, ``.cleanup()``.
+
+    It is a marked ``.daskcal-partial-*`` folder (its purpose, ``prefix``, in the marker), so
+    a later run removes it if this process is killed before cleaning up.
+    """
+    return WorkDirectory(parent, purpose=prefix.strip("-"))
 
 
 def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False,

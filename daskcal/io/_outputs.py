@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["OutputSet", "STAGE_PREFIX", "mark_complete", "mark_incomplete", "rename_noreplace", "remove_stale_partials"]
+__all__ = ["OutputSet", "STAGE_PREFIX", "WorkDirectory", "mark_complete", "mark_incomplete", "rename_noreplace", "remove_stale_partials"]
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,35 @@ class OutputSet:
         for p in reversed(self._created):
             with contextlib.suppress(OSError):
                 p.rmdir()  # only if the run left it empty
+
+
+class WorkDirectory:
+    """A temporary folder for a run's scratch files (an outlier stack, a median buffer).
+
+    It is a marked staging folder, so a later run removes it if this process dies without
+    cleaning up (SIGKILL, a node's crash). ``name`` is its path; :meth:`cleanup` removes it.
+    """
+
+    def __init__(self, parent: str | os.PathLike | None = None, purpose: str = "scratch") -> None:
+        import tempfile
+
+        folder = _norm(parent if parent is not None else tempfile.gettempdir())
+        remove_stale_partials(folder)
+        self.path = _make_stage(folder, [purpose])
+        self.name = str(self.path)
+
+    def cleanup(self) -> None:
+        """Remove the folder and everything in it (again: a no-op)."""
+        _remove_tree(self.path)
+
+    def __enter__(self) -> str:
+        return self.name
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"<WorkDirectory {self.name}>"
 
 
 def _make_stage(parent: Path, names: list[str]) -> Path:

@@ -206,3 +206,17 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError, match="not a directory"), OutputSet([tmp_path / "f" / "p.zarr"]):
         pass
+
+
+def test_scratch_folders_of_killed_runs_are_removed_by_the_next(tmp_path):
+    script = ("import sys; from daskcal.io._atomic import temporary_directory; "
+              "d = temporary_directory(sys.argv[1], prefix='daskcal-outliers-'); print(d.name)")
+    left = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
+    scratch = left.stdout.strip()
+    assert os.path.isdir(scratch)  # the process ended without cleaning up, as a killed one would
+    from daskcal.io._atomic import temporary_directory
+
+    mine = temporary_directory(tmp_path)
+    assert not os.path.exists(scratch) and os.path.isdir(mine.name)
+    mine.cleanup()
+    assert list(tmp_path.iterdir()) == []
