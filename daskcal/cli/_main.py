@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("daskcal").setLevel(level)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, ConnectionError, ModuleNotFoundError) as exc:
         print(f"daskcal {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

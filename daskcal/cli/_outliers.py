@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options
+from daskcal.cli._common import add_cluster_options, connect_options
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
@@ -130,7 +130,8 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
     if save_median:
         products["median"] = result.median.to_dataset()
     try:
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
+                     **connect_options(args)) as client:
             print(f"dashboard: {client.dashboard_link}")
             t0 = time.perf_counter()
             paths = save_products(products, output, overwrite=overwrite, progress=not args.no_progress)

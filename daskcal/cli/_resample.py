@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options
+from daskcal.cli._common import add_cluster_options, connect_options
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
@@ -148,7 +148,8 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     mpix = sum(im["data"].size for im in images) / 1e6
     print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
           f"tiles {mosaic.attrs['tile_shape']}")
-    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
+                 **connect_options(args)) as client:
         print(f"dashboard: {client.dashboard_link}", flush=True)
         t0 = time.perf_counter()
         with atomic_path(output, overwrite=overwrite) as tmp:
