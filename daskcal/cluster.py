@@ -216,17 +216,10 @@ def _read_scheduler_file(path: Path) -> str:
 @contextlib.contextmanager
 def _client(address, security, timeout):
     """A client of the existing scheduler at ``address``; one clear error if it cannot connect in ``timeout`` s."""
-    import dask
     from distributed import Client
     from distributed.security import Security
 
-    if address.startswith("tls://") and not dask.config.get("distributed.client.security-loader", None):
-        sec = security if security is not None else Security()  # what Client uses: Dask's distributed.comm.tls.*
-        if not (sec.tls_ca_file and sec.tls_client_cert):
-            msg = (f"the scheduler at {address} uses TLS: give its CA certificate and a client certificate "
-                   "(--tls-ca-file, --tls-cert, --tls-key; or Dask's distributed.comm.tls.ca-file and "
-                   "distributed.comm.tls.client.cert / .key configuration)")
-            raise ValueError(msg)
+    _check_tls(address, security if security is not None else Security())  # Client's default: Dask's config
     try:
         client = Client(address, security=security, timeout=timeout)
     except (FileNotFoundError, PermissionError):
@@ -236,3 +229,20 @@ def _client(address, security, timeout):
         raise SchedulerConnectError(msg) from exc
     with client:
         yield client
+
+
+def _check_tls(address: str, security) -> None:
+    """Refuse, before connecting, TLS settings that cannot work with ``address``."""
+    import dask
+
+    tls = address.startswith("tls://")
+    if security.require_encryption and not tls:
+        msg = (f"TLS settings are given (or Dask's distributed.comm.require-encryption is set) but the scheduler "
+               f"address {address} is not tls://; give its tls:// address")
+        raise ValueError(msg)
+    if tls and not dask.config.get("distributed.client.security-loader", None):
+        if not (security.tls_ca_file and security.tls_client_cert):
+            msg = (f"the scheduler at {address} uses TLS: give its CA certificate and a client certificate "
+                   "(connect's security=, the command line's --tls-ca-file, --tls-cert, --tls-key, or Dask's "
+                   "distributed.comm.tls.ca-file and distributed.comm.tls.client.cert / .key configuration)")
+            raise ValueError(msg)

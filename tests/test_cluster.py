@@ -105,6 +105,13 @@ def test_tls_option_naming_a_missing_file_is_a_clear_error(tmp_path):
         connect_options(args)
 
 
+def test_tls_settings_for_a_plain_tcp_address_are_a_clear_error():
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(ValueError, match=f"address {address} is not tls://"), \
+            connect(address, security=Security.temporary(), timeout=1):
+        pass
+
+
 def test_bad_scheduler_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no scheduler file at"), connect(str(tmp_path / "scheduler.json")):
         pass
