@@ -5,19 +5,33 @@ Library functions return lazy objects and never pick a scheduler; the command li
 ``distributed.Client``:
 
 - ``None`` or ``"local"``: an embedded ``LocalCluster`` (one process per core by
-  default, with ``threads_per_worker`` threads each).
-- ``"tcp://host:8786"`` (any scheduler address): an existing scheduler.
+  default, with ``threads_per_worker`` threads each). Its scheduler, workers and
+  dashboard listen on 127.0.0.1 only, and its connections use TLS with a temporary
+  self-signed certificate that only this process holds
+  (``distributed.security.Security.temporary()``): another local user can neither
+  reach it from another machine nor connect to its scheduler and run code on its
+  workers.
+- ``"tcp://host:8786"``, ``"tls://host:8786"`` or ``"host:8786"``: an existing scheduler.
+- a path to a scheduler file (the JSON that ``dask scheduler --scheduler-file`` writes):
+  the existing scheduler it names.
 - ``"slurm"`` / ``"pbs"``: a dask-jobqueue cluster configured from Dask's
   configuration (``jobqueue.slurm.*`` / ``jobqueue.pbs.*``), scaled to ``n_workers`` jobs.
+
+An existing scheduler that uses TLS needs a ``security`` (a
+``distributed.security.Security``); without one, Dask's configuration
+(``distributed.comm.tls.ca-file``, ``distributed.comm.tls.client.cert`` / ``.key``) applies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["WORKER_ENVIRON", "connect"]
+__all__ = ["WORKER_ENVIRON", "SchedulerConnectError", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +62,10 @@ WORKER_ENVIRON = {
 }
 
 
+class SchedulerConnectError(ConnectionError):
+    """An existing Dask scheduler did not answer within the connect timeout, or refused the connection."""
+
+
 @contextlib.contextmanager
 def connect(
     cluster: str | None = None,
@@ -56,14 +74,18 @@ def connect(
     threads_per_worker: int = 1,
     memory_limit: str | None = "auto",
     dashboard_address: str | None = ":0",
+    security: "distributed.security.Security | None" = None,  # noqa: F821
+    timeout: float = 10.0,
 ) -> Iterator["distributed.Client"]:  # noqa: F821
     """Yield a ``distributed.Client`` for ``cluster`` and close what was opened.
 
     Parameters
     ----------
     cluster : str or None, default None
-        ``None``/``"local"`` (embedded LocalCluster), a scheduler address
-        (``"tcp://..."``, ``"tls://..."``, ``"host:port"``), ``"slurm"`` or ``"pbs"``.
+        ``None``/``"local"`` (embedded LocalCluster on 127.0.0.1 with temporary TLS
+        credentials), a scheduler address (``"tcp://..."``, ``"tls://..."``,
+        ``"host:port"``), a path to a scheduler file (JSON written by
+        ``dask scheduler --scheduler-file``), ``"slurm"`` or ``"pbs"``.
     n_workers : int, optional
         Workers of an embedded or jobqueue cluster; default one per core.
     threads_per_worker : int, default 1
@@ -71,36 +93,156 @@ def connect(
     memory_limit : str, default "auto"
         Memory limit per worker of an embedded cluster.
     dashboard_address : str, default ":0"
-        Where an embedded cluster serves its dashboard (``":0"``: a free port).
-    """
-    import dask
-    from distributed import Client, LocalCluster
+        Where an embedded cluster serves its dashboard: ``":port"`` (or a bare port)
+        on 127.0.0.1, ``":0"`` a free port there; ``"host:port"`` as given
+        (``"0.0.0.0:8787"``: every interface); None for no dashboard.
+    security : distributed.security.Security, optional
+        TLS credentials for an existing scheduler (address or scheduler file).
+        Default: Dask's configuration (``distributed.comm.tls.*``). The embedded
+        cluster makes its own.
+    timeout : float, default 10.0
+        Seconds to wait for an existing scheduler to answer.
 
+    Raises
+    ------
+    SchedulerConnectError
+        No scheduler answered at the address within ``timeout`` seconds, or it refused
+        the connection (wrong TLS credentials, not a Dask scheduler).
+    ModuleNotFoundError
+        ``"slurm"``/``"pbs"`` without dask-jobqueue installed.
+    """
     kind = (cluster or "local").strip()
+    if not 0 < timeout < math.inf:
+        msg = f"the connect timeout must be a positive number of seconds; got {timeout!r}"
+        raise ValueError(msg)
+    if kind.lower() in {"local", "slurm", "pbs"} and security is not None:
+        msg = (f"security (TLS settings) is for an existing scheduler, not cluster={kind!r}; "
+               "(the embedded cluster makes its own temporary certificate; a jobqueue cluster's comes from "
+               "Dask's configuration)")
+        raise ValueError(msg)
     if kind.lower() == "local":
-        environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
-        with dask.config.set(environ), LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit,
-            dashboard_address=dashboard_address,
-            processes=True,
-        ) as lc, Client(lc) as client:
+        with _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address) as client:
             yield client
     elif kind.lower() in {"slurm", "pbs"}:
-        try:
-            import dask_jobqueue
-        except ImportError as exc:
-            msg = f"cluster={kind!r} needs dask-jobqueue: pip install 'daskcal[jobqueue]'"
-            raise ImportError(msg) from exc
-        cls = dask_jobqueue.SLURMCluster if kind.lower() == "slurm" else dask_jobqueue.PBSCluster
-        with cls() as jc:
-            jc.scale(jobs=n_workers or 1)
-            with Client(jc) as client:
-                yield client
-    elif "://" in kind or ":" in kind:
-        with Client(kind) as client:
+        with _jobqueue(kind.lower(), n_workers) as client:
             yield client
     else:
-        msg = f"cluster must be 'local', 'slurm', 'pbs' or a scheduler address such as tcp://host:8786; got {cluster!r}"
+        address = _scheduler_address(kind)
+        with _client(address, security, timeout) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address):
+    """A LocalCluster on 127.0.0.1 whose scheduler only takes clients holding its temporary certificate."""
+    import dask
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+
+    try:
+        security = Security.temporary()
+    except ImportError as exc:
+        msg = "the embedded cluster's TLS certificate needs the cryptography package: pip install cryptography"
+        raise ModuleNotFoundError(msg, name="cryptography") from exc
+    environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
+    with dask.config.set(environ), LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        memory_limit=memory_limit,
+        host="127.0.0.1",
+        dashboard_address=_on_localhost(dashboard_address),
+        security=security,
+        processes=True,
+    ) as lc, Client(lc) as client:
+        yield client
+
+
+def _on_localhost(dashboard_address: str | None) -> str | None:
+    """``dashboard_address`` with 127.0.0.1 for a missing host (distributed binds ``":port"`` to 0.0.0.0)."""
+    if dashboard_address is None:
+        return None
+    address = str(dashboard_address).strip()
+    if ":" not in address:  # a bare port
+        address = f":{address}"
+    return f"127.0.0.1{address}" if address.startswith(":") else address
+
+
+@contextlib.contextmanager
+def _jobqueue(kind, n_workers):
+    from distributed import Client
+
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        msg = f"cluster={kind!r} needs dask-jobqueue: pip install 'daskcal[jobqueue]' (or pip install dask-jobqueue)"
+        raise ModuleNotFoundError(msg, name="dask_jobqueue") from exc
+    cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
+    with cls() as jc:
+        jc.scale(jobs=n_workers or 1)
+        with Client(jc) as client:
+            yield client
+
+
+def _scheduler_address(cluster: str) -> str:
+    """The scheduler address ``cluster`` gives: itself, or the address in the scheduler file it names."""
+    if "://" in cluster:
+        return cluster
+    path = Path(cluster).expanduser()
+    if path.suffix.lower() == ".json" or path.is_file():
+        return _read_scheduler_file(path)
+    if ":" in cluster:
+        return cluster
+    msg = ("cluster must be 'local', 'slurm', 'pbs', a scheduler address such as tcp://host:8786 "
+           f"or a scheduler file (JSON); got {cluster!r}")
+    raise ValueError(msg)
+
+
+def _read_scheduler_file(path: Path) -> str:
+    """The ``address`` of a scheduler file as ``dask scheduler --scheduler-file`` writes it."""
+    if not path.is_file():
+        msg = f"no scheduler file at {str(path)!r} (start the scheduler with: dask scheduler --scheduler-file {path})"
+        raise FileNotFoundError(msg)
+    try:
+        address = json.loads(path.read_text()).get("address")
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        msg = f"scheduler file {str(path)!r} is not a JSON object as written by dask scheduler --scheduler-file: {exc}"
+        raise ValueError(msg) from exc
+    if not isinstance(address, str) or not address:
+        msg = f"scheduler file {str(path)!r} has no 'address' string; got {address!r}"
         raise ValueError(msg)
+    return address
+
+
+@contextlib.contextmanager
+def _client(address, security, timeout):
+    """A client of the existing scheduler at ``address``; one clear error if it cannot connect in ``timeout`` s."""
+    from distributed import Client
+    from distributed.security import Security
+
+    _check_tls(address, security if security is not None else Security())  # Client's default: Dask's config
+    try:
+        client = Client(address, security=security, timeout=timeout)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as exc:
+        msg = f"cannot connect to a Dask scheduler at {address} (connect timeout {timeout:g} s): {exc}"
+        raise SchedulerConnectError(msg) from exc
+    with client:
+        yield client
+
+
+def _check_tls(address: str, security) -> None:
+    """Refuse, before connecting, TLS settings that cannot work with ``address``."""
+    import dask
+
+    tls = address.startswith("tls://")
+    if security.require_encryption and not tls:
+        msg = (f"TLS settings are given (or Dask's distributed.comm.require-encryption is set) but the scheduler "
+               f"address {address} is not tls://; give its tls:// address")
+        raise ValueError(msg)
+    if tls and not dask.config.get("distributed.client.security-loader", None):
+        if not (security.tls_ca_file and security.tls_client_cert):
+            msg = (f"the scheduler at {address} uses TLS: give its CA certificate and a client certificate "
+                   "(connect's security=, the command line's --tls-ca-file, --tls-cert, --tls-key, or Dask's "
+                   "distributed.comm.tls.ca-file and distributed.comm.tls.client.cert / .key configuration)")
+            raise ValueError(msg)

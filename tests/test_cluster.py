@@ -1,25 +1,165 @@
-"""The embedded cluster: workers get daskcal's allocator settings."""
+"""daskcal.connect: the embedded cluster (allocator settings, 127.0.0.1 only, TLS), existing
+schedulers (address, scheduler file, TLS options) and the command line's one-line errors."""
 
+import json
 import os
+import socket
+import sys
+import time
 
+import psutil
 import pytest
+from distributed import Client
+from distributed.security import Security
 
-from daskcal.cluster import WORKER_ENVIRON, connect
+from daskcal.cli import main
+from daskcal.cli._main import build_parser
+from daskcal.cli._common import connect_options
+from daskcal.cluster import WORKER_ENVIRON, SchedulerConnectError, connect
 
 
 def _environ():
     return {k: os.environ.get(k) for k in WORKER_ENVIRON}
 
 
-def test_embedded_workers_get_the_allocator_settings():
-    with connect("local", n_workers=1, dashboard_address=None) as client:
-        got = client.run(_environ)
+def _listening():
+    """{port: ip} of the TCP sockets this process listens on."""
+    return {c.laddr.port: c.laddr.ip for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+
+
+def _port(address):
+    return int(address.rsplit(":", 1)[1].split("/")[0])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """One embedded cluster (one worker) shared by the tests that connect to it."""
+    with connect("local", n_workers=1) as client:
+        yield client
+
+
+def test_embedded_workers_get_the_allocator_settings(embedded):
+    got = embedded.run(_environ)
     assert list(got.values()) == [{k: str(v) for k, v in WORKER_ENVIRON.items()}]
+
+
+def test_embedded_cluster_listens_on_localhost_only(embedded):
+    scheduler = embedded.scheduler.address
+    dashboard = embedded.dashboard_link
+    assert scheduler.startswith("tls://127.0.0.1:")
+    assert dashboard.startswith("http://127.0.0.1:")
+    here = _listening()  # the scheduler and its dashboard run in this process
+    assert here[_port(scheduler)] == "127.0.0.1"
+    assert here[_port(dashboard.removeprefix("http://"))] == "127.0.0.1"
+    for worker, ips in embedded.run(lambda: sorted(set(_listening().values()))).items():
+        assert worker.startswith("tls://127.0.0.1:")
+        assert ips == ["127.0.0.1"], worker
+
+
+def test_a_client_without_the_cluster_certificate_is_refused(embedded):
+    address = embedded.scheduler.address
+    attempts = {
+        "plain tcp": dict(address=address.replace("tls://", "tcp://")),
+        "another self-signed certificate": dict(address=address, security=Security.temporary()),
+    }
+    for label, kwargs in attempts.items():
+        t0 = time.perf_counter()
+        with pytest.raises(OSError):
+            Client(**kwargs, timeout=5)
+        assert time.perf_counter() - t0 < 10, label
+    with pytest.raises(ValueError, match="uses TLS: give its CA certificate"), connect(address, timeout=5):
+        pass
+    with Client(address, security=embedded.security, timeout=5) as other:  # the holder of the certificate can
+        assert other.submit(sum, [1, 2]).result() == 3
+
+
+def test_tls_options_and_scheduler_file_reach_an_existing_scheduler(embedded, tmp_path):
+    sec = embedded.security  # the embedded cluster's temporary credentials, written out as PEM files
+    for name, pem in {"ca.pem": sec.tls_ca_file, "cert.pem": sec.tls_client_cert, "key.pem": sec.tls_client_key}.items():
+        (tmp_path / name).write_text(pem)
+    # what dask scheduler --scheduler-file writes (Scheduler.identity(); Client.write_scheduler_file fails on
+    # this distributed version's scheduler_info)
+    identity = {"type": "Scheduler", "id": "Scheduler-test", "address": embedded.scheduler.address,
+                "services": {"dashboard": _port(embedded.dashboard_link.removeprefix("http://"))}, "workers": {}}
+    (tmp_path / "scheduler.json").write_text(json.dumps(identity))
+    argv = ["demo", "--cluster", str(tmp_path / "scheduler.json"), "--connect-timeout", "5",
+            "--tls-ca-file", str(tmp_path / "ca.pem"), "--tls-cert", str(tmp_path / "cert.pem"),
+            "--tls-key", str(tmp_path / "key.pem")]
+    args = build_parser().parse_args(argv)
+    options = connect_options(args)
+    assert options["timeout"] == 5 and options["dashboard_address"] == ":0"
+    with connect(args.cluster, **options) as client:
+        assert client.scheduler.address == embedded.scheduler.address
+        assert client.submit(sum, [2, 3]).result() == 5
+
+
+def test_tls_option_naming_a_missing_file_is_a_clear_error(tmp_path):
+    args = build_parser().parse_args(["demo", "--tls-ca-file", str(tmp_path / "nope.pem")])
+    with pytest.raises(FileNotFoundError, match="--tls-ca-file: no file at"):
+        connect_options(args)
+
+
+def test_tls_settings_for_a_plain_tcp_address_are_a_clear_error():
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(ValueError, match=f"address {address} is not tls://"), \
+            connect(address, security=Security.temporary(), timeout=1):
+        pass
+
+
+def test_bad_scheduler_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no scheduler file at"), connect(str(tmp_path / "scheduler.json")):
+        pass
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"type": "Scheduler"}))
+    with pytest.raises(ValueError, match="has no 'address'"), connect(str(bad)):
+        pass
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="is not a JSON object"), connect(str(bad)):
+        pass
+
+
+def test_embedded_cluster_refuses_tls_settings():
+    with pytest.raises(ValueError, match="for an existing scheduler"), connect("local", security=Security()):
+        pass
 
 
 def test_unknown_cluster_is_a_clear_error():
     with pytest.raises(ValueError, match="cluster must be"), connect("nonsense"):
         pass
+
+
+def _demo_argv(tmp_path, *extra):
+    return ["demo", "--shape", "1", "3", "16", "16", "--chunks", "16", "16", "--out", str(tmp_path / "out"),
+            "--no-progress", *extra]
+
+
+def _one_error_line(capsys):
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("daskcal demo: error: "), lines
+    return lines[0]
+
+
+def test_unreachable_scheduler_is_one_line_after_the_timeout(tmp_path, capsys):
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    assert main(_demo_argv(tmp_path, "--cluster", address, "--connect-timeout", "1")) == 2
+    assert time.perf_counter() - t0 < 15
+    line = _one_error_line(capsys)
+    assert f"cannot connect to a Dask scheduler at {address} (connect timeout 1 s)" in line
+    with pytest.raises(SchedulerConnectError, match="connect timeout 0.5 s"), connect(address, timeout=0.5):
+        pass
+
+
+def test_jobqueue_cluster_without_dask_jobqueue_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # import dask_jobqueue now fails
+    assert main(_demo_argv(tmp_path, "--cluster", "slurm")) == 2
+    assert "cluster='slurm' needs dask-jobqueue: pip install 'daskcal[jobqueue]'" in _one_error_line(capsys)
 
 
 def test_jobqueue_config_gives_batch_workers_the_same_settings():

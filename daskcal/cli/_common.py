@@ -3,18 +3,68 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-__all__ = ["add_cluster_options"]
+__all__ = ["add_cluster_options", "connect_options"]
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--cluster``, ``--workers``, ``--threads`` and ``--no-progress``."""
+    """Add ``--cluster``, ``--workers``, ``--threads``, the dashboard, TLS and timeout options and ``--no-progress``."""
     g = parser.add_argument_group("execution")
     g.add_argument(
         "--cluster",
         default="local",
-        help="'local' (embedded LocalCluster, default), a scheduler address such as tcp://host:8786, 'slurm' or 'pbs'",
+        help="'local' (embedded LocalCluster on 127.0.0.1 with temporary TLS credentials, default), "
+        "a scheduler address such as tcp://host:8786 or tls://host:8786, a scheduler file "
+        "(JSON written by 'dask scheduler --scheduler-file'), 'slurm' or 'pbs'",
     )
     g.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     g.add_argument("--threads", type=int, default=1, help="threads per worker of an embedded cluster (default 1)")
+    g.add_argument(
+        "--dashboard-address",
+        default=":0",
+        metavar="[HOST]:PORT",
+        help="where the embedded cluster serves its dashboard (default ':0': a free port on 127.0.0.1; "
+        "a bare ':PORT' binds to 127.0.0.1, '0.0.0.0:PORT' to every interface)",
+    )
+    tls = "of this client for an existing TLS scheduler (default: Dask's distributed.comm.tls.* configuration)"
+    g.add_argument("--tls-ca-file", metavar="PEM", help=f"CA certificate file {tls}")
+    g.add_argument("--tls-cert", metavar="PEM", help=f"client certificate file {tls}")
+    g.add_argument("--tls-key", metavar="PEM", help=f"client private key file {tls}; omit if in the certificate file")
+    g.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for an existing scheduler to answer (default 10)",
+    )
     g.add_argument("--no-progress", action="store_true", help="do not show the console progress bar")
+
+
+def connect_options(args: argparse.Namespace) -> dict:
+    """The keywords of ``daskcal.connect`` that the options of :func:`add_cluster_options` give,
+    beyond ``--cluster``, ``--workers`` and ``--threads``: dashboard address, TLS security and timeout."""
+    return {
+        "dashboard_address": args.dashboard_address,
+        "security": _security(args),
+        "timeout": args.connect_timeout,
+    }
+
+
+def _security(args: argparse.Namespace):
+    """A ``distributed.security.Security`` from ``--tls-*`` (unset ones from Dask's configuration), or None."""
+    given = {
+        "tls_ca_file": ("--tls-ca-file", args.tls_ca_file),
+        "tls_client_cert": ("--tls-cert", args.tls_cert),
+        "tls_client_key": ("--tls-key", args.tls_key),
+    }
+    given = {field: (option, path) for field, (option, path) in given.items() if path is not None}
+    if not given:
+        return None
+    for option, path in given.values():
+        if not Path(path).is_file():
+            msg = f"{option}: no file at {path!r}"
+            raise FileNotFoundError(msg)
+    from distributed.security import Security
+
+    return Security(require_encryption=True, **{field: str(path) for field, (_, path) in given.items()})

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options
+from daskcal.cli._common import add_cluster_options, connect_options
 
 __all__ = ["register", "execute", "run_recipe"]
 
@@ -97,7 +97,8 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     with contextlib.ExitStack() as stack:
         for job in jobs:  # staging folders exist (the outputs are writable) before the cluster starts
             stack.enter_context(job[-1])
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
+                     **connect_options(args)) as client:
             print(f"dashboard: {client.dashboard_link}")
             for inp, out, ramps, result, outputs in jobs:
                 t0 = time.perf_counter()

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = _terminate_like_interrupt()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, ConnectionError, ModuleNotFoundError) as exc:
         print(f"daskcal {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file system that refuses: permissions, read-only, full, missing folders

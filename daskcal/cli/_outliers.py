@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options
+from daskcal.cli._common import add_cluster_options, connect_options
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
@@ -133,7 +133,8 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
     outputs = OutputSet([Path(output) / f"{name}.zarr" for name in products], overwrite=overwrite, inputs=inputs)
     try:
         with outputs:  # checked, and the output folder proven writable, before the cluster starts
-            with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+            with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
+                     **connect_options(args)) as client:
                 print(f"dashboard: {client.dashboard_link}")
                 t0 = time.perf_counter()
                 paths = save_products(products, output, progress=not args.no_progress, outputs=outputs)

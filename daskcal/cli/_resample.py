@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options
+from daskcal.cli._common import add_cluster_options, connect_options
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
@@ -147,7 +147,8 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
           f"tiles {mosaic.attrs['tile_shape']}")
     with outputs:  # the output folder is proven writable before the cluster starts
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
+                     **connect_options(args)) as client:
             print(f"dashboard: {client.dashboard_link}", flush=True)
             t0 = time.perf_counter()
             write_zarr(mosaic, outputs.path(output), progress=not args.no_progress)
