@@ -82,7 +82,8 @@ def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, comput
         msg = "compute=False is not supported: an atomic write must run to completion"
         raise ValueError(msg)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(ds))
+        # every chunk, even one equal to the fill value: a missing chunk reads as an error (daskcal.io._zarr_read)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(ds), write_empty_chunks=True)
     return Path(path)
 
 
@@ -196,9 +197,11 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
             store = tmp / f"{name}.zarr"
             # metadata and numpy-backed variables now; dask-backed chunks below
             template, encoding = _metadata_template(ds, _encoding(ds))
-            template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+            template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding,
+                             write_empty_chunks=True)
             group = zarr.open_group(store, mode="r+", zarr_format=3)
-            targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
+            # every chunk, even one equal to the fill value (daskcal.io._zarr_read reads a missing chunk as an error)
+            targets += [(_Target(group[v].with_config({"write_empty_chunks": True}), ZarrSource.at(store, v)), ds[v].data)
                         for v in ds.data_vars if _is_dask(ds[v].data)]
             paths[name] = Path(out_dir) / f"{name}.zarr"
         writes = _chunk_writers(targets)

@@ -40,10 +40,10 @@ def test_scaled_variables_are_left_to_xarray(tmp_path):
     ds = xr.Dataset({"v": (("y", "x"), np.arange(12, dtype=np.float32).reshape(3, 4))})
     ds.to_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False,
                encoding={"v": {"dtype": "int16", "scale_factor": 0.5, "_FillValue": -1}})
-    from daskcal.io._ramps import _stored_as_is
+    from daskcal.io._zarr_read import stored_as_is
 
     opened = xr.open_zarr(tmp_path / "s.zarr", consolidated=False)
-    assert not _stored_as_is(opened["v"])
+    assert not stored_as_is(opened["v"])
 
 
 @pytest.mark.parametrize("halo", [1, 2, 3])
