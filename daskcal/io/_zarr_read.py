@@ -196,8 +196,9 @@ class ZarrSource:
         except MemoryError:
             raise
         except Exception as exc:  # zarr and its codecs raise many types for a chunk that does not decode
-            chunks = list(grid.coords(region)) if grid is not None else None
-            where = (chunks[0] if len(chunks) == 1 else f"one of {chunks}") if chunks else f"in region {region}"
+            chunks = list(itertools.islice(grid.coords(region), 5)) if grid is not None else []
+            where = (chunks[0] if len(chunks) == 1 else f"one of {chunks[:4]}{'...' if len(chunks) > 4 else ''}"
+                     if chunks else f"in region {region}")
             raise _chunk_error(self.store, self.name, where, f"cannot be read: {type(exc).__name__}: {exc}") from exc
 
     def check(self) -> None:
