@@ -43,8 +43,10 @@ array:
 - :func:`check_store`, called by ``open_ramps`` and ``open_images`` before any
   graph is built, lists a local store's chunk files against each array's chunk
   grid: a missing chunk, or a chunk file beyond the grid (a ``zarr.json`` whose
-  shape disagrees with its chunks), is refused there, before any cluster work
-  (about 1 ms for a 2048^2 x 10 group ramp store, see :func:`check_store`).
+  shape disagrees with its chunks), is refused there, before any cluster work,
+  and so is an array whose first chunk file states (in its header, undecoded)
+  another size than the ``zarr.json``'s chunk shape (about 1 ms for a 2048^2 x 10
+  group ramp store, see :func:`check_store`).
 
 Not checked: stores that are not local directories (no listing at open, no
 lookup on the zarr-python path: zarr fills their missing chunks), the inner
@@ -202,8 +204,9 @@ class ZarrSource:
             raise _chunk_error(self.store, self.name, where, f"cannot be read: {type(exc).__name__}: {exc}") from exc
 
     def check(self) -> None:
-        """Refuse (:class:`ChunkError`) the array if a chunk file is missing (unless declared sparse) or lies
-        beyond its chunk grid. Only local stores with a regular grid are listed; others pass."""
+        """Refuse (:class:`ChunkError`) the array if a chunk file is missing (unless declared sparse), lies
+        beyond its chunk grid, or (the first one, for arrays read here) states another decoded size than
+        the chunk shape. Only local stores with a regular grid are listed; others pass."""
         grid = _stored_grid(self.store, self.name, self.version)
         if grid is None:
             return
@@ -223,10 +226,22 @@ class ZarrSource:
             missing = [c for key, c in expected.items() if key not in present]
             if missing:
                 raise _missing(self.store, self.name, missing, len(expected))
+        files = _chunk_files(self.store, self.name, self.version)
+        first = next((key for key in expected if key in present), None)
+        if files is None or first is None:
+            return
+        chunk = tuple(grid.meta.chunk_grid.chunk_shape)
+        nbytes = int(np.prod(chunk)) * files.layout.dtype.itemsize
+        claimed = _claimed_nbytes(files.layout.root / first, files.layout.codec)
+        if claimed not in (None, nbytes, nbytes % 2**32):  # (Gzip states the size modulo 2^32)
+            msg = (f"its zarr.json disagrees with its chunk files (or the file is corrupt): chunk file {first!r} "
+                   f"holds {claimed} bytes, a chunk of {chunk} {files.layout.dtype} takes {nbytes}")
+            raise _chunk_error(self.store, self.name, expected[first], msg)
 
 
 def check_store(path: str | os.PathLike, names) -> None:
-    """Refuse a local Zarr store whose arrays ``names`` miss chunk files or have files beyond their grid.
+    """Refuse a local Zarr store whose arrays ``names`` miss chunk files, have files beyond their grid,
+    or whose chunk files state another size than the chunk shape.
 
     Each array's directory is listed and compared with its chunk grid (see
     :meth:`ZarrSource.check`); names without an array in the store are skipped. Measured on a
@@ -320,6 +335,25 @@ def _zstd_content_size(raw) -> int | None:
         return None
     value = int.from_bytes(raw[start:start + size], "little")
     return value + 256 if size == 2 else value
+
+
+def _claimed_nbytes(path: Path, codec) -> int | None:
+    """The decoded size of a chunk file as it states it, read without decoding: the file's size
+    (uncompressed), the Blosc or Zstd frame header, the Gzip trailer (modulo 2^32); None if it does not say."""
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    with open(path, "rb") as f:
+        if codec is None:
+            return os.fstat(f.fileno()).st_size
+        if isinstance(codec, BloscCodec):
+            head = f.read(16)  # Blosc 1 header
+            return int.from_bytes(head[4:8], "little") if len(head) == 16 else None
+        if isinstance(codec, ZstdCodec):
+            return _zstd_content_size(f.read(18))  # the longest frame header
+        if isinstance(codec, GzipCodec) and f.seek(0, os.SEEK_END) >= 18:
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    return None
 
 
 def _decompressor(codec):

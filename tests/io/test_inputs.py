@@ -101,13 +101,26 @@ def test_ramp_zarr_json_with_fewer_rows_than_its_chunks_is_refused(ramps):
         daskcal.open_ramps(ramps)
 
 
-def test_ramp_zarr_json_whose_chunk_shape_disagrees_with_the_chunks_is_a_named_error(ramps):
+def test_ramp_zarr_json_whose_chunk_shape_disagrees_with_the_chunks_is_refused(ramps):
     meta_path = ramps / "data" / "zarr.json"
     meta = json.loads(meta_path.read_text())
     meta["chunk_grid"]["configuration"]["chunk_shape"][-2] = 17  # still 3 chunk rows for 48 rows
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=_named(ramps, "data", (0, 0, 0, 0)) + ".*chunk shape"):
-        _detector1_rate(ramps)
+    with pytest.raises(ValueError, match=_named(ramps, "data", (0, 0, 0, 0)) + ": its zarr.json disagrees"
+                       + ".*holds 4096 bytes, a chunk of \\(1, 4, 17, 16\\) float32 takes 4352"):
+        daskcal.open_ramps(ramps)
+
+
+def test_ramp_chunk_of_another_size_fails_the_task_that_reads_it(ramps):
+    import numcodecs
+
+    ds = daskcal.open_ramps(ramps)
+    half = numcodecs.Blosc(cname="lz4", shuffle=numcodecs.Blosc.SHUFFLE).encode(np.ones((1, 4, 16, 8), np.float32))
+    (ramps / "data" / "c" / "0" / "0" / "1" / "2").write_bytes(half)  # a chunk of 8 columns, not 16
+    with dask.config.set(scheduler="sync"), pytest.raises(
+            ValueError, match=_named(ramps, "data", (0, 0, 1, 2)) + ".*chunk shape \\(1, 4, 16, 16\\).*"
+            "Blosc chunk holds 2048 bytes, expected 4096"):
+        daskcal.detector1(ds).rate["data"].values
 
 
 # ---------------------------------------------------------------- image stores -> resample

@@ -291,3 +291,22 @@ def _zstd_without_content_size(block) -> bytes:
     out = raw[:4] + bytes([raw[4] & 0x04, 0x00]) + raw[7:]
     assert zstd.decompress(out) == data.tobytes() and _zstd_content_size(out) is None
     return out
+
+
+@pytest.mark.parametrize("codec", ["blosc", "zstd", "gzip", "none"])
+def test_chunk_shape_that_disagrees_with_the_chunk_files_is_refused(tmp_path, codec):
+    import json
+
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    from daskcal.io._zarr_read import ChunkError, check_store
+
+    compressors = {"blosc": BloscCodec(), "zstd": ZstdCodec(), "gzip": GzipCodec(), "none": None}[codec]
+    _array(tmp_path, "v", np.ones((40, 40), np.float32), (16, 16), compressors=compressors)
+    check_store(tmp_path, ["v"])
+    meta = json.loads((tmp_path / "v" / "zarr.json").read_text())
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = [16, 14]  # still 3 chunk columns for 40
+    (tmp_path / "v" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ChunkError, match=r"'v', chunk \(0, 0\): its zarr.json disagrees .*"
+                                         r"holds 1024 bytes, a chunk of \(16, 14\) float32 takes 896"):
+        check_store(tmp_path, ["v"])
