@@ -201,8 +201,8 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
                              write_empty_chunks=True)
             group = zarr.open_group(store, mode="r+", zarr_format=3)
             # every chunk, even one equal to the fill value (daskcal.io._zarr_read reads a missing chunk as an error)
-            targets += [(_Target(group[v].with_config({"write_empty_chunks": True}), ZarrSource.at(store, v)), ds[v].data)
-                        for v in ds.data_vars if _is_dask(ds[v].data)]
+            targets += [(_Target(group[v].with_config({"write_empty_chunks": True}), ZarrSource.at(store, v)),
+                         ds[v].data) for v in ds.data_vars if _is_dask(ds[v].data)]
             paths[name] = Path(out_dir) / f"{name}.zarr"
         writes = _chunk_writers(targets)
         client = _default_client()

@@ -90,8 +90,8 @@ def _missing(store: str, name: str, chunks: list, nchunks: int | None = None) ->
     shown = ", ".join(map(str, chunks[:4])) + (", ..." if len(chunks) > 4 else "")
     count = "" if nchunks is None else f", {len(chunks)} of its {nchunks} chunks"
     msg = (f"Zarr store {store!r}, variable {name!r}: no chunk file for chunk{'s' if len(chunks) > 1 else ''} "
-           f"{shown}{count}: deleted, lost or never written. daskcal writes every chunk; if this array is sparse on purpose "
-           f"(missing chunks are its fill value), set its attribute {SPARSE_ATTR!r} to true, else "
+           f"{shown}{count}: deleted, lost or never written. daskcal writes every chunk; if this array is "
+           f"sparse on purpose (missing chunks are its fill value), set its attribute {SPARSE_ATTR!r} to true, else "
            f"rewrite the store with every chunk (to_zarr(..., write_empty_chunks=True))")
     return ChunkError(msg)
 

@@ -197,7 +197,7 @@ def test_corrupt_chunk_is_a_chunk_error_on_every_path(tmp_path, layout, how):
                             **_layout(_LAYOUTS[layout]))
     arr[...] = values
     source = ZarrSource.at(tmp_path, "v")
-    stored = tmp_path / "v" / "c" / "1" / "0"  # chunk (1, 0): rows 16-31, or with (32, 32) shards the shard of rows 32-63
+    stored = tmp_path / "v" / "c" / "1" / "0"  # chunk (1, 0): rows 16-31, or the (32, 32) shard of rows 32-63
     raw = stored.read_bytes()
     if how == "truncated":
         stored.write_bytes(raw[: len(raw) // 2])
