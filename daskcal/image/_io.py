@@ -118,7 +118,9 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr
         A path or association member does not exist.
     ValueError
         A file without SCI data or without a WCS, extensions of different shapes,
-        an unreadable association.
+        an unreadable association; a Zarr store missing a chunk file or with chunk
+        files beyond its arrays' grids (:class:`daskcal.io._zarr_read.ChunkError`,
+        also raised by the task that reads a chunk missing or corrupt by then).
     """
     return [_open_one(p, chunks) for p in expand_inputs(paths_or_asn)]
 
@@ -162,7 +164,20 @@ def _open_zarr(path: Path, chunks) -> xr.Dataset:
     if not ds.attrs.get(WCS_ATTR):
         msg = f"Zarr store {str(path)!r} has no WCS (attribute {WCS_ATTR!r}); write it from daskcal.image_dataset"
         raise ValueError(msg)
-    return ds
+    return _read_checked(ds, path)
+
+
+def _read_checked(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    """``ds`` (opened by xarray from the store at ``path``) with its chunk files checked, and its
+    variables that Zarr stores as they are read by daskcal's tasks (same chunks, same values), so that a
+    chunk missing or corrupt when read is a :class:`~daskcal.io._zarr_read.ChunkError`, not the fill value
+    or a codec's exception (:mod:`daskcal.io._zarr_read`)."""
+    from daskcal.io._zarr_read import ZarrSource, check_store, read_as_dask, stored_as_is
+
+    check_store(path, ds.variables)
+    read = {name: var.copy(data=read_as_dask(ZarrSource.at(path, name), var.data.chunks))
+            for name, var in ds.data_vars.items() if stored_as_is(var) and var.chunks is not None}
+    return ds.assign(read)
 
 
 class _FitsSection:

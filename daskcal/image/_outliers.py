@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.image import _outlier_blocks as blocks
+from daskcal.io._zarr_read import SPARSE_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -441,10 +442,13 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
 
     tmp = _StackDirectory(tempdir)
     store = os.path.join(tmp.name, "single.zarr")
+    # sparse on purpose: chunks no group touches are never written and read as NaN (declared, see
+    # daskcal.io._zarr_read; the median tasks read it through zarr-python)
     zarr.create_array(
         store=store, shape=(len(groups), *out_shape), chunks=(1, *tile_shape), dtype="float32",
         fill_value=np.nan, zarr_format=3, config={"write_empty_chunks": False},
         compressors=None,  # a short-lived local scratch stack: raw chunks write and read fastest
+        attributes={SPARSE_ATTR: True},
     )
     token = dask.base.tokenize(out_text, params, [ds.attrs.get("name") for ds in images], store)
 

@@ -83,7 +83,9 @@ def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool 
     import dask
 
     with naming_path(store):
-        write = ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+        # every chunk, even one equal to the fill value: a missing chunk reads as an error (daskcal.io._zarr_read)
+        write = ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding,
+                           write_empty_chunks=True)
         mark_incomplete(store)
         compute_writes([write], progress=progress)
         mark_complete(store)
@@ -227,7 +229,6 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
 
 def _write_products(products: dict, stores: dict, progress: bool) -> None:
     """Write each dataset of ``products`` to the (staging) store ``stores[name]``; see :func:`save_products`."""
-    import dask
     import zarr
 
     from daskcal.io._zarr_read import ZarrSource
@@ -238,10 +239,12 @@ def _write_products(products: dict, stores: dict, progress: bool) -> None:
         with naming_path(store):
             # metadata and numpy-backed variables now; dask-backed chunks below
             template, encoding = _metadata_template(ds, _encoding(ds))
-            template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+            template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding,
+                             write_empty_chunks=True)
             group = zarr.open_group(store, mode="r+", zarr_format=3)
-            targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
-                        for v in ds.data_vars if _is_dask(ds[v].data)]
+            # every chunk, even one equal to the fill value (daskcal.io._zarr_read reads a missing chunk as an error)
+            targets += [(_Target(group[v].with_config({"write_empty_chunks": True}), ZarrSource.at(store, v)),
+                         ds[v].data) for v in ds.data_vars if _is_dask(ds[v].data)]
             mark_incomplete(store)
     with naming_path(Path(next(iter(stores.values()))).parent if stores else "."):
         compute_writes(_chunk_writers(targets), progress=progress)

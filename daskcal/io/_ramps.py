@@ -11,7 +11,7 @@ import xarray as xr
 from daskcal.detector._common import PIX_DIMS, RAMP_DIMS, default_chunk_yx, pixel_chunked, validate_ramps
 from daskcal.dq import DQ
 from daskcal.io._atomic import atomic_path, save_dataset
-from daskcal.io._zarr_read import ZarrSource, read_as_dask, read_regions
+from daskcal.io._zarr_read import ZarrSource, check_store, read_as_dask, read_regions, stored_as_is
 
 __all__ = ["open_ramps", "ingest", "to_fits", "write_uncal"]
 
@@ -37,6 +37,13 @@ def open_ramps(path: str | os.PathLike, chunks: tuple[int, int] | None = None) -
     xarray.Dataset
         ``data(integration, group, y, x)`` float32 DN, ``groupdq``, ``pixeldq`` and the
         reference arrays, dask-backed.
+
+    Raises
+    ------
+    daskcal.io._zarr_read.ChunkError
+        (a ``ValueError``) A chunk file is missing or lies beyond its array's grid,
+        found here by listing the store; a chunk that is missing or corrupt when a
+        task reads it raises it in that task.
     """
     path = Path(path)
     if not path.exists():
@@ -44,27 +51,17 @@ def open_ramps(path: str | os.PathLike, chunks: tuple[int, int] | None = None) -
         raise FileNotFoundError(msg)
     ds = xr.open_zarr(path, consolidated=False, chunks={})
     validate_ramps(ds)
+    check_store(path, ds.variables)
     ds = pixel_chunked(ds, chunks)
     # The pixel-chunked variables again, read by daskcal's own tasks: same values,
     # but a graph can then read a chunk straight into its halo'd block.
     cy, cx = ds["data"].data.chunks[2:]
     for name, var in ds.data_vars.items():
-        if var.dims[-2:] == PIX_DIMS and _stored_as_is(var):
+        if var.dims[-2:] == PIX_DIMS and stored_as_is(var):
             lead = tuple((n,) for n in var.shape[:-2])
             arr = read_as_dask(ZarrSource.at(path, name), (*lead, cy, cx))
             ds[name] = (var.dims, arr, var.attrs)
     return ds
-
-
-def _stored_as_is(var: xr.DataArray) -> bool:
-    """Whether xarray reads ``var`` from Zarr without any CF decoding (so a raw read is equal)."""
-    enc = var.encoding
-    if any(k in enc for k in ("scale_factor", "add_offset", "missing_value", "units", "calendar")):
-        return False
-    if np.dtype(enc.get("dtype", var.dtype)) != var.dtype or var.dtype.kind not in "biuf":
-        return False
-    fill = enc.get("_FillValue")
-    return fill is None or (var.dtype.kind == "f" and np.isnan(fill))
 
 
 def _ext_shape(hdul, name: str) -> tuple[int, ...] | None:

@@ -20,6 +20,38 @@ reads took 0.21 s on one thread and 0.38 s summed over two; read here, 0.11 and
 thread needs the workers' ``glibc.malloc.tcache_count=0``, see
 ``daskcal.cluster.WORKER_ENVIRON``: with glibc's per-thread cache the heap grew by
 ~60 MB more.)
+
+Missing and corrupt chunks are errors (:class:`ChunkError`, a ``ValueError`` naming
+the store, the variable and the chunk). Zarr 3 does not write chunks equal to the
+fill value by default (``write_empty_chunks=False``), so a missing chunk file
+reads as the fill value there: a deleted or lost chunk of a ramp cube became a
+rate of 0 DN/s with DQ 0, and of a calibrated image NaN in a mosaic. daskcal's
+own writers write every chunk (:func:`daskcal.io._atomic.save_dataset` and
+:func:`~daskcal.io._atomic.save_products` pass ``write_empty_chunks=True``;
+:class:`daskcal.io._zarr_write.ChunkWriter` writes whatever it is given), so
+its stores are complete. An array whose missing chunks mean the fill value on
+purpose declares it with the array attribute ``"daskcal:sparse": true``
+(:data:`SPARSE_ATTR`; in xarray, ``ds[name].attrs["daskcal:sparse"] = True``
+before ``to_zarr``); its missing chunks read as the fill value. For any other
+array:
+
+- the task that reads a chunk raises :class:`ChunkError` for a missing chunk
+  file (here the read opens the file anyway, so this costs nothing; on the
+  zarr-python path a local store's chunk files are looked up first), and for a
+  chunk that does not decode or decodes to another size than the array's chunk
+  shape (exceptions from the codec or from zarr-python are wrapped);
+- :func:`check_store`, called by ``open_ramps`` and ``open_images`` before any
+  graph is built, lists a local store's chunk files against each array's chunk
+  grid: a missing chunk, or a chunk file beyond the grid (a ``zarr.json`` whose
+  shape disagrees with its chunks), is refused there, before any cluster work,
+  and so is an array whose first chunk file states (in its header, undecoded)
+  another size than the ``zarr.json``'s chunk shape (about 1 ms for a 2048^2 x 10
+  group ramp store, see :func:`check_store`).
+
+Not checked: stores that are not local directories (no listing at open, no
+lookup on the zarr-python path: zarr fills their missing chunks), the inner
+chunks of a shard, and an edited shape that keeps the number of chunks (the
+edge chunk is stored whole, so it cannot disagree).
 """
 
 from __future__ import annotations
@@ -37,7 +69,31 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["ArrayNotes", "ChunkLayout", "ZarrSource", "chunk_layout", "layout_and_codec", "read_as_dask", "read_regions", "zarr_source"]
+__all__ = ["SPARSE_ATTR", "ArrayNotes", "ChunkError", "ChunkLayout", "ZarrSource", "check_store", "chunk_layout",
+           "layout_and_codec", "read_as_dask", "read_regions", "stored_as_is", "zarr_source"]
+
+#: Array attribute that declares an array sparse on purpose: its missing chunks are the fill value.
+SPARSE_ATTR = "daskcal:sparse"
+
+
+class ChunkError(ValueError):
+    """A chunk of a Zarr array is missing (and the array is not declared sparse), cannot be
+    decoded, or disagrees with the array's metadata."""
+
+
+def _chunk_error(store: str, name: str, chunk, problem: str) -> ChunkError:
+    return ChunkError(f"Zarr store {store!r}, variable {name!r}, chunk {chunk}: {problem}")
+
+
+def _missing(store: str, name: str, chunks: list, nchunks: int | None = None) -> ChunkError:
+    """The error for chunk files that are missing from an array not declared sparse."""
+    shown = ", ".join(map(str, chunks[:4])) + (", ..." if len(chunks) > 4 else "")
+    count = "" if nchunks is None else f", {len(chunks)} of its {nchunks} chunks"
+    msg = (f"Zarr store {store!r}, variable {name!r}: no chunk file for chunk{'s' if len(chunks) > 1 else ''} "
+           f"{shown}{count}: deleted, lost or never written. daskcal writes every chunk; if this array is "
+           f"sparse on purpose (missing chunks are its fill value), set its attribute {SPARSE_ATTR!r} to true, else "
+           f"rewrite the store with every chunk (to_zarr(..., write_empty_chunks=True))")
+    return ChunkError(msg)
 
 
 class ArrayNotes:
@@ -97,25 +153,161 @@ class ZarrSource:
         return _open(self.store, self.name, self.version)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """The values in ``region`` (one slice per axis) as a new array."""
+        """The values in ``region`` (one slice per axis) as a new array.
+
+        Raises
+        ------
+        ChunkError
+            A chunk of ``region`` is missing (and the array is not declared sparse) or corrupt.
+        """
         files = self._files(region)
-        return self.array()[region] if files is None else files.read(region)
+        if files is not None:
+            return files.read(region)
+        return self._through_zarr(region, lambda arr: arr[region])
 
     def read_into(self, region: tuple[slice, ...], out: np.ndarray) -> None:
-        """Read ``region`` (one slice per axis) into ``out``, a view with the region's shape."""
+        """Read ``region`` (one slice per axis) into ``out``, a view with the region's shape (see :meth:`read`)."""
         files = self._files(region)
-        if files is None:
+        if files is not None:
+            files.read(region, out)
+            return
+
+        def read(arr):
             from zarr.core.buffer.cpu import NDBuffer
 
-            self.array().get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
-            return
-        files.read(region, out)
+            arr.get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
+
+        self._through_zarr(region, read)
 
     def _files(self, region: tuple[slice, ...]) -> _ChunkFiles | None:
         """The chunk files to read ``region`` from here, or None to read it through zarr-python."""
         if any(s.step not in (None, 1) for s in region):
             return None
         return _chunk_files(self.store, self.name, self.version)
+
+    def _through_zarr(self, region: tuple[slice, ...], read):
+        """``read(zarr.Array)`` after looking up the chunk files of ``region`` (a local store), its
+        exceptions as :class:`ChunkError`."""
+        grid = _stored_grid(self.store, self.name, self.version)
+        if grid is not None and not grid.sparse:
+            missing = [c for c in grid.coords(region) if not (grid.root / grid.meta.encode_chunk_key(c)).is_file()]
+            if missing:
+                raise _missing(self.store, self.name, missing)
+        try:
+            return read(self.array())
+        except MemoryError:
+            raise
+        except Exception as exc:  # zarr and its codecs raise many types for a chunk that does not decode
+            chunks = list(itertools.islice(grid.coords(region), 5)) if grid is not None else []
+            where = (chunks[0] if len(chunks) == 1 else f"one of {chunks[:4]}{'...' if len(chunks) > 4 else ''}"
+                     if chunks else f"in region {region}")
+            raise _chunk_error(self.store, self.name, where, f"cannot be read: {type(exc).__name__}: {exc}") from exc
+
+    def check(self) -> None:
+        """Refuse (:class:`ChunkError`) the array if a chunk file is missing (unless declared sparse), lies
+        beyond its chunk grid, or (the first one, for arrays read here) states another decoded size than
+        the chunk shape. Only local stores with a regular grid are listed; others pass."""
+        grid = _stored_grid(self.store, self.name, self.version)
+        if grid is None:
+            return
+        present = set()
+        for dirpath, dirnames, filenames in os.walk(grid.root):
+            rel = os.path.relpath(dirpath, grid.root)
+            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            present.update(prefix + f for f in filenames if f != "zarr.json" and not f.startswith("."))
+        expected = {grid.meta.encode_chunk_key(c): c for c in grid.coords()}
+        beyond = sorted(c for c in map(grid.key_coords, present.difference(expected)) if c is not None)
+        if beyond:
+            shape, chunk = grid.meta.shape, grid.meta.chunk_grid.chunk_shape
+            msg = (f"its zarr.json disagrees with its chunk files: chunk files {beyond[:4]} lie beyond its grid "
+                   f"of {grid.counts} chunks (shape {shape} in chunks of {chunk})")
+            raise _chunk_error(self.store, self.name, beyond[0], msg)
+        if not grid.sparse:
+            missing = [c for key, c in expected.items() if key not in present]
+            if missing:
+                raise _missing(self.store, self.name, missing, len(expected))
+        files = _chunk_files(self.store, self.name, self.version)
+        first = next((key for key in expected if key in present), None)
+        if files is None or first is None:
+            return
+        chunk = tuple(grid.meta.chunk_grid.chunk_shape)
+        nbytes = int(np.prod(chunk)) * files.layout.dtype.itemsize
+        claimed = _claimed_nbytes(files.layout.root / first, files.layout.codec)
+        if claimed not in (None, nbytes, nbytes % 2**32):  # (Gzip states the size modulo 2^32)
+            msg = (f"its zarr.json disagrees with its chunk files (or the file is corrupt): chunk file {first!r} "
+                   f"holds {claimed} bytes, a chunk of {chunk} {files.layout.dtype} takes {nbytes}")
+            raise _chunk_error(self.store, self.name, expected[first], msg)
+
+
+def check_store(path: str | os.PathLike, names) -> None:
+    """Refuse a local Zarr store whose arrays ``names`` miss chunk files, have files beyond their grid,
+    or whose chunk files state another size than the chunk shape.
+
+    Each array's directory is listed and compared with its chunk grid (see
+    :meth:`ZarrSource.check`); names without an array in the store are skipped. Measured on a
+    2048^2 x 10 group ramp store (7 arrays, 512^2 chunks): ~1 ms beyond opening the arrays'
+    metadata, which the readers cache.
+
+    Raises
+    ------
+    ChunkError
+        Naming the store, the variable and the chunk(s).
+    """
+    for name in names:
+        if (Path(path) / str(name) / "zarr.json").is_file():
+            ZarrSource.at(path, str(name)).check()
+
+
+@dataclass(frozen=True)
+class _StoredGrid:
+    """The regular chunk grid of an array in a local directory: where its chunk files are."""
+
+    root: Path
+    meta: object
+    sparse: bool
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(-(-n // c) for n, c in zip(self.meta.shape, self.meta.chunk_grid.chunk_shape, strict=True))
+
+    def coords(self, region: tuple[slice, ...] | None = None):
+        """Coordinates of the chunks ``region`` touches (every chunk when None)."""
+        if region is None:
+            return itertools.product(*(range(n) for n in self.counts))
+        chunk = self.meta.chunk_grid.chunk_shape
+        bounds = [s.indices(n)[:2] for s, n in zip(region, self.meta.shape, strict=True)]
+        return itertools.product(*(range(lo // c, (hi - 1) // c + 1) if hi > lo else range(0)
+                                   for (lo, hi), c in zip(bounds, chunk, strict=True)))
+
+    def key_coords(self, key: str) -> tuple[int, ...] | None:
+        """The chunk coordinates a file name ``key`` encodes, else None (not a chunk key)."""
+        encoding = self.meta.chunk_key_encoding
+        parts = key.split(encoding.separator)
+        if encoding.name == "default":
+            if parts[0] != "c":
+                return None
+            parts = parts[1:]
+        try:
+            coords = tuple(int(p) for p in parts)
+        except ValueError:
+            return None
+        if not self.meta.shape and coords == (0,):
+            coords = ()
+        if len(coords) != len(self.meta.shape) or self.meta.encode_chunk_key(coords) != key:
+            return None
+        return coords
+
+
+@functools.lru_cache(maxsize=256)
+def _stored_grid(store: str, name: str, version: str) -> _StoredGrid | None:
+    """The :class:`_StoredGrid` of a v3 array with a regular grid in a local store, else None."""
+    from zarr.storage import LocalStore
+
+    arr = _open(store, name, version)
+    meta = arr.metadata
+    if not isinstance(arr.store, LocalStore) or meta.zarr_format != 3 or not hasattr(meta.chunk_grid, "chunk_shape"):
+        return None
+    return _StoredGrid(Path(arr.store.root) / arr.path, meta, arr.attrs.get(SPARSE_ATTR) is True)
 
 
 @functools.lru_cache(maxsize=64)
@@ -145,6 +337,25 @@ def _zstd_content_size(raw) -> int | None:
     return value + 256 if size == 2 else value
 
 
+def _claimed_nbytes(path: Path, codec) -> int | None:
+    """The decoded size of a chunk file as it states it, read without decoding: the file's size
+    (uncompressed), the Blosc or Zstd frame header, the Gzip trailer (modulo 2^32); None if it does not say."""
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    with open(path, "rb") as f:
+        if codec is None:
+            return os.fstat(f.fileno()).st_size
+        if isinstance(codec, BloscCodec):
+            head = f.read(16)  # Blosc 1 header
+            return int.from_bytes(head[4:8], "little") if len(head) == 16 else None
+        if isinstance(codec, ZstdCodec):
+            return _zstd_content_size(f.read(18))  # the longest frame header
+        if isinstance(codec, GzipCodec) and f.seek(0, os.SEEK_END) >= 18:
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    return None
+
+
 def _decompressor(codec):
     """``decompress(raw, dest)`` for a Zarr v3 bytes-to-bytes codec that numcodecs decodes, else None."""
     import numcodecs
@@ -155,6 +366,9 @@ def _decompressor(codec):
 
         def decompress(raw, dest):  # the frame's header carries its type size, shuffle and block size
             _check_size("Blosc", int.from_bytes(raw[4:8], "little"), dest.nbytes)  # Blosc 1 header
+            if len(raw) != int.from_bytes(raw[12:16], "little"):
+                msg = f"Blosc frame of {int.from_bytes(raw[12:16], 'little')} bytes is stored in {len(raw)} bytes"
+                raise ValueError(msg)
             blosc.decompress(raw, dest)
 
         return decompress
@@ -194,26 +408,42 @@ class _ChunkFiles:
     decompress : callable or None
         ``decompress(raw, dest)`` fills ``dest`` from a chunk file's bytes; None
         when chunks are stored uncompressed.
+    store, name : str
+        The store and the array's name in it (for error messages).
+    sparse : bool
+        A missing chunk file is the fill value (the array declares :data:`SPARSE_ATTR`);
+        otherwise it is a :class:`ChunkError`.
     """
 
     layout: ChunkLayout
     decompress: object
+    store: str
+    name: str
+    sparse: bool
 
     def _chunk(self, coords: tuple[int, ...], out: np.ndarray) -> None:
         """Fill ``out`` (C-contiguous, the full chunk shape) with the chunk at ``coords``."""
         root, meta = self.layout.root, self.layout.meta
         try:
             raw = (root / meta.encode_chunk_key(coords)).read_bytes()
-        except FileNotFoundError:  # never written: all fill value
+        except FileNotFoundError:
+            if not self.sparse:
+                raise _missing(self.store, self.name, [coords]) from None
             out[...] = meta.fill_value
             return
-        if self.decompress is None:
-            if len(raw) != out.nbytes:
-                msg = f"{root}: chunk {coords} holds {len(raw)} bytes, expected {out.nbytes}"
-                raise ValueError(msg)
-            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
-        else:
-            self.decompress(raw, out)
+        try:
+            if self.decompress is None:
+                _check_size("uncompressed", len(raw), out.nbytes)
+                out.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
+            else:
+                self.decompress(raw, out)
+        except MemoryError:
+            raise
+        except Exception as exc:  # numcodecs raises RuntimeError, ValueError, EOFError, zlib.error, ...
+            shape = tuple(meta.chunk_grid.chunk_shape)
+            msg = (f"chunk file {meta.encode_chunk_key(coords)!r} is corrupt or disagrees with the array's "
+                   f"chunk shape {shape} ({self.layout.dtype}): {exc}")
+            raise _chunk_error(self.store, self.name, coords, msg) from exc
 
     def read(self, region: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray:
         """``region`` (slices with step 1) into ``out`` (new when None); returns it."""
@@ -307,7 +537,9 @@ def layout_and_codec(store: str, name: str, version: str, make) -> tuple | None:
 def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
     """A :class:`_ChunkFiles` for the array if its layout allows reading it here, else None."""
     found = layout_and_codec(store, name, version, _decompressor)
-    return None if found is None else _ChunkFiles(*found)
+    if found is None:
+        return None
+    return _ChunkFiles(*found, store, name, _open(store, name, version).attrs.get(SPARSE_ATTR) is True)
 
 
 def _read(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:
@@ -343,6 +575,18 @@ def read_as_dask(source: ZarrSource, chunks) -> da.Array:
     out = read_regions(name, chunks, arr.dtype, lambda region: (_read, source, region))
     _SOURCES.add(name, source)
     return out
+
+
+def stored_as_is(var) -> bool:
+    """Whether xarray reads the variable ``var`` from Zarr without any CF decoding (so that
+    :func:`read_as_dask` reads the same values)."""
+    enc = var.encoding
+    if any(k in enc for k in ("scale_factor", "add_offset", "missing_value", "units", "calendar")):
+        return False
+    if np.dtype(enc.get("dtype", var.dtype)) != var.dtype or var.dtype.kind not in "biuf":
+        return False
+    fill = enc.get("_FillValue")
+    return fill is None or (var.dtype.kind == "f" and np.isnan(fill))
 
 
 def zarr_source(arr) -> ZarrSource | None:

@@ -11,6 +11,11 @@ local, unsharded v3 array, native byte order, at most one Blosc, Zstd or Gzip
 compressor) and blocks that start on chunk boundaries and end on one or at the
 array's end; anything else is written through zarr-python.
 
+Every chunk is written, including one equal to the fill value (zarr-python's
+default, ``write_empty_chunks=False``, leaves those out): the readers of
+:mod:`daskcal.io._zarr_read` take a missing chunk for a lost one and refuse it,
+unless the array declares itself sparse (``"daskcal:sparse": true``).
+
 :func:`register_slice` records that a dask array is one slice of the leading
 axis of another (for example each product of :func:`daskcal.fit_ramps` is a
 slice of one stacked array of every product plane), so a writer can take the

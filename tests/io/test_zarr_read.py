@@ -1,5 +1,7 @@
 """Reading ramps from Zarr with daskcal's own tasks: values and the read-into-place halo path."""
 
+import re
+
 import dask
 import dask.array as da
 import numpy as np
@@ -40,10 +42,10 @@ def test_scaled_variables_are_left_to_xarray(tmp_path):
     ds = xr.Dataset({"v": (("y", "x"), np.arange(12, dtype=np.float32).reshape(3, 4))})
     ds.to_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False,
                encoding={"v": {"dtype": "int16", "scale_factor": 0.5, "_FillValue": -1}})
-    from daskcal.io._ramps import _stored_as_is
+    from daskcal.io._zarr_read import stored_as_is
 
     opened = xr.open_zarr(tmp_path / "s.zarr", consolidated=False)
-    assert not _stored_as_is(opened["v"])
+    assert not stored_as_is(opened["v"])
 
 
 @pytest.mark.parametrize("halo", [1, 2, 3])
@@ -141,15 +143,88 @@ def test_chunk_files_read_what_zarr_reads(tmp_path, codec):
         assert (out[..., 0, :] == -1).all() and (out[..., -1] == -1).all()
 
 
-def test_chunk_never_written_reads_as_fill_value(tmp_path):
+_LAYOUTS = {"direct": {}, "sharded": {"shards": (32, 32)},
+            "big-endian": {"serializer": "big", "compressors": None}}
+
+
+def _layout(kwargs: dict) -> dict:
+    from zarr.codecs import BytesCodec
+
+    return {k: (BytesCodec(endian="big") if k == "serializer" else v) for k, v in kwargs.items()}
+
+
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+def test_chunk_never_written_reads_as_fill_value_only_in_an_array_declared_sparse(tmp_path, layout):
     import zarr
 
-    arr = zarr.create_array(tmp_path / "dq", shape=(40, 40), chunks=(16, 16), dtype=np.uint8, fill_value=7)
-    arr[20:30, 20:30] = 1  # writes only the middle chunks
-    source = ZarrSource.at(tmp_path, "dq")
-    assert not (tmp_path / "dq" / "c" / "0" / "0").exists()
-    np.testing.assert_array_equal(source.read((slice(0, 40), slice(0, 40))), arr[...])
-    assert source.read((slice(0, 16), slice(0, 16))).min() == 7
+    from daskcal.io._zarr_read import SPARSE_ATTR, ChunkError, _chunk_files
+
+    for name, attrs in (("sparse", {SPARSE_ATTR: True}), ("dense", {})):
+        arr = zarr.create_array(tmp_path / name, shape=(64, 40), chunks=(16, 16), dtype=np.uint16, fill_value=7,
+                                attributes=attrs, **_layout(_LAYOUTS[layout]))
+        arr[40:50, 20:30] = 1  # writes only the chunks (or the shard) there
+    sparse, dense = ZarrSource.at(tmp_path, "sparse"), ZarrSource.at(tmp_path, "dense")
+    assert (_chunk_files(sparse.store, sparse.name, sparse.version) is None) == (layout != "direct")
+    assert not (tmp_path / "sparse" / "c" / "0" / "0").exists()
+    want = np.full((64, 40), 7, np.uint16)
+    want[40:50, 20:30] = 1
+    np.testing.assert_array_equal(sparse.read((slice(0, 64), slice(0, 40))), want)
+    out = np.empty((20, 40), np.uint16)
+    sparse.read_into((slice(0, 20), slice(0, 40)), out)
+    np.testing.assert_array_equal(out, 7)
+    np.testing.assert_array_equal(dense.read((slice(40, 48), slice(16, 32))), want[40:48, 16:32])  # written
+    stored = (0, 0) if layout == "sharded" else (1, 0)  # the missing chunk, or the shard holding it
+    with pytest.raises(ChunkError, match=re.escape(f"{dense.store!r}, variable 'dense'") + ".*no chunk file for chunk "
+                       + re.escape(str(stored)) + ".*'daskcal:sparse'"):
+        dense.read((slice(16, 20), slice(0, 10)))
+    with pytest.raises(ChunkError, match="no chunk file"):
+        dense.read_into((slice(16, 20), slice(0, 10)), np.empty((4, 10), np.uint16))
+    count = "3 of its 4 chunks" if layout == "sharded" else "10 of its 12 chunks"  # 1 shard, or 2 chunks, written
+    with pytest.raises(ChunkError, match=r"no chunk file for chunks \(0, 0\), .*" + re.escape(count)):
+        dense.check()
+    sparse.check()
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+def test_corrupt_chunk_is_a_chunk_error_on_every_path(tmp_path, layout, how):
+    import zarr
+
+    from daskcal.io._zarr_read import ChunkError
+
+    values = np.arange(64 * 40, dtype=np.float32).reshape(64, 40)
+    arr = zarr.create_array(tmp_path / "v", shape=values.shape, chunks=(16, 16), dtype=np.float32,
+                            **_layout(_LAYOUTS[layout]))
+    arr[...] = values
+    source = ZarrSource.at(tmp_path, "v")
+    stored = tmp_path / "v" / "c" / "1" / "0"  # chunk (1, 0): rows 16-31, or the (32, 32) shard of rows 32-63
+    raw = stored.read_bytes()
+    if how == "truncated":
+        stored.write_bytes(raw[: len(raw) // 2])
+    else:
+        # (garbage of a raw chunk's own size would be values: without a checksum nothing can tell)
+        stored.write_bytes(np.random.default_rng(1).integers(0, 256, len(raw) + 5, dtype=np.uint8).tobytes())
+    source.check()  # every file is there: only reading it finds the damage
+    region = (slice(32, 40) if layout == "sharded" else slice(16, 24), slice(0, 10))
+    with pytest.raises(ChunkError, match=re.escape(f"{source.store!r}, variable 'v', chunk (1, 0)")):
+        source.read(region)
+    # the other chunks still read
+    np.testing.assert_array_equal(source.read((slice(0, 16), slice(0, 40))), values[:16])
+
+
+def test_chunk_files_beyond_the_grid_are_refused(tmp_path):
+    import json
+
+    from daskcal.io._zarr_read import ChunkError, check_store
+
+    source = _array(tmp_path, "v", np.ones((40, 40), np.float32), (16, 16))
+    check_store(tmp_path, ["v", "not-an-array"])
+    meta = json.loads((tmp_path / "v" / "zarr.json").read_text())
+    meta["shape"] = [40, 30]  # 2 chunk columns declared, 3 stored
+    (tmp_path / "v" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ChunkError, match=r"'v', chunk \(0, 2\): its zarr.json disagrees with its chunk files"):
+        check_store(tmp_path, ["v"])
+    assert source  # (the source of the unedited array)
 
 
 @pytest.mark.parametrize("layout", ["sharded", "big-endian"])
@@ -216,3 +291,22 @@ def _zstd_without_content_size(block) -> bytes:
     out = raw[:4] + bytes([raw[4] & 0x04, 0x00]) + raw[7:]
     assert zstd.decompress(out) == data.tobytes() and _zstd_content_size(out) is None
     return out
+
+
+@pytest.mark.parametrize("codec", ["blosc", "zstd", "gzip", "none"])
+def test_chunk_shape_that_disagrees_with_the_chunk_files_is_refused(tmp_path, codec):
+    import json
+
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    from daskcal.io._zarr_read import ChunkError, check_store
+
+    compressors = {"blosc": BloscCodec(), "zstd": ZstdCodec(), "gzip": GzipCodec(), "none": None}[codec]
+    _array(tmp_path, "v", np.ones((40, 40), np.float32), (16, 16), compressors=compressors)
+    check_store(tmp_path, ["v"])
+    meta = json.loads((tmp_path / "v" / "zarr.json").read_text())
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = [16, 14]  # still 3 chunk columns for 40
+    (tmp_path / "v" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(ChunkError, match=r"'v', chunk \(0, 0\): its zarr.json disagrees .*"
+                                         r"holds 1024 bytes, a chunk of \(16, 14\) float32 takes 896"):
+        check_store(tmp_path, ["v"])

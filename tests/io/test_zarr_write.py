@@ -158,3 +158,28 @@ def test_products_whose_dask_chunks_straddle_zarr_chunks_are_refused(fitted, tmp
         with pytest.raises(ValueError, match=match):
             save_products({"rate": rate}, tmp_path / "out")
         assert not (tmp_path / "out").exists()
+
+
+def test_products_have_every_chunk_even_of_the_fill_value(fitted, tmp_path):
+    """Chunks equal to the fill value are written too, on every write path (a missing chunk reads as an error)."""
+    import dask.array as da
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    rate = fitted.rate.copy()
+    zeros = rate["dq"].copy(data=da.zeros(rate["dq"].shape, dtype=np.uint32, chunks=rate["dq"].data.chunks))
+    rate["zeros"] = zeros  # Zarr's fill value for integers is 0
+    rate["zeros_zarr"] = zeros.copy()  # written through zarr-python
+    rate["zeros_zarr"].encoding["compressors"] = (ZstdCodec(), Crc32cCodec())
+    rate["odd"] = zeros.chunk(8)  # chunked unlike the rest: written by da.store
+    rate["nans"] = xr.full_like(rate["data"], np.nan)  # xarray's fill value for floats is NaN
+    rate["nans_numpy"] = rate["nans"].compute()  # numpy-backed: written by to_zarr itself
+    with dask.config.set(scheduler="threads"):
+        paths = save_products({"rate": rate}, tmp_path / "out")
+    for v in ("zeros", "zeros_zarr", "odd", "nans", "nans_numpy"):
+        np.testing.assert_array_equal(np.asarray(zarr.open_array(paths["rate"] / v)), rate[v].values, err_msg=v)
+    for v, n in (("zeros", 9), ("zeros_zarr", 9), ("odd", 6 * 5), ("nans", 9), ("nans_numpy", 1), ("dq", 9)):
+        files = [p for p in (paths["rate"] / v / "c").rglob("*") if p.is_file()]
+        assert len(files) == n, v
+    from daskcal.io._zarr_read import check_store
+
+    check_store(paths["rate"], rate.data_vars)
