@@ -105,9 +105,7 @@ class ZarrSource:
         """Read ``region`` (one slice per axis) into ``out``, a view with the region's shape."""
         files = self._files(region)
         if files is None:
-            from zarr.core.buffer.cpu import NDBuffer
-
-            self.array().get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
+            out[...] = self.array()[region]
             return
         files.read(region, out)
 
@@ -266,12 +264,11 @@ def chunk_layout(store: str, name: str, version: str) -> ChunkLayout | None:
     """The :class:`ChunkLayout` of an array in a local store with a regular grid, no sharding or
     array-to-array codec, native byte order and at most one compressor; else None."""
     from zarr.codecs import BytesCodec
-    from zarr.core.metadata.v3 import ArrayV3Metadata
     from zarr.storage import LocalStore
 
     arr = _open(store, name, version)
     meta = arr.metadata
-    if not isinstance(arr.store, LocalStore) or not isinstance(meta, ArrayV3Metadata):
+    if not isinstance(arr.store, LocalStore) or meta.zarr_format != 3:
         return None
     if not hasattr(meta.chunk_grid, "chunk_shape"):  # not a regular grid
         return None
