@@ -5,6 +5,7 @@ The oracle of each case is the same function run on one chunk with the synchrono
 scheduler (those results are checked against stcal/drizzle in the modules of each step).
 """
 
+import contextlib
 import math
 
 import dask
@@ -33,7 +34,8 @@ def grid_chunks(shape, grid: str) -> tuple[int, int]:
 def client():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as c:  # used only where a test asks
         yield c
 
 
@@ -41,8 +43,16 @@ def client():
 def scheduler(request):
     """A context in which ``compute()`` (and ``daskcal.save``) use the scheduler under test."""
     name = request.param
-    target = request.getfixturevalue("client") if name == "distributed" else name
-    return lambda: dask.config.set(scheduler=target)
+    if name != "distributed":
+        return lambda: dask.config.set(scheduler=name)
+    client = request.getfixturevalue("client")
+
+    @contextlib.contextmanager
+    def on_client():  # the client as dask's scheduler and as distributed's current client
+        with dask.config.set(scheduler=client), client.as_current():
+            yield
+
+    return on_client
 
 
 def _sync():
