@@ -237,9 +237,9 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     pix.append(0.0)  # dark current (DN/s): detector1 has none
     cube = [ds["data"].data, ds["groupdq"].data.rechunk(ds["data"].data.chunks)]
     # Halos come from the neighbours' edges (a second read of them where read straight
-    # from Zarr, see _halo.py), so no whole chunk waits for its
-    # neighbours' blocks (with dask's overlap, the 2-D arrays' halo'd blocks were built
-    # far ahead and held: 130 MB for a 4096^2 cube).
+    # from Zarr, see _halo.py), so no whole chunk waits for its neighbours' blocks (with
+    # dask's overlap, the 2-D arrays' halo'd blocks were built far ahead and held: 130 MB
+    # for a 4096^2 cube).
     stacked = _fused_blocks(
         cube,
         pix,
