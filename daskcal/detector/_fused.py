@@ -17,11 +17,12 @@ result on the chunk's core is exactly what the step-by-step graph gives.
 from __future__ import annotations
 
 import functools
+import logging
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask._task_spec import Task, convert_legacy_task
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
@@ -45,6 +46,8 @@ from daskcal.dq import DQ
 __all__ = ["detector1_block", "detector1_graph", "plane_usable"]
 
 _DNU = int(DQ.DO_NOT_USE)
+
+logger = logging.getLogger(__name__)
 
 
 def _usable_planes(data: np.ndarray, gdq: np.ndarray) -> np.ndarray:
@@ -127,6 +130,50 @@ def _core_slices(index: int, sizes: tuple[int, ...], halo: int) -> slice:
     return slice(lo, lo + sizes[index])
 
 
+def data_producer_task(key, func, args: list, external_keys: set):
+    """The task ``(func, *args)`` (legacy form, nested tasks allowed), marked as a data producer
+    where this dask can.
+
+    The distributed scheduler queues data-producer tasks and hands each to the next
+    worker with a free thread, as it does for reads, instead of assigning them all when
+    their small halo-edge inputs are ready: that left one of two workers idle for a whole
+    task at the end of ~1 detector1 run in 4 (8 chunks split 5/3; work stealing never
+    moved it). The mark is a private flag of ``dask._task_spec.Task``; where it is missing
+    the plain tuple is returned (same results, distributed's usual assignment).
+
+    Parameters
+    ----------
+    key : tuple
+        The task's key.
+    func : callable
+    args : list
+        Arguments: values, keys of other tasks, or nested legacy tasks.
+    external_keys : set
+        Keys of other tasks that ``args`` may refer to.
+    """
+    mark = _data_producer_hook()
+    return (func, *args) if mark is None else mark(key, (func, *args), external_keys)
+
+
+@functools.cache
+def _data_producer_hook():
+    """``mark(key, task, external_keys)`` that makes a data-producer task, or None where this dask
+    has no such flag (logged once)."""
+    try:
+        from dask._task_spec import Task, convert_legacy_task
+
+        def mark(key, task, external_keys):
+            spec = convert_legacy_task(key, task, external_keys)
+            return Task(key, spec.func, *spec.args, _data_producer=True, **spec.kwargs)
+
+        mark(("probe", 0), (abs, ("probe-input", 0)), {("probe-input", 0)})
+    except (ImportError, TypeError, AttributeError) as exc:
+        logger.warning("dask %s cannot mark data-producer tasks (%s); detector1's chunk tasks are "
+                       "assigned to workers by distributed's usual rules", dask.__version__, exc)
+        return None
+    return mark
+
+
 def _fused_blocks(cube, pix, halo: int, nplanes: int, **kwargs) -> da.Array:
     """One :func:`detector1_block` task per chunk, which builds its own halo'd blocks.
 
@@ -152,13 +199,8 @@ def _fused_blocks(cube, pix, halo: int, nplanes: int, **kwargs) -> da.Array:
             core = (_core_slices(i, chunks_yx[0], halo), _core_slices(j, chunks_yx[1], halo))
             func = functools.partial(detector1_block, core=core, owns_data=halos[id(cube[0])].fresh, **kwargs)
             key = (name, 0, i, j)
-            task = convert_legacy_task(
-                key, (func, *[halos[id(a)].tasks[(i, j)] if id(a) in halos else a for a in inputs]), referenced)
-            # A data producer: the scheduler queues these tasks and hands each to the next
-            # worker with a free thread, as it does for reads, instead of assigning them all
-            # when their small halo-edge inputs are ready (which left one of two workers idle
-            # for a whole task at the end of ~1 run in 4, and work stealing never moved it).
-            dsk[key] = Task(key, task.func, *task.args, _data_producer=True, **task.kwargs)
+            args = [halos[id(a)].tasks[(i, j)] if id(a) in halos else a for a in inputs]
+            dsk[key] = data_producer_task(key, func, args, referenced)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=layers)
     return da.Array(graph, name, chunks=((nplanes,), *chunks_yx), dtype=np.float32,
                     meta=np.empty((0, 0, 0), dtype=np.float32))
@@ -194,9 +236,10 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         pix.insert(2, 0.0)  # no bias to subtract
     pix.append(0.0)  # dark current (DN/s): detector1 has none
     cube = [ds["data"].data, ds["groupdq"].data.rechunk(ds["data"].data.chunks)]
-    # Halos come from a second read of the neighbours, so no whole chunk waits for its
-    # neighbours' blocks (with dask's overlap, the 2-D arrays' halo'd blocks were built
-    # far ahead and held: 130 MB for a 4096^2 cube).
+    # Halos come from the neighbours' edges (a second read of them where read straight
+    # from Zarr, see _halo.py), so no whole chunk waits for its neighbours' blocks (with
+    # dask's overlap, the 2-D arrays' halo'd blocks were built far ahead and held: 130 MB
+    # for a 4096^2 cube).
     stacked = _fused_blocks(
         cube,
         pix,

@@ -3,18 +3,18 @@
 ``dask.array.overlap.overlap`` builds every halo'd block from slices (views) of its
 neighbour chunks. In raster order a chunk is read for the halo of the block above
 it and then waits, whole, until its own block can run: memory holds a row of
-chunks and grows with the image width. Here the halo edges are cut from a
-*second read* of each chunk, so that read is dropped as soon as its edges are cut,
-and the first read of a chunk feeds only its own block. Each chunk is read twice;
-peak memory no longer depends on the image size.
+chunks and grows with the image width. Here, for arrays read straight from Zarr,
+the halo edges are cut from a *second read* of each chunk, so that read is dropped
+as soon as its edges are cut, and the first read of a chunk feeds only its own
+block. Each chunk is read twice; peak memory no longer depends on the image size.
 
 :func:`halo_blocks` returns, for every block, a task to run *inside* the task that
 uses it, so a halo'd block exists only while its consumer runs. For arrays read
 straight from Zarr (:func:`daskcal.io._zarr_read.zarr_source`) the block's own chunk
 is read into the middle of the block, and one task per chunk reads it again and cuts
 every edge its neighbours need, for all such arrays at once
-(:func:`halo_blocks_group`). Other arrays are read again through a cloned graph
-(``dask.graph_manipulation.clone``).
+(:func:`halo_blocks_group`). Other arrays (in memory, or computed) give their edges
+from their own chunks, each by its own small copying task.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from dask.graph_manipulation import clone
 from dask.highlevelgraph import HighLevelGraph
 
 from daskcal.io._zarr_read import zarr_source
@@ -124,9 +123,9 @@ def halo_blocks(arr: da.Array, halo: int) -> HaloBlocks:
     Each block equals the block of ``da.overlap.overlap(arr, depth={-2: halo,
     -1: halo}, boundary="none")``. For arrays whose leading axes are single
     chunks and whose chunks are at least ``halo`` pixels wide, it is assembled
-    from the chunk and edges cut from a second read of the neighbours, and an
-    array read straight from Zarr has its core read into place; otherwise it is
-    that function's block.
+    from the chunk and copies of its neighbours' edges (cut from a second read of
+    the neighbours where the array is read straight from Zarr, which also has its
+    core read into place); otherwise it is that function's block.
 
     Parameters
     ----------
@@ -240,19 +239,19 @@ def _halo_blocks_one(arr: da.Array, halo: int) -> HaloBlocks:
             arr = da.overlap.overlap(arr, depth={lead: halo, lead + 1: halo}, boundary="none")
         tasks = {(i, j): (arr.name, *zeros, i, j) for i in range(nby) for j in range(nbx)}
         return HaloBlocks([arr], tasks, arr.chunks, fresh=False)
-    # Edges come from a second read through a cloned graph, so that read is dropped as
-    # soon as its edges are cut and the first read of a chunk feeds only its own block;
-    # one copying task per edge (one task for all of them would be fused with the cloned
-    # read, which dask's task fusion refuses for cloned layers).
+    # Edges are copied from the array's own chunks, one small task per edge, so a chunk is
+    # computed once. Not from a second read through ``dask.graph_manipulation.clone``:
+    # that renames a layer's keys but not the keys inside its task objects (dask issue
+    # 12455), so the "clone" read the original chunks anyway, and where an axis had one
+    # chunk (rechunk's aliases) the threaded scheduler's fusion failed on the graph.
     edge = "halo-edge-" + tokenize(arr, halo)
-    src = clone(arr, assume_layers=False)
     dsk = {}
     for ni in range(nby):
         for nj in range(nbx):
             for (di, dj), (ys, xs) in _cuts(cy, cx, halo, ni, nj).items():
-                dsk[(edge, *zeros, ni, nj, di + 1, dj + 1)] = (_copy, (src.name, *zeros, ni, nj), ys, xs)
+                dsk[(edge, *zeros, ni, nj, di + 1, dj + 1)] = (_copy, (arr.name, *zeros, ni, nj), ys, xs)
     # a collection only to carry the edge layer into consumers' graphs (its keys have 2 more axes)
-    edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[src]), edge,
+    edges = da.Array(HighLevelGraph.from_collections(edge, dsk, dependencies=[arr]), edge,
                      chunks=(*((1,),) * lead, (1,) * nby, (1,) * nbx), dtype=arr.dtype)
     tasks, chunks = _block_tasks(arr, halo, lambda i, j, di, dj: (edge, *zeros, i + di, j + dj, di + 1, dj + 1))
     return HaloBlocks([edges, arr], tasks, chunks, fresh=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from daskcal.detector import _kernels_ramp_fit as _k
 from daskcal.detector._common import (
@@ -144,7 +145,8 @@ def _fit_graph(data, groupdq, pixeldq, gain, readnoise, dark, **params) -> da.Ar
         chunks=((n_planes(nints),), *data.chunks[2:]),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
-        token="fit-ramps",  # key prefix; a fixed name= would collide between calls
+        # a name of its own per input (dask 2024.8 warns that token= is deprecated)
+        name="fit-ramps-" + tokenize(data, groupdq, pixeldq, gain, readnoise, dark, params),
         **params,
     )
 

@@ -361,8 +361,6 @@ class _Chunks:
         self.shape = x.shape
 
     def window(self, y0=0, y1=None, x0=0, x1=None):
-        from dask._task_spec import TaskRef
-
         y1 = self.shape[0] if y1 is None else y1
         x1 = self.shape[1] if x1 is None else x1
         if not self.dask:
@@ -372,8 +370,8 @@ class _Chunks:
         j0 = int(np.searchsorted(self.xs, x0, side="right")) - 1
         j1 = int(np.searchsorted(self.xs, x1, side="left"))
         box = (y0 - int(self.ys[i0]), y1 - int(self.ys[i0]), x0 - int(self.xs[j0]), x1 - int(self.xs[j0]))
-        chunks = [[k if isinstance(k, TaskRef) else TaskRef(k) for k in row[j0:j1]] for row in self.keys[i0:i1]]
-        return {"chunks": chunks, "box": box}
+        chunks = [list(row[j0:j1]) for row in self.keys[i0:i1]]
+        return (dict, [["chunks", chunks], ["box", box]])  # a task: dask fills in the chunks
 
 
 def _new_dataset(ds, dq):
@@ -518,8 +516,9 @@ class _TaskGraph:
 
     ``dask.delayed`` optimises and culls the graphs of all its arguments on every
     call, which for hundreds of tasks fed by input chunks and median tiles took
-    seconds on the client; here a task is a ``dask`` ``Task`` whose arguments refer
-    to other keys, and the layer is attached to the input arrays' graphs once.
+    seconds on the client; here a task is a dask task tuple ``(func, *args)`` whose
+    arguments (and the items of lists among them) may be other tasks' keys, and the
+    layer is attached to the input arrays' graphs once.
     """
 
     def __init__(self):
@@ -530,10 +529,9 @@ class _TaskGraph:
         self.deps[id(collection)] = collection
 
     def add(self, key, func, *args):
-        from dask._task_spec import Task, TaskRef, parse_input
-
-        self.tasks[key] = Task(key, func, *(parse_input(a) for a in args))
-        return TaskRef(key)
+        """Add the task ``func(*args)``; returns its key, for other tasks' arguments."""
+        self.tasks[key] = (func, *args)
+        return key
 
     def array(self, name, chunks, dtype):
         """A dask array whose chunks are the tasks ``(name, i, j)`` (with every task so far behind it)."""

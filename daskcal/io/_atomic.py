@@ -362,16 +362,11 @@ def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
     ``plan`` holds ``(target, k, index, dtype)``: the target's block is ``blocks[k]``, or
     ``blocks[k][index].view(dtype)`` when ``index`` is not None (a slice of a stacked block).
     Blocks are encoded and written in this thread where the array's layout allows
-    (:class:`daskcal.io._zarr_write.ChunkWriter`); the rest go through zarr-python, concurrently
-    on its I/O loop.
+    (:class:`daskcal.io._zarr_write.ChunkWriter`); the rest go through zarr-python
+    (its ``__setitem__``).
     """
-    import asyncio
-
-    from zarr.core.sync import sync
-
     from daskcal.io._zarr_write import chunk_writer, take_block
 
-    rest = []
     for target, k, index, dtype in plan:
         block = blocks[k] if index is None else take_block(blocks[k], index, dtype)
         start = (0,) * (block.ndim - 2) + (y0, x0)
@@ -379,18 +374,7 @@ def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
         if writer is not None and writer.accepts(start, block):
             writer.write(start, block)
         else:
-            rest.append((target.array, block))
-
-    async def write_all():
-        await asyncio.gather(*[
-            array.async_array.setitem(
-                (Ellipsis, slice(y0, y0 + block.shape[-2]), slice(x0, x0 + block.shape[-1])), block
-            )
-            for array, block in rest
-        ])
-
-    if rest:
-        sync(write_all())
+            target.array[..., y0:y0 + block.shape[-2], x0:x0 + block.shape[-1]] = block
     return np.ones((1, 1), dtype=bool)
 
 

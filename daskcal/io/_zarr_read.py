@@ -173,9 +173,7 @@ class ZarrSource:
             return
 
         def read(arr):
-            from zarr.core.buffer.cpu import NDBuffer
-
-            arr.get_basic_selection(region, out=NDBuffer.from_numpy_array(out))
+            out[...] = arr[region]  # zarr's public API: one copy more than reading into ``out``
 
         self._through_zarr(region, read)
 
@@ -496,12 +494,11 @@ def chunk_layout(store: str, name: str, version: str) -> ChunkLayout | None:
     """The :class:`ChunkLayout` of an array in a local store with a regular grid, no sharding or
     array-to-array codec, native byte order and at most one compressor; else None."""
     from zarr.codecs import BytesCodec
-    from zarr.core.metadata.v3 import ArrayV3Metadata
     from zarr.storage import LocalStore
 
     arr = _open(store, name, version)
     meta = arr.metadata
-    if not isinstance(arr.store, LocalStore) or not isinstance(meta, ArrayV3Metadata):
+    if not isinstance(arr.store, LocalStore) or meta.zarr_format != 3:
         return None
     if not hasattr(meta.chunk_grid, "chunk_shape"):  # not a regular grid
         return None
