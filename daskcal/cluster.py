@@ -151,6 +151,7 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address):
         memory_limit=memory_limit,
         host="127.0.0.1",
         dashboard_address=_on_localhost(dashboard_address),
+        worker_dashboard_address="127.0.0.1:0",  # older distributed binds the workers' ":0" to 0.0.0.0
         security=security,
         processes=True,
     ) as lc, Client(lc) as client:

@@ -84,11 +84,23 @@ def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool 
 
     with naming_path(store):
         # every chunk, even one equal to the fill value: a missing chunk reads as an error (daskcal.io._zarr_read)
-        write = ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding,
-                           write_empty_chunks=True)
+        with every_chunk():
+            write = ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
         mark_incomplete(store)
         compute_writes([write], progress=progress)
         mark_complete(store)
+
+
+def every_chunk():
+    """Zarr arrays created or opened inside write every chunk, even one equal to the fill value
+    (a missing chunk reads as an error, :mod:`daskcal.io._zarr_read`).
+
+    Zarr's global ``array.write_empty_chunks`` setting, which arrays take when they are created
+    or opened (zarr >= 3.0.8 and xarray >= 2025.1 have no per-call form that both accept).
+    """
+    import zarr
+
+    return zarr.config.set({"array.write_empty_chunks": True})
 
 
 @contextlib.contextmanager
@@ -239,12 +251,11 @@ def _write_products(products: dict, stores: dict, progress: bool) -> None:
         with naming_path(store):
             # metadata and numpy-backed variables now; dask-backed chunks below
             template, encoding = _metadata_template(ds, _encoding(ds))
-            template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding,
-                             write_empty_chunks=True)
-            group = zarr.open_group(store, mode="r+", zarr_format=3)
-            # every chunk, even one equal to the fill value (daskcal.io._zarr_read reads a missing chunk as an error)
-            targets += [(_Target(group[v].with_config({"write_empty_chunks": True}), ZarrSource.at(store, v)),
-                         ds[v].data) for v in ds.data_vars if _is_dask(ds[v].data)]
+            with every_chunk():
+                template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+                group = zarr.open_group(store, mode="r+", zarr_format=3)
+                targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
+                            for v in ds.data_vars if _is_dask(ds[v].data)]
             mark_incomplete(store)
     with naming_path(Path(next(iter(stores.values()))).parent if stores else "."):
         compute_writes(_chunk_writers(targets), progress=progress)

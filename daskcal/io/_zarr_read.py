@@ -27,7 +27,7 @@ fill value by default (``write_empty_chunks=False``), so a missing chunk file
 reads as the fill value there: a deleted or lost chunk of a ramp cube became a
 rate of 0 DN/s with DQ 0, and of a calibrated image NaN in a mosaic. daskcal's
 own writers write every chunk (:func:`daskcal.io._atomic.save_dataset` and
-:func:`~daskcal.io._atomic.save_products` pass ``write_empty_chunks=True``;
+:func:`~daskcal.io._atomic.save_products` write with ``array.write_empty_chunks`` on;
 :class:`daskcal.io._zarr_write.ChunkWriter` writes whatever it is given), so
 its stores are complete. An array whose missing chunks mean the fill value on
 purpose declares it with the array attribute ``"daskcal:sparse": true``

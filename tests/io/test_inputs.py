@@ -195,10 +195,14 @@ def test_image_zarr_json_with_fewer_rows_than_its_chunks_is_refused(images):
         daskcal.open_images(images)
 
 
-def _plain_store(ds, path, **kwargs):
-    """``ds`` written by plain xarray, without daskcal."""
+def _plain_store(ds, path, write_empty_chunks=False):
+    """``ds`` written by plain xarray, without daskcal (zarr's global setting: older xarray/zarr
+    pairs have no per-call ``write_empty_chunks`` that both accept)."""
+    import zarr
+
     ds = ds.chunk({"y": 16, "x": 16})
-    ds.to_zarr(path, zarr_format=3, consolidated=False, mode="w", **kwargs)
+    with zarr.config.set({"array.write_empty_chunks": write_empty_chunks}):
+        ds.to_zarr(path, zarr_format=3, consolidated=False, mode="w")
     return path
 
 
