@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from daskcal.cli._common import add_cluster_options
 
 __all__ = ["register", "execute", "run_recipe"]
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -101,9 +104,15 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
             print(f"dashboard: {client.dashboard_link}")
             for inp, out, ramps, result, outputs in jobs:
                 t0 = time.perf_counter()
-                paths = save_products({"rate": result.rate, "rateints": result.rateints}, out,
-                                      progress=not args.no_progress, outputs=outputs)
+                # The count is known only once every chunk is fitted (worker logs never reach this
+                # console): computed with the writes, it takes the planes of the same fit tasks.
+                paths, (n_nonfinite,) = save_products({"rate": result.rate, "rateints": result.rateints}, out,
+                                                      progress=not args.no_progress, outputs=outputs,
+                                                      also=(result.n_nonfinite,))
                 elapsed = time.perf_counter() - t0
+                if n_bad := int(n_nonfinite):
+                    log.warning("%s: %d pixels have NaN or infinite samples; those groups are DO_NOT_USE "
+                                "(a pixel with no other usable group gets a NaN rate and DO_NOT_USE)", inp, n_bad)
                 if fits:
                     _export_fits(paths, outputs, to_fits)
                 outputs.commit()  # this exposure's products appear together
