@@ -120,6 +120,11 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr
         A file without SCI data or without a WCS, extensions of different shapes,
         an unreadable association.
     """
+    if chunks is not None:
+        chunks = tuple(chunks)
+        if len(chunks) != 2 or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in chunks):
+            msg = f"chunks must be two positive integers (y, x) in pixels; got {chunks!r}"
+            raise ValueError(msg)
     return [_open_one(p, chunks) for p in expand_inputs(paths_or_asn)]
 
 
@@ -162,7 +167,45 @@ def _open_zarr(path: Path, chunks) -> xr.Dataset:
     if not ds.attrs.get(WCS_ATTR):
         msg = f"Zarr store {str(path)!r} has no WCS (attribute {WCS_ATTR!r}); write it from daskcal.image_dataset"
         raise ValueError(msg)
+    _check_shape(path, "'data'", ds["data"].shape)
+    try:
+        wcs = wcs_from_text(ds.attrs[WCS_ATTR])
+    except Exception as exc:  # asdf/yaml raise several types for unreadable text
+        msg = f"Zarr store {str(path)!r}: attribute {WCS_ATTR!r} is not readable ASDF ({exc}); expected a gwcs as ASDF text"
+        raise ValueError(msg) from exc
+    _check_image_wcs(wcs, path, ds["data"].shape)
     return ds
+
+
+def _check_shape(path: Path, what: str, shape: tuple) -> None:
+    if len(shape) != 2 or min(shape) < 1:
+        msg = f"{str(path)!r}: {what} has shape {tuple(shape)}; expected a 2-D image with at least one pixel"
+        raise ValueError(msg)
+
+
+def _check_image_wcs(wcs, path: Path, shape: tuple[int, int]) -> None:
+    """Refuse a WCS that is not a 2-D gwcs, or that maps the image's corners or centre to non-finite sky."""
+    import gwcs
+
+    if not isinstance(wcs, gwcs.WCS):
+        msg = f"{str(path)!r}: the WCS is a {type(wcs).__name__}; expected a gwcs.WCS (meta.wcs of a JWST-style file)"
+        raise ValueError(msg)
+    if wcs.output_frame is None or wcs.output_frame.naxes != 2 or wcs.forward_transform.n_inputs != 2:
+        msg = f"{str(path)!r}: the WCS must map 2 pixel axes to 2 sky axes"
+        raise ValueError(msg)
+    ny, nx = shape
+    x = np.array([0.0, nx - 1.0, 0.0, nx - 1.0, (nx - 1) / 2.0])
+    y = np.array([0.0, 0.0, ny - 1.0, ny - 1.0, (ny - 1) / 2.0])
+    with np.errstate(all="ignore"):
+        try:
+            sky = np.asarray(wcs.forward_transform(x, y), dtype=np.float64)
+        except Exception as exc:  # a model that cannot be evaluated raises whatever its code raises
+            msg = f"{str(path)!r}: the WCS cannot be evaluated at the image corners ({exc}); expected a usable gwcs"
+            raise ValueError(msg) from exc
+    if not np.isfinite(sky).all():
+        msg = (f"{str(path)!r}: the WCS gives non-finite sky coordinates at the image corners or centre "
+               f"(NaN or infinite WCS parameters?); expected finite RA, Dec for every pixel")
+        raise ValueError(msg)
 
 
 class _FitsSection:
@@ -204,9 +247,13 @@ def _read_asdf_tree(hdul, path):
     if ASDF_EXT not in hdul:
         msg = f"{str(path)!r} has no {ASDF_EXT} extension, so no WCS; expected a JWST-style _cal.fits"
         raise ValueError(msg)
-    raw = hdul[ASDF_EXT].data[ASDF_COLUMN][0].tobytes()
-    af = asdf.open(io.BytesIO(raw), lazy_load=False, memmap=False)
-    return af
+    try:
+        raw = hdul[ASDF_EXT].data[ASDF_COLUMN][0].tobytes()
+        return asdf.open(io.BytesIO(raw), lazy_load=False, memmap=False)
+    except Exception as exc:  # a missing column, bad YAML, not ASDF at all: several types
+        msg = (f"{str(path)!r}: the {ASDF_EXT} extension is not readable ASDF ({exc}); expected the "
+               f"{ASDF_COLUMN} column of a JWST-style _cal.fits with meta.wcs")
+        raise ValueError(msg) from exc
 
 
 def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
@@ -223,10 +270,15 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
             if wcs is None:
                 msg = f"{str(path)!r}: the ASDF extension has no meta.wcs; the image cannot be resampled"
                 raise ValueError(msg)
+            shape = (hdul["SCI"].header["NAXIS2"], hdul["SCI"].header["NAXIS1"])
+            _check_shape(path, "extension SCI", shape)
+            _check_image_wcs(wcs, path, shape)
             text = wcs_to_text(wcs)
             meta_tree = af.tree.get("meta", {})
             attrs = _fits_attrs(hdul[0].header, meta_tree, path)
-        shape = (hdul["SCI"].header["NAXIS2"], hdul["SCI"].header["NAXIS1"])
+        if "DQ" not in hdul:
+            msg = f"{str(path)!r} has no DQ extension; expected a JWST-style _cal.fits with SCI and DQ (ERR, VAR_* optional)"
+            raise ValueError(msg)
         data_vars = {}
         for var, ext in CAL_EXTENSIONS.items():
             if ext not in hdul:
@@ -242,8 +294,6 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
             data_vars[var] = (("y", "x"), da.from_array(arr, chunks=tuple(chunks), name=name,
                                                         meta=np.empty((0, 0), dtype)))
         bunit = hdul["SCI"].header.get("BUNIT")
-    if "dq" not in data_vars:
-        data_vars["dq"] = (("y", "x"), da.zeros(shape, np.uint32, chunks=tuple(chunks)))
     attrs[WCS_ATTR] = text
     if bunit:
         attrs["bunit_data"] = str(bunit)
