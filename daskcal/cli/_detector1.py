@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options
+from daskcal.cli._common import add_cluster_options, chunk_option
 
 __all__ = ["register", "execute", "run_recipe"]
 
@@ -57,7 +57,8 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.detector._pipeline import step_parameters
 
     params = {name: getattr(args, name) for names in step_parameters().values() for name in names}
-    execute(args.input, args.output, params, args, chunks=args.chunks, fits=args.fits, overwrite=args.overwrite)
+    execute(args.input, args.output, params, args, chunks=chunk_option(args.chunks), fits=args.fits,
+            overwrite=args.overwrite)
     return 0
 
 
@@ -93,8 +94,12 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
         products = [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in names] if fits else [])
         outputs = OutputSet(products, overwrite=overwrite, inputs=inputs)
         outputs.check()
-        ramps = open_ramps(inp)
-        result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
+        try:
+            ramps = open_ramps(inp)
+            result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
+        except (ValueError, TypeError) as exc:
+            text = str(exc) if str(inp) in str(exc) else f"{inp}: {exc}"  # name the input that failed
+            raise (ValueError if isinstance(exc, ValueError) else TypeError)(text) from exc
         jobs.append((inp, out, ramps, result, outputs))
     done = {}
     with contextlib.ExitStack() as stack:
@@ -165,6 +170,6 @@ def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, arg
                 msg = f"recipe parameter steps.{step}.{name} is unknown; expected one of {list(known[step])}"
                 raise ValueError(msg)
             params[name] = value
-    chunks = execution.get("chunks")
+    chunks = chunk_option(execution.get("chunks"), "recipe execution.chunks")
     execute(inputs, output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite)
     return 0
