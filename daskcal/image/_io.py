@@ -50,11 +50,13 @@ DEFAULT_FITS_EXPORT = "4 GiB"
 
 # ---------------------------------------------------------------- inputs
 
-def expand_inputs(paths_or_asn) -> list[Path]:
+def expand_inputs(paths_or_asn, *, allow_outside_asn: bool = False) -> list[Path]:
     """Paths of the exposures named by paths, association JSON files, or both.
 
     An association (jwst format) contributes ``products[0].members[].expname``,
-    relative to the association's directory.
+    relative to the association's directory. Members given as absolute paths, or
+    whose ``..`` leads out of that directory, are refused unless ``allow_outside_asn``
+    (an association from elsewhere should not make the run read arbitrary files).
     """
     if isinstance(paths_or_asn, (str, os.PathLike)):
         paths_or_asn = [paths_or_asn]
@@ -65,7 +67,7 @@ def expand_inputs(paths_or_asn) -> list[Path]:
             msg = f"no input at {str(p)!r}"
             raise FileNotFoundError(msg)
         if p.suffix.lower() == ".json":
-            out.extend(_asn_members(p))
+            out.extend(_asn_members(p, allow_outside_asn))
         else:
             out.append(p)
     if not out:
@@ -74,7 +76,7 @@ def expand_inputs(paths_or_asn) -> list[Path]:
     return out
 
 
-def _asn_members(path: Path) -> list[Path]:
+def _asn_members(path: Path, allow_outside: bool = False) -> list[Path]:
     try:
         asn = json.loads(path.read_text())
         members = asn["products"][0]["members"]
@@ -85,6 +87,15 @@ def _asn_members(path: Path) -> list[Path]:
     if not names:
         msg = f"association {str(path)!r} has no members"
         raise ValueError(msg)
+    if not all(isinstance(n, str) and n for n in names):
+        msg = f"association {str(path)!r}: every member's expname must be a non-empty string; got {names!r}"
+        raise ValueError(msg)
+    home = path.parent.resolve()
+    outside = [n for n in names if Path(n).is_absolute() or not (home / n).resolve().is_relative_to(home)]
+    if outside and not allow_outside:
+        msg = (f"association {str(path)!r} names exposures outside its folder {str(home)!r}: {outside}; expected "
+               f"paths relative to the association, or pass --allow-outside-asn (allow_outside_asn=True)")
+        raise ValueError(msg)
     members = [(path.parent / n) if not Path(n).is_absolute() else Path(n) for n in names]
     missing = [str(m) for m in members if not m.exists()]
     if missing:
@@ -93,7 +104,8 @@ def _asn_members(path: Path) -> list[Path]:
     return members
 
 
-def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr.Dataset]:
+def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None,
+                allow_outside_asn: bool = False) -> list[xr.Dataset]:
     """Open calibrated exposures lazily.
 
     Parameters
@@ -106,6 +118,9 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr
         given; Zarr stores are read in whole stored chunks, as many per Dask
         chunk as come closest to it (stored chunks of 256 px make Dask chunks of
         1024 px: 16x fewer tasks, each reading 16 stored chunks).
+    allow_outside_asn : bool, default False
+        Read association members given as absolute paths or outside the
+        association's folder (refused by default).
 
     Returns
     -------
@@ -117,15 +132,16 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr
     FileNotFoundError
         A path or association member does not exist.
     ValueError
-        A file without SCI data or without a WCS, extensions of different shapes,
-        an unreadable association.
+        A file without SCI data, DQ or a usable WCS, an empty image, extensions of
+        different shapes, an unreadable association or one naming files outside its
+        folder.
     """
     if chunks is not None:
         chunks = tuple(chunks)
         if len(chunks) != 2 or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in chunks):
             msg = f"chunks must be two positive integers (y, x) in pixels; got {chunks!r}"
             raise ValueError(msg)
-    return [_open_one(p, chunks) for p in expand_inputs(paths_or_asn)]
+    return [_open_one(p, chunks) for p in expand_inputs(paths_or_asn, allow_outside_asn=allow_outside_asn)]
 
 
 def _open_one(path: Path, chunks) -> xr.Dataset:

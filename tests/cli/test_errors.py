@@ -229,3 +229,16 @@ def test_unexpected_failures_keep_their_traceback(monkeypatch, exc):
     _fail_with(monkeypatch, exc)
     with pytest.raises(type(exc)):
         main(["simulate", "x.zarr"])
+
+
+def test_association_outside_its_folder_needs_the_flag(cal_files, tmp_path, capsys):
+    import json
+
+    good, _, _ = cal_files
+    asn = tmp_path / "asn.json"
+    asn.write_text(json.dumps({"products": [{"members": [{"expname": str(g)} for g in good]}]}))
+    err = _resample(capsys, tmp_path, asn)
+    _one_line_error(err, str(asn), "outside its folder", "--allow-outside-asn")
+    assert main(["resample", str(asn), "-o", str(tmp_path / "m.zarr"), "--workers", "1", "--no-progress",
+                 "--allow-outside-asn"]) == 0
+    assert (tmp_path / "m.zarr").exists()

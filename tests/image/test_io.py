@@ -105,3 +105,23 @@ def test_bad_inputs(sim2, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"products": []}))
     with pytest.raises(ValueError, match="association .* is not valid"):
         daskcal.open_images(tmp_path / "bad.json")
+
+
+def test_association_members_outside_its_folder_are_refused(sim2, tmp_path):
+    import json
+
+    asn_dir = tmp_path / "asn"
+    (asn_dir / "sub").mkdir(parents=True)
+    inside = write_cal_fits(sim2.images[0], asn_dir / "in_cal.fits")
+    outside = write_cal_fits(sim2.images[1], tmp_path / "out_cal.fits")
+    for expname in (str(outside), "../out_cal.fits", "sub/../../out_cal.fits"):
+        asn = asn_dir / "asn.json"
+        asn.write_text(json.dumps({"products": [{"members": [{"expname": "in_cal.fits"}, {"expname": expname}]}]}))
+        with pytest.raises(ValueError, match=r"outside its folder .*allow-outside-asn") as err:
+            daskcal.open_images(asn)
+        assert str(asn) in str(err.value) and expname in str(err.value)
+        images = daskcal.open_images(asn, allow_outside_asn=True)
+        assert [im.attrs["name"] for im in images] == ["in_cal", "out_cal"]
+    # members inside the folder (also through a '..' that comes back) need no flag
+    asn.write_text(json.dumps({"products": [{"members": [{"expname": "sub/../in_cal.fits"}]}]}))
+    assert len(daskcal.open_images(asn)) == 1 and inside.exists()
