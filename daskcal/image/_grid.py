@@ -243,7 +243,8 @@ def resolve_output_wcs(images, output_wcs_arg=None, **wcs_args):
         except FileNotFoundError:
             raise
         except Exception as exc:  # asdf/yaml raise several types for a file that is not ASDF
-            msg = f"output WCS file {str(output_wcs_arg)!r} is not readable ASDF ({exc}); expected an ASDF file with a 'wcs'"
+            msg = (f"output WCS file {str(output_wcs_arg)!r} is not readable ASDF ({exc}); "
+                   f"expected an ASDF file with a 'wcs'")
             raise ValueError(msg) from exc
         with af:
             if "wcs" not in af.tree:

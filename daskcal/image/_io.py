@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, get_wcs, wcs_from_text, wcs_to_text
+from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, check_sky_finite, get_wcs, wcs_from_text, wcs_to_text
 from daskcal.io._atomic import atomic_path
 
 __all__ = ["open_images", "expand_inputs", "write_cal_fits", "to_fits", "CAL_EXTENSIONS", "I2D_EXTENSIONS"]
@@ -187,7 +187,8 @@ def _open_zarr(path: Path, chunks) -> xr.Dataset:
     try:
         wcs = wcs_from_text(ds.attrs[WCS_ATTR])
     except Exception as exc:  # asdf/yaml raise several types for unreadable text
-        msg = f"Zarr store {str(path)!r}: attribute {WCS_ATTR!r} is not readable ASDF ({exc}); expected a gwcs as ASDF text"
+        msg = (f"Zarr store {str(path)!r}: attribute {WCS_ATTR!r} is not readable ASDF ({exc}); "
+               f"expected a gwcs as ASDF text")
         raise ValueError(msg) from exc
     _check_image_wcs(wcs, path, ds["data"].shape)
     return ds
@@ -209,19 +210,7 @@ def _check_image_wcs(wcs, path: Path, shape: tuple[int, int]) -> None:
     if wcs.output_frame is None or wcs.output_frame.naxes != 2 or wcs.forward_transform.n_inputs != 2:
         msg = f"{str(path)!r}: the WCS must map 2 pixel axes to 2 sky axes"
         raise ValueError(msg)
-    ny, nx = shape
-    x = np.array([0.0, nx - 1.0, 0.0, nx - 1.0, (nx - 1) / 2.0])
-    y = np.array([0.0, 0.0, ny - 1.0, ny - 1.0, (ny - 1) / 2.0])
-    with np.errstate(all="ignore"):
-        try:
-            sky = np.asarray(wcs.forward_transform(x, y), dtype=np.float64)
-        except Exception as exc:  # a model that cannot be evaluated raises whatever its code raises
-            msg = f"{str(path)!r}: the WCS cannot be evaluated at the image corners ({exc}); expected a usable gwcs"
-            raise ValueError(msg) from exc
-    if not np.isfinite(sky).all():
-        msg = (f"{str(path)!r}: the WCS gives non-finite sky coordinates at the image corners or centre "
-               f"(NaN or infinite WCS parameters?); expected finite RA, Dec for every pixel")
-        raise ValueError(msg)
+    check_sky_finite(wcs, shape, repr(str(path)))
 
 
 class _FitsSection:
@@ -293,7 +282,8 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
             meta_tree = af.tree.get("meta", {})
             attrs = _fits_attrs(hdul[0].header, meta_tree, path)
         if "DQ" not in hdul:
-            msg = f"{str(path)!r} has no DQ extension; expected a JWST-style _cal.fits with SCI and DQ (ERR, VAR_* optional)"
+            msg = (f"{str(path)!r} has no DQ extension; expected a JWST-style _cal.fits with SCI and DQ "
+                   f"(ERR, VAR_* optional)")
             raise ValueError(msg)
         data_vars = {}
         for var, ext in CAL_EXTENSIONS.items():

@@ -125,3 +125,19 @@ def test_association_members_outside_its_folder_are_refused(sim2, tmp_path):
     # members inside the folder (also through a '..' that comes back) need no flag
     asn.write_text(json.dumps({"products": [{"members": [{"expname": "sub/../in_cal.fits"}]}]}))
     assert len(daskcal.open_images(asn)) == 1 and inside.exists()
+
+
+def test_image_dataset_refuses_nan_wcs_and_empty_data(sim2):
+    import copy
+
+    from daskcal import get_wcs, image_dataset
+
+    wcs = copy.deepcopy(get_wcs(sim2.images[0]))
+    fwd = wcs.forward_transform
+    for name in [n for n in fwd.param_names if n.startswith(("lon", "lat"))]:
+        setattr(fwd, name, np.nan)
+    data = sim2.images[0]["data"].values
+    with pytest.raises(ValueError, match="wcs: the WCS gives non-finite sky coordinates"):
+        image_dataset(data, wcs)
+    with pytest.raises(ValueError, match=r"data has shape \(0, 0\); expected an image with at least one pixel"):
+        image_dataset(np.zeros((0, 0), np.float32), get_wcs(sim2.images[0]))
