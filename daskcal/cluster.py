@@ -31,7 +31,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["WORKER_ENVIRON", "SchedulerConnectError", "connect"]
+__all__ = ["WORKER_ENVIRON", "MissingPackageError", "SchedulerConnectError", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ WORKER_ENVIRON = {
     "MALLOC_ARENA_MAX": 1,
     "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0",
 }
+
+
+class MissingPackageError(ModuleNotFoundError):
+    """An optional package that the chosen cluster needs is not installed (the message says how to install it)."""
 
 
 class SchedulerConnectError(ConnectionError):
@@ -143,7 +147,7 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address):
         security = Security.temporary()
     except ImportError as exc:
         msg = "the embedded cluster's TLS certificate needs the cryptography package: pip install cryptography"
-        raise ModuleNotFoundError(msg, name="cryptography") from exc
+        raise MissingPackageError(msg, name="cryptography") from exc
     environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
     with dask.config.set(environ), LocalCluster(
         n_workers=n_workers,
@@ -176,7 +180,7 @@ def _jobqueue(kind, n_workers):
         import dask_jobqueue
     except ImportError as exc:
         msg = f"cluster={kind!r} needs dask-jobqueue: pip install 'daskcal[jobqueue]' (or pip install dask-jobqueue)"
-        raise ModuleNotFoundError(msg, name="dask_jobqueue") from exc
+        raise MissingPackageError(msg, name="dask_jobqueue") from exc
     cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
     with cls() as jc:
         jc.scale(jobs=n_workers or 1)

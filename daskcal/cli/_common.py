@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_cluster_options", "connect_options"]
+__all__ = ["add_cluster_options", "chunk_option", "connect_options"]
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
@@ -68,3 +68,14 @@ def _security(args: argparse.Namespace):
     from distributed.security import Security
 
     return Security(require_encryption=True, **{field: str(path) for field, (_, path) in given.items()})
+
+
+def chunk_option(values, option: str = "--chunks") -> tuple[int, int] | None:
+    """The ``(y, x)`` chunk shape given as ``option`` (two positive integers), or None."""
+    if values is None:
+        return None
+    values = tuple(values)
+    if len(values) != 2 or min(values) < 1:
+        msg = f"{option} must be two positive integers CY CX (pixels); got {' '.join(map(str, values))}"
+        raise ValueError(msg)
+    return values

@@ -35,12 +35,15 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.cli._detector1 import execute
     from daskcal.io._atomic import save_dataset
 
+    from daskcal.cli._common import chunk_option
+
     out = Path(args.out)
-    sim = simulate(tuple(args.shape), seed=args.seed, chunks=tuple(args.chunks))
+    chunks = chunk_option(args.chunks)
+    sim = simulate(tuple(args.shape), seed=args.seed, chunks=chunks)
     ramps_path = save_dataset(sim.ramps, out / "ramps.zarr", overwrite=True)
     save_dataset(sim.truth, out / "truth.zarr", overwrite=True)
     print(f"simulated ramps {tuple(args.shape)}: {ramps_path}")
-    paths = execute(ramps_path, out / "detector1", {}, args, chunks=args.chunks, overwrite=True)
+    paths = execute(ramps_path, out / "detector1", {}, args, chunks=chunks, overwrite=True)
     with xr.open_zarr(paths["rate"], consolidated=False) as rate:
         z = ((rate["data"] - sim.truth["rate"]) / rate["err"]).values
     clean = ~(sim.truth["jumps"].any(("integration", "group")) | sim.truth["saturates"].any("integration")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._common import add_cluster_options, chunk_option, connect_options
 
 __all__ = ["register", "execute", "run_recipe"]
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -54,7 +57,8 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.detector._pipeline import step_parameters
 
     params = {name: getattr(args, name) for names in step_parameters().values() for name in names}
-    execute(args.input, args.output, params, args, chunks=args.chunks, fits=args.fits, overwrite=args.overwrite)
+    execute(args.input, args.output, params, args, chunks=chunk_option(args.chunks), fits=args.fits,
+            overwrite=args.overwrite)
     return 0
 
 
@@ -90,8 +94,12 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
         products = [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in names] if fits else [])
         outputs = OutputSet(products, overwrite=overwrite, inputs=inputs)
         outputs.check()
-        ramps = open_ramps(inp)
-        result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
+        try:
+            ramps = open_ramps(inp)
+            result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
+        except (ValueError, TypeError) as exc:
+            text = str(exc) if str(inp) in str(exc) else f"{inp}: {exc}"  # name the input that failed
+            raise (ValueError if isinstance(exc, ValueError) else TypeError)(text) from exc
         jobs.append((inp, out, ramps, result, outputs))
     done = {}
     with contextlib.ExitStack() as stack:
@@ -102,9 +110,15 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
             print(f"dashboard: {client.dashboard_link}")
             for inp, out, ramps, result, outputs in jobs:
                 t0 = time.perf_counter()
-                paths = save_products({"rate": result.rate, "rateints": result.rateints}, out,
-                                      progress=not args.no_progress, outputs=outputs)
+                # The count is known only once every chunk is fitted (worker logs never reach this
+                # console): computed with the writes, it takes the planes of the same fit tasks.
+                paths, (n_nonfinite,) = save_products({"rate": result.rate, "rateints": result.rateints}, out,
+                                                      progress=not args.no_progress, outputs=outputs,
+                                                      also=(result.n_nonfinite,))
                 elapsed = time.perf_counter() - t0
+                if n_bad := int(n_nonfinite):
+                    log.warning("%s: %d pixels have NaN or infinite samples; those groups are DO_NOT_USE "
+                                "(a pixel with no other usable group gets a NaN rate and DO_NOT_USE)", inp, n_bad)
                 if fits:
                     _export_fits(paths, outputs, to_fits)
                 outputs.commit()  # this exposure's products appear together
@@ -157,6 +171,6 @@ def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, arg
                 msg = f"recipe parameter steps.{step}.{name} is unknown; expected one of {list(known[step])}"
                 raise ValueError(msg)
             params[name] = value
-    chunks = execution.get("chunks")
+    chunks = chunk_option(execution.get("chunks"), "recipe execution.chunks")
     execute(inputs, output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite)
     return 0

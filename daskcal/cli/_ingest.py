@@ -28,6 +28,7 @@ def register(sub) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from daskcal.cli._common import chunk_option
     from daskcal.io._ramps import ingest
 
     ds = ingest(
@@ -37,7 +38,7 @@ def _main(args: argparse.Namespace) -> int:
         saturation=args.saturation,
         superbias=args.superbias,
         out=args.output,
-        chunks=tuple(args.chunks) if args.chunks else None,
+        chunks=chunk_option(args.chunks),
         overwrite=args.overwrite,
     )
     print(f"ramps: {args.output} {dict(ds.sizes)}")

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "expected_failure"]
 
 # Subcommand modules, in the order ``daskcal --help`` lists them.
 SUBCOMMANDS = (
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = _terminate_like_interrupt()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, ConnectionError, ModuleNotFoundError) as exc:
-        print(f"daskcal {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a file system that refuses: permissions, read-only, full, missing folders
-        print(f"daskcal {args.command}: error: {_describe_os_error(exc)}", file=sys.stderr)
+    except Exception as exc:
+        if not expected_failure(exc):
+            raise  # a bug: the traceback is what to report
+        text = _describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"daskcal {args.command}: error: {' '.join(text.split()) or type(exc).__name__}", file=sys.stderr)
         return 2
     except Terminated as exc:
         print(f"daskcal {args.command}: stopped by {exc}; products that were not complete were removed",
@@ -120,6 +120,26 @@ def _terminate_like_interrupt() -> dict:
 def _restore(previous: dict) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+def expected_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure the user can cause and fix, reported as one line (exit status 2).
+
+    Those are what daskcal raises for bad input: ValueError, TypeError (a bad value or type);
+    OSError (a missing or existing file, a file system that refuses: permissions, read-only,
+    full, missing folders); an ImportError daskcal raised itself (a missing optional package:
+    Python's own import errors carry the module's ``name``). Anything else is a bug and keeps
+    its traceback.
+    """
+    if isinstance(exc, (ValueError, TypeError, OSError)):
+        return True
+    from daskcal.cluster import MissingPackageError
+
+    if isinstance(exc, MissingPackageError):
+        return True
+    if isinstance(exc, ImportError):
+        return exc.name is None and exc.path is None and bool(str(exc))
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

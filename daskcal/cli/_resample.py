@@ -50,6 +50,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output mosaic Zarr store (written atomically)")
     p.add_argument("--fits", action="store_true", help="also export OUT_i2d.fits (mosaic must fit in memory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--allow-outside-asn", action="store_true",
+                   help="read association members given as absolute paths or outside the association's folder")
     p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.resample] table (graphs/resample.toml)")
     g = p.add_argument_group("resample parameters (default: the recipe's, else the reference step's)")
     g.add_argument("--pixfrac", type=float, default=None, help="drop size relative to an input pixel, (0, 1] (1.0)")
@@ -139,7 +141,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     outputs = OutputSet([output, fits_path(output)] if fits else [output], overwrite=overwrite,
                         inputs=[p for p in inputs if not str(p).endswith(".json")] + _asn_members(inputs))
     outputs.check()
-    images = open_images(inputs)
+    images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))
     mosaic = resample(images, **_library_kwargs(params))  # every check runs here, before anything is written
     if fits:
         _check_fits_export(mosaic)

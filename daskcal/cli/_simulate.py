@@ -32,9 +32,11 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.io._atomic import save_dataset
     from daskcal.io._ramps import write_uncal
 
+    from daskcal.cli._common import chunk_option
+
     shape = tuple(args.shape)
     sim = simulate(shape, seed=args.seed, group_time=args.group_time, frame_time=args.group_time,
-                   chunks=tuple(args.chunks) if args.chunks else default_chunk_yx(shape))
+                   chunks=chunk_option(args.chunks) or default_chunk_yx(shape))
     out = Path(args.output)
     save_dataset(sim.ramps, out, overwrite=args.overwrite)
     truth = out.with_name(out.name.removesuffix(".zarr") + "_truth.zarr")

@@ -17,6 +17,7 @@ __all__ = [
     "pixel_chunked",
     "as_dask",
     "default_chunk_yx",
+    "check_chunk_yx",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,30 @@ def default_chunk_yx(shape: tuple[int, ...]) -> tuple[int, int]:
         else:
             cx = -(-cx // 2)
     return cy, cx
+
+def check_chunk_yx(chunk_yx, name: str = "chunks") -> tuple[int, int] | None:
+    """``chunk_yx`` as a ``(cy, cx)`` tuple of positive ints (None stays None).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not two integers, or one of them < 1 (``name`` says which parameter).
+    """
+    if chunk_yx is None:
+        return None
+    try:
+        values = tuple(chunk_yx)
+    except TypeError:
+        values = None
+    if (values is None or len(values) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)):
+        msg = f"{name} must be two integers (y, x) in pixels; got {chunk_yx!r}"
+        raise TypeError(msg)
+    if min(values) < 1:
+        msg = f"{name} must be two positive integers (y, x) in pixels; got {tuple(int(v) for v in values)}"
+        raise ValueError(msg)
+    return int(values[0]), int(values[1])
+
 
 _RAMP_VARS = {"data": (RAMP_DIMS, np.floating), "groupdq": (RAMP_DIMS, np.integer)}
 _PIX_VARS = {
@@ -97,6 +122,10 @@ def validate_ramps(ramps: xr.Dataset, require: tuple[str, ...] = (), *, min_grou
         if ramps[name].shape != (ny, nx):
             msg = f"{name} must have shape (y, x) = {(ny, nx)} like data; got {ramps[name].shape}"
             raise ValueError(msg)
+    if 0 in ramps["data"].shape:
+        msg = (f"data has shape {dict(zip(RAMP_DIMS, ramps['data'].shape))}; expected at least one "
+               f"integration, group and pixel")
+        raise ValueError(msg)
     if ramps["groupdq"].shape != ramps["data"].shape:
         msg = f"groupdq must have the shape of data {ramps['data'].shape}; got {ramps['groupdq'].shape}"
         raise ValueError(msg)
@@ -164,6 +193,7 @@ def as_dask(var: xr.DataArray, chunk_yx: tuple[int, int] | None = None) -> da.Ar
     Every leading axis (integration, group) is one chunk; ``y``/``x`` keep the
     existing chunking, or take ``chunk_yx`` (numpy input: :func:`default_chunk_yx`).
     """
+    chunk_yx = check_chunk_yx(chunk_yx)
     arr = var.data
     nlead = arr.ndim - 2
     if not isinstance(arr, da.Array):
@@ -181,6 +211,7 @@ def pixel_chunked(ramps: xr.Dataset, chunk_yx: tuple[int, int] | None = None) ->
 
     The ``(y, x)`` chunks of ``data`` are applied to every variable so blocks line up.
     """
+    chunk_yx = check_chunk_yx(chunk_yx)
     data = as_dask(ramps["data"], chunk_yx)
     cy, cx = data.chunks[2], data.chunks[3]
     out = {}

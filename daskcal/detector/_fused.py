@@ -51,15 +51,15 @@ logger = logging.getLogger(__name__)
 
 
 def _usable_planes(data: np.ndarray, gdq: np.ndarray) -> np.ndarray:
-    """(nints, ngroups): planes with a pixel that is not DO_NOT_USE after the A/D-floor check."""
-    return (((gdq & _DNU) == 0) & ~(data <= 0)).any(axis=(2, 3))
+    """(nints, ngroups): planes with a pixel that is not DO_NOT_USE after the A/D-floor and NaN/Inf checks."""
+    return (((gdq & _DNU) == 0) & (data > 0) & (data < np.inf)).any(axis=(2, 3))
 
 
 def plane_usable(ds: xr.Dataset) -> np.ndarray:
     """Which (integration, group) planes have any usable pixel after saturation flagging.
 
     Jump detection chooses its method from this detector-wide statistic. Saturation
-    adds DO_NOT_USE only at the A/D floor (<= 0 DN), so it is computed from the raw
+    adds DO_NOT_USE only at the A/D floor (<= 0 DN) and to NaN or infinite samples, so it is computed from the raw
     data and input DQ. The first chunk usually settles it (a plane with a usable
     pixel there is usable); only otherwise is the whole cube reduced.
 
@@ -108,7 +108,7 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
         the fitted halo'd block).
     """
     ys, xs = core
-    gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat)
+    gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat, nonfinite=True)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
     if np.ndim(bias) or bias:
         data = np.subtract(data, np.nan_to_num(np.asarray(bias, dtype=np.float32), nan=0.0),

@@ -78,12 +78,17 @@ def load_pixel(data, gdq, p, suppress, dloc, qloc, stats):
     groups DO_NOT_USE or SATURATED, groups SATURATED). With ``suppress``,
     an integration with exactly one group good apart from PERSISTENCE gets
     DO_NOT_USE on every group. Saturated groups become NaN.
+
+    Returns the number of NaN or infinite samples of the pixel (unflagged ones
+    are used as stcal uses them; detector1's saturation step flags them first).
     """
     nints, ngroups = qloc.shape
+    nonfinite = 0
     for i in range(nints):
         ngood = 0
         for g in range(ngroups):
             q = gdq[i, g, p]
+            nonfinite += not np.isfinite(data[i, g, p])
             qloc[i, g] = q
             if q & NOT_PERSISTENCE == 0:
                 ngood += 1
@@ -107,6 +112,7 @@ def load_pixel(data, gdq, p, suppress, dloc, qloc, stats):
                 dloc[i, g] = np.nan
             else:
                 dloc[i, g] = data[i, g, p]
+    return nonfinite
 
 
 @njit(**_JIT_INLINE)
@@ -357,7 +363,7 @@ def finish_rate(sums, dq, nints, n_dnu, n_sat, any_sat, out, p):
 
 @njit(**_JIT)
 def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_time, nframes,
-                     suppress, wtab, rate_out, rate_dq, ints_out, ints_dq):
+                     suppress, wtab, rate_out, rate_dq, ints_out, ints_dq, nonfinite):
     """OLS ramp fit of every pixel (stcal OLS_C, optimal weighting).
 
     Parameters
@@ -387,6 +393,8 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
     rate_dq : uint32 (npix,), out
     ints_out : float32 (5, nints, npix), out
     ints_dq : uint32 (nints, npix), out
+    nonfinite : float32 (npix,), out
+        Number of NaN or infinite samples of each pixel.
     """
     nints, ngroups, npix = data.shape
     one_group_time = (nframes + 1.0) * frame_time / 2.0
@@ -401,7 +409,7 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
     # The per-integration logic stays in this loop on purpose: moving it into an
     # inlined helper (views of ``stats`` and a 5-tuple return) cost 25% speed.
     for p in range(npix):
-        load_pixel(data, gdq, p, suppress, dloc, qloc, stats)
+        nonfinite[p] = load_pixel(data, gdq, p, suppress, dloc, qloc, stats)
         g = np.float64(gain[p])
         pdq = np.int64(pixeldq[p])  # int64 arithmetic, stored as uint32
         if not (g > 0.0):

@@ -4,7 +4,9 @@ Behaviour follows ``stcal.saturation.flag_saturated_pixels`` (stcal 1.20) withou
 read pattern or zero frame: a group at or above the threshold is SATURATED and so
 is every later group of the integration; a group at or below 0 DN gets
 AD_FLOOR | DO_NOT_USE; SATURATED is then grown into a (2N+1) x (2N+1) box in every
-group plane.
+group plane. Like stcal, a NaN sample gets no flag and +Inf counts as saturated;
+detector1 asks instead (``nonfinite=True``) for DO_NOT_USE alone on NaN or infinite
+samples (digitised data never hold them: they mark corrupt input, not signal).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ __all__ = ["saturation_flags", "grow_bit"]
 
 _SATURATED = int(DQ.SATURATED)
 _FLOOR = int(DQ.AD_FLOOR | DQ.DO_NOT_USE)
+_DNU = int(DQ.DO_NOT_USE)
 
 
 @njit(nogil=True, cache=True)
-def saturation_flags(data, gdq, thresh, out):  # pragma: no cover - compiled
+def saturation_flags(data, gdq, thresh, nonfinite, out):  # pragma: no cover - compiled
     """Flag saturation (carried forward) and the A/D floor, pixel by pixel.
 
     Parameters
@@ -33,6 +36,8 @@ def saturation_flags(data, gdq, thresh, out):  # pragma: no cover - compiled
     thresh : ndarray, float, shape (npix,)
         Saturation threshold in DN; pixels that must not be checked carry a
         threshold above the A/D limit.
+    nonfinite : bool
+        Flag NaN and infinite samples DO_NOT_USE and nothing else (stcal: False).
     out : ndarray, uint8, shape (nints, ngroups, npix)
         Receives ``gdq`` with SATURATED and AD_FLOOR | DO_NOT_USE added.
     """
@@ -44,12 +49,15 @@ def saturation_flags(data, gdq, thresh, out):  # pragma: no cover - compiled
             for p in range(npix):
                 v = data[i, g, p]
                 f = gdq[i, g, p]
-                if v >= thresh[p]:
-                    seen[p] = True
+                if nonfinite and not np.isfinite(v):
+                    f |= _DNU
+                else:
+                    if v >= thresh[p]:
+                        seen[p] = True
+                    if v <= 0:
+                        f |= _FLOOR
                 if seen[p]:
                     f |= _SATURATED
-                if v <= 0:
-                    f |= _FLOOR
                 out[i, g, p] = f
 
 

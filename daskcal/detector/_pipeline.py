@@ -12,7 +12,7 @@ from daskcal.detector._common import pixel_chunked, validate_ramps
 from daskcal.detector._fused import detector1_graph
 from daskcal.detector._jump import detect_jumps
 from daskcal.detector._ramp_fit import RampFitResult, fit_ramps
-from daskcal.detector._saturation import flag_saturation
+from daskcal.detector._saturation import SaturationParameters, flag_saturation, saturation_graph
 
 __all__ = ["STEPS", "subtract_superbias", "detector1", "detector1_steps", "step_parameters"]
 
@@ -102,10 +102,18 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
 
     Notes
     -----
+    NaN and infinite samples (corrupt input: digitised ramps never hold them) are
+    flagged DO_NOT_USE, and only that, before saturation is checked, so they are
+    never fitted and never grow saturation; a pixel left with no usable group gets
+    a NaN rate, DO_NOT_USE in ``dq`` and zero variances, as stcal gives any
+    unusable pixel. ``result.n_nonfinite`` counts the pixels that had any
+    (compute it with the products: ``daskcal detector1`` logs it as a warning).
+
     The steps run fused, chunk by chunk, with one halo of ``n_pix_grow_sat + 1``
     pixels (see :mod:`daskcal.detector._fused`); the result equals running
     :func:`flag_saturation`, :func:`subtract_superbias`, :func:`detect_jumps` and
-    :func:`fit_ramps` one after another (:func:`detector1_steps`).
+    :func:`fit_ramps` one after another (:func:`detector1_steps`; its saturation
+    step flags NaN and infinite samples as above).
     """
     routed = _route(params)
     validate_ramps(ramps, require=("gain", "readnoise", "saturation"))
@@ -122,7 +130,7 @@ def detector1_steps(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None,
     """
     routed = _route(params)
     ramps = pixel_chunked(ramps, chunks)
-    ramps = flag_saturation(ramps, **routed["saturation"])
+    ramps = saturation_graph(ramps, SaturationParameters(**routed["saturation"]), nonfinite=True)
     ramps = subtract_superbias(ramps)
     ramps = detect_jumps(ramps, **routed["jump"])
     return fit_ramps(ramps, **routed["ramp_fit"])

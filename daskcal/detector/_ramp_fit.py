@@ -54,15 +54,22 @@ class RampFitResult:
         ((DN/s)**2).
     rateints : xarray.Dataset
         The same names per integration, on ``(integration, y, x)``.
+    n_nonfinite : dask.array.Array
+        0-d int64: the number of pixels with a NaN or infinite sample. In
+        :func:`daskcal.detector1` those samples are DO_NOT_USE groups (a pixel
+        left with no usable group gets a NaN rate and DO_NOT_USE in ``dq``);
+        :func:`fit_ramps` alone uses unflagged ones as stcal does.
 
     Notes
     -----
-    Both datasets are slices of one dask array, so computing them together
-    (``dask.compute(result.rate, result.rateints)``) fits every chunk once.
+    All three are slices of one dask array, so computing them together
+    (``dask.compute(result.rate, result.rateints, result.n_nonfinite)``) fits
+    every chunk once.
     """
 
     rate: xr.Dataset
     rateints: xr.Dataset
+    n_nonfinite: da.Array
 
 
 @functools.lru_cache(maxsize=32)
@@ -73,8 +80,13 @@ def _weights(ngroups: int) -> np.ndarray:
 
 
 def n_planes(nints: int) -> int:
-    """Number of planes :func:`fit_block` stacks: 5 rate planes + 5 per integration."""
-    return len(PRODUCT_NAMES) * (1 + nints)
+    """Number of planes :func:`fit_block` stacks: 5 rate planes, 5 per integration, then
+    one of the number of NaN or infinite samples per pixel (:data:`NONFINITE_PLANE`)."""
+    return len(PRODUCT_NAMES) * (1 + nints) + 1
+
+
+#: Index of the plane of :func:`fit_block`'s output that counts each pixel's NaN or infinite samples.
+NONFINITE_PLANE = -1
 
 
 def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, frame_time, nframes,
@@ -104,10 +116,11 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
 
     Returns
     -------
-    ndarray, float32 (5 * (1 + nints), ny, nx)
+    ndarray, float32 (5 * (1 + nints) + 1, ny, nx)
         Planes ``PRODUCT_NAMES`` for the rate, then for each name the
-        ``nints`` rateints planes. The ``dq`` planes hold uint32 bit patterns
-        (read them with ``.view(np.uint32)``).
+        ``nints`` rateints planes, then the number of NaN or infinite samples
+        of each pixel. The ``dq`` planes hold
+        uint32 bit patterns (read them with ``.view(np.uint32)``).
     """
     nints, ngroups, ny, nx = data.shape
     npix = ny * nx
@@ -121,7 +134,7 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     rn = (np.asarray(readnoise, dtype=np.float32).reshape(npix) * scale).astype(np.float32)
     out = np.empty((n_planes(nints), npix), dtype=np.float32)
     rate = out[: len(PRODUCT_NAMES)]
-    ints = out[len(PRODUCT_NAMES):].reshape(len(PRODUCT_NAMES), nints, npix)
+    ints = out[len(PRODUCT_NAMES):NONFINITE_PLANE].reshape(len(PRODUCT_NAMES), nints, npix)
     _k.fit_ramps_kernel(
         d, q,
         np.ascontiguousarray(pixeldq, dtype=np.uint32).reshape(npix),
@@ -129,7 +142,7 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         np.ascontiguousarray(dark, dtype=np.float32).reshape(npix),
         float(np.float32(group_time)), float(np.float32(frame_time)), int(nframes),
         bool(suppress_one_group and ngroups > 1), _weights(ngroups),
-        rate, rate[_k.DQ_PLANE].view(np.uint32), ints, ints[_k.DQ_PLANE].view(np.uint32),
+        rate, rate[_k.DQ_PLANE].view(np.uint32), ints, ints[_k.DQ_PLANE].view(np.uint32), out[NONFINITE_PLANE],
     )
     return out.reshape(n_planes(nints), ny, nx)
 
@@ -215,7 +228,10 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
     gain <= 0 or NaN) get NaN with DO_NOT_USE in ``dq`` and zero variances,
     as stcal gives them. Unlike stcal, a chunk (or image) whose every pixel is
     saturated in the first group still returns per-pixel products instead of
-    ``None``. ``CHARGELOSS`` read-noise recomputation is not done.
+    ``None``. ``CHARGELOSS`` read-noise recomputation is not done. NaN or
+    infinite samples that ``groupdq`` does not flag are used as stcal uses them
+    (:func:`daskcal.detector1` flags them DO_NOT_USE in its saturation step);
+    ``n_nonfinite`` counts the pixels that have any.
     """
     validate_ramps(ramps, require=("gain", "readnoise"))
     check_reference_values(ramps, ("gain", "readnoise"))
@@ -260,7 +276,9 @@ def _products(stacked: da.Array, ramps: xr.Dataset) -> RampFitResult:
         var_attrs = {"units": _UNITS[name]} if _UNITS[name] else {}
         rate[name] = xr.Variable(PIX_DIMS, plane, var_attrs)
         rateints[name] = xr.Variable(("integration", *PIX_DIMS), planes, var_attrs)
+    nonfinite = take_slice(stacked, NONFINITE_PLANE)
     return RampFitResult(
         rate=xr.Dataset(rate, coords=coords, attrs=dict(attrs, product="rate")),
         rateints=xr.Dataset(rateints, coords=icoords, attrs=dict(attrs, product="rateints")),
+        n_nonfinite=(nonfinite > 0).sum(dtype=np.int64),
     )

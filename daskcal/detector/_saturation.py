@@ -22,6 +22,7 @@ __all__ = [
     "effective_threshold",
     "flag_saturation",
     "saturation_block",
+    "saturation_graph",
     "saturation_pixeldq",
 ]
 
@@ -64,7 +65,8 @@ def saturation_pixeldq(pdq, sat):
     return (pdq | np.where(np.isnan(sat), np.uint32(DQ.NO_SAT_CHECK), np.uint32(0))).astype(pdq.dtype)
 
 
-def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, *, n_pix_grow_sat: int) -> np.ndarray:
+def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, *, n_pix_grow_sat: int,
+                     nonfinite: bool = False) -> np.ndarray:
     """Saturation flags for one chunk.
 
     Parameters
@@ -77,6 +79,9 @@ def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, *, n
         Effective saturation threshold in DN (no-check pixels above the A/D limit).
     n_pix_grow_sat : int
         Growth half-width in pixels.
+    nonfinite : bool, default False
+        Flag NaN and infinite samples DO_NOT_USE only (never SATURATED, so +Inf
+        does not grow); False follows stcal (NaN unflagged, +Inf saturated).
 
     Returns
     -------
@@ -90,6 +95,7 @@ def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, *, n
         np.ascontiguousarray(data).reshape(flat),
         np.ascontiguousarray(gdq, dtype=np.uint8).reshape(flat),
         np.ascontiguousarray(thresh).reshape(-1),
+        bool(nonfinite),
         out,
     )
     if n_pix_grow_sat == 0:
@@ -134,9 +140,16 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1) -> xr.Dataset:
     Notes
     -----
     The group-2 check for frame-averaged groups and the zero-frame check of
-    stcal (both need a read pattern / ZEROFRAME) are not implemented.
+    stcal (both need a read pattern / ZEROFRAME) are not implemented. As in
+    stcal, a NaN sample is not flagged and +Inf counts as saturated;
+    :func:`daskcal.detector1` flags both DO_NOT_USE instead (:func:`saturation_graph`).
     """
-    params = SaturationParameters(n_pix_grow_sat)
+    return saturation_graph(ramps, SaturationParameters(n_pix_grow_sat))
+
+
+def saturation_graph(ramps: xr.Dataset, params: SaturationParameters, *, nonfinite: bool = False) -> xr.Dataset:
+    """:func:`flag_saturation`'s graph; ``nonfinite=True`` flags NaN and infinite samples
+    DO_NOT_USE only (:func:`saturation_block`), as detector1 does."""
     validate_ramps(ramps, require=("saturation",))
     n = params.n_pix_grow_sat
     ds = pixel_chunked(ramps)
@@ -147,7 +160,8 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1) -> xr.Dataset:
 
     meta = np.empty((0, 0, 0, 0), dtype=np.uint8)
     if n == 0:
-        new_gdq = da.map_blocks(saturation_block, data, gdq, thresh_eff, dtype=np.uint8, meta=meta, n_pix_grow_sat=0)
+        new_gdq = da.map_blocks(saturation_block, data, gdq, thresh_eff, dtype=np.uint8, meta=meta, n_pix_grow_sat=0,
+                                nonfinite=nonfinite)
     else:
         d4 = {0: 0, 1: 0, 2: n, 3: n}
         d2 = {0: n, 1: n}
@@ -161,6 +175,7 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1) -> xr.Dataset:
             dtype=np.uint8,
             meta=meta,
             n_pix_grow_sat=n,
+            nonfinite=nonfinite,
         )
     new_pdq = saturation_pixeldq(pdq, thresh)
 

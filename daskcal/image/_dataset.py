@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["image_dataset", "get_wcs", "wcs_to_text", "wcs_from_text", "ARRAY_NAMES", "VARIANCE_NAMES"]
+__all__ = ["image_dataset", "get_wcs", "wcs_to_text", "wcs_from_text", "check_sky_finite", "ARRAY_NAMES",
+           "VARIANCE_NAMES"]
 
 #: Variance arrays, in the order the reference resamples them.
 VARIANCE_NAMES = ("var_rnoise", "var_flat", "var_poisson")
@@ -67,6 +68,26 @@ def _check_wcs(wcs) -> None:
         raise ValueError(msg)
 
 
+def check_sky_finite(wcs, shape: tuple[int, int], where: str) -> None:
+    """Refuse a WCS that maps the corners or centre of a ``shape`` image to non-finite sky.
+
+    ``where`` names the image in the message (a file name, or the argument).
+    """
+    ny, nx = shape
+    x = np.array([0.0, nx - 1.0, 0.0, nx - 1.0, (nx - 1) / 2.0])
+    y = np.array([0.0, 0.0, ny - 1.0, ny - 1.0, (ny - 1) / 2.0])
+    with np.errstate(all="ignore"):
+        try:
+            sky = np.asarray(wcs.forward_transform(x, y), dtype=np.float64)
+        except Exception as exc:  # a model that cannot be evaluated raises whatever its code raises
+            msg = f"{where}: the WCS cannot be evaluated at the image corners ({exc}); expected a usable gwcs"
+            raise ValueError(msg) from exc
+    if not np.isfinite(sky).all():
+        msg = (f"{where}: the WCS gives non-finite sky coordinates at the image corners or centre "
+               f"(NaN or infinite WCS parameters?); expected finite RA, Dec for every pixel")
+        raise ValueError(msg)
+
+
 def image_dataset(
     data,
     wcs,
@@ -112,6 +133,10 @@ def image_dataset(
         msg = f"data must be 2-D (y, x); got shape {np.shape(data)}"
         raise ValueError(msg)
     shape = tuple(np.shape(data))
+    if min(shape) < 1:
+        msg = f"data has shape {shape}; expected an image with at least one pixel"
+        raise ValueError(msg)
+    check_sky_finite(wcs, shape, "wcs")
     arrays: dict[str, Any] = {"data": data}
     variances = {"var_rnoise": var_rnoise, "var_poisson": var_poisson, "var_flat": var_flat, "var_sky": var_sky}
     if err is None:

@@ -238,11 +238,22 @@ def resolve_output_wcs(images, output_wcs_arg=None, **wcs_args):
     if isinstance(output_wcs_arg, (str, os.PathLike)):
         import asdf
 
-        with asdf.open(output_wcs_arg, lazy_load=False, memmap=False) as af:
+        try:
+            af = asdf.open(output_wcs_arg, lazy_load=False, memmap=False)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # asdf/yaml raise several types for a file that is not ASDF
+            msg = (f"output WCS file {str(output_wcs_arg)!r} is not readable ASDF ({exc}); "
+                   f"expected an ASDF file with a 'wcs'")
+            raise ValueError(msg) from exc
+        with af:
             if "wcs" not in af.tree:
                 msg = f"ASDF file {str(output_wcs_arg)!r} has no 'wcs' key at its root"
                 raise ValueError(msg)
             w = copy.deepcopy(af.tree["wcs"])
+        if not isinstance(w, gwcs.WCS):
+            msg = f"ASDF file {str(output_wcs_arg)!r}: 'wcs' is a {type(w).__name__}; expected a gwcs.WCS"
+            raise ValueError(msg)
     elif isinstance(output_wcs_arg, gwcs.WCS):
         w = copy.deepcopy(output_wcs_arg)
     else:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, get_wcs, wcs_from_text, wcs_to_text
+from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, check_sky_finite, get_wcs, wcs_from_text, wcs_to_text
 from daskcal.io._atomic import atomic_path
 
 __all__ = ["open_images", "expand_inputs", "write_cal_fits", "to_fits", "CAL_EXTENSIONS", "I2D_EXTENSIONS"]
@@ -50,11 +50,13 @@ DEFAULT_FITS_EXPORT = "4 GiB"
 
 # ---------------------------------------------------------------- inputs
 
-def expand_inputs(paths_or_asn) -> list[Path]:
+def expand_inputs(paths_or_asn, *, allow_outside_asn: bool = False) -> list[Path]:
     """Paths of the exposures named by paths, association JSON files, or both.
 
     An association (jwst format) contributes ``products[0].members[].expname``,
-    relative to the association's directory.
+    relative to the association's directory. Members given as absolute paths, or
+    whose ``..`` leads out of that directory, are refused unless ``allow_outside_asn``
+    (an association from elsewhere should not make the run read arbitrary files).
     """
     if isinstance(paths_or_asn, (str, os.PathLike)):
         paths_or_asn = [paths_or_asn]
@@ -65,7 +67,7 @@ def expand_inputs(paths_or_asn) -> list[Path]:
             msg = f"no input at {str(p)!r}"
             raise FileNotFoundError(msg)
         if p.suffix.lower() == ".json":
-            out.extend(_asn_members(p))
+            out.extend(_asn_members(p, allow_outside_asn))
         else:
             out.append(p)
     if not out:
@@ -74,7 +76,7 @@ def expand_inputs(paths_or_asn) -> list[Path]:
     return out
 
 
-def _asn_members(path: Path) -> list[Path]:
+def _asn_members(path: Path, allow_outside: bool = False) -> list[Path]:
     try:
         asn = json.loads(path.read_text())
         members = asn["products"][0]["members"]
@@ -85,6 +87,15 @@ def _asn_members(path: Path) -> list[Path]:
     if not names:
         msg = f"association {str(path)!r} has no members"
         raise ValueError(msg)
+    if not all(isinstance(n, str) and n for n in names):
+        msg = f"association {str(path)!r}: every member's expname must be a non-empty string; got {names!r}"
+        raise ValueError(msg)
+    home = path.parent.resolve()
+    outside = [n for n in names if Path(n).is_absolute() or not (home / n).resolve().is_relative_to(home)]
+    if outside and not allow_outside:
+        msg = (f"association {str(path)!r} names exposures outside its folder {str(home)!r}: {outside}; expected "
+               f"paths relative to the association, or pass --allow-outside-asn (allow_outside_asn=True)")
+        raise ValueError(msg)
     members = [(path.parent / n) if not Path(n).is_absolute() else Path(n) for n in names]
     missing = [str(m) for m in members if not m.exists()]
     if missing:
@@ -93,7 +104,8 @@ def _asn_members(path: Path) -> list[Path]:
     return members
 
 
-def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr.Dataset]:
+def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None,
+                allow_outside_asn: bool = False) -> list[xr.Dataset]:
     """Open calibrated exposures lazily.
 
     Parameters
@@ -106,6 +118,9 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr
         given; Zarr stores are read in whole stored chunks, as many per Dask
         chunk as come closest to it (stored chunks of 256 px make Dask chunks of
         1024 px: 16x fewer tasks, each reading 16 stored chunks).
+    allow_outside_asn : bool, default False
+        Read association members given as absolute paths or outside the
+        association's folder (refused by default).
 
     Returns
     -------
@@ -117,12 +132,18 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None) -> list[xr
     FileNotFoundError
         A path or association member does not exist.
     ValueError
-        A file without SCI data or without a WCS, extensions of different shapes,
-        an unreadable association; a Zarr store missing a chunk file or with chunk
-        files beyond its arrays' grids (:class:`daskcal.io._zarr_read.ChunkError`,
-        also raised by the task that reads a chunk missing or corrupt by then).
+        A file without SCI data, DQ or a usable WCS, an empty image, extensions of
+        different shapes, an unreadable association or one naming files outside its
+        folder; a Zarr store missing a chunk file or with chunk files beyond its arrays'
+        grids (:class:`daskcal.io._zarr_read.ChunkError`, also raised by the task that
+        reads a chunk missing or corrupt by then).
     """
-    return [_open_one(p, chunks) for p in expand_inputs(paths_or_asn)]
+    if chunks is not None:
+        chunks = tuple(chunks)
+        if len(chunks) != 2 or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in chunks):
+            msg = f"chunks must be two positive integers (y, x) in pixels; got {chunks!r}"
+            raise ValueError(msg)
+    return [_open_one(p, chunks) for p in expand_inputs(paths_or_asn, allow_outside_asn=allow_outside_asn)]
 
 
 def _open_one(path: Path, chunks) -> xr.Dataset:
@@ -164,6 +185,14 @@ def _open_zarr(path: Path, chunks) -> xr.Dataset:
     if not ds.attrs.get(WCS_ATTR):
         msg = f"Zarr store {str(path)!r} has no WCS (attribute {WCS_ATTR!r}); write it from daskcal.image_dataset"
         raise ValueError(msg)
+    _check_shape(path, "'data'", ds["data"].shape)
+    try:
+        wcs = wcs_from_text(ds.attrs[WCS_ATTR])
+    except Exception as exc:  # asdf/yaml raise several types for unreadable text
+        msg = (f"Zarr store {str(path)!r}: attribute {WCS_ATTR!r} is not readable ASDF ({exc}); "
+               f"expected a gwcs as ASDF text")
+        raise ValueError(msg) from exc
+    _check_image_wcs(wcs, path, ds["data"].shape)
     return _read_checked(ds, path)
 
 
@@ -178,6 +207,25 @@ def _read_checked(ds: xr.Dataset, path: Path) -> xr.Dataset:
     read = {name: var.copy(data=read_as_dask(ZarrSource.at(path, name), var.data.chunks))
             for name, var in ds.data_vars.items() if stored_as_is(var) and var.chunks is not None}
     return ds.assign(read)
+
+
+def _check_shape(path: Path, what: str, shape: tuple) -> None:
+    if len(shape) != 2 or min(shape) < 1:
+        msg = f"{str(path)!r}: {what} has shape {tuple(shape)}; expected a 2-D image with at least one pixel"
+        raise ValueError(msg)
+
+
+def _check_image_wcs(wcs, path: Path, shape: tuple[int, int]) -> None:
+    """Refuse a WCS that is not a 2-D gwcs, or that maps the image's corners or centre to non-finite sky."""
+    import gwcs
+
+    if not isinstance(wcs, gwcs.WCS):
+        msg = f"{str(path)!r}: the WCS is a {type(wcs).__name__}; expected a gwcs.WCS (meta.wcs of a JWST-style file)"
+        raise ValueError(msg)
+    if wcs.output_frame is None or wcs.output_frame.naxes != 2 or wcs.forward_transform.n_inputs != 2:
+        msg = f"{str(path)!r}: the WCS must map 2 pixel axes to 2 sky axes"
+        raise ValueError(msg)
+    check_sky_finite(wcs, shape, repr(str(path)))
 
 
 class _FitsSection:
@@ -219,9 +267,13 @@ def _read_asdf_tree(hdul, path):
     if ASDF_EXT not in hdul:
         msg = f"{str(path)!r} has no {ASDF_EXT} extension, so no WCS; expected a JWST-style _cal.fits"
         raise ValueError(msg)
-    raw = hdul[ASDF_EXT].data[ASDF_COLUMN][0].tobytes()
-    af = asdf.open(io.BytesIO(raw), lazy_load=False, memmap=False)
-    return af
+    try:
+        raw = hdul[ASDF_EXT].data[ASDF_COLUMN][0].tobytes()
+        return asdf.open(io.BytesIO(raw), lazy_load=False, memmap=False)
+    except Exception as exc:  # a missing column, bad YAML, not ASDF at all: several types
+        msg = (f"{str(path)!r}: the {ASDF_EXT} extension is not readable ASDF ({exc}); expected the "
+               f"{ASDF_COLUMN} column of a JWST-style _cal.fits with meta.wcs")
+        raise ValueError(msg) from exc
 
 
 def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
@@ -238,10 +290,16 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
             if wcs is None:
                 msg = f"{str(path)!r}: the ASDF extension has no meta.wcs; the image cannot be resampled"
                 raise ValueError(msg)
+            shape = (hdul["SCI"].header["NAXIS2"], hdul["SCI"].header["NAXIS1"])
+            _check_shape(path, "extension SCI", shape)
+            _check_image_wcs(wcs, path, shape)
             text = wcs_to_text(wcs)
             meta_tree = af.tree.get("meta", {})
             attrs = _fits_attrs(hdul[0].header, meta_tree, path)
-        shape = (hdul["SCI"].header["NAXIS2"], hdul["SCI"].header["NAXIS1"])
+        if "DQ" not in hdul:
+            msg = (f"{str(path)!r} has no DQ extension; expected a JWST-style _cal.fits with SCI and DQ "
+                   f"(ERR, VAR_* optional)")
+            raise ValueError(msg)
         data_vars = {}
         for var, ext in CAL_EXTENSIONS.items():
             if ext not in hdul:
@@ -257,8 +315,6 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
             data_vars[var] = (("y", "x"), da.from_array(arr, chunks=tuple(chunks), name=name,
                                                         meta=np.empty((0, 0), dtype)))
         bunit = hdul["SCI"].header.get("BUNIT")
-    if "dq" not in data_vars:
-        data_vars["dq"] = (("y", "x"), da.zeros(shape, np.uint32, chunks=tuple(chunks)))
     attrs[WCS_ATTR] = text
     if bunit:
         attrs["bunit_data"] = str(bunit)

@@ -278,6 +278,9 @@ def flag_outliers(
         buffer_size=buffer_size, tile_shape=tile_shape, block_rows=block_rows,
     )
     images = _check_images(images)
+    from daskcal.image._checks import warn_unusable_inputs
+
+    warn_unusable_inputs(images, good_bits=params.good_bits, weight_type=params.weight_type, product="the median")
     if params.resample_data:
         return _flag_resampled(images, params, tempdir, output_wcs)
     return _flag_unresampled(images, params)

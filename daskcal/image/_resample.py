@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.image import _driz
+from daskcal.image._checks import warn_no_overlap, warn_unusable_inputs
 from daskcal.image._dataset import VARIANCE_NAMES, get_wcs, wcs_to_text
 from daskcal.image._grid import _bbox, check_output_size, pixel_scale_of, resolve_output_wcs
 
@@ -456,6 +457,9 @@ def resample(
     if not any(blocks.values()):
         msg = "no input overlaps the output grid; check the inputs' WCS and the output WCS parameters"
         raise ValueError(msg)
+    warn_no_overlap([str(i.ds.attrs.get("name") or f"input {i.index}") for i in inps if not blocks[i.index]])
+    warn_unusable_inputs([i.ds for i in inps if blocks[i.index]], good_bits=params.good_bits_int,
+                         weight_type=params.weight_type)
     groups = _groups(inps) if single else {None: [i.index for i in inps]}
     ds = _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, params, psr, single)
     ds.attrs.update(_attrs(inps, wcs_out, out_shape, params, psr, out_scale, tile_shape))

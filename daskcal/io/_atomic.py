@@ -186,7 +186,8 @@ def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "
 
 
 def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False,
-                  outputs: OutputSet | None = None, inputs: Iterable[str | os.PathLike] = ()) -> dict:
+                  outputs: OutputSet | None = None, inputs: Iterable[str | os.PathLike] = (),
+                  also: tuple = ()) -> dict | tuple[dict, list]:
     """Write several datasets as ``out_dir/<name>.zarr`` in one pass, atomically.
 
     The datasets are computed together, so work they share (for example the one
@@ -223,24 +224,28 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     inputs : iterable of path-like, optional
         Paths the run reads, which no product may be, contain or sit inside (when
         ``outputs`` is not given).
+    also : sequence of dask collections, optional
+        Computed in the same pass as the writes, so work they share with the
+        products runs once (e.g. a count of flagged pixels to report).
 
     Returns
     -------
     dict of str to Path
-        Name -> final store path.
+        Name -> final store path; with ``also``, ``(paths, [their computed values])``.
     """
     finals = {name: Path(out_dir) / f"{name}.zarr" for name in products}
     if outputs is not None:
-        _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress)
-        return finals
-    with OutputSet(finals.values(), overwrite=overwrite, inputs=inputs) as own:
-        _write_products(products, {name: own.path(f) for name, f in finals.items()}, progress)
-        own.commit()
-    return finals
+        values = _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress, also)
+    else:
+        with OutputSet(finals.values(), overwrite=overwrite, inputs=inputs) as own:
+            values = _write_products(products, {name: own.path(f) for name, f in finals.items()}, progress, also)
+            own.commit()
+    return (finals, values) if also else finals
 
 
-def _write_products(products: dict, stores: dict, progress: bool) -> None:
-    """Write each dataset of ``products`` to the (staging) store ``stores[name]``; see :func:`save_products`."""
+def _write_products(products: dict, stores: dict, progress: bool, also: tuple = ()) -> list:
+    """Write each dataset of ``products`` to the (staging) store ``stores[name]``; see :func:`save_products`.
+    Returns the computed values of ``also``."""
     import zarr
 
     from daskcal.io._zarr_read import ZarrSource
@@ -257,14 +262,18 @@ def _write_products(products: dict, stores: dict, progress: bool) -> None:
                 targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
                             for v in ds.data_vars if _is_dask(ds[v].data)]
             mark_incomplete(store)
+    writes = _chunk_writers(targets)
     with naming_path(Path(next(iter(stores.values()))).parent if stores else "."):
-        compute_writes(_chunk_writers(targets), progress=progress)
+        values = compute_writes([*writes, *also], progress=progress)
     for store in stores.values():
         mark_complete(store)
+    return list(values[len(writes):])
 
 
-def compute_writes(collections: list, *, progress: bool = False) -> None:
+def compute_writes(collections: list, *, progress: bool = False) -> list:
     """Run write tasks; when this returns or raises, none of them is running any more.
+
+    Returns the computed values of ``collections``, in order.
 
     On the default ``distributed.Client`` if there is one (:func:`compute_on_client`). Else
     on dask's scheduler; the threaded one gets a pool of our own, so that on a failure or
@@ -276,22 +285,21 @@ def compute_writes(collections: list, *, progress: bool = False) -> None:
 
     client = _default_client()
     if client is not None:
-        compute_on_client(client, collections, progress=progress)
-        return
+        return list(compute_on_client(client, collections, progress=progress))
     if dask.config.get("scheduler", None) not in (None, "threads", "threading"):
-        dask.compute(*collections)
-        return
+        return list(dask.compute(*collections))
     from concurrent.futures import ThreadPoolExecutor
 
     from dask.system import CPU_COUNT
 
     pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT, thread_name_prefix="daskcal-write")
     try:
-        dask.compute(*collections, scheduler="threads", pool=pool)
+        values = dask.compute(*collections, scheduler="threads", pool=pool)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    return list(values)
 
 
 def compute_on_client(client, collections, *, progress: bool = False):

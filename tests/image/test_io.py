@@ -105,3 +105,39 @@ def test_bad_inputs(sim2, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"products": []}))
     with pytest.raises(ValueError, match="association .* is not valid"):
         daskcal.open_images(tmp_path / "bad.json")
+
+
+def test_association_members_outside_its_folder_are_refused(sim2, tmp_path):
+    import json
+
+    asn_dir = tmp_path / "asn"
+    (asn_dir / "sub").mkdir(parents=True)
+    inside = write_cal_fits(sim2.images[0], asn_dir / "in_cal.fits")
+    outside = write_cal_fits(sim2.images[1], tmp_path / "out_cal.fits")
+    for expname in (str(outside), "../out_cal.fits", "sub/../../out_cal.fits"):
+        asn = asn_dir / "asn.json"
+        asn.write_text(json.dumps({"products": [{"members": [{"expname": "in_cal.fits"}, {"expname": expname}]}]}))
+        with pytest.raises(ValueError, match=r"outside its folder .*allow-outside-asn") as err:
+            daskcal.open_images(asn)
+        assert str(asn) in str(err.value) and expname in str(err.value)
+        images = daskcal.open_images(asn, allow_outside_asn=True)
+        assert [im.attrs["name"] for im in images] == ["in_cal", "out_cal"]
+    # members inside the folder (also through a '..' that comes back) need no flag
+    asn.write_text(json.dumps({"products": [{"members": [{"expname": "sub/../in_cal.fits"}]}]}))
+    assert len(daskcal.open_images(asn)) == 1 and inside.exists()
+
+
+def test_image_dataset_refuses_nan_wcs_and_empty_data(sim2):
+    import copy
+
+    from daskcal import get_wcs, image_dataset
+
+    wcs = copy.deepcopy(get_wcs(sim2.images[0]))
+    fwd = wcs.forward_transform
+    for name in [n for n in fwd.param_names if n.startswith(("lon", "lat"))]:
+        setattr(fwd, name, np.nan)
+    data = sim2.images[0]["data"].values
+    with pytest.raises(ValueError, match="wcs: the WCS gives non-finite sky coordinates"):
+        image_dataset(data, wcs)
+    with pytest.raises(ValueError, match=r"data has shape \(0, 0\); expected an image with at least one pixel"):
+        image_dataset(np.zeros((0, 0), np.float32), get_wcs(sim2.images[0]))

@@ -1,0 +1,110 @@
+"""Warnings about exposures that add nothing, or less than they seem, to a mosaic.
+
+The reference drops such pixels silently: a pixel whose DQ fails ``good_bits`` and, with
+``weight_type="ivm"``, a pixel whose ``var_rnoise`` is NaN, infinite or 0 (its inverse is
+not finite) get weight 0. An exposure where that is every pixel, or one whose footprint
+misses the output grid, contributes nothing. :func:`warn_unusable_inputs` says so, naming
+the exposure, before the graph runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = ["warn_unusable_inputs", "warn_no_overlap"]
+
+log = logging.getLogger(__name__)
+
+#: Variance array whose inverse is the weight, by weight type (as the reference's build_driz_weight).
+_WEIGHT_VARIANCE = {"ivm": "var_rnoise", "ivm-sky": "var_sky"}
+
+
+def _name(ds, k: int) -> str:
+    return str(ds.attrs.get("name") or f"input {k}")
+
+
+def _kept(dq, good_bits):
+    """1 where ``dq`` passes ``good_bits`` (astropy's bitmask, as the drizzle weight uses it)."""
+    from astropy.nddata.bitmask import bitfield_to_boolean_mask
+
+    from daskcal.dq import dq_dict
+
+    return bitfield_to_boolean_mask(dq, good_bits, good_mask_value=1, dtype=np.uint8, flag_name_map=dq_dict())
+
+
+def _counts(ds, good_bits, variance: str | None):
+    """Lazy ``(pixels kept by good_bits, kept pixels whose weight variance gives no finite inverse)``."""
+    import dask.array as da
+
+    dq = ds["dq"].data if "dq" in ds else None
+    if dq is None:
+        kept = da.ones(ds["data"].shape, dtype=np.uint8, chunks=getattr(ds["data"].data, "chunks", "auto"))
+    else:
+        dq = dq if isinstance(dq, da.Array) else da.from_array(np.asarray(dq))
+        kept = da.map_blocks(_kept, dq, good_bits, dtype=np.uint8, meta=np.empty((0, 0), np.uint8))
+    n_kept = kept.sum(dtype=np.int64)
+    if variance is None or variance not in ds:
+        return n_kept, da.zeros((), dtype=np.int64)
+    var = ds[variance].data
+    var = var if isinstance(var, da.Array) else da.from_array(np.asarray(var))
+    if var.chunks != kept.chunks:
+        var = var.rechunk(kept.chunks)
+    zero = da.map_blocks(_zero_weight, var, kept, dtype=bool, meta=np.empty((0, 0), bool))
+    return n_kept, zero.sum(dtype=np.int64)
+
+
+def _zero_weight(var, kept):
+    """Kept pixels whose inverse variance is not finite (weight 0, as the reference sets it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ~np.isfinite(1.0 / var) & (kept > 0)
+
+
+def warn_unusable_inputs(images, *, good_bits, weight_type: str | None, product: str = "the mosaic") -> list[str]:
+    """Log a warning for each exposure that contributes nothing or has zero-weight pixels.
+
+    Reads every exposure's ``dq`` and, for ``weight_type`` "ivm" ("ivm-sky"), its
+    ``var_rnoise`` (``var_sky``) once: small reductions, computed now.
+
+    Parameters
+    ----------
+    images : sequence of xarray.Dataset
+        The exposures (each named by ``attrs["name"]``).
+    good_bits : int, str or None
+        DQ bits that count as good, as the drizzle weight takes them.
+    weight_type : str or None
+        The drizzle weight type.
+    product : str
+        What the exposures are combined into, for the messages.
+
+    Returns
+    -------
+    list of str
+        Names of the exposures that contribute nothing.
+    """
+    import dask
+
+    variance = _WEIGHT_VARIANCE.get(weight_type)
+    counts = dask.compute(*[_counts(ds, good_bits, variance) for ds in images])
+    empty = []
+    for k, (ds, (n_kept, n_zero)) in enumerate(zip(images, counts, strict=True)):
+        name, n_kept, n_zero = _name(ds, k), int(n_kept), int(n_zero)
+        if n_kept == 0:
+            log.warning("exposure %r: no pixel passes good_bits=%r (every pixel is flagged, such as DO_NOT_USE); "
+                        "it contributes nothing to %s", name, good_bits, product)
+            empty.append(name)
+        elif n_zero == n_kept:
+            log.warning("exposure %r: %s is NaN, infinite or 0 at every usable pixel, so with weight_type=%r "
+                        "every weight is 0; it contributes nothing to %s", name, variance, weight_type, product)
+            empty.append(name)
+        elif n_zero:
+            log.warning("exposure %r: %s is NaN, infinite or 0 at %d of its %d usable pixels; with weight_type=%r "
+                        "they get weight 0", name, variance, n_zero, n_kept, weight_type)
+    return empty
+
+
+def warn_no_overlap(names: list[str], product: str = "the mosaic") -> None:
+    """Log a warning for each named exposure whose footprint misses the output grid."""
+    for name in names:
+        log.warning("exposure %r does not overlap the output grid; it contributes nothing to %s", name, product)
