@@ -450,6 +450,17 @@ def _chunk_writers(targets: list) -> list:
 
 
 def _default_client():
+    """The ``distributed.Client`` dask would use now, or None.
+
+    A scheduler the caller chose (``dask.config.set(scheduler="sync")``, ``"threads"``, a
+    ``get`` function) wins over a default client, as it does for ``.compute()``; a client
+    given as the scheduler is used as it is.
+    """
+    import dask
+
+    chosen = dask.config.get("scheduler", None)
+    if chosen is not None and chosen != "dask.distributed":
+        return chosen if hasattr(chosen, "gather") and hasattr(chosen, "compute") else None
     try:
         from distributed import default_client
 

@@ -220,3 +220,20 @@ def test_scratch_folders_of_killed_runs_are_removed_by_the_next(tmp_path):
     assert not os.path.exists(scratch) and os.path.isdir(mine.name)
     mine.cleanup()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_callers_scheduler_wins_over_a_default_client(tmp_path, client):
+    """With a client as default, ``dask.config.set(scheduler="sync")`` still writes in this thread."""
+    import threading
+
+    threads = set()
+
+    def note(block):
+        threads.add(threading.current_thread().name)
+        return block
+
+    ds = _ds(1.0)
+    ds["data"] = ds["data"].copy(data=ds["data"].data.map_blocks(note, dtype="f4"))
+    with dask.config.set(scheduler="sync"):
+        save_products({"rate": ds}, tmp_path / "a")
+    assert threads == {threading.current_thread().name}
