@@ -90,7 +90,8 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
         result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
         jobs.append((inp, out, ramps, result))
     done = {}
-    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
+                 memory_limit=args.memory_limit) as client:
         print(f"dashboard: {client.dashboard_link}")
         for inp, out, ramps, result in jobs:
             t0 = time.perf_counter()

@@ -130,7 +130,8 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
     if save_median:
         products["median"] = result.median.to_dataset()
     try:
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
+                     memory_limit=args.memory_limit) as client:
             print(f"dashboard: {client.dashboard_link}")
             t0 = time.perf_counter()
             paths = save_products(products, output, overwrite=overwrite, progress=not args.no_progress)

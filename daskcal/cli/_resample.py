@@ -128,7 +128,8 @@ def fits_path(output) -> Path:
 
 
 def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite: bool = False) -> Path:
-    """Open the inputs, build the mosaic graph (validating everything), run it and write OUT atomically."""
+    """Open the inputs, connect, build the mosaic graph (validating everything; tiles sized for the workers),
+    run it and write OUT atomically."""
     from daskcal.cluster import connect
     from daskcal.image._io import open_images
     from daskcal.image._resample import resample
@@ -142,13 +143,15 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
         msg = f"output {str(fits_path(output))!r} already exists; pass --overwrite to replace it"
         raise FileExistsError(msg)
     images = open_images(inputs)
-    mosaic = resample(images, **_library_kwargs(params))  # every check runs here, before anything is written
-    if fits:
-        _check_fits_export(mosaic)
     mpix = sum(im["data"].size for im in images) / 1e6
-    print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
-          f"tiles {mosaic.attrs['tile_shape']}")
-    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads) as client:
+    with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
+                 memory_limit=args.memory_limit) as client:
+        # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
+        mosaic = resample(images, **_library_kwargs(params))
+        if fits:
+            _check_fits_export(mosaic)
+        print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
+              f"tiles {mosaic.attrs['tile_shape']}")
         print(f"dashboard: {client.dashboard_link}", flush=True)
         t0 = time.perf_counter()
         with atomic_path(output, overwrite=overwrite) as tmp:
