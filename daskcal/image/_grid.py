@@ -372,6 +372,7 @@ def check_task_fits(need: int, workers: WorkerMemory | None, what: str, remedy: 
     allowed = int(workers.per_thread * FIT_SHARE)
     if need > allowed:
         msg = (f"{what} needs about {format_bytes(need)}, more than half of a worker's memory per thread "
-               f"({format_bytes(workers.limit)} memory limit / {workers.threads} threads); {remedy}, "
+               f"({format_bytes(workers.limit)} memory limit / {workers.threads} thread"
+               f"{'s' if workers.threads != 1 else ''}); {remedy}, "
                f"or raise the workers' memory limit (--memory-limit)")
         raise ValueError(msg)

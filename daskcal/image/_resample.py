@@ -346,25 +346,43 @@ def _coarse_grid(wcs_in, wcs_out, inp: _Input, stepsize, order):
     return (yc, xc, np.asarray(px), np.asarray(py))
 
 
-def _tile_task(entries, wcs_text_out, tile, nplanes, rp, final_p):
+class _TileInput:
+    """What a tile task needs of one input besides its chunks and coarse grid.
+
+    A plain class (not a dataclass), so dask embeds it in the task as it is instead
+    of searching it for dask objects; ``chunks`` names per array the origins of the
+    chunks that hold the region, in the order the task receives them.
+    """
+
+    __slots__ = ("wcs_text", "part", "chunks", "coarse", "level", "params", "bp", "owner")
+
+    def __init__(self, wcs_text, part, chunks, coarse, level, params, bp, owner):
+        self.wcs_text, self.part, self.chunks, self.coarse = wcs_text, part, chunks, coarse
+        self.level, self.params, self.bp, self.owner = level, params, bp, owner
+
+
+def _tile_task(specs, deps, wcs_text_out, tile, nplanes, rp, final_p):
     """Dask task: one output tile from every input that reaches it, one input at a time.
 
-    ``entries`` holds per input ``(arrays, wcs_text_in, part, coarse, level, p, bp, owner)``:
-    its region's arrays, its :class:`_Part` of this tile and its context bit and
-    measurement time (``owner``). Each input's blocks are drizzled into their
-    windows, their parts in the tile are added to the tile's running sums, and the
-    windows are dropped before the next input, so the task holds the sums, one
-    input region and one window at a time.
+    ``specs`` holds a :class:`_TileInput` per input; ``deps`` their chunks (as many
+    per array as its ``chunks`` names, then the coarse grid if it has one), flat.
+    Each input's blocks are drizzled into their windows, their parts in the tile are
+    added to the tile's running sums, and the windows are dropped before the next
+    input, so the task holds the sums, one input region and one window at a time.
     """
     from daskcal.image._dataset import wcs_from_text
 
     shape = (tile[1] - tile[0], tile[3] - tile[2])
     wcs_out = wcs_from_text(wcs_text_out)
     sums = _driz.TileSums(shape, nplanes, final_p["enable_ctx"], rp)
-    for arrays, wcs_text_in, part, coarse, level, p, bp, (ctx_index, tmeasure) in entries:
-        pieces = _input_pieces(arrays, wcs_from_text(wcs_text_in), wcs_out, part, coarse, level, p, bp, tile)
+    dep = iter(deps)
+    for spec in specs:
+        arrays = {name: [(next(dep), origin) for origin in origins] for name, origins in spec.chunks.items()}
+        coarse = next(dep) if spec.coarse else None
+        pieces = _input_pieces(arrays, wcs_from_text(spec.wcs_text), wcs_out, spec.part, coarse, spec.level,
+                               spec.params, spec.bp, tile)
         if pieces:
-            sums.add_input(pieces, tile, ctx_index, tmeasure)
+            sums.add_input(pieces, tile, *spec.owner)
         del pieces, arrays
     return sums.finalize(nplanes, final_p)
 
@@ -374,7 +392,7 @@ def _input_pieces(arrays, wcs_in, wcs_out, part, coarse, level, p, bp, tile) -> 
     window and cut to the tile (see :mod:`daskcal.image._driz`)."""
     cy0, cy1, cx0, cx1 = part.cut
     pixmap = _driz.compute_pixmap(wcs_in, wcs_out, cy0, cy1, cx0, cx1, coarse=coarse, order=p.pixmap_order)
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    arrays = {k: np.ascontiguousarray(_assemble(v, part.cut)) for k, v in arrays.items()}
     data = arrays["data"].astype(np.float32, copy=False)
     if level:
         data = data - np.float32(level)
@@ -620,6 +638,12 @@ def _check_fits_workers(inps, parts, tiles, psr, workers) -> None:
     """With a cluster, refuse tile tasks and input chunks that could not fit a worker's memory."""
     if workers is None:
         return
+    for inp in inps:
+        arrays = [inp.ds[n].data for n in inp.ds.data_vars if hasattr(inp.ds[n].data, "chunks")]
+        chunk = sum(a.dtype.itemsize * math.prod(max(c) for c in a.chunks) for a in arrays)
+        _grid.check_task_fits(
+            chunk, workers, f"input {inp.index} ({inp.ds.attrs.get('name', '?')!r}): one Dask chunk of its "
+            f"{len(arrays)} arrays", "open the inputs with smaller chunks (daskcal.open_images(chunks=...))")
     need, worst = 0, None
     for k, per_tile in parts.items():
         for t, part in per_tile.items():
@@ -633,17 +657,12 @@ def _check_fits_workers(inps, parts, tiles, psr, workers) -> None:
     _grid.check_task_fits(
         need, workers, f"a resample tile task (tile of {tile[1] - tile[0]}x{tile[3] - tile[2]} px, input "
         f"{worst[0]})", "lower tile_shape (--tile-shape) or block_shape")
-    for inp in inps:
-        arrays = [inp.ds[n].data for n in inp.ds.data_vars if hasattr(inp.ds[n].data, "chunks")]
-        chunk = sum(a.dtype.itemsize * math.prod(max(c) for c in a.chunks) for a in arrays)
-        _grid.check_task_fits(
-            chunk, workers, f"input {inp.index} ({inp.ds.attrs.get('name', '?')!r}): one Dask chunk of its "
-            f"{len(arrays)} arrays", "open the inputs with smaller chunks (daskcal.open_images(chunks=...))")
 
 
 def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, psr, single):
     import dask
     import dask.array as da
+    from dask.base import tokenize
 
     text_out = wcs_to_text(wcs_out)
     fill = _parse_fillval(p.fillval)
@@ -652,8 +671,9 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                    propagate_dq=p.propagate_dq, var_scale=1.0 / psr**2, err_scale=psr)
     ys, xs = _tiles(out_shape, tile_shape)
 
-    # what each tile task takes of each input: its region's arrays (lazy slices) and constants
-    entries: dict = {}  # tile index -> [(input index, entry)]
+    # what each tile task takes of each input: the chunks that hold its region, and constants
+    entries: dict = {}  # tile index -> [(input index, _TileInput arguments, its chunks and coarse grid)]
+    all_chunked = []
     for inp in inps:
         bp = dict(kernel=p.kernel, pixfrac=p.pixfrac, psr=psr, exptime=float(inp.ds.attrs["exposure_time"]),
                   enable_ctx=p.enable_ctx, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
@@ -667,21 +687,25 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
             names.append("var_sky")
         if p.compute_err == "driz_err" and "err" in inp.ds:
             names.append("err")
-        darrs = {n: _as_dask(inp.ds[n]) for n in names if n in inp.ds}
+        chunked = {n: _Chunked.of(_as_dask(inp.ds[n])) for n in names if n in inp.ds}
+        all_chunked += chunked.values()
         text_in = inp.ds.attrs["wcs_asdf"]
         coarse = _coarse_grid(inp.wcs, wcs_out, inp, p.pixmap_stepsize, p.pixmap_order)
-        coarse_d = dask.delayed(coarse) if coarse is not None else None
+        coarse_d = [dask.delayed(coarse)] if coarse is not None else []
         for t, part in parts[inp.index].items():
-            cy0, cy1, cx0, cx1 = part.cut
-            cut_arrays = {n: a[cy0:cy1, cx0:cx1] for n, a in darrs.items()}
-            entries.setdefault(t, []).append((inp.index, (cut_arrays, text_in, part, coarse_d, inp.level, p, bp)))
+            regions = {n: c.region(part.cut) for n, c in chunked.items()}
+            spec = (text_in, part, {n: [o for _, o in r] for n, r in regions.items()}, bool(coarse_d), inp.level, p, bp)
+            deps = [d for r in regions.values() for d, _ in r] + coarse_d
+            entries.setdefault(t, []).append((inp.index, spec, deps))
 
     # one task per tile (and exposure group) drizzles every input that reaches it and finalises the tile
     rp = dict(weight_type=p.weight_name, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
               propagate_dq=p.propagate_dq)
     gkeys = list(groups)
+    token = tokenize(text_out, [i.ds.attrs["wcs_asdf"] for i in inps], [c.blocks.ravel().tolist() for c in
+                     all_chunked], tiles, p, psr, single, sorted(groups.items(), key=str))
     per_group = []
-    for gid in gkeys:
+    for gpos, gid in enumerate(gkeys):
         members = groups[gid]
         pos_of = {k: pos for pos, k in enumerate(members)}
         nplanes = (len(members) - 1) // 32 + 1
@@ -692,12 +716,15 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 t = iy * len(xs) + ix
                 tile = tiles[t]
                 tshape = (tile[1] - tile[0], tile[3] - tile[2])
-                mine = [(*e, (pos_of[k] if p.enable_ctx else None, inps[k].tmeasure))
-                        for k, e in entries.get(t, []) if k in pos_of]
+                mine = [(k, spec, deps) for k, spec, deps in entries.get(t, []) if k in pos_of]
                 if not mine:
                     row.append(_empty_tile(tshape, nplanes, final_p))
                     continue
-                fin = dask.delayed(_tile_task, pure=True)(mine, text_out, tile, nplanes, rp, final_p)
+                specs = [_TileInput(*spec, (pos_of[k] if p.enable_ctx else None, inps[k].tmeasure))
+                         for k, spec, _ in mine]
+                deps = [d for _, _, ds in mine for d in ds]
+                fin = dask.delayed(_tile_task)(specs, deps, text_out, tile, nplanes, rp, final_p,
+                                               dask_key_name=f"resample-tile-{token}-{gpos}-{t}")
                 row.append(_tile_arrays(fin, tshape, nplanes, final_p))
             rows.append(row)
         per_group.append((nplanes, rows))
@@ -773,6 +800,44 @@ def _empty_tile(tshape, nplanes, final_p):
         "var_flat": da.full(tshape, np.nan, dtype=np.float32),
         "var_poisson": da.full(tshape, np.nan, dtype=np.float32),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunked:
+    """A 2-D dask array as its chunks (one delayed object each) and the chunks' edges."""
+
+    blocks: np.ndarray  # of Delayed, (nby, nbx)
+    ys: np.ndarray  # chunk edges, nby + 1
+    xs: np.ndarray
+
+    @classmethod
+    def of(cls, arr):
+        return cls(arr.to_delayed(optimize_graph=False), np.cumsum((0, *arr.chunks[0])),
+                   np.cumsum((0, *arr.chunks[1])))
+
+    def region(self, cut):
+        """The chunks that hold ``cut`` (y0, y1, x0, x1) with their origins, for :func:`_assemble`."""
+        y0, y1, x0, x1 = cut
+        iy = np.flatnonzero((self.ys[:-1] < y1) & (self.ys[1:] > y0)).tolist()
+        ix = np.flatnonzero((self.xs[:-1] < x1) & (self.xs[1:] > x0)).tolist()
+        return [(self.blocks[i, j], (int(self.ys[i]), int(self.xs[j]))) for i in iy for j in ix]
+
+
+def _assemble(chunks, cut):
+    """The region ``cut`` (y0, y1, x0, x1) of an array from the chunks that hold it (a view if one does)."""
+    y0, y1, x0, x1 = cut
+    if len(chunks) == 1:
+        block, (oy, ox) = chunks[0]
+        return np.asarray(block)[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    out = None
+    for block, (oy, ox) in chunks:
+        block = np.asarray(block)
+        if out is None:
+            out = np.empty((y1 - y0, x1 - x0), block.dtype)
+        sy0, sx0 = max(y0, oy), max(x0, ox)
+        sy1, sx1 = min(y1, oy + block.shape[0]), min(x1, ox + block.shape[1])
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = block[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox]
+    return out
 
 
 def _as_dask(var):
