@@ -75,7 +75,8 @@ def register(sub) -> None:
     g.add_argument("--output-shape", type=int, nargs=2, metavar=("NX", "NY"), default=None, help="output shape")
     g.add_argument("--output-wcs", default=None, metavar="FILE.asdf", help="output grid from an ASDF file's 'wcs'")
     g.add_argument("--tile-shape", type=int, nargs=2, metavar=("TY", "TX"), default=None,
-                   help="output tile = Zarr chunk (from daskcal.resample.tile-memory, 128 MiB)")
+                   help="output tile = Zarr chunk (default: from daskcal.resample.tile-memory, 320 MiB, "
+                   "and the workers' memory limit)")
     g.add_argument("--single", action="store_const", const=True, default=None,
                    help="one mosaic per exposure group, stacked on a group dimension")
     add_cluster_options(p)

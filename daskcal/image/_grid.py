@@ -1,10 +1,15 @@
-"""The output (mosaic) grid: a TAN gwcs built from input footprints, and a size check.
+"""The output (mosaic) grid: a TAN gwcs built from input footprints, a size check, and tile sizes.
 
 Follows the reference recipe (``stcal.alignment.util.wcs_from_sregions``): the
 fiducial is the centre of the inputs' corner footprints, the pixel scale is the
 first input's scale times ``pixel_scale_ratio`` (or ``pixel_scale``), and the
 bounding box covers every input. All of it runs on the client and allocates
 nothing.
+
+Tiles are sized from a memory budget per tile task (:func:`tile_budget`,
+:func:`tile_side`): Dask config ``daskcal.resample.tile-memory``, and with a
+``distributed`` client a share of its workers' memory limit (:func:`worker_memory`);
+:func:`check_task_fits` refuses a task that could not fit a worker.
 """
 
 from __future__ import annotations
