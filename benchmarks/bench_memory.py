@@ -157,6 +157,8 @@ def main() -> None:
             "| code | case | ratio | mosaic (y, x) | planes MiB | tiles | seconds | peak MiB | notes |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
+    else:
+        lines.append(f"# {label}: python benchmarks/bench_memory.py {' '.join(sys.argv[1:])}")
     lines += rows + [f"# 1-min load average at the end: {load:.1f} (the machine is shared; seconds are indicative)"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
