@@ -5,7 +5,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_cluster_options", "chunk_option", "connect_options"]
+__all__ = ["add_cluster_options", "chunk_option", "connect_options", "memory_limit"]
+
+
+def memory_limit(text: str) -> str | int:
+    """``--memory-limit`` value: ``auto``, ``0`` (no limit) or bytes such as ``4GiB``/``1.5 GB``."""
+    from dask.utils import parse_bytes
+
+    s = text.strip()
+    if s.lower() == "auto":
+        return "auto"
+    try:
+        n = int(parse_bytes(s))
+    except (ValueError, TypeError):
+        msg = f"--memory-limit must be 'auto', 0 or a size such as 4GiB; got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if n < 0:
+        msg = f"--memory-limit must not be negative; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return n
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
@@ -38,16 +56,25 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long to wait for an existing scheduler to answer (default 10)",
     )
+    g.add_argument(
+        "--memory-limit",
+        type=memory_limit,
+        default="auto",
+        help="memory limit per worker of an embedded cluster, e.g. 4GiB (default auto: the machine's memory "
+        "shared among the workers; 0: no limit). Resample sizes its tiles from the workers' limit",
+    )
     g.add_argument("--no-progress", action="store_true", help="do not show the console progress bar")
 
 
 def connect_options(args: argparse.Namespace) -> dict:
     """The keywords of ``daskcal.connect`` that the options of :func:`add_cluster_options` give,
-    beyond ``--cluster``, ``--workers`` and ``--threads``: dashboard address, TLS security and timeout."""
+    beyond ``--cluster``, ``--workers`` and ``--threads``: dashboard address, TLS security, timeout and
+    the workers' memory limit."""
     return {
         "dashboard_address": args.dashboard_address,
         "security": _security(args),
         "timeout": args.connect_timeout,
+        "memory_limit": getattr(args, "memory_limit", "auto"),
     }
 
 

@@ -77,7 +77,8 @@ def register(sub) -> None:
     g.add_argument("--output-shape", type=int, nargs=2, metavar=("NX", "NY"), default=None, help="output shape")
     g.add_argument("--output-wcs", default=None, metavar="FILE.asdf", help="output grid from an ASDF file's 'wcs'")
     g.add_argument("--tile-shape", type=int, nargs=2, metavar=("TY", "TX"), default=None,
-                   help="output tile = Zarr chunk (from daskcal.resample.tile-memory, 128 MiB)")
+                   help="output tile = Zarr chunk (default: from daskcal.resample.tile-memory, 320 MiB, "
+                   "and the workers' memory limit)")
     g.add_argument("--single", action="store_const", const=True, default=None,
                    help="one mosaic per exposure group, stacked on a group dimension")
     add_cluster_options(p)
@@ -130,7 +131,8 @@ def fits_path(output) -> Path:
 
 
 def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite: bool = False) -> Path:
-    """Open the inputs, build the mosaic graph (validating everything), run it and write OUT atomically."""
+    """Open the inputs, connect, build the mosaic graph (validating everything; tiles sized for the workers),
+    run it and write OUT atomically."""
     from daskcal.cluster import connect
     from daskcal.image._io import open_images
     from daskcal.image._resample import resample
@@ -142,15 +144,16 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
                         inputs=[p for p in inputs if not str(p).endswith(".json")] + _asn_members(inputs))
     outputs.check()
     images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))
-    mosaic = resample(images, **_library_kwargs(params))  # every check runs here, before anything is written
-    if fits:
-        _check_fits_export(mosaic)
     mpix = sum(im["data"].size for im in images) / 1e6
-    print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
-          f"tiles {mosaic.attrs['tile_shape']}")
     with outputs:  # the output folder is proven writable before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
+            # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
+            mosaic = resample(images, **_library_kwargs(params))
+            if fits:
+                _check_fits_export(mosaic)
+            print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
+                  f"tiles {mosaic.attrs['tile_shape']}")
             print(f"dashboard: {client.dashboard_link}", flush=True)
             t0 = time.perf_counter()
             write_zarr(mosaic, outputs.path(output), progress=not args.no_progress)

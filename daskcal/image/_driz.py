@@ -3,12 +3,11 @@
 - :func:`drizzle_block` drizzles one block of one input into an output *window*
   that holds the block's whole footprint (drizzle's C kernel), for the data, the
   square roots of the variances and optionally the error array.
-- :func:`cut_pieces` cuts a window into its parts per output tile, where the
-  window is made, so only those parts travel to the tiles' tasks.
-- :func:`reduce_tile` adds every input's pieces of one tile into running sums
+- :func:`cut_pieces` cuts a window into its parts per output tile.
+- :class:`TileSums` adds every input's pieces of one tile into running sums
   (weighted sums, weights, context bits, and variance sums following the
-  reference's per-input variance recipe); :func:`finalize_tile` divides them
-  into the output planes.
+  reference's per-input variance recipe), one input at a time, and
+  :meth:`TileSums.finalize` divides them into the output planes.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ __all__ = [
     "Window",
     "drizzle_block",
     "cut_pieces",
-    "reduce_tile",
-    "finalize_tile",
+    "TileSums",
     "compute_pixmap",
     "pixel_to_pixel",
     "weight_map",
@@ -403,7 +401,7 @@ def _finalize_kernel(swd, wht, vsum, vwt, present, fill, var_scale, data, wout, 
                     err[i, j] = np.sqrt(total) if anyv else nan
 
 
-class _TileSums:
+class TileSums:
     """Running sums of one tile (float64) and its context/DQ bits."""
 
     def __init__(self, shape, nplanes, ctx, p):
@@ -512,80 +510,3 @@ def _merged_means(pieces, tile):
             means[name] = np.where(covered, sm / np.where(covered, w, 1.0), np.nan).astype(np.float32)
     r = (slice(y0 - tile[0], y1 - tile[0]), slice(x0 - tile[2], x1 - tile[2]))
     return r, w, means
-
-
-def reduce_tile(pieces, owners, tile, nplanes: int, p: dict, final_p: dict) -> dict:
-    """Output planes of one tile from the pieces of every input that reaches it.
-
-    Parameters
-    ----------
-    pieces : list of Window or None
-        Parts of block windows in this tile (None: a block whose window missed it).
-    owners : list of (int or None, float)
-        Per piece: the input's context bit index (None: no context) and its
-        measurement time (s, for ``weight_type="exptime"``).
-    tile : (y0, y1, x0, x1)
-        The tile in mosaic pixels.
-    nplanes : int
-        Context planes of the output.
-    p : dict
-        ``weight_type``, ``enable_var``, ``driz_err``, ``propagate_dq``.
-    final_p : dict
-        As :func:`finalize_tile` takes it.
-    """
-    shape = (tile[1] - tile[0], tile[3] - tile[2])
-    by_input: dict = {}
-    for pc, owner in zip(pieces, owners):
-        if pc is not None:
-            by_input.setdefault(owner, []).append(pc)
-    if not by_input:
-        return finalize_tile(None, shape, nplanes, final_p)
-    sums = _TileSums(shape, nplanes, final_p["enable_ctx"], p)
-    for (ctx_index, tmeasure), pcs in by_input.items():
-        sums.add_input(pcs, tile, ctx_index, tmeasure)
-    return sums.finalize(nplanes, final_p)
-
-
-def finalize_tile(part: dict | None, shape, nplanes: int, p: dict) -> dict:
-    """Output planes of one tile from its merged contributions.
-
-    ``p``: ``fillval`` (float), ``enable_ctx``, ``enable_var``, ``compute_err``,
-    ``propagate_dq``, ``var_scale`` (1 / psr**2), ``err_scale`` (psr).
-    """
-    if part is None:
-        part = {"swd": np.zeros(shape), "wht": np.zeros(shape)}
-    wht = part["wht"]
-    covered = wht != 0
-    data = np.full(shape, p["fillval"], np.float32)
-    data[covered] = (part["swd"][covered] / wht[covered]).astype(np.float32)
-    out = {"data": data, "wht": wht.astype(np.float32)}
-    if p["enable_ctx"]:
-        con = part.get("con")
-        if con is None:
-            con = np.zeros((nplanes, *shape), np.uint32)
-        out["con"] = con.view(np.int32)
-    if p["enable_var"]:
-        for name in VAR_NAMES:
-            vw = part.get(f"vwt_{name}")
-            v = np.full(shape, np.nan, np.float32)
-            if vw is not None:
-                ok = vw > 0
-                v[ok] = (part[f"vsum_{name}"][ok] * p["var_scale"] / vw[ok] / vw[ok]).astype(np.float32)
-            out[name] = v
-    if p["compute_err"] == "from_var" and p["enable_var"]:
-        stack = np.stack([out[n] for n in VAR_NAMES])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            err = np.sqrt(np.nansum(stack, axis=0)).astype(np.float32)
-        err[np.all(np.isnan(stack), axis=0)] = np.nan
-        out["err"] = err
-    elif p["compute_err"] == "driz_err":
-        err = np.full(shape, p["fillval"], np.float32)
-        swe = part.get("swe")
-        if swe is not None:
-            err[covered] = (swe[covered] / wht[covered] / p["err_scale"]).astype(np.float32)
-        out["err"] = err
-    if p["propagate_dq"]:
-        dq = part.get("dq")
-        out["dq"] = np.zeros(shape, np.uint32) if dq is None else dq
-    return out

@@ -1,14 +1,20 @@
-"""The output (mosaic) grid: a TAN gwcs built from input footprints, and a size check.
+"""The output (mosaic) grid: a TAN gwcs built from input footprints, a size check, and tile sizes.
 
 Follows the reference recipe (``stcal.alignment.util.wcs_from_sregions``): the
 fiducial is the centre of the inputs' corner footprints, the pixel scale is the
 first input's scale times ``pixel_scale_ratio`` (or ``pixel_scale``), and the
 bounding box covers every input. All of it runs on the client and allocates
 nothing.
+
+Tiles are sized from a memory budget per tile task (:func:`tile_budget`,
+:func:`tile_side`): Dask config ``daskcal.resample.tile-memory``, and with a
+``distributed`` client a share of its workers' memory limit (:func:`worker_memory`);
+:func:`check_task_fits` refuses a task that could not fit a worker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -17,7 +23,8 @@ import numpy as np
 
 from daskcal.image._dataset import get_wcs
 
-__all__ = ["output_wcs", "resolve_output_wcs", "check_output_size", "pixel_scale_of", "max_output_bytes"]
+__all__ = ["output_wcs", "resolve_output_wcs", "check_output_size", "pixel_scale_of", "max_output_bytes",
+           "WorkerMemory", "worker_memory", "tile_task_bytes", "tile_budget", "tile_side", "check_task_fits"]
 
 CONFIG_KEY = "daskcal.resample.max-output-memory"
 ENV_KEY = "DASKCAL_MAX_OUTPUT_MEMORY"
@@ -271,3 +278,117 @@ def resolve_output_wcs(images, output_wcs_arg=None, **wcs_args):
         w.array_shape = (int(y1 + 0.5), int(x1 + 0.5))
     check_output_size(w.array_shape, wcs_args.get("bytes_per_pixel", 28.0), wcs_args.get("max_output_memory"))
     return w
+
+
+# ---- tile and block sizes from a memory budget ----
+
+TILE_CONFIG = "daskcal.resample.tile-memory"
+DEFAULT_TILE_MEMORY = "320 MiB"
+#: bytes per output pixel of a tile task: float64 sums, weights and variance sums (68), the finished
+#: planes (28), one input's pieces of the tile (21) and the merge of its blocks' pieces (44)
+BYTES_PER_TILE_PIXEL = 160
+#: bytes per input pixel of the region a tile task reads: the arrays, weights, level-subtracted data,
+#: sqrt(variance) and the float64 pixel map
+BYTES_PER_INPUT_PIXEL = 52
+#: bytes per output pixel of a block's window: drizzle's planes for the data and three variances
+BYTES_PER_WINDOW_PIXEL = 46
+#: auto-sizing keeps a tile task's working set below this share of a worker thread's memory ...
+WORKER_SHARE = 0.2
+#: ... and a planned task above this share is refused
+FIT_SHARE = 0.5
+MIN_TILE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerMemory:
+    """The tightest memory of a cluster's workers: ``limit`` bytes shared by ``threads`` task threads."""
+
+    limit: int
+    threads: int
+
+    @property
+    def per_thread(self) -> int:
+        return self.limit // max(1, self.threads)
+
+
+def worker_memory(client=None) -> WorkerMemory | None:
+    """The memory limit of the workers of ``client`` (default: the active ``distributed`` client).
+
+    Returns the worker with the least memory per thread, or None without a client,
+    without workers or when no worker has a limit (``memory_limit=0``).
+    """
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            return None
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    known = [(int(w["memory_limit"]), max(1, int(w.get("nthreads") or 1)))
+             for w in workers.values() if w.get("memory_limit")]
+    if not known:
+        return None
+    limit, threads = min(known, key=lambda lt: lt[0] / lt[1])
+    return WorkerMemory(limit, threads)
+
+
+def tile_task_bytes(tile_shape: Sequence[int], psr: float, window_shape: Sequence[int] | None = None,
+                    input_shape: Sequence[int] | None = None) -> int:
+    """Estimated working set (bytes) of one resample tile task.
+
+    Parameters
+    ----------
+    tile_shape : (int, int)
+        Output tile (px).
+    psr : float
+        Output over input pixel scale.
+    window_shape : (int, int), optional
+        Largest block window (output px). Default: the tile's shape.
+    input_shape : (int, int), optional
+        Largest input region read for the tile (input px). Default: the tile's
+        shape times ``psr`` plus 16 px.
+    """
+    ty, tx = (int(s) for s in tile_shape)
+    wy, wx = (ty, tx) if window_shape is None else (int(s) for s in window_shape)
+    if input_shape is None:
+        input_shape = (ty * psr + 16, tx * psr + 16)
+    iy, ix = (float(s) for s in input_shape)
+    return int(ty * tx * BYTES_PER_TILE_PIXEL + iy * ix * BYTES_PER_INPUT_PIXEL + wy * wx * BYTES_PER_WINDOW_PIXEL)
+
+
+def tile_budget(workers: WorkerMemory | None = None) -> int:
+    """Bytes one tile task may use: Dask config ``daskcal.resample.tile-memory`` (320 MiB), and at most
+    ``WORKER_SHARE`` (1/5) of a worker thread's memory when ``workers`` is given."""
+    import dask
+    from dask.utils import parse_bytes
+
+    budget = dask.config.get(TILE_CONFIG, None) or DEFAULT_TILE_MEMORY
+    budget = int(parse_bytes(budget) if isinstance(budget, str) else budget)
+    if workers is not None:
+        budget = min(budget, int(workers.per_thread * WORKER_SHARE))
+    return max(budget, 1)
+
+
+def tile_side(psr: float, budget: int) -> int:
+    """The largest multiple of 256 px (at least 256) whose square tile's task fits ``budget`` bytes."""
+    side = MIN_TILE
+    while tile_task_bytes((side + 256, side + 256), psr) <= budget:
+        side += 256
+    return side
+
+
+def check_task_fits(need: int, workers: WorkerMemory | None, what: str, remedy: str) -> None:
+    """Raise ``ValueError`` when a task needing ``need`` bytes would take more than ``FIT_SHARE`` (half)
+    of a worker thread's memory. ``what`` names the task, ``remedy`` the settings to change."""
+    from dask.utils import format_bytes
+
+    if workers is None:
+        return
+    allowed = int(workers.per_thread * FIT_SHARE)
+    if need > allowed:
+        msg = (f"{what} needs about {format_bytes(need)}, more than half of a worker's memory per thread "
+               f"({format_bytes(workers.limit)} memory limit / {workers.threads} thread"
+               f"{'s' if workers.threads != 1 else ''}); {remedy}, "
+               f"or raise the workers' memory limit (--memory-limit)")
+        raise ValueError(msg)

@@ -2,18 +2,24 @@
 
 The graph (see ``docs/resample.md``):
 
-1. Each input is cut into blocks. On the client, a coarse pixel map of the
-   blocks' edges gives every block's output footprint; with a margin for the
-   kernel this is the block's *window*.
-2. One task per block computes the block's pixel map once and drizzles the data
-   and each sqrt(variance) with it into its window (drizzle's C kernel), which
-   holds the whole footprint, so drizzle never clips the input: the result equals
-   a whole-mosaic drizzle to float rounding. The same task cuts the window into
-   its parts per output tile, so only those parts leave the worker.
-3. One task per tile adds the parts of every input that reaches it into running
-   sums (weighted sums, weights, context bits, variance sums per the reference's
-   per-input recipe) and finalises the tile's output planes. Peak memory is set
-   by the block and tile sizes.
+1. On the client, a coarse pixel map of each input's pixel-edge lattice gives
+   every lattice cell's output footprint; with a margin for the kernel this is the
+   cell's *window*. Per output tile, the cells whose windows touch it give the
+   input's region for that tile, cut into blocks (usually one).
+2. One task per tile takes, for each input that reaches it, that region. It
+   computes the region's pixel map once and drizzles the data and each
+   sqrt(variance) of every block into a window holding the block's whole footprint
+   (drizzle's C kernel), so drizzle never clips the input: the result equals a
+   whole-mosaic drizzle to float rounding. The window's part in the tile is added to
+   the tile's running sums (weighted sums, weights, context bits, variance sums per
+   the reference's per-input recipe) before the next input, and the tile's output
+   planes are finalised.
+
+Nothing is handed from one tile to another: the seams between tiles (the kernel
+margin) are drizzled by both tiles, so peak memory is the tiles in flight (their
+sums, one input region and one window each) plus the input chunks being read,
+whatever the mosaic size. Tile sizes come from a memory budget, which with a
+``distributed`` client follows the workers' memory limit (:mod:`daskcal.image._grid`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from daskcal.image import _driz
+from daskcal.image import _driz, _grid
 from daskcal.image._checks import warn_no_overlap, warn_unusable_inputs
 from daskcal.image._dataset import VARIANCE_NAMES, get_wcs, wcs_to_text
 from daskcal.image._grid import _bbox, check_output_size, pixel_scale_of, resolve_output_wcs
@@ -38,13 +44,10 @@ log = logging.getLogger(__name__)
 KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
 WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime", "none")
 COMPUTE_ERR = ("from_var", "driz_err", None)
-TILE_CONFIG = "daskcal.resample.tile-memory"
-DEFAULT_TILE_MEMORY = "128 MiB"
-BYTES_PER_TILE_PIXEL = 110  # float64 sums and weights of a tile partial plus temporaries
 BLOCK_CONFIG = "daskcal.resample.block-memory"
 DEFAULT_BLOCK_MEMORY = "512 MiB"
-# a block task holds per input pixel its arrays, weights and pixel map (~40 B) and, per output pixel of
-# its window, drizzle's planes and the window's pieces cut per tile (~46 B)
+# a block holds per input pixel its arrays, weights and pixel map (~40 B) and, per output pixel of its
+# window, drizzle's planes (~46 B)
 BYTES_PER_BLOCK_INPUT_PIXEL = 40
 BYTES_PER_WINDOW_PIXEL = 46
 
@@ -197,37 +200,102 @@ def _edges_map(inp: _Input, wcs_out, step: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Block:
-    inp: int
-    y0: int
-    y1: int  # exclusive
-    x0: int
-    x1: int
-    window: tuple  # oy, ox, wy, wx
+class _Lattice:
+    """An input's pixel-edge lattice every few px and, per lattice cell, the output window its pixels reach.
+
+    Cell ``(r, c)`` holds input rows ``ys[r] + 0.5 .. ys[r + 1] - 0.5`` and columns
+    likewise; ``win`` is ``(y0, x0, y1, x1)`` (exclusive ends) per cell: the output
+    bounding box of its mapped corners plus the kernel margin.
+    """
+
+    ys: np.ndarray  # pixel-edge coordinates (input px), ny + 1
+    xs: np.ndarray
+    win: np.ndarray  # (ncy, ncx, 4) int64
 
 
-def _plan_blocks(inp: _Input, wcs_out, block: int, margin: int, out_shape) -> list[_Block]:
-    """Cut an input into blocks and find each block's output window."""
-    xmin, xmax, ymin, ymax = inp.bounds
-    step = max(4, min(16, block))
+def _lattice(inp: _Input, wcs_out, step: int, margin: int) -> _Lattice:
     xs, ys, ox, oy = _edges_map(inp, wcs_out, step)
     if not (np.all(np.isfinite(ox)) and np.all(np.isfinite(oy))):
         msg = f"input {inp.index} ({inp.ds.attrs.get('name', '?')!r}) does not map onto the output WCS everywhere"
         raise ValueError(msg)
-    blocks = []
-    for by, y1 in _even_cuts(ymin, ymax + 1, block):
-        for bx, x1 in _even_cuts(xmin, xmax + 1, block):
-            sx = (xs >= bx - 0.5 - step) & (xs <= x1 - 0.5 + step)
-            sy = (ys >= by - 0.5 - step) & (ys <= y1 - 0.5 + step)
-            bxs, bys = ox[np.ix_(sy, sx)], oy[np.ix_(sy, sx)]
-            wx0 = int(math.floor(bxs.min())) - margin
-            wx1 = int(math.ceil(bxs.max())) + margin + 1
-            wy0 = int(math.floor(bys.min())) - margin
-            wy1 = int(math.ceil(bys.max())) + margin + 1
-            if wx1 <= 0 or wy1 <= 0 or wx0 >= out_shape[1] or wy0 >= out_shape[0]:
-                continue
-            blocks.append(_Block(inp.index, by, y1, bx, x1, (wy0, wx0, wy1 - wy0, wx1 - wx0)))
-    return blocks
+    corners_x = np.stack([ox[:-1, :-1], ox[:-1, 1:], ox[1:, :-1], ox[1:, 1:]])
+    corners_y = np.stack([oy[:-1, :-1], oy[:-1, 1:], oy[1:, :-1], oy[1:, 1:]])
+    win = np.stack([np.floor(corners_y.min(0)) - margin, np.floor(corners_x.min(0)) - margin,
+                    np.ceil(corners_y.max(0)) + margin + 1, np.ceil(corners_x.max(0)) + margin + 1], axis=-1)
+    return _Lattice(ys, xs, win.astype(np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """What one tile needs of one input: a region of it and the blocks of that region.
+
+    ``cut`` (y0, y1, x0, x1) is the region plus a 2 px halo, so pixel corners at its
+    edges interpolate as the whole input's; each block is ``(bounds, window)``: its
+    pixels inside the cut (xmin, xmax, ymin, ymax, inclusive) as drizzle takes them,
+    and the output window (oy, ox, wy, wx) that holds the block's whole footprint.
+    """
+
+    inp: int
+    cut: tuple
+    blocks: tuple
+
+
+def _plan_parts(inp: _Input, lat: _Lattice, tiles, tile_shape, out_shape, block: int) -> dict:
+    """Per tile the input touches: the :class:`_Part` to drizzle for it (tile index -> part).
+
+    A tile's region of the input is the bounding box of the lattice cells whose
+    windows touch it, cut into blocks of at most ``block`` px; each block is drizzled
+    into a window holding its whole footprint (so drizzle never clips it) and only
+    the window's part in the tile is kept. Neighbouring tiles read overlapping
+    regions (the kernel margin and the inputs' rotation): their seams are drizzled twice
+    instead of being held for the other tile.
+    """
+    ty, tx = tile_shape
+    nty, ntx = -(-out_shape[0] // ty), -(-out_shape[1] // tx)
+    w = lat.win
+    inside = (w[..., 2] > 0) & (w[..., 3] > 0) & (w[..., 0] < out_shape[0]) & (w[..., 1] < out_shape[1])
+    ty0 = np.clip(w[..., 0] // ty, 0, nty - 1)
+    ty1 = np.clip((w[..., 2] - 1) // ty, 0, nty - 1)
+    tx0 = np.clip(w[..., 1] // tx, 0, ntx - 1)
+    tx1 = np.clip((w[..., 3] - 1) // tx, 0, ntx - 1)
+    rows, cols = np.indices(w.shape[:2])
+    ntiles = nty * ntx
+    rmin, cmin = np.full(ntiles, np.iinfo(np.int64).max), np.full(ntiles, np.iinfo(np.int64).max)
+    rmax, cmax = np.full(ntiles, -1), np.full(ntiles, -1)
+    for dy in range(int((ty1 - ty0).max(initial=0)) + 1):
+        for dx in range(int((tx1 - tx0).max(initial=0)) + 1):
+            ok = inside & (ty0 + dy <= ty1) & (tx0 + dx <= tx1)
+            t = ((ty0 + dy) * ntx + tx0 + dx)[ok]
+            np.minimum.at(rmin, t, rows[ok])
+            np.maximum.at(rmax, t, rows[ok])
+            np.minimum.at(cmin, t, cols[ok])
+            np.maximum.at(cmax, t, cols[ok])
+    ny, nx = inp.shape
+    h = 2
+    parts = {}
+    for t in np.flatnonzero(rmax >= 0).tolist():
+        y0, y1 = int(lat.ys[rmin[t]] + 0.5), int(lat.ys[rmax[t] + 1] + 0.5)
+        x0, x1 = int(lat.xs[cmin[t]] + 0.5), int(lat.xs[cmax[t] + 1] + 0.5)
+        cut = (max(0, y0 - h), min(ny, y1 + h), max(0, x0 - h), min(nx, x1 + h))
+        blocks = []
+        for by0, by1 in _even_cuts(y0, y1, block):
+            for bx0, bx1 in _even_cuts(x0, x1, block):
+                window = _block_window(lat, by0, by1, bx0, bx1)
+                if _touches(window, tiles[t]):
+                    bounds = (bx0 - cut[2], bx1 - 1 - cut[2], by0 - cut[0], by1 - 1 - cut[0])
+                    blocks.append((bounds, window))
+        if blocks:
+            parts[t] = _Part(inp.index, cut, tuple(blocks))
+    return parts
+
+
+def _block_window(lat: _Lattice, y0, y1, x0, x1) -> tuple:
+    """Output window (oy, ox, wy, wx) of input rows y0:y1, columns x0:x1: the union of their cells' windows."""
+    r = (lat.ys[1:] > y0 - 0.5) & (lat.ys[:-1] < y1 - 0.5)
+    c = (lat.xs[1:] > x0 - 0.5) & (lat.xs[:-1] < x1 - 0.5)
+    w = lat.win[np.ix_(r, c)]
+    oy, ox = int(w[..., 0].min()), int(w[..., 1].min())
+    return (oy, ox, int(w[..., 2].max()) - oy, int(w[..., 3].max()) - ox)
 
 
 def _even_cuts(start, stop, size):
@@ -244,22 +312,13 @@ def _tiles(shape, tile_shape):
     return ys, xs
 
 
-def _default_tile_shape(out_shape):
-    import dask
-    from dask.utils import parse_bytes
+def _default_block_shape(psr: float, tile_shape) -> int:
+    """Side (input px) of the blocks a tile's region is cut into.
 
-    budget = dask.config.get(TILE_CONFIG, None) or DEFAULT_TILE_MEMORY
-    budget = parse_bytes(budget) if isinstance(budget, str) else int(budget)
-    side = int(math.sqrt(max(budget, 1) / BYTES_PER_TILE_PIXEL))
-    side = max(256, (side // 256) * 256)
-    return (min(side, out_shape[0]), min(side, out_shape[1]))
-
-
-def _default_block_shape(psr: float) -> int:
-    """Side (input px) of blocks whose task fits Dask config ``daskcal.resample.block-memory`` (512 MiB).
-
-    Big blocks mean one pixel map and four drizzle calls for most of an input and
-    few seams; 2048^2 inputs at the input pixel scale are drizzled whole.
+    A region of about the tile's size (its side times ``psr``, plus the margin and the
+    inputs' rotation) is one block; blocks are at most 1.25 tiles wide on the output,
+    and at most the side whose block fits Dask config ``daskcal.resample.block-memory``
+    (512 MiB).
     """
     import dask
     from dask.utils import parse_bytes
@@ -267,7 +326,9 @@ def _default_block_shape(psr: float) -> int:
     budget = dask.config.get(BLOCK_CONFIG, None) or DEFAULT_BLOCK_MEMORY
     budget = parse_bytes(budget) if isinstance(budget, str) else int(budget)
     per_px = BYTES_PER_BLOCK_INPUT_PIXEL + BYTES_PER_WINDOW_PIXEL / psr**2
-    return max(64, int(math.sqrt(max(budget, 1) / per_px)))
+    by_budget = int(math.sqrt(max(budget, 1) / per_px))
+    by_tile = int(math.ceil(1.25 * max(tile_shape) * psr)) + 16
+    return max(64, min(by_budget, by_tile))
 
 
 def _coarse_grid(wcs_in, wcs_out, inp: _Input, stepsize, order):
@@ -286,16 +347,53 @@ def _coarse_grid(wcs_in, wcs_out, inp: _Input, stepsize, order):
     return (yc, xc, np.asarray(px), np.asarray(py))
 
 
-def _block_task(arrays, wcs_text_in, wcs_text_out, cut, blk_bounds, window, coarse, level, p, bp, tiles):
-    """Dask task: a block's pixel map and weights, drizzled into its window, cut per tile (see _driz)."""
+class _TileInput:
+    """What a tile task needs of one input besides its chunks and coarse grid.
+
+    A plain class (not a dataclass), so dask embeds it in the task as it is instead
+    of searching it for dask objects; ``chunks`` names per array the origins of the
+    chunks that hold the region, in the order the task receives them.
+    """
+
+    __slots__ = ("wcs_text", "part", "chunks", "coarse", "level", "params", "bp", "owner")
+
+    def __init__(self, wcs_text, part, chunks, coarse, level, params, bp, owner):
+        self.wcs_text, self.part, self.chunks, self.coarse = wcs_text, part, chunks, coarse
+        self.level, self.params, self.bp, self.owner = level, params, bp, owner
+
+
+def _tile_task(specs, deps, wcs_text_out, tile, nplanes, rp, final_p):
+    """Dask task: one output tile from every input that reaches it, one input at a time.
+
+    ``specs`` holds a :class:`_TileInput` per input; ``deps`` their chunks (as many
+    per array as its ``chunks`` names, then the coarse grid if it has one), flat.
+    Each input's blocks are drizzled into their windows, their parts in the tile are
+    added to the tile's running sums, and the windows are dropped before the next
+    input, so the task holds the sums, one input region and one window at a time.
+    """
     from daskcal.image._dataset import wcs_from_text
 
-    wcs_in, wcs_out = wcs_from_text(wcs_text_in), wcs_from_text(wcs_text_out)
-    cy0, cy1, cx0, cx1 = cut
+    shape = (tile[1] - tile[0], tile[3] - tile[2])
+    wcs_out = wcs_from_text(wcs_text_out)
+    sums = _driz.TileSums(shape, nplanes, final_p["enable_ctx"], rp)
+    dep = iter(deps)
+    for spec in specs:
+        arrays = {name: [(next(dep), origin) for origin in origins] for name, origins in spec.chunks.items()}
+        coarse = next(dep) if spec.coarse else None
+        pieces = _input_pieces(arrays, wcs_from_text(spec.wcs_text), wcs_out, spec.part, coarse, spec.level,
+                               spec.params, spec.bp, tile)
+        if pieces:
+            sums.add_input(pieces, tile, *spec.owner)
+        del pieces, arrays
+    return sums.finalize(nplanes, final_p)
+
+
+def _input_pieces(arrays, wcs_in, wcs_out, part, coarse, level, p, bp, tile) -> list:
+    """One input's part of a tile: its region's pixel map and weights once, then each block drizzled into its
+    window and cut to the tile (see :mod:`daskcal.image._driz`)."""
+    cy0, cy1, cx0, cx1 = part.cut
     pixmap = _driz.compute_pixmap(wcs_in, wcs_out, cy0, cy1, cx0, cx1, coarse=coarse, order=p.pixmap_order)
-    pixmap[..., 0] -= window[1]
-    pixmap[..., 1] -= window[0]
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    arrays = {k: np.ascontiguousarray(_assemble(v, part.cut)) for k, v in arrays.items()}
     data = arrays["data"].astype(np.float32, copy=False)
     if level:
         data = data - np.float32(level)
@@ -303,10 +401,28 @@ def _block_task(arrays, wcs_text_in, wcs_text_out, cut, blk_bounds, window, coar
     if dq is None:
         dq = np.zeros(data.shape, np.uint32)
     weight = _driz.weight_map(data, dq, arrays, p.weight_type, p.good_bits_int, bp["tmeasure"])
-    blk = dict(arrays, data=data, weight=weight, dq=dq.astype(np.uint32, copy=False))
-    win = _driz.drizzle_block(blk, pixmap, blk_bounds, window, bp)
-    del pixmap, blk, arrays
-    return _driz.cut_pieces(win, tiles)
+    region = dict(arrays, data=data, weight=weight, dq=dq.astype(np.uint32, copy=False))
+    del arrays, data, dq, weight
+    pieces = []
+    h = 2
+    for (xmin, xmax, ymin, ymax), window in part.blocks:
+        if len(part.blocks) == 1:  # the whole region: its pixel map is shifted in place
+            blk, pm, bounds = region, pixmap, (xmin, xmax, ymin, ymax)
+        else:  # the block plus its halo, contiguous for drizzle
+            sy = slice(max(0, ymin - h), min(cy1 - cy0, ymax + 1 + h))
+            sx = slice(max(0, xmin - h), min(cx1 - cx0, xmax + 1 + h))
+            blk = {k: np.ascontiguousarray(v[sy, sx]) for k, v in region.items()}
+            pm = np.array(pixmap[sy, sx])
+            bounds = (xmin - sx.start, xmax - sx.start, ymin - sy.start, ymax - sy.start)
+        pm[..., 0] -= window[1]
+        pm[..., 1] -= window[0]
+        win = _driz.drizzle_block(blk, pm, bounds, window, bp)
+        del blk, pm
+        piece = _driz.cut_pieces(win, [tile])[0]
+        del win
+        if piece is not None:
+            pieces.append(piece)
+    return pieces
 
 
 def _time_totals(inps: list[_Input]) -> dict:
@@ -402,17 +518,22 @@ def resample(
     pixmap_order : {1, 3}, default 1
         Spline order of that interpolation.
     tile_shape : (int, int), optional
-        Output tile (= Zarr chunk) shape. Default: from Dask config
-        ``daskcal.resample.tile-memory`` (128 MiB).
+        Output tile (= Zarr chunk) shape. Default: the largest multiple of 256 px
+        whose task fits Dask config ``daskcal.resample.tile-memory`` (320 MiB:
+        1024 px) and, with an active ``distributed`` client, a fifth of its
+        workers' memory limit per thread (768 px for 1 GiB workers). With a
+        client, a tile task estimated to need more than half of a worker's
+        memory per thread is refused (``ValueError``), as are input chunks
+        that large.
     single : bool, default False
         Drizzle each exposure group (``group_id``) onto its own copy of the grid;
         the outputs are stacked on a ``group`` dimension.
     block_shape : int, optional
-        Side (input px) of the input blocks drizzled at once (each block's pixel
-        map is computed once for the data, variances and context). Default: the
-        largest whose task fits Dask config ``daskcal.resample.block-memory``
-        (512 MiB): ~2400 px at the input pixel scale, ~340 px at
-        ``pixel_scale_ratio=0.1``; at least 64.
+        Side (input px) of the blocks an input's region of a tile is drizzled
+        in (each block's window holds its whole footprint). Default: the region
+        whole (1.25 tile sides times the pixel scale ratio, plus 16 px), at most
+        what fits Dask config ``daskcal.resample.block-memory`` (512 MiB); at
+        least 64.
     max_output_memory : int or str, optional
         Largest allowed output size (see :func:`daskcal.image._grid.max_output_bytes`).
     **wcs_args
@@ -441,27 +562,35 @@ def resample(
     if psr is None:
         psr = out_scale / pixel_scale_of(inps[0].wcs, inps[0].shape)
     psr = float(psr)
+    workers = _grid.worker_memory()
     if tile_shape is None:
-        tile_shape = _default_tile_shape(out_shape)
+        side = _grid.tile_side(psr, _grid.tile_budget(workers))
+        tile_shape = (min(side, out_shape[0]), min(side, out_shape[1]))
     tile_shape = (int(tile_shape[0]), int(tile_shape[1]))
     if min(tile_shape) < 1:
         msg = f"tile_shape must be positive; got {tile_shape}"
         raise ValueError(msg)
     if block_shape is None:
-        block_shape = _default_block_shape(psr)
+        block_shape = _default_block_shape(psr, tile_shape)
     if int(block_shape) < 8:
         msg = f"block_shape must be at least 8 input pixels; got {block_shape}"
         raise ValueError(msg)
     margin = _kernel_margin(params, psr)
-    blocks = {i.index: _plan_blocks(i, wcs_out, int(block_shape), margin, out_shape) for i in inps}
-    if not any(blocks.values()):
+    ys, xs = _tiles(out_shape, tile_shape)
+    tiles = [(ty, min(ty + tile_shape[0], out_shape[0]), tx, min(tx + tile_shape[1], out_shape[1]))
+             for ty in ys for tx in xs]
+    step = max(4, min(16, int(block_shape)))
+    parts = {i.index: _plan_parts(i, _lattice(i, wcs_out, step, margin), tiles, tile_shape, out_shape,
+                                  int(block_shape)) for i in inps}
+    if not any(parts.values()):
         msg = "no input overlaps the output grid; check the inputs' WCS and the output WCS parameters"
         raise ValueError(msg)
-    warn_no_overlap([str(i.ds.attrs.get("name") or f"input {i.index}") for i in inps if not blocks[i.index]])
-    warn_unusable_inputs([i.ds for i in inps if blocks[i.index]], good_bits=params.good_bits_int,
+    warn_no_overlap([str(i.ds.attrs.get("name") or f"input {i.index}") for i in inps if not parts[i.index]])
+    warn_unusable_inputs([i.ds for i in inps if parts[i.index]], good_bits=params.good_bits_int,
                          weight_type=params.weight_type)
+    _check_fits_workers(inps, parts, tiles, psr, workers)
     groups = _groups(inps) if single else {None: [i.index for i in inps]}
-    ds = _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, params, psr, single)
+    ds = _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, params, psr, single)
     ds.attrs.update(_attrs(inps, wcs_out, out_shape, params, psr, out_scale, tile_shape))
     del inps_ds
     return ds
@@ -509,23 +638,46 @@ def _attrs(inps, wcs_out, out_shape, p, psr, out_scale, tile_shape):
     return a
 
 
-def _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, p, psr, single):
+def _check_fits_workers(inps, parts, tiles, psr, workers) -> None:
+    """With a cluster, refuse tile tasks and input chunks that could not fit a worker's memory."""
+    if workers is None:
+        return
+    for inp in inps:
+        arrays = [inp.ds[n].data for n in inp.ds.data_vars if hasattr(inp.ds[n].data, "chunks")]
+        chunk = sum(a.dtype.itemsize * math.prod(max(c) for c in a.chunks) for a in arrays)
+        _grid.check_task_fits(
+            chunk, workers, f"input {inp.index} ({inp.ds.attrs.get('name', '?')!r}): one Dask chunk of its "
+            f"{len(arrays)} arrays", "open the inputs with smaller chunks (daskcal.open_images(chunks=...))")
+    need, worst = 0, None
+    for k, per_tile in parts.items():
+        for t, part in per_tile.items():
+            tile = tiles[t]
+            cy0, cy1, cx0, cx1 = part.cut
+            win = max(part.blocks, key=lambda b: b[1][2] * b[1][3])[1]
+            n = _grid.tile_task_bytes((tile[1] - tile[0], tile[3] - tile[2]), psr, win[2:], (cy1 - cy0, cx1 - cx0))
+            if n > need:
+                need, worst = n, (k, t)
+    tile = tiles[worst[1]]
+    _grid.check_task_fits(
+        need, workers, f"a resample tile task (tile of {tile[1] - tile[0]}x{tile[3] - tile[2]} px, input "
+        f"{worst[0]})", "lower tile_shape (--tile-shape) or block_shape")
+
+
+def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, psr, single):
     import dask
     import dask.array as da
+    from dask.base import tokenize
 
     text_out = wcs_to_text(wcs_out)
     fill = _parse_fillval(p.fillval)
     var_present = {i.index: [n for n in VARIANCE_NAMES if n in i.ds] for i in inps}
     final_p = dict(fillval=fill, enable_ctx=p.enable_ctx, enable_var=p.enable_var, compute_err=p.compute_err,
                    propagate_dq=p.propagate_dq, var_scale=1.0 / psr**2, err_scale=psr)
-
-    # tiles of the output, and for each block the tiles its window touches
     ys, xs = _tiles(out_shape, tile_shape)
-    tiles = [(ty, min(ty + tile_shape[0], out_shape[0]), tx, min(tx + tile_shape[1], out_shape[1]))
-             for ty in ys for tx in xs]
 
-    # 1-2: one task per block: pixel map, drizzle into its window, cut the window per tile
-    pieces: dict = {}  # tile index -> [(input index, delayed piece)]
+    # what each tile task takes of each input: the chunks that hold its region, and constants
+    entries: dict = {}  # tile index -> [(input index, _TileInput arguments, its chunks and coarse grid)]
+    all_chunked = []
     for inp in inps:
         bp = dict(kernel=p.kernel, pixfrac=p.pixfrac, psr=psr, exptime=float(inp.ds.attrs["exposure_time"]),
                   enable_ctx=p.enable_ctx, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
@@ -539,32 +691,25 @@ def _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, p, psr, s
             names.append("var_sky")
         if p.compute_err == "driz_err" and "err" in inp.ds:
             names.append("err")
-        darrs = {n: _as_dask(inp.ds[n]) for n in names if n in inp.ds}
+        chunked = {n: _Chunked.of(_as_dask(inp.ds[n])) for n in names if n in inp.ds}
+        all_chunked += chunked.values()
         text_in = inp.ds.attrs["wcs_asdf"]
         coarse = _coarse_grid(inp.wcs, wcs_out, inp, p.pixmap_stepsize, p.pixmap_order)
-        coarse_d = dask.delayed(coarse) if coarse is not None else None
-        ny, nx = inp.shape
-        for b in blocks[inp.index]:
-            touched = [t for t, tile in enumerate(tiles) if _touches(b.window, tile)]
-            if not touched:
-                continue
-            h = 2  # halo so pixel corners at block edges interpolate like the whole input's
-            cy0, cy1 = max(0, b.y0 - h), min(ny, b.y1 + h)
-            cx0, cx1 = max(0, b.x0 - h), min(nx, b.x1 + h)
-            bounds = (b.x0 - cx0, b.x1 - 1 - cx0, b.y0 - cy0, b.y1 - 1 - cy0)
-            cut_arrays = {n: a[cy0:cy1, cx0:cx1] for n, a in darrs.items()}
-            task = dask.delayed(_block_task, pure=True, nout=len(touched))(
-                cut_arrays, text_in, text_out, (cy0, cy1, cx0, cx1), bounds, b.window, coarse_d, inp.level, p, bp,
-                [tiles[t] for t in touched])
-            for k, t in enumerate(touched):
-                pieces.setdefault(t, []).append((inp.index, task[k]))
+        coarse_d = [dask.delayed(coarse)] if coarse is not None else []
+        for t, part in parts[inp.index].items():
+            regions = {n: c.region(part.cut) for n, c in chunked.items()}
+            spec = (text_in, part, {n: [o for _, o in r] for n, r in regions.items()}, bool(coarse_d), inp.level, p, bp)
+            deps = [d for r in regions.values() for d, _ in r] + coarse_d
+            entries.setdefault(t, []).append((inp.index, spec, deps))
 
-    # 3-4: one task per tile adds the pieces of every input that reaches it and finalises the tile
+    # one task per tile (and exposure group) drizzles every input that reaches it and finalises the tile
     rp = dict(weight_type=p.weight_name, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
               propagate_dq=p.propagate_dq)
     gkeys = list(groups)
+    token = tokenize(text_out, [i.ds.attrs["wcs_asdf"] for i in inps], [c.blocks.ravel().tolist() for c in
+                     all_chunked], tiles, p, psr, single, sorted(groups.items(), key=str))
     per_group = []
-    for gid in gkeys:
+    for gpos, gid in enumerate(gkeys):
         members = groups[gid]
         pos_of = {k: pos for pos, k in enumerate(members)}
         nplanes = (len(members) - 1) // 32 + 1
@@ -575,13 +720,15 @@ def _build_graph(inps, groups, blocks, wcs_out, out_shape, tile_shape, p, psr, s
                 t = iy * len(xs) + ix
                 tile = tiles[t]
                 tshape = (tile[1] - tile[0], tile[3] - tile[2])
-                mine = [(k, d) for k, d in pieces.get(t, []) if k in pos_of]
+                mine = [(k, spec, deps) for k, spec, deps in entries.get(t, []) if k in pos_of]
                 if not mine:
                     row.append(_empty_tile(tshape, nplanes, final_p))
                     continue
-                owners = [(pos_of[k] if p.enable_ctx else None, inps[k].tmeasure) for k, _ in mine]
-                fin = dask.delayed(_driz.reduce_tile, pure=True)([d for _, d in mine], owners, tile, nplanes, rp,
-                                                                 final_p)
+                specs = [_TileInput(*spec, (pos_of[k] if p.enable_ctx else None, inps[k].tmeasure))
+                         for k, spec, _ in mine]
+                deps = [d for _, _, ds in mine for d in ds]
+                fin = dask.delayed(_tile_task)(specs, deps, text_out, tile, nplanes, rp, final_p,
+                                               dask_key_name=f"resample-tile-{token}-{gpos}-{t}")
                 row.append(_tile_arrays(fin, tshape, nplanes, final_p))
             rows.append(row)
         per_group.append((nplanes, rows))
@@ -657,6 +804,44 @@ def _empty_tile(tshape, nplanes, final_p):
         "var_flat": da.full(tshape, np.nan, dtype=np.float32),
         "var_poisson": da.full(tshape, np.nan, dtype=np.float32),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunked:
+    """A 2-D dask array as its chunks (one delayed object each) and the chunks' edges."""
+
+    blocks: np.ndarray  # of Delayed, (nby, nbx)
+    ys: np.ndarray  # chunk edges, nby + 1
+    xs: np.ndarray
+
+    @classmethod
+    def of(cls, arr):
+        return cls(arr.to_delayed(optimize_graph=False), np.cumsum((0, *arr.chunks[0])),
+                   np.cumsum((0, *arr.chunks[1])))
+
+    def region(self, cut):
+        """The chunks that hold ``cut`` (y0, y1, x0, x1) with their origins, for :func:`_assemble`."""
+        y0, y1, x0, x1 = cut
+        iy = np.flatnonzero((self.ys[:-1] < y1) & (self.ys[1:] > y0)).tolist()
+        ix = np.flatnonzero((self.xs[:-1] < x1) & (self.xs[1:] > x0)).tolist()
+        return [(self.blocks[i, j], (int(self.ys[i]), int(self.xs[j]))) for i in iy for j in ix]
+
+
+def _assemble(chunks, cut):
+    """The region ``cut`` (y0, y1, x0, x1) of an array from the chunks that hold it (a view if one does)."""
+    y0, y1, x0, x1 = cut
+    if len(chunks) == 1:
+        block, (oy, ox) = chunks[0]
+        return np.asarray(block)[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    out = None
+    for block, (oy, ox) in chunks:
+        block = np.asarray(block)
+        if out is None:
+            out = np.empty((y1 - y0, x1 - x0), block.dtype)
+        sy0, sx0 = max(y0, oy), max(x0, ox)
+        sy1, sx1 = min(y1, oy + block.shape[0]), min(x1, ox + block.shape[1])
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = block[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox]
+    return out
 
 
 def _as_dask(var):

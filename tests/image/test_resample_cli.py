@@ -114,3 +114,30 @@ def test_bad_inputs_exit_2(inputs, tmp_path, capsys):
     assert main(["resample", str(tmp_path / "missing.zarr"), "-o", str(out)]) == 2
     assert "no input at" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_memory_limit_sizes_the_tiles(inputs, tmp_path, capsys):
+    """--memory-limit reaches the embedded cluster's workers, and resample sizes its tiles from it."""
+    _, paths = inputs
+    out = tmp_path / "mosaic.zarr"
+    rc = main(["resample", *paths, "-o", str(out), "--pixel-scale-ratio", "0.05", "--no-var", "--workers", "1",
+               "--memory-limit", "1GiB", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "tiles [768, 768]" in printed  # a fifth of 1 GiB per task (1024 px with the default budget)
+    got = xr.open_zarr(out, consolidated=False)
+    assert min(got.data.shape) > 768 and got.data.chunks[0][0] == 768
+
+
+def test_memory_limit_values():
+    import argparse
+
+    from daskcal.cli._common import memory_limit
+
+    assert memory_limit("auto") == "auto"
+    assert memory_limit("1GiB") == 2**30 and memory_limit("1.5 GB") == 1_500_000_000 and memory_limit("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="--memory-limit must be 'auto', 0 or a size"):
+        memory_limit("lots")
+    with pytest.raises(SystemExit) as e:
+        main(["resample", "a.zarr", "-o", "b.zarr", "--memory-limit", "lots"])
+    assert e.value.code == 2
