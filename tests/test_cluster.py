@@ -169,3 +169,14 @@ def test_jobqueue_config_gives_batch_workers_the_same_settings():
 
     config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "jobqueue.yaml").read_text())
     assert config["distributed"]["nanny"]["pre-spawn-environ"] == WORKER_ENVIRON
+
+
+def test_embedded_cluster_without_tls_when_asked(capsys):
+    from daskcal.cli._common import connect_options
+    from daskcal.cli._main import build_parser
+
+    args = build_parser().parse_args(["resample", "x.zarr", "-o", "o.zarr", "--no-tls"])
+    assert connect_options(args)["tls"] is False
+    with connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert client.submit(sum, [1, 2]).result() == 3
