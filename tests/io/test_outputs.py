@@ -222,6 +222,7 @@ def test_scratch_folders_of_killed_runs_are_removed_by_the_next(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.filterwarnings("ignore:Running on a single-machine scheduler:UserWarning")  # older dask says so
 def test_the_callers_scheduler_wins_over_a_default_client(tmp_path, client):
     """With a client as default, ``dask.config.set(scheduler="sync")`` still writes in this thread."""
     import threading
