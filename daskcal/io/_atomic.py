@@ -20,7 +20,7 @@ from daskcal.io._outputs import OutputSet, WorkDirectory, mark_complete, mark_in
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_path", "compute_on_client", "compute_writes", "save", "save_dataset", "save_products", "write_zarr"]
+__all__ = ["PAUSED_TIMEOUT_CONFIG", "WorkersPausedError", "atomic_path", "compute_on_client", "compute_writes", "save", "save_dataset", "save_products", "write_zarr"]
 
 
 @contextlib.contextmanager
@@ -310,6 +310,7 @@ def compute_on_client(client, collections, *, progress: bool = False):
     re-create a store that was removed).
     """
     futures = client.compute(collections)
+    watch = _PauseWatch(client, futures)
     try:
         if progress:
             from distributed import progress as show
@@ -321,7 +322,89 @@ def compute_on_client(client, collections, *, progress: bool = False):
         with contextlib.suppress(Exception):
             client.cancel(futures)
             _wait_until_stopped(client)
+        if watch.error is not None:
+            raise watch.error from None
         raise
+    finally:
+        watch.stop()
+
+
+class WorkersPausedError(ValueError):
+    """A worker stayed paused for lack of memory while no task could run: the run's tasks need more
+    memory per worker than the workers have (a setting to change, not a failure of the data)."""
+
+
+#: Dask configuration key: seconds during which a worker may stay paused (at distributed's
+#: ``distributed.worker.memory.pause`` fraction of its memory limit) while no task runs, before a
+#: run is stopped (``DASK_DASKCAL__PAUSED_TIMEOUT`` in the environment).
+PAUSED_TIMEOUT_CONFIG = "daskcal.paused-timeout"
+
+
+class _PauseWatch:
+    """Stops a computation that stalls because a worker is paused for memory.
+
+    A worker over ``distributed.worker.memory.pause`` (80%) of its memory limit stops taking
+    tasks until its memory falls. When it holds more than that for good (a tile, a block or a
+    buffer larger than the limit allows, beside the ~450 MB a worker holds after importing
+    the kernels) and the other workers wait on it, the run waits forever without an error:
+    seen with the outlier step on 2 workers of 1 GiB, in one run of three. This thread asks
+    the scheduler every 2 s; once a worker has been paused while no worker ran a task for
+    ``daskcal.paused-timeout`` seconds (default 120), it cancels the futures and the run fails
+    with :class:`WorkersPausedError`, naming the workers' limit and the settings to change.
+    """
+
+    def __init__(self, client, futures) -> None:
+        import threading
+
+        import dask
+
+        self.client, self.futures = client, futures
+        self.timeout = float(dask.config.get(PAUSED_TIMEOUT_CONFIG, 120))
+        self.error: WorkersPausedError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="daskcal-pause-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+
+        since = None
+        interval = min(2.0, max(self.timeout / 4, 0.05))
+        while not self._stop.wait(interval):
+            try:
+                workers = list(self.client.scheduler_info()["workers"].values())
+            except Exception:  # noqa: BLE001 - a closing client: nothing to watch
+                return
+            if _stalled(workers):
+                since = since if since is not None else time.monotonic()
+                if time.monotonic() - since >= self.timeout:
+                    self.error = WorkersPausedError(_paused_message(workers, self.timeout))
+                    with contextlib.suppress(Exception):
+                        self.client.cancel(self.futures)
+                    return
+            else:
+                since = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _stalled(workers: list) -> bool:
+    """A worker is paused for memory and no worker is running a task (the others wait on it, or all are paused)."""
+    if not workers or not any(w.get("status") == "paused" for w in workers):
+        return False
+    return not any((w.get("metrics") or {}).get("task_counts", {}).get("executing", 0) for w in workers)
+
+
+def _paused_message(workers: list, seconds: float) -> str:
+    from dask.utils import format_bytes
+
+    limits = sorted({w.get("memory_limit") or 0 for w in workers})
+    limit = " / ".join(format_bytes(n) for n in limits if n) or "no limit"
+    paused = sum(w.get("status") == "paused" for w in workers)
+    return (f"{paused} of {len(workers)} workers paused at their memory limit ({limit} each) and no task ran for "
+            f"{seconds:.0f} s with work left: the tasks need more memory than that; raise --memory-limit (or run "
+            f"fewer workers with more memory each), or make the work smaller: --tile-shape, --buffer-size, --chunks")
 
 
 def _wait_until_stopped(client, timeout: float = 60.0) -> None:

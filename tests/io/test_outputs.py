@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import sys
 
 import dask
@@ -238,3 +239,38 @@ def test_the_callers_scheduler_wins_over_a_default_client(tmp_path, client):
     with dask.config.set(scheduler="sync"):
         save_products({"rate": ds}, tmp_path / "a")
     assert threads == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_workers_paused_for_good_stop_the_run_with_a_setting_to_change(tmp_path, progress, capsys):
+    """Workers whose memory stays over the pause fraction never run the tasks: the run fails, naming
+    --memory-limit, instead of waiting forever (a 1 GiB worker did with the outlier step)."""
+    import psutil
+    from distributed import Client, LocalCluster
+
+    from daskcal.io._atomic import PAUSED_TIMEOUT_CONFIG, WorkersPausedError
+
+    rss = psutil.Process().memory_info().rss  # in-process workers measure this process: over 80% of the limit
+    with dask.config.set({PAUSED_TIMEOUT_CONFIG: 1.0}), \
+            LocalCluster(n_workers=1, processes=False, memory_limit=int(rss / 0.9), dashboard_address=None) as lc, \
+            Client(lc) as c:
+        deadline = time.monotonic() + 20
+        while not all(w.get("status") == "paused" for w in c.scheduler_info()["workers"].values()):
+            assert time.monotonic() < deadline, "the worker never paused"
+            time.sleep(0.1)
+        with pytest.raises(WorkersPausedError, match="raise --memory-limit"):
+            save_products({"rate": _ds(1.0)}, tmp_path / "out", progress=progress)
+    assert _stages(tmp_path / "out") == [] if (tmp_path / "out").exists() else True
+
+
+def test_a_stall_is_a_paused_worker_while_no_task_runs():
+    from daskcal.io._atomic import _stalled
+
+    def worker(status, executing):
+        return {"status": status, "metrics": {"task_counts": {"executing": executing} if executing else {}}}
+
+    assert _stalled([worker("paused", 0), worker("running", 0)])  # the other waits on the paused one
+    assert _stalled([worker("paused", 0), worker("paused", 0)])
+    assert not _stalled([worker("paused", 0), worker("running", 1)])  # work goes on
+    assert not _stalled([worker("running", 0), worker("running", 0)])
+    assert not _stalled([])
