@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import warnings
 
 import numpy as np
 from numba import njit

@@ -80,7 +80,6 @@ def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool 
     Runs on the default ``distributed.Client`` if there is one (cancelling its tasks if the
     write fails or is interrupted), else on dask's current scheduler.
     """
-    import dask
 
     with naming_path(store):
         # every chunk, even one equal to the fill value: a missing chunk reads as an error (daskcal.io._zarr_read)

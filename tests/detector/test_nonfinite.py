@@ -88,7 +88,7 @@ def test_the_count_shares_the_fit_with_the_writes(case, tmp_path, monkeypatch):
     _, with_nan, _, bad = case
     result = detector1(with_nan, chunks=(16, 28))  # 3 x 2 chunks
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+            Client(cluster):
         paths, (n,) = save_products({"rate": result.rate, "rateints": result.rateints}, tmp_path / "out",
                                     also=(result.n_nonfinite,))
         assert n == bad.sum() and set(paths) == {"rate", "rateints"}
