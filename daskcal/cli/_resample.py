@@ -134,16 +134,17 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     """Open the inputs, connect, build the mosaic graph (validating everything; tiles sized for the workers),
     run it and write OUT atomically."""
     from daskcal.cluster import connect
-    from daskcal.image._io import open_images
+    from daskcal.image._io import expand_inputs, open_images
     from daskcal.image._resample import resample
     from daskcal.io._atomic import write_zarr
     from daskcal.io._outputs import OutputSet
 
     output = Path(output)
+    members = expand_inputs(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))
     outputs = OutputSet([output, fits_path(output)] if fits else [output], overwrite=overwrite,
-                        inputs=[p for p in inputs if not str(p).endswith(".json")] + _asn_members(inputs))
+                        inputs=[*inputs, *members])  # association files and their members
     outputs.check()
-    images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))
+    images = open_images(members)
     mpix = sum(im["data"].size for im in images) / 1e6
     with outputs:  # the output folder is proven writable before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
@@ -171,24 +172,6 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     if fits:
         print(f"fits: {fits_path(output)}")
     return output
-
-
-def _asn_members(inputs) -> list[Path]:
-    """Files named by association JSON inputs (relative to the association), for the overlap check."""
-    import json
-
-    members = []
-    for p in inputs:
-        if str(p).endswith(".json") and Path(p).is_file():
-            try:
-                asn = json.loads(Path(p).read_text())
-            except (OSError, ValueError):
-                continue  # open_images reports a bad association
-            for product in asn.get("products", []) if isinstance(asn, dict) else []:
-                for m in product.get("members", []) if isinstance(product, dict) else []:
-                    if isinstance(m, dict) and isinstance(m.get("expname"), str):
-                        members.append(Path(p).parent / m["expname"])
-    return members
 
 
 def _check_fits_export(mosaic) -> None:

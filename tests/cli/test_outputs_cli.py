@@ -6,6 +6,7 @@ Signals and concurrent runs are tested on real ``daskcal`` processes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -64,6 +65,11 @@ def test_an_output_that_is_an_input_is_refused_before_running(tmp_path, capsys):
     err = capsys.readouterr()
     assert "is the input" in err.err and "dashboard" not in err.out
     assert main(["outliers", str(stores[0]), str(stores[1]), "-o", str(tmp_path), "--overwrite"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    asn = tmp_path / "asn.json"  # a member of an association is an input too
+    asn.write_text(json.dumps({"products": [{"members": [{"expname": s.name} for s in stores]}]}))
+    listing = sorted([*listing, "asn.json"])
+    assert main(["resample", str(asn), "-o", str(stores[1]), "--overwrite"]) == 2
     assert "is the input" in capsys.readouterr().err
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == listing
 
