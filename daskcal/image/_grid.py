@@ -1,10 +1,14 @@
 """The output (mosaic) grid: a TAN gwcs built from input footprints, a size check, and tile sizes.
 
-Follows the reference recipe (``stcal.alignment.util.wcs_from_sregions``): the
-fiducial is the centre of the inputs' corner footprints, the pixel scale is the
-first input's scale times ``pixel_scale_ratio`` (or ``pixel_scale``), and the
-bounding box covers every input. All of it runs on the client and allocates
-nothing.
+Follows the reference recipe (``stcal.alignment.util.wcs_from_sregions``, which
+the jwst resample step calls): the fiducial is the centre of the inputs' corner
+footprints and the bounding box covers every input. Where the first input carries
+JWST pointing metadata (attribute ``wcsinfo`` with ``ra_ref``, ``dec_ref``,
+``roll_ref``, ``v3yangle``, ``vparity``, read from ``meta.wcsinfo``), the
+orientation comes from the telescope roll (:func:`jwst_pc_matrix`) and the pixel
+scale is measured at the reference point (``ra_ref``, ``dec_ref``), exactly as
+jwst does; otherwise both are measured on the first input's WCS at the centre of
+its bounding box. All of it runs on the client and allocates nothing.
 
 Tiles are sized from a memory budget per tile task (:func:`tile_budget`,
 :func:`tile_side`): Dask config ``daskcal.resample.tile-memory``, and with a
@@ -24,6 +28,7 @@ import numpy as np
 from daskcal.image._dataset import get_wcs
 
 __all__ = ["output_wcs", "resolve_output_wcs", "check_output_size", "pixel_scale_of", "max_output_bytes",
+           "jwst_pc_matrix", "footprint_union", "s_region_of",
            "WorkerMemory", "worker_memory", "tile_task_bytes", "tile_budget", "tile_side", "check_task_fits"]
 
 CONFIG_KEY = "daskcal.resample.max-output-memory"
@@ -72,12 +77,19 @@ def _fiducial(footprints):
     return ra, dec
 
 
-def pixel_scale_of(wcs, shape=None) -> float:
-    """Pixel scale (deg/px) of a WCS at the centre of its bounding box: sqrt(sx * sy)."""
+def pixel_scale_of(wcs, shape=None, at=None) -> float:
+    """Pixel scale (deg/px) of a WCS: sqrt(sx * sy) over one pixel step in x and in y.
+
+    Measured at the centre of its bounding box, or at the sky position ``at`` =
+    (RA, Dec) in deg (the reference's rule at ``meta.wcsinfo``'s ``ra_ref``, ``dec_ref``).
+    """
     from astropy.coordinates import SkyCoord
 
-    (x0, x1), (y0, y1) = _bbox(wcs, shape)
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    if at is None:
+        (x0, x1), (y0, y1) = _bbox(wcs, shape)
+        cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    else:
+        cx, cy = (float(v) for v in wcs.invert(float(at[0]), float(at[1]), with_bounding_box=False))
     ra, dec = wcs([cx, cx + 1, cx], [cy, cy, cy + 1], with_bounding_box=False)
     c = SkyCoord(ra, dec, unit="deg")
     return float(math.sqrt(c[0].separation(c[1]).deg * c[0].separation(c[2]).deg))
@@ -92,6 +104,83 @@ def _rotation_of(wcs, shape=None) -> float:
     ra, dec = wcs([cx, cx], [cy, cy + 1], with_bounding_box=False)
     c = SkyCoord(ra, dec, unit="deg")
     return float(c[0].position_angle(c[1]).deg)
+
+
+#: ``meta.wcsinfo`` keys the jwst grid rule needs.
+WCSINFO_KEYS = ("ra_ref", "dec_ref", "roll_ref", "v3yangle", "vparity")
+
+
+def _wcsinfo_of(image) -> dict | None:
+    """The pointing metadata of an image dataset when it has all of :data:`WCSINFO_KEYS`, else None."""
+    return _wcsinfo_values(getattr(image, "attrs", {}).get("wcsinfo"))
+
+
+def _wcsinfo_values(info) -> dict | None:
+    if not isinstance(info, dict):
+        return None
+    try:
+        values = {k: float(info[k]) for k in WCSINFO_KEYS}
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in values.values()) or values["vparity"] not in (1.0, -1.0):
+        return None
+    return values
+
+
+def jwst_pc_matrix(roll_ref: float, v3yangle: float, vparity: float, rotation: float | None = None) -> np.ndarray:
+    """The output grid's PC matrix by the JWST rule (stcal ``calc_rotation_matrix``).
+
+    Angles in degrees. The relative angle is ``roll_ref - vparity * v3yangle``, or
+    ``rotation`` (position angle of the output +y axis east of north) when given;
+    ``vparity`` (+1 or -1, the SIAF ``VIdlParity``) sets the x-axis parity, so
+    ``vparity = -1`` with ``rotation = 0`` puts north up and east left.
+    """
+    a = math.radians(float(rotation)) if rotation is not None else math.radians(float(roll_ref)) - vparity * math.radians(float(v3yangle))
+    vp = float(vparity)
+    return np.array([[vp * math.cos(a), math.sin(a)], [-vp * math.sin(a), math.cos(a)]])
+
+
+def footprint_union(footprints):
+    """Union of footprints (each an (N, 2) array of RA, Dec vertices in deg) as spherical polygons.
+
+    Returns a ``spherical_geometry.polygon.SphericalPolygon`` (possibly of several
+    disjoint pieces).
+    """
+    from spherical_geometry.polygon import SphericalPolygon
+
+    polys = []
+    for f in footprints:
+        f = np.asarray(f, dtype=float)
+        ra, dec = f[:, 0], f[:, 1]
+        centre = _fiducial([f])
+        polys.append(SphericalPolygon.from_radec(np.append(ra, ra[0]), np.append(dec, dec[0]), center=centre))
+    if len(polys) == 1:
+        return polys[0]
+    return SphericalPolygon.multi_union(polys)
+
+
+def s_region_of(footprints) -> str:
+    """``S_REGION`` (STC-S) of the union of footprints: one ``POLYGON ICRS`` per disjoint piece.
+
+    Vertices in deg (RA in [0, 360)), 9 decimals as the reference writes them; several
+    pieces are written as ``UNION ICRS ( POLYGON ... POLYGON ... )``.
+    """
+    union = footprint_union(footprints)
+    pieces = []
+    for ra, dec in union.to_radec():
+        ra, dec = np.asarray(ra)[:-1] % 360.0, np.asarray(dec)[:-1]
+        pieces.append(" ".join(f"{r:.9f} {d:.9f}" for r, d in zip(ra, dec)))
+    if len(pieces) == 1:
+        return f"POLYGON ICRS  {pieces[0]}"
+    return "UNION ICRS ( " + " ".join(f"POLYGON {p}" for p in pieces) + " )"
+
+
+def input_footprints(images) -> list[np.ndarray]:
+    """(4, 2) RA, Dec corner footprints (deg, bounding-box edges) of image datasets or gwcs WCSs."""
+    images = list(images)
+    wcss = [_as_wcs(im) for im in images]
+    shapes = [None if hasattr(im, "forward_transform") else tuple(im["data"].shape) for im in images]
+    return [_footprint(w, s) for w, s in zip(wcss, shapes)]
 
 
 def max_output_bytes(limit=None) -> int:
@@ -143,10 +232,17 @@ def output_wcs(
     crval: Sequence[float] | None = None,
     output_shape: Sequence[int] | None = None,
     *,
+    wcsinfo=None,
     max_output_memory=None,
     bytes_per_pixel: float = 28.0,
 ):
     """Build the mosaic WCS covering every input.
+
+    The jwst resample step's rule (``stcal.alignment.util.wcs_from_sregions``)
+    applies where the first input has JWST pointing metadata (attribute
+    ``wcsinfo``, or ``wcsinfo=``): orientation from ``roll_ref``, ``v3yangle``,
+    ``vparity`` and the pixel scale at ``ra_ref``, ``dec_ref``. Without it, both
+    are measured on the first input's WCS at its centre.
 
     Parameters
     ----------
@@ -158,13 +254,19 @@ def output_wcs(
         Output pixel scale over the first input's pixel scale (at its centre).
     rotation : float, optional
         Angle (deg) of the output +y axis east of north; 0 puts north up and east
-        left. Default: the orientation of the first input.
+        left (with JWST metadata, east is on the side ``vparity`` gives: left for
+        -1, as for every JWST imager). Default: the telescope roll with JWST
+        metadata, else the orientation of the first input.
     crpix : (float, float), optional
         Pixel (x, y; 0-based) of the fiducial. Default: so the inputs start at pixel 0.
     crval : (float, float), optional
         Fiducial RA, Dec (deg). Default: the centre of the input footprints.
     output_shape : (int, int), optional
         ``(nx, ny)``, as the reference takes it. Default: the bounding box of all inputs.
+    wcsinfo : mapping, optional
+        JWST pointing metadata of the reference (first) input (``meta.wcsinfo``: ``ra_ref``,
+        ``dec_ref`` in deg, ``roll_ref``, ``v3yangle`` in deg, ``vparity`` +1/-1). Default:
+        the first input's ``wcsinfo`` attribute when it has all five.
     max_output_memory : int or str, optional
         Largest allowed size of the output planes; see :func:`max_output_bytes`.
     bytes_per_pixel : float, default 28.0
@@ -192,6 +294,14 @@ def output_wcs(
     shapes = [None if hasattr(im, "forward_transform") else tuple(im["data"].shape) for im in images]
     footprints = [_footprint(w, s) for w, s in zip(wcss, shapes)]
     ra0, dec0 = (float(crval[0]), float(crval[1])) if crval is not None else _fiducial(footprints)
+    if wcsinfo is not None:
+        info = _wcsinfo_values(dict(wcsinfo))
+        if info is None:
+            msg = (f"wcsinfo must have finite {', '.join(WCSINFO_KEYS)} (vparity +1 or -1); "
+                   f"got {dict(wcsinfo)!r}")
+            raise ValueError(msg)
+    else:
+        info = _wcsinfo_of(images[0])
     if pixel_scale is not None:
         if not pixel_scale > 0:
             msg = f"pixel_scale must be positive (arcsec); got {pixel_scale}"
@@ -201,9 +311,13 @@ def output_wcs(
         if not pixel_scale_ratio > 0:
             msg = f"pixel_scale_ratio must be positive; got {pixel_scale_ratio}"
             raise ValueError(msg)
-        scale = pixel_scale_of(wcss[0], shapes[0]) * float(pixel_scale_ratio)
-    th = math.radians(_rotation_of(wcss[0], shapes[0]) if rotation is None else float(rotation))
-    pc = np.array([[-math.cos(th), math.sin(th)], [math.sin(th), math.cos(th)]])
+        at = None if info is None else (info["ra_ref"], info["dec_ref"])
+        scale = pixel_scale_of(wcss[0], shapes[0], at=at) * float(pixel_scale_ratio)
+    if info is not None:
+        pc = jwst_pc_matrix(info["roll_ref"], info["v3yangle"], info["vparity"], rotation)
+    else:
+        th = math.radians(_rotation_of(wcss[0], shapes[0]) if rotation is None else float(rotation))
+        pc = np.array([[-math.cos(th), math.sin(th)], [math.sin(th), math.cos(th)]])
     core = (
         models.Scale(scale) & models.Scale(scale)
         | models.AffineTransformation2D(matrix=pc)

@@ -454,13 +454,9 @@ def _time_totals(inps: list[_Input]) -> dict:
     }
 
 
-def _s_region(wcs_out, shape) -> str:
-    ny, nx = shape
-    x = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
-    y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
-    ra, dec = wcs_out(x, y, with_bounding_box=False)
-    pts = " ".join(f"{r % 360:.9f} {d:.9f}" for r, d in zip(ra, dec))
-    return f"POLYGON ICRS  {pts}"
+def _s_region(inps) -> str:
+    """``S_REGION`` of a mosaic: the union of its inputs' footprints (spherical polygons)."""
+    return _grid.s_region_of([_grid._footprint(i.wcs, i.shape) for i in inps])
 
 
 def resample(
@@ -592,6 +588,7 @@ def resample(
     groups = _groups(inps) if single else {None: [i.index for i in inps]}
     ds = _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, params, psr, single)
     ds.attrs.update(_attrs(inps, wcs_out, out_shape, params, psr, out_scale, tile_shape))
+    ds.attrs["s_region"] = _s_region([i for i in inps if parts[i.index]])
     del inps_ds
     return ds
 
@@ -621,7 +618,6 @@ def _attrs(inps, wcs_out, out_shape, p, psr, out_scale, tile_shape):
     a = _time_totals(inps)
     a.update(
         wcs_asdf=wcs_to_text(wcs_out),
-        s_region=_s_region(wcs_out, out_shape),
         pixel_scale=out_scale * 3600.0,
         pixel_scale_ratio=psr,
         pixelarea_arcsecsq=(out_scale * 3600.0) ** 2,
