@@ -1,0 +1,241 @@
+"""The image3 pipeline: tweakreg -> skymatch -> outlier detection -> resample, as calwebb_image3 runs them.
+
+:func:`image3` chains the public steps. Alignment (source catalogs) and sky matching
+(sky statistics) compute small results and run when it is called, on the current
+``distributed`` client or Dask's threaded scheduler; outlier detection and resample
+stay lazy, so the flagged exposures (``_crf``) and the mosaic (``_i2d``) are written
+by one computation that shares their tasks (:mod:`daskcal.cli._image3` does that).
+
+Every step takes its parameters as a mapping of the keyword arguments of its public
+function (:func:`daskcal.align`, :func:`daskcal.match_sky`, :func:`daskcal.flag_outliers`,
+:func:`daskcal.resample`); ``{"skip": True}`` skips it, as ``--steps.<step>.skip``
+does in jwst's ``strun``. Defaults are each step's documented defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["image3", "Image3Result", "STEP_NAMES", "nan_outliers"]
+
+log = logging.getLogger("daskcal.image3")
+
+#: The steps of image3, in the order they run (jwst's step names).
+STEP_NAMES = ("tweakreg", "skymatch", "outlier_detection", "resample")
+
+
+@dataclasses.dataclass
+class Image3Result:
+    """What :func:`image3` returns.
+
+    Attributes
+    ----------
+    mosaic : xarray.Dataset
+        The lazy mosaic (:func:`daskcal.resample` output) with ``cal_step`` and the
+        association's product name (``name``) in its attributes.
+    images : list of xarray.Dataset
+        The exposures as the pipeline leaves them (jwst's ``_crf``): aligned WCS,
+        sky level (``level``/``subtracted``), outlier flags in ``dq`` with ``data``,
+        ``err`` and ``var_*`` set to NaN where this run flagged an outlier. Lazy.
+    alignment, sky, outliers : step results or None
+        :class:`daskcal.image._align.AlignResult`, :class:`daskcal.image._skymatch.SkyMatchResult`,
+        :class:`daskcal.OutlierResult`; None for a skipped step.
+    product_name : str
+        Name of the product (the association's ``products[0].name``, else ``product_name=``).
+    """
+
+    mosaic: xr.Dataset | None
+    images: list
+    alignment: Any = None
+    sky: Any = None
+    outliers: Any = None
+    product_name: str = "image3"
+    cal_step: dict = dataclasses.field(default_factory=dict)
+
+    def cleanup(self) -> None:
+        """Remove the outlier step's temporary stack (compute or save the products first)."""
+        if self.outliers is not None:
+            self.outliers.cleanup()
+
+
+def _step_params(name: str, value) -> tuple[bool, dict]:
+    """(skip, keyword arguments) of one step from ``None`` (defaults), ``False`` (skip) or a mapping."""
+    if value is None or value is True:
+        return False, {}
+    if value is False:
+        return True, {}
+    if not isinstance(value, Mapping):
+        msg = f"image3: {name}= must be a mapping of parameters, True/None (defaults) or False (skip); got {value!r}"
+        raise TypeError(msg)
+    params = dict(value)
+    skip = params.pop("skip", False)
+    if not isinstance(skip, (bool, np.bool_)):
+        msg = f"image3: {name}.skip must be true or false; got {skip!r}"
+        raise ValueError(msg)
+    return bool(skip), params
+
+
+def _open(images, allow_outside_asn: bool) -> tuple[list[xr.Dataset], str | None]:
+    """Image datasets and the association's product name from datasets, paths or association files."""
+    from daskcal.image._io import open_images
+
+    if isinstance(images, xr.Dataset):
+        msg = "image3 needs a sequence of exposures (datasets or paths), not one dataset"
+        raise TypeError(msg)
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    images = list(images)
+    if not images:
+        msg = "image3 needs at least one input exposure"
+        raise ValueError(msg)
+    if all(isinstance(im, xr.Dataset) for im in images):
+        return images, None
+    if any(isinstance(im, xr.Dataset) for im in images):
+        msg = "image3: give either datasets or paths, not both"
+        raise TypeError(msg)
+    return open_images(images, allow_outside_asn=allow_outside_asn), _product_name(images)
+
+
+def _product_name(paths) -> str | None:
+    """``products[0].name`` of the first association among ``paths``, if any."""
+    import json
+    from pathlib import Path
+
+    for p in paths:
+        p = Path(p)
+        if p.suffix.lower() == ".json":
+            try:
+                name = json.loads(p.read_text())["products"][0].get("name")
+            except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+                return None  # expand_inputs (open_images) has already said what is wrong with it
+            return str(name) if name else None
+    return None
+
+
+def nan_outliers(before: xr.Dataset, after: xr.Dataset) -> xr.Dataset:
+    """``after`` with ``data``, ``err`` and ``var_*`` set to NaN where the outlier step newly set OUTLIER.
+
+    As jwst's outlier detection does to the exposures it writes (``_crf``): the pixels
+    it flags lose their values, not only their weight. Pixels already flagged
+    OUTLIER before the step are left as they were. Lazy.
+    """
+    from daskcal.dq import DQ
+
+    bit = np.uint32(DQ.OUTLIER)
+    new = ((after["dq"] & bit) != 0) & ((before["dq"] & bit) == 0)
+    out = {}
+    for name in ("data", "err", "var_poisson", "var_rnoise", "var_flat", "var_sky"):
+        if name in after:
+            var = after[name]
+            out[name] = var.where(~new, var.dtype.type(np.nan))
+    return after.assign(out)
+
+
+def image3(
+    images,
+    *,
+    tweakreg: Mapping | bool | None = None,
+    skymatch: Mapping | bool | None = None,
+    outlier_detection: Mapping | bool | None = None,
+    resample: Mapping | bool | None = None,
+    product_name: str | None = None,
+    allow_outside_asn: bool = False,
+) -> Image3Result:
+    """Run calwebb_image3's steps on exposures: align, match sky, flag outliers, resample.
+
+    Parameters
+    ----------
+    images : sequence of xarray.Dataset, or paths
+        Calibrated exposures (:func:`daskcal.open_images` datasets), or paths of
+        ``_cal.fits`` files, image Zarr stores and/or a JWST level-3 association JSON
+        (only its ``science`` members are combined; a member's ``group_id`` overrides).
+        Not modified.
+    tweakreg, skymatch, outlier_detection, resample : mapping, True/None or False
+        Keyword arguments of :func:`daskcal.align`, :func:`daskcal.match_sky`,
+        :func:`daskcal.flag_outliers` and :func:`daskcal.resample`; ``None`` runs the
+        step with its defaults, ``False`` or ``{"skip": True}`` skips it.
+    product_name : str, optional
+        Product name (the ``_i2d`` prefix). Default: the association's
+        ``products[0].name``, else ``"image3"``.
+    allow_outside_asn : bool, default False
+        Read association members outside the association's folder.
+
+    Returns
+    -------
+    Image3Result
+        The lazy mosaic and exposures, and each step's result. Call
+        :meth:`Image3Result.cleanup` after saving to remove the outlier step's
+        temporary stack.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad inputs or parameters, reported by the step that owns them before any
+        of that step's computation runs.
+    """
+    steps = {"tweakreg": tweakreg, "skymatch": skymatch, "outlier_detection": outlier_detection,
+             "resample": resample}
+    parsed = {name: _step_params(name, value) for name, value in steps.items()}
+    ds_list, asn_name = _open(images, allow_outside_asn)
+    name = product_name or asn_name or "image3"
+    cal_step: dict[str, str] = {}
+    current = list(ds_list)
+
+    def mark(images_: Sequence[xr.Dataset]) -> list[xr.Dataset]:
+        return [im.assign_attrs(cal_step=dict(im.attrs.get("cal_step") or {}) | dict(cal_step)) for im in images_]
+
+    alignment = sky = outliers = None
+    skip, params = parsed["tweakreg"]
+    if skip:
+        cal_step["tweakreg"] = "SKIPPED"
+    else:
+        from daskcal.image._align import align
+
+        alignment = align(current, **params)
+        current = list(alignment.images)
+        cal_step["tweakreg"] = "COMPLETE"
+        log.info("tweakreg: %d exposures aligned", len(current))
+    skip, params = parsed["skymatch"]
+    if skip:
+        cal_step["skymatch"] = "SKIPPED"
+    else:
+        from daskcal.image._skymatch import match_sky
+
+        sky = match_sky(current, **params)
+        current = list(sky.images)
+        cal_step["skymatch"] = "COMPLETE"
+    skip, params = parsed["outlier_detection"]
+    if skip:
+        cal_step["outlier_detection"] = "SKIPPED"
+    else:
+        from daskcal.image._outliers import flag_outliers
+
+        outliers = flag_outliers(current, **params)
+        current = [nan_outliers(b, a) for b, a in zip(current, outliers.images)]
+        cal_step["outlier_detection"] = "COMPLETE"
+    current = mark(current)  # the exposures' own steps (jwst's _crf records these, not resample)
+    skip, params = parsed["resample"]
+    mosaic = None
+    try:
+        if skip:
+            cal_step["resample"] = "SKIPPED"
+        else:
+            from daskcal.image._resample import resample as drizzle
+
+            mosaic = drizzle(current, **params)
+            cal_step["resample"] = "COMPLETE"
+            mosaic = mosaic.assign_attrs(name=name, cal_step=dict(cal_step),
+                                         asn_product=asn_name or "")
+    except BaseException:
+        if outliers is not None:
+            outliers.cleanup()
+        raise
+    return Image3Result(mosaic=mosaic, images=current, alignment=alignment, sky=sky, outliers=outliers,
+                        product_name=name, cal_step=dict(cal_step))
