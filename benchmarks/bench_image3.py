@@ -21,8 +21,8 @@ Cases, each in a fresh process:
 1. reference, one process, inputs in memory, steps one after another:
    tweakreg = per exposure a photutils catalog as jwst's ``make_tweakreg_catalog`` with the
    tweakreg step's defaults (Background2D 400 px boxes, 3x3 filter, 3-sigma clip, median;
-   IRAFStarFinder on the median of background + 10 x RMS, FWHM 2.5, sharpness 0.5-2,
-   roundness 0-0.2, brightest 200), then ``stcal.tweakreg.relative_align`` (tweakwcs
+   IRAFStarFinder on data - background with threshold the median of 10 x the background
+   RMS, FWHM 2.5, sharpness 0.5-2, roundness 0-0.2, brightest 200, separation 2 px), then ``stcal.tweakreg.relative_align`` (tweakwcs
    ``JWSTWCSCorrector`` per exposure with its group id; searchrad 2", separation 1",
    tolerance 0.7", rshift, minobj 15); a plain detector->world WCS gets an equivalent
    ``v2v3`` frame first (tangent plane at the image centre, v2_ref = v3_ref = roll_ref = 0);
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import math
@@ -173,7 +174,13 @@ def _load_test_module(name: str):
 
 
 def tweakreg_catalog(ds):
-    """Sources of one exposure as jwst's make_tweakreg_catalog with the tweakreg step defaults (iraf)."""
+    """Sources of one exposure as jwst's make_tweakreg_catalog (jwst 1.18+) with the tweakreg step defaults (iraf).
+
+    Background2D (box 400 px, 3x3 filter, 3-sigma clip, median) over the pixels without
+    NON_SCIENCE/DO_NOT_USE; the finder runs on data minus background with a scalar
+    threshold, the median of 10 x the background RMS; IRAFStarFinder's minimum
+    separation from minsep_fwhm = 0 is photutils' floor of 2 px.
+    """
     import warnings
 
     import numpy as np
@@ -191,17 +198,18 @@ def tweakreg_catalog(ds):
         warnings.simplefilter("ignore")
         bkg = Background2D(data, p["bkg_boxsize"], filter_size=(3, 3), coverage_mask=coverage,
                            sigma_clip=SigmaClip(sigma=3.0), bkg_estimator=MedianBackground())
-        threshold = float(np.median(bkg.background + p["snr_threshold"] * bkg.background_rms))
+        threshold = float(np.median(p["snr_threshold"] * bkg.background_rms))
         finder = IRAFStarFinder(threshold, p["kernel_fwhm"], sigma_radius=p["sigma_radius"],
                                 sharpness_range=(p["sharplo"], p["sharphi"]),
                                 roundness_range=(p["roundlo"], p["roundhi"]), n_brightest=p["brightest"],
-                                peak_max=p["peakmax"], min_separation=p["minsep_fwhm"] * p["kernel_fwhm"])
-        sources = finder(data, mask=coverage)
+                                peak_max=p["peakmax"],
+                                min_separation=max(2, int(p["minsep_fwhm"] * p["kernel_fwhm"] + 0.5)))
+        sources = finder(data - bkg.background, mask=coverage)
     if sources is None or len(sources) == 0:
         return Table(names=["x", "y"], dtype=[float, float])
-    cat = Table({"x": np.asarray(sources["x_centroid"] if "x_centroid" in sources.colnames else sources["xcentroid"]),
-                 "y": np.asarray(sources["y_centroid"] if "y_centroid" in sources.colnames else sources["ycentroid"])})
-    return cat
+    xname = "x_centroid" if "x_centroid" in sources.colnames else "xcentroid"
+    yname = "y_centroid" if "y_centroid" in sources.colnames else "ycentroid"
+    return Table({"x": np.asarray(sources[xname], float), "y": np.asarray(sources[yname], float)})
 
 
 def with_v2v3(wcs, shape):
@@ -363,9 +371,12 @@ def child_reference(asn: str, save: str, steps: list[str], skymethod: str) -> di
 
 # ---------------------------------------------------------------- daskcal
 
+@functools.cache
 def have_cli() -> bool:
-    """Whether this checkout's CLI has the image3 subcommand."""
-    return importlib.util.find_spec("daskcal.cli._image3") is not None
+    """Whether this checkout's CLI has the image3 subcommand registered (``daskcal image3 --help`` works)."""
+    out = subprocess.run([sys.executable, "-m", "daskcal.cli._main", "image3", "--help"], capture_output=True,
+                         env=_child_env(), check=False)
+    return out.returncode == 0
 
 
 def api_steps() -> list[str]:
@@ -404,8 +415,13 @@ def run_cli(asn: Path, outdir: Path, workers: int, extra: list[str]) -> dict:
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-3000:]}")
-    return {"total": elapsed, "seconds": {}, "peak_mb": sampler.peak_total, "worker_peak_mb": sampler.peak_single_child,
-            "command": " ".join(["python", *cmd[1:]]), "log_tail": (err or out)[-600:]}
+    seconds = {}
+    for line in out.splitlines():  # "image3: 8 exposures in 12.3 s": from image3's call to the products written
+        if line.startswith("image3:") and line.rstrip().endswith(" s"):
+            seconds["image3 + writing (cluster up)"] = float(line.split(" in ")[-1].split()[0])
+    return {"total": elapsed, "seconds": seconds, "peak_mb": sampler.peak_total,
+            "worker_peak_mb": sampler.peak_single_child, "command": " ".join(["python", *cmd[1:]]),
+            "stdout_tail": out[-800:]}
 
 
 def child_api(asn: str, outdir: str, workers: int, steps: list[str], skymethod: str, warm: str | None) -> dict:
@@ -483,7 +499,7 @@ def read_daskcal(outdir: Path) -> dict:
     for p, ds in zip(crf, ims):
         name = ds.attrs.get("name") or p.name.rsplit("_crf", 1)[0]
         by_name[name] = {"outliers": int(((ds["dq"].values & np.uint32(DQ.OUTLIER)) != 0).sum()),
-                         "wcs": ds.attrs["wcs_asdf"]}
+                         "wcs": ds.attrs["wcs_asdf"], "level": ds.attrs.get("level")}
     return {"data": data, "wht": wht, "by_name": by_name}
 
 
@@ -522,7 +538,32 @@ def misalignment_mas(wcs_texts: list[str], truth: dict) -> float:
     return worst
 
 
+def wcs_difference_mas(texts_a: list[str], texts_b: list[str], truth: dict) -> float:
+    """Largest sky distance (mas) between two WCSs of the same exposure, over exposures, centre and corners."""
+    import numpy as np
+
+    from daskcal.image._dataset import wcs_from_text
+
+    worst = 0.0
+    for ta, tb, tt in zip(texts_a, texts_b, truth["true_wcs"]):
+        a, b = wcs_from_text(ta), wcs_from_text(tb)
+        nx, ny = wcs_from_text(tt).pixel_shape
+        x = np.array([(nx - 1) / 2, 0, nx - 1, 0, nx - 1], float)
+        y = np.array([(ny - 1) / 2, 0, 0, ny - 1, ny - 1], float)
+        pa = np.array(a(x, y, with_bounding_box=False))
+        pb = np.array(b(x, y, with_bounding_box=False))
+        dra = ((pa[0] - pb[0] + 180.0) % 360.0 - 180.0) * np.cos(np.radians(pb[1]))
+        worst = max(worst, float(np.max(np.hypot(dra, pa[1] - pb[1]))) * 3.6e6)
+    return worst
+
+
 def compare_mosaics(ref: dict, dc: dict, rtol: float = 1e-4) -> dict:
+    """Where both mosaics have weight: the fraction within ``rtol`` relative, and within ``rtol`` of the largest |value|.
+
+    The mosaic is sky-subtracted, so most pixels are noise about 0 where a relative
+    tolerance alone is stricter than float32 rounding of the steps; the second figure
+    uses ``rtol * max|reference|`` as an absolute floor (as bench_resample does).
+    """
     import numpy as np
 
     a, b = ref["data"], dc["data"]
@@ -530,10 +571,15 @@ def compare_mosaics(ref: dict, dc: dict, rtol: float = 1e-4) -> dict:
         return {"shape_ref": list(a.shape), "shape_daskcal": list(b.shape)}
     both = (ref["wht"] > 0) & (dc["wht"] > 0) & np.isfinite(a) & np.isfinite(b)
     aa, bb = a[both].astype(np.float64), b[both].astype(np.float64)
-    ok = np.abs(aa - bb) <= rtol * np.maximum(np.abs(aa), np.abs(bb))
+    diff = np.abs(aa - bb)
+    scale = float(np.max(np.abs(aa))) if aa.size else 1.0
+    ok = diff <= rtol * np.maximum(np.abs(aa), np.abs(bb))
+    ok_floor = diff <= rtol * np.maximum(np.maximum(np.abs(aa), np.abs(bb)), scale)
     weighted_one = int(np.sum((ref["wht"] > 0) != (dc["wht"] > 0)))
     return {"n_both": int(both.sum()), "agree": float(ok.mean()) if ok.size else float("nan"),
-            "weight_mismatch": weighted_one}
+            "agree_floor": float(ok_floor.mean()) if ok.size else float("nan"), "scale": scale,
+            "max_abs": float(diff.max()) if diff.size else 0.0,
+            "median_abs": float(np.median(diff)) if diff.size else 0.0, "weight_mismatch": weighted_one}
 
 
 # ---------------------------------------------------------------- driver
@@ -559,7 +605,10 @@ def run_daskcal(asn: Path, outdir: Path, args, steps, warm: Path) -> dict:
     if args.api or not have_cli():
         return _run_child(["--child", "api", "--asn", str(asn), "--outdir", str(outdir), "--workers",
                            str(args.workers), "--steps", *steps, "--skymethod", args.skymethod, "--warm", str(warm)])
-    return run_cli(asn, outdir, args.workers, args.cli_arg)
+    extra = list(args.cli_arg)
+    if args.skymethod != "match":
+        extra.append(f"--steps.skymatch.skymethod={args.skymethod}")
+    return run_cli(asn, outdir, args.workers, extra)
 
 
 def main(argv=None) -> int:
@@ -574,6 +623,7 @@ def main(argv=None) -> int:
     ap.add_argument("--format", default="zarr", choices=["zarr", "fits"], help="input exposures as Zarr or _cal.fits")
     ap.add_argument("--cli-arg", action="append", default=[], help="extra argument for daskcal image3 (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=None, help="keep the products of both sides here (default: a temporary folder)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--asn", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--save", default=None, help=argparse.SUPPRESS)
@@ -604,9 +654,13 @@ def main(argv=None) -> int:
              f"inputs {args.format} + association; steps: {', '.join(steps)}; skymethod {args.skymethod}; "
              f"daskcal via {via}, {args.workers} workers x 1 thread"]
     with tempfile.TemporaryDirectory(prefix="bench-image3-") as tmp:
-        tmp = Path(tmp)
+        tmp = Path(args.workdir) if args.workdir else Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         if not (args.api or not have_cli()):
-            run_cli(warm, tmp / "warm", args.workers, args.cli_arg)  # numba's on-disk caches filled; not counted
+            try:  # numba's on-disk caches filled; not counted
+                run_daskcal(warm, tmp / "warm", args, steps, warm)
+            except RuntimeError as exc:  # a warm-up that fails (too few stars to align) still warmed what it reached
+                print(f"warm-up run failed: {str(exc)[-300:]}", file=sys.stderr)
         ref_npz = tmp / "ref.npz"
         loads = [os.getloadavg()[0]]
         ref = _run_child(["--child", "reference", "--asn", str(asn), "--save", str(ref_npz), "--steps", *steps,
@@ -628,13 +682,18 @@ def main(argv=None) -> int:
         before = misalignment_mas([_input_wcs(asn, n) for n in truth["name"]], truth)
         align_ref = misalignment_mas(ref_wcs, truth) if "tweakreg" in steps else None
         align_dc = misalignment_mas(dc_wcs, truth) if "tweakreg" in steps else None
+        sides = {"wcs_mas": wcs_difference_mas(ref_wcs, dc_wcs, truth)}
+        if "skymatch" in steps:
+            dc_levels = [got["by_name"][n]["level"] for n in truth["name"]]
+            sides["levels"] = (ref["sky_levels"], dc_levels)
         large = None
         if not args.skip_large:
             print(f"preparing inputs ({args.n_large} x {shape}) ...", flush=True)
             asn_l = prepare(args.n_large, shape, seed=args.seed, cosmic_rays=ncr, fmt=args.format)
             large = run_daskcal(asn_l, tmp / "daskcal-large", args, steps, warm)
             print("daskcal large", json.dumps(large), flush=True)
-    lines += _report(ref, dc, cmp, sum(ref["outliers"]), sum(dc_outliers), before, align_ref, align_dc, large, args)
+    lines += _report(ref, dc, cmp, sum(ref["outliers"]), sum(dc_outliers), before, align_ref, align_dc, large, args,
+                     sides)
     lines.append(f"# 1-minute load average before the reference, before and after daskcal: "
                  f"{', '.join(f'{v:.2f}' for v in loads)} (2 cores shared with other work make these numbers noisy)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -653,7 +712,7 @@ def _input_wcs(asn: Path, name: str) -> str:
     return open_images([asn.parent / m["expname"]])[0].attrs["wcs_asdf"]
 
 
-def _report(ref, dc, cmp, n_ref, n_dc, before, align_ref, align_dc, large, args) -> list[str]:
+def _report(ref, dc, cmp, n_ref, n_dc, before, align_ref, align_dc, large, args, sides) -> list[str]:
     ref_wall = ref["total"] + ref["read_seconds"]
     what = ("image3 reading the inputs lazily + writing the products, on a warm cluster" if "cluster_seconds" in dc
             else "the whole command from a cold start: imports, cluster, reading, writing the products")
@@ -669,8 +728,10 @@ def _report(ref, dc, cmp, n_ref, n_dc, before, align_ref, align_dc, large, args)
              f"# speed-up {ref['total'] / dc['total']:.2f}x over the reference's steps, {ref_wall / dc['total']:.2f}x over "
              f"its steps + reading (daskcal: {what}); peak memory daskcal/reference {dc['peak_mb'] / ref['peak_mb']:.2f}"]
     if "agree" in cmp:
-        lines.append(f"# mosaic: {cmp['agree'] * 100:.4f}% of the {cmp['n_both']} pixels both weight agree within 1e-4 "
-                     f"relative; {cmp['weight_mismatch']} pixels weighted in only one")
+        lines.append(f"# mosaic: of the {cmp['n_both']} pixels both weight, {cmp['agree'] * 100:.4f}% agree within 1e-4 "
+                     f"relative, {cmp['agree_floor'] * 100:.4f}% within 1e-4 of max(|value|, largest |value| "
+                     f"{cmp['scale']:.4g}); |difference| median {cmp['median_abs']:.2e}, max {cmp['max_abs']:.2e}; "
+                     f"{cmp['weight_mismatch']} pixels weighted in only one")
     else:
         lines.append(f"# mosaic shapes differ: reference {cmp['shape_ref']}, daskcal {cmp['shape_daskcal']}")
     lines.append(f"# outlier pixels flagged: reference {n_ref}, daskcal {n_dc}")
@@ -680,6 +741,14 @@ def _report(ref, dc, cmp, n_ref, n_dc, before, align_ref, align_dc, large, args)
         lines.append(f"# largest relative misalignment between exposures: injected {before:.0f} mas, after the "
                      f"reference's tweakreg {align_ref:.1f} mas, after daskcal's {align_dc:.1f} mas "
                      f"(reference fit: {', '.join(sorted(set(ref.get('fit_status', []))))})")
+    line = f"# daskcal vs reference, same exposure: WCS differ by at most {sides['wcs_mas']:.3f} mas"
+    if "levels" in sides:
+        import numpy as np
+
+        lr, ld = (np.array(v, float) for v in sides["levels"])
+        line += (f"; sky levels (unit of data) differ by at most {np.max(np.abs(lr - ld)):.2e} (reference "
+                 f"{', '.join(f'{v:.4f}' for v in lr[::2])} per group)")
+    lines.append(line)
     if large is not None:
         lines.append(f"# {args.n_large} exposures, daskcal only: {large['total']:.1f} s, summed peak "
                      f"{large['peak_mb']:.0f} MB (largest worker {large['worker_peak_mb']:.0f} MB) vs {dc['peak_mb']:.0f} MB "
