@@ -454,8 +454,9 @@ def child_api(asn: str, outdir: str, workers: int, steps: list[str], skymethod: 
             t0 = time.perf_counter()
             t_eager, t_save = _api_run(asn, outdir, kw)
             total = time.perf_counter() - t0
-    eager = " + ".join(s for s in ("tweakreg", "skymatch") if s in steps) or "graph"
-    return {"total": total, "seconds": {f"{eager} (image3 call)": t_eager,
+    eager = " + ".join(s for s in ("tweakreg", "skymatch") if s in steps)
+    label = f"image3 call ({eager + ' computed, ' if eager else ''}outlier/resample graphs built)"
+    return {"total": total, "seconds": {label: t_eager,
                                         "outlier_detection + resample + write (one pass)": t_save},
             "cluster_seconds": t_cluster, "peak_mb": s.peak_total, "worker_peak_mb": s.peak_single_child,
             "warm": bool(warm), "steps": steps}
