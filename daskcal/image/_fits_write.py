@@ -210,9 +210,9 @@ def _s_region(wcs, shape) -> str:
     return "POLYGON ICRS  " + " ".join(f"{r % 360:.9f} {d:.9f}" for r, d in zip(ra, dec))
 
 
-def _wcsinfo(attrs: dict, wcs, shape, wcs_header) -> dict:
-    """``meta.wcsinfo``: the dataset's own (``attrs["wcsinfo"]``, reference point, V2/V3) with its FITS WCS
-    keys replaced by ``wcs_header``'s, and S_REGION."""
+def _wcsinfo(attrs: dict, wcs_header, s_region: str) -> dict:
+    """``meta.wcsinfo``: the dataset's own (``attrs["wcsinfo"]``: reference point, V2/V3, ...) with its FITS
+    WCS keys (a fit of an earlier WCS) replaced by ``wcs_header``'s, and ``s_region``."""
     import re
 
     stale = re.compile(_FITS_WCS_KEY)
@@ -222,7 +222,7 @@ def _wcsinfo(attrs: dict, wcs, shape, wcs_header) -> dict:
         raise TypeError(msg)
     info = {k: v for k, v in given.items() if not stale.match(str(k).lower())}
     info.update({k.lower(): v for k, v in wcs_header.items()})
-    info["s_region"] = str(attrs.get("s_region") or _s_region(wcs, shape))
+    info["s_region"] = s_region
     return info
 
 
@@ -266,7 +266,7 @@ def _cal_step(attrs: dict, done: str | None) -> dict:
     return steps
 
 
-def _common_meta(attrs: dict, path, wcs, shape, wcs_header, done: str | None) -> dict:
+def _common_meta(attrs: dict, path, wcs, wcs_header, s_region: str, done: str | None) -> dict:
     times = ("exposure_time", "measurement_time", "duration", "start_time", "end_time")
     bunit = str(attrs.get("bunit_data", "MJy/sr"))
     meta = {
@@ -277,7 +277,7 @@ def _common_meta(attrs: dict, path, wcs, shape, wcs_header, done: str | None) ->
         "bunit_err": bunit,
         "exposure": {k: float(attrs[k]) for k in times if attrs.get(k) is not None},
         "cal_step": _cal_step(attrs, done),
-        "wcsinfo": _wcsinfo(attrs, wcs, shape, wcs_header),
+        "wcsinfo": _wcsinfo(attrs, wcs_header, s_region),
         "wcs": wcs,
     }
     for key in ("level", "subtracted"):
@@ -352,7 +352,8 @@ def _exposure_arrays(ds: xr.Dataset) -> dict:
 def _exposure_meta(ds: xr.Dataset, path, wcs_header, done: str | None) -> dict:
     a = ds.attrs
     wcs = get_wcs(ds)
-    meta = _common_meta(a, path, wcs, ds["data"].shape, wcs_header, done)
+    # the outline of the exposure's own WCS (an S_REGION attribute may predate a WCS correction)
+    meta = _common_meta(a, path, wcs, wcs_header, _s_region(wcs, ds["data"].shape), done)
     if a.get("group_id") is not None:
         meta["group_id"] = str(a["group_id"])
     return meta
@@ -466,7 +467,8 @@ def _mosaic_meta(mosaic: xr.Dataset, path, wcs, wcs_header) -> dict:
         scale = pixel_scale_of(wcs, shape)  # deg, at the centre
         attrs["pixelarea_arcsecsq"] = (scale * 3600.0) ** 2
         attrs["pixelarea_steradians"] = math.radians(scale) ** 2
-    meta = _common_meta(attrs, path, wcs, shape, wcs_header, "resample")
+    # resample's S_REGION, else the mosaic's outline
+    meta = _common_meta(attrs, path, wcs, wcs_header, str(a.get("s_region") or _s_region(wcs, shape)), "resample")
     pointings = a.get("pointings")
     if pointings is None and a.get("inputs") is not None:
         pointings = len(a["inputs"])

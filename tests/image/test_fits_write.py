@@ -64,6 +64,8 @@ def test_writers_still_importable_from_io():
     for name in ("write_cal_fits", "to_fits", "read_fits_wcs", "_asdf_hdu", "I2D_EXTENSIONS", "FITS_EXPORT_CONFIG",
                  "DEFAULT_FITS_EXPORT"):
         assert getattr(_io, name) is getattr(fw, name), name
+    for name in ("write_cal_fits", "write_crf_fits", "read_fits_wcs"):
+        assert getattr(daskcal, name) is getattr(fw, name), name
 
 
 def _schema_keywords(schema, path=(), out=None):
@@ -264,7 +266,9 @@ def test_wcs_fit_short_of_the_limit_is_logged(caplog):
 def test_wcsinfo_attribute_kept_and_stale_fits_wcs_keys_replaced(sim, tmp_path):
     info = {"ra_ref": 150.1, "dec_ref": 2.2, "v2_ref": 86.1, "v3_ref": -493.2, "roll_ref": 12.5, "v3yangle": -0.6,
             "vparity": -1, "crpix1": 999.0, "a_4_0": 1.0, "ctype1": "RA---TAN-SIP"}
-    ds = sim.images[0].assign_attrs(wcsinfo=info, cal_step={"tweakreg": "COMPLETE"})
+    stale = "POLYGON ICRS  1 1 2 1 2 2 1 2"  # from before a WCS correction: the exposure's outline is written
+    ds = sim.images[0].assign_attrs(wcsinfo=dict(info, s_region=stale), s_region=stale,
+                                    cal_step={"tweakreg": "COMPLETE"})
     path = fw.write_cal_fits(ds, tmp_path / "i_cal.fits")
     m = _open_model(path)
     assert (m.meta.wcsinfo.v2_ref, m.meta.wcsinfo.v3_ref, m.meta.wcsinfo.vparity) == (86.1, -493.2, -1)
@@ -273,6 +277,7 @@ def test_wcsinfo_attribute_kept_and_stale_fits_wcs_keys_replaced(sim, tmp_path):
     m.close()
     hdr = fits.getheader(path, "SCI")
     assert (hdr["V2_REF"], hdr["V3I_YANG"], hdr["VPARITY"]) == (86.1, -0.6, -1) and "A_4_0" not in hdr
+    assert hdr["S_REGION"] == fw._s_region(get_wcs(ds), ds["data"].shape) != stale
     assert ds.attrs["wcsinfo"]["crpix1"] == 999.0  # the input's attributes are not modified
 
 
