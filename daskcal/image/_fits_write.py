@@ -40,8 +40,22 @@ from daskcal.io._atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_cal_fits", "write_crf_fits", "to_fits", "read_fits_wcs", "fits_wcs_header", "I2D_EXTENSIONS",
-           "META_KEYWORDS", "STEP_STATES", "MAX_SIP_ERROR", "FITS_EXPORT_CONFIG", "DEFAULT_FITS_EXPORT"]
+__all__ = [
+    "DEFAULT_FITS_EXPORT",
+    "EXTRA_KEYWORDS",
+    "FITS_EXPORT_CONFIG",
+    "I2D_EXTENSIONS",
+    "MAX_SIP_ERROR",
+    "META_KEYWORDS",
+    "NAN_ARRAYS",
+    "STEP_STATES",
+    "fits_wcs_header",
+    "nan_unusable_pixels",
+    "read_fits_wcs",
+    "to_fits",
+    "write_cal_fits",
+    "write_crf_fits",
+]
 
 #: Dataset variable -> FITS extension of a mosaic (``_i2d``).
 I2D_EXTENSIONS = {"data": "SCI", "err": "ERR", "con": "CON", "wht": "WHT", "var_poisson": "VAR_POISSON",
@@ -220,7 +234,7 @@ def _wcsinfo(attrs: dict, wcs_header, s_region: str) -> dict:
     if not isinstance(given, dict):
         msg = f"attribute 'wcsinfo' must be a dict (stdatamodels' meta.wcsinfo); got {type(given).__name__}"
         raise TypeError(msg)
-    info = {k: v for k, v in given.items() if not stale.match(str(k).lower())}
+    info = {str(k): _plain(v) for k, v in given.items() if v is not None and not stale.match(str(k).lower())}
     info.update({k.lower(): v for k, v in wcs_header.items()})
     info["s_region"] = s_region
     return info
@@ -311,7 +325,8 @@ def _asdf_hdu(tree: dict):
     import asdf
     from astropy.io import fits
 
-    from daskcal.image._io import ASDF_COLUMN, ASDF_EXT  # the reading side imports this module
+    # imported here: the reading side (daskcal.image._io) imports this module
+    from daskcal.image._io import ASDF_COLUMN, ASDF_EXT
 
     buf = io.BytesIO()
     asdf.AsdfFile(tree).write_to(buf, all_array_storage="inline")
@@ -343,7 +358,7 @@ def _exposure_arrays(ds: xr.Dataset) -> dict:
     """Every array of an exposure that goes to FITS, computed together (one pass over a lazy graph)."""
     import dask
 
-    from daskcal.image._io import CAL_EXTENSIONS  # the reading side imports this module
+    from daskcal.image._io import CAL_EXTENSIONS
 
     names = [v for v in CAL_EXTENSIONS if v in ds]
     return dask.compute({v: ds[v].data for v in names})[0]
@@ -360,7 +375,7 @@ def _exposure_meta(ds: xr.Dataset, path, wcs_header, done: str | None) -> dict:
 
 
 def _write_exposure(ds: xr.Dataset, path, *, overwrite: bool, nan_unusable: bool) -> Path:
-    from daskcal.image._io import CAL_EXTENSIONS  # the reading side imports this module
+    from daskcal.image._io import CAL_EXTENSIONS
 
     if "data" not in ds:
         msg = f"image {ds.attrs.get('name', '<unnamed>')!r} has no 'data' variable; expected an image dataset"
@@ -553,7 +568,8 @@ def read_fits_wcs(path):
     (or by stdatamodels: ``meta.wcs`` of its ASDF extension)."""
     from astropy.io import fits
 
-    from daskcal.image._io import _read_asdf_tree  # the reading side imports this module
+    # imported here: the reading side (daskcal.image._io) imports this module
+    from daskcal.image._io import _read_asdf_tree
 
     with fits.open(path) as hdul, _read_asdf_tree(hdul, path) as af:
         return wcs_from_text(wcs_to_text(af.tree["meta"]["wcs"]))

@@ -19,7 +19,7 @@ from daskcal.image._dataset import get_wcs
 from daskcal.image._simulate import distorted_wcs
 
 stdatamodels = pytest.importorskip("stdatamodels")
-from stdatamodels.jwst.datamodels import ImageModel  # noqa: E402
+from stdatamodels.jwst.datamodels import ImageModel
 
 VARS = ("data", "err", "var_rnoise", "var_poisson", "var_flat")
 
@@ -265,7 +265,7 @@ def test_wcs_fit_short_of_the_limit_is_logged(caplog):
 
 def test_wcsinfo_attribute_kept_and_stale_fits_wcs_keys_replaced(sim, tmp_path):
     info = {"ra_ref": 150.1, "dec_ref": 2.2, "v2_ref": 86.1, "v3_ref": -493.2, "roll_ref": 12.5, "v3yangle": -0.6,
-            "vparity": -1, "crpix1": 999.0, "a_4_0": 1.0, "ctype1": "RA---TAN-SIP"}
+            "vparity": -1, "crpix1": 999.0, "a_4_0": 1.0, "ctype1": "RA---TAN-SIP", "siaf_xref_sci": None}
     stale = "POLYGON ICRS  1 1 2 1 2 2 1 2"  # from before a WCS correction: the exposure's outline is written
     ds = sim.images[0].assign_attrs(wcsinfo=dict(info, s_region=stale), s_region=stale,
                                     cal_step={"tweakreg": "COMPLETE"})
