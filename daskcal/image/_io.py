@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, check_sky_finite, get_wcs, wcs_from_text, wcs_to_text
-from daskcal.image._fits_write import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG, I2D_EXTENSIONS, _asdf_hdu, read_fits_wcs, to_fits, write_cal_fits  # noqa: F401 - the writers, moved
+from daskcal.image._fits_write import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG, I2D_EXTENSIONS, _asdf_hdu, read_fits_wcs, to_fits, write_cal_fits, write_crf_fits  # noqa: F401 - the writers, moved
 
 __all__ = ["open_images", "expand_inputs", "write_cal_fits", "to_fits", "CAL_EXTENSIONS", "I2D_EXTENSIONS"]
 
