@@ -238,3 +238,26 @@ def test_flag_outliers(images, mosaic_wcs, outlier_oracle, scheduler, resample, 
         got = _outliers(result)
     assert (got["dq0"] & int(daskcal.DQ.OUTLIER)).any()
     assert_same(got, outlier_oracle[resample])
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_write_crf_and_i2d_fits(images, mosaic_wcs, outlier_oracle, resample_oracle, scheduler, grid, tmp_path):
+    from astropy.io import fits
+
+    from daskcal.image._fits_write import to_fits, write_crf_fits
+
+    result = daskcal.flag_outliers(_chunked_images(images, grid), tile_shape=grid_chunks(mosaic_wcs.array_shape, grid))
+    tiles = grid_chunks(mosaic_wcs.array_shape, grid)
+    mosaic = daskcal.resample(_chunked_images(images, grid), output_wcs=mosaic_wcs, tile_shape=tiles)
+    with scheduler():
+        write_crf_fits(result.images[0], tmp_path / "e0_crf.fits")
+        to_fits(mosaic, tmp_path / "m_i2d.fits")
+    result.cleanup()
+    dq = outlier_oracle[True]["dq0"]
+    bad = (dq & int(daskcal.DQ.DO_NOT_USE)) != 0
+    with fits.open(tmp_path / "e0_crf.fits") as hdul:
+        np.testing.assert_array_equal(hdul["DQ"].data, dq)
+        np.testing.assert_array_equal(hdul["SCI"].data, np.where(bad, np.nan, images[0]["data"].values))
+    with fits.open(tmp_path / "m_i2d.fits") as hdul:
+        for name, ext in (("data", "SCI"), ("wht", "WHT"), ("con", "CON"), ("var_rnoise", "VAR_RNOISE")):
+            np.testing.assert_array_equal(hdul[ext].data, resample_oracle[name].values, err_msg=name)

@@ -151,6 +151,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
                      **connect_options(args)) as client:
             # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
             mosaic = resample(images, **_library_kwargs(params))
+            mosaic.attrs.update(_asn_attrs(inputs))
             if fits:
                 _check_fits_export(mosaic)
             print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
@@ -162,7 +163,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
         if fits:
             import xarray as xr
 
-            from daskcal.image._io import to_fits
+            from daskcal.image._fits_write import to_fits
 
             with xr.open_zarr(outputs.path(output), consolidated=False) as ds:
                 to_fits(ds, outputs.path(fits_path(output)))
@@ -174,11 +175,17 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     return output
 
 
+def _asn_attrs(inputs) -> dict:
+    """``asn_table``: the association the inputs came from (ASNTABLE of the ``_i2d`` file), if one."""
+    tables = [Path(p).name for p in inputs if str(p).lower().endswith(".json")]
+    return {"asn_table": tables[0]} if tables else {}
+
+
 def _check_fits_export(mosaic) -> None:
     import dask
     from dask.utils import format_bytes, parse_bytes
 
-    from daskcal.image._io import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG
+    from daskcal.image._fits_write import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG
 
     if "group" in mosaic.dims:
         msg = "--fits exports one mosaic; it cannot be combined with --single"

@@ -20,16 +20,13 @@ import numpy as np
 import xarray as xr
 
 from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, check_sky_finite, get_wcs, wcs_from_text, wcs_to_text
-from daskcal.io._atomic import atomic_path
+from daskcal.image._fits_write import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG, I2D_EXTENSIONS, _asdf_hdu, read_fits_wcs, to_fits, write_cal_fits, write_crf_fits  # noqa: F401 - the writers, moved
 
 __all__ = ["open_images", "expand_inputs", "write_cal_fits", "to_fits", "CAL_EXTENSIONS", "I2D_EXTENSIONS"]
 
 #: Dataset variable -> FITS extension of a calibrated exposure.
 CAL_EXTENSIONS = {"data": "SCI", "err": "ERR", "dq": "DQ", "var_poisson": "VAR_POISSON",
                   "var_rnoise": "VAR_RNOISE", "var_flat": "VAR_FLAT"}
-#: Dataset variable -> FITS extension of a mosaic (``_i2d``).
-I2D_EXTENSIONS = {"data": "SCI", "err": "ERR", "con": "CON", "wht": "WHT", "var_poisson": "VAR_POISSON",
-                  "var_rnoise": "VAR_RNOISE", "var_flat": "VAR_FLAT", "dq": "DQ"}
 #: Attribute -> (primary header keyword, ASDF tree path) of an exposure's times and sky.
 _KEYWORDS = {
     "exposure_time": ("EFFEXPTM", ("exposure", "exposure_time")),
@@ -44,8 +41,6 @@ _KEYWORDS = {
 ASDF_EXT = "ASDF"
 ASDF_COLUMN = "ASDF_METADATA"
 DEFAULT_CHUNKS = (1024, 1024)
-FITS_EXPORT_CONFIG = "daskcal.fits-export-memory"
-DEFAULT_FITS_EXPORT = "4 GiB"
 
 
 # ---------------------------------------------------------------- inputs
@@ -342,132 +337,3 @@ def _fits_attrs(header, meta_tree, path: Path) -> dict:
         attrs["end_time"] = float(attrs["start_time"]) + float(attrs["exposure_time"]) / 86400.0
     attrs["subtracted"] = bool(attrs["subtracted"])
     return attrs
-
-
-# ---------------------------------------------------------------- writing
-
-def _asdf_hdu(tree: dict):
-    import asdf
-    from astropy.io import fits
-
-    buf = io.BytesIO()
-    asdf.AsdfFile(tree).write_to(buf, all_array_storage="inline")
-    raw = np.frombuffer(buf.getvalue(), np.uint8)
-    col = fits.Column(name=ASDF_COLUMN, format=f"{raw.size}B", array=raw[None, :])
-    return fits.BinTableHDU.from_columns([col], name=ASDF_EXT)
-
-
-def _primary(attrs: dict):
-    from astropy.io import fits
-
-    primary = fits.PrimaryHDU()
-    for key, (kw, _) in _KEYWORDS.items():
-        v = attrs.get(key)
-        if isinstance(v, (int, float, str, bool, np.floating, np.integer)):
-            primary.header[kw] = v
-    return primary
-
-
-def write_cal_fits(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
-    """Write an image dataset as a JWST-style ``_cal.fits`` file (computes it).
-
-    Extensions SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE, VAR_FLAT (those present) and
-    ASDF (``meta.wcs``, ``meta.exposure``, ``meta.background``); times also as
-    primary header keywords (EFFEXPTM, TMEASURE, DURATION, EXPSTART, EXPEND).
-    Written atomically.
-    """
-    from astropy.io import fits
-
-    wcs = get_wcs(ds)
-    a = ds.attrs
-    hdus = [_primary(a)]
-    for var, ext in CAL_EXTENSIONS.items():
-        if var in ds:
-            hdu = fits.ImageHDU(np.asarray(ds[var].values), name=ext)
-            if var == "data":
-                hdu.header["BUNIT"] = str(a.get("bunit_data", "MJy/sr"))
-            hdus.append(hdu)
-    meta = {
-        "wcs": wcs,
-        "filename": Path(path).name,
-        "group_id": a.get("group_id"),
-        "exposure": {k: a.get(k) for k in ("exposure_time", "measurement_time", "duration", "start_time", "end_time")},
-        "background": {"level": a.get("level", 0.0), "subtracted": bool(a.get("subtracted", False))},
-    }
-    meta["exposure"] = {k: v for k, v in meta["exposure"].items() if v is not None}
-    hdus.append(_asdf_hdu({"meta": meta}))
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fits.HDUList(hdus).writeto(tmp)
-    return Path(path)
-
-
-def to_fits(mosaic: xr.Dataset, path, *, overwrite: bool = False, max_memory=None) -> Path:
-    """Export a mosaic from :func:`daskcal.resample` as an ``_i2d``-like FITS file.
-
-    The planes are computed into memory, so this is for mosaics that fit; larger
-    ones stay in their Zarr store.
-
-    Parameters
-    ----------
-    mosaic : xarray.Dataset
-        A (lazy or loaded) mosaic, or a store opened from one; not ``single=True``
-        output (select a group with ``mosaic.isel(group=k)``).
-    path : path-like
-        Destination FITS file, written atomically.
-    overwrite : bool, default False
-        Replace an existing file.
-    max_memory : int or str, optional
-        Largest size of the planes to export. Default: Dask config
-        ``daskcal.fits-export-memory``, else 4 GiB.
-
-    Returns
-    -------
-    Path
-        ``path``.
-
-    Raises
-    ------
-    ValueError
-        A mosaic larger than ``max_memory``, one with a ``group`` dimension, or
-        without data or WCS.
-    """
-    import dask
-    from astropy.io import fits
-    from dask.utils import format_bytes, parse_bytes
-
-    if "data" not in mosaic or "wht" not in mosaic:
-        msg = "to_fits needs a mosaic with 'data' and 'wht' (from daskcal.resample)"
-        raise ValueError(msg)
-    if "group" in mosaic.dims:
-        msg = "to_fits exports one mosaic; select a group of single=True output with mosaic.isel(group=k)"
-        raise ValueError(msg)
-    wcs = get_wcs(mosaic)
-    limit = max_memory if max_memory is not None else dask.config.get(FITS_EXPORT_CONFIG, DEFAULT_FITS_EXPORT)
-    limit = parse_bytes(limit) if isinstance(limit, str) else int(limit)
-    names = [v for v in I2D_EXTENSIONS if v in mosaic]
-    need = sum(int(mosaic[v].nbytes) for v in names)
-    if need > limit:
-        msg = (f"the mosaic planes need {need} bytes ({format_bytes(need)}) in memory, more than the FITS export "
-               f"limit of {limit} bytes ({format_bytes(limit)}); keep the Zarr store, or raise max_memory= / "
-               f"Dask config {FITS_EXPORT_CONFIG!r}")
-        raise ValueError(msg)
-    arrays = dask.compute({v: mosaic[v].data for v in names})[0]
-    hdus = [_primary(mosaic.attrs)]
-    for v in names:
-        hdu = fits.ImageHDU(np.asarray(arrays[v]), name=I2D_EXTENSIONS[v])
-        hdus.append(hdu)
-    skip = {WCS_ATTR}
-    meta = {k: v for k, v in mosaic.attrs.items() if k not in skip and isinstance(v, (int, float, str, bool, list))}
-    meta["wcs"] = wcs
-    hdus.append(_asdf_hdu({"meta": meta}))
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fits.HDUList(hdus).writeto(tmp)
-    return Path(path)
-
-
-def read_fits_wcs(path):
-    """The gwcs of a FITS file written by :func:`to_fits` or :func:`write_cal_fits`."""
-    from astropy.io import fits
-
-    with fits.open(path) as hdul, _read_asdf_tree(hdul, path) as af:
-        return wcs_from_text(wcs_to_text(af.tree["meta"]["wcs"]))
