@@ -82,6 +82,18 @@ def _step_params(name: str, value) -> tuple[bool, dict]:
     return bool(skip), params
 
 
+def _asn_file(paths) -> str | None:
+    """File name of the first association among ``paths`` (jwst's ``meta.asn.table_name``), if any."""
+    from pathlib import Path
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for p in paths:
+        if isinstance(p, (str, os.PathLike)) and Path(p).suffix.lower() == ".json":
+            return Path(p).name
+    return None
+
+
 def _open(images, allow_outside_asn: bool) -> tuple[list[xr.Dataset], str | None]:
     """Image datasets and the association's product name from datasets, paths or association files."""
     from daskcal.image._io import open_images
@@ -183,7 +195,10 @@ def image3(
     steps = {"tweakreg": tweakreg, "skymatch": skymatch, "outlier_detection": outlier_detection,
              "resample": resample}
     parsed = {name: _step_params(name, value) for name, value in steps.items()}
+    if not isinstance(images, (str, os.PathLike, xr.Dataset)):
+        images = list(images)
     ds_list, asn_name = _open(images, allow_outside_asn)
+    asn_table = None if isinstance(images, xr.Dataset) else _asn_file(images)
     name = product_name or asn_name or "image3"
     cal_step: dict[str, str] = {}
     current = list(ds_list)
@@ -231,8 +246,8 @@ def image3(
 
             mosaic = drizzle(current, **params)
             cal_step["resample"] = "COMPLETE"
-            mosaic = mosaic.assign_attrs(name=name, cal_step=dict(cal_step),
-                                         asn_product=asn_name or "")
+            extra = {"asn_table": asn_table} if asn_table else {}
+            mosaic = mosaic.assign_attrs(name=name, cal_step=dict(cal_step), **extra)
     except BaseException:
         if outliers is not None:
             outliers.cleanup()
