@@ -144,7 +144,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     outputs = OutputSet([output, fits_path(output)] if fits else [output], overwrite=overwrite,
                         inputs=[*inputs, *members])  # association files and their members
     outputs.check()
-    images = open_images(members)
+    images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
     mpix = sum(im["data"].size for im in images) / 1e6
     with outputs:  # the output folder is proven writable before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
