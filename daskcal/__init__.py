@@ -32,6 +32,7 @@ _EXPORTS = {
     "image_dataset": "daskcal.image._dataset",
     "get_wcs": "daskcal.image._dataset",
     "open_images": "daskcal.image._io",
+    "read_association": "daskcal.image._io",
     "simulate_images": "daskcal.image._simulate",
     "output_wcs": "daskcal.image._grid",
     "resample": "daskcal.image._resample",

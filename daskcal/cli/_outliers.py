@@ -44,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.outliers] table (graphs/outliers.toml)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
     p.add_argument("--allow-outside-asn", action="store_true",
-                   help="read association members given as absolute paths or outside the association's folder")
+                   help="read association members outside the association's folder (absolute or through ..)")
     g = p.add_argument_group("outliers parameters (default: the recipe's, else the reference defaults)")
     g.add_argument("--snr", default=None, help="two thresholds in sigma (default '5.0 4.0')")
     g.add_argument("--scale", default=None, help="two derivative multipliers (default '1.2 0.7')")

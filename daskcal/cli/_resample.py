@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--fits", action="store_true", help="also export OUT_i2d.fits (mosaic must fit in memory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--allow-outside-asn", action="store_true",
-                   help="read association members given as absolute paths or outside the association's folder")
+                   help="read association members outside the association's folder (absolute or through ..)")
     p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.resample] table (graphs/resample.toml)")
     g = p.add_argument_group("resample parameters (default: the recipe's, else the reference step's)")
     g.add_argument("--pixfrac", type=float, default=None, help="drop size relative to an input pixel, (0, 1] (1.0)")

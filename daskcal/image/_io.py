@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from collections import UserList
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -100,10 +101,23 @@ def read_association(path, *, allow_outside_asn: bool = False) -> Association:
     Only the first product is read, as jwst's ModelLibrary does: its ``name`` and its
     ``members[]`` (``expname``, relative to the association's folder; ``exptype``,
     default "science"; optional ``group_id``, which overrides the exposure's own).
-    The science members must exist and lie inside the association's folder: members
-    given as absolute paths, or whose ``..`` leads out of it, are refused unless
+    The science members must exist and lie inside the association's folder (their
+    resolved paths; absolute or through ``..``): others are refused unless
     ``allow_outside_asn`` (an association from elsewhere should not make the run read
     arbitrary files). Other members (e.g. "background") are listed but not checked.
+
+    Parameters
+    ----------
+    path : path-like
+        The association JSON file.
+    allow_outside_asn : bool, default False
+        Accept science members outside the association's folder.
+
+    Returns
+    -------
+    Association
+        ``product_name`` (None when the product has no name), ``members`` (every member,
+        in order) and ``science`` (the members to combine).
 
     Raises
     ------
@@ -209,13 +223,19 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None,
         chunk as come closest to it (stored chunks of 256 px make Dask chunks of
         1024 px: 16x fewer tasks, each reading 16 stored chunks).
     allow_outside_asn : bool, default False
-        Read association members given as absolute paths or outside the
-        association's folder (refused by default).
+        Read association members outside the association's folder (refused by
+        default).
 
     Returns
     -------
     list of xarray.Dataset
-        Dask-backed image datasets, one per exposure, in the given order.
+        Dask-backed image datasets, one per exposure, in the given order (an
+        association's science members in its order; other members are skipped).
+        Attributes: ``name``, ``group_id`` (an association member's, else the file's
+        ``meta.group_id``, else jwst's exposure id from ``meta.observation`` - every
+        detector of one exposure shares it - else ``name``), times, sky, and from a
+        ``_cal.fits`` the JSON dicts ``wcsinfo``, ``observation``, ``instrument``
+        (``docs/inputs.md``).
 
     Raises
     ------
@@ -309,12 +329,20 @@ def _check_shape(path: Path, what: str, shape: tuple) -> None:
         raise ValueError(msg)
 
 
-def _check_image_wcs(wcs, path: Path, shape: tuple[int, int]) -> None:
-    """Refuse a WCS that is not a 2-D gwcs, or that maps the image's corners or centre to non-finite sky."""
+def _check_image_wcs(wcs, path: Path, shape: tuple[int, int], unread: Sequence[str] = ()) -> None:
+    """Refuse a WCS that is not a 2-D gwcs, or that maps the image's corners or centre to non-finite sky.
+
+    ``unread``: what asdf said about nodes of the WCS it could not convert, for the message.
+    """
     import gwcs
 
     if not isinstance(wcs, gwcs.WCS):
-        msg = f"{str(path)!r}: the WCS is a {type(wcs).__name__}; expected a gwcs.WCS (meta.wcs of a JWST-style file)"
+        why = ""
+        if unread:
+            why = (f" (asdf could not convert it: {unread[0]}; JWST's own transforms need stdatamodels "
+                   f"installed)")
+        msg = (f"{str(path)!r}: the WCS is a {type(wcs).__name__}{why}; expected a gwcs.WCS "
+               f"(meta.wcs of a JWST-style file)")
         raise ValueError(msg)
     if wcs.output_frame is None or wcs.output_frame.naxes != 2 or wcs.forward_transform.n_inputs != 2:
         msg = f"{str(path)!r}: the WCS must map 2 pixel axes to 2 sky axes"
@@ -376,6 +404,21 @@ def _read_asdf_tree(hdul, path):
         raise ValueError(msg) from exc
 
 
+def _convert_wcs(af):
+    """``meta.wcs`` of a lazily opened ASDF file (None when absent), and asdf's messages about nodes it
+    could not convert (tags of extensions not installed), which otherwise are only warnings."""
+    from asdf.exceptions import AsdfConversionWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AsdfConversionWarning)
+        wcs = _tree_get(af.tree, ("meta", "wcs"))
+    unread = [str(w.message) for w in caught if issubclass(w.category, AsdfConversionWarning)]
+    for w in caught:
+        if not issubclass(w.category, AsdfConversionWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return wcs, unread
+
+
 def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
     import dask.array as da
     from astropy.io import fits
@@ -386,13 +429,15 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
             msg = f"{str(path)!r} has no 2-D SCI extension; expected a JWST-style _cal.fits"
             raise ValueError(msg)
         with _read_asdf_tree(hdul, path) as af:
-            wcs = _tree_get(af.tree, ("meta", "wcs"))
+            wcs, unread = _convert_wcs(af)
             if wcs is None:
                 msg = f"{str(path)!r}: the ASDF extension has no meta.wcs; the image cannot be resampled"
                 raise ValueError(msg)
             shape = (hdul["SCI"].header["NAXIS2"], hdul["SCI"].header["NAXIS1"])
             _check_shape(path, "extension SCI", shape)
-            _check_image_wcs(wcs, path, shape)
+            _check_image_wcs(wcs, path, shape, unread)
+            for message in unread:  # a gwcs all the same: what it left out
+                log.warning("%s: meta.wcs: %s", path, message)
             text = wcs_to_text(wcs)
             meta_tree = af.tree.get("meta", {})
             attrs = _fits_attrs(hdul[0].header, meta_tree, path)

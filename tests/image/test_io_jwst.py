@@ -316,3 +316,19 @@ def test_cli_outliers_refuses_to_overwrite_association_members(tmp_path, capsys)
     assert _run("outliers", asn, "-o", tmp_path, "--overwrite") == 2
     captured = capsys.readouterr()
     assert "is the input" in captured.err and "dashboard" not in captured.out
+
+
+def test_wcs_of_an_extension_not_installed_is_named(sim, tmp_path):
+    """A WCS holding a tag no installed asdf extension converts (JWST's transforms without stdatamodels)."""
+    from asdf.tagged import TaggedDict
+
+    good = write_cal_fits(sim.images[0], tmp_path / "good_cal.fits")
+    tag = "tag:stsci.edu:jwst_pipeline/not_installed-1.0.0"
+    with fits.open(good) as hdul:
+        hdus = fits.HDUList([h.copy() for h in hdul])
+    hdus["ASDF"] = _io._asdf_hdu({"meta": {"wcs": TaggedDict({"steps": []}, tag),
+                                           "exposure": {"exposure_time": 100.0}}})
+    hdus.writeto(tmp_path / "alien_cal.fits")
+    with pytest.raises(ValueError, match=rf"alien_cal.fits': the WCS is a TaggedDict \(asdf could not convert it: "
+                                         rf"{tag} is not recognized.*needs? stdatamodels"):
+        daskcal.open_images(tmp_path / "alien_cal.fits")
