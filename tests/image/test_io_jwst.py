@@ -225,15 +225,16 @@ cli = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="module")
 def asn_dir(tmp_path_factory):
-    """Three exposures (the first seen by two detectors, cut from one simulated image) written by stdatamodels,
-    and their association."""
+    """Four files written by stdatamodels, three exposures (the first seen by detectors NRCA1 and NRCA2), and
+    their association (with a background member, absent)."""
     d = tmp_path_factory.mktemp("asn")
-    sim = daskcal.simulate_images(n=3, shape=(48, 56), seed=8, n_stars=5, cosmic_rays=8)
+    sim = daskcal.simulate_images(n=4, shape=(48, 56), seed=8, n_stars=5, cosmic_rays=8)
     members = []
     for k, ds in enumerate(sim.images):
-        obs = dict(OBSERVATION, exposure_number=f"{k + 1:05d}")
-        name = f"jw01234001002_03105_{k + 1:05d}_nrca1_cal.fits"
-        write_jwst(ds, d / name, observation=obs)
+        exposure, detector = (1, f"NRCA{k + 1}") if k < 2 else (k, "NRCA1")
+        obs = dict(OBSERVATION, exposure_number=f"{exposure:05d}")
+        name = f"jw01234001002_03105_{exposure:05d}_{detector.lower()}_cal.fits"
+        write_jwst(ds, d / name, observation=obs, detector=detector)
         members.append({"expname": name, "exptype": "science"})
     members.append({"expname": "bkg_cal.fits", "exptype": "background"})
     asn = d / "asn.json"
@@ -253,10 +254,10 @@ def test_cli_outliers_on_an_association_of_jwst_files(asn_dir, tmp_path, capsys)
 
     _, asn = asn_dir
     images = daskcal.open_images(asn)
-    assert len({im.attrs["group_id"] for im in images}) == 3
+    assert [im.attrs["group_id"][-5:] for im in images] == ["00001", "00001", "00002", "00003"]
     expected = flag_outliers(images, tile_shape=(40, 40))
     assert _run("outliers", asn, "-o", tmp_path / "out", "--tile-shape", 40, 40) == 0
-    assert "outliers: 3 exposures" in capsys.readouterr().out
+    assert "outliers: 4 exposures" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{im.attrs['name']}.zarr" for im in images)
     flagged = 0
     for im, exp in zip(images, expected.images):
@@ -273,7 +274,8 @@ def test_cli_outliers_accepts_cal_fits_paths(asn_dir, tmp_path, capsys):
     paths = sorted(d.glob("jw*_cal.fits"))
     assert _run("outliers", *paths, "-o", tmp_path / "out", "--tile-shape", 40, 40) == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == [f"jw01234001002_03105_{k:05d}_nrca1.zarr" for k in (1, 2, 3)]
+    assert names == [f"jw01234001002_03105_{k}.zarr" for k in ("00001_nrca1", "00001_nrca2", "00002_nrca1",
+                                                                "00003_nrca1")]
 
 
 @cli
