@@ -334,3 +334,27 @@ def test_wcs_of_an_extension_not_installed_is_named(sim, tmp_path):
     with pytest.raises(ValueError, match=rf"alien_cal.fits': the WCS is a TaggedDict \(asdf could not convert it: "
                                          rf"{tag} is not recognized.*needs? stdatamodels"):
         daskcal.open_images(tmp_path / "alien_cal.fits")
+
+
+def test_group_id_from_primary_header_keywords(sim, tmp_path):
+    """A file whose ASDF tree has no meta.observation nor meta.group_id: jwst's keywords in the primary header."""
+    good = write_cal_fits(sim.images[0], tmp_path / "good_cal.fits")
+    with fits.open(good) as hdul:
+        hdus = fits.HDUList([h.copy() for h in hdul])
+    hdus["ASDF"] = _io._asdf_hdu({"meta": {"wcs": get_wcs(sim.images[0]), "exposure": {"exposure_time": 100.0}}})
+    del hdus[0].header["GROUP_ID"]  # write_cal_fits's own group id
+    for field, keyword in _io._OBSERVATION_KEYS:
+        hdus[0].header[keyword] = OBSERVATION[field]
+    hdus.writeto(tmp_path / "kw_cal.fits")
+    del hdus[0].header["EXPOSURE"]
+    hdus.writeto(tmp_path / "kw6_cal.fits")
+    images = daskcal.open_images([tmp_path / "kw_cal.fits", tmp_path / "kw6_cal.fits"])
+    assert [im.attrs["group_id"] for im in images] == [GROUP, "kw6"]  # all seven values, or the name
+
+
+def test_metadata_survives_a_zarr_store(jwst_file, tmp_path):
+    (ds,) = daskcal.open_images(jwst_file)
+    daskcal.save(ds, tmp_path / "x.zarr")
+    (back,) = daskcal.open_images(tmp_path / "x.zarr")
+    for key in ("wcsinfo", "observation", "instrument", "group_id", "name", "exposure_time", "subtracted"):
+        assert back.attrs[key] == ds.attrs[key], key
