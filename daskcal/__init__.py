@@ -35,6 +35,7 @@ _EXPORTS = {
     "write_cal_fits": "daskcal.image._fits_write",
     "write_crf_fits": "daskcal.image._fits_write",
     "read_fits_wcs": "daskcal.image._fits_write",
+    "read_association": "daskcal.image._io",
     "simulate_images": "daskcal.image._simulate",
     "output_wcs": "daskcal.image._grid",
     "resample": "daskcal.image._resample",

@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--fits", action="store_true", help="also export OUT_i2d.fits (mosaic must fit in memory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--allow-outside-asn", action="store_true",
-                   help="read association members given as absolute paths or outside the association's folder")
+                   help="read association members outside the association's folder (absolute or through ..)")
     p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.resample] table (graphs/resample.toml)")
     g = p.add_argument_group("resample parameters (default: the recipe's, else the reference step's)")
     g.add_argument("--pixfrac", type=float, default=None, help="drop size relative to an input pixel, (0, 1] (1.0)")
@@ -144,7 +144,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     outputs = OutputSet([output, fits_path(output)] if fits else [output], overwrite=overwrite,
                         inputs=[*inputs, *members])  # association files and their members
     outputs.check()
-    images = open_images(members)
+    images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
     mpix = sum(im["data"].size for im in images) / 1e6
     with outputs:  # the output folder is proven writable before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
