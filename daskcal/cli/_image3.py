@@ -155,28 +155,11 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def exposure_name(path) -> str:
-    """An exposure's product stem from its file name: ``jw..._nrca1_cal.fits`` -> ``jw..._nrca1``.
-
-    The extension (``.fits``, ``.fits.gz``, ``.zarr``) and a trailing step suffix (``_cal``,
-    ``_crf``, ...) go, as jwst names ``_crf`` products after their inputs.
-    """
-    name = Path(path).name
-    for ext in (".fits.gz", ".fits", ".fit", ".zarr"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    for suffix in ("_cal", "_crf", "_tweakreg", "_skymatch", "_outlier_i2d"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite: bool = False,
             product_name: str | None = None, tempdir=None) -> dict:
     """Open the inputs, check every product path, connect, run image3 and write the products together."""
     from daskcal.cluster import connect
-    from daskcal.image._io import expand_inputs, open_images
+    from daskcal.image._io import expand_inputs, exposure_name, open_images
     from daskcal.image._pipeline import _product_name, image3
     from daskcal.io._atomic import save_products
     from daskcal.io._outputs import OutputSet

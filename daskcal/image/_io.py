@@ -464,6 +464,8 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
 def exposure_name(path) -> str:
     """The exposure's name from its file name: ``jw..._nrca1_cal.fits`` -> ``jw..._nrca1``."""
     stem = Path(path).name.split(".fits")[0]
+    if stem.lower().endswith(".zarr"):
+        stem = stem[: -len(".zarr")]
     for suffix in _NAME_SUFFIXES:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             return stem[: -len(suffix)]

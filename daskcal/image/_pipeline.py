@@ -117,17 +117,13 @@ def _open(images, allow_outside_asn: bool) -> tuple[list[xr.Dataset], str | None
 
 def _product_name(paths) -> str | None:
     """``products[0].name`` of the first association among ``paths``, if any."""
-    import json
     from pathlib import Path
 
+    from daskcal.image._io import read_association
+
     for p in paths:
-        p = Path(p)
-        if p.suffix.lower() == ".json":
-            try:
-                name = json.loads(p.read_text())["products"][0].get("name")
-            except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-                return None  # expand_inputs (open_images) has already said what is wrong with it
-            return str(name) if name else None
+        if isinstance(p, (str, os.PathLike)) and Path(p).suffix.lower() == ".json":
+            return read_association(p, allow_outside_asn=True).product_name or None
     return None
 
 
