@@ -65,3 +65,191 @@ def test_simulate_defaults_unchanged_by_the_new_keywords():
     np.testing.assert_array_equal(a.truth.cosmic_rays, b.truth.cosmic_rays)
     with pytest.raises(ValueError, match="wcs_errors must have shape"):
         daskcal.simulate_images(2, (40, 50), wcs_errors=[1.0, 2.0])
+
+
+# -- alignment against injected truth and against stcal ------------------------------------------
+
+#: errors (east, north arcsec; deg) of exposures 1.. (exposure 0 is the reference of the relative fit)
+ERRORS = [[0.0, 0.0, 0.0], [-0.15, 0.25, -0.02], [0.3, 0.05, 0.05]]
+#: matching for a 0.03"/px field of ~100 stars in 7.7": the defaults (1" separation) suit sparser fields
+DENSE = {"searchrad": 1.0, "tolerance": 0.2, "separation": 0.5}
+ABS_DENSE = {"abs_searchrad": 1.0, "abs_tolerance": 0.2, "abs_separation": 0.5}
+
+
+def _sim(v2v3=False, errors=ERRORS, **kw):
+    kw = {"seed": 5, "n_stars": 100, "dither": 20.0, **kw}
+    return daskcal.simulate_images(len(errors), (256, 256), wcs_errors=errors, v2v3=v2v3, **kw)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "v2v3"])
+def sim(request):
+    return _sim(v2v3=request.param)
+
+
+def _star_errors_mas(ds, true_wcs, truth):
+    """Distance (mas) between each star's true position and where the image's WCS puts it."""
+    ny, nx = ds["data"].shape
+    x, y = true_wcs.invert(truth.star_ra, truth.star_dec)
+    inside = (x > 0) & (x < nx - 1) & (y > 0) & (y < ny - 1)
+    ra, dec = daskcal.get_wcs(ds)(x[inside], y[inside])
+    dra = (ra - truth.star_ra[inside]) * np.cos(np.radians(dec))
+    return np.hypot(dra, dec - truth.star_dec[inside]) * 3.6e6
+
+
+def test_relative_alignment_puts_stars_within_5_mas_of_truth(sim):
+    res = daskcal.align(sim.images, enforce_user_order=True, **DENSE)
+    assert res.fits["exp0"]["status"] == "REFERENCE"
+    for k, ds in enumerate(res.images):
+        before = _star_errors_mas(sim.images[k], sim.truth.wcs[k], sim.truth)
+        after = _star_errors_mas(ds, sim.truth.wcs[k], sim.truth)
+        assert len(after) > 40
+        assert after.max() < 5.0, (k, after.max())
+        if k:
+            assert before.min() > 50.0  # the injected error was there
+            fit = ds.attrs["tweakreg"]
+            assert fit["status"] == "SUCCESS" and fit["nmatches"] >= 15 and fit["rmse"] < 0.01
+            # the fit undoes the injected shift (arcsec, in the tangent plane: ~east/north up to sign)
+            assert np.hypot(*fit["shift"]) == pytest.approx(np.hypot(*ERRORS[k][:2]), abs=0.01)
+            assert "v2v3corr" in daskcal.get_wcs(ds).available_frames
+    # inputs untouched
+    assert "tweakreg" not in sim.images[1].attrs
+
+
+def _stcal_correctors(images, catalogs):
+    from stcal.tweakreg import tweakreg as twk
+
+    from daskcal.image._align import with_v2v3
+
+    out = []
+    for ds in images:
+        wcs = daskcal.get_wcs(ds)
+        if "v2v3" in wcs.available_frames:
+            refang = ds.attrs["wcsinfo"]
+        else:
+            wcs, refang = with_v2v3(wcs, ds["data"].shape)
+        cat = catalogs[ds.attrs["name"]].copy()
+        out.append(twk.construct_wcs_corrector(wcs, refang, cat, ds.attrs["group_id"]))
+    return out
+
+
+def _max_sky_diff_arcsec(w1, w2, shape):
+    y, x = np.mgrid[0 : shape[0] : 15, 0 : shape[1] : 15].astype(float)
+    ra1, dec1 = w1(x, y)
+    ra2, dec2 = w2(x, y)
+    return float(np.max(np.hypot((ra1 - ra2) * np.cos(np.radians(dec1)), dec1 - dec2)) * 3600.0)
+
+
+def test_relative_alignment_equals_stcal_relative_align(sim):
+    from stcal.tweakreg import tweakreg as twk
+
+    res = daskcal.align(sim.images, enforce_user_order=True, **DENSE)
+    correctors = twk.relative_align(_stcal_correctors(sim.images, res.catalogs), enforce_user_order=True, **DENSE)
+    for ds, c in zip(res.images, correctors):
+        assert _max_sky_diff_arcsec(daskcal.get_wcs(ds), c.wcs, ds["data"].shape) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def refcat(sim, tmp_path_factory):
+    from astropy.table import Table
+
+    path = tmp_path_factory.mktemp("refcat") / "stars.ecsv"
+    Table({"ra": sim.truth.star_ra, "dec": sim.truth.star_dec}).write(path)
+    return path
+
+
+def test_absolute_alignment_to_a_catalog_file_equals_stcal_and_truth(sim, refcat, tmp_path):
+    from stcal.tweakreg import tweakreg as twk
+
+    errors = [[0.1, -0.2, 0.02], *ERRORS[1:]]  # the reference exposure is off too
+    s = _sim(v2v3="v2v3" in daskcal.get_wcs(sim.images[0]).available_frames, errors=errors)
+    res = daskcal.align(s.images, abs_refcat=str(refcat), enforce_user_order=True, **DENSE, **ABS_DENSE)
+    assert res.absolute["status"] == "SUCCESS"
+    for k, ds in enumerate(res.images):
+        assert _star_errors_mas(ds, s.truth.wcs[k], s.truth).max() < 5.0
+        assert ds.attrs["tweakreg"]["absolute"]["status"] == "SUCCESS"
+    correctors = twk.relative_align(_stcal_correctors(s.images, res.catalogs), enforce_user_order=True,
+                                    expand_refcat=True, **DENSE)
+    correctors = twk.absolute_align(correctors, str(refcat), ref_wcs=None, ref_wcsinfo=None, epoch=2026.0,
+                                    **ABS_DENSE)
+    for ds, c in zip(res.images, correctors):
+        assert _max_sky_diff_arcsec(daskcal.get_wcs(ds), c.wcs, ds["data"].shape) < 1e-6
+
+
+def test_exposure_groups_get_one_correction():
+    errors = [[0.0, 0.0, 0.0], [0.2, -0.25, 0.03]]
+    s = daskcal.simulate_images(2, (160, 160), seed=8, n_stars=120, dither=15.0, detectors=2, wcs_errors=errors)
+    res = daskcal.align(s.images, enforce_user_order=True, **DENSE)
+    assert sorted(res.fits) == ["exp0", "exp1"]
+    assert res.fits["exp1"]["status"] == "SUCCESS"
+    fits = [ds.attrs["tweakreg"] for ds in res.images]
+    assert fits[2]["shift"] == fits[3]["shift"] == res.fits["exp1"]["shift"]
+    assert fits[2]["nmatches"] == res.fits["exp1"]["nmatches"] > sum(len(res.catalogs[n]) > 0 for n in res.catalogs)
+    for k, ds in enumerate(res.images):
+        assert _star_errors_mas(ds, s.truth.wcs[k], s.truth).max() < 5.0
+
+
+def test_too_few_sources_leaves_the_wcs_unchanged_with_a_warning(caplog):
+    s = daskcal.simulate_images(2, (96, 96), seed=2, n_stars=6, wcs_errors=[[0, 0, 0], [0.2, 0.1, 0.0]])
+    with caplog.at_level("WARNING", logger="daskcal.image._align"):
+        res = daskcal.align(s.images)
+    assert res.fits["exp1"]["status"].startswith("FAILED")
+    assert res.images[1].attrs["wcs_asdf"] == s.images[1].attrs["wcs_asdf"]
+    assert res.images[1].attrs["tweakreg"]["status"].startswith("FAILED")
+    assert any("WCS unchanged" in r.getMessage() or "not performed" in r.getMessage() for r in caplog.records)
+    # one exposure group and no reference catalog: nothing to do
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="daskcal.image._align"):
+        one = daskcal.align(s.images[:1])
+    assert one.images[0].attrs["wcs_asdf"] == s.images[0].attrs["wcs_asdf"]
+    assert any("two exposure groups" in r.getMessage() for r in caplog.records)
+
+
+def test_user_catalogs_replace_source_finding(sim, tmp_path):
+    from astropy.table import Table
+
+    catalogs = {}
+    for k, ds in enumerate(sim.images):
+        x, y = sim.truth.wcs[k].invert(sim.truth.star_ra, sim.truth.star_dec)
+        keep = (x > 0) & (x < 255) & (y > 0) & (y < 255)
+        path = tmp_path / f"cat{k}.ecsv"
+        Table({"xcentroid": x[keep], "ycentroid": y[keep]}).write(path)
+        catalogs[ds.attrs["name"] + ".fits"] = str(path)  # file names match the exposure name
+    res = daskcal.align(sim.images, catalogs=catalogs, enforce_user_order=True, **DENSE)
+    for k, ds in enumerate(res.images):
+        assert len(res.catalogs[ds.attrs["name"]]) > 60
+        assert _star_errors_mas(ds, sim.truth.wcs[k], sim.truth).max() < 0.5  # exact positions
+    with pytest.raises(ValueError, match="'nosuch' names no input exposure"):
+        daskcal.align(sim.images, catalogs={"nosuch": str(tmp_path / "cat0.ecsv")})
+    Table({"a": [1.0], "b": [2.0]}).write(tmp_path / "bad.ecsv")
+    with pytest.raises(ValueError, match=r"bad\.ecsv.*no x/y or xcentroid/ycentroid"):
+        daskcal.align(sim.images, catalogs={sim.images[0].attrs["name"]: str(tmp_path / "bad.ecsv")})
+
+
+def test_reference_catalog_errors_are_one_line_and_name_it(sim, tmp_path):
+    from astropy.table import Table
+
+    bad = tmp_path / "noradec.ecsv"
+    Table({"x": [1.0, 2.0], "y": [3.0, 4.0]}).write(bad)
+    for refcat, exc, pattern in [
+        (bad, ValueError, r"abs_refcat '.*noradec\.ecsv' has no RA and DEC columns"),
+        (tmp_path / "missing.ecsv", FileNotFoundError, r"abs_refcat '.*missing\.ecsv' does not exist"),
+        ("GAIADR3", ValueError, "'GAIADR3' is a web catalog"),
+    ]:
+        with pytest.raises(exc, match=pattern) as info:
+            daskcal.align(sim.images, abs_refcat=str(refcat))
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="separation .* must exceed sqrt"):
+        daskcal.align(sim.images, separation=0.5)
+    with pytest.raises(ValueError, match="starfinder must be one of"):
+        daskcal.align(sim.images, starfinder="sextractor")
+    with pytest.raises(TypeError):
+        daskcal.align(sim.images, serchrad=1.0)
+
+
+@pytest.mark.parametrize(("starfinder", "extra"), [("dao", {"roundlo": -1.0, "roundhi": 1.0}), ("segmentation", {})])
+def test_other_star_finders_align_too(starfinder, extra):
+    # DAO roundness is signed: the step's default range (0, 0.2) keeps about half the stars
+    s = _sim(errors=ERRORS[:2])
+    res = daskcal.align(s.images, starfinder=starfinder, enforce_user_order=True, **DENSE, **extra)
+    assert res.fits["exp1"]["status"] == "SUCCESS"
+    assert _star_errors_mas(res.images[1], s.truth.wcs[1], s.truth).max() < 5.0
