@@ -209,8 +209,10 @@ def align(images: Sequence[xr.Dataset], *, catalogs: Mapping[str, Any] | None = 
     fits: dict[str, dict] = {}
     if n_groups > 1:
         fits, final = _relative(correctors, groups, originals, p)
-    elif refcat is None:
-        log.warning("alignment needs two exposure groups or more (got one) or abs_refcat; WCSs unchanged")
+    else:
+        fits = {groups[0]: {"status": "SKIPPED: one exposure group"}}
+        if refcat is None:
+            log.warning("alignment needs two exposure groups or more (got one) or abs_refcat; WCSs unchanged")
     absolute = None
     if refcat is not None:
         absolute, final = _absolute(final, images, tables, groups, names, refcat, p)

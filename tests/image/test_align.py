@@ -201,6 +201,7 @@ def test_too_few_sources_leaves_the_wcs_unchanged_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="daskcal.image._align"):
         one = daskcal.align(s.images[:1])
     assert one.images[0].attrs["wcs_asdf"] == s.images[0].attrs["wcs_asdf"]
+    assert one.images[0].attrs["tweakreg"]["status"] == "SKIPPED: one exposure group"
     assert any("two exposure groups" in r.getMessage() for r in caplog.records)
 
 

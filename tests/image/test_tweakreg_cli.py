@@ -84,6 +84,36 @@ def test_recipe_run_and_catfile(inputs, tmp_path):
     assert json.loads(json.dumps(daskcal.open_images([str(out2 / "sim001_cal.zarr")])[0].attrs["tweakreg"]))
 
 
+def test_association_members_tweakreg_catalog(inputs, tmp_path):
+    import shutil
+
+    from astropy.table import Table
+
+    from daskcal.cli._tweakreg import asn_catalogs
+
+    sim, paths = inputs
+    members = []
+    for k, (ds, path) in enumerate(zip(sim.images, paths)):
+        shutil.copytree(path, tmp_path / Path(path).name)
+        x, y = sim.truth.wcs[k].invert(sim.truth.star_ra, sim.truth.star_dec)
+        keep = (x > 0) & (x < 191) & (y > 0) & (y < 191)
+        Table({"xcentroid": x[keep], "ycentroid": y[keep]}).write(tmp_path / f"c{k}.ecsv")
+        members.append({"expname": Path(path).name, "exptype": "science", "tweakreg_catalog": f"c{k}.ecsv"})
+    asn = tmp_path / "asn.json"
+    asn.write_text(json.dumps({"products": [{"name": "mosaic", "members": members}]}))
+    assert asn_catalogs([str(asn)]) == {m["expname"]: str(tmp_path / m["tweakreg_catalog"]) for m in members}
+    out = tmp_path / "aligned"
+    assert main(["tweakreg", str(asn), "-o", str(out), "--enforce-user-order", "--searchrad", "1.0", "--tolerance",
+                 "0.2", "--separation", "0.5", "--workers", "1", "--no-progress"]) == 0
+    ds = daskcal.open_images([str(out / "sim001_cal.zarr")])[0]
+    x, y = sim.truth.wcs[1].invert(sim.truth.star_ra, sim.truth.star_dec)
+    keep = (x > 0) & (x < 191) & (y > 0) & (y < 191)
+    assert ds.attrs["tweakreg"]["n_sources"] == keep.sum()  # the member's catalog, not found sources
+    ra, dec = daskcal.get_wcs(ds)(x[keep], y[keep])
+    err = np.hypot((ra - sim.truth.star_ra[keep]) * np.cos(np.radians(dec)), dec - sim.truth.star_dec[keep])
+    assert err.max() * 3.6e6 < 0.5
+
+
 def test_errors_are_one_line(inputs, tmp_path, capsys):
     sim, paths = inputs
     bad = tmp_path / "ref.ecsv"
