@@ -10,7 +10,7 @@ from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
 
-__all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS", "read_catfile", "asn_catalogs"]
+__all__ = ["STEP_DEFAULTS", "asn_catalogs", "execute", "read_catfile", "register", "run_recipe"]
 
 
 def _fields():

@@ -24,10 +24,15 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from daskcal.image._catalogs import STARFINDERS, find_sources, read_catalog, read_reference_catalog
+from daskcal.image._catalogs import (
+    STARFINDERS,
+    find_sources,
+    read_catalog,
+    read_reference_catalog,
+)
 from daskcal.image._dataset import get_wcs, wcs_to_text
 
-__all__ = ["align", "AlignResult", "AlignParameters", "WEB_CATALOGS"]
+__all__ = ["WEB_CATALOGS", "AlignParameters", "AlignResult", "align"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,7 @@ FITGEOMETRIES = ("shift", "rshift", "rscale", "general")
 _ABS_GROUP = "__absolute__"
 
 
-def _p(default, help, unit=""):  # noqa: A002
+def _p(default, help, unit=""):
     return dataclasses.field(default=default, metadata={"help": help, "unit": unit})
 
 
@@ -243,7 +248,7 @@ def _key(name: str) -> str:
     for suffix in (".fits", ".zarr", ".asdf"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
-    return stem[:-4] if stem.endswith("_cal") else stem
+    return stem.removesuffix("_cal")
 
 
 def _user_catalogs(names, catalogs) -> list:

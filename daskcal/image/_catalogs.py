@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["find_sources", "read_catalog", "read_reference_catalog", "STARFINDERS"]
+__all__ = ["STARFINDERS", "find_sources", "read_catalog", "read_reference_catalog"]
 
 log = logging.getLogger(__name__)
 
@@ -144,19 +144,20 @@ def find_sources(data: np.ndarray, dq: np.ndarray | None, err: np.ndarray | None
 
 
 def _read_table(p: Path, what: str):
+    from astropy.io.registry import IORegistryError
     from astropy.table import Table
 
     try:
         try:
             return Table.read(p)
-        except Exception:  # format not identified from the name: try plain text
+        except IORegistryError:  # format not identified from the name: try plain text
             return Table.read(p, format="ascii")
     except Exception as exc:  # astropy raises many types for an unreadable table
         msg = f"{what} {str(p)!r} cannot be read as a table ({exc})"
         raise ValueError(msg) from exc
 
 
-def read_catalog(path) -> "astropy.table.Table":  # noqa: F821
+def read_catalog(path) -> astropy.table.Table:  # noqa: F821
     """A user source catalog: ``x``/``y`` or ``xcentroid``/``ycentroid`` (0-based px), optional ``weight``.
 
     Any format ``astropy.table.Table.read`` recognises. Returns a table with ``x``,
@@ -183,7 +184,7 @@ def read_catalog(path) -> "astropy.table.Table":  # noqa: F821
     return out
 
 
-def read_reference_catalog(path) -> "astropy.table.Table":  # noqa: F821
+def read_reference_catalog(path) -> astropy.table.Table:  # noqa: F821
     """An absolute reference catalog: ``RA``, ``DEC`` (deg; any case) and optional ``weight``."""
     from astropy.table import Table
 

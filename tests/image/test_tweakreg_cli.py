@@ -115,7 +115,7 @@ def test_association_members_tweakreg_catalog(inputs, tmp_path):
 
 
 def test_errors_are_one_line(inputs, tmp_path, capsys):
-    sim, paths = inputs
+    _, paths = inputs
     bad = tmp_path / "ref.ecsv"
     bad.write_text("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: x, datatype: float64}\nx\n1.0\n")
     for argv, pattern in [
