@@ -42,6 +42,8 @@ _EXPORTS = {
     "flag_outliers": "daskcal.image._outliers",
     "OutlierResult": "daskcal.image._outliers",
     "MedianComputer": "daskcal.image._median",
+    "align": "daskcal.image._align",
+    "AlignResult": "daskcal.image._align",
 }
 
 __all__ = sorted(_EXPORTS)

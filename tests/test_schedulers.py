@@ -261,3 +261,38 @@ def test_write_crf_and_i2d_fits(images, mosaic_wcs, outlier_oracle, resample_ora
     with fits.open(tmp_path / "m_i2d.fits") as hdul:
         for name, ext in (("data", "SCI"), ("wht", "WHT"), ("con", "CON"), ("var_rnoise", "VAR_RNOISE")):
             np.testing.assert_array_equal(hdul[ext].data, resample_oracle[name].values, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def align_images():
+    return daskcal.simulate_images(2, (96, 90), seed=6, n_stars=40, pixel_scale=0.1, dither=8.0,
+                                   wcs_errors=[[0.0, 0.0, 0.0], [0.2, -0.1, 0.02]]).images
+
+
+def _aligned(result):
+    """Each exposure's catalog and its corrected WCS at a few pixels."""
+    y, x = np.mgrid[0:96:19, 0:90:17].astype(float)
+    out = {}
+    for ds in result.images:
+        name = ds.attrs["name"]
+        cat = result.catalogs[name]
+        out[f"{name}/x"], out[f"{name}/y"] = np.asarray(cat["x"]), np.asarray(cat["y"])
+        out[f"{name}/sky"] = np.array(daskcal.get_wcs(ds)(x, y))
+    return out
+
+
+@pytest.fixture(scope="module")
+def align_oracle(align_images):
+    with _sync():
+        result = daskcal.align(align_images, minobj=5, enforce_user_order=True)
+    assert result.fits["exp1"]["status"] == "SUCCESS"
+    return _aligned(result)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_align_catalogs(align_images, align_oracle, scheduler, grid):
+    chunked = _chunked_images(align_images, grid)
+    assert tuple(len(c) for c in chunked[0]["data"].data.chunks) == GRIDS[grid]
+    with scheduler():
+        got = _aligned(daskcal.align(chunked, minobj=5, enforce_user_order=True))
+    assert_same(got, align_oracle)
