@@ -62,7 +62,7 @@ def _sync():
 def assert_same(got, ref, rtol=0.0):
     """Every variable of ``got`` equals that of ``ref`` (exactly, or within ``rtol``); datasets or dicts."""
     assert sorted(got.keys()) == sorted(ref.keys())
-    for name in ref.keys():
+    for name in ref:
         a, b = np.asarray(got[name]), np.asarray(ref[name])
         if rtol:
             np.testing.assert_allclose(a, b, rtol=rtol, equal_nan=True, err_msg=name)
