@@ -38,6 +38,8 @@ _EXPORTS = {
     "flag_outliers": "daskcal.image._outliers",
     "OutlierResult": "daskcal.image._outliers",
     "MedianComputer": "daskcal.image._median",
+    "match_sky": "daskcal.image._skymatch",
+    "SkyMatchResult": "daskcal.image._skymatch",
 }
 
 __all__ = sorted(_EXPORTS)

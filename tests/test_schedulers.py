@@ -238,3 +238,27 @@ def test_flag_outliers(images, mosaic_wcs, outlier_oracle, scheduler, resample, 
         got = _outliers(result)
     assert (got["dq0"] & int(daskcal.DQ.OUTLIER)).any()
     assert_same(got, outlier_oracle[resample])
+
+
+@pytest.fixture(scope="module")
+def skymatch_oracle(images):
+    with _sync():
+        out = {}
+        for skystat in ("mode", "median"):
+            result = daskcal.match_sky(images, skymethod="global+match", skystat=skystat, subtract=True)
+            out[skystat] = (result.levels, [ds["data"].values for ds in result.images])
+        return out
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("skystat", ["mode", "median"])
+def test_match_sky(images, skymatch_oracle, scheduler, skystat, grid):
+    chunked = _chunked_images(images, grid)
+    with scheduler():
+        result = daskcal.match_sky(chunked, skymethod="global+match", skystat=skystat, subtract=True)
+        data = dask.compute(*(ds["data"].data for ds in result.images))
+    assert tuple(len(c) for c in result.images[0]["data"].data.chunks) == GRIDS[grid]
+    levels, ref = skymatch_oracle[skystat]
+    assert result.levels == levels
+    for got, want in zip(data, ref, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "daskcal.cli._run",
     "daskcal.cli._outliers",
     "daskcal.cli._resample",
+    "daskcal.cli._skymatch",
 )
 
 

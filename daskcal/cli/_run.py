@@ -16,6 +16,7 @@ PIPELINES = {
     "detector1": "daskcal.cli._detector1",
     "outliers": "daskcal.cli._outliers",
     "resample": "daskcal.cli._resample",
+    "skymatch": "daskcal.cli._skymatch",
 }
 
 

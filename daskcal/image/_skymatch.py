@@ -335,8 +335,8 @@ def _image_statistics(img, regions, spec, ignore_bits, shift, after, token):
             d, q = bind(data, prev), None
         else:
             d, q = bind((data, dq), prev)
-        dblocks = d.to_delayed()
-        qblocks = None if q is None else q.to_delayed()
+        dblocks = d.to_delayed(optimize_graph=False)  # culled once, by the final compute
+        qblocks = None if q is None else q.to_delayed(optimize_graph=False)
         parts = [
             dask.delayed(stats.chunk_partials)(
                 kind, states, dblocks[a, b], None if qblocks is None else qblocks[a, b],
@@ -345,10 +345,14 @@ def _image_statistics(img, regions, spec, ignore_bits, shift, after, token):
             )
             for a, b in cuts
         ]
-        states = dask.delayed(stats.advance)(kind, spec, states, parts,
-                                             dask_key_name=f"skymatch-merge-{token}-{img.index}-{r}")
+        states = dask.delayed(_merge)(kind, spec, states, *parts,  # Delayed arguments at the top level stay
+                                      dask_key_name=f"skymatch-merge-{token}-{img.index}-{r}")  # cheap
         prev = states
     return dask.delayed(_results)(spec, states, dask_key_name=f"skymatch-stat-{token}-{img.index}")
+
+
+def _merge(kind, spec, states, *parts):
+    return stats.advance(kind, spec, states, parts)
 
 
 def _results(spec, states):

@@ -269,7 +269,7 @@ def _plan_hist(spec: SkyStatSpec, st: TargetState) -> TargetState:
     hwidth = spec.binwidth * st.std
     drange = st.vmax - st.vmin
     if hwidth < _MINFLOAT or abs(drange) < _MINFLOAT or hwidth > drange:
-        log.warning("sky statistic: the clipped data fall within one histogram bin")
+        log.info("sky statistic: the clipped data fall within one histogram bin")
         nbins, dz = 1, drange
     elif not math.isfinite(drange / hwidth):  # ImageStats fails (int of NaN): no sky from this region
         return dataclasses.replace(st, dead=True)
