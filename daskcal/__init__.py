@@ -44,6 +44,8 @@ _EXPORTS = {
     "MedianComputer": "daskcal.image._median",
     "align": "daskcal.image._align",
     "AlignResult": "daskcal.image._align",
+    "match_sky": "daskcal.image._skymatch",
+    "SkyMatchResult": "daskcal.image._skymatch",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -296,3 +296,27 @@ def test_align_catalogs(align_images, align_oracle, scheduler, grid):
     with scheduler():
         got = _aligned(daskcal.align(chunked, minobj=5, enforce_user_order=True))
     assert_same(got, align_oracle)
+
+
+@pytest.fixture(scope="module")
+def skymatch_oracle(images):
+    with _sync():
+        out = {}
+        for skystat in ("mode", "median"):
+            result = daskcal.match_sky(images, skymethod="global+match", skystat=skystat, subtract=True)
+            out[skystat] = (result.levels, [ds["data"].values for ds in result.images])
+        return out
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("skystat", ["mode", "median"])
+def test_match_sky(images, skymatch_oracle, scheduler, skystat, grid):
+    chunked = _chunked_images(images, grid)
+    with scheduler():
+        result = daskcal.match_sky(chunked, skymethod="global+match", skystat=skystat, subtract=True)
+        data = dask.compute(*(ds["data"].data for ds in result.images))
+    assert tuple(len(c) for c in result.images[0]["data"].data.chunks) == GRIDS[grid]
+    levels, ref = skymatch_oracle[skystat]
+    assert result.levels == levels
+    for got, want in zip(data, ref, strict=True):
+        np.testing.assert_array_equal(got, want)

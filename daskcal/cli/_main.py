@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     "daskcal.cli._outliers",
     "daskcal.cli._resample",
     "daskcal.cli._tweakreg",
+    "daskcal.cli._skymatch",
 )
 
 

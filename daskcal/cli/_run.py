@@ -17,6 +17,7 @@ PIPELINES = {
     "outliers": "daskcal.cli._outliers",
     "resample": "daskcal.cli._resample",
     "tweakreg": "daskcal.cli._tweakreg",
+    "skymatch": "daskcal.cli._skymatch",
 }
 
 
