@@ -42,6 +42,8 @@ _EXPORTS = {
     "flag_outliers": "daskcal.image._outliers",
     "OutlierResult": "daskcal.image._outliers",
     "MedianComputer": "daskcal.image._median",
+    "image3": "daskcal.image._pipeline",
+    "Image3Result": "daskcal.image._pipeline",
     "align": "daskcal.image._align",
     "AlignResult": "daskcal.image._align",
     "match_sky": "daskcal.image._skymatch",

@@ -18,6 +18,7 @@ PIPELINES = {
     "resample": "daskcal.cli._resample",
     "tweakreg": "daskcal.cli._tweakreg",
     "skymatch": "daskcal.cli._skymatch",
+    "image3": "daskcal.cli._image3",
 }
 
 
