@@ -76,6 +76,26 @@ def test_bad_parameters(sim, kw, err, match):
         image3(sim.images, **kw)
 
 
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"skymatch": {"skymethod": "best"}}, "skymatch: .*skymethod"),
+    ({"skymatch": {"skystat": "average"}}, "skymatch: .*skystat"),
+    ({"outlier_detection": {"maskpt": 3.0}}, "outlier_detection: maskpt"),
+    ({"resample": {"kernel": "boxcar"}}, "resample: unknown kernel"),
+    ({"resample": {"pixel_scal": 0.05}}, "unknown resample parameters \\['pixel_scal'\\]"),
+    ({"tweakreg": {"searchrad": -1.0}}, "tweakreg: .*searchrad"),
+])
+def test_bad_parameters_of_any_step_before_anything_computes(sim, monkeypatch, kw, match):
+    """Alignment computes catalogs first: a later step's bad parameter must stop the run before that."""
+    import daskcal.image._align as align_module
+
+    def no_compute(*a, **k):
+        raise AssertionError("a step ran before every parameter was checked")
+
+    monkeypatch.setattr(align_module, "_compute_catalogs", no_compute)
+    with pytest.raises(ValueError, match=match):
+        image3(sim.images, **kw)
+
+
 # -- the whole pipeline against injected truth ---------------------------------------------------
 
 #: WCS errors (east, north arcsec; deg) per exposure (exposure 0 is the alignment reference) and sky offsets
