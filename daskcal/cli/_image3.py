@@ -20,7 +20,7 @@ from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
 
-__all__ = ["register", "execute", "run_recipe", "STEP_MODULES", "step_defaults", "parse_value", "normalise_step_flags"]
+__all__ = ["STEP_MODULES", "execute", "normalise_step_flags", "parse_value", "register", "run_recipe", "step_defaults"]
 
 #: image3 step -> CLI module whose ``STEP_DEFAULTS`` lists its parameters.
 STEP_MODULES = {
@@ -220,8 +220,8 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
         if result is not None:
             result.cleanup()
     print(f"image3: {len(images)} exposures in {elapsed:.1f} s")
-    for key in stores:
-        print(f"{key}: {stores[key]}" + (f" (+ {fits_files[key].name})" if fits else ""))
+    for key, store in stores.items():
+        print(f"{key}: {store}" + (f" (+ {fits_files[key].name})" if fits else ""))
     return {**stores, **{f"{k}.fits": v for k, v in fits_files.items()}}
 
 

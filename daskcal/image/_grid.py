@@ -27,9 +27,22 @@ import numpy as np
 
 from daskcal.image._dataset import get_wcs
 
-__all__ = ["output_wcs", "resolve_output_wcs", "check_output_size", "pixel_scale_of", "max_output_bytes",
-           "jwst_pc_matrix", "footprint_union", "s_region_of",
-           "WorkerMemory", "worker_memory", "tile_task_bytes", "tile_budget", "tile_side", "check_task_fits"]
+__all__ = [
+    "WorkerMemory",
+    "check_output_size",
+    "check_task_fits",
+    "footprint_union",
+    "jwst_pc_matrix",
+    "max_output_bytes",
+    "output_wcs",
+    "pixel_scale_of",
+    "resolve_output_wcs",
+    "s_region_of",
+    "tile_budget",
+    "tile_side",
+    "tile_task_bytes",
+    "worker_memory",
+]
 
 CONFIG_KEY = "daskcal.resample.max-output-memory"
 ENV_KEY = "DASKCAL_MAX_OUTPUT_MEMORY"

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["image3", "Image3Result", "STEP_NAMES", "nan_outliers"]
+__all__ = ["STEP_NAMES", "Image3Result", "image3", "nan_outliers"]
 
 log = logging.getLogger("daskcal.image3")
 

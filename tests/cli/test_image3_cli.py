@@ -71,7 +71,7 @@ def test_image3_association_to_jwst_products(asn, tmp_path, capsys):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    sim, path = asn
+    _, path = asn
     out = tmp_path / "out"
     assert _run("image3", path, out, "--fits", *TWEAK) == 0
     stems = [f"jw01234001001_01101_{k:05d}_nrca1" for k in (1, 2, 3)]
