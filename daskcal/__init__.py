@@ -6,6 +6,8 @@ Public API (imported lazily on first use)::
     daskcal.flag_saturation, daskcal.detect_jumps, daskcal.fit_ramps, daskcal.detector1
     daskcal.image_dataset, daskcal.get_wcs, daskcal.open_images, daskcal.simulate_images
     daskcal.output_wcs, daskcal.resample, daskcal.flag_outliers, daskcal.MedianComputer
+    daskcal.align, daskcal.match_sky, daskcal.image3, daskcal.read_association
+    daskcal.write_cal_fits, daskcal.write_crf_fits, daskcal.read_fits_wcs
     daskcal.DQ
 """
 
