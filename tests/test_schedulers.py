@@ -320,3 +320,42 @@ def test_match_sky(images, skymatch_oracle, scheduler, skystat, grid):
     assert result.levels == levels
     for got, want in zip(data, ref, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+# -- the image3 pipeline (tweakreg -> skymatch -> outliers -> resample) ------------------------------
+def _image3(images, grid=None):
+    chunked = images if grid is None else _chunked_images(images, grid)
+    res = daskcal.image3(chunked, tweakreg={"minobj": 5, "enforce_user_order": True}, skymatch={"skystat": "median"},
+                         outlier_detection={"tile_shape": (48, 48)}, resample={"tile_shape": (40, 44)})
+    try:
+        mosaic, crf = dask.compute(res.mosaic, res.images)
+    finally:
+        res.cleanup()
+    out = {name: mosaic[name].values for name in ("data", "wht", "con")}
+    for k, ds in enumerate(crf):
+        out[f"dq{k}"], out[f"data{k}"] = ds["dq"].values, ds["data"].values
+        out[f"level{k}"] = np.array(ds.attrs["level"])
+        out[f"sky{k}"] = np.array(daskcal.get_wcs(ds)(10.0, 20.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def image3_images():
+    sim = daskcal.simulate_images(3, (96, 90), seed=6, n_stars=40, pixel_scale=0.1, dither=8.0, cosmic_rays=10,
+                                  wcs_errors=[[0.0, 0.0, 0.0], [0.2, -0.1, 0.02], [-0.1, 0.15, -0.01]],
+                                  sky_offsets=[0.0, 0.3, 0.6])
+    return [im.assign_attrs(level=0.0) for im in sim.images]
+
+
+@pytest.fixture(scope="module")
+def image3_oracle(image3_images):
+    with _sync():
+        return _image3(image3_images)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_image3(image3_images, image3_oracle, scheduler, grid):
+    with scheduler():
+        got = _image3(image3_images, grid)
+    assert (got["dq1"] & int(daskcal.DQ.OUTLIER)).any() and got["level2"] > got["level0"]
+    assert_same(got, image3_oracle)
