@@ -469,3 +469,15 @@ def test_overlap_runs_equal_gwcs_polygon_fill():
         assert full.any()
         np.testing.assert_array_equal(runs_mask(runs, 0, 0, shape), full)
         np.testing.assert_array_equal(runs_mask(runs, 7, 9, (11, 13)), full[7:18, 9:22])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_compute_for_every_statistic(offset_images, monkeypatch, method):
+    import dask
+
+    calls = []
+    real = dask.compute
+    monkeypatch.setattr(dask, "compute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = match_sky([ds.chunk({"y": 50, "x": 60}) for ds in offset_images], skymethod=method, subtract=True)
+    assert len(calls) == 1
+    assert all(isinstance(v, float) for v in result.levels.values())
