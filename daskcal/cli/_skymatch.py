@@ -9,7 +9,7 @@ from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
 
-__all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
+__all__ = ["STEP_DEFAULTS", "execute", "register", "run_recipe"]
 
 
 def _defaults() -> dict:
@@ -113,7 +113,7 @@ def execute(inputs, output, params: dict, args, *, overwrite=False) -> dict:
     for name, ds in zip(names, result.images, strict=True):
         level = ds.attrs["skymatch"]["level"]
         shown = "skipped" if level is None else f"{level:.7g}"
-        print(f"{name:<{width}}  {str(ds.attrs.get('group_id', '')):<8}  {shown}")
+        print(f"{name:<{width}}  {ds.attrs.get('group_id', '')!s:<8}  {shown}")
     return paths
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Layout", "Levels", "match_deltas", "shifts_after_match", "compute_levels"]
+__all__ = ["Layout", "Levels", "compute_levels", "match_deltas", "shifts_after_match"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ from daskcal.image import _skystats as stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["match_sky", "SkyMatchResult", "SkyMatchParameters", "SKYMETHODS"]
+__all__ = ["SKYMETHODS", "SkyMatchParameters", "SkyMatchResult", "match_sky"]
 
 SKYMETHODS = ("local", "global", "match", "global+match")
 
@@ -240,15 +240,17 @@ class _Runs:
         self.runs = []
 
     def __getitem__(self, row):
-        runs, nx = self.runs, self.shape[1]
+        return _RowRuns(self, row)
 
-        class _Row:
-            def __setitem__(self, cols, value):
-                start, stop, _ = cols.indices(nx)
-                if stop > start:
-                    runs.append((row, start, stop))
 
-        return _Row()
+class _RowRuns:
+    def __init__(self, runs: _Runs, row: int):
+        self.owner, self.row = runs, row
+
+    def __setitem__(self, cols, value):
+        start, stop, _ = cols.indices(self.owner.shape[1])  # numpy's meaning of the slice
+        if stop > start:
+            self.owner.runs.append((self.row, start, stop))
 
 
 def _pixel_runs(wcs, shape, polygons) -> np.ndarray:

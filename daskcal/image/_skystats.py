@@ -28,13 +28,24 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SkyStatSpec", "TargetState", "SKYSTATS", "schedule", "initial_state", "chunk_partials", "advance",
-           "result", "runs_mask", "run_local"]
+__all__ = [
+    "SKYSTATS",
+    "SkyStatSpec",
+    "TargetState",
+    "advance",
+    "chunk_partials",
+    "initial_state",
+    "result",
+    "run_local",
+    "runs_mask",
+    "schedule",
+]
 
 SKYSTATS = ("mean", "median", "mode", "midpt")
 _MINFLOAT = 10.0 * float(np.finfo(np.float32).eps)
 _DIGIT_BITS = 8  # radix select: 4 rounds of 256 bins over a 32-bit key
 _ROUNDS_RADIX = ("R0", "R1", "R2", "R3")
+_NO_LOWER, _NO_UPPER = np.float32(-np.inf), np.float32(np.inf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +67,8 @@ class TargetState:
 
     dead: bool = False
     iteration: int = 0
-    lo: np.float32 = np.float32(-np.inf)  # clip limits of the current (or last) count/sum pass
-    hi: np.float32 = np.float32(np.inf)
+    lo: np.float32 = _NO_LOWER  # clip limits (float32) of the current (or last) count/sum pass
+    hi: np.float32 = _NO_UPPER
     first: float | None = None  # the region's first selected pixel (C order): a quirk of the C min/max
     n_all: int = 0
     npix: int = 0
@@ -119,10 +130,10 @@ def _from_key(key: int) -> np.float32:
     return np.array([bits], np.uint32).view(np.float32)[0]
 
 
-def _partial(kind: str, st: TargetState, v: np.ndarray, flat: np.ndarray):
+def _partial(kind: str, st: TargetState, v: np.ndarray, first: int | None):
     """Partial result of one round for one target's values ``v`` (float32, 1-D) in one chunk.
 
-    ``flat`` holds the image-wide C-order index of each value (for the first pixel).
+    ``first``: in the first round, the image-wide C-order index of ``v[0]``.
     """
     if kind == "A":
         sel = (v >= st.lo) & (v <= st.hi)
@@ -130,8 +141,8 @@ def _partial(kind: str, st: TargetState, v: np.ndarray, flat: np.ndarray):
         out = {"n": int(good.size), "sum": float(good.sum(dtype=np.float64)), "n_all": int(v.size)}
         if good.size:
             out["min"], out["max"] = float(good.min()), float(good.max())
-        if v.size:
-            out["first"] = (int(flat[0]), float(v[0]))
+        if first is not None:
+            out["first"] = (first, float(v[0]))
         return out
     if kind == "B":
         sel = (v >= np.float32(st.vmin)) & (v <= np.float32(st.vmax))
@@ -193,14 +204,17 @@ def chunk_partials(kind, states, block, dq, offset, width, regions, ignore_bits,
         good &= bitfield_to_boolean_mask(np.asarray(dq), ignore_bits, good_mask_value=True, dtype=bool)
     y0, x0 = offset
     h, w = block.shape
-    flat_all = (np.arange(y0, y0 + h)[:, None] * width + np.arange(x0, x0 + w)[None, :])
     out = []
     for st, region in zip(states, regions, strict=True):
         if st.dead:
             out.append(None)
             continue
         m = good if region is None else good & runs_mask(region, y0, x0, (h, w))
-        out.append(_partial(kind, st, block[m], flat_all[m]))
+        first = None
+        if kind == "A" and st.iteration == 0:  # the image-wide C-order index of the first value
+            rows, cols = np.nonzero(m)
+            first = (int(rows[0] + y0) * width + int(cols[0] + x0)) if rows.size else None
+        out.append(_partial(kind, st, block[m], first))
     return out
 
 
@@ -239,8 +253,8 @@ def _advance_a(st: TargetState, pieces) -> TargetState:
     s = math.fsum(p["sum"] for p in pieces)
     lo, hi = float(st.lo), float(st.hi)
     # the C code starts its min/max at the first pixel of the array, bounded by the limits
-    vmin = min([lo if lo > first else first] + [p["min"] for p in pieces if p["n"]])
-    vmax = max([hi if hi < first else first] + [p["max"] for p in pieces if p["n"]])
+    vmin = min([max(first, lo)] + [p["min"] for p in pieces if p["n"]])
+    vmax = max([min(first, hi)] + [p["max"] for p in pieces if p["n"]])
     mean = float(np.float32(s / n))
     return dataclasses.replace(st, npix=n, n_all=n_all, first=first, mean=mean, vmin=float(np.float32(vmin)),
                                vmax=float(np.float32(vmax)))

@@ -450,3 +450,34 @@ def test_no_chunk_is_held_between_rounds(offset_images):
     # without re-reading (dask.graph_manipulation.bind made an identity) the sync scheduler holds
     # an image's 25 chunks through its rounds: peak 29 here; with it, a few
     assert peak[0] <= 6, peak[0]
+
+
+def test_overlap_runs_equal_gwcs_polygon_fill():
+    """The row runs recorded from gwcs's scan mark the pixels its fill of a full mask marks."""
+    from gwcs import region
+
+    from daskcal.image._skymatch import _Runs
+    from daskcal.image._skystats import runs_mask
+
+    shape = (30, 40)
+    for vertices in ([(-3.2, 2.0), (20.4, -5.0), (45.0, 12.6), (18.0, 35.0), (-3.2, 2.0)],
+                     [(5.0, 5.0), (30.0, 6.0), (29.0, 20.0), (6.0, 21.0), (5.0, 5.0)]):
+        full = region.Polygon(True, vertices).scan(np.zeros(shape, bool))
+        rec = _Runs(shape)
+        region.Polygon(True, vertices).scan(rec)
+        runs = np.array(rec.runs).reshape(-1, 3)
+        assert full.any()
+        np.testing.assert_array_equal(runs_mask(runs, 0, 0, shape), full)
+        np.testing.assert_array_equal(runs_mask(runs, 7, 9, (11, 13)), full[7:18, 9:22])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_compute_for_every_statistic(offset_images, monkeypatch, method):
+    import dask
+
+    calls = []
+    real = dask.compute
+    monkeypatch.setattr(dask, "compute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = match_sky([ds.chunk({"y": 50, "x": 60}) for ds in offset_images], skymethod=method, subtract=True)
+    assert len(calls) == 1
+    assert all(isinstance(v, float) for v in result.levels.values())
