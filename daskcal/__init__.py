@@ -6,6 +6,8 @@ Public API (imported lazily on first use)::
     daskcal.flag_saturation, daskcal.detect_jumps, daskcal.fit_ramps, daskcal.detector1
     daskcal.image_dataset, daskcal.get_wcs, daskcal.open_images, daskcal.simulate_images
     daskcal.output_wcs, daskcal.resample, daskcal.flag_outliers, daskcal.MedianComputer
+    daskcal.align, daskcal.match_sky, daskcal.image3, daskcal.read_association
+    daskcal.write_cal_fits, daskcal.write_crf_fits, daskcal.read_fits_wcs
     daskcal.DQ
 """
 
@@ -32,12 +34,22 @@ _EXPORTS = {
     "image_dataset": "daskcal.image._dataset",
     "get_wcs": "daskcal.image._dataset",
     "open_images": "daskcal.image._io",
+    "write_cal_fits": "daskcal.image._fits_write",
+    "write_crf_fits": "daskcal.image._fits_write",
+    "read_fits_wcs": "daskcal.image._fits_write",
+    "read_association": "daskcal.image._io",
     "simulate_images": "daskcal.image._simulate",
     "output_wcs": "daskcal.image._grid",
     "resample": "daskcal.image._resample",
     "flag_outliers": "daskcal.image._outliers",
     "OutlierResult": "daskcal.image._outliers",
     "MedianComputer": "daskcal.image._median",
+    "image3": "daskcal.image._pipeline",
+    "Image3Result": "daskcal.image._pipeline",
+    "align": "daskcal.image._align",
+    "AlignResult": "daskcal.image._align",
+    "match_sky": "daskcal.image._skymatch",
+    "SkyMatchResult": "daskcal.image._skymatch",
 }
 
 __all__ = sorted(_EXPORTS)

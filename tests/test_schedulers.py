@@ -62,7 +62,7 @@ def _sync():
 def assert_same(got, ref, rtol=0.0):
     """Every variable of ``got`` equals that of ``ref`` (exactly, or within ``rtol``); datasets or dicts."""
     assert sorted(got.keys()) == sorted(ref.keys())
-    for name in ref.keys():
+    for name in ref:
         a, b = np.asarray(got[name]), np.asarray(ref[name])
         if rtol:
             np.testing.assert_allclose(a, b, rtol=rtol, equal_nan=True, err_msg=name)
@@ -238,3 +238,124 @@ def test_flag_outliers(images, mosaic_wcs, outlier_oracle, scheduler, resample, 
         got = _outliers(result)
     assert (got["dq0"] & int(daskcal.DQ.OUTLIER)).any()
     assert_same(got, outlier_oracle[resample])
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_write_crf_and_i2d_fits(images, mosaic_wcs, outlier_oracle, resample_oracle, scheduler, grid, tmp_path):
+    from astropy.io import fits
+
+    from daskcal.image._fits_write import to_fits, write_crf_fits
+
+    result = daskcal.flag_outliers(_chunked_images(images, grid), tile_shape=grid_chunks(mosaic_wcs.array_shape, grid))
+    tiles = grid_chunks(mosaic_wcs.array_shape, grid)
+    mosaic = daskcal.resample(_chunked_images(images, grid), output_wcs=mosaic_wcs, tile_shape=tiles)
+    with scheduler():
+        write_crf_fits(result.images[0], tmp_path / "e0_crf.fits")
+        to_fits(mosaic, tmp_path / "m_i2d.fits")
+    result.cleanup()
+    dq = outlier_oracle[True]["dq0"]
+    bad = (dq & int(daskcal.DQ.DO_NOT_USE)) != 0
+    with fits.open(tmp_path / "e0_crf.fits") as hdul:
+        np.testing.assert_array_equal(hdul["DQ"].data, dq)
+        np.testing.assert_array_equal(hdul["SCI"].data, np.where(bad, np.nan, images[0]["data"].values))
+    with fits.open(tmp_path / "m_i2d.fits") as hdul:
+        for name, ext in (("data", "SCI"), ("wht", "WHT"), ("con", "CON"), ("var_rnoise", "VAR_RNOISE")):
+            np.testing.assert_array_equal(hdul[ext].data, resample_oracle[name].values, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def align_images():
+    return daskcal.simulate_images(2, (96, 90), seed=6, n_stars=40, pixel_scale=0.1, dither=8.0,
+                                   wcs_errors=[[0.0, 0.0, 0.0], [0.2, -0.1, 0.02]]).images
+
+
+def _aligned(result):
+    """Each exposure's catalog and its corrected WCS at a few pixels."""
+    y, x = np.mgrid[0:96:19, 0:90:17].astype(float)
+    out = {}
+    for ds in result.images:
+        name = ds.attrs["name"]
+        cat = result.catalogs[name]
+        out[f"{name}/x"], out[f"{name}/y"] = np.asarray(cat["x"]), np.asarray(cat["y"])
+        out[f"{name}/sky"] = np.array(daskcal.get_wcs(ds)(x, y))
+    return out
+
+
+@pytest.fixture(scope="module")
+def align_oracle(align_images):
+    with _sync():
+        result = daskcal.align(align_images, minobj=5, enforce_user_order=True)
+    assert result.fits["exp1"]["status"] == "SUCCESS"
+    return _aligned(result)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_align_catalogs(align_images, align_oracle, scheduler, grid):
+    chunked = _chunked_images(align_images, grid)
+    assert tuple(len(c) for c in chunked[0]["data"].data.chunks) == GRIDS[grid]
+    with scheduler():
+        got = _aligned(daskcal.align(chunked, minobj=5, enforce_user_order=True))
+    assert_same(got, align_oracle)
+
+
+@pytest.fixture(scope="module")
+def skymatch_oracle(images):
+    with _sync():
+        out = {}
+        for skystat in ("mode", "median"):
+            result = daskcal.match_sky(images, skymethod="global+match", skystat=skystat, subtract=True)
+            out[skystat] = (result.levels, [ds["data"].values for ds in result.images])
+        return out
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("skystat", ["mode", "median"])
+def test_match_sky(images, skymatch_oracle, scheduler, skystat, grid):
+    chunked = _chunked_images(images, grid)
+    with scheduler():
+        result = daskcal.match_sky(chunked, skymethod="global+match", skystat=skystat, subtract=True)
+        data = dask.compute(*(ds["data"].data for ds in result.images))
+    assert tuple(len(c) for c in result.images[0]["data"].data.chunks) == GRIDS[grid]
+    levels, ref = skymatch_oracle[skystat]
+    assert result.levels == levels
+    for got, want in zip(data, ref, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+# -- the image3 pipeline (tweakreg -> skymatch -> outliers -> resample) ------------------------------
+def _image3(images, grid=None):
+    chunked = images if grid is None else _chunked_images(images, grid)
+    res = daskcal.image3(chunked, tweakreg={"minobj": 5, "enforce_user_order": True}, skymatch={"skystat": "median"},
+                         outlier_detection={"tile_shape": (48, 48)}, resample={"tile_shape": (40, 44)})
+    try:
+        mosaic, crf = dask.compute(res.mosaic, res.images)
+    finally:
+        res.cleanup()
+    out = {name: mosaic[name].values for name in ("data", "wht", "con")}
+    for k, ds in enumerate(crf):
+        out[f"dq{k}"], out[f"data{k}"] = ds["dq"].values, ds["data"].values
+        out[f"level{k}"] = np.array(ds.attrs["level"])
+        out[f"sky{k}"] = np.array(daskcal.get_wcs(ds)(10.0, 20.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def image3_images():
+    sim = daskcal.simulate_images(3, (96, 90), seed=6, n_stars=40, pixel_scale=0.1, dither=8.0, cosmic_rays=10,
+                                  wcs_errors=[[0.0, 0.0, 0.0], [0.2, -0.1, 0.02], [-0.1, 0.15, -0.01]],
+                                  sky_offsets=[0.0, 0.3, 0.6])
+    return [im.assign_attrs(level=0.0) for im in sim.images]
+
+
+@pytest.fixture(scope="module")
+def image3_oracle(image3_images):
+    with _sync():
+        return _image3(image3_images)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_image3(image3_images, image3_oracle, scheduler, grid):
+    with scheduler():
+        got = _image3(image3_images, grid)
+    assert (got["dq1"] & int(daskcal.DQ.OUTLIER)).any() and got["level2"] > got["level0"]
+    assert_same(got, image3_oracle)

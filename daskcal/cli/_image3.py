@@ -20,7 +20,7 @@ from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
 
-__all__ = ["register", "execute", "run_recipe", "STEP_MODULES", "step_defaults", "parse_value", "normalise_step_flags"]
+__all__ = ["STEP_MODULES", "execute", "normalise_step_flags", "parse_value", "register", "run_recipe", "step_defaults"]
 
 #: image3 step -> CLI module whose ``STEP_DEFAULTS`` lists its parameters.
 STEP_MODULES = {
@@ -155,28 +155,11 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def exposure_name(path) -> str:
-    """An exposure's product stem from its file name: ``jw..._nrca1_cal.fits`` -> ``jw..._nrca1``.
-
-    The extension (``.fits``, ``.fits.gz``, ``.zarr``) and a trailing step suffix (``_cal``,
-    ``_crf``, ...) go, as jwst names ``_crf`` products after their inputs.
-    """
-    name = Path(path).name
-    for ext in (".fits.gz", ".fits", ".fit", ".zarr"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    for suffix in ("_cal", "_crf", "_tweakreg", "_skymatch", "_outlier_i2d"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite: bool = False,
             product_name: str | None = None, tempdir=None) -> dict:
     """Open the inputs, check every product path, connect, run image3 and write the products together."""
     from daskcal.cluster import connect
-    from daskcal.image._io import expand_inputs, open_images
+    from daskcal.image._io import expand_inputs, exposure_name, open_images
     from daskcal.image._pipeline import _product_name, image3
     from daskcal.io._atomic import save_products
     from daskcal.io._outputs import OutputSet
@@ -237,8 +220,8 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
         if result is not None:
             result.cleanup()
     print(f"image3: {len(images)} exposures in {elapsed:.1f} s")
-    for key in stores:
-        print(f"{key}: {stores[key]}" + (f" (+ {fits_files[key].name})" if fits else ""))
+    for key, store in stores.items():
+        print(f"{key}: {store}" + (f" (+ {fits_files[key].name})" if fits else ""))
     return {**stores, **{f"{k}.fits": v for k, v in fits_files.items()}}
 
 

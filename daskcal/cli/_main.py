@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-__all__ = ["main", "build_parser", "expected_failure"]
+__all__ = ["build_parser", "expected_failure", "main"]
 
 # Subcommand modules, in the order ``daskcal --help`` lists them.
 SUBCOMMANDS = (
@@ -23,6 +23,9 @@ SUBCOMMANDS = (
     "daskcal.cli._run",
     "daskcal.cli._outliers",
     "daskcal.cli._resample",
+    "daskcal.cli._tweakreg",
+    "daskcal.cli._skymatch",
+    "daskcal.cli._image3",
 )
 
 
@@ -39,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from daskcal.cli._image3 import normalise_step_flags
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalise_step_flags(list(sys.argv[1:] if argv is None else argv)))
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     # dask.distributed sets its own loggers to INFO; filter at the handler so -v rules everything

@@ -32,15 +32,19 @@ def register(sub) -> None:
     p = sub.add_parser(
         "outliers",
         help="flag outliers (cosmic rays) in calibrated exposures by comparison with their median",
-        description="Flag outliers in calibrated image Zarr stores: single-drizzle each exposure group, "
+        description="Flag outliers in calibrated exposures - Zarr image stores, JWST-style _cal.fits files or an "
+        "association JSON (its science members): single-drizzle each exposure group (group_id), "
         "take the median, blot it back and compare. Writes OUTDIR/<name>.zarr per input (dq updated) "
         "and, with --save-median, OUTDIR/median.zarr.",
     )
-    p.add_argument("inputs", nargs="+", help="calibrated image Zarr stores (two exposure groups or more)")
+    p.add_argument("inputs", nargs="+", help="image Zarr stores, _cal.fits files and/or association .json files "
+                   "(two exposure groups or more)")
     p.add_argument("-o", "--output", required=True, help="output directory (created if missing; the products appear in it together when complete)")
     p.add_argument("--save-median", action="store_true", help="also write the median mosaic as median.zarr")
     p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.outliers] table (graphs/outliers.toml)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
+    p.add_argument("--allow-outside-asn", action="store_true",
+                   help="read association members outside the association's folder (absolute or through ..)")
     g = p.add_argument_group("outliers parameters (default: the recipe's, else the reference defaults)")
     g.add_argument("--snr", default=None, help="two thresholds in sigma (default '5.0 4.0')")
     g.add_argument("--scale", default=None, help="two derivative multipliers (default '1.2 0.7')")
@@ -97,40 +101,27 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(path):
-    import xarray as xr
-
-    p = Path(path)
-    if not p.exists():
-        msg = f"no input at {str(p)!r}"
-        raise FileNotFoundError(msg)
-    if p.suffix.lower() == ".fits":
-        msg = f"{str(p)!r} is FITS; outliers reads calibrated image Zarr stores"
-        raise ValueError(msg)
-    try:
-        from daskcal.image._io import open_images  # the image-stage reader, when present
-    except ImportError:
-        return xr.open_zarr(p, consolidated=False)
-    return open_images([str(p)])[0]
-
-
 def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=False, tempdir=None) -> dict:
     """Open the inputs, build the graph, run it on the chosen cluster and write the products."""
     from daskcal.cluster import connect
+    from daskcal.image._io import expand_inputs, exposure_name, open_images
     from daskcal.image._outliers import flag_outliers
     from daskcal.io._atomic import save_products
     from daskcal.io._outputs import OutputSet
 
-    images = [_open(p) for p in inputs]
+    outside = getattr(args, "allow_outside_asn", False)
+    members = expand_inputs(inputs, allow_outside_asn=outside)
+    images = open_images(inputs, allow_outside_asn=outside)  # as members, with the association's group_ids
     names = []
-    for k, (ds, path) in enumerate(zip(images, inputs)):
-        name = str(ds.attrs.get("name") or Path(path).stem)
+    for k, (ds, path) in enumerate(zip(images, members)):
+        name = str(ds.attrs.get("name") or exposure_name(path))
         names.append(name if name not in names else f"{name}_{k}")
     result = flag_outliers(images, tempdir=tempdir, **params)  # validates before anything runs
     products = {name: ds for name, ds in zip(names, result.images)}
     if save_median:
         products["median"] = result.median.to_dataset()
-    outputs = OutputSet([Path(output) / f"{name}.zarr" for name in products], overwrite=overwrite, inputs=inputs)
+    outputs = OutputSet([Path(output) / f"{name}.zarr" for name in products], overwrite=overwrite,
+                        inputs=[*inputs, *members])  # association files and their members
     try:
         with outputs:  # checked, and the output folder proven writable, before the cluster starts
             with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,

@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--fits", action="store_true", help="also export OUT_i2d.fits (mosaic must fit in memory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--allow-outside-asn", action="store_true",
-                   help="read association members given as absolute paths or outside the association's folder")
+                   help="read association members outside the association's folder (absolute or through ..)")
     p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.resample] table (graphs/resample.toml)")
     g = p.add_argument_group("resample parameters (default: the recipe's, else the reference step's)")
     g.add_argument("--pixfrac", type=float, default=None, help="drop size relative to an input pixel, (0, 1] (1.0)")
@@ -144,13 +144,14 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     outputs = OutputSet([output, fits_path(output)] if fits else [output], overwrite=overwrite,
                         inputs=[*inputs, *members])  # association files and their members
     outputs.check()
-    images = open_images(members)
+    images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
     mpix = sum(im["data"].size for im in images) / 1e6
     with outputs:  # the output folder is proven writable before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
             # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
             mosaic = resample(images, **_library_kwargs(params))
+            mosaic.attrs.update(_asn_attrs(inputs))
             if fits:
                 _check_fits_export(mosaic)
             print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
@@ -162,7 +163,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
         if fits:
             import xarray as xr
 
-            from daskcal.image._io import to_fits
+            from daskcal.image._fits_write import to_fits
 
             with xr.open_zarr(outputs.path(output), consolidated=False) as ds:
                 to_fits(ds, outputs.path(fits_path(output)))
@@ -174,11 +175,17 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     return output
 
 
+def _asn_attrs(inputs) -> dict:
+    """``asn_table``: the association the inputs came from (ASNTABLE of the ``_i2d`` file), if one."""
+    tables = [Path(p).name for p in inputs if str(p).lower().endswith(".json")]
+    return {"asn_table": tables[0]} if tables else {}
+
+
 def _check_fits_export(mosaic) -> None:
     import dask
     from dask.utils import format_bytes, parse_bytes
 
-    from daskcal.image._io import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG
+    from daskcal.image._fits_write import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG
 
     if "group" in mosaic.dims:
         msg = "--fits exports one mosaic; it cannot be combined with --single"

@@ -16,6 +16,9 @@ PIPELINES = {
     "detector1": "daskcal.cli._detector1",
     "outliers": "daskcal.cli._outliers",
     "resample": "daskcal.cli._resample",
+    "tweakreg": "daskcal.cli._tweakreg",
+    "skymatch": "daskcal.cli._skymatch",
+    "image3": "daskcal.cli._image3",
 }
 
 

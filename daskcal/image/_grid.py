@@ -27,9 +27,22 @@ import numpy as np
 
 from daskcal.image._dataset import get_wcs
 
-__all__ = ["output_wcs", "resolve_output_wcs", "check_output_size", "pixel_scale_of", "max_output_bytes",
-           "jwst_pc_matrix", "footprint_union", "s_region_of",
-           "WorkerMemory", "worker_memory", "tile_task_bytes", "tile_budget", "tile_side", "check_task_fits"]
+__all__ = [
+    "WorkerMemory",
+    "check_output_size",
+    "check_task_fits",
+    "footprint_union",
+    "jwst_pc_matrix",
+    "max_output_bytes",
+    "output_wcs",
+    "pixel_scale_of",
+    "resolve_output_wcs",
+    "s_region_of",
+    "tile_budget",
+    "tile_side",
+    "tile_task_bytes",
+    "worker_memory",
+]
 
 CONFIG_KEY = "daskcal.resample.max-output-memory"
 ENV_KEY = "DASKCAL_MAX_OUTPUT_MEMORY"
@@ -140,36 +153,57 @@ def jwst_pc_matrix(roll_ref: float, v3yangle: float, vparity: float, rotation: f
     return np.array([[vp * math.cos(a), math.sin(a)], [-vp * math.sin(a), math.cos(a)]])
 
 
-def footprint_union(footprints):
-    """Union of footprints (each an (N, 2) array of RA, Dec vertices in deg) as spherical polygons.
+def _gnomonic(ra0: float, dec0: float):
+    """Sky (deg) <-> tangent plane (deg) about (ra0, dec0): great circles are straight lines there."""
+    from astropy.modeling import models
 
-    Returns a ``spherical_geometry.polygon.SphericalPolygon`` (possibly of several
-    disjoint pieces).
+    return models.Pix2Sky_TAN() | models.RotateNative2Celestial(ra0, dec0, 180.0)
+
+
+def footprint_union(footprints) -> list[np.ndarray]:
+    """Union of footprints (each an (N, 2) array of RA, Dec vertices in deg, edges great-circle arcs).
+
+    Computed exactly in the gnomonic (TAN) plane about the footprints' centre, where the
+    footprints' great-circle edges are straight lines, by shapely's polygon union; the
+    outline's vertices are mapped back to the sky. Returns one (M, 2) RA, Dec array per
+    disjoint piece (outer boundary, counter-clockwise in the plane, not closed). Holes
+    (sky enclosed by inputs but not covered) are not part of an S_REGION outline and are
+    left out. Footprints must lie within 90 deg of their common centre.
+
+    spherical-geometry's ``SphericalPolygon.multi_union`` gives the same outline but took
+    70 s for 16 overlapping footprints here (3.8 s for 8); shapely takes milliseconds for
+    hundreds.
     """
-    from spherical_geometry.polygon import SphericalPolygon
+    import shapely
 
+    footprints = [np.asarray(f, dtype=float) for f in footprints]
+    ra0, dec0 = _fiducial(footprints)
+    tan = _gnomonic(ra0, dec0)
     polys = []
     for f in footprints:
-        f = np.asarray(f, dtype=float)
-        ra, dec = f[:, 0], f[:, 1]
-        centre = _fiducial([f])
-        polys.append(SphericalPolygon.from_radec(np.append(ra, ra[0]), np.append(dec, dec[0]), center=centre))
-    if len(polys) == 1:
-        return polys[0]
-    return SphericalPolygon.multi_union(polys)
+        u, v = tan.inverse(f[:, 0], f[:, 1])
+        poly = shapely.Polygon(np.column_stack([u, v]))
+        polys.append(poly if poly.is_valid else shapely.make_valid(poly))
+    union = shapely.union_all(polys)
+    pieces = [g for g in getattr(union, "geoms", [union]) if isinstance(g, shapely.Polygon) and not g.is_empty]
+    out = []
+    for piece in sorted(pieces, key=lambda g: -g.area):
+        ring = shapely.orient_polygons(piece).exterior if hasattr(shapely, "orient_polygons") else \
+            shapely.geometry.polygon.orient(piece, 1.0).exterior
+        ring = shapely.simplify(ring, 0.0)  # drop collinear vertices (shared edges of adjacent footprints)
+        uv = np.asarray(ring.coords)[:-1]
+        ra, dec = tan(uv[:, 0], uv[:, 1])
+        out.append(np.column_stack([np.asarray(ra) % 360.0, np.asarray(dec)]))
+    return out
 
 
 def s_region_of(footprints) -> str:
     """``S_REGION`` (STC-S) of the union of footprints: one ``POLYGON ICRS`` per disjoint piece.
 
     Vertices in deg (RA in [0, 360)), 9 decimals as the reference writes them; several
-    pieces are written as ``UNION ICRS ( POLYGON ... POLYGON ... )``.
+    pieces are written as ``UNION ICRS ( POLYGON ... POLYGON ... )`` (see :func:`footprint_union`).
     """
-    union = footprint_union(footprints)
-    pieces = []
-    for ra, dec in union.to_radec():
-        ra, dec = np.asarray(ra)[:-1] % 360.0, np.asarray(dec)[:-1]
-        pieces.append(" ".join(f"{r:.9f} {d:.9f}" for r, d in zip(ra, dec)))
+    pieces = [" ".join(f"{r:.9f} {d:.9f}" for r, d in piece) for piece in footprint_union(footprints)]
     if len(pieces) == 1:
         return f"POLYGON ICRS  {pieces[0]}"
     return "UNION ICRS ( " + " ".join(f"POLYGON {p}" for p in pieces) + " )"

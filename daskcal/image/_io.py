@@ -12,24 +12,28 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections import UserList
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, check_sky_finite, get_wcs, wcs_from_text, wcs_to_text
-from daskcal.io._atomic import atomic_path
+from daskcal.image._fits_write import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG, I2D_EXTENSIONS, _asdf_hdu, read_fits_wcs, to_fits, write_cal_fits, write_crf_fits  # noqa: F401 - the writers, moved
 
-__all__ = ["open_images", "expand_inputs", "write_cal_fits", "to_fits", "CAL_EXTENSIONS", "I2D_EXTENSIONS"]
+__all__ = ["open_images", "expand_inputs", "read_association", "Association", "Member", "exposure_name",
+           "write_cal_fits", "to_fits", "CAL_EXTENSIONS", "I2D_EXTENSIONS"]
+
+log = logging.getLogger(__name__)
 
 #: Dataset variable -> FITS extension of a calibrated exposure.
 CAL_EXTENSIONS = {"data": "SCI", "err": "ERR", "dq": "DQ", "var_poisson": "VAR_POISSON",
                   "var_rnoise": "VAR_RNOISE", "var_flat": "VAR_FLAT"}
-#: Dataset variable -> FITS extension of a mosaic (``_i2d``).
-I2D_EXTENSIONS = {"data": "SCI", "err": "ERR", "con": "CON", "wht": "WHT", "var_poisson": "VAR_POISSON",
-                  "var_rnoise": "VAR_RNOISE", "var_flat": "VAR_FLAT", "dq": "DQ"}
 #: Attribute -> (primary header keyword, ASDF tree path) of an exposure's times and sky.
 _KEYWORDS = {
     "exposure_time": ("EFFEXPTM", ("exposure", "exposure_time")),
@@ -41,67 +45,162 @@ _KEYWORDS = {
     "subtracted": ("BKGSUB", ("background", "subtracted")),
     "group_id": ("GROUP_ID", ("group_id",)),
 }
+#: ``meta`` entries copied as JSON-able dicts into attributes of the same name.
+_META_DICTS = ("wcsinfo", "observation", "instrument")
+#: ``meta.observation`` field -> primary header keyword: what jwst forms an exposure's ``group_id`` from.
+_OBSERVATION_KEYS = (("program_number", "PROGRAM"), ("observation_number", "OBSERVTN"), ("visit_number", "VISIT"),
+                     ("visit_group", "VISITGRP"), ("sequence_id", "SEQ_ID"), ("activity_id", "ACT_ID"),
+                     ("exposure_number", "EXPOSURE"))
+#: File-name suffixes that are not part of the exposure's name.
+_NAME_SUFFIXES = ("_cal", "_crf")
+#: Association ``exptype`` of the exposures to combine.
+SCIENCE = "science"
+_SKIP = object()
 ASDF_EXT = "ASDF"
 ASDF_COLUMN = "ASDF_METADATA"
 DEFAULT_CHUNKS = (1024, 1024)
-FITS_EXPORT_CONFIG = "daskcal.fits-export-memory"
-DEFAULT_FITS_EXPORT = "4 GiB"
 
 
 # ---------------------------------------------------------------- inputs
 
-def expand_inputs(paths_or_asn, *, allow_outside_asn: bool = False) -> list[Path]:
-    """Paths of the exposures named by paths, association JSON files, or both.
+@dataclass(frozen=True)
+class Member:
+    """One exposure of an association: its file, its ``exptype`` and its ``group_id`` if the association sets one."""
 
-    An association (jwst format) contributes ``products[0].members[].expname``,
-    relative to the association's directory. Members given as absolute paths, or
-    whose ``..`` leads out of that directory, are refused unless ``allow_outside_asn``
-    (an association from elsewhere should not make the run read arbitrary files).
+    path: Path
+    exptype: str
+    group_id: str | None = None
+
+    @property
+    def is_science(self) -> bool:
+        return self.exptype.lower() == SCIENCE
+
+
+@dataclass(frozen=True)
+class Association:
+    """An association JSON file (jwst format) as daskcal reads it: the first product's name and members."""
+
+    path: Path
+    product_name: str | None
+    members: tuple[Member, ...]
+
+    @property
+    def science(self) -> tuple[Member, ...]:
+        """The members that are exposures to combine (``exptype`` "science")."""
+        return tuple(m for m in self.members if m.is_science)
+
+
+def read_association(path, *, allow_outside_asn: bool = False) -> Association:
+    """Read an association JSON file (jwst format).
+
+    Only the first product is read, as jwst's ModelLibrary does: its ``name`` and its
+    ``members[]`` (``expname``, relative to the association's folder; ``exptype``,
+    default "science"; optional ``group_id``, which overrides the exposure's own).
+    The science members must exist and lie inside the association's folder (their
+    resolved paths; absolute or through ``..``): others are refused unless
+    ``allow_outside_asn`` (an association from elsewhere should not make the run read
+    arbitrary files). Other members (e.g. "background") are listed but not checked.
+
+    Parameters
+    ----------
+    path : path-like
+        The association JSON file.
+    allow_outside_asn : bool, default False
+        Accept science members outside the association's folder.
+
+    Returns
+    -------
+    Association
+        ``product_name`` (None when the product has no name), ``members`` (every member,
+        in order) and ``science`` (the members to combine).
+
+    Raises
+    ------
+    FileNotFoundError
+        The association, or a science member, does not exist.
+    ValueError
+        Not JSON of that form, no science member, or science members outside the folder.
     """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"no association file at {str(path)!r}"
+        raise FileNotFoundError(msg)
+    try:
+        asn = json.loads(path.read_text())
+        product = asn["products"][0]
+        raw = product["members"]
+        members = tuple(_member(path, m) for m in raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        msg = (f"association {str(path)!r} is not valid: {exc!r}; expected JSON with products[0].members[] "
+               f"holding a non-empty 'expname' string, optionally 'exptype' and 'group_id' strings")
+        raise ValueError(msg) from exc
+    name = product.get("name")
+    out = Association(path, str(name) if name not in (None, "") else None, members)
+    science = out.science
+    if not science:
+        msg = (f"association {str(path)!r} has no science members (exptype 'science'); got "
+               f"{[m.exptype for m in members]}")
+        raise ValueError(msg)
+    home = path.parent.resolve()
+    outside = [str(m.path) for m in science if not m.path.resolve().is_relative_to(home)]
+    if outside and not allow_outside_asn:
+        msg = (f"association {str(path)!r} names exposures outside its folder {str(home)!r}: {outside}; expected "
+               f"paths relative to the association, or pass --allow-outside-asn (allow_outside_asn=True)")
+        raise ValueError(msg)
+    missing = [str(m.path) for m in science if not m.path.exists()]
+    if missing:
+        msg = f"association {str(path)!r} names exposures that do not exist: {missing}"
+        raise FileNotFoundError(msg)
+    return out
+
+
+def _member(asn_path: Path, m) -> Member:
+    expname = m["expname"]
+    if not isinstance(expname, str) or not expname:
+        msg = f"a member's expname must be a non-empty string; got {expname!r}"
+        raise ValueError(msg)
+    exptype = m.get("exptype", SCIENCE)
+    group_id = m.get("group_id")
+    for key, value in (("exptype", exptype), ("group_id", group_id)):
+        if value is not None and not (isinstance(value, str) and value):
+            msg = f"member {expname!r}: {key} must be a non-empty string; got {value!r}"
+            raise ValueError(msg)
+    p = Path(expname)
+    return Member(p if p.is_absolute() else asn_path.parent / p, exptype, group_id)
+
+
+def _expand(paths_or_asn, allow_outside_asn: bool) -> list[tuple[Path, str | None]]:
+    """(path, group_id override or None) of every exposure named by paths and association files."""
     if isinstance(paths_or_asn, (str, os.PathLike)):
         paths_or_asn = [paths_or_asn]
-    out: list[Path] = []
+    out: list[tuple[Path, str | None]] = []
     for item in paths_or_asn:
         p = Path(item)
         if not p.exists():
             msg = f"no input at {str(p)!r}"
             raise FileNotFoundError(msg)
-        if p.suffix.lower() == ".json":
-            out.extend(_asn_members(p, allow_outside_asn))
-        else:
-            out.append(p)
+        if p.suffix.lower() != ".json":
+            out.append((p, None))
+            continue
+        asn = read_association(p, allow_outside_asn=allow_outside_asn)
+        for m in asn.members:
+            if not m.is_science:
+                log.info("association %s: member %s has exptype %r; skipped (only science exposures are combined)",
+                         p, m.path.name, m.exptype)
+        out.extend((m.path, m.group_id) for m in asn.science)
     if not out:
         msg = "no input images given"
         raise ValueError(msg)
     return out
 
 
-def _asn_members(path: Path, allow_outside: bool = False) -> list[Path]:
-    try:
-        asn = json.loads(path.read_text())
-        members = asn["products"][0]["members"]
-        names = [m["expname"] for m in members]
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        msg = f"association {str(path)!r} is not valid: {exc!r}; expected JSON with products[0].members[].expname"
-        raise ValueError(msg) from exc
-    if not names:
-        msg = f"association {str(path)!r} has no members"
-        raise ValueError(msg)
-    if not all(isinstance(n, str) and n for n in names):
-        msg = f"association {str(path)!r}: every member's expname must be a non-empty string; got {names!r}"
-        raise ValueError(msg)
-    home = path.parent.resolve()
-    outside = [n for n in names if Path(n).is_absolute() or not (home / n).resolve().is_relative_to(home)]
-    if outside and not allow_outside:
-        msg = (f"association {str(path)!r} names exposures outside its folder {str(home)!r}: {outside}; expected "
-               f"paths relative to the association, or pass --allow-outside-asn (allow_outside_asn=True)")
-        raise ValueError(msg)
-    members = [(path.parent / n) if not Path(n).is_absolute() else Path(n) for n in names]
-    missing = [str(m) for m in members if not m.exists()]
-    if missing:
-        msg = f"association {str(path)!r} names exposures that do not exist: {missing}"
-        raise FileNotFoundError(msg)
-    return members
+def expand_inputs(paths_or_asn, *, allow_outside_asn: bool = False) -> list[Path]:
+    """Paths of the exposures named by paths, association JSON files, or both.
+
+    An association contributes its science members (:func:`read_association`);
+    other members are skipped with a logged info line.
+    """
+    return [p for p, _ in _expand(paths_or_asn, allow_outside_asn)]
 
 
 def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None,
@@ -119,13 +218,19 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None,
         chunk as come closest to it (stored chunks of 256 px make Dask chunks of
         1024 px: 16x fewer tasks, each reading 16 stored chunks).
     allow_outside_asn : bool, default False
-        Read association members given as absolute paths or outside the
-        association's folder (refused by default).
+        Read association members outside the association's folder (refused by
+        default).
 
     Returns
     -------
     list of xarray.Dataset
-        Dask-backed image datasets, one per exposure, in the given order.
+        Dask-backed image datasets, one per exposure, in the given order (an
+        association's science members in its order; other members are skipped).
+        Attributes: ``name``, ``group_id`` (an association member's, else the file's
+        ``meta.group_id``, else jwst's exposure id from ``meta.observation`` - every
+        detector of one exposure shares it - else ``name``), times, sky, and from a
+        ``_cal.fits`` the JSON dicts ``wcsinfo``, ``observation``, ``instrument``
+        (``docs/inputs.md``).
 
     Raises
     ------
@@ -143,7 +248,11 @@ def open_images(paths_or_asn, *, chunks: Sequence[int] | None = None,
         if len(chunks) != 2 or not all(isinstance(c, (int, np.integer)) and c >= 1 for c in chunks):
             msg = f"chunks must be two positive integers (y, x) in pixels; got {chunks!r}"
             raise ValueError(msg)
-    return [_open_one(p, chunks) for p in expand_inputs(paths_or_asn, allow_outside_asn=allow_outside_asn)]
+    images = []
+    for path, group_id in _expand(paths_or_asn, allow_outside_asn):
+        ds = _open_one(path, chunks)
+        images.append(ds.assign_attrs(group_id=group_id) if group_id is not None else ds)
+    return images
 
 
 def _open_one(path: Path, chunks) -> xr.Dataset:
@@ -215,12 +324,20 @@ def _check_shape(path: Path, what: str, shape: tuple) -> None:
         raise ValueError(msg)
 
 
-def _check_image_wcs(wcs, path: Path, shape: tuple[int, int]) -> None:
-    """Refuse a WCS that is not a 2-D gwcs, or that maps the image's corners or centre to non-finite sky."""
+def _check_image_wcs(wcs, path: Path, shape: tuple[int, int], unread: Sequence[str] = ()) -> None:
+    """Refuse a WCS that is not a 2-D gwcs, or that maps the image's corners or centre to non-finite sky.
+
+    ``unread``: what asdf said about nodes of the WCS it could not convert, for the message.
+    """
     import gwcs
 
     if not isinstance(wcs, gwcs.WCS):
-        msg = f"{str(path)!r}: the WCS is a {type(wcs).__name__}; expected a gwcs.WCS (meta.wcs of a JWST-style file)"
+        why = ""
+        if unread:
+            why = (f" (asdf could not convert it: {unread[0]}; JWST's own transforms need stdatamodels "
+                   f"installed)")
+        msg = (f"{str(path)!r}: the WCS is a {type(wcs).__name__}{why}; expected a gwcs.WCS "
+               f"(meta.wcs of a JWST-style file)")
         raise ValueError(msg)
     if wcs.output_frame is None or wcs.output_frame.naxes != 2 or wcs.forward_transform.n_inputs != 2:
         msg = f"{str(path)!r}: the WCS must map 2 pixel axes to 2 sky axes"
@@ -261,7 +378,11 @@ def _tree_get(tree, keys):
 
 
 def _read_asdf_tree(hdul, path):
-    """The ASDF tree of a FITS file's ``ASDF`` extension (as stdatamodels writes it)."""
+    """The ASDF file in a FITS file's ``ASDF`` extension (as stdatamodels writes it), opened lazily.
+
+    Its tree's nodes are converted when read, its arrays loaded when used: read what is needed
+    before the ``with`` block ends.
+    """
     import asdf
 
     if ASDF_EXT not in hdul:
@@ -269,11 +390,28 @@ def _read_asdf_tree(hdul, path):
         raise ValueError(msg)
     try:
         raw = hdul[ASDF_EXT].data[ASDF_COLUMN][0].tobytes()
-        return asdf.open(io.BytesIO(raw), lazy_load=False, memmap=False)
+        # lazy: only the nodes read (meta.*) are converted; stdatamodels' array references
+        # ("source: fits:SCI,1", resolvable only by stdatamodels) are never followed
+        return asdf.open(io.BytesIO(raw), lazy_load=True, lazy_tree=True, memmap=False)
     except Exception as exc:  # a missing column, bad YAML, not ASDF at all: several types
         msg = (f"{str(path)!r}: the {ASDF_EXT} extension is not readable ASDF ({exc}); expected the "
                f"{ASDF_COLUMN} column of a JWST-style _cal.fits with meta.wcs")
         raise ValueError(msg) from exc
+
+
+def _convert_wcs(af):
+    """``meta.wcs`` of a lazily opened ASDF file (None when absent), and asdf's messages about nodes it
+    could not convert (tags of extensions not installed), which otherwise are only warnings."""
+    from asdf.exceptions import AsdfConversionWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AsdfConversionWarning)
+        wcs = _tree_get(af.tree, ("meta", "wcs"))
+    unread = [str(w.message) for w in caught if issubclass(w.category, AsdfConversionWarning)]
+    for w in caught:
+        if not issubclass(w.category, AsdfConversionWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return wcs, unread
 
 
 def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
@@ -286,13 +424,15 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
             msg = f"{str(path)!r} has no 2-D SCI extension; expected a JWST-style _cal.fits"
             raise ValueError(msg)
         with _read_asdf_tree(hdul, path) as af:
-            wcs = _tree_get(af.tree, ("meta", "wcs"))
+            wcs, unread = _convert_wcs(af)
             if wcs is None:
                 msg = f"{str(path)!r}: the ASDF extension has no meta.wcs; the image cannot be resampled"
                 raise ValueError(msg)
             shape = (hdul["SCI"].header["NAXIS2"], hdul["SCI"].header["NAXIS1"])
             _check_shape(path, "extension SCI", shape)
-            _check_image_wcs(wcs, path, shape)
+            _check_image_wcs(wcs, path, shape, unread)
+            for message in unread:  # a gwcs all the same: what it left out
+                log.warning("%s: meta.wcs: %s", path, message)
             text = wcs_to_text(wcs)
             meta_tree = af.tree.get("meta", {})
             attrs = _fits_attrs(hdul[0].header, meta_tree, path)
@@ -321,18 +461,67 @@ def _open_cal_fits(path: Path, chunks) -> xr.Dataset:
     return xr.Dataset(data_vars, attrs=attrs)
 
 
+def exposure_name(path) -> str:
+    """The exposure's name from its file name: ``jw..._nrca1_cal.fits`` -> ``jw..._nrca1``."""
+    stem = Path(path).name.split(".fits")[0]
+    if stem.lower().endswith(".zarr"):
+        stem = stem[: -len(".zarr")]
+    for suffix in _NAME_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _plain(node):
+    """A JSON-able copy of an ASDF metadata node (dicts, lists, numbers, strings); other values left out."""
+    if isinstance(node, Mapping):
+        out = {}
+        for k, v in node.items():
+            v = _plain(v)
+            if v is not _SKIP:
+                out[str(k)] = v
+        return out
+    if isinstance(node, (list, tuple, UserList)):
+        return [v for v in map(_plain, node) if v is not _SKIP]
+    if isinstance(node, np.generic):
+        node = node.item()
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    return _SKIP
+
+
+def _observation_group_id(observation: dict, header) -> str | None:
+    """jwst's exposure ``group_id`` (every detector of one exposure shares it) from ``meta.observation``
+    or the primary header keywords, or None when any of its seven values is missing."""
+    values = []
+    for field, keyword in _OBSERVATION_KEYS:
+        value = observation.get(field)
+        if value is None:
+            value = header.get(keyword)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        values.append(str(value).strip())
+    program, obs, visit, visit_group, sequence, activity, exposure = values
+    return f"jw{program}{obs}{visit}_{visit_group}{sequence}{activity}_{exposure}"
+
+
 def _fits_attrs(header, meta_tree, path: Path) -> dict:
     attrs = dict(_META_DEFAULTS)
-    stem = path.name.split(".fits")[0]
-    attrs["name"] = stem
+    name = exposure_name(path)
+    attrs["name"] = name
     for key, (kw, tree_path) in _KEYWORDS.items():
         value = _tree_get(meta_tree, tree_path)
         if value is None and kw in header:
             value = header[kw]
         if value is not None:
             attrs[key] = value if isinstance(value, (bool, str)) else float(value)
+    for key in _META_DICTS:
+        value = _plain(_tree_get(meta_tree, (key,)))
+        if isinstance(value, dict) and value:
+            attrs[key] = value
     if attrs["group_id"] is None:
-        attrs["group_id"] = stem
+        attrs["group_id"] = _observation_group_id(attrs.get("observation", {}), header) or name
+    attrs["group_id"] = str(attrs["group_id"])
     if not float(attrs["exposure_time"]) > 0:
         msg = f"{str(path)!r}: exposure time (EFFEXPTM / meta.exposure.exposure_time) must be positive"
         raise ValueError(msg)
@@ -342,132 +531,3 @@ def _fits_attrs(header, meta_tree, path: Path) -> dict:
         attrs["end_time"] = float(attrs["start_time"]) + float(attrs["exposure_time"]) / 86400.0
     attrs["subtracted"] = bool(attrs["subtracted"])
     return attrs
-
-
-# ---------------------------------------------------------------- writing
-
-def _asdf_hdu(tree: dict):
-    import asdf
-    from astropy.io import fits
-
-    buf = io.BytesIO()
-    asdf.AsdfFile(tree).write_to(buf, all_array_storage="inline")
-    raw = np.frombuffer(buf.getvalue(), np.uint8)
-    col = fits.Column(name=ASDF_COLUMN, format=f"{raw.size}B", array=raw[None, :])
-    return fits.BinTableHDU.from_columns([col], name=ASDF_EXT)
-
-
-def _primary(attrs: dict):
-    from astropy.io import fits
-
-    primary = fits.PrimaryHDU()
-    for key, (kw, _) in _KEYWORDS.items():
-        v = attrs.get(key)
-        if isinstance(v, (int, float, str, bool, np.floating, np.integer)):
-            primary.header[kw] = v
-    return primary
-
-
-def write_cal_fits(ds: xr.Dataset, path, *, overwrite: bool = False) -> Path:
-    """Write an image dataset as a JWST-style ``_cal.fits`` file (computes it).
-
-    Extensions SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE, VAR_FLAT (those present) and
-    ASDF (``meta.wcs``, ``meta.exposure``, ``meta.background``); times also as
-    primary header keywords (EFFEXPTM, TMEASURE, DURATION, EXPSTART, EXPEND).
-    Written atomically.
-    """
-    from astropy.io import fits
-
-    wcs = get_wcs(ds)
-    a = ds.attrs
-    hdus = [_primary(a)]
-    for var, ext in CAL_EXTENSIONS.items():
-        if var in ds:
-            hdu = fits.ImageHDU(np.asarray(ds[var].values), name=ext)
-            if var == "data":
-                hdu.header["BUNIT"] = str(a.get("bunit_data", "MJy/sr"))
-            hdus.append(hdu)
-    meta = {
-        "wcs": wcs,
-        "filename": Path(path).name,
-        "group_id": a.get("group_id"),
-        "exposure": {k: a.get(k) for k in ("exposure_time", "measurement_time", "duration", "start_time", "end_time")},
-        "background": {"level": a.get("level", 0.0), "subtracted": bool(a.get("subtracted", False))},
-    }
-    meta["exposure"] = {k: v for k, v in meta["exposure"].items() if v is not None}
-    hdus.append(_asdf_hdu({"meta": meta}))
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fits.HDUList(hdus).writeto(tmp)
-    return Path(path)
-
-
-def to_fits(mosaic: xr.Dataset, path, *, overwrite: bool = False, max_memory=None) -> Path:
-    """Export a mosaic from :func:`daskcal.resample` as an ``_i2d``-like FITS file.
-
-    The planes are computed into memory, so this is for mosaics that fit; larger
-    ones stay in their Zarr store.
-
-    Parameters
-    ----------
-    mosaic : xarray.Dataset
-        A (lazy or loaded) mosaic, or a store opened from one; not ``single=True``
-        output (select a group with ``mosaic.isel(group=k)``).
-    path : path-like
-        Destination FITS file, written atomically.
-    overwrite : bool, default False
-        Replace an existing file.
-    max_memory : int or str, optional
-        Largest size of the planes to export. Default: Dask config
-        ``daskcal.fits-export-memory``, else 4 GiB.
-
-    Returns
-    -------
-    Path
-        ``path``.
-
-    Raises
-    ------
-    ValueError
-        A mosaic larger than ``max_memory``, one with a ``group`` dimension, or
-        without data or WCS.
-    """
-    import dask
-    from astropy.io import fits
-    from dask.utils import format_bytes, parse_bytes
-
-    if "data" not in mosaic or "wht" not in mosaic:
-        msg = "to_fits needs a mosaic with 'data' and 'wht' (from daskcal.resample)"
-        raise ValueError(msg)
-    if "group" in mosaic.dims:
-        msg = "to_fits exports one mosaic; select a group of single=True output with mosaic.isel(group=k)"
-        raise ValueError(msg)
-    wcs = get_wcs(mosaic)
-    limit = max_memory if max_memory is not None else dask.config.get(FITS_EXPORT_CONFIG, DEFAULT_FITS_EXPORT)
-    limit = parse_bytes(limit) if isinstance(limit, str) else int(limit)
-    names = [v for v in I2D_EXTENSIONS if v in mosaic]
-    need = sum(int(mosaic[v].nbytes) for v in names)
-    if need > limit:
-        msg = (f"the mosaic planes need {need} bytes ({format_bytes(need)}) in memory, more than the FITS export "
-               f"limit of {limit} bytes ({format_bytes(limit)}); keep the Zarr store, or raise max_memory= / "
-               f"Dask config {FITS_EXPORT_CONFIG!r}")
-        raise ValueError(msg)
-    arrays = dask.compute({v: mosaic[v].data for v in names})[0]
-    hdus = [_primary(mosaic.attrs)]
-    for v in names:
-        hdu = fits.ImageHDU(np.asarray(arrays[v]), name=I2D_EXTENSIONS[v])
-        hdus.append(hdu)
-    skip = {WCS_ATTR}
-    meta = {k: v for k, v in mosaic.attrs.items() if k not in skip and isinstance(v, (int, float, str, bool, list))}
-    meta["wcs"] = wcs
-    hdus.append(_asdf_hdu({"meta": meta}))
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fits.HDUList(hdus).writeto(tmp)
-    return Path(path)
-
-
-def read_fits_wcs(path):
-    """The gwcs of a FITS file written by :func:`to_fits` or :func:`write_cal_fits`."""
-    from astropy.io import fits
-
-    with fits.open(path) as hdul, _read_asdf_tree(hdul, path) as af:
-        return wcs_from_text(wcs_to_text(af.tree["meta"]["wcs"]))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["image3", "Image3Result", "STEP_NAMES", "nan_outliers"]
+__all__ = ["STEP_NAMES", "Image3Result", "image3", "nan_outliers"]
 
 log = logging.getLogger("daskcal.image3")
 
@@ -82,6 +82,58 @@ def _step_params(name: str, value) -> tuple[bool, dict]:
     return bool(skip), params
 
 
+#: keyword arguments of :func:`daskcal.resample` that go to :func:`daskcal.output_wcs`
+_WCS_ARGS = ("pixel_scale", "pixel_scale_ratio", "rotation", "crpix", "crval", "output_shape")
+
+
+def _check_all(parsed: dict) -> None:
+    """Check every step's parameters (names and values) before any step computes anything."""
+    import inspect
+
+    from daskcal.image import _align, _outliers, _resample, _skymatch
+
+    checks = {
+        "tweakreg": (_align.align, _align.AlignParameters, {"catalogs"}),
+        "skymatch": (_skymatch.match_sky, _skymatch.SkyMatchParameters, set()),
+        "outlier_detection": (_outliers.flag_outliers, _outliers.OutlierParameters, {"tempdir", "output_wcs"}),
+        "resample": (_resample.resample, _resample.ResampleParams,
+                     {"output_wcs", "tile_shape", "block_shape", "max_output_memory", *_WCS_ARGS}),
+    }
+    for step, (skip, params) in parsed.items():
+        if skip:
+            continue
+        fn, cls, other = checks[step]
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - fields - other)
+        if unknown:
+            msg = (f"image3: unknown {step} parameters {unknown}; expected some of "
+                   f"{sorted(fields | other)}")
+            raise ValueError(msg)
+        defaults = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+                    if p.default is not inspect.Parameter.empty and n in fields}
+        values = {**defaults, **{k: v for k, v in params.items() if k in fields}}
+        if step == "outlier_detection" and values.get("buffer_size") is None:
+            values["buffer_size"] = _outliers.DEFAULT_BUFFER_SIZE
+        if step == "outlier_detection" and values.get("tile_shape") is None:
+            values.pop("tile_shape", None)
+        try:
+            cls(**{k: v for k, v in values.items() if k in fields})
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"image3: {step}: {exc}") from exc
+
+
+def _asn_file(paths) -> str | None:
+    """File name of the first association among ``paths`` (jwst's ``meta.asn.table_name``), if any."""
+    from pathlib import Path
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for p in paths:
+        if isinstance(p, (str, os.PathLike)) and Path(p).suffix.lower() == ".json":
+            return Path(p).name
+    return None
+
+
 def _open(images, allow_outside_asn: bool) -> tuple[list[xr.Dataset], str | None]:
     """Image datasets and the association's product name from datasets, paths or association files."""
     from daskcal.image._io import open_images
@@ -105,17 +157,13 @@ def _open(images, allow_outside_asn: bool) -> tuple[list[xr.Dataset], str | None
 
 def _product_name(paths) -> str | None:
     """``products[0].name`` of the first association among ``paths``, if any."""
-    import json
     from pathlib import Path
 
+    from daskcal.image._io import read_association
+
     for p in paths:
-        p = Path(p)
-        if p.suffix.lower() == ".json":
-            try:
-                name = json.loads(p.read_text())["products"][0].get("name")
-            except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-                return None  # expand_inputs (open_images) has already said what is wrong with it
-            return str(name) if name else None
+        if isinstance(p, (str, os.PathLike)) and Path(p).suffix.lower() == ".json":
+            return read_association(p, allow_outside_asn=True).product_name or None
     return None
 
 
@@ -183,7 +231,11 @@ def image3(
     steps = {"tweakreg": tweakreg, "skymatch": skymatch, "outlier_detection": outlier_detection,
              "resample": resample}
     parsed = {name: _step_params(name, value) for name, value in steps.items()}
+    _check_all(parsed)  # a bad parameter of a later step is found before an earlier one computes
+    if not isinstance(images, (str, os.PathLike, xr.Dataset)):
+        images = list(images)
     ds_list, asn_name = _open(images, allow_outside_asn)
+    asn_table = None if isinstance(images, xr.Dataset) else _asn_file(images)
     name = product_name or asn_name or "image3"
     cal_step: dict[str, str] = {}
     current = list(ds_list)
@@ -231,8 +283,8 @@ def image3(
 
             mosaic = drizzle(current, **params)
             cal_step["resample"] = "COMPLETE"
-            mosaic = mosaic.assign_attrs(name=name, cal_step=dict(cal_step),
-                                         asn_product=asn_name or "")
+            extra = {"asn_table": asn_table} if asn_table else {}
+            mosaic = mosaic.assign_attrs(name=name, cal_step=dict(cal_step), **extra)
     except BaseException:
         if outliers is not None:
             outliers.cleanup()

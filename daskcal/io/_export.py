@@ -29,7 +29,7 @@ def to_fits(product: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
         Replace an existing file.
     """
     if "wht" in product:
-        from daskcal.image._io import to_fits as mosaic_to_fits
+        from daskcal.image._fits_write import to_fits as mosaic_to_fits
 
         return mosaic_to_fits(product, path, overwrite=overwrite, **kwargs)
     from daskcal.io._ramps import to_fits as rate_to_fits

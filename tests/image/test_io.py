@@ -47,7 +47,7 @@ def test_cal_fits_roundtrip_lazy(sim2, tmp_path):
         np.testing.assert_array_equal(back[v].values, ds[v].values, err_msg=v)
     for k in ("exposure_time", "measurement_time", "start_time", "end_time", "duration", "level", "group_id"):
         assert back.attrs[k] == pytest.approx(ds.attrs[k]) if not isinstance(ds.attrs[k], str) else back.attrs[k] == ds.attrs[k]
-    assert back.attrs["subtracted"] is False and back.attrs["name"] == "b_cal"
+    assert back.attrs["subtracted"] is False and back.attrs["name"] == "b"  # the exposure: no "_cal"
     _same_wcs(get_wcs(back), get_wcs(ds))
 
 
@@ -58,7 +58,7 @@ def test_association(sim2, tmp_path):
         {"expname": "x_cal.fits", "exptype": "science"}, {"expname": "y.zarr", "exptype": "science"}]}]}
     (tmp_path / "asn.json").write_text(json.dumps(asn))
     images = daskcal.open_images(tmp_path / "asn.json")
-    assert [im.attrs["name"] for im in images] == ["x_cal", sim2.images[1].attrs["name"]]
+    assert [im.attrs["name"] for im in images] == ["x", sim2.images[1].attrs["name"]]
 
 
 def test_mosaic_to_fits(sim2, tmp_path):
@@ -121,7 +121,7 @@ def test_association_members_outside_its_folder_are_refused(sim2, tmp_path):
             daskcal.open_images(asn)
         assert str(asn) in str(err.value) and expname in str(err.value)
         images = daskcal.open_images(asn, allow_outside_asn=True)
-        assert [im.attrs["name"] for im in images] == ["in_cal", "out_cal"]
+        assert [im.attrs["name"] for im in images] == ["in", "out"]
     # members inside the folder (also through a '..' that comes back) need no flag
     asn.write_text(json.dumps({"products": [{"members": [{"expname": "sub/../in_cal.fits"}]}]}))
     assert len(daskcal.open_images(asn)) == 1 and inside.exists()
