@@ -72,8 +72,12 @@ def test_tiles_follow_the_active_client(sim6):
     from distributed import Client, LocalCluster
 
     assert _grid.worker_memory() is None
-    with LocalCluster(n_workers=1, threads_per_worker=2, memory_limit="1GiB", processes=False,
-                      dashboard_address=None) as lc, Client(lc):
+    # an in-process worker measures this whole pytest process, which may be past 1 GiB's pause fraction
+    # (seen in CI: 868 MB RSS, the worker paused and the test waited forever): the limit sizes tiles only
+    no_pause = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause", "terminate")}
+    with dask.config.set(no_pause), \
+            LocalCluster(n_workers=1, threads_per_worker=2, memory_limit="1GiB", processes=False,
+                         dashboard_address=None) as lc, Client(lc):
         assert _grid.worker_memory() == WorkerMemory(GiB, 2)
         mosaic = daskcal.resample(sim6.images, pixel_scale_ratio=0.1)
     assert min(mosaic.data.shape) > 512
