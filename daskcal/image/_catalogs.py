@@ -10,6 +10,7 @@ finder). :func:`read_catalog` and :func:`read_reference_catalog` read user table
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,12 @@ __all__ = ["STARFINDERS", "find_sources", "read_catalog", "read_reference_catalo
 log = logging.getLogger(__name__)
 
 STARFINDERS = ("iraf", "dao", "segmentation")
+#: held while photutils runs with its warnings silenced: ``warnings.catch_warnings`` changes process-wide
+#: state, so two threads of one worker (threaded scheduler, in-process cluster) each silencing and
+#: restoring the filters let a warning through the other's window (seen in CI: "Input data contains
+#: invalid values" from Background2D raised as an error under pytest). Catalog tasks of one process
+#: therefore run their photutils calls one at a time; worker processes (the CLI's cluster) are unaffected.
+_QUIET = threading.RLock()
 #: DQ bits the reference excludes from the background and the sources (NON_SCIENCE | DO_NOT_USE)
 COVERAGE_BITS = 2**9 | 2**0
 
@@ -42,7 +49,7 @@ def _background(data, mask, box_size):
 
     kw = {"filter_size": (3, 3), "coverage_mask": mask, "sigma_clip": SigmaClip(sigma=3.0),
           "bkg_estimator": MedianBackground()}
-    with warnings.catch_warnings():
+    with _QUIET, warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)
         try:
             bkg = Background2D(data, int(box_size), **kw)
@@ -58,7 +65,7 @@ def _convolve(data, kernel_fwhm, mask):
     from astropy.utils.exceptions import AstropyUserWarning
 
     kernel = Gaussian2DKernel(kernel_fwhm * gaussian_fwhm_to_sigma)
-    with warnings.catch_warnings():
+    with _QUIET, warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)
         return convolve(data, kernel, mask=mask)
 
@@ -128,7 +135,7 @@ def find_sources(data: np.ndarray, dq: np.ndarray | None, err: np.ndarray | None
         log.warning("cannot estimate the sky background (%s); no sources", exc)
         return _empty()
     threshold_img = params.snr_threshold * rms
-    with warnings.catch_warnings():
+    with _QUIET, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=NoDetectionsWarning)
         sources = _run_finder(data - bkg, threshold_img, mask, None if err is None else np.asarray(err), params)
     if sources is None or len(sources) == 0:
