@@ -211,8 +211,12 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
                 products = {f"{n}_crf": ds for n, ds in zip(names, result.images)}
                 if result.mosaic is not None:
                     products[f"{product}_i2d"] = result.mosaic
+                t1 = time.perf_counter()
                 save_products(products, out, progress=not args.no_progress, outputs=outputs)
                 elapsed = time.perf_counter() - t0
+                steps_s = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+                print(f"image3: steps {steps_s} (outlier_detection and resample: graph building); "
+                      f"computing and writing the products {time.perf_counter() - t1:.1f} s", flush=True)
             if fits:
                 _export_fits(stores, fits_files, outputs)
             outputs.commit()  # every product appears together

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,6 +59,9 @@ class Image3Result:
     outliers: Any = None
     product_name: str = "image3"
     cal_step: dict = dataclasses.field(default_factory=dict)
+    #: wall seconds of each step's call: tweakreg and skymatch compute (catalogs, sky statistics);
+    #: outlier_detection and resample only build their lazy graphs here
+    seconds: dict = dataclasses.field(default_factory=dict)
 
     def cleanup(self) -> None:
         """Remove the outlier step's temporary stack (compute or save the products first)."""
@@ -238,6 +242,7 @@ def image3(
     asn_table = None if isinstance(images, xr.Dataset) else _asn_file(images)
     name = product_name or asn_name or "image3"
     cal_step: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     current = list(ds_list)
 
     def mark(images_: Sequence[xr.Dataset]) -> list[xr.Dataset]:
@@ -250,7 +255,9 @@ def image3(
     else:
         from daskcal.image._align import align
 
+        t0 = time.perf_counter()
         alignment = align(current, **params)
+        seconds["tweakreg"] = time.perf_counter() - t0
         current = list(alignment.images)
         cal_step["tweakreg"] = "COMPLETE"
         log.info("tweakreg: %d exposures aligned", len(current))
@@ -260,7 +267,9 @@ def image3(
     else:
         from daskcal.image._skymatch import match_sky
 
+        t0 = time.perf_counter()
         sky = match_sky(current, **params)
+        seconds["skymatch"] = time.perf_counter() - t0
         current = list(sky.images)
         cal_step["skymatch"] = "COMPLETE"
     skip, params = parsed["outlier_detection"]
@@ -269,7 +278,9 @@ def image3(
     else:
         from daskcal.image._outliers import flag_outliers
 
+        t0 = time.perf_counter()
         outliers = flag_outliers(current, **params)
+        seconds["outlier_detection"] = time.perf_counter() - t0
         current = [nan_outliers(b, a) for b, a in zip(current, outliers.images)]
         cal_step["outlier_detection"] = "COMPLETE"
     current = mark(current)  # the exposures' own steps (jwst's _crf records these, not resample)
@@ -281,7 +292,9 @@ def image3(
         else:
             from daskcal.image._resample import resample as drizzle
 
+            t0 = time.perf_counter()
             mosaic = drizzle(current, **params)
+            seconds["resample"] = time.perf_counter() - t0
             cal_step["resample"] = "COMPLETE"
             extra = {"asn_table": asn_table} if asn_table else {}
             mosaic = mosaic.assign_attrs(name=name, cal_step=dict(cal_step), **extra)
@@ -290,4 +303,4 @@ def image3(
             outliers.cleanup()
         raise
     return Image3Result(mosaic=mosaic, images=current, alignment=alignment, sky=sky, outliers=outliers,
-                        product_name=name, cal_step=dict(cal_step))
+                        product_name=name, cal_step=dict(cal_step), seconds=seconds)

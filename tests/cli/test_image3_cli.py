@@ -79,6 +79,7 @@ def test_image3_association_to_jwst_products(asn, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == want
     printed = capsys.readouterr().out
     assert "image3: 3 exposures" in printed and "tweakreg: group" in printed
+    assert "image3: steps tweakreg " in printed and "computing and writing the products" in printed
 
     # the same as the Python pipeline on the same files
     res = daskcal.image3(path, tweakreg={"searchrad": 1.0, "tolerance": 0.2, "separation": 0.5,

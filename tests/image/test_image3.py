@@ -42,6 +42,7 @@ def test_outliers_and_resample_equal_the_steps_by_hand(sim):
     assert flagged_total > 0
     assert res.mosaic.attrs["cal_step"]["resample"] == "COMPLETE"
     assert res.product_name == "image3"
+    assert set(res.seconds) == {"outlier_detection", "resample"} and all(v >= 0 for v in res.seconds.values())
 
 
 def test_nan_outliers_keeps_earlier_flags():
