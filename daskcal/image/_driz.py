@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 __all__ = [
+    "DrizzleSpec",
     "Window",
     "drizzle_block",
     "cut_pieces",
@@ -52,26 +53,45 @@ class Window:
     dq: np.ndarray | None
 
 
-def weight_map(data, dq, arrays: dict, weight_type: str | None, good_bits: int, tmeasure: float):
-    """The reference's per-pixel drizzle weight: DQ mask times the weight type's value."""
+#: Drizzle weight types, as the reference names them (None is "none").
+WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime", "none")
+#: Drizzle kernels.
+KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
+
+
+def weight_map(dq, weight_type: str | None, good_bits, tmeasure: float, *, var_rnoise=None, var_sky=None):
+    """The reference's per-pixel drizzle weight (float32): the good-DQ mask times the weight type's value.
+
+    Parameters
+    ----------
+    dq : ndarray of uint32
+        Data quality.
+    weight_type : {"ivm", "ivm-sky", "exptime", "none", None}
+        Inverse read-noise variance (``var_rnoise``; 1 where it is missing), inverse
+        sky variance (``var_sky``), the measurement time (s), or 1.
+    good_bits : int, str or None
+        DQ bits that do not make a pixel bad (astropy bitmask syntax, JWST names).
+    tmeasure : float
+        Measurement (else exposure) time (s) for ``"exptime"``.
+    var_rnoise, var_sky : ndarray, optional
+        Variances (unit of data squared); non-finite or zero variances give weight 0.
+    """
     from astropy.nddata.bitmask import bitfield_to_boolean_mask
 
-    mask = bitfield_to_boolean_mask(dq, good_bits, good_mask_value=1, dtype=np.uint8)
+    from daskcal.dq import dq_dict
+
+    mask = bitfield_to_boolean_mask(dq, good_bits, good_mask_value=1, dtype=np.uint8, flag_name_map=dq_dict())
     if weight_type in ("ivm", "ivm-sky"):
-        name = "var_rnoise" if weight_type == "ivm" else "var_sky"
-        var = arrays.get(name)
+        var = var_rnoise if weight_type == "ivm" else var_sky
         if var is None:
-            inv = np.ones(data.shape, np.float32)
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv = 1.0 / var
-            inv[~np.isfinite(inv)] = 0
-        result = inv * mask
-    elif weight_type == "exptime":
-        result = np.float32(tmeasure) * mask
-    else:
-        result = mask
-    return result.astype(np.float32)
+            return mask.astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = 1.0 / np.asarray(var)
+        inv[~np.isfinite(inv)] = 0
+        return (inv * mask).astype(np.float32)
+    if weight_type == "exptime":
+        return (np.float32(tmeasure) * mask).astype(np.float32)
+    return mask.astype(np.float32)
 
 
 def _stages(model):
@@ -250,7 +270,7 @@ def _add_image(driz, data, pixmap, weights, *, exptime, pixfrac, psr, bounds, dq
     driz.add_image(data, **kw)
 
 
-def drizzle_block(arrays: dict, pixmap, bounds, window, p: dict) -> Window:
+def drizzle_block(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, exptime: float) -> Window:
     """Drizzle one input block (with a halo) into a window.
 
     Parameters
@@ -264,33 +284,34 @@ def drizzle_block(arrays: dict, pixmap, bounds, window, p: dict) -> Window:
         The block inside the cut (inclusive, 0-based), as drizzle takes them.
     window : (oy, ox, wy, wx)
         Window origin in the mosaic and its shape.
-    p : dict
-        ``kernel``, ``pixfrac``, ``psr``, ``exptime``, ``enable_ctx``, ``enable_var``,
-        ``driz_err``, ``propagate_dq``.
+    spec : DrizzleSpec
+        Kernel, pixfrac, pixel scale ratio and which planes to drizzle.
+    exptime : float
+        The input's exposure time (s).
     """
     oy, ox, wy, wx = window
     shape = (wy, wx)
-    common = dict(exptime=p["exptime"], pixfrac=p["pixfrac"], psr=p["psr"], bounds=bounds)
+    common = dict(exptime=exptime, pixfrac=spec.pixfrac, psr=spec.psr, bounds=bounds)
     weights = arrays["weight"]
-    main = _new_drizzle(p["kernel"], shape, p["enable_ctx"])
-    dq = arrays.get("dq") if p["propagate_dq"] else None
+    main = _new_drizzle(spec.kernel, shape, spec.enable_ctx)
+    dq = arrays.get("dq") if spec.propagate_dq else None
     _add_image(main, arrays["data"], pixmap, weights, dq=dq, **common)
     var = {}
-    if p["enable_var"]:
+    if spec.enable_var:
         for name in VAR_NAMES:
             v = arrays.get(name)
             if v is None:
                 continue
-            d = _new_drizzle(p["kernel"], shape, False)
+            d = _new_drizzle(spec.kernel, shape, False)
             with np.errstate(invalid="ignore"):
                 _add_image(d, np.sqrt(v), pixmap, weights, **common)
             var[name] = d.out_img
     err = None
-    if p["driz_err"] and arrays.get("err") is not None:
-        d = _new_drizzle(p["kernel"], shape, False)
+    if spec.driz_err and arrays.get("err") is not None:
+        d = _new_drizzle(spec.kernel, shape, False)
         _add_image(d, arrays["err"], pixmap, weights, **common)
         err = d.out_img
-    ctx = main.out_ctx[0] != 0 if p["enable_ctx"] else None
+    ctx = main.out_ctx[0] != 0 if spec.enable_ctx else None
     return Window(oy, ox, main.out_wht, main.out_img, var, err, ctx,
                   main.out_dq if dq is not None else None)
 
@@ -400,94 +421,198 @@ def _finalize_kernel(swd, wht, vsum, vwt, present, fill, var_scale, data, wout, 
                     err[i, j] = np.sqrt(total) if anyv else nan
 
 
-class TileSums:
-    """Running sums of one tile (float64) and its context/DQ bits."""
+@dataclasses.dataclass(frozen=True)
+class DrizzleSpec:
+    """Everything the resample engine's tasks need to know of the parameters, typed, from the public function
+    to the kernels (per-input values travel in :class:`InputSpec`).
 
-    def __init__(self, shape, nplanes, ctx, p):
-        self.shape, self.p = shape, p
+    ``psr`` is the output/input pixel scale ratio; ``good_bits`` the integer DQ mask (None: every bit bad but 0);
+    ``fillval`` the value of output pixels no input reaches; ``weight_type`` one of :data:`WEIGHT_TYPES`.
+    """
+
+    kernel: str
+    pixfrac: float
+    psr: float
+    weight_type: str
+    good_bits: int | None
+    enable_ctx: bool
+    enable_var: bool
+    compute_err: str | None
+    propagate_dq: bool
+    fillval: float
+    pixmap_order: int = 1
+
+    @property
+    def driz_err(self) -> bool:
+        return self.compute_err == "driz_err"
+
+    @property
+    def err_from_var(self) -> bool:
+        return self.enable_var and self.compute_err == "from_var"
+
+    @property
+    def var_scale(self) -> float:
+        return 1.0 / self.psr**2
+
+
+class TileSums:
+    """Running sums (float64) and context/DQ bits of a box ``(y0, y1, x0, x1)`` of one output tile.
+
+    Sums of different inputs add (:meth:`merge`), so a tile is reduced by a tree of pairwise merges
+    of per-input partial sums, each over the box its input reaches.
+    """
+
+    def __init__(self, box, nplanes: int, spec: DrizzleSpec):
+        self.box, self.nplanes, self.spec = tuple(int(b) for b in box), nplanes, spec
+        shape = (box[1] - box[0], box[3] - box[2])
+        self.shape = shape
         self.wht = np.zeros(shape, np.float64)
         self.swd = np.zeros(shape, np.float64)
-        self.swe = np.zeros(shape, np.float64) if p["driz_err"] else None
-        self.con = np.zeros((nplanes, *shape), np.uint32) if ctx else None
-        self.dq = np.zeros(shape, np.uint32) if p["propagate_dq"] else None
-        nv = 3 if p["enable_var"] else 0
-        self.vsum = np.zeros((nv, *shape), np.float64)
-        self.vwt = np.zeros((nv, *shape), np.float64)
+        self.swe = np.zeros(shape, np.float64) if spec.driz_err else None
+        self.con = np.zeros((nplanes, *shape), np.uint32) if spec.enable_ctx else None
+        self.dq = np.zeros(shape, np.uint32) if spec.propagate_dq else None
+        self.vsum = np.zeros((3, *shape), np.float64) if spec.enable_var else None
+        self.vwt = np.zeros((3, *shape), np.float64) if spec.enable_var else None
         self.present = np.zeros(3, np.bool_)
-        self._nobool = np.zeros((1, 1), np.bool_)  # stand-ins the kernels never index
-        self._nocon = np.zeros((1, 1), np.uint32)
 
-    def add_input(self, pieces, tile, ctx_index, tmeasure):
+    @classmethod
+    def of_pieces(cls, pieces, nplanes: int, spec: DrizzleSpec, ctx_index, tmeasure: float) -> TileSums:
+        """The sums of one input's pieces of a tile, over the box they cover."""
+        box = (min(pc.oy for pc in pieces), max(pc.oy + pc.wht.shape[0] for pc in pieces),
+               min(pc.ox for pc in pieces), max(pc.ox + pc.wht.shape[1] for pc in pieces))
+        sums = cls(box, nplanes, spec)
+        sums.add_input(pieces, ctx_index, tmeasure)
+        return sums
+
+    def _region(self, oy, ox, shape):
+        return (slice(oy - self.box[0], oy - self.box[0] + shape[0]), slice(ox - self.box[2], ox - self.box[2] + shape[1]))
+
+    def add_input(self, pieces, ctx_index, tmeasure: float) -> None:
         """Add one input's pieces (its blocks' parts of this tile): weighted sums, bits, variances."""
         use_ctx = self.con is not None and ctx_index is not None
+        nobool, nocon = np.zeros((1, 1), np.bool_), np.zeros((1, 1), np.uint32)
         for pc in pieces:
-            r = (slice(pc.oy - tile[0], pc.oy - tile[0] + pc.wht.shape[0]),
-                 slice(pc.ox - tile[2], pc.ox - tile[2] + pc.wht.shape[1]))
+            r = self._region(pc.oy, pc.ox, pc.wht.shape)
             with_ctx = use_ctx and pc.ctx is not None
-            con = self.con[ctx_index // 32][r] if with_ctx else self._nocon
+            con = self.con[ctx_index // 32][r] if with_ctx else nocon
             bit = np.uint32(1) << np.uint32(ctx_index % 32) if with_ctx else np.uint32(0)
             _add_data_kernel(self.wht[r], self.swd[r], con, bit, with_ctx, pc.wht, pc.img,
-                             pc.ctx if with_ctx else self._nobool)
+                             pc.ctx if with_ctx else nobool)
             if self.swe is not None and pc.err is not None:
                 self.swe[r] += np.multiply(pc.wht, pc.err, dtype=np.float64)
             if self.dq is not None and pc.dq is not None:
                 self.dq[r] |= pc.dq
-        if self.p["enable_var"] and pieces[0].var:
+        if self.vsum is not None and pieces[0].var:
             if len(pieces) == 1:
                 pc = pieces[0]
-                r = (slice(pc.oy - tile[0], pc.oy - tile[0] + pc.wht.shape[0]),
-                     slice(pc.ox - tile[2], pc.ox - tile[2] + pc.wht.shape[1]))
-                w, means = pc.wht, pc.var
+                r, w, means = self._region(pc.oy, pc.ox, pc.wht.shape), pc.wht, pc.var
             else:
-                r, w, means = _merged_means(pieces, tile)
-            self._add_variances(r, w, means, tmeasure)
+                (y0, x0), w, means = _merged_means(pieces)
+                r = self._region(y0, x0, w.shape)
+            present = np.array([n in means for n in VAR_NAMES])
+            self.present |= present
+            dummy = np.zeros((1, 1), np.float32)
+            m = [means.get(n, dummy) for n in VAR_NAMES]
+            rn_slot = VAR_NAMES.index("var_rnoise") if "var_rnoise" in means else -1
+            _add_var_kernel(self.vsum[:, r[0], r[1]], self.vwt[:, r[0], r[1]], w, m[0], m[1], m[2], present,
+                            rn_slot, _WCODES.get(self.spec.weight_type, 2), float(tmeasure))
 
-    def _add_variances(self, r, w, means, tmeasure):
-        present = np.array([n in means for n in VAR_NAMES])
-        self.present |= present
-        dummy = np.zeros((1, 1), np.float32)
-        m = [means.get(n, dummy) for n in VAR_NAMES]
-        rn_slot = VAR_NAMES.index("var_rnoise") if "var_rnoise" in means else -1
-        wcode = _WCODES.get(self.p["weight_type"], 2)
-        _add_var_kernel(self.vsum[:, r[0], r[1]], self.vwt[:, r[0], r[1]], w, m[0], m[1], m[2], present, rn_slot,
-                        wcode, float(tmeasure))
+    @classmethod
+    def merge(cls, a: TileSums | None, b: TileSums | None) -> TileSums | None:
+        """The sums of two sets of inputs, over the union of their boxes (None: no input)."""
+        if a is None or b is None:
+            return a if b is None else b
+        box = (min(a.box[0], b.box[0]), max(a.box[1], b.box[1]), min(a.box[2], b.box[2]), max(a.box[3], b.box[3]))
+        out = cls(box, a.nplanes, a.spec)
+        for part in (a, b):
+            r = out._region(part.box[0], part.box[2], part.shape)
+            out.wht[r] += part.wht
+            out.swd[r] += part.swd
+            if out.swe is not None:
+                out.swe[r] += part.swe
+            if out.con is not None:
+                out.con[:, r[0], r[1]] |= part.con
+            if out.dq is not None:
+                out.dq[r] |= part.dq
+            if out.vsum is not None:
+                out.vsum[:, r[0], r[1]] += part.vsum
+                out.vwt[:, r[0], r[1]] += part.vwt
+            out.present |= part.present
+        return out
 
-    def finalize(self, nplanes, final_p) -> dict:
-        """The tile's output planes."""
-        p = final_p
-        shape = self.shape
-        data = np.empty(shape, np.float32)
-        wht = np.empty(shape, np.float32)
-        do_var = bool(p["enable_var"])
-        do_err = do_var and p["compute_err"] == "from_var"
-        var = np.empty((3, *shape), np.float32) if do_var else np.empty((3, 1, 1), np.float32)
-        err = np.empty(shape, np.float32) if do_err else np.empty((1, 1), np.float32)
-        vsum = self.vsum if do_var else np.zeros((3, 1, 1))
-        vwt = self.vwt if do_var else np.zeros((3, 1, 1))
-        _finalize_kernel(self.swd, self.wht, vsum, vwt, self.present, float(p["fillval"]), float(p["var_scale"]),
-                         data, wht, var, err, do_var, do_err)
-        out = {"data": data, "wht": wht}
-        if p["enable_ctx"]:
-            con = self.con if self.con is not None else np.zeros((nplanes, *shape), np.uint32)
-            out["con"] = con.view(np.int32)
+    def finalize(self, tile) -> dict:
+        """The output planes of ``tile`` (y0, y1, x0, x1), which holds this box."""
+        spec = self.spec
+        tshape = (tile[1] - tile[0], tile[3] - tile[2])
+        out = empty_planes(tshape, self.nplanes, spec)
+        r = (slice(self.box[0] - tile[0], self.box[1] - tile[0]), slice(self.box[2] - tile[2], self.box[3] - tile[2]))
+        data = np.empty(self.shape, np.float32)
+        wht = np.empty(self.shape, np.float32)
+        do_var = spec.enable_var
+        do_err = spec.err_from_var
+        var = np.empty((3, *self.shape), np.float32) if do_var else np.empty((3, 1, 1), np.float32)
+        err = np.empty(self.shape, np.float32) if do_err else np.empty((1, 1), np.float32)
+        nosum = np.zeros((3, 1, 1))
+        _finalize_kernel(self.swd, self.wht, self.vsum if do_var else nosum, self.vwt if do_var else nosum,
+                         self.present, float(spec.fillval), spec.var_scale, data, wht, var, err, do_var, do_err)
+        out["data"][r], out["wht"][r] = data, wht
+        if self.con is not None:
+            out["con"][:, r[0], r[1]] = self.con.view(np.int32)
         if do_var:
             for k, name in enumerate(VAR_NAMES):
-                out[name] = var[k]
+                out[name][r] = var[k]
         if do_err:
-            out["err"] = err
-        elif p["compute_err"] == "driz_err":
-            e = np.full(shape, p["fillval"], np.float32)
-            if self.swe is not None:
-                covered = self.wht != 0
-                e[covered] = (self.swe[covered] / self.wht[covered] / p["err_scale"]).astype(np.float32)
-            out["err"] = e
-        if p["propagate_dq"]:
-            out["dq"] = self.dq if self.dq is not None else np.zeros(shape, np.uint32)
+            out["err"][r] = err
+        elif spec.driz_err and self.swe is not None:
+            e = out["err"][r]
+            covered = self.wht != 0
+            e[covered] = (self.swe[covered] / self.wht[covered] / spec.psr).astype(np.float32)
+        if self.dq is not None:
+            out["dq"][r] = self.dq
         return out
 
 
-def _merged_means(pieces, tile):
-    """One input's pieces meeting in a tile (its blocks' seams): region, summed weight, weighted mean sqrt(var).
+def output_names(spec: DrizzleSpec) -> list:
+    """The output planes of a resample, in order."""
+    names = ["data", "wht"]
+    if spec.enable_ctx:
+        names.append("con")
+    if spec.enable_var:
+        names += list(VAR_NAMES)
+    if spec.driz_err or spec.err_from_var:
+        names.append("err")
+    if spec.propagate_dq:
+        names.append("dq")
+    return names
+
+
+#: dtype and value of each output plane where no input lands (``None``: the spec's fill value).
+EMPTY = {"data": (np.float32, None), "wht": (np.float32, 0.0), "con": (np.int32, 0), "err": (np.float32, "err"),
+         "dq": (np.uint32, 0), "var_rnoise": (np.float32, np.nan), "var_flat": (np.float32, np.nan),
+         "var_poisson": (np.float32, np.nan)}
+
+
+def empty_value(name: str, spec: DrizzleSpec):
+    """The value of output plane ``name`` where no input lands (its Zarr fill value)."""
+    dtype, value = EMPTY[name]
+    if value is None:
+        value = spec.fillval
+    elif value == "err":
+        value = np.nan if spec.err_from_var else spec.fillval
+    return dtype(value)
+
+
+def empty_planes(tshape, nplanes: int, spec: DrizzleSpec) -> dict:
+    """Every output plane of a tile no input reaches."""
+    out = {}
+    for name in output_names(spec):
+        shape = (nplanes, *tshape) if name == "con" else tshape
+        out[name] = np.full(shape, empty_value(name, spec), EMPTY[name][0])
+    return out
+
+
+def _merged_means(pieces):
+    """One input's pieces meeting in a tile (its blocks' seams): origin, summed weight, weighted mean sqrt(var).
 
     As one drizzle of the whole input gives: sum(w * m) / sum(w), float32, NaN where no weight.
     """
@@ -507,5 +632,4 @@ def _merged_means(pieces, tile):
     with np.errstate(invalid="ignore", divide="ignore"):
         for name, sm in sums.items():
             means[name] = np.where(covered, sm / np.where(covered, w, 1.0), np.nan).astype(np.float32)
-    r = (slice(y0 - tile[0], y1 - tile[0]), slice(x0 - tile[2], x1 - tile[2]))
-    return r, w, means
+    return (y0, x0), w, means

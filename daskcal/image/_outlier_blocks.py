@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from daskcal.image._driz import weight_map
 from daskcal.image._median import MedianComputer
 from daskcal.image._median_kernels import nanmedian_stack
 from daskcal.image._outlier_kernels import compute_weight_threshold, flag_crs, flag_resampled_crs
@@ -29,7 +30,7 @@ from daskcal.image._outlier_kernels import compute_weight_threshold, flag_crs, f
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "pixel_map", "footprint_window", "block_windows", "drizzle_weight", "row_blocks", "block_pixel_map", "drizzle_block",
+    "pixel_map", "footprint_window", "block_windows", "row_blocks", "block_pixel_map", "drizzle_block",
     "merge_group", "median_tile", "blot_block", "flag_input",
 ]
 
@@ -124,40 +125,6 @@ def _window_of(xy, margin, out_shape):
     return (int(y0), int(y1), int(x0), int(x1))
 
 
-def drizzle_weight(dq, var_rnoise, weight_type, good_bits, exptime):
-    """Per-pixel drizzle weight (float32): 0 for pixels whose DQ is not good.
-
-    Parameters
-    ----------
-    dq : ndarray of uint32
-        Data quality.
-    var_rnoise : ndarray or None
-        Read-noise variance (unit of data squared); used by ``"ivm"``.
-    weight_type : {"ivm", "exptime", None}
-        Inverse read-noise variance (1 where it is missing), the exposure time
-        (s), or 1.
-    good_bits : int, str or None
-        DQ bits that do not make a pixel bad (astropy bitmask syntax, JWST names).
-    exptime : float
-        Measurement (or exposure) time (s) for ``"exptime"``.
-    """
-    from astropy.nddata.bitmask import bitfield_to_boolean_mask
-
-    from daskcal.dq import dq_dict
-
-    good = bitfield_to_boolean_mask(dq, good_bits, good_mask_value=1, dtype=np.uint8, flag_name_map=dq_dict())
-    if weight_type == "ivm":
-        if var_rnoise is None:
-            return good.astype(np.float32)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / np.asarray(var_rnoise)
-        inv[~np.isfinite(inv)] = 0
-        return (inv * good).astype(np.float32)
-    if weight_type == "exptime":
-        return (np.float32(exptime) * good).astype(np.float32)
-    return good.astype(np.float32)
-
-
 def row_blocks(ny, rows, halo=BLOCK_HALO):
     """Cut ``ny`` input rows into near-equal blocks of at most ``rows``.
 
@@ -186,7 +153,8 @@ def drizzle_block(data, dq, var_rnoise, pixmap, block, window, params, exptime, 
     Parameters
     ----------
     data, dq, var_rnoise : ndarray or nested lists of blocks
-        The cut's rows of the input (``var_rnoise`` may be None).
+        The cut's rows of the input; ``var_rnoise`` is the variance the weight type
+        uses (``var_sky`` for ``"ivm-sky"``) and may be None.
     pixmap : ndarray, shape (nrows, nx, 2)
         :func:`block_pixel_map` of the cut (absolute output pixels).
     block : (int, int)
@@ -215,7 +183,8 @@ def drizzle_block(data, dq, var_rnoise, pixmap, block, window, params, exptime, 
     if level:
         data = data - np.float32(level)
     var_rnoise = None if var_rnoise is None else assemble(var_rnoise)
-    weight = drizzle_weight(assemble(dq), var_rnoise, params.weight_type, params.good_bits, exptime)
+    weight = weight_map(assemble(dq), params.weight_type, params.good_bits, exptime, var_rnoise=var_rnoise,
+                        var_sky=var_rnoise)
     pm = pixmap - np.array([x0, y0], dtype=np.float64)
     img = np.zeros((y1 - y0, x1 - x0), np.float32)
     wht = np.zeros((y1 - y0, x1 - x0), np.float32)
@@ -381,7 +350,8 @@ def flag_against_median(median, data, err, dq, params):
 def masked_for_median(data, dq, var_rnoise, params, exptime):
     """An input with pixels below its own weight threshold set to NaN (``resample_data=False``)."""
     var_rnoise = None if var_rnoise is None else assemble(var_rnoise)
-    weight = drizzle_weight(assemble(dq), var_rnoise, params.weight_type, params.good_bits, exptime)
+    weight = weight_map(assemble(dq), params.weight_type, params.good_bits, exptime, var_rnoise=var_rnoise,
+                        var_sky=var_rnoise)
     threshold = compute_weight_threshold(weight, params.maskpt)
     out = np.array(assemble(data), dtype=np.float32, copy=True)
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):

@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.image import _outlier_blocks as blocks
+from daskcal.image._driz import KERNELS, WEIGHT_TYPES
 from daskcal.io._zarr_read import SPARSE_ATTR
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ DEFAULT_BUFFER_SIZE = 256 * 2**20
 DEFAULT_TILE = (1024, 1024)
 #: Default input rows per drizzle/blot task.
 DEFAULT_BLOCK_ROWS = 512
-_KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
-_WEIGHT_TYPES = ("ivm", "exptime", None)
+_KERNELS = KERNELS
+_WEIGHT_TYPES = (*WEIGHT_TYPES, None)
 
 
 def parse_pair(value, name):
@@ -232,8 +233,9 @@ def flag_outliers(
         Drizzle pixel shrink factor, in (0, 1].
     fillval : str, default "NaN"
         Value of resampled pixels that receive no input ("NaN", "INDEF" or a number).
-    weight_type : {"ivm", "exptime", None}, default "ivm"
-        Drizzle weights: inverse read-noise variance, measurement time (s), or 1.
+    weight_type : {"ivm", "ivm-sky", "exptime", "none", None}, default "ivm"
+        Drizzle weights: inverse read-noise (or sky) variance, measurement time (s), or 1
+        (as :func:`daskcal.resample`).
     good_bits : str or int, default "~DO_NOT_USE"
         DQ bits that still count as good (astropy bitmask syntax, JWST names).
     resample_data : bool, default True
@@ -575,8 +577,9 @@ def _plan_input(graph, k, ds, in_wcs, out_wcs, out_text, out_shape, margin, para
     exptime = float(ds.attrs.get("measurement_time") or ds.attrs.get("exposure_time") or 1.0)
     level = _sky_level(ds)
     backg = params.backg if level is None else level
-    arrays = {name: _Chunks(ds[name].data, graph=graph) for name in ("data", "dq", "var_rnoise") if name in ds}
-    data, dq, var = arrays["data"], arrays["dq"], arrays.get("var_rnoise")
+    vname = "var_sky" if params.weight_type == "ivm-sky" else "var_rnoise"  # the variance the weights use
+    arrays = {name: _Chunks(ds[name].data, graph=graph) for name in ("data", "dq", vname) if name in ds}
+    data, dq, var = arrays["data"], arrays["dq"], arrays.get(vname)
     plans = []
     cuts = blocks.row_blocks(shape[0], params.block_rows)
     windows = blocks.block_windows(in_wcs, out_wcs, shape, out_shape, margin, [(r0, r1) for r0, r1, _, _ in cuts])

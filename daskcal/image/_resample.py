@@ -41,8 +41,8 @@ __all__ = ["resample", "ResampleParams", "KERNELS", "WEIGHT_TYPES"]
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("square", "point", "turbo", "gaussian", "lanczos2", "lanczos3")
-WEIGHT_TYPES = ("ivm", "ivm-sky", "exptime", "none")
+KERNELS = _driz.KERNELS
+WEIGHT_TYPES = _driz.WEIGHT_TYPES
 COMPUTE_ERR = ("from_var", "driz_err", None)
 BLOCK_CONFIG = "daskcal.resample.block-memory"
 DEFAULT_BLOCK_MEMORY = "512 MiB"
@@ -348,59 +348,68 @@ def _coarse_grid(wcs_in, wcs_out, inp: _Input, stepsize, order):
 
 
 class _TileInput:
-    """What a tile task needs of one input besides its chunks and coarse grid.
+    """What a leaf task needs of one input besides its chunks and coarse grid.
 
     A plain class (not a dataclass), so dask embeds it in the task as it is instead
     of searching it for dask objects; ``chunks`` names per array the origins of the
     chunks that hold the region, in the order the task receives them.
     """
 
-    __slots__ = ("wcs_text", "part", "chunks", "coarse", "level", "params", "bp", "owner")
+    __slots__ = ("wcs_text", "part", "chunks", "coarse", "level", "exptime", "tmeasure", "ctx_index")
 
-    def __init__(self, wcs_text, part, chunks, coarse, level, params, bp, owner):
+    def __init__(self, wcs_text, part, chunks, coarse, level, exptime, tmeasure, ctx_index):
         self.wcs_text, self.part, self.chunks, self.coarse = wcs_text, part, chunks, coarse
-        self.level, self.params, self.bp, self.owner = level, params, bp, owner
+        self.level, self.exptime, self.tmeasure, self.ctx_index = level, exptime, tmeasure, ctx_index
 
 
-def _tile_task(specs, deps, wcs_text_out, tile, nplanes, rp, final_p):
-    """Dask task: one output tile from every input that reaches it, one input at a time.
+def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _driz.DrizzleSpec):
+    """Dask task: one input's partial sums of one output tile (None when it lands nowhere in it).
 
-    ``specs`` holds a :class:`_TileInput` per input; ``deps`` their chunks (as many
-    per array as its ``chunks`` names, then the coarse grid if it has one), flat.
-    Each input's blocks are drizzled into their windows, their parts in the tile are
-    added to the tile's running sums, and the windows are dropped before the next
-    input, so the task holds the sums, one input region and one window at a time.
+    ``deps`` are the input's chunks that hold its region (as many per array as
+    ``spec_in.chunks`` names), then its coarse grid if it has one. The region's blocks
+    are drizzled into their windows and their parts in the tile summed over the box
+    they cover.
     """
     from daskcal.image._dataset import wcs_from_text
 
-    shape = (tile[1] - tile[0], tile[3] - tile[2])
-    wcs_out = wcs_from_text(wcs_text_out)
-    sums = _driz.TileSums(shape, nplanes, final_p["enable_ctx"], rp)
     dep = iter(deps)
-    for spec in specs:
-        arrays = {name: [(next(dep), origin) for origin in origins] for name, origins in spec.chunks.items()}
-        coarse = next(dep) if spec.coarse else None
-        pieces = _input_pieces(arrays, wcs_from_text(spec.wcs_text), wcs_out, spec.part, coarse, spec.level,
-                               spec.params, spec.bp, tile)
-        if pieces:
-            sums.add_input(pieces, tile, *spec.owner)
-        del pieces, arrays
-    return sums.finalize(nplanes, final_p)
+    arrays = {name: [(next(dep), origin) for origin in origins] for name, origins in spec_in.chunks.items()}
+    coarse = next(dep) if spec_in.coarse else None
+    pieces = _input_pieces(arrays, wcs_from_text(spec_in.wcs_text), wcs_from_text(wcs_text_out), spec_in, coarse,
+                           spec, tile)
+    del arrays
+    if not pieces:
+        return None
+    return _driz.TileSums.of_pieces(pieces, nplanes, spec, spec_in.ctx_index, spec_in.tmeasure)
 
 
-def _input_pieces(arrays, wcs_in, wcs_out, part, coarse, level, p, bp, tile) -> list:
+def _merge_task(a, b):
+    """Dask task: the partial sums of two sets of inputs of one tile."""
+    return _driz.TileSums.merge(a, b)
+
+
+def _finalize_task(sums, tile, nplanes, spec: _driz.DrizzleSpec) -> dict:
+    """Dask task: a tile's output planes from the sums of every input that reaches it."""
+    if sums is None:
+        return _driz.empty_planes((tile[1] - tile[0], tile[3] - tile[2]), nplanes, spec)
+    return sums.finalize(tile)
+
+
+def _input_pieces(arrays, wcs_in, wcs_out, spec_in: _TileInput, coarse, spec: _driz.DrizzleSpec, tile) -> list:
     """One input's part of a tile: its region's pixel map and weights once, then each block drizzled into its
     window and cut to the tile (see :mod:`daskcal.image._driz`)."""
+    part = spec_in.part
     cy0, cy1, cx0, cx1 = part.cut
-    pixmap = _driz.compute_pixmap(wcs_in, wcs_out, cy0, cy1, cx0, cx1, coarse=coarse, order=p.pixmap_order)
+    pixmap = _driz.compute_pixmap(wcs_in, wcs_out, cy0, cy1, cx0, cx1, coarse=coarse, order=spec.pixmap_order)
     arrays = {k: np.ascontiguousarray(_assemble(v, part.cut)) for k, v in arrays.items()}
     data = arrays["data"].astype(np.float32, copy=False)
-    if level:
-        data = data - np.float32(level)
+    if spec_in.level:
+        data = data - np.float32(spec_in.level)
     dq = arrays.get("dq")
     if dq is None:
         dq = np.zeros(data.shape, np.uint32)
-    weight = _driz.weight_map(data, dq, arrays, p.weight_type, p.good_bits_int, bp["tmeasure"])
+    weight = _driz.weight_map(dq, spec.weight_type, spec.good_bits, spec_in.tmeasure,
+                              var_rnoise=arrays.get("var_rnoise"), var_sky=arrays.get("var_sky"))
     region = dict(arrays, data=data, weight=weight, dq=dq.astype(np.uint32, copy=False))
     del arrays, data, dq, weight
     pieces = []
@@ -416,7 +425,7 @@ def _input_pieces(arrays, wcs_in, wcs_out, part, coarse, level, p, bp, tile) -> 
             bounds = (xmin - sx.start, xmax - sx.start, ymin - sy.start, ymax - sy.start)
         pm[..., 0] -= window[1]
         pm[..., 1] -= window[0]
-        win = _driz.drizzle_block(blk, pm, bounds, window, bp)
+        win = _driz.drizzle_block(blk, pm, bounds, window, spec, spec_in.exptime)
         del blk, pm
         piece = _driz.cut_pieces(win, [tile])[0]
         del win
@@ -461,6 +470,7 @@ def _s_region(inps) -> str:
 
 def resample(
     images,
+    *,
     output_wcs=None,
     pixfrac: float = 1.0,
     kernel: str = "square",
@@ -475,11 +485,15 @@ def resample(
     pixmap_order: int = 1,
     tile_shape: Sequence[int] | None = None,
     single: bool = False,
-    *,
     block_shape: int | None = None,
     max_output_memory=None,
     check_inputs: bool = True,
-    **wcs_args,
+    pixel_scale: float | None = None,
+    pixel_scale_ratio: float = 1.0,
+    rotation: float | None = None,
+    crpix: Sequence[float] | None = None,
+    crval: Sequence[float] | None = None,
+    output_shape: Sequence[int] | None = None,
 ) -> xr.Dataset:
     """Drizzle exposures onto one output grid, tile by tile, as a lazy dataset.
 
@@ -489,7 +503,7 @@ def resample(
         Calibrated exposures (:func:`daskcal.image_dataset` / :func:`daskcal.open_images`).
     output_wcs : gwcs.WCS or path, optional
         Output grid, or an ASDF file with a ``wcs`` key. Default: built from the
-        inputs with :func:`daskcal.output_wcs` and ``**wcs_args``.
+        inputs with :func:`daskcal.output_wcs` and the grid arguments below.
     pixfrac : float, default 1.0
         Linear size of the drop relative to the input pixel, in (0, 1].
     kernel : str, default "square"
@@ -539,9 +553,11 @@ def resample(
         lazy results of an expensive step that already checked them, such as
         :func:`daskcal.flag_outliers`: the check would compute that step once
         more (measured: 19.8 s of outlier detection for 8 x 2048^2 inputs).
-    **wcs_args
-        ``pixel_scale``, ``pixel_scale_ratio``, ``rotation``, ``crpix``, ``crval``,
-        ``output_shape`` for :func:`daskcal.output_wcs`.
+    pixel_scale, pixel_scale_ratio, rotation, crpix, crval, output_shape
+        The output grid as :func:`daskcal.output_wcs` builds it (pixel scale in
+        arcsec, rotation in deg, crpix in px, crval in deg, shape (nx, ny)); with
+        ``output_wcs`` only ``output_shape`` applies. Every argument after
+        ``images`` is keyword-only, and a misspelled one is an error.
 
     Returns
     -------
@@ -550,6 +566,8 @@ def resample(
         as enabled; attributes: the WCS (``wcs_asdf``), time totals, ``s_region``,
         pixel scale, resample parameters and input names.
     """
+    wcs_args = dict(pixel_scale=pixel_scale, pixel_scale_ratio=pixel_scale_ratio, rotation=rotation, crpix=crpix,
+                    crval=crval, output_shape=output_shape)
     params = ResampleParams(pixfrac, kernel, fillval, weight_type, good_bits, enable_ctx, enable_var,
                             compute_err, propagate_dq, pixmap_stepsize, pixmap_order)
     inps = _inputs(images)
@@ -667,33 +685,41 @@ def _check_fits_workers(inps, parts, tiles, psr, workers) -> None:
         f"{worst[0]})", "lower tile_shape (--tile-shape) or block_shape")
 
 
+def drizzle_spec(p: ResampleParams, psr: float) -> _driz.DrizzleSpec:
+    """The engine's typed spec of validated resample parameters at pixel scale ratio ``psr``."""
+    return _driz.DrizzleSpec(kernel=p.kernel, pixfrac=float(p.pixfrac), psr=float(psr), weight_type=p.weight_name,
+                             good_bits=p.good_bits_int, enable_ctx=bool(p.enable_ctx), enable_var=bool(p.enable_var),
+                             compute_err=p.compute_err, propagate_dq=bool(p.propagate_dq),
+                             fillval=_parse_fillval(p.fillval), pixmap_order=int(p.pixmap_order))
+
+
+#: Dataset attribute of a mosaic: the ``[iy, ix]`` tiles that some input reaches (computed and written;
+#: the others are the planes' fill values, and their chunks are not written).
+WRITTEN_TILES = "tiles_written"
+
+
 def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, psr, single):
     import dask
     import dask.array as da
     from dask.base import tokenize
 
+    spec = drizzle_spec(p, psr)
     text_out = wcs_to_text(wcs_out)
-    fill = _parse_fillval(p.fillval)
     var_present = {i.index: [n for n in VARIANCE_NAMES if n in i.ds] for i in inps}
-    final_p = dict(fillval=fill, enable_ctx=p.enable_ctx, enable_var=p.enable_var, compute_err=p.compute_err,
-                   propagate_dq=p.propagate_dq, var_scale=1.0 / psr**2, err_scale=psr)
     ys, xs = _tiles(out_shape, tile_shape)
 
-    # what each tile task takes of each input: the chunks that hold its region, and constants
+    # what each leaf task takes of each input: the chunks that hold its region, and constants
     entries: dict = {}  # tile index -> [(input index, _TileInput arguments, its chunks and coarse grid)]
     all_chunked = []
     for inp in inps:
-        bp = dict(kernel=p.kernel, pixfrac=p.pixfrac, psr=psr, exptime=float(inp.ds.attrs["exposure_time"]),
-                  enable_ctx=p.enable_ctx, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
-                  propagate_dq=p.propagate_dq, tmeasure=inp.tmeasure)
         names = ["data", "dq"]
-        if p.weight_name == "ivm" or "var_rnoise" in var_present[inp.index]:
+        if spec.weight_type == "ivm" or "var_rnoise" in var_present[inp.index]:
             names.append("var_rnoise")
-        if p.enable_var:
+        if spec.enable_var:
             names += [n for n in var_present[inp.index] if n != "var_rnoise"]
-        if p.weight_name == "ivm-sky" and "var_sky" in inp.ds:
+        if spec.weight_type == "ivm-sky" and "var_sky" in inp.ds:
             names.append("var_sky")
-        if p.compute_err == "driz_err" and "err" in inp.ds:
+        if spec.driz_err and "err" in inp.ds:
             names.append("err")
         chunked = {n: _Chunked.of(_as_dask(inp.ds[n])) for n in names if n in inp.ds}
         all_chunked += chunked.values()
@@ -702,17 +728,18 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
         coarse_d = [dask.delayed(coarse)] if coarse is not None else []
         for t, part in parts[inp.index].items():
             regions = {n: c.region(part.cut) for n, c in chunked.items()}
-            spec = (text_in, part, {n: [o for _, o in r] for n, r in regions.items()}, bool(coarse_d), inp.level, p, bp)
+            args = (text_in, part, {n: [o for _, o in r] for n, r in regions.items()}, bool(coarse_d), inp.level,
+                    float(inp.ds.attrs["exposure_time"]), inp.tmeasure)
             deps = [d for r in regions.values() for d, _ in r] + coarse_d
-            entries.setdefault(t, []).append((inp.index, spec, deps))
+            entries.setdefault(t, []).append((inp.index, args, deps))
 
-    # one task per tile (and exposure group) drizzles every input that reaches it and finalises the tile
-    rp = dict(weight_type=p.weight_name, enable_var=p.enable_var, driz_err=p.compute_err == "driz_err",
-              propagate_dq=p.propagate_dq)
+    # per tile (and exposure group): a leaf task per input that reaches it, a tree of pairwise merges of their
+    # partial sums (so a tile reached by many inputs never holds all of them), and the tile's planes
     gkeys = list(groups)
     token = tokenize(text_out, [i.ds.attrs["wcs_asdf"] for i in inps], [c.blocks.ravel().tolist() for c in
-                     all_chunked], tiles, p, psr, single, sorted(groups.items(), key=str))
+                     all_chunked], tiles, spec, p.pixmap_stepsize, single, sorted(groups.items(), key=str))
     per_group = []
+    written = set()
     for gpos, gid in enumerate(gkeys):
         members = groups[gid]
         pos_of = {k: pos for pos, k in enumerate(members)}
@@ -724,23 +751,28 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 t = iy * len(xs) + ix
                 tile = tiles[t]
                 tshape = (tile[1] - tile[0], tile[3] - tile[2])
-                mine = [(k, spec, deps) for k, spec, deps in entries.get(t, []) if k in pos_of]
+                mine = [(k, args, deps) for k, args, deps in entries.get(t, []) if k in pos_of]
                 if not mine:
-                    row.append(_empty_tile(tshape, nplanes, final_p))
+                    row.append(_empty_tile(tshape, nplanes, spec))
                     continue
-                specs = [_TileInput(*spec, (pos_of[k] if p.enable_ctx else None, inps[k].tmeasure))
-                         for k, spec, _ in mine]
-                deps = [d for _, _, ds in mine for d in ds]
-                fin = dask.delayed(_tile_task)(specs, deps, text_out, tile, nplanes, rp, final_p,
-                                               dask_key_name=f"resample-tile-{token}-{gpos}-{t}")
-                row.append(_tile_arrays(fin, tshape, nplanes, final_p))
+                written.add((iy, ix))
+                key = f"resample-{token}-{gpos}-{t}"
+                level = [dask.delayed(_leaf_task)(_TileInput(*args, pos_of[k] if spec.enable_ctx else None), deps,
+                                                  text_out, tile, nplanes, spec, dask_key_name=f"{key}-leaf-{k}")
+                         for k, args, deps in mine]
+                depth = 0
+                while len(level) > 1:
+                    depth += 1
+                    level = [dask.delayed(_merge_task)(*level[j:j + 2], dask_key_name=f"{key}-merge-{depth}-{j}")
+                             if j + 1 < len(level) else level[j] for j in range(0, len(level), 2)]
+                fin = dask.delayed(_finalize_task)(level[0], tile, nplanes, spec, dask_key_name=f"{key}-tile")
+                row.append(_tile_arrays(fin, tshape, nplanes, spec))
             rows.append(row)
         per_group.append((nplanes, rows))
 
-    names = _output_names(p)
     data_vars = {}
     max_planes = max(n for n, _ in per_group)
-    for name in names:
+    for name in _driz.output_names(spec):
         stacks = []
         for nplanes, rows in per_group:
             arr = da.block([[t[name] for t in row] for row in rows])
@@ -754,7 +786,26 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
         else:
             data_vars[name] = (dims, stacks[0])
     coords = {"group": [str(g) for g in gkeys]} if single else {}
-    return xr.Dataset(data_vars, coords=coords)
+    ds = xr.Dataset(data_vars, coords=coords)
+    if not single:
+        _declare_sparse(ds, spec, sorted(written))
+    return ds
+
+
+def _declare_sparse(ds, spec, written) -> None:
+    """Give each plane its fill value (Zarr ``fill_value``) and record the tiles that are written.
+
+    Tiles no input reaches are each plane's fill value everywhere: :func:`daskcal.save` and the
+    command line do not write their chunks (:data:`WRITTEN_TILES`), and daskcal's reader takes
+    a missing chunk of a written tile for damage and one of another tile for the fill value.
+    """
+    from daskcal.io._zarr_read import SPARSE_ATTR, WRITTEN_ATTR
+
+    for name in ds.data_vars:
+        ds[name].encoding["fill_value"] = _driz.empty_value(name, spec).item()
+        ds[name].attrs[SPARSE_ATTR] = True
+        ds[name].attrs[WRITTEN_ATTR] = [list(t) for t in written]
+    ds.attrs[WRITTEN_TILES] = len(written)
 
 
 def _touches(window, tile):
@@ -762,29 +813,13 @@ def _touches(window, tile):
     return oy < tile[1] and oy + wy > tile[0] and ox < tile[3] and ox + wx > tile[2]
 
 
-def _output_names(p: ResampleParams):
-    names = ["data", "wht"]
-    if p.enable_ctx:
-        names.append("con")
-    if p.enable_var:
-        names += list(_driz.VAR_NAMES)
-    if p.compute_err == "driz_err" or (p.compute_err == "from_var" and p.enable_var):
-        names.append("err")
-    if p.propagate_dq:
-        names.append("dq")
-    return names
-
-
-_DTYPES = {"data": np.float32, "wht": np.float32, "con": np.int32, "err": np.float32, "dq": np.uint32,
-           "var_rnoise": np.float32, "var_flat": np.float32, "var_poisson": np.float32}
-
-
-def _tile_arrays(fin, tshape, nplanes, final_p):
+def _tile_arrays(fin, tshape, nplanes, spec):
     import dask
     import dask.array as da
 
     out = {}
-    for name, dtype in _DTYPES.items():
+    for name in _driz.output_names(spec):
+        dtype = _driz.EMPTY[name][0]
         shape = (nplanes, *tshape) if name == "con" else tshape
         out[name] = da.from_delayed(dask.delayed(_pick, pure=True)(fin, name), shape, dtype=dtype)
     return out
@@ -794,20 +829,14 @@ def _pick(d, name):
     return d[name]
 
 
-def _empty_tile(tshape, nplanes, final_p):
+def _empty_tile(tshape, nplanes, spec):
     import dask.array as da
 
-    fill = final_p["fillval"]
-    return {
-        "data": da.full(tshape, fill, dtype=np.float32),
-        "wht": da.zeros(tshape, np.float32),
-        "con": da.zeros((nplanes, *tshape), np.int32),
-        "err": da.full(tshape, np.nan if final_p["compute_err"] == "from_var" else fill, dtype=np.float32),
-        "dq": da.zeros(tshape, np.uint32),
-        "var_rnoise": da.full(tshape, np.nan, dtype=np.float32),
-        "var_flat": da.full(tshape, np.nan, dtype=np.float32),
-        "var_poisson": da.full(tshape, np.nan, dtype=np.float32),
-    }
+    out = {}
+    for name in _driz.output_names(spec):
+        shape = (nplanes, *tshape) if name == "con" else tshape
+        out[name] = da.full(shape, _driz.empty_value(name, spec), dtype=_driz.EMPTY[name][0])
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

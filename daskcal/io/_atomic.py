@@ -81,6 +81,12 @@ def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool 
     write fails or is interrupted), else on dask's current scheduler.
     """
 
+    from daskcal.io._zarr_read import WRITTEN_ATTR
+
+    if any(WRITTEN_ATTR in var.attrs for var in ds.data_vars.values()):
+        # a mosaic: the chunks of tiles no input reaches are left unwritten (their planes' fill value)
+        _write_products({"dataset": ds}, {"dataset": store}, progress)
+        return
     with naming_path(store):
         # every chunk, even one equal to the fill value: a missing chunk reads as an error (daskcal.io._zarr_read)
         with every_chunk():
@@ -124,7 +130,7 @@ def _encoding(ds) -> dict:
 
     codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
     return {
-        name: {"compressors": (codec,)}
+        name: {"compressors": (codec,), **{k: var.encoding[k] for k in ("fill_value",) if k in var.encoding}}
         for name, var in ds.data_vars.items()
         if "compressors" not in var.encoding and "compressor" not in var.encoding
     }
@@ -258,7 +264,7 @@ def _write_products(products: dict, stores: dict, progress: bool, also: tuple = 
             with every_chunk():
                 template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
                 group = zarr.open_group(store, mode="r+", zarr_format=3)
-                targets += [(_Target(group[v], ZarrSource.at(store, v)), ds[v].data)
+                targets += [(_Target(group[v], ZarrSource.at(store, v), _unwritten(ds[v])), ds[v].data)
                             for v in ds.data_vars if _is_dask(ds[v].data)]
             mark_incomplete(store)
     writes = _chunk_writers(targets)
@@ -455,6 +461,19 @@ class _Target:
 
     array: object
     source: object
+    skip: object = None  # (iy, ix) -> True for a chunk that is not written (see _unwritten)
+
+
+def _unwritten(var):
+    """A test of the ``(iy, ix)`` chunks of ``var`` that are not to be written (they are its fill value),
+    from its :data:`~daskcal.io._zarr_read.WRITTEN_ATTR`; None when every chunk is written."""
+    from daskcal.io._zarr_read import SPARSE_ATTR, WRITTEN_ATTR
+
+    written = var.attrs.get(WRITTEN_ATTR)
+    if written is None or var.attrs.get(SPARSE_ATTR) is not True:
+        return None
+    keep = frozenset(tuple(int(v) for v in c) for c in written)
+    return lambda c: c not in keep
 
 
 def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
@@ -476,6 +495,11 @@ def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
             writer.write(start, block)
         else:
             target.array[..., y0:y0 + block.shape[-2], x0:x0 + block.shape[-1]] = block
+    return np.ones((1, 1), dtype=bool)
+
+
+def _nothing() -> np.ndarray:
+    """The write task of a chunk no target writes (every target's fill value there)."""
     return np.ones((1, 1), dtype=bool)
 
 
@@ -522,6 +546,7 @@ def _chunk_writers(targets: list) -> list:
     xs = np.cumsum((0, *grid[1]))
     dsk = {
         (name, iy, ix): (write, int(ys[iy]), int(xs[ix]), *[(a.name, *(0,) * (a.ndim - 2), iy, ix) for a in arrays])
+        if not all(t.skip is not None and t.skip((iy, ix)) for t, _ in same) else (_nothing,)
         for iy in range(len(grid[0]))
         for ix in range(len(grid[1]))
     }

@@ -69,11 +69,32 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["SPARSE_ATTR", "ArrayNotes", "ChunkError", "ChunkLayout", "ZarrSource", "check_store", "chunk_layout",
+__all__ = ["SPARSE_ATTR", "WRITTEN_ATTR", "ArrayNotes", "ChunkError", "ChunkLayout", "ZarrSource", "check_store", "chunk_layout",
            "layout_and_codec", "read_as_dask", "read_regions", "stored_as_is", "zarr_source"]
 
 #: Array attribute that declares an array sparse on purpose: its missing chunks are the fill value.
 SPARSE_ATTR = "daskcal:sparse"
+#: Array attribute of a sparse array: the ``[iy, ix]`` chunks (of its last two axes) that were written, so a
+#: missing one of them is damage, not the fill value (a mosaic's tiles that some input reaches).
+WRITTEN_ATTR = "daskcal:written"
+
+
+def _sparse_of(attrs):
+    """What a missing chunk of an array means: False (an error), True (the fill value) or a frozenset of
+    the ``(iy, ix)`` chunks that must be present (the others are the fill value)."""
+    if attrs.get(SPARSE_ATTR) is not True:
+        return False
+    written = attrs.get(WRITTEN_ATTR)
+    if written is None:
+        return True
+    return frozenset(tuple(int(v) for v in c) for c in written)
+
+
+def _may_miss(sparse, coords) -> bool:
+    """Whether chunk ``coords`` of an array with :func:`_sparse_of` ``sparse`` may be absent."""
+    if isinstance(sparse, bool):
+        return sparse
+    return tuple(coords[-2:]) not in sparse
 
 
 class ChunkError(ValueError):
@@ -187,8 +208,9 @@ class ZarrSource:
         """``read(zarr.Array)`` after looking up the chunk files of ``region`` (a local store), its
         exceptions as :class:`ChunkError`."""
         grid = _stored_grid(self.store, self.name, self.version)
-        if grid is not None and not grid.sparse:
-            missing = [c for c in grid.coords(region) if not (grid.root / grid.meta.encode_chunk_key(c)).is_file()]
+        if grid is not None and grid.sparse is not True:
+            missing = [c for c in grid.coords(region) if not _may_miss(grid.sparse, c)
+                       and not (grid.root / grid.meta.encode_chunk_key(c)).is_file()]
             if missing:
                 raise _missing(self.store, self.name, missing)
         try:
@@ -220,8 +242,8 @@ class ZarrSource:
             msg = (f"its zarr.json disagrees with its chunk files: chunk files {beyond[:4]} lie beyond its grid "
                    f"of {grid.counts} chunks (shape {shape} in chunks of {chunk})")
             raise _chunk_error(self.store, self.name, beyond[0], msg)
-        if not grid.sparse:
-            missing = [c for key, c in expected.items() if key not in present]
+        if grid.sparse is not True:
+            missing = [c for key, c in expected.items() if key not in present and not _may_miss(grid.sparse, c)]
             if missing:
                 raise _missing(self.store, self.name, missing, len(expected))
         files = _chunk_files(self.store, self.name, self.version)
@@ -262,7 +284,7 @@ class _StoredGrid:
 
     root: Path
     meta: object
-    sparse: bool
+    sparse: object  # see _sparse_of
 
     @property
     def counts(self) -> tuple[int, ...]:
@@ -305,7 +327,7 @@ def _stored_grid(store: str, name: str, version: str) -> _StoredGrid | None:
     meta = arr.metadata
     if not isinstance(arr.store, LocalStore) or meta.zarr_format != 3 or not hasattr(meta.chunk_grid, "chunk_shape"):
         return None
-    return _StoredGrid(Path(arr.store.root) / arr.path, meta, arr.attrs.get(SPARSE_ATTR) is True)
+    return _StoredGrid(Path(arr.store.root) / arr.path, meta, _sparse_of(arr.attrs))
 
 
 @functools.lru_cache(maxsize=64)
@@ -408,16 +430,16 @@ class _ChunkFiles:
         when chunks are stored uncompressed.
     store, name : str
         The store and the array's name in it (for error messages).
-    sparse : bool
-        A missing chunk file is the fill value (the array declares :data:`SPARSE_ATTR`);
-        otherwise it is a :class:`ChunkError`.
+    sparse : bool or frozenset
+        A missing chunk file is the fill value (the array declares :data:`SPARSE_ATTR`;
+        with :data:`WRITTEN_ATTR`, only a chunk outside it); otherwise it is a :class:`ChunkError`.
     """
 
     layout: ChunkLayout
     decompress: object
     store: str
     name: str
-    sparse: bool
+    sparse: object
 
     def _chunk(self, coords: tuple[int, ...], out: np.ndarray) -> None:
         """Fill ``out`` (C-contiguous, the full chunk shape) with the chunk at ``coords``."""
@@ -425,7 +447,7 @@ class _ChunkFiles:
         try:
             raw = (root / meta.encode_chunk_key(coords)).read_bytes()
         except FileNotFoundError:
-            if not self.sparse:
+            if not _may_miss(self.sparse, coords):
                 raise _missing(self.store, self.name, [coords]) from None
             out[...] = meta.fill_value
             return
@@ -536,7 +558,7 @@ def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
     found = layout_and_codec(store, name, version, _decompressor)
     if found is None:
         return None
-    return _ChunkFiles(*found, store, name, _open(store, name, version).attrs.get(SPARSE_ATTR) is True)
+    return _ChunkFiles(*found, store, name, _sparse_of(_open(store, name, version).attrs))
 
 
 def _read(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:

@@ -123,7 +123,7 @@ def test_weight_none_matches_drizzle(sim6, sim6_wcs):
     d = Drizzle(kernel="square", fillval="NaN", out_shape=shape, disable_ctx=True)
     for ds in sim6.images:
         data = ds.data.values - np.float32(ds.attrs["level"])
-        w = weight_map(data, ds.dq.values, {}, None, ~np.uint32(1 + 512) & 0xFFFFFFFF, 1.0)
+        w = weight_map(ds.dq.values, None, ~np.uint32(1 + 512) & 0xFFFFFFFF, 1.0)
         pm = compute_pixmap(get_wcs(ds), sim6_wcs, 0, data.shape[0], 0, data.shape[1])
         d.add_image(data, exptime=1.0, pixmap=pm, weight_map=w, pixel_scale_ratio=out.attrs["pixel_scale_ratio"])
     m = interior(shape)

@@ -1,0 +1,87 @@
+"""The resample engine's graph: sparse mosaics (tiles no input reaches are not computed nor written),
+the tree of pairwise merges per tile, and keyword-only public arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import daskcal
+from daskcal.io._zarr_read import SPARSE_ATTR, WRITTEN_ATTR, ChunkError, ZarrSource, check_store
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return daskcal.simulate_images(n=3, shape=(60, 60), seed=11)
+
+
+def _wide_grid(sim, factor=4):
+    """The simulated exposures' grid made ``factor`` times wider and taller, the exposures in its corner."""
+    ny, nx = daskcal.output_wcs(sim.images).array_shape
+    return daskcal.output_wcs(sim.images, crpix=(nx / 2 + 1, ny / 2 + 1), output_shape=(nx * factor, ny * factor))
+
+
+def test_tiles_no_input_reaches_are_not_written(sim, tmp_path):
+    grid = _wide_grid(sim)
+    mosaic = daskcal.resample(sim.images, output_wcs=grid, tile_shape=(40, 40))
+    ny, nx = grid.array_shape
+    nty, ntx = -(-ny // 40), -(-nx // 40)
+    expected = daskcal.resample(sim.images, output_wcs=grid, tile_shape=(ny, nx)).compute(scheduler="sync")
+    written = {tuple(t) for t in mosaic["data"].attrs[WRITTEN_ATTR]}
+    assert 0 < len(written) < nty * ntx
+    # exactly the tiles where some input has weight (and its kernel margin) are written
+    wht = expected["wht"].values
+    for iy in range(nty):
+        for ix in range(ntx):
+            if wht[iy * 40:(iy + 1) * 40, ix * 40:(ix + 1) * 40].any():
+                assert (iy, ix) in written
+    out = daskcal.save(mosaic, tmp_path / "m.zarr")
+    files = {p.name for p in (out / "data" / "c").rglob("*") if p.is_file()}
+    rows = {p.parent.name + "/" + p.name for p in (out / "data" / "c").rglob("*") if p.is_file()}
+    assert len(rows) == len(written), (len(rows), len(written), files)
+    check_store(out, ["data", "wht", "con", "err"])
+    for name in ("data", "wht", "con", "var_rnoise", "err"):
+        got = ZarrSource.at(out, name).read((slice(None),) * expected[name].ndim)
+        np.testing.assert_array_equal(got, expected[name].values, err_msg=name)
+    # what xarray (zarr's fill values) reads is the same mosaic
+    back = xr.open_zarr(out, consolidated=False, mask_and_scale=False)
+    np.testing.assert_array_equal(back["data"].values, expected["data"].values)
+    np.testing.assert_array_equal(back["wht"].values, expected["wht"].values)
+    assert back["data"].attrs[SPARSE_ATTR] is True
+
+
+def test_a_missing_written_tile_is_damage(sim, tmp_path):
+    grid = _wide_grid(sim, factor=2)
+    mosaic = daskcal.resample(sim.images, output_wcs=grid, tile_shape=(40, 40))
+    out = daskcal.save(mosaic, tmp_path / "m.zarr")
+    iy, ix = mosaic["wht"].attrs[WRITTEN_ATTR][0]
+    (out / "wht" / "c" / str(iy) / str(ix)).unlink()
+    daskcal.io._zarr_read._stored_grid.cache_clear()
+    daskcal.io._zarr_read._chunk_files.cache_clear()
+    with pytest.raises(ChunkError, match=r"'wht'.*chunk"):
+        check_store(out, ["wht"])
+    with pytest.raises(ChunkError, match="wht"):
+        ZarrSource.at(out, "wht").read((slice(iy * 40, iy * 40 + 40), slice(ix * 40, ix * 40 + 40)))
+
+
+def test_each_tile_is_a_tree_of_pairwise_merges(sim):
+    """A tile reached by n inputs: n leaf tasks (one input each), n - 1 merges of two, one finalize."""
+    mosaic = daskcal.resample(sim.images, tile_shape=(400, 400))  # one tile
+    graph = dict(mosaic["data"].data.__dask_graph__())
+    deps = mosaic["data"].data.dask.get_all_dependencies()
+    leaves = [k for k in graph if isinstance(k, str) and "-leaf-" in k]
+    merges = [k for k in graph if isinstance(k, str) and "-merge-" in k]
+    assert len(leaves) == 3 and len(merges) == 2
+    for k in merges:
+        assert len([d for d in deps[k] if "-leaf-" in str(d) or "-merge-" in str(d)]) == 2
+    for k in leaves:  # a leaf reads one input only
+        assert not any("-leaf-" in str(d) for d in deps[k])
+
+
+def test_misspelled_arguments_are_errors(sim):
+    grid = daskcal.output_wcs(sim.images)
+    with pytest.raises(TypeError, match="pixel_scal"):
+        daskcal.resample(sim.images, output_wcs=grid, pixel_scal=0.1)
+    with pytest.raises(TypeError):
+        daskcal.resample(sim.images, grid)  # the output WCS is keyword-only
