@@ -35,14 +35,16 @@ SETTINGS = dict(kernel="square", pixfrac=1.0, weight_type="ivm", fillval="NaN", 
 PLANES = ("data", "wht", "err", "var_rnoise", "var_poisson", "var_flat")
 
 
-def make_inputs(workdir: Path, n: int, size: int) -> list[str]:
+def make_inputs(workdir: Path, n: int, size: int, wcs: str = "tan") -> list[str]:
+    """Simulated inputs (cached in ``workdir``): ``wcs`` "tan" gives distortion | TAN gwcs, "jwst" JWST-like
+    detector -> v2v3 -> world gwcs (distortion, V2/V3 offsets, a RotationSequence3D attitude; no TAN)."""
     import daskcal
 
-    paths = [workdir / f"in{k}.zarr" for k in range(n)]
+    paths = [workdir / f"in{k}{'' if wcs == 'tan' else '-' + wcs}.zarr" for k in range(n)]
     if all(p.exists() for p in paths):
         return [str(p) for p in paths]
     sim = daskcal.simulate_images(n=n, shape=(size, size), seed=0, distortion=4.0, dither=0.45 * size,
-                                  n_stars=2000)
+                                  n_stars=2000, v2v3=wcs == "jwst")
     for p, ds in zip(paths, sim.images):
         if p.exists():
             shutil.rmtree(p)
@@ -157,6 +159,29 @@ def run_daskcal(paths, out_zarr, workers=2, memory_limit="8 GiB", config=None, *
     return elapsed, t_graph, rss.peak_total / 2**10, mosaic, hwm / 2**30
 
 
+def run_daskcal_threads(paths, out_zarr, threads: int, cores: int | None = None) -> dict:
+    """daskcal without a client, on dask's threaded scheduler with ``threads`` threads (in this process),
+    optionally pinned to ``cores`` CPUs; returns seconds, graph seconds and the process's peak RSS (GB)."""
+    import dask
+
+    import daskcal
+    from daskcal.io._atomic import save_dataset
+
+    if cores is not None:
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    if Path(out_zarr).exists():
+        shutil.rmtree(out_zarr)
+    _warm_worker()
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        t0 = time.perf_counter()
+        mosaic = daskcal.resample(daskcal.open_images(paths), pixmap_stepsize=1, **SETTINGS)
+        t_graph = time.perf_counter() - t0
+        save_dataset(mosaic, out_zarr)
+        elapsed = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"seconds": elapsed, "graph": t_graph, "peak_gb": peak}
+
+
 def compare(out_zarr, ref_npz, band=4):
     import xarray as xr
 
@@ -186,6 +211,12 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--workdir", default="/tmp/daskcal-bench-resample")
     ap.add_argument("--stcal-child", nargs=2, metavar=("NPZ", "PSR"), help=argparse.SUPPRESS)
+    ap.add_argument("--threads-child", nargs=3, metavar=("ZARR", "THREADS", "CORES"), help=argparse.SUPPRESS)
+    ap.add_argument("--wcs", choices=("tan", "jwst"), default="tan",
+                    help="inputs' gwcs: distortion | TAN (tan) or JWST-like detector -> v2v3 -> world (jwst)")
+    ap.add_argument("--threaded", action="store_true",
+                    help="also run daskcal without a client: threaded scheduler on 2 threads, and on 1 thread pinned "
+                         "to one core")
     ap.add_argument("--large-ratio", type=float, default=0.1)
     ap.add_argument("--large-n", type=int, default=8)
     ap.add_argument("--skip-large", action="store_true")
@@ -199,28 +230,32 @@ def main(argv=None):
     args = ap.parse_args(argv)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    paths = make_inputs(work, args.n, args.size)
+    paths = make_inputs(work, args.n, args.size, args.wcs)
+    if args.threads_child:
+        zarr_out, threads, cores = args.threads_child
+        print(json.dumps(run_daskcal_threads(paths, zarr_out, int(threads), int(cores))))
+        return 0
     if args.stcal_child:
         t, peak = run_stcal(paths, args.stcal_child[0], float(args.stcal_child[1]))
         print(json.dumps({"seconds": t, "peak_gb": peak}))
         return 0
     mpix = args.n * args.size**2 / 1e6
-    lines = [f"# bench_resample.py: {args.n} dithered {args.size}x{args.size} inputs, cubic distortion 4 px, "
+    lines = [f"# bench_resample.py: {args.n} dithered {args.size}x{args.size} inputs ({args.wcs} gwcs), cubic distortion 4 px, "
              f"0.03\"/px; square, pixfrac 1, ivm, variances, context, err from_var, pixmap_stepsize=1",
              f"# machine: {os.cpu_count()} cores; stcal {_version('stcal')}, drizzle {_version('drizzle')}; "
              f"daskcal on an embedded LocalCluster (daskcal.connect, with WORKER_ENVIRON): 2 worker processes x 1 thread; peak = client + workers RSS",
              f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}"]
     if not args.skip_small:
-        ref_npz = work / "stcal.npz"
+        ref_npz = work / f"stcal-{args.wcs}.npz"
         loads = [wait_for_idle()]
-        if args.reuse_stcal and (work / "stcal.json").exists():
-            st = json.loads((work / "stcal.json").read_text())
+        if args.reuse_stcal and (work / f"stcal-{args.wcs}.json").exists():
+            st = json.loads((work / f"stcal-{args.wcs}.json").read_text())
         else:
-            out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--size", str(args.size),
-                                  "--workdir", str(work), "--stcal-child", str(ref_npz), "1.0"], capture_output=True,
-                                 text=True, check=True)
+            out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--size", str(args.size), "--wcs",
+                                  args.wcs, "--workdir", str(work), "--stcal-child", str(ref_npz), "1.0"],
+                                 capture_output=True, text=True, check=True)
             st = json.loads(out.stdout.strip().splitlines()[-1])
-            (work / "stcal.json").write_text(json.dumps(st))
+            (work / f"stcal-{args.wcs}.json").write_text(json.dumps(st))
         loads.append(wait_for_idle())
         t, t_graph, peak, mosaic, _ = run_daskcal(paths, work / "daskcal.zarr")
         loads.append(os.getloadavg()[0])
@@ -241,6 +276,18 @@ def main(argv=None):
             f"  (largest wht difference relative to the median weight: {diffs['wht_abs']:.2g}; the largest relative ones "
             "are on slivers with weights ~1e-5 of the median, where pixel maps differing by ~1e-8 px move the overlap)",
         ]
+        if args.threaded:
+            for threads, cores, label in ((2, 2, "threaded scheduler, no client, 2 threads"),
+                                          (1, 1, "threaded scheduler, 1 thread pinned to 1 core")):
+                wait_for_idle()
+                out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--size", str(args.size), "--wcs",
+                                      args.wcs, "--workdir", str(work), "--threads-child", str(work / "threads.zarr"),
+                                      str(threads), str(cores)], capture_output=True, text=True, check=True)
+                th = json.loads(out.stdout.strip().splitlines()[-1])
+                d = compare(work / "threads.zarr", ref_npz)
+                lines.append(f"| daskcal.resample, {label} (graph {th['graph']:.1f} s incl.) | {th['seconds']:.1f} | "
+                             f"{mpix / th['seconds']:.2f} | {th['peak_gb']:.2f} | {st['seconds'] / th['seconds']:.2f}x "
+                             f"stcal; data {d['data'][0]:.2g}, wht {d['wht'][0]:.2g}, con equal {d['con_equal']} |")
         print("\n".join(lines), flush=True)
     if not args.skip_large:
         lp = paths[: args.large_n]
