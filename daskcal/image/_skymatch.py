@@ -7,11 +7,13 @@
    an image with another image or exposure group is the intersection of their
    polygons, scanned back onto the image's pixels (gwcs's polygon fill) as row runs.
 2. In one ``dask.compute``: the sky statistic (:mod:`daskcal.image._skystats`)
-   of every image and of every image's part of each overlap, as rounds of one task
-   per (image, chunk) that re-read the chunk, each round bound to the previous
-   one's small merged state so no chunk stays in memory between rounds; the
-   least-squares match of the overlaps is one small task at the end
-   (:mod:`daskcal.image._skylevels`).
+   of every image and of every image's part of each overlap. An image whose data and
+   DQ fit Dask config ``daskcal.skymatch.image-memory`` (256 MiB) is read once by one
+   task that runs every round of the statistic in memory (as the reference holds each
+   image); a larger one as rounds of one task per (image, chunk) that re-read the
+   chunk, each round bound to the previous one's small merged state so no chunk stays
+   in memory between rounds. The least-squares match of the overlaps is one small
+   task at the end (:mod:`daskcal.image._skylevels`).
 3. On the client: levels per image as the reference records them in
    ``meta.background`` (``level``, ``subtracted``), and with ``subtract=True``
    the data minus the level, lazily.
@@ -323,6 +325,11 @@ def _image_statistics(img, regions, spec, ignore_bits, shift, after, token):
 
     data = _dask_array(img.ds["data"])
     dq = _dask_array(img.ds["dq"]).rechunk(data.chunks) if "dq" in img.ds else None
+    if _fits_in_memory(data, dq):
+        dblocks = data.to_delayed(optimize_graph=False).tolist()
+        qblocks = None if dq is None else dq.to_delayed(optimize_graph=False).tolist()
+        return dask.delayed(_whole_image_task)(spec, dblocks, qblocks, regions, ignore_bits, shift, after,
+                                               dask_key_name=f"skymatch-stat-{token}-{img.index}")
     ystarts = np.cumsum((0,) + data.chunks[0])
     xstarts = np.cumsum((0,) + data.chunks[1])
     cuts = list(itertools.product(range(len(data.chunks[0])), range(len(data.chunks[1]))))
@@ -351,6 +358,32 @@ def _image_statistics(img, regions, spec, ignore_bits, shift, after, token):
                                       dask_key_name=f"skymatch-merge-{token}-{img.index}-{r}")  # cheap
         prev = states
     return dask.delayed(_results)(spec, states, dask_key_name=f"skymatch-stat-{token}-{img.index}")
+
+
+#: Dask config: the largest image (data and DQ, bytes) whose statistics one task computes with the
+#: image in memory (read once); larger images are read chunk by chunk in each round of the statistic.
+IMAGE_MEMORY_CONFIG = "daskcal.skymatch.image-memory"
+DEFAULT_IMAGE_MEMORY = "256 MiB"
+
+
+def _fits_in_memory(data, dq) -> bool:
+    import dask
+    from dask.utils import parse_bytes
+
+    budget = dask.config.get(IMAGE_MEMORY_CONFIG, None)
+    budget = DEFAULT_IMAGE_MEMORY if budget is None else budget
+    budget = parse_bytes(budget) if isinstance(budget, str) else int(budget)
+    nbytes = data.nbytes + (0 if dq is None else dq.nbytes)
+    return nbytes <= budget
+
+
+def _whole_image_task(spec, dblocks, qblocks, regions, ignore_bits, shift, _after):
+    """Dask task: the statistic over each region of one image, from all its chunks at once."""
+    data = np.block(dblocks) if len(dblocks) > 1 or len(dblocks[0]) > 1 else np.asarray(dblocks[0][0])
+    dq = None
+    if qblocks is not None:
+        dq = np.block(qblocks) if len(qblocks) > 1 or len(qblocks[0]) > 1 else np.asarray(qblocks[0][0])
+    return stats.whole_image_results(spec, data, dq, regions, ignore_bits, shift)
 
 
 def _merge(kind, spec, states, *parts):

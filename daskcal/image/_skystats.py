@@ -218,6 +218,38 @@ def chunk_partials(kind, states, block, dq, offset, width, regions, ignore_bits,
     return out
 
 
+def whole_image_results(spec, block, dq, regions, ignore_bits, shift):
+    """The statistic ``[(value, npix), ...]`` over each region of a whole image held in memory.
+
+    The same rounds as the chunked graph (:func:`chunk_partials`, :func:`advance`) on one
+    "chunk" that is the whole image, with each region's good values selected once instead of
+    once per round (the chunked graph re-reads every chunk in each of its ~13 rounds).
+    """
+    from astropy.nddata.bitmask import bitfield_to_boolean_mask
+
+    block = np.asarray(block)
+    for s in shift:
+        block = block - np.float32(s)
+    block = block.astype(np.float32, copy=False)
+    good = np.isfinite(block)
+    if dq is not None and ignore_bits is not None:
+        good &= bitfield_to_boolean_mask(np.asarray(dq), ignore_bits, good_mask_value=True, dtype=bool)
+    h, w = block.shape
+    values, firsts = [], []
+    for region in regions:
+        m = good if region is None else good & runs_mask(region, 0, 0, (h, w))
+        flat = np.flatnonzero(m)
+        firsts.append(int(flat[0]) if flat.size else None)
+        values.append(block.reshape(-1)[flat])
+    del block, good
+    states = [initial_state(spec)] * len(regions)
+    for kind in schedule(spec):
+        parts = [[None if st.dead else _partial(kind, st, v, f if (kind == "A" and st.iteration == 0) else None)
+                  for st, v, f in zip(states, values, firsts, strict=True)]]
+        states = advance(kind, spec, states, parts)
+    return [result(spec, st) for st in states]
+
+
 # -- merging a round -----------------------------------------------------------------
 def advance(kind: str, spec: SkyStatSpec, states, parts):
     """Merge the partials of round ``kind`` from every chunk into the next state of every target."""

@@ -135,13 +135,18 @@ def test_levels_equal_stcal(offset_images, method, skystat):
     assert got == [r[0] for r in ref]  # in fact the same numbers: the same float32/float64 steps
 
 
+@pytest.mark.parametrize("image_memory", ["256 MiB", 0], ids=["whole-images", "chunk-rounds"])
 @pytest.mark.parametrize("skystat", SKYSTATS)
 @pytest.mark.parametrize("method", METHODS)
-def test_groups_chunks_and_subtract_equal_stcal(offset_images, method, skystat):
+def test_groups_chunks_and_subtract_equal_stcal(offset_images, method, skystat, image_memory):
+    """Both ways of computing the statistics (an image in memory, or its chunks re-read in each round)."""
+    import dask
+
     images = [ds.assign_attrs(group_id=g) for ds, g in zip(offset_images, ["a", "b", "a", "c"], strict=True)]
     kw = {"skymethod": method, "skystat": skystat, "subtract": True, "stepsize": 30, "match_down": False}
     ref = stcal_skymatch(images, **kw)
-    result = match_sky([ds.chunk({"y": 37, "x": 50}) for ds in images], **kw)
+    with dask.config.set({"daskcal.skymatch.image-memory": image_memory}):
+        result = match_sky([ds.chunk({"y": 37, "x": 50}) for ds in images], **kw)
     got = list(result.levels.values())
     assert got == [r[0] for r in ref]
     assert got[0] == got[2]  # one sky per exposure group
@@ -444,7 +449,7 @@ def test_no_chunk_is_held_between_rounds(offset_images):
 
     images = [ds.assign(data=ds["data"].copy(data=da.from_array(ds["data"].values, chunks=(20, 24))
                                            .map_blocks(load, dtype=np.float32))) for ds in offset_images]
-    with dask.config.set(scheduler="sync"):
+    with dask.config.set({"scheduler": "sync", "daskcal.skymatch.image-memory": 0}):  # the chunked rounds
         got = match_sky(images, skymethod="global+match", skystat="median").levels
     assert got == match_sky(offset_images, skymethod="global+match", skystat="median").levels
     # without re-reading (dask.graph_manipulation.bind made an identity) the sync scheduler holds
