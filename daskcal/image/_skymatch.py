@@ -269,7 +269,8 @@ def _pixel_runs(wcs, shape, polygons) -> np.ndarray:
 
 
 def _overlap_regions(inputs, items, polys):
-    """Per image, the pixel runs and sky area of its overlap with every other item."""
+    """Per image, the polygons (RA, Dec vertex lists; None when empty) and sky area of its overlap with every
+    other item. Their pixels (:func:`_pixel_runs`) are found by the task that reads the image."""
     item_of = {i: n for n, members in enumerate(items) for i in members}
     regions = {}
     for img in inputs:
@@ -285,7 +286,7 @@ def _overlap_regions(inputs, items, polys):
                     continue
                 area += a
                 radec += list(inter.to_radec())
-            regions[(i, other)] = (_pixel_runs(img.wcs, img.shape, radec) if area != 0.0 else None, area)
+            regions[(i, other)] = (radec if area != 0.0 else None, area)
     return regions
 
 
@@ -328,8 +329,10 @@ def _image_statistics(img, regions, spec, ignore_bits, shift, after, token):
     if _fits_in_memory(data, dq):
         dblocks = data.to_delayed(optimize_graph=False).tolist()
         qblocks = None if dq is None else dq.to_delayed(optimize_graph=False).tolist()
-        return dask.delayed(_whole_image_task)(spec, dblocks, qblocks, regions, ignore_bits, shift, after,
+        return dask.delayed(_whole_image_task)(spec, dblocks, qblocks, (img.ds.attrs["wcs_asdf"], img.shape, regions),
+                                               ignore_bits, shift, after,
                                                dask_key_name=f"skymatch-stat-{token}-{img.index}")
+    regions = [None if r is None else _pixel_runs(img.wcs, img.shape, r) for r in regions]
     ystarts = np.cumsum((0,) + data.chunks[0])
     xstarts = np.cumsum((0,) + data.chunks[1])
     cuts = list(itertools.product(range(len(data.chunks[0])), range(len(data.chunks[1]))))
@@ -377,8 +380,22 @@ def _fits_in_memory(data, dq) -> bool:
     return nbytes <= budget
 
 
-def _whole_image_task(spec, dblocks, qblocks, regions, ignore_bits, shift, _after):
-    """Dask task: the statistic over each region of one image, from all its chunks at once."""
+def _whole_image_task(spec, dblocks, qblocks, where, ignore_bits, shift, _after):
+    """Dask task: the statistic over each region of one image, from all its chunks at once.
+
+    ``where`` = (WCS as ASDF text, shape, regions): per region None (the whole image) or
+    the overlap polygons, whose pixels are found here (gwcs's polygon fill; ~0.3 s per
+    2048^2 overlap, so in the tasks rather than on the client).
+    """
+    from daskcal.image._dataset import wcs_from_text
+
+    text, shape, polygons = where
+    wcs = None
+    regions = []
+    for r in polygons:
+        if r is not None and wcs is None:
+            wcs = wcs_from_text(text)
+        regions.append(None if r is None else _pixel_runs(wcs, shape, r))
     data = np.block(dblocks) if len(dblocks) > 1 or len(dblocks[0]) > 1 else np.asarray(dblocks[0][0])
     dq = None
     if qblocks is not None:
@@ -492,12 +509,12 @@ def match_sky(
     if do_match and len(items) > 1:
         polys = [_footprint(img.wcs, img.shape, params.stepsize) for img in inputs]
         regions = _overlap_regions(inputs, items, polys)
-    targets = [[] for _ in inputs]  # per image: (key, runs)
+    targets = [[] for _ in inputs]  # per image: the overlap polygons (None: the whole image)
     keys = []
-    for (i, other), (runs, _area) in regions.items():
-        if runs is not None:
+    for (i, other), (radec, _area) in regions.items():
+        if radec is not None:
             keys.append((i, other, len(targets[i])))
-            targets[i].append(runs)
+            targets[i].append(radec)
     whole_index = {}
     if need_whole and not whole_after_match:
         for img in inputs:
