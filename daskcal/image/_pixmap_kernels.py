@@ -138,11 +138,42 @@ def _poly2(r, row, p, m):
                 o[i] = o[i] * y[i] + t[i]
 
 
+#: below this angle (rad) or tangent, sin/cos/atan are short series (error ~1 ulp, as libm's) that vectorise
+_SMALL = 0.1
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _small(v, m, scale):
+    """True when every |v[:m] * scale| <= _SMALL (False with any NaN)."""
+    for i in range(m):
+        if not abs(v[i] * scale) <= _SMALL:
+            return False
+    return True
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _s2v(r, row, m):
-    """(lon, lat) deg -> unit vector, as gwcs's SphericalToCartesian."""
+    """(lon, lat) deg -> unit vector, as gwcs's SphericalToCartesian.
+
+    Angles below ``_SMALL`` rad (all of a chunk: V2/V3 of a space telescope's
+    focal plane) take Taylor series through x^11 / x^12 (truncation < 1e-22):
+    the loop vectorises, ~10x faster than libm's sin and cos.
+    """
     lon, lat = r[row[IN0]], r[row[IN0 + 1]]
     o0, o1, o2 = r[row[OUT0]], r[row[OUT0 + 1]], r[row[OUT0 + 2]]
+    if _small(lon, m, _D2R) and _small(lat, m, _D2R):
+        for i in range(m):
+            a = lon[i] * _D2R
+            b = lat[i] * _D2R
+            a2, b2 = a * a, b * b
+            sa = a + a * a2 * (-1 / 6 + a2 * (1 / 120 + a2 * (-1 / 5040 + a2 * (1 / 362880 + a2 * (-1 / 39916800)))))
+            sb = b + b * b2 * (-1 / 6 + b2 * (1 / 120 + b2 * (-1 / 5040 + b2 * (1 / 362880 + b2 * (-1 / 39916800)))))
+            ca = 1.0 + a2 * (-0.5 + a2 * (1 / 24 + a2 * (-1 / 720 + a2 * (1 / 40320 + a2 * (-1 / 3628800 + a2 / 479001600)))))
+            cb = 1.0 + b2 * (-0.5 + b2 * (1 / 24 + b2 * (-1 / 720 + b2 * (1 / 40320 + b2 * (-1 / 3628800 + b2 / 479001600)))))
+            o0[i] = cb * ca
+            o1[i] = cb * sa
+            o2[i] = sb
+        return
     for i in range(m):
         a = lon[i] * _D2R
         b = lat[i] * _D2R
@@ -153,10 +184,37 @@ def _s2v(r, row, m):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
+def _v2s_small(x, y, z, m):
+    """True when every vector of the chunk is within _SMALL (tangent) of the +x axis in both angles."""
+    for i in range(m):
+        xi = x[i]
+        if not (xi > 0.0 and abs(y[i]) <= _SMALL * xi and abs(z[i]) <= _SMALL * xi):
+            return False
+    return True
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _atan_small(t):
+    t2 = t * t
+    return t + t * t2 * (-1 / 3 + t2 * (1 / 5 + t2 * (-1 / 7 + t2 * (1 / 9 + t2 * (-1 / 11 + t2 * (1 / 13 + t2 * (-1 / 15)))))))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def _v2s(r, row, m):
-    """Vector -> (lon, lat) deg, as gwcs's CartesianToSpherical; longitude wrapped per ``iarg``."""
+    """Vector -> (lon, lat) deg, as gwcs's CartesianToSpherical; longitude in [0, 360) when ``iarg`` says so.
+
+    Near the +x axis (a chunk of V2/V3 directions) atan2 is the atan series of
+    y/x and z/h through t^15 (truncation < 1e-17 relative); otherwise libm's atan2.
+    """
     x, y, z = r[row[IN0]], r[row[IN0 + 1]], r[row[IN0 + 2]]
     o0, o1 = r[row[OUT0]], r[row[OUT0 + 1]]
+    if _v2s_small(x, y, z, m) and row[IARG] == WRAP_NONE:
+        for i in range(m):
+            xi, yi = x[i], y[i]
+            h = math.sqrt(xi * xi + yi * yi)
+            o1[i] = _atan_small(z[i] / h) * _R2D
+            o0[i] = _atan_small(yi / xi) * _R2D
+        return
     wrap = row[IARG]
     for i in range(m):
         xi, yi = x[i], y[i]
@@ -256,10 +314,14 @@ def run_program(code, params, io, x, y, ox, oy, gx0, gy0, gnx):
         m = min(CHUNK, n - start)
         vx, vy = r[rx], r[ry]
         if gnx > 0:
+            col, line = start % gnx, start // gnx
             for i in range(m):
-                k = start + i
-                vx[i] = gx0 + (k % gnx)
-                vy[i] = gy0 + (k // gnx)
+                vx[i] = gx0 + col
+                vy[i] = gy0 + line
+                col += 1
+                if col == gnx:
+                    col = 0
+                    line += 1
         else:
             for i in range(m):
                 vx[i] = x[start + i]

@@ -1,0 +1,311 @@
+"""Compiled pixel maps (``daskcal.image._pixmap``) against gwcs itself.
+
+Oracle: ``wcs_out.invert(*wcs_in(x, y, with_bounding_box=False), with_bounding_box=False)``.
+Both sides round differently (gwcs goes through RA/Dec in degrees), so the
+agreement is ~1e-9 px, and every test asserts < 1e-8 px.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import gwcs
+import numpy as np
+import pytest
+from astropy import coordinates as coord
+from astropy import units as u
+from astropy.modeling import Model, Parameter, models
+
+import daskcal
+from daskcal.image import _pixmap_kernels
+from daskcal.image._pixmap import PixelMapProgram, compile_pixel_map
+from daskcal.image._simulate import DEC0, RA0, V2_REF, V3_REF, distorted_wcs, v2v3_wcs
+
+SHAPE = (2048, 2048)
+TOL = 1e-8  # px
+# the simulator fits a degree-5 inverse distortion over +-1229 px: astropy warns about its conditioning
+pytestmark = pytest.mark.filterwarnings("ignore:The fit may be poorly conditioned")
+
+
+def gwcs_map(wcs_in, wcs_out, x, y):
+    ra, dec = wcs_in(x, y, with_bounding_box=False)
+    return wcs_out.invert(ra, dec, with_bounding_box=False)
+
+
+def sample(n=40_000, seed=0, shape=SHAPE, margin=100):
+    """Random pixel positions over an image and a margin around it."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    return rng.uniform(-margin, nx + margin, n), rng.uniform(-margin, ny + margin, n)
+
+
+def assert_matches_gwcs(wcs_in, wcs_out, x, y):
+    prog = compile_pixel_map(wcs_in, wcs_out)
+    assert isinstance(prog, PixelMapProgram)
+    ox, oy = prog(x, y)
+    gx, gy = gwcs_map(wcs_in, wcs_out, x, y)
+    np.testing.assert_array_equal(np.isnan(ox), np.isnan(gx))
+    np.testing.assert_array_equal(np.isnan(oy), np.isnan(gy))
+    ok = np.isfinite(gx) & np.isfinite(gy)
+    assert ok.any()
+    err = max(np.max(np.abs(ox[ok] - gx[ok])), np.max(np.abs(oy[ok] - gy[ok])))
+    assert err < TOL, err
+    return prog
+
+
+def jwst_like(shape=SHAPE, *, ra=RA0, dec=DEC0, roll=20.0, va_scale=1.00004, v2=V2_REF, v3=V3_REF,
+              distortion=2.0):
+    """detector -> v2v3 -> v2v3vacorr -> world as jwst's imaging WCS: the velocity-aberration stage between.
+
+    The stage is jwst's ``dva_corr_model``: ``Scale(s) & Scale(s) | Shift((1 - s) v2_ref) & Shift((1 - s) v3_ref)``.
+    """
+    info = {"v2_ref": v2, "v3_ref": v3, "roll_ref": roll, "ra_ref": ra, "dec_ref": dec}
+    base = v2v3_wcs(shape, info, v2_det=v2 + 3.0, v3_det=v3 - 2.0, distortion=distortion)
+    va = (models.Scale(va_scale, name="dva_scale_v2") & models.Scale(va_scale, name="dva_scale_v3")
+          | models.Shift((1 - va_scale) * v2, name="dva_v2_shift") & models.Shift((1 - va_scale) * v3,
+                                                                                  name="dva_v3_shift"))
+    va.name = "DVA_Correction"
+    v2v3 = gwcs.coordinate_frames.Frame2D(name="v2v3", axes_order=(0, 1), axes_names=("v2", "v3"),
+                                          unit=(u.arcsec, u.arcsec))
+    vacorr = gwcs.coordinate_frames.Frame2D(name="v2v3vacorr", axes_order=(0, 1), axes_names=("v2", "v3"),
+                                            unit=(u.arcsec, u.arcsec))
+    w = gwcs.WCS([(base.input_frame, base.get_transform("detector", "v2v3")), (v2v3, va),
+                  (vacorr, base.get_transform("v2v3", "world")), (base.output_frame, None)], name="jwst-like")
+    w.bounding_box = base.bounding_box
+    w.pixel_shape = base.pixel_shape
+    return w, info
+
+
+def tan_wcs(ra=RA0 + 0.001, dec=DEC0 + 0.002, rotation=11.0, pixel_scale=0.03):
+    """A plain TAN WCS (a mosaic's: no distortion) through daskcal's own builder."""
+    return daskcal.output_wcs([distorted_wcs(SHAPE, ra, dec, rotation=rotation, distortion=0.5)],
+                              pixel_scale=pixel_scale, rotation=rotation)
+
+
+# ---------------------------------------------------------------- exactness
+
+
+def test_tan_to_tan_is_one_projective_map():
+    w_in = tan_wcs(RA0, DEC0, rotation=3.0)
+    w_out = tan_wcs(pixel_scale=0.02)
+    x, y = sample()
+    prog = assert_matches_gwcs(w_in, w_out, x, y)
+    ops = prog.code[:, _pixmap_kernels.OP].tolist()
+    assert ops == [_pixmap_kernels.PROJ]
+
+
+def test_distorted_to_distorted():
+    w_in = distorted_wcs(SHAPE, RA0, DEC0, rotation=10.0, distortion=3.0)
+    w_out = distorted_wcs(SHAPE, RA0 + 0.001, DEC0 - 0.001, rotation=-4.0, distortion=1.5)
+    assert_matches_gwcs(w_in, w_out, *sample(seed=1))
+
+
+def test_jwst_like_with_velocity_aberration_to_tan_full_grid():
+    w_in, _ = jwst_like()
+    w_out = tan_wcs()
+    prog = compile_pixel_map(w_in, w_out)
+    got = prog.grid(0, SHAPE[0], 0, SHAPE[1])
+    y, x = np.mgrid[0:SHAPE[0], 0:SHAPE[1]].astype(np.float64)
+    gx, gy = gwcs_map(w_in, w_out, x, y)
+    assert np.isfinite(gx).all()
+    assert np.max(np.abs(got[..., 0] - gx)) < TOL
+    assert np.max(np.abs(got[..., 1] - gy)) < TOL
+
+
+@pytest.mark.parametrize("ra, dec", [(RA0, DEC0), (0.02, -30.0), (359.98, 60.0), (45.0, 89.9)])
+def test_jwst_like_both_ways_and_between_exposures(ra, dec):
+    w_a, _ = jwst_like(ra=ra, dec=dec)
+    w_b, _ = jwst_like(ra=ra, dec=dec, roll=21.0, va_scale=0.99997, distortion=1.0)
+    w_t = tan_wcs(ra, dec)
+    x, y = sample(seed=2)
+    assert_matches_gwcs(w_a, w_t, x, y)  # resample: JWST in, TAN out
+    assert_matches_gwcs(w_t, w_a, x, y)  # blot: TAN in, JWST out
+    assert_matches_gwcs(w_a, w_b, x, y)  # between two exposures
+
+
+def test_tweakwcs_aligned_wcs():
+    """The ``v2v3corr`` frame tweakwcs's JWSTWCSCorrector adds (TPCorr: an arithmetic compound model)."""
+    from tweakwcs.correctors import JWSTWCSCorrector
+
+    w, info = jwst_like()
+    th = np.deg2rad(0.01)
+    c = JWSTWCSCorrector(wcs=w, wcsinfo=info)
+    c.set_correction(matrix=1.00001 * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]),
+                     shift=[0.05, -0.08])
+    aligned = c.wcs
+    assert "v2v3corr" in aligned.available_frames
+    x, y = sample(seed=3)
+    assert_matches_gwcs(aligned, tan_wcs(), x, y)
+    assert_matches_gwcs(tan_wcs(), aligned, x, y)
+    # it moved the sky: the comparison is not trivially against the unaligned map
+    assert np.max(np.abs(np.subtract(gwcs_map(aligned, w, x, y), (x, y)))) > 0.5
+
+
+def test_daskcal_align_on_simulated_images():
+    sim = daskcal.simulate_images(n=2, shape=(300, 320), seed=4, v2v3=True, wcs_errors=[[0.1, -0.05, 0.02], [0, 0, 0]])
+    result = daskcal.align(sim.images)
+    aligned = [daskcal.get_wcs(ds) for ds in result.images]
+    assert any("v2v3corr" in w.available_frames for w in aligned)
+    x, y = sample(seed=5, shape=(300, 320), margin=20)
+    assert_matches_gwcs(aligned[0], aligned[1], x, y)
+    assert_matches_gwcs(aligned[0], tan_wcs(), x, y)
+
+
+def test_stdatamodels_written_cal_fits(tmp_path):
+    datamodels = pytest.importorskip("stdatamodels.jwst.datamodels")
+    sim = daskcal.simulate_images(n=1, shape=(64, 80), seed=6, v2v3=True)
+    ds = sim.images[0]
+    model = datamodels.ImageModel(data=np.asarray(ds["data"].values), dq=np.asarray(ds["dq"].values),
+                                  err=np.asarray(ds["err"].values))
+    model.meta.wcs, _ = jwst_like((64, 80))
+    model.meta.wcsinfo = {"v2_ref": V2_REF, "v3_ref": V3_REF, "roll_ref": 20.0, "ra_ref": RA0, "dec_ref": DEC0}
+    model.meta.exposure.exposure_time = 100.0
+    model.meta.instrument.name = "NIRCAM"
+    model.meta.instrument.detector = "NRCA1"
+    path = tmp_path / "jw01234001001_01101_00001_nrca1_cal.fits"
+    model.save(path)
+    model.close()
+    (read,) = daskcal.open_images([path])
+    w = daskcal.get_wcs(read)
+    assert "v2v3vacorr" in w.available_frames
+    x, y = sample(seed=7, shape=(64, 80), margin=10)
+    assert_matches_gwcs(w, tan_wcs(), x, y)
+    assert_matches_gwcs(tan_wcs(), w, x, y)
+
+
+def test_grid_equals_call_and_writes_out():
+    w_in, _ = jwst_like()
+    prog = compile_pixel_map(w_in, tan_wcs())
+    out = np.full((37, 41, 2), -1.0)
+    got = prog.grid(100, 137, 1900, 1941, out=out)
+    assert got is out
+    y, x = np.mgrid[100:137, 1900:1941].astype(np.float64)
+    ox, oy = prog(x, y)
+    np.testing.assert_array_equal(out[..., 0], ox)
+    np.testing.assert_array_equal(out[..., 1], oy)
+    with pytest.raises(ValueError, match="out must be"):
+        prog.grid(0, 3, 0, 4, out=np.empty((4, 3, 2)))
+    assert prog.grid(5, 5, 0, 10).shape == (0, 10, 2)
+
+
+def test_scalar_and_broadcast_inputs():
+    prog = compile_pixel_map(jwst_like()[0], tan_wcs())
+    ox, oy = prog(3.0, np.arange(4.0))
+    assert ox.shape == oy.shape == (4,)
+    sx, sy = prog(3.0, 2.0)
+    assert sx.shape == () and sx == ox[2] and sy == oy[2]
+
+
+# ---------------------------------------------------------------- NaN
+
+
+def test_points_behind_the_output_horizon_are_nan():
+    # 0.5 deg/px: the input covers most of a hemisphere; the output looks 90 deg away
+    w_in = distorted_wcs((400, 400), 10.0, 0.0, pixel_scale=1800.0, distortion=0.5)
+    w_out = tan_wcs(100.0, 0.0)
+    x, y = sample(seed=8, shape=(400, 400), margin=0)
+    prog = assert_matches_gwcs(w_in, w_out, x, y)
+    ox, _ = prog(x, y)
+    assert 0.2 < np.isnan(ox).mean() < 0.8
+
+
+def test_nan_inputs_give_nan():
+    prog = compile_pixel_map(jwst_like()[0], tan_wcs())
+    ox, oy = prog(np.array([np.nan, 5.0, 7.0]), np.array([3.0, np.nan, 9.0]))
+    assert np.isnan(ox[:2]).all() and np.isnan(oy[:2]).all()
+    assert np.isfinite(ox[2]) and np.isfinite(oy[2])
+
+
+# ---------------------------------------------------------------- what it does not compile
+
+
+def _frames():
+    det = gwcs.coordinate_frames.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
+    world = gwcs.coordinate_frames.CelestialFrame(reference_frame=coord.ICRS(), name="world", unit=(u.deg, u.deg))
+    return det, world
+
+
+def test_tabular_model_falls_back_with_one_log_line(caplog):
+    w = distorted_wcs((50, 60), RA0, DEC0, distortion=0.5)
+    lut = models.Tabular2D(points=(np.arange(3.0), np.arange(3.0)), lookup_table=np.zeros((3, 3)))
+    det, world = _frames()
+    side = models.Mapping((0, 1, 0, 1)) | (models.Identity(2) & lut) | models.Mapping((0, 1), n_inputs=3)
+    bad = gwcs.WCS([(det, side | w.forward_transform), (world, None)], name="lut")
+    with caplog.at_level(logging.INFO, logger="daskcal.image._pixmap"):
+        assert compile_pixel_map(bad, w) is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "daskcal.image._pixmap"]
+    assert lines == ["pixel map: gwcs fallback: no compiled form for Tabular2D in input WCS 'lut'"]
+
+
+class Twist(Model):
+    """A custom model: unknown to the compiler."""
+
+    n_inputs = 2
+    n_outputs = 2
+    k = Parameter(default=0.0)
+
+    @staticmethod
+    def evaluate(x, y, k):
+        return x + k * y * y, y
+
+    @property
+    def inverse(self):
+        return TwistBack(self.k)
+
+
+class TwistBack(Twist):
+    @staticmethod
+    def evaluate(x, y, k):
+        return x - k * y * y, y
+
+
+def test_custom_model_in_the_output_falls_back(caplog):
+    w = distorted_wcs((50, 60), RA0, DEC0, distortion=0.5)
+    det, world = _frames()
+    custom = gwcs.WCS([(det, Twist(1e-6) | w.forward_transform), (world, None)], name="twisted")
+    with caplog.at_level(logging.INFO, logger="daskcal.image._pixmap"):
+        assert compile_pixel_map(w, custom) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "pixel map: gwcs fallback: no compiled form for TwistBack in the inverse of output WCS 'twisted'"]
+
+
+def test_output_without_analytic_inverse_falls_back(caplog):
+    w = distorted_wcs((50, 60), RA0, DEC0, distortion=0.5)
+    det, world = _frames()
+    poly = models.Mapping((0, 1, 0, 1)) | models.Polynomial2D(2, c1_0=1, c2_0=1e-6) & models.Polynomial2D(2, c0_1=1)
+    no_inverse = gwcs.WCS([(det, poly | w.forward_transform), (world, None)], name="noinv")
+    with caplog.at_level(logging.INFO, logger="daskcal.image._pixmap"):
+        assert compile_pixel_map(w, no_inverse) is None
+        assert compile_pixel_map(no_inverse, w) is not None  # the forward direction is fine
+    assert [r.getMessage() for r in caplog.records] == [
+        "pixel map: gwcs fallback: no analytic inverse of output WCS 'noinv'"]
+
+
+# ---------------------------------------------------------------- the program itself
+
+
+def test_program_pickles():
+    prog = compile_pixel_map(jwst_like()[0], tan_wcs())
+    back = pickle.loads(pickle.dumps(prog))
+    x, y = sample(n=1000, seed=9)
+    np.testing.assert_array_equal(np.array(back(x, y)), np.array(prog(x, y)))
+    assert all(isinstance(getattr(back, f), np.ndarray) for f in ("code", "params", "io"))
+
+
+def test_compilation_is_cached_per_pair():
+    w_in, w_out = jwst_like()[0], tan_wcs()
+    assert compile_pixel_map(w_in, w_out) is compile_pixel_map(w_in, w_out)
+    assert compile_pixel_map(w_in, tan_wcs()) is not compile_pixel_map(w_in, w_out)
+
+
+def test_arithmetic_fix_inputs_units_and_rotations():
+    """Operators, fix_inputs, a Scale with a unit (astropy drops it), Rotation2D, Multiply, Polynomial1D."""
+    w = distorted_wcs(SHAPE, RA0, DEC0, distortion=0.5)
+    det, world = _frames()
+    xpart = (models.Polynomial1D(2, c0=3.0, c1=1.0, c2=1e-6) + models.Const1D(0.5)) * models.Multiply(1.0)
+    ypart = models.Scale(2.0 * u.dimensionless_unscaled) / models.Const1D(2.0)
+    mix = models.fix_inputs(models.Polynomial2D(1, c0_0=1.0, c1_0=1e-3, c0_1=1.0), {"x": 5.0})
+    fwd = (xpart & ypart) | (models.Identity(1) & mix) | models.Rotation2D(0.3) | w.forward_transform
+    odd = gwcs.WCS([(det, fwd), (world, None)], name="odd")
+    assert_matches_gwcs(odd, w, *sample(seed=10))
