@@ -474,23 +474,73 @@ def _drop_identities(ops, finals):
     return False
 
 
+def _merge_lins(ops, finals):
+    """Two adjacent independent affine maps on at most 3 values in all become one (then one map can
+    follow a projection, e.g. ``Shift & Shift``)."""
+    for k in range(len(ops) - 1):
+        a, b = ops[k], ops[k + 1]
+        if a.op == K.LIN and b.op == K.LIN and not set(b.ins) & set(a.outs) and len(a.outs) + len(b.outs) <= 3:
+            ins, mat = _matrix(_rows(a) + _rows(b))
+            if len(ins) <= 3:
+                ops[k] = _Op(K.LIN, ins, a.outs + b.outs, mat.ravel())
+                ops[k + 1] = None
+                return True
+    return False
+
+
+def _fold_into_proj(ops, finals):
+    """An affine map of a projection's two outputs (read by nothing else) becomes part of the projection."""
+    users = _users(ops, finals)
+    producer = {v: k for k, op in enumerate(ops) for v in op.outs}
+    for k, op in enumerate(ops):
+        if op.op != K.LIN or len(op.outs) != 2 or not op.ins:
+            continue
+        src = {producer.get(v) for v in op.ins}
+        if len(src) != 1 or None in src:
+            continue
+        p = ops[src.pop()]
+        if p.op != K.PROJ or any(users.get(v, {k}) != {k} for v in p.outs):
+            continue
+        n = len(p.ins)
+        num = p.params[: 2 * (n + 1)].reshape(2, n + 1)
+        den, t = p.params[2 * (n + 1): 3 * (n + 1)], p.params[3 * (n + 1):]
+        new_num, new_t = np.zeros((2, n + 1)), np.zeros(2)
+        for r, (coef, const) in enumerate(_rows(op)):
+            new_t[r] = const
+            for v, c in coef.items():
+                i = p.outs.index(v)
+                new_num[r] += c * num[i]
+                new_t[r] += c * t[i]
+        ops[k] = _Op(K.PROJ, list(p.ins), op.outs, np.concatenate([new_num.ravel(), den, new_t]))
+        return True
+    return False
+
+
 def _dead_code(ops, finals):
+    """Drop operations (and rows of affine maps) whose results nothing reads."""
     live = set(finals)
     keep = []
     for op in reversed(ops):
-        if any(v in live for v in op.outs):
-            live.update(op.ins)
-            keep.append(op)
+        if not any(v in live for v in op.outs):
+            continue
+        if op.op == K.LIN and not all(v in live for v in op.outs):
+            rows = [(v, row) for v, row in zip(op.outs, _rows(op)) if v in live]
+            ins, mat = _matrix([row for _, row in rows])
+            op = _Op(K.LIN, ins, [v for v, _ in rows], mat.ravel())
+        live.update(op.ins)
+        keep.append(op)
     ops[:] = keep[::-1]
 
 
 def _simplify(ops, finals):
+    steps = (_drop_norms, _drop_identities, _merge_lins, _fold_into_proj)
     while True:
         changed = _fold(ops, finals)
-        while _drop_norms(ops, finals) or _drop_identities(ops, finals):
-            ops[:] = [op for op in ops if op is not None]
-            changed = True
         _dead_code(ops, finals)
+        while any(step(ops, finals) for step in steps):
+            ops[:] = [op for op in ops if op is not None]
+            _dead_code(ops, finals)
+            changed = True
         if not changed:
             return
 

@@ -87,8 +87,8 @@ def tan_wcs(ra=RA0 + 0.001, dec=DEC0 + 0.002, rotation=11.0, pixel_scale=0.03):
 
 
 def test_tan_to_tan_is_one_projective_map():
-    w_in = tan_wcs(RA0, DEC0, rotation=3.0)
-    w_out = tan_wcs(pixel_scale=0.02)
+    w_in = tan_wcs(RA0, DEC0, rotation=3.0, pixel_scale=0.04)
+    w_out = tan_wcs()
     x, y = sample()
     prog = assert_matches_gwcs(w_in, w_out, x, y)
     ops = prog.code[:, _pixmap_kernels.OP].tolist()
@@ -143,13 +143,15 @@ def test_tweakwcs_aligned_wcs():
 
 
 def test_daskcal_align_on_simulated_images():
-    sim = daskcal.simulate_images(n=2, shape=(300, 320), seed=4, v2v3=True, wcs_errors=[[0.1, -0.05, 0.02], [0, 0, 0]])
+    sim = daskcal.simulate_images(n=2, shape=(400, 420), seed=4, v2v3=True, n_stars=120,
+                                  wcs_errors=[[0.1, -0.05, 0.02], [0, 0, 0]])
     result = daskcal.align(sim.images)
     aligned = [daskcal.get_wcs(ds) for ds in result.images]
-    assert any("v2v3corr" in w.available_frames for w in aligned)
-    x, y = sample(seed=5, shape=(300, 320), margin=20)
+    assert "v2v3corr" in aligned[1].available_frames
+    x, y = sample(seed=5, shape=(400, 420), margin=20)
     assert_matches_gwcs(aligned[0], aligned[1], x, y)
-    assert_matches_gwcs(aligned[0], tan_wcs(), x, y)
+    assert_matches_gwcs(aligned[1], daskcal.output_wcs(aligned), x, y)
+    assert_matches_gwcs(daskcal.output_wcs(aligned), aligned[1], x, y)
 
 
 def test_stdatamodels_written_cal_fits(tmp_path):
@@ -170,8 +172,9 @@ def test_stdatamodels_written_cal_fits(tmp_path):
     w = daskcal.get_wcs(read)
     assert "v2v3vacorr" in w.available_frames
     x, y = sample(seed=7, shape=(64, 80), margin=10)
-    assert_matches_gwcs(w, tan_wcs(), x, y)
-    assert_matches_gwcs(tan_wcs(), w, x, y)
+    tan = daskcal.output_wcs([w])  # around the detector: its inverse polynomial is not extrapolated far
+    assert_matches_gwcs(w, tan, x, y)
+    assert_matches_gwcs(tan, w, x, y)
 
 
 def test_grid_equals_call_and_writes_out():
@@ -203,11 +206,20 @@ def test_scalar_and_broadcast_inputs():
 def test_points_behind_the_output_horizon_are_nan():
     # 0.5 deg/px: the input covers most of a hemisphere; the output looks 90 deg away
     w_in = distorted_wcs((400, 400), 10.0, 0.0, pixel_scale=1800.0, distortion=0.5)
-    w_out = tan_wcs(100.0, 0.0)
+    w_out = daskcal.output_wcs([distorted_wcs((400, 400), 100.0, 0.0, pixel_scale=1800.0)], pixel_scale=1800.0)
     x, y = sample(seed=8, shape=(400, 400), margin=0)
-    prog = assert_matches_gwcs(w_in, w_out, x, y)
-    ox, _ = prog(x, y)
-    assert 0.2 < np.isnan(ox).mean() < 0.8
+    ox, oy = compile_pixel_map(w_in, w_out)(x, y)
+    gx, gy = gwcs_map(w_in, w_out, x, y)
+    assert 0.2 < np.isnan(gx).mean() < 0.8
+    np.testing.assert_array_equal(np.isnan(ox), np.isnan(gx))
+    np.testing.assert_array_equal(np.isnan(oy), np.isnan(gy))
+    # near the horizon the projection magnifies without bound: absolute agreement where the output is near
+    near = np.hypot(gx, gy) < 1e3
+    assert near.sum() > 100
+    assert max(np.max(np.abs(ox - gx)[near]), np.max(np.abs(oy - gy)[near])) < TOL
+    ok = np.isfinite(gx)
+    np.testing.assert_allclose(ox[ok], gx[ok], rtol=1e-11, atol=TOL)
+    np.testing.assert_allclose(oy[ok], gy[ok], rtol=1e-11, atol=TOL)
 
 
 def test_nan_inputs_give_nan():
@@ -299,13 +311,27 @@ def test_compilation_is_cached_per_pair():
     assert compile_pixel_map(w_in, tan_wcs()) is not compile_pixel_map(w_in, w_out)
 
 
-def test_arithmetic_fix_inputs_units_and_rotations():
-    """Operators, fix_inputs, a Scale with a unit (astropy drops it), Rotation2D, Multiply, Polynomial1D."""
+def test_arithmetic_fix_inputs_and_rotations():
+    """Operators, fix_inputs, Rotation2D, Multiply, Polynomial1D, Const1D."""
     w = distorted_wcs(SHAPE, RA0, DEC0, distortion=0.5)
     det, world = _frames()
-    xpart = (models.Polynomial1D(2, c0=3.0, c1=1.0, c2=1e-6) + models.Const1D(0.5)) * models.Multiply(1.0)
-    ypart = models.Scale(2.0 * u.dimensionless_unscaled) / models.Const1D(2.0)
+    # each side stays near the identity: the inverse distortion is not extrapolated far
+    xpart = (models.Polynomial1D(2, c0=3.0, c1=1.0, c2=1e-6) + models.Const1D(0.5)) * models.Const1D(1.0)
+    xpart = xpart | models.Multiply(0.999)
+    ypart = (models.Scale(2.0) / models.Const1D(2.0) + models.Shift(1.0) ** models.Const1D(1.0)) * models.Const1D(0.5)
+    ypart = ypart - models.Const1D(0.5)
     mix = models.fix_inputs(models.Polynomial2D(1, c0_0=1.0, c1_0=1e-3, c0_1=1.0), {"x": 5.0})
     fwd = (xpart & ypart) | (models.Identity(1) & mix) | models.Rotation2D(0.3) | w.forward_transform
     odd = gwcs.WCS([(det, fwd), (world, None)], name="odd")
     assert_matches_gwcs(odd, w, *sample(seed=10))
+
+
+def test_parameters_with_units_fall_back(caplog):
+    w = distorted_wcs((50, 60), RA0, DEC0, distortion=0.5)
+    det, world = _frames()
+    shifted = gwcs.WCS([(det, models.Shift(1.0 * u.pix) & models.Shift(2.0 * u.pix) | w.forward_transform),
+                        (world, None)], name="units")
+    with caplog.at_level(logging.INFO, logger="daskcal.image._pixmap"):
+        assert compile_pixel_map(shifted, w) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "pixel map: gwcs fallback: no compiled form for Shift (parameter offset with unit pix) in input WCS 'units'"]
