@@ -153,17 +153,14 @@ def _probe_affine(model, n):
     return np.column_stack([out[:, 1:] - t[:, None], t])
 
 
-def _s2v_numpy(lon, lat):
-    a, b = np.deg2rad(lon), np.deg2rad(lat)
-    return np.array([np.cos(b) * np.cos(a), np.cos(b) * np.sin(a), np.sin(b)])
-
-
 def _probe_rotation(model):
     """3x3 matrix of a sky rotation (lon, lat) -> (lon, lat): its values at the three axes, as vectors."""
     lon, lat = model(np.array([0.0, 90.0, 0.0]), np.array([0.0, 0.0, 90.0]))
     if hasattr(lon, "unit"):
         lon, lat = lon.to_value("deg"), lat.to_value("deg")
-    return _s2v_numpy(lon, lat)
+    from gwcs.geometry import SphericalToCartesian
+
+    return np.array(SphericalToCartesian()(lon, lat))
 
 
 def _sky_rotation(b, model, ins, wrap):

@@ -401,3 +401,40 @@ def test_tan_to_tan_is_exact_to_long_double_and_closer_than_gwcs():
     # 0.01 arcsec/px: 5e-9 px is 2.4e-16 rad, a unit vector's rounding; gwcs rounds RA/Dec in degrees
     assert ours < 5e-9, ours
     assert 3 * ours < theirs, (ours, theirs)
+
+
+def test_other_rotations_projections_and_polynomial_domains():
+    """SphericalRotationSequence, EulerAngleRotation, RotationSequence3D with gwcs's conversions, polynomial
+    domains and windows."""
+    det, world = _frames()
+    plane = (models.Polynomial2D(1, c1_0=1.0, x_domain=(0, 2048), x_window=(-1, 1), y_domain=(0, 2048),
+                                 y_window=(0, 2)) & models.Polynomial1D(1, c1=1.0, domain=(0, 2048), window=(-1, 1)))
+    plane = models.Mapping((0, 1, 1)) | plane | models.Scale(0.0085) & models.Scale(0.0085)  # ~0.03 arcsec/px
+    sky = (models.Pix2Sky_TAN() | models.SphericalRotationSequence([10.0, -20.0, 5.0], "zyx")
+           | models.EulerAngleRotation(3.0, -4.0, 7.0, "zxz"))
+    from gwcs.geometry import CartesianToSpherical, SphericalToCartesian
+
+    sky = sky | SphericalToCartesian(wrap_lon_at=180) | models.RotationSequence3D([140.0, -2.0], "zy") \
+        | CartesianToSpherical(wrap_lon_at=360)
+    exotic = gwcs.WCS([(det, plane | sky), (world, None)], name="exotic")
+    exotic.bounding_box = ((-0.5, 2047.5), (-0.5, 2047.5))
+    exotic.pixel_shape = (2048, 2048)
+    w = daskcal.output_wcs([exotic])  # where it lands: far from a TAN's centre its pixels grow without bound
+    x, y = sample(seed=12)
+    assert_matches_gwcs(exotic, w, x, y)
+    # without the polynomials (no analytic inverse) as the output
+    linear = models.Shift(-1024.0) & models.Shift(-1024.0) | models.Scale(8.3e-6) & models.Scale(8.3e-6)
+    invertible = gwcs.WCS([(det, linear | sky), (world, None)], name="invertible")
+    assert_matches_gwcs(w, invertible, x, y)
+
+
+def test_jwst_ideal_to_v2v3_frames():
+    jm = pytest.importorskip("stdatamodels.jwst.transforms.models")
+    w, info = jwst_like()
+    det, world = _frames()
+    to_ideal = (models.Shift(-1023.5) & models.Shift(-1023.5) | models.Scale(0.031) & models.Scale(0.0305)
+                | jm.IdealToV2V3(v3idlyangle=-0.55, v2ref=V2_REF, v3ref=V3_REF, vparity=-1))
+    ideal = gwcs.WCS([(det, to_ideal | w.get_transform("v2v3", "world")), (world, None)], name="ideal")
+    x, y = sample(seed=13)
+    assert_matches_gwcs(ideal, tan_wcs(), x, y)
+    assert_matches_gwcs(tan_wcs(), ideal, x, y)
