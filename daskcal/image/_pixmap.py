@@ -618,6 +618,10 @@ def _compile(wcs_in, wcs_out) -> PixelMapProgram | None:
     except Unsupported as err:
         log.info("pixel map: gwcs fallback: no compiled form for %s in %s", err, _label(wcs_in, "input"))
         return None
+    if forward.n_outputs != backward.n_inputs or backward.n_outputs != 2:
+        log.info("pixel map: gwcs fallback: %s has %d world axes, %s %d", _label(wcs_in, "input"),
+                 forward.n_outputs, _label(wcs_out, "output"), backward.n_inputs)
+        return None
     try:
         finals = list(_translate(b, backward, world))
     except Unsupported as err:
