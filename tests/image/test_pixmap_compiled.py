@@ -438,3 +438,16 @@ def test_jwst_ideal_to_v2v3_frames():
     x, y = sample(seed=13)
     assert_matches_gwcs(ideal, tan_wcs(), x, y)
     assert_matches_gwcs(tan_wcs(), ideal, x, y)
+
+
+def test_different_world_axes_fall_back(caplog):
+    w = distorted_wcs((50, 60), RA0, DEC0, distortion=0.5)
+    det, _ = _frames()
+    three = gwcs.WCS([(det, w.forward_transform | models.Mapping((0, 1, 0))),
+                      (gwcs.coordinate_frames.CoordinateFrame(naxes=3, axes_type=("SPATIAL",) * 3,
+                                                              axes_order=(0, 1, 2), name="xyz"), None)],
+                     name="cube")
+    with caplog.at_level(logging.INFO, logger="daskcal.image._pixmap"):
+        assert compile_pixel_map(three, w) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "pixel map: gwcs fallback: input WCS 'cube' has 3 world axes, output WCS 2"]
