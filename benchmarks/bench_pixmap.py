@@ -102,15 +102,15 @@ def measure(shape):
     y, x = np.mgrid[0:ny, 0:nx].astype(np.float64)
     rows = []
     for label, w_in, w_out in pairs(shape):
-        t_gwcs, (gx, gy) = _best(lambda: w_out.invert(*w_in(x, y, with_bounding_box=False),
-                                                      with_bounding_box=False))
-        t_old, _ = _best(lambda: pixel_to_pixel(w_in, w_out, x, y))
+        t_gwcs, (gx, gy) = _best(lambda a=w_in, b=w_out: b.invert(*a(x, y, with_bounding_box=False),
+                                                                  with_bounding_box=False))
+        t_old, _ = _best(lambda a=w_in, b=w_out: pixel_to_pixel(a, b, x, y))
         t = time.process_time()
         prog = compile_pixel_map(w_in, w_out)
         t_translate = time.process_time() - t
         out = np.empty((ny, nx, 2))
         prog.grid(0, 8, 0, 8)
-        t_prog, _ = _best(lambda: prog.grid(0, ny, 0, nx, out=out))
+        t_prog, _ = _best(lambda p=prog, o=out: p.grid(0, ny, 0, nx, out=o))
         err = max(np.nanmax(np.abs(out[..., 0] - gx)), np.nanmax(np.abs(out[..., 1] - gy)))
         rows.append(f"{label:44s} {t_gwcs:7.3f} {t_old:7.3f} {t_prog:7.3f} {t_gwcs / t_prog:7.1f}x "
                     f"{t_translate * 1e3:8.1f} {prog.code.shape[0]:4d} {err:9.1e}")
@@ -136,14 +136,14 @@ def main(argv=None):
         # numba writes its cache next to the module unless NUMBA_CACHE_DIR says otherwise
         cold = startup(d)
         warm = startup(d)
-    lines = [f"# bench_pixmap.py {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} "
-             f"({os.cpu_count()} cores, 1 thread used), map {shape[1]} x {shape[0]}",
+    lines = [(f"# bench_pixmap.py {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} "
+              f"({os.cpu_count()} cores, 1 thread used), map {shape[1]} x {shape[0]}"),
              f"# kernel import: cold (numba compiles, empty cache) {cold:.2f} s CPU, warm (cache) {warm:.2f} s CPU",
-             "# CPU s (best of 3): gwcs = wcs_out.invert(*wcs_in(x, y)); old = _driz.pixel_to_pixel (TAN fast path "
-             "or gwcs); compiled = PixelMapProgram.grid",
+             ("# CPU s (best of 3): gwcs = wcs_out.invert(*wcs_in(x, y)); old = _driz.pixel_to_pixel (TAN fast path "
+              "or gwcs); compiled = PixelMapProgram.grid"),
              "# translate = compile_pixel_map (ms, first call); ops = program length; maxdiff = max |compiled - gwcs| px",
-             f"{'pair':44s} {'gwcs':>7s} {'old':>7s} {'compiled':>7s} {'speedup':>8s} {'translate':>8s} "
-             f"{'ops':>4s} {'maxdiff':>9s}"]
+             (f"{'pair':44s} {'gwcs':>7s} {'old':>7s} {'compiled':>7s} {'speedup':>8s} {'translate':>8s} "
+              f"{'ops':>4s} {'maxdiff':>9s}")]
     lines += measure(shape)
     text = "\n".join(lines) + "\n"
     print(text, end="")

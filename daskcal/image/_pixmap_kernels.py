@@ -29,7 +29,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["run_program", "CHUNK"]
+__all__ = ["CHUNK", "run_program"]
 
 # operation codes
 LIN, PROJ, POLY1, POLY2, S2V, V2S, NORM, ADD, SUB, MUL, DIV, POW = range(12)

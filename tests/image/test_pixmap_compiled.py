@@ -430,7 +430,7 @@ def test_other_rotations_projections_and_polynomial_domains():
 
 def test_jwst_ideal_to_v2v3_frames():
     jm = pytest.importorskip("stdatamodels.jwst.transforms.models")
-    w, info = jwst_like()
+    w, _ = jwst_like()
     det, world = _frames()
     to_ideal = (models.Shift(-1023.5) & models.Shift(-1023.5) | models.Scale(0.031) & models.Scale(0.0305)
                 | jm.IdealToV2V3(v3idlyangle=-0.55, v2ref=V2_REF, v3ref=V3_REF, vparity=-1))
