@@ -430,6 +430,8 @@ def _scale_free(vals, ops, users, depth=0):
         return False
     for k in readers:
         op = ops[k]
+        if op.op == K.DIV and set(op.ins) <= set(vals):  # a ratio of two components (TPCorr's tangent plane)
+            continue
         if len(op.ins) != len(vals) or set(op.ins) != set(vals):
             return False
         n = len(op.ins)
@@ -647,7 +649,8 @@ def compile_pixel_map(wcs_in, wcs_out) -> PixelMapProgram | None:
     fallback: no compiled form for Tabular2D in input WCS 'x'``). Bounding boxes
     are ignored (as ``with_bounding_box=False``); the output WCS's analytic
     inverse (``forward_transform.inverse``, as gwcs's ``invert``) is used, None
-    when it has none. Results are cached per pair of WCS objects (by identity).
+    when it has none. Results are cached per pair of WCS objects (by identity:
+    a WCS changed in place afterwards is not seen).
 
     Parameters
     ----------
