@@ -90,11 +90,6 @@ def _round_half_away(x):
 
 
 @njit(**_JIT)
-def _cross(ax, ay, bx, by):
-    return ax * by - ay * bx
-
-
-@njit(**_JIT)
 def _bilinear(pixmap, xin, yin):
     """Pixel map at a fractional input position: bilinear in its cell, extrapolated past the edge cells."""
     ny, nx = pixmap.shape[0], pixmap.shape[1]
@@ -140,195 +135,194 @@ def _finite_box(pixmap, xmin, xmax, ymin, ymax):
     return i_lo, i_hi, j_lo, j_hi, found
 
 
-@njit(**_JIT)
-def _make_ccw(v, n):
-    """Reverse the ``n`` vertices of ``v`` in place unless the first two turn counter-clockwise about their mean."""
+# The outline is a handful of vertices per call: plain Python (no compile time), calling the
+# compiled _bilinear so the pixel map is interpolated with the kernel's own arithmetic.
+
+
+def _div(a, b):
+    """``a / b`` with IEEE results for a zero ``b`` (inf or NaN), as C and numba give."""
+    if b != 0.0:
+        return a / b
+    if a != a or a == 0.0:
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def _cross(ax, ay, bx, by):
+    return ax * by - ay * bx
+
+
+def _make_ccw(v):
+    """Reverse the vertex list ``v`` in place unless its first two turn counter-clockwise about their mean."""
+    n = len(v)
     if n < 3:
         return
-    cx = 0.0
-    cy = 0.0
-    for k in range(n):
-        cx += v[k, 0]
-        cy += v[k, 1]
+    cx = cy = 0.0
+    for x, y in v:
+        cx += x
+        cy += y
     cx /= n
     cy /= n
-    if _cross(v[0, 0] - cx, v[0, 1] - cy, v[1, 0] - cx, v[1, 1] - cy) >= 0.0:
-        return
-    for k in range(n // 2):
-        for c in range(2):
-            v[k, c], v[n - 1 - k, c] = v[n - 1 - k, c], v[k, c]
+    if _cross(v[0][0] - cx, v[0][1] - cy, v[1][0] - cx, v[1][1] - cy) < 0.0:
+        v.reverse()
 
 
-@njit(**_JIT)
-def _push(v, n, x, y):
-    """Append (x, y) to the ``n`` vertices of ``v`` unless it repeats the last or first one; new count."""
-    if n > 0 and abs(v[n - 1, 0] - x) < _ATOL and abs(v[n - 1, 1] - y) < _ATOL:
-        return n
-    if n > 0 and abs(v[0, 0] - x) < _ATOL and abs(v[0, 1] - y) < _ATOL:
-        return n
-    if n >= _MAXV:
-        return n
-    v[n, 0] = x
-    v[n, 1] = y
-    return n + 1
+def _push(v, x, y):
+    """Append (x, y) to the vertex list unless it repeats the last or the first vertex (or the list is full)."""
+    for px, py in (v[-1:] + v[:1]):
+        if abs(px - x) < _ATOL and abs(py - y) < _ATOL:
+            return
+    if len(v) < _MAXV:
+        v.append((x, y))
 
 
-@njit(**_JIT)
-def _drop_collinear(v, n):
-    """Remove vertices lying on the line through their two neighbours; new count."""
+def _drop_collinear(v):
+    """The vertices of ``v`` that do not lie on the line through their two neighbours."""
+    n = len(v)
     if n < 3:
-        return n
-    keep = np.empty((_MAXV, 2))
-    m = 0
+        return v
+    keep = []
     for k in range(n):
-        prev, nxt = (k - 1 + n) % n, (k + 1) % n
-        dpx, dpy = v[nxt, 0] - v[prev, 0], v[nxt, 1] - v[prev, 1]
-        dqx, dqy = v[k, 0] - v[prev, 0], v[k, 1] - v[prev, 1]
-        if abs(_cross(dpx, dpy, dqx, dqy)) > _TINY and math.sqrt(dpx * dpx + dpy * dpy) > _ATOL:
-            keep[m] = v[k]
-            m += 1
-    v[:m] = keep[:m]
-    return m
+        (ax, ay), (bx, by), (cx, cy) = v[k - 1], v[k], v[(k + 1) % n]
+        dpx, dpy = cx - ax, cy - ay
+        if abs(_cross(dpx, dpy, bx - ax, by - ay)) > _TINY and math.sqrt(dpx * dpx + dpy * dpy) > _ATOL:
+            keep.append(v[k])
+    return keep
 
 
-@njit(**_JIT)
-def _left_of(ax, ay, bx, by, px, py):
-    """Is (px, py) strictly left of the directed line a -> b? (drizzle's arithmetic, for equal ties)."""
-    return (_cross(px, py, ax, ay) - _cross(bx, by, ax, ay) - _cross(px, py, bx, by)) > 0.0
+def _left_of(a, b, p):
+    """Is p strictly left of the directed line a -> b? (drizzle's arithmetic, for equal ties)."""
+    return (_cross(p[0], p[1], a[0], a[1]) - _cross(b[0], b[1], a[0], a[1]) - _cross(p[0], p[1], b[0], b[1])) > 0.0
 
 
-@njit(**_JIT)
-def _clip_to_rect(poly, n, rect):
-    """Sutherland-Hodgman clip of the ``n``-gon ``poly`` (changed in place) to the convex 4-gon ``rect``.
+def _clip_to_rect(poly, rect):
+    """Sutherland-Hodgman clip of polygon ``poly`` to the convex 4-gon ``rect`` (both made counter-clockwise).
 
-    Returns the clipped polygon (counter-clockwise, collinear vertices dropped) and its vertex count.
+    Returns the clipped polygon, counter-clockwise, collinear vertices dropped.
     """
-    _make_ccw(poly, n)
-    _make_ccw(rect, 4)
-    cur = poly.copy()
-    ncur = n
-    nxt = np.empty((_MAXV, 2))
+    _make_ccw(poly)
+    _make_ccw(rect)
+    cur = list(poly)
     for k in range(4):
-        ax, ay = rect[k - 1, 0], rect[k - 1, 1]  # k - 1 = -1 wraps to the last vertex
-        bx, by = rect[k, 0], rect[k, 1]
-        dwx, dwy = bx - ax, by - ay
-        m = 0
-        for j in range(ncur):
-            s = j - 1 if j > 0 else ncur - 1
-            sx, sy = cur[s, 0], cur[s, 1]
-            ex, ey = cur[j, 0], cur[j, 1]
-            s_in = _left_of(ax, ay, bx, by, sx, sy)
-            e_in = _left_of(ax, ay, bx, by, ex, ey)
+        a, b = rect[k - 1], rect[k]
+        dwx, dwy = b[0] - a[0], b[1] - a[1]
+        out = []
+        for j in range(len(cur)):
+            s, e = cur[j - 1], cur[j]
+            s_in, e_in = _left_of(a, b, s), _left_of(a, b, e)
             if s_in != e_in:
-                dpx, dpy = ex - sx, ey - sy
+                dpx, dpy = e[0] - s[0], e[1] - s[1]
                 den = _cross(dpx, dpy, dwx, dwy)
-                cp, cw = _cross(ex, ey, sx, sy), _cross(bx, by, ax, ay)
-                ix, iy = (cp * dwx - cw * dpx) / den, (cp * dwy - cw * dpy) / den
-                if np.isfinite(ix) and np.isfinite(iy):
-                    m = _push(nxt, m, ix, iy)
+                cp, cw = _cross(e[0], e[1], s[0], s[1]), _cross(b[0], b[1], a[0], a[1])
+                ix, iy = _div(cp * dwx - cw * dpx, den), _div(cp * dwy - cw * dpy, den)
+                if math.isfinite(ix) and math.isfinite(iy):
+                    _push(out, ix, iy)
                 if e_in:
-                    m = _push(nxt, m, ex, ey)
+                    _push(out, *e)
             elif s_in:
-                m = _push(nxt, m, ex, ey)
-        cur, nxt = nxt, cur
-        ncur = m
-    _make_ccw(cur, ncur)
-    ncur = _drop_collinear(cur, ncur)
-    return cur, ncur
+                _push(out, *e)
+        cur = out
+    _make_ccw(cur)
+    return _drop_collinear(cur)
 
 
-@njit(**_JIT)
 def _invert(pixmap, xo, yo, box):
     """Input position whose bilinear pixel map is (xo, yo): golden-section search over ``box`` to 0.03 px.
 
-    ``box`` = (xmin, xmax, ymin, ymax) of input pixels. Returns ``(ok, x, y)``;
-    not ok when the map is NaN at a probe or 50 steps did not converge.
+    ``box`` = (xmin, xmax, ymin, ymax) of input pixels. Returns ``(x, y)``, or
+    None when the map is NaN at a probe or 50 steps did not converge.
     """
     x_lo, x_hi = box[0] - 0.5, box[1] + 0.5
     y_lo, y_hi = box[2] - 0.5, box[3] + 0.5
     dx, dy = x_hi - x_lo, y_hi - y_lo
-    dist = np.empty(4)
     it = 0
     while (dx > _INV_ERR or dy > _INV_ERR) and it < 50:
         it += 1
         xa, xb = x_hi - _GOLD * dx, x_lo + _GOLD * dx
         ya, yb = y_hi - _GOLD * dy, y_lo + _GOLD * dy
-        for q in range(4):
-            px, py = _bilinear(pixmap, xa if q < 2 else xb, ya if q % 2 == 0 else yb)
-            if np.isnan(px) or np.isnan(py):
-                return False, 0.0, 0.0
+        dist = []
+        for px, py in (_bilinear(pixmap, xa, ya), _bilinear(pixmap, xa, yb), _bilinear(pixmap, xb, ya),
+                       _bilinear(pixmap, xb, yb)):
+            if px != px or py != py:
+                return None
             ex, ey = px - xo, py - yo
-            dist[q] = ex * ex + ey * ey
+            dist.append(ex * ex + ey * ey)
         # dist: (xa, ya), (xa, yb), (xb, ya), (xb, yb); keep the quadrant of the strict minimum
-        if dist[0] < dist[1] and dist[0] < dist[2] and dist[0] < dist[3]:
+        d0, d1, d2, d3 = dist
+        if d0 < d1 and d0 < d2 and d0 < d3:
             x_hi, y_hi = xb, yb
-        elif dist[1] < dist[0] and dist[1] < dist[2] and dist[1] < dist[3]:
+        elif d1 < d0 and d1 < d2 and d1 < d3:
             x_hi, y_lo = xb, ya
-        elif dist[2] < dist[0] and dist[2] < dist[1] and dist[2] < dist[3]:
+        elif d2 < d0 and d2 < d1 and d2 < d3:
             x_lo, y_hi = xa, yb
         else:
             x_lo, y_lo = xa, ya
         dx, dy = x_hi - x_lo, y_hi - y_lo
-    return it < 50, 0.5 * (x_lo + x_hi), 0.5 * (y_lo + y_hi)
+    return (0.5 * (x_lo + x_hi), 0.5 * (y_lo + y_hi)) if it < 50 else None
 
 
-@njit(**_JIT)
+def _rect(x0, y0, x1, y1):
+    """The rectangle x0..x1, y0..y1 as vertices counter-clockwise from (x0, y0)."""
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
 def _scan_outline(pixmap, box, wy, wx):
-    """The polygon (input frame) drizzle scans: the box clipped to the window, or the box itself.
+    """The polygon (input frame) drizzle scans: the box's outline clipped to the window, or the box itself.
 
-    Returns ``(vertices, n)``; ``n < 3`` when the box misses the window.
+    Fewer than 3 vertices: the box misses the window.
     """
-    xmin, xmax, ymin, ymax = box[0], box[1], box[2], box[3]
-    outline = np.empty((_MAXV, 2))
-    corners = ((xmin - 0.5, ymin - 0.5), (xmax + 0.5, ymin - 0.5), (xmax + 0.5, ymax + 0.5),
-               (xmin - 0.5, ymax + 0.5))
-    for k in range(4):
-        outline[k, 0], outline[k, 1] = corners[k]
-    mapped = np.empty((_MAXV, 2))
-    for k in range(4):
-        mapped[k, 0], mapped[k, 1] = _bilinear(pixmap, outline[k, 0], outline[k, 1])
-        if np.isnan(mapped[k, 0]) or np.isnan(mapped[k, 1]):
-            return outline, 4  # the outline cannot be mapped: scan the whole box
-    rect = np.array([[-0.5, -0.5], [wx - 0.5, -0.5], [wx - 0.5, wy - 0.5], [-0.5, wy - 0.5]])
-    clipped, n = _clip_to_rect(mapped, 4, rect)
-    for k in range(n):
-        ok, x, y = _invert(pixmap, clipped[k, 0], clipped[k, 1], box)
-        if not ok:
-            return outline, 4  # drizzle keeps the box, with the vertices inverted so far
-        outline[k, 0], outline[k, 1] = x, y
-    _make_ccw(outline, n)
-    return outline, n
+    xmin, xmax, ymin, ymax = box
+    outline = _rect(xmin - 0.5, ymin - 0.5, xmax + 0.5, ymax + 0.5)
+    mapped = []
+    for x, y in outline:
+        mx, my = _bilinear(pixmap, x, y)
+        if mx != mx or my != my:
+            return outline  # the outline cannot be mapped: scan the whole box
+        mapped.append((mx, my))
+    clipped = _clip_to_rect(mapped, _rect(-0.5, -0.5, wx - 0.5, wy - 0.5))
+    for k, (x, y) in enumerate(clipped):
+        back = _invert(pixmap, x, y, box)
+        if back is None:
+            return outline[:4]  # drizzle keeps the box, with the vertices inverted so far
+        if k < 4:
+            outline[k] = back
+        else:
+            outline.append(back)
+    outline = outline[:len(clipped)]
+    _make_ccw(outline)
+    return outline
 
 
-@njit(**_JIT)
-def _edge_chains(v, n):
-    """Left and right edge chains of a polygon, bottom to top: rows (x1, y1, x2, y2, slope, x-intercept).
+def _edge(v1, v2, side):
+    """An edge as (x1, y1, x2, y2, slope dx/dy, x at y = 0 shifted half a pixel inward)."""
+    (x1, y1), (x2, y2) = v1, v2
+    slope = _div(x2 - x1, y2 - y1)
+    icpt = _div(x1 * y2 - y1 * x2, y2 - y1)
+    return (x1, y1, x2, y2, slope, icpt - math.copysign(0.5 + 0.5 * abs(slope), side))
 
-    The intercept is shifted by half a pixel (plus the slope's share) inward, so
-    a pixel centred on the shifted line lies whole on the inner side.
-    Returns ``(left, right, min_y, max_y)``.
+
+def _edge_chains(v):
+    """Left and right edge chains of polygon ``v`` from its bottom to its top, and its y extent.
+
+    An edge's shifted intercept puts a pixel centred on it whole on the inner
+    side. Returns ``(left, right, min_y, max_y)``, the chains as (k, 6) arrays.
     """
-    lo = 0
-    for k in range(1, n):
-        if v[k, 1] < v[lo, 1]:
-            lo = k
-    lo_left, min_y = lo, v[lo, 1]
-    a, b = (lo_left - 1 + n) % n, (lo_left + 1) % n
-    lo_right = a if v[a, 1] < v[b, 1] else b
-    if v[lo_right, 1] <= min_y * (1.0 + math.copysign(_ATOL, min_y)):  # flat bottom
-        if v[lo_left, 0] > v[lo_right, 0]:
+    n = len(v)
+    lo_left = min(range(n), key=lambda k: (v[k][1], k))  # the first lowest vertex
+    min_y = v[lo_left][1]
+    a, b = (lo_left - 1) % n, (lo_left + 1) % n
+    lo_right = a if v[a][1] < v[b][1] else b
+    if v[lo_right][1] <= min_y * (1.0 + math.copysign(_ATOL, min_y)):  # flat bottom
+        if v[lo_left][0] > v[lo_right][0]:
             lo_left, lo_right = lo_right, lo_left
     else:
         lo_right = lo_left
-    hi = 0
-    for k in range(1, n):
-        if v[k, 1] > v[hi, 1]:
-            hi = k
-    hi_right, max_y = hi, v[hi, 1]
-    a, b = (hi_right - 1 + n) % n, (hi_right + 1) % n
-    hi_left = a if v[a, 1] > v[b, 1] else b
-    if v[hi_left, 1] >= max_y * (1.0 - math.copysign(_ATOL, max_y)):  # flat top
-        if v[hi_left, 0] > v[hi_right, 0]:
+    hi_right = min(range(n), key=lambda k: (-v[k][1], k))  # the first highest vertex
+    max_y = v[hi_right][1]
+    a, b = (hi_right - 1) % n, (hi_right + 1) % n
+    hi_left = a if v[a][1] > v[b][1] else b
+    if v[hi_left][1] >= max_y * (1.0 - math.copysign(_ATOL, max_y)):  # flat top
+        if v[hi_left][0] > v[hi_right][0]:
             hi_left, hi_right = hi_right, hi_left
     else:
         hi_left = hi_right
@@ -336,43 +330,19 @@ def _edge_chains(v, n):
         lo_left += n
     if hi_right < lo_right:
         hi_right += n
-    left = np.empty((lo_left - hi_left, 6))
-    for k in range(lo_left - hi_left):  # clockwise from the bottom
-        s = (lo_left - k) % n
-        _set_edge(left, k, v, s, (s - 1 + n) % n, -1.0)
-    right = np.empty((hi_right - lo_right, 6))
-    for k in range(hi_right - lo_right):  # counter-clockwise from the bottom
-        s = (lo_right + k) % n
-        _set_edge(right, k, v, s, (s + 1) % n, 1.0)
-    return left, right, min_y, max_y
+    left = [_edge(v[(lo_left - k) % n], v[(lo_left - k - 1) % n], -1.0) for k in range(lo_left - hi_left)]
+    right = [_edge(v[(lo_right + k) % n], v[(lo_right + k + 1) % n], 1.0) for k in range(hi_right - lo_right)]
+    return np.array(left, np.float64).reshape(-1, 6), np.array(right, np.float64).reshape(-1, 6), min_y, max_y
 
 
 @njit(**_JIT)
-def _set_edge(e, k, v, s, t, side):
-    x1, y1, x2, y2 = v[s, 0], v[s, 1], v[t, 0], v[t, 1]
-    slope = (x2 - x1) / (y2 - y1)
-    icpt = (x1 * y2 - y1 * x2) / (y2 - y1)
-    e[k, 0], e[k, 1], e[k, 2], e[k, 3] = x1, y1, x2, y2
-    e[k, 4] = slope
-    e[k, 5] = icpt - math.copysign(0.5 + 0.5 * abs(slope), side)
+def _row_limits(left, right, min_y, max_y, xmin, xmax, ymax, lo, hi):
+    """First and last input column drizzle scans in each row (``lo``, ``hi`` come as 0, -1: row skipped).
 
-
-@njit(**_JIT)
-def _scan_rows(pixmap, box, wy, wx, lo, hi):
-    """First and last input column drizzle scans in each row (``lo[j] > hi[j]``: row skipped).
-
-    ``box`` = (xmin, xmax, ymin, ymax) after :func:`_finite_box`. Walks the edge
-    chains of :func:`_scan_outline`'s polygon upwards row by row; a row's limits
-    are the inner edge lines at its bottom and top (0.03 px of slack), clamped
-    to the box, rounded half away from zero.
+    Walks the edge chains upwards row by row; a row's limits are the inner edge
+    lines at its bottom and top (0.03 px of slack), clamped to ``xmin..xmax``,
+    rounded half away from zero. The scan ends where a chain does.
     """
-    lo[:] = 0
-    hi[:] = -1
-    outline, n = _scan_outline(pixmap, box, wy, wx)
-    if n < 3:
-        return
-    left, right, min_y, max_y = _edge_chains(outline, n)
-    xmin, xmax, ymax = box[0], box[1], box[3]
     il, ir = 0, 0
     j0 = max(0, int(min_y + 0.5 + 2.0 * _INV_ERR))
     j1 = min(ymax, int(max_y + 2.0 * _INV_ERR))
@@ -409,93 +379,104 @@ def _scan_rows(pixmap, box, wy, wx, lo, hi):
         lo[j], hi[j] = _round_half_away(a), _round_half_away(b)
 
 
+def _scan_rows(pixmap, box, wy, wx, lo, hi):
+    """Fill ``lo``, ``hi``: the input columns drizzle scans in each row, for ``box`` after :func:`_finite_box`."""
+    outline = _scan_outline(pixmap, box, wy, wx)
+    lo[:] = 0
+    hi[:] = -1
+    if len(outline) < 3:
+        return
+    left, right, min_y, max_y = _edge_chains(outline)
+    _row_limits(left, right, float(min_y), float(max_y), box[0], box[1], box[3], lo, hi)
+
+
 # --- the overlap of a quadrilateral with an output pixel ----------------------------------------
 
 
 @njit(**_JIT)
-def _area_under(x1, y1, x2, y2):
-    """Signed area under the segment (x1, y1) -> (x2, y2) inside the unit square [0, 1]^2.
-
-    Positive when the segment runs towards +x; summed over a closed polygon's
-    edges it gives the polygon's area inside the square (with the polygon's sign).
-    """
-    dx = x2 - x1
-    dy = y2 - y1
-    if dx == 0:
-        return 0.0
-    if dx < 0:
-        sign, xl, xr = -1.0, x2, x1
-    else:
-        sign, xl, xr = 1.0, x1, x2
-    if xl >= 1.0 or xr <= 0.0:
-        return 0.0
-    xl = max(xl, 0.0)
-    xr = min(xr, 1.0)
-    slope = dy / dx
-    yl = y1 + slope * (xl - x1)
-    yr = y1 + slope * (xr - x1)
-    if yl <= 0.0 and yr <= 0.0:
-        return 0.0  # below the square
-    if yl >= 1.0 and yr >= 1.0:
-        return sign * (xr - xl)  # above it: the whole column
-    det = x1 * y2 - y1 * x2  # the line crosses y = 0 at det / dy and y = 1 at (dx + det) / dy
-    if yl < 0.0:
-        yl = 0.0
-        xl = det / dy
-    if yr < 0.0:
-        yr = 0.0
-        xr = det / dy
-    if yl <= 1.0:
-        if yr <= 1.0:
-            return sign * 0.5 * (xr - xl) * (yr + yl)
-        x_top = (dx + det) / dy
-        return sign * (0.5 * (x_top - xl) * (1.0 + yl) + xr - x_top)
-    x_top = (dx + det) / dy
-    return sign * (0.5 * (xr - x_top) * (1.0 + yr) + x_top - xl)
-
-
-@njit(**_JIT)
 def _box_overlap(ii, jj, xo, yo):
-    """Signed area the quadrilateral (xo, yo) shares with output pixel (ii, jj) (a unit square centred there)."""
-    x0 = ii - 0.5
-    y0 = jj - 0.5
+    """Signed area the quadrilateral (xo, yo) shares with output pixel (ii, jj) (a unit square centred there).
+
+    Sums, over the quadrilateral's edges, the signed area under each edge inside
+    the unit square (positive for an edge running towards +x), in coordinates
+    relative to the square's corner. Written as one loop: called for every drop.
+    """
     total = 0.0
     for k in range(4):
         m = (k + 1) & 3
-        total += _area_under(xo[k] - x0, yo[k] - y0, xo[m] - x0, yo[m] - y0)
+        x1, y1 = xo[k] - (ii - 0.5), yo[k] - (jj - 0.5)
+        x2, y2 = xo[m] - (ii - 0.5), yo[m] - (jj - 0.5)
+        dx = x2 - x1
+        dy = y2 - y1
+        if dx == 0:
+            continue
+        if dx < 0:
+            sign, xl, xr = -1.0, x2, x1
+        else:
+            sign, xl, xr = 1.0, x1, x2
+        if xl >= 1.0 or xr <= 0.0:
+            continue
+        xl = max(xl, 0.0)
+        xr = min(xr, 1.0)
+        slope = dy / dx
+        yl = y1 + slope * (xl - x1)
+        yr = y1 + slope * (xr - x1)
+        if yl <= 0.0 and yr <= 0.0:
+            continue  # below the square
+        if yl >= 1.0 and yr >= 1.0:
+            total += sign * (xr - xl)  # above it: the whole column
+            continue
+        det = x1 * y2 - y1 * x2  # the line crosses y = 0 at det / dy and y = 1 at (dx + det) / dy
+        if yl < 0.0:
+            yl = 0.0
+            xl = det / dy
+        if yr < 0.0:
+            yr = 0.0
+            xr = det / dy
+        if yl <= 1.0 and yr <= 1.0:
+            total += sign * 0.5 * (xr - xl) * (yr + yl)
+        elif yl <= 1.0:
+            x_top = (dx + det) / dy
+            total += sign * (0.5 * (x_top - xl) * (1.0 + yl) + xr - x_top)
+        else:
+            x_top = (dx + det) / dy
+            total += sign * (0.5 * (xr - x_top) * (1.0 + yr) + x_top - xl)
     return total
 
 
 @njit(**_JIT)
-def _corners(pixmap, i, j, h, xo, yo):
-    """Output corners of input pixel (i, j) shrunk to half-width ``h``, clockwise from (-h, +h); False if NaN.
+def _corner_sums(pixmap, i, j, c, far, mid, near):
+    """Component ``c`` of the four corners of pixel (i, j) from its 3x3 neighbourhood (drizzle's sums)."""
+    p = pixmap
+    f00, f10, f20 = p[j - 1, i - 1, c] * far, p[j - 1, i, c] * mid, p[j - 1, i + 1, c] * far
+    f01, f11, f21 = p[j, i - 1, c] * mid, p[j, i, c] * near, p[j, i + 1, c] * mid
+    f02, f12, f22 = p[j + 1, i - 1, c] * far, p[j + 1, i, c] * mid, p[j + 1, i + 1, c] * far
+    return (f01 + f11 + f02 + f12, f11 + f21 + f12 + f22, f10 + f20 + f11 + f21, f00 + f10 + f01 + f11)
+
+
+@njit(**_JIT)
+def _corners(pixmap, i, j, h):
+    """Output corners ``(xs, ys)`` of input pixel (i, j) shrunk to half-width ``h``, clockwise from (-h, +h).
 
     Bilinear in the pixel map; inside the map it weights the 3x3 neighbourhood
     at once (the same numbers in drizzle's order of operations), at its border
     it interpolates corner by corner and extrapolates from the edge cells.
+    A corner may be NaN (a NaN in the pixel-map values it uses).
     """
     ny, nx = pixmap.shape[0], pixmap.shape[1]
     if 0 < i < nx - 2 and 0 < j < ny - 2:
         far, mid, near = h * h, (1 - h) * h, (1 - h) * (1 - h)
-        for c in range(2):
-            out = xo if c == 0 else yo
-            p = pixmap[j - 1:j + 2, i - 1:i + 2, c]  # p[dy, dx]
-            f00, f10, f20 = p[0, 0] * far, p[0, 1] * mid, p[0, 2] * far
-            f01, f11, f21 = p[1, 0] * mid, p[1, 1] * near, p[1, 2] * mid
-            f02, f12, f22 = p[2, 0] * far, p[2, 1] * mid, p[2, 2] * far
-            out[0] = f01 + f11 + f02 + f12
-            out[1] = f11 + f21 + f12 + f22
-            out[2] = f10 + f20 + f11 + f21
-            out[3] = f00 + f10 + f01 + f11
-    else:
-        for k in range(4):
-            xin = i - h if k == 0 or k == 3 else i + h
-            yin = j + h if k < 2 else j - h
-            xo[k], yo[k] = _bilinear(pixmap, xin, yin)
-    for k in range(4):
-        if np.isnan(xo[k]) or np.isnan(yo[k]):
-            return False
-    return True
+        return _corner_sums(pixmap, i, j, 0, far, mid, near), _corner_sums(pixmap, i, j, 1, far, mid, near)
+    x0, y0 = _bilinear(pixmap, i - h, j + h)
+    x1, y1 = _bilinear(pixmap, i + h, j + h)
+    x2, y2 = _bilinear(pixmap, i + h, j - h)
+    x3, y3 = _bilinear(pixmap, i - h, j - h)
+    return (x0, x1, x2, x3), (y0, y1, y2, y3)
+
+
+@njit(**_JIT)
+def _any_nan(v):
+    return np.isnan(v[0]) or np.isnan(v[1]) or np.isnan(v[2]) or np.isnan(v[3])
 
 
 @njit(**_JIT)
@@ -506,61 +487,62 @@ def _index_range(lo, hi, n):
     return a, b
 
 
-# --- the two kernels ----------------------------------------------------------------------------
+# --- the kernel ---------------------------------------------------------------------------------
 
 
 @njit(**_JIT)
-def _add_drop(j, i, jj, ii, dow, data, sqrt_var, dq, wht, swd, swv, ctx, odq, use_ctx, use_dq):
-    """Add input pixel (j, i)'s drop of weight ``dow`` on output pixel (jj, ii), as drizzle's update does."""
-    f = np.float32(dow)
-    if f == 0:
-        return
-    wht[jj, ii] += dow
-    swd[jj, ii] += dow * data[j, i]
-    for k in range(sqrt_var.shape[0]):
-        swv[k, jj, ii] += dow * sqrt_var[k, j, i]
-    if use_ctx and f > 0:
-        ctx[jj, ii] = True
-    if use_dq:
-        odq[jj, ii] |= dq[j, i]
+def _drizzle_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, point, use_ctx, use_dq,
+                    wht, swd, swv, ctx, odq):
+    """Drizzle the scanned pixels (rows ``j``, columns ``lo[j]..hi[j]``), adding into the outputs.
 
-
-@njit(**_JIT)
-def _square_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, use_ctx, use_dq,
-                   wht, swd, swv, ctx, odq):
-    """Square kernel over the scanned pixels (rows ``j``, columns ``lo[j]..hi[j]``); adds into the outputs."""
+    Square kernel: a drop weight ``overlap / jacobian * weight`` on each output
+    pixel the shrunken pixel's quadrilateral overlaps. Point kernel (``point``):
+    the plain weight on the output pixel nearest the mapped centre. As drizzle's
+    update: a drop whose weight is 0 in float32 adds nothing; the context is set
+    where that weight is positive, DQ OR-ed where it is non-zero.
+    """
     wy, wx = wht.shape
+    nvar = sqrt_var.shape[0]
     h = 0.5 * pixfrac
-    xo = np.empty(4)
-    yo = np.empty(4)
+    xo = yo = (0.0, 0.0, 0.0, 0.0)
     for j in range(lo.shape[0]):
         for i in range(lo[j], hi[j] + 1):
-            if not _corners(pixmap, i, j, h, xo, yo):
-                continue
-            jaco = 0.5 * ((xo[1] - xo[3]) * (yo[0] - yo[2]) - (xo[0] - xo[2]) * (yo[1] - yo[3]))
-            w = weight[j, i] / jaco  # overlap / jacobian: the fraction of the drop on a pixel
-            ja, jb = _index_range(min(yo[0], yo[1], yo[2], yo[3]), max(yo[0], yo[1], yo[2], yo[3]), wy)
-            ia, ib = _index_range(min(xo[0], xo[1], xo[2], xo[3]), max(xo[0], xo[1], xo[2], xo[3]), wx)
+            if point:
+                x, y = pixmap[j, i, 0], pixmap[j, i, 1]
+                # nearest pixel (halves away from zero) in 0..n-1  <=>  -0.5 < x < n - 0.5; NaN fails too
+                if not (-0.5 < x < wx - 0.5 and -0.5 < y < wy - 0.5):
+                    continue
+                ia = ib = _round_half_away(x)
+                ja = jb = _round_half_away(y)
+                w = np.float64(weight[j, i])
+            else:
+                xo, yo = _corners(pixmap, i, j, h)
+                if _any_nan(xo) or _any_nan(yo):
+                    continue
+                jaco = 0.5 * ((xo[1] - xo[3]) * (yo[0] - yo[2]) - (xo[0] - xo[2]) * (yo[1] - yo[3]))
+                w = weight[j, i] / jaco  # times the overlap: the drop's weight on one output pixel
+                ja, jb = _index_range(min(yo[0], yo[1], yo[2], yo[3]), max(yo[0], yo[1], yo[2], yo[3]), wy)
+                ia, ib = _index_range(min(xo[0], xo[1], xo[2], xo[3]), max(xo[0], xo[1], xo[2], xo[3]), wx)
             for jj in range(ja, jb + 1):
                 for ii in range(ia, ib + 1):
-                    dover = _box_overlap(ii, jj, xo, yo)
-                    if dover != 0.0:
-                        _add_drop(j, i, jj, ii, dover * w, data, sqrt_var, dq, wht, swd, swv, ctx, odq,
-                                  use_ctx, use_dq)
-
-
-@njit(**_JIT)
-def _point_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, use_ctx, use_dq, wht, swd, swv, ctx, odq):
-    """Point kernel: each scanned pixel's whole weight onto the output pixel nearest its mapped centre."""
-    wy, wx = wht.shape
-    for j in range(lo.shape[0]):
-        for i in range(lo[j], hi[j] + 1):
-            x, y = pixmap[j, i, 0], pixmap[j, i, 1]
-            # nearest pixel (halves away from zero) inside 0..n-1  <=>  -0.5 < x < n - 0.5; NaN fails too
-            if not (-0.5 < x < wx - 0.5 and -0.5 < y < wy - 0.5):
-                continue
-            _add_drop(j, i, _round_half_away(y), _round_half_away(x), np.float64(weight[j, i]), data,
-                      sqrt_var, dq, wht, swd, swv, ctx, odq, use_ctx, use_dq)
+                    if point:
+                        dow = w
+                    else:
+                        dover = _box_overlap(ii, jj, xo, yo)
+                        if dover == 0.0:
+                            continue
+                        dow = dover * w
+                    f = np.float32(dow)
+                    if f == 0:
+                        continue
+                    wht[jj, ii] += dow
+                    swd[jj, ii] += dow * data[j, i]
+                    for k in range(nvar):
+                        swv[k, jj, ii] += dow * sqrt_var[k, j, i]
+                    if use_ctx and f > 0:
+                        ctx[jj, ii] = True
+                    if use_dq:
+                        odq[jj, ii] |= dq[j, i]
 
 
 # --- the entry point ----------------------------------------------------------------------------
@@ -646,12 +628,9 @@ def drizzle_window(data, weight, pixmap, bounds, out_shape, *, kernel="square", 
     if xmin <= xmax and ymin <= ymax and wy > 0 and wx > 0:
         *box, found = _finite_box(pixmap, xmin, xmax, ymin, ymax)
         if found:
-            _scan_rows(pixmap, np.array(box, np.int64), wy, wx, lo, hi)
-    if kernel == "square" and pixfrac > 0.001:
-        _square_kernel(data, weight, pixmap, var, in_dq, lo, hi, float(pixfrac), want_ctx, dq is not None,
-                       wht, swd, swv, ctx, odq)
-    else:
-        _point_kernel(data, weight, pixmap, var, in_dq, lo, hi, want_ctx, dq is not None,
-                      wht, swd, swv, ctx, odq)
+            _scan_rows(pixmap, box, wy, wx, lo, hi)
+    point = kernel == "point" or pixfrac <= 0.001
+    _drizzle_kernel(data, weight, pixmap, var, in_dq, lo, hi, float(pixfrac), point, want_ctx, dq is not None,
+                    wht, swd, swv, ctx, odq)
     return DrizzledWindow(wht, swd, swv if sqrt_var is not None else None, ctx if want_ctx else None,
                           odq if dq is not None else None)

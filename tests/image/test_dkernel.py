@@ -156,21 +156,19 @@ def test_nan_pixmap(kernel, pixfrac, where):
 
 def test_scan_outline_fallbacks():
     """The test above reaches each path of the scanned outline: clipped, the box, and a mix."""
-    box = np.array([0, 69, 0, 59])
-    corners = np.array([[-0.5, -0.5], [69.5, -0.5], [69.5, 59.5], [-0.5, 59.5]])
+    box = (0, 69, 0, 59)
+    corners = [(-0.5, -0.5), (69.5, -0.5), (69.5, 59.5), (-0.5, 59.5)]
     pm = distorted_pixmap((60, 70), angle=-30.0, scale=1.1, origin=(30.0, 28.0))
-    clipped, n = _scan_outline(pm, box, 48, 52)
-    assert n == 5  # the outline cut by the window's corner
+    clipped = _scan_outline(pm, box, 48, 52)
+    assert len(clipped) == 5  # the outline cut by the window's corner
     pm[:2, :2] = np.nan
-    outline, n = _scan_outline(pm, box, 48, 52)
-    assert n == 4
-    np.testing.assert_array_equal(outline[:4], corners)
+    assert _scan_outline(pm, box, 48, 52) == corners
     pm = distorted_pixmap((60, 70), angle=-30.0, scale=1.1, origin=(30.0, 28.0))
     pm[0:4, 15:22] = np.nan
-    outline, n = _scan_outline(pm, box, 48, 52)
-    assert n == 4
-    np.testing.assert_array_equal(outline[0], clipped[0])
-    np.testing.assert_array_equal(outline[1:4], corners[1:])
+    assert _scan_outline(pm, box, 48, 52) == [clipped[0], *corners[1:]]
+    pm = distorted_pixmap((60, 70), angle=-30.0, scale=1.1, origin=(30.0, 28.0))
+    pm[50:58, 38:46] = np.nan
+    assert _scan_outline(pm, box, 48, 52) == clipped[:4]
 
 
 @pytest.mark.parametrize("kernel", ["square", "point"])
