@@ -266,3 +266,15 @@ def test_bad_arguments():
         drizzle_window(data, weight, pm[..., :1], (0, 69, 0, 59), (50, 50))
     with pytest.raises(ValueError, match="sqrt_var must be"):
         drizzle_window(data, weight, pm, (0, 69, 0, 59), (50, 50), sqrt_var=np.ones((4, *data.shape)))
+
+
+def test_tiny_pixfrac_is_the_point_kernel():
+    """At pixfrac <= 0.001 drizzle resets the square kernel to point (with a warning), and so do we."""
+    data, weight = inputs(seed=12)
+    pm = distorted_pixmap(data.shape, origin=(50.0, 50.0))
+    with pytest.warns(Warning, match="Kernel reset to 'point'"):
+        img, wht, ctx, _ = drizzle_oracle(data, weight, pm, (0, 69, 0, 59), (100, 100), pixfrac=0.001)
+    res = drizzle_window(data, weight, pm, (0, 69, 0, 59), (100, 100), pixfrac=0.001)
+    assert_matches(res, img, wht, ctx)
+    point = drizzle_window(data, weight, pm, (0, 69, 0, 59), (100, 100), kernel="point")
+    np.testing.assert_array_equal(res.wht, point.wht)
