@@ -523,6 +523,8 @@ def _drizzle_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, point, 
                 w = weight[j, i] / jaco  # times the overlap: the drop's weight on one output pixel
                 ja, jb = _index_range(min(yo[0], yo[1], yo[2], yo[3]), max(yo[0], yo[1], yo[2], yo[3]), wy)
                 ia, ib = _index_range(min(xo[0], xo[1], xo[2], xo[3]), max(xo[0], xo[1], xo[2], xo[3]), wx)
+            d = np.float64(data[j, i])
+            bits = dq[j, i] if use_dq else np.uint32(0)
             for jj in range(ja, jb + 1):
                 for ii in range(ia, ib + 1):
                     if point:
@@ -536,13 +538,13 @@ def _drizzle_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, point, 
                     if f == 0:
                         continue
                     wht[jj, ii] += dow
-                    swd[jj, ii] += dow * data[j, i]
+                    swd[jj, ii] += dow * d
                     for k in range(nvar):
                         swv[k, jj, ii] += dow * sqrt_var[k, j, i]
                     if use_ctx and f > 0:
                         ctx[jj, ii] = True
                     if use_dq:
-                        odq[jj, ii] |= dq[j, i]
+                        odq[jj, ii] |= bits
 
 
 # --- the entry point ----------------------------------------------------------------------------
