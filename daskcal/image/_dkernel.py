@@ -30,7 +30,10 @@ bits. It reproduces drizzle 2.2's C kernels (``Drizzle.add_image`` with
 gaussian, lanczos and turbo kernels use it), so there is no such argument here.
 Where drizzle refuses a call (a box of one row or column, fewer than two valid
 pixel-map rows or columns) this module drizzles what is valid, and returns
-empty sums when no pixel-map value is finite.
+empty sums when no pixel-map value is finite. ``bounds`` are taken literally:
+drizzle's C code reads ``xmax == 0`` (or ``ymax == 0``) as "to the last column".
+The outline (a few vertices per call) is plain Python; the per-row scan and the
+kernel are compiled once, for fixed dtypes.
 """
 
 from __future__ import annotations
