@@ -94,124 +94,22 @@ def weight_map(dq, weight_type: str | None, good_bits, tmeasure: float, *, var_r
     return mask.astype(np.float32)
 
 
-def _stages(model):
-    """The stages of a ``|`` chain of models, in order."""
-    from astropy.modeling import CompoundModel
-
-    if isinstance(model, CompoundModel) and model.op == "|":
-        return _stages(model.left) + _stages(model.right)
-    return [model]
-
-
-def _tan_split(wcs):
-    """``(plane stages, rotation)`` when ``wcs`` is ``plane | Pix2Sky_TAN | RotateNative2Celestial``, else None.
-
-    The plane stages map pixels to the projection plane (deg); most imaging WCSs
-    (distortion, then scale/rotation, then TAN) have this form.
-    """
-    from astropy.modeling import models
-
-    stages = _stages(wcs.forward_transform)
-    if (len(stages) < 3 or not isinstance(stages[-2], models.Pix2Sky_Gnomonic)
-            or not isinstance(stages[-1], models.RotateNative2Celestial)):
-        return None
-    return stages[:-2], stages[-1]
-
-
-def _simple_pair(stage):
-    """``(kind, a, b)`` for ``Shift & Shift`` / ``Scale & Scale`` stages without units, else None."""
-    from astropy.modeling import CompoundModel, models
-
-    if not (isinstance(stage, CompoundModel) and stage.op == "&"):
-        return None
-    left, right = stage.left, stage.right
-    for kind in (models.Shift, models.Scale):
-        if type(left) is kind and type(right) is kind:
-            a, b = (m.parameters[0] for m in (left, right))
-            if not (getattr(left, "_has_units", False) or getattr(right, "_has_units", False)):
-                return kind.__name__, float(a), float(b)
-    return None
-
-
-def _apply_stages(stages, *args):
-    """Evaluate a ``|`` chain stage by stage: affine, shift and scale pairs as plain NumPy, the rest by astropy.
-
-    Same arithmetic as the models' own ``evaluate`` without their input checks
-    and array stacking (the affine stage alone costs ~0.1 s per Mpix there).
-    """
-    from astropy.modeling import models
-
-    for st in stages:
-        pair = _simple_pair(st) if len(args) == 2 else None
-        if pair is not None:
-            kind, a, b = pair
-            x, y = args
-            args = (x + a, y + b) if kind == "Shift" else (x * a, y * b)
-        elif type(st) is models.AffineTransformation2D and len(args) == 2 and st.matrix.unit is None:
-            (m00, m01), (m10, m11) = np.asarray(st.matrix.value, np.float64)
-            t0, t1 = np.asarray(st.translation.value, np.float64)
-            x, y = args
-            args = (m00 * x + m01 * y + t0, m10 * x + m11 * y + t1)
-        else:
-            out = st(*args)
-            args = out if isinstance(out, tuple) else (out,)
-    return args
-
-
-def _native_rotation(rot_in, rot_out):
-    """3x3 matrix taking native unit vectors of one TAN projection to those of another.
-
-    Columns are the images of the native x, y and z axes, found by evaluating
-    the two sky rotations on those three points (so their conventions stay astropy's).
-    """
-    phi, theta = np.array([0.0, 90.0, 0.0]), np.array([0.0, 0.0, 90.0])
-    ra, dec = rot_in(phi, theta)
-    p, t = (np.radians(np.asarray(a, np.float64)) for a in rot_out.inverse(ra, dec))
-    return np.array([np.cos(t) * np.cos(p), np.cos(t) * np.sin(p), np.sin(t)])
-
-
-def _tan_to_tan(split_in, split_out, x, y):
-    """Pixel to pixel between two TAN WCSs without spherical trigonometry.
-
-    A gnomonic plane point (x, y) (deg) is the native direction proportional to
-    (-y, x, 180/pi) * pi/180, so the two projections and the two sky rotations
-    reduce to one matrix product and a division; agrees with the gwcs path to
-    ~1e-8 px (float64 rounding of RA/Dec in degrees there).
-    """
-    plane_in, rot_in = split_in
-    plane_out, rot_out = split_out
-    m = _native_rotation(rot_in, rot_out)
-    px, py = _apply_stages(plane_in, x, y)
-    k = np.pi / 180.0
-    u0 = np.multiply(py, -k)
-    u1 = np.multiply(px, k)
-    del px, py
-    v2 = m[2, 0] * u0 + m[2, 1] * u1 + m[2, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.divide(1.0 / k, v2, out=v2)  # in place: v2 is not needed after this
-        inv[~(v2 > 0)] = np.nan  # behind the output projection's horizon
-        qx = (m[1, 0] * u0 + m[1, 1] * u1 + m[1, 2]) * inv
-        qy = (m[0, 0] * u0 + m[0, 1] * u1 + m[0, 2]) * inv
-    np.negative(qy, out=qy)
-    return _apply_stages([st.inverse for st in reversed(plane_out)], qx, qy)
-
-
 def pixel_to_pixel(wcs_in, wcs_out, x, y):
     """Output pixel (x, y) of input pixels (x, y), ignoring both bounding boxes.
 
-    When both WCSs end in a TAN projection and a sky rotation (see
-    :func:`_tan_split`), the sky step is done with unit vectors (no trig, ~3x
-    faster); otherwise the transforms are evaluated with
-    ``with_bounding_box=False`` instead of clearing the WCSs' bounding boxes (as
-    the reference does): the WCS objects are cached and shared by the threads of
-    a worker, so they must never be modified.
+    The pair of WCSs compiled into one program (:func:`daskcal.image._pixmap.compile_pixel_map`:
+    every model JWST, Roman and HST imaging WCSs use; 0.012-0.067 s of CPU for a 2048^2 map
+    against gwcs's 1.1-2.0 s, within 1e-8 px of it), else gwcs with ``with_bounding_box=False``
+    (the WCS objects are cached and shared by a worker's threads, so their bounding boxes
+    are never cleared as the reference does).
     """
-    split_in, split_out = _tan_split(wcs_in), _tan_split(wcs_out)
-    if split_in is not None and split_out is not None:
-        ox, oy = _tan_to_tan(split_in, split_out, x, y)
-    else:
-        ra, dec = wcs_in(x, y, with_bounding_box=False)
-        ox, oy = wcs_out.invert(ra, dec, with_bounding_box=False)
+    from daskcal.image._pixmap import compile_pixel_map
+
+    program = compile_pixel_map(wcs_in, wcs_out)
+    if program is not None:
+        return program(x, y)
+    ra, dec = wcs_in(x, y, with_bounding_box=False)
+    ox, oy = wcs_out.invert(ra, dec, with_bounding_box=False)
     return np.asarray(ox, np.float64), np.asarray(oy, np.float64)
 
 
@@ -221,8 +119,13 @@ def compute_pixmap(wcs_in, wcs_out, y0, y1, x0, x1, coarse=None, order=1):
     ``coarse`` = (yc, xc, px, py): a whole-input coarse grid to interpolate with
     bivariate splines as the reference does for ``pixmap_stepsize > 1``.
     """
+    from daskcal.image._pixmap import compile_pixel_map
+
     pixmap = np.empty((y1 - y0, x1 - x0, 2), np.float64)
-    if coarse is None:
+    program = compile_pixel_map(wcs_in, wcs_out) if coarse is None else None
+    if program is not None:
+        program.grid(y0, y1, x0, x1, out=pixmap)
+    elif coarse is None:
         x = np.broadcast_to(np.arange(x0, x1, dtype=np.float64), (y1 - y0, x1 - x0))
         y = np.broadcast_to(np.arange(y0, y1, dtype=np.float64)[:, None], (y1 - y0, x1 - x0))
         pixmap[..., 0], pixmap[..., 1] = pixel_to_pixel(wcs_in, wcs_out, x, y)
@@ -291,6 +194,8 @@ def drizzle_block(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, expti
     """
     oy, ox, wy, wx = window
     shape = (wy, wx)
+    if spec.kernel in ONE_PASS_KERNELS:
+        return _drizzle_one_pass(arrays, pixmap, bounds, window, spec)
     common = dict(exptime=exptime, pixfrac=spec.pixfrac, psr=spec.psr, bounds=bounds)
     weights = arrays["weight"]
     main = _new_drizzle(spec.kernel, shape, spec.enable_ctx)
@@ -314,6 +219,41 @@ def drizzle_block(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, expti
     ctx = main.out_ctx[0] != 0 if spec.enable_ctx else None
     return Window(oy, ox, main.out_wht, main.out_img, var, err, ctx,
                   main.out_dq if dq is not None else None)
+
+
+#: Kernels drizzled in one GIL-free pass (:mod:`daskcal.image._dkernel`); the others use drizzle's C kernel,
+#: once for the data and once per variance plane.
+ONE_PASS_KERNELS = ("square", "point")
+
+
+def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec) -> Window:
+    """:func:`drizzle_block` for the square and point kernels: data, weights, sqrt-variances, context and DQ
+    from one computation of each input pixel's overlaps (equal to drizzle's C kernel to float rounding)."""
+    from daskcal.image._dkernel import drizzle_window
+
+    oy, ox, wy, wx = window
+    names = [n for n in VAR_NAMES if spec.enable_var and arrays.get(n) is not None]
+    planes = list(names)
+    if spec.driz_err and arrays.get("err") is not None:
+        planes.append("err")
+    sqrt_var = None
+    if planes:
+        ny, nx = arrays["data"].shape
+        sqrt_var = np.empty((len(planes), ny, nx), np.float32)
+        with np.errstate(invalid="ignore"):
+            for k, n in enumerate(planes):
+                sqrt_var[k] = arrays["err"] if n == "err" else np.sqrt(arrays[n])
+    dq = arrays.get("dq") if spec.propagate_dq else None
+    res = drizzle_window(np.asarray(arrays["data"], np.float32), np.asarray(arrays["weight"], np.float32),
+                         pixmap, bounds, (wy, wx), kernel=spec.kernel, pixfrac=spec.pixfrac, sqrt_var=sqrt_var,
+                         dq=None if dq is None else np.asarray(dq, np.uint32), want_ctx=spec.enable_ctx)
+    covered = res.wht != 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv = np.where(covered, 1.0 / np.where(covered, res.wht, 1.0), 0.0)
+        img = (res.swd * inv).astype(np.float32)
+        means = {n: (res.swv[k] * inv).astype(np.float32) for k, n in enumerate(planes)}
+    err = means.pop("err", None)
+    return Window(oy, ox, res.wht, img, means, err, res.ctx, res.dq)
 
 
 def cut_pieces(win: Window, tiles) -> tuple:

@@ -69,22 +69,23 @@ def pixel_map(in_wcs, out_wcs, shape, rows=None, cols=None):
 
     The input's bounding box applies (NaN outside it); the output's does not, as in
     the reference's ``calc_pixmap(..., disable_bbox="to")``. ``rows``/``cols``
-    restrict the map to given input rows/columns (1-D index arrays). The
-    transforms are evaluated a few rows at a time: every pixel's value is the
-    same, and the intermediate arrays of the WCS's many steps stay in cache
-    (about 1.3x faster than one call for a 2048x2048 input,
-    and 3x faster than stcal's ``calc_pixmap``).
+    restrict the map to given input rows/columns (1-D index arrays). The map is the
+    resample engine's (:func:`daskcal.image._driz.pixel_to_pixel`: the WCS pair compiled
+    into one program where its models are known, else gwcs).
     """
+    from daskcal.image._driz import pixel_to_pixel
+    from daskcal.image._grid import _bbox
+
     rows = np.arange(shape[0]) if rows is None else np.asarray(rows)
     cols = np.arange(shape[1]) if cols is None else np.asarray(cols)
+    y, x = np.meshgrid(rows.astype(np.float64), cols.astype(np.float64), indexing="ij")
+    ox, oy = pixel_to_pixel(in_wcs, out_wcs, x, y)
     out = np.empty((rows.size, cols.size, 2), np.float64)
-    step = max(1, PIXMAP_CHUNK // max(cols.size, 1))
-    for a in range(0, rows.size, step):
-        y, x = np.meshgrid(rows[a : a + step].astype(np.float64), cols.astype(np.float64), indexing="ij")
-        ra, dec = in_wcs(x, y)
-        ox, oy = out_wcs.invert(ra, dec, with_bounding_box=False)
-        out[a : a + step, :, 0] = ox
-        out[a : a + step, :, 1] = oy
+    out[..., 0], out[..., 1] = ox, oy
+    if in_wcs.bounding_box is not None:
+        (x0, x1), (y0, y1) = _bbox(in_wcs, shape)
+        outside = (x < x0) | (x > x1) | (y < y0) | (y > y1)
+        out[outside] = np.nan
     return out
 
 
@@ -176,7 +177,7 @@ def drizzle_block(data, dq, var_rnoise, pixmap, block, window, params, exptime, 
         ``(window, img, wht)``: the window and its drizzled image and weight
         (float32, 0 where nothing landed).
     """
-    from drizzle.resample import Drizzle
+    from daskcal.image._driz import DrizzleSpec, drizzle_block as drizzle_window
 
     y0, y1, x0, x1 = window
     data = np.asarray(assemble(data), dtype=np.float32)
@@ -186,12 +187,13 @@ def drizzle_block(data, dq, var_rnoise, pixmap, block, window, params, exptime, 
     weight = weight_map(assemble(dq), params.weight_type, params.good_bits, exptime, var_rnoise=var_rnoise,
                         var_sky=var_rnoise)
     pm = pixmap - np.array([x0, y0], dtype=np.float64)
-    img = np.zeros((y1 - y0, x1 - x0), np.float32)
-    wht = np.zeros((y1 - y0, x1 - x0), np.float32)
-    driz = Drizzle(kernel=params.kernel, fillval="0", out_img=img, out_wht=wht, disable_ctx=True)
+    spec = DrizzleSpec(kernel=params.kernel, pixfrac=float(params.pixfrac), psr=1.0, weight_type="none",
+                       good_bits=None, enable_ctx=False, enable_var=False, compute_err=None, propagate_dq=False,
+                       fillval=0.0)
     nx = data.shape[1]
-    driz.add_image(data, exptime=exptime, pixmap=pm, weight_map=weight, pixfrac=params.pixfrac, in_units="cps",
-                   xmin=0, xmax=nx - 1, ymin=block[0], ymax=block[1] - 1)
+    win = drizzle_window({"data": data, "weight": weight}, pm, (0, nx - 1, block[0], block[1] - 1),
+                         (y0, x0, y1 - y0, x1 - x0), spec, exptime)
+    img, wht = win.img, win.wht
     return window, img, wht
 
 

@@ -131,24 +131,33 @@ def test_weight_none_matches_drizzle(sim6, sim6_wcs):
     assert max_rel(out.data.values, d.out_img, m, floor=1.0) < 1e-5
 
 
-def test_tan_pixel_map_equals_gwcs(sim6, sim6_wcs):
-    """The trig-free TAN-to-TAN pixel map agrees with gwcs's evaluation; other WCSs take the gwcs path."""
-    from daskcal.image._driz import _tan_split, compute_pixmap
+def test_compiled_pixel_map_equals_gwcs(sim6, sim6_wcs, caplog):
+    """The resample's pixel map is the compiled program, equal to gwcs's evaluation; a WCS with a model the
+    compiler does not know goes through gwcs, with a log line."""
+    import logging
 
-    wcs_in = get_wcs(sim6.images[2])
-    assert _tan_split(wcs_in) is not None and _tan_split(sim6_wcs) is not None
-    pm = compute_pixmap(wcs_in, sim6_wcs, 3, 90, 5, 110)
-    y, x = np.mgrid[3:90, 5:110].astype(np.float64)
-    ra, dec = wcs_in(x, y, with_bounding_box=False)
-    ox, oy = sim6_wcs.invert(ra, dec, with_bounding_box=False)
-    assert np.max(np.abs(pm[..., 0] - ox)) < 1e-7 and np.max(np.abs(pm[..., 1] - oy)) < 1e-7
-    # an output WCS that does not end in TAN + rotation is evaluated by gwcs
     import gwcs
     from astropy.modeling import models
 
-    plain = gwcs.WCS([(sim6_wcs.input_frame, sim6_wcs.forward_transform | models.Identity(2)),
-                      (sim6_wcs.output_frame, None)])
-    assert _tan_split(plain) is None
+    from daskcal.image._driz import compute_pixmap
+    from daskcal.image._pixmap import compile_pixel_map
+
+    wcs_in = get_wcs(sim6.images[2])
+    assert compile_pixel_map(wcs_in, sim6_wcs) is not None
+    y, x = np.mgrid[3:90, 5:110].astype(np.float64)
+    ra, dec = wcs_in(x, y, with_bounding_box=False)
+    ox, oy = sim6_wcs.invert(ra, dec, with_bounding_box=False)
+    pm = compute_pixmap(wcs_in, sim6_wcs, 3, 90, 5, 110)
+    assert np.max(np.abs(pm[..., 0] - ox)) < 1e-8 and np.max(np.abs(pm[..., 1] - oy)) < 1e-8
+    tab = models.Tabular1D(points=np.arange(4.0), lookup_table=np.arange(4.0), bounds_error=False) & models.Identity(1)
+    odd = gwcs.WCS([(wcs_in.input_frame, tab | wcs_in.forward_transform), (wcs_in.output_frame, None)])
+    with caplog.at_level(logging.INFO, logger="daskcal.image._pixmap"):
+        assert compile_pixel_map(odd, sim6_wcs) is None
+        pm = compute_pixmap(odd, sim6_wcs, 0, 3, 0, 3)  # gwcs: the table is the identity on 0..3
+    assert "gwcs fallback" in caplog.text and "Tabular1D" in caplog.text
+    ra, dec = wcs_in(*np.meshgrid(np.arange(3.0), np.arange(3.0)), with_bounding_box=False)
+    ox, oy = sim6_wcs.invert(ra, dec, with_bounding_box=False)
+    assert np.max(np.abs(pm[..., 0] - ox)) < 1e-8 and np.max(np.abs(pm[..., 1] - oy)) < 1e-8
 
 
 def test_context_over_32_inputs():
