@@ -115,8 +115,12 @@ def _warm_cluster(client, workdir: Path):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_for_idle(limit=0.5, timeout=600.0) -> float:
+IDLE_LOAD = [0.5]
+
+
+def wait_for_idle(limit=None, timeout=600.0) -> float:
     """Wait until the 1-minute load average is below ``limit`` (at most ``timeout`` s); return it."""
+    limit = IDLE_LOAD[0] if limit is None else limit
     t0 = time.monotonic()
     while (load := os.getloadavg()[0]) >= limit and time.monotonic() - t0 < timeout:
         time.sleep(10)
@@ -227,7 +231,10 @@ def main(argv=None):
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--reuse-stcal", action="store_true",
                     help="take stcal's time and planes from the last run (WORKDIR/stcal.json, stcal.npz)")
+    ap.add_argument("--idle-load", type=float, default=0.5,
+                    help="wait (at most 10 min) for the 1-minute load average to fall below this before each run")
     args = ap.parse_args(argv)
+    IDLE_LOAD[0] = args.idle_load
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     paths = make_inputs(work, args.n, args.size, args.wcs)

@@ -250,8 +250,8 @@ def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec) -
     covered = res.wht != 0
     with np.errstate(invalid="ignore", divide="ignore"):
         inv = np.where(covered, 1.0 / np.where(covered, res.wht, 1.0), 0.0)
-        img = (res.swd * inv).astype(np.float32)
-        means = {n: (res.swv[k] * inv).astype(np.float32) for k, n in enumerate(planes)}
+        img = res.swd * inv  # float64: the sums stay float64 into the tile (results independent of the blocks)
+        means = {n: res.swv[k] * inv for k, n in enumerate(planes)}  # float64 until one input's blocks merge
     err = means.pop("err", None)
     return Window(oy, ox, res.wht, img, means, err, res.ctx, res.dq)
 
@@ -445,7 +445,9 @@ class TileSums:
         if self.vsum is not None and pieces[0].var:
             if len(pieces) == 1:
                 pc = pieces[0]
-                r, w, means = self._region(pc.oy, pc.ox, pc.wht.shape), pc.wht, pc.var
+                # the reference squares float32 means (one drizzle of the input, float32 planes)
+                r, w = self._region(pc.oy, pc.ox, pc.wht.shape), pc.wht
+                means = {n: m.astype(np.float32, copy=False) for n, m in pc.var.items()}
             else:
                 (y0, x0), w, means = _merged_means(pieces)
                 r = self._region(y0, x0, w.shape)

@@ -85,3 +85,23 @@ def test_misspelled_arguments_are_errors(sim):
         daskcal.resample(sim.images, output_wcs=grid, pixel_scal=0.1)
     with pytest.raises(TypeError):
         daskcal.resample(sim.images, grid)  # the output WCS is keyword-only
+
+
+@pytest.mark.parametrize("kernel", ["square", "point"])
+def test_results_do_not_depend_on_blocks_or_tiles(kernel):
+    """Blocks (daskcal.resample.block-memory, block_shape) and tiles change how an input is cut, not the
+    mosaic: the one-pass kernel's float64 sums are carried whole into the tiles."""
+    import dask
+
+    sim = daskcal.simulate_images(n=4, shape=(96, 96), seed=5)
+    grid = daskcal.output_wcs(sim.images)
+    kw = dict(output_wcs=grid, kernel=kernel, pixfrac=0.8)
+    whole = daskcal.resample(sim.images, tile_shape=grid.array_shape, **kw).compute(scheduler="sync")
+    with dask.config.set({"daskcal.resample.block-memory": "2 MiB"}):
+        small = daskcal.resample(sim.images, tile_shape=(50, 60), **kw)
+    cuts = [small, daskcal.resample(sim.images, tile_shape=(17, 23), block_shape=16, **kw)]
+    assert small.attrs["tile_shape"] == [50, 60]
+    for out in cuts:
+        out = out.compute(scheduler="sync")
+        for name in whole.data_vars:
+            np.testing.assert_array_equal(out[name].values, whole[name].values, err_msg=name)
