@@ -191,6 +191,7 @@ class OutlierResult:
 
 def flag_outliers(
     images,
+    *,
     snr="5.0 4.0",
     scale="1.2 0.7",
     backg=0.0,
@@ -215,7 +216,8 @@ def flag_outliers(
     images : sequence of xarray.Dataset
         Calibrated exposures (:func:`daskcal.image_dataset`) with ``data``,
         ``err`` (total error, unit of data), ``dq``, optionally ``var_rnoise``,
-        a WCS and a ``group_id`` attribute. Not modified.
+        a WCS and a ``group_id`` attribute. Not modified. Every other argument is
+        keyword-only.
     snr : str or (float, float), default "5.0 4.0"
         Detection thresholds (units of ``err``) before and after growing the
         mask by its 3x3 neighbourhood; ``resample_data=False`` uses the first.
