@@ -1,13 +1,19 @@
-"""Blocks of the resample graph: plain functions of NumPy arrays (no dask).
+"""The drizzle engine's blocks: plain functions of NumPy arrays (no dask), shared by resample and outliers.
 
+- :class:`DrizzleSpec`: the parameters, typed, from the public functions to the kernels;
+  :data:`KERNELS`, :data:`WEIGHT_TYPES`: the one list of each.
+- :func:`compute_pixmap` / :func:`pixel_to_pixel`: the pixel map (the WCS pair compiled by
+  :mod:`daskcal.image._pixmap`, gwcs for models it does not know).
+- :func:`weight_map`: the reference's per-pixel drizzle weight.
 - :func:`drizzle_block` drizzles one block of one input into an output *window*
-  that holds the block's whole footprint (drizzle's C kernel), for the data, the
-  square roots of the variances and optionally the error array.
+  that holds the block's whole footprint: one GIL-free pass for square and point
+  (:mod:`daskcal.image._dkernel`), drizzle's C kernel per plane for the others.
 - :func:`cut_pieces` cuts a window into its parts per output tile.
-- :class:`TileSums` adds every input's pieces of one tile into running sums
+- :class:`TileSums`: one input's (or several inputs') sums over a box of a tile
   (weighted sums, weights, context bits, and variance sums following the
-  reference's per-input variance recipe), one input at a time, and
-  :meth:`TileSums.finalize` divides them into the output planes.
+  reference's per-input variance recipe); partial sums merge pairwise
+  (:meth:`TileSums.merge`) and :meth:`TileSums.finalize` divides them into the
+  output planes.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import numpy as np
 from numba import njit
 
 __all__ = [
+    "KERNELS",
+    "WEIGHT_TYPES",
     "DrizzleSpec",
-    "Window",
-    "drizzle_block",
-    "cut_pieces",
     "TileSums",
+    "Window",
     "compute_pixmap",
+    "cut_pieces",
+    "drizzle_block",
     "pixel_to_pixel",
     "weight_map",
 ]
@@ -39,8 +47,9 @@ class Window:
     """One block of one input drizzled into an output window at ``(oy, ox)``.
 
     ``wht`` is the drizzle weight; ``img`` the weighted means of the data, of
-    sqrt(variance) per name in ``var`` and of the error (``err``); ``ctx`` where
-    the block contributed; ``dq`` the OR of contributing DQ.
+    sqrt(variance) per name in ``var`` and of the error (``err``) (float64 from the
+    one-pass kernel, float32 from drizzle's); ``ctx`` where the block contributed;
+    ``dq`` the OR of contributing DQ.
     """
 
     oy: int
