@@ -194,8 +194,7 @@ def _edges_map(inp: _Input, wcs_out, step: int):
     xs = np.unique(np.r_[np.arange(xmin - 0.5, xmax + 0.5, step), xmax + 0.5])
     ys = np.unique(np.r_[np.arange(ymin - 0.5, ymax + 0.5, step), ymax + 0.5])
     gx, gy = np.meshgrid(xs, ys)
-    ra, dec = inp.wcs(gx, gy, with_bounding_box=False)
-    ox, oy = wcs_out.invert(ra, dec, with_bounding_box=False)
+    ox, oy = _driz.pixel_to_pixel(inp.wcs, wcs_out, gx, gy)
     return xs, ys, np.asarray(ox), np.asarray(oy)
 
 
