@@ -65,17 +65,6 @@ def register(sub) -> None:
     p.set_defaults(func=_main)
 
 
-def load_steps(path) -> dict:
-    """The ``[steps.outliers]`` table of a recipe, checked against :data:`STEP_DEFAULTS`."""
-    from daskcal.cli._run import load_recipe
-
-    recipe = load_recipe(path)
-    if recipe["pipeline"] != "outliers":
-        msg = f"recipe {str(path)!r}: pipeline must be 'outliers'; got {recipe['pipeline']!r}"
-        raise ValueError(msg)
-    return _check_steps(recipe["steps"])
-
-
 def _check_steps(steps: dict) -> dict:
     from daskcal.cli._run import single_step_values
 
@@ -83,13 +72,9 @@ def _check_steps(steps: dict) -> dict:
 
 
 def _main(args: argparse.Namespace) -> int:
-    params = dict(STEP_DEFAULTS)
-    if args.recipe:
-        params.update(load_steps(args.recipe))
-    for name in STEP_DEFAULTS:
-        v = getattr(args, name, None)
-        if v is not None:
-            params[name] = v
+    from daskcal.cli._run import step_parameters
+
+    params = step_parameters(args, "outliers", STEP_DEFAULTS)
     if params.get("weight_type") == "none":
         params["weight_type"] = None
     if args.buffer_size is not None:

@@ -92,19 +92,9 @@ def _check_steps(steps: dict) -> dict:
 
 
 def _main(args: argparse.Namespace) -> int:
-    params = dict(STEP_DEFAULTS)
-    if args.recipe:
-        from daskcal.cli._run import load_recipe
+    from daskcal.cli._run import step_parameters
 
-        recipe = load_recipe(args.recipe)
-        if recipe["pipeline"] != "resample":
-            msg = f"recipe {args.recipe!r} is for pipeline {recipe['pipeline']!r}; expected 'resample'"
-            raise ValueError(msg)
-        params.update(_check_steps(recipe["steps"]))
-    for name in STEP_DEFAULTS:
-        v = getattr(args, name, None)
-        if v is not None:
-            params[name] = v
+    params = step_parameters(args, "resample", STEP_DEFAULTS)
     execute(args.inputs, args.output, params, args, fits=args.fits, overwrite=args.overwrite)
     return 0
 

@@ -65,6 +65,24 @@ def load_recipe(path: str | Path) -> dict:
     return {"pipeline": pipeline, "steps": steps, "execution": recipe.get("execution", {})}
 
 
+def step_parameters(args, step: str, defaults: dict) -> dict:
+    """A one-step command's parameters: ``defaults``, then its recipe's ``[steps.<step>]`` table
+    (``--recipe``, whose ``pipeline`` must be ``step``), then the flags given on the command line."""
+    params = dict(defaults)
+    path = getattr(args, "recipe", None)
+    if path:
+        recipe = load_recipe(path)
+        if recipe["pipeline"] != step:
+            msg = f"recipe {str(path)!r}: pipeline must be {step!r}; got {recipe['pipeline']!r}"
+            raise ValueError(msg)
+        params.update(single_step_values(recipe["steps"], step, defaults))
+    for name in defaults:
+        value = getattr(args, name, None)
+        if value is not None:
+            params[name] = value
+    return params
+
+
 def single_step_values(steps: dict, step: str, defaults: dict) -> dict:
     """The parameters of a one-step pipeline's ``[steps.<step>]`` table, checked by name.
 

@@ -58,6 +58,12 @@ def _check_steps(steps: dict) -> dict:
     return single_step_values(steps, "skymatch", STEP_DEFAULTS)
 
 
+def _check_steps(steps: dict) -> dict:
+    from daskcal.cli._run import single_step_values
+
+    return single_step_values(steps, "skymatch", STEP_DEFAULTS)
+
+
 def load_steps(path) -> dict:
     """The ``[steps.skymatch]`` table of a recipe, checked against :data:`STEP_DEFAULTS`."""
     from daskcal.cli._run import load_recipe
@@ -70,13 +76,9 @@ def load_steps(path) -> dict:
 
 
 def _main(args: argparse.Namespace) -> int:
-    params = dict(STEP_DEFAULTS)
-    if args.recipe:
-        params.update(load_steps(args.recipe))
-    for name in STEP_DEFAULTS:
-        v = getattr(args, name, None)
-        if v is not None:
-            params[name] = v
+    from daskcal.cli._run import step_parameters
+
+    params = step_parameters(args, "skymatch", STEP_DEFAULTS)
     execute(args.inputs, args.output, params, args, overwrite=args.overwrite)
     return 0
 

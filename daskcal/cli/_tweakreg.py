@@ -54,17 +54,6 @@ def register(sub) -> None:
     p.set_defaults(func=_main)
 
 
-def load_steps(path) -> dict:
-    """The ``[steps.tweakreg]`` table of a recipe, checked against :data:`STEP_DEFAULTS`."""
-    from daskcal.cli._run import load_recipe
-
-    recipe = load_recipe(path)
-    if recipe["pipeline"] != "tweakreg":
-        msg = f"recipe {str(path)!r}: pipeline must be 'tweakreg'; got {recipe['pipeline']!r}"
-        raise ValueError(msg)
-    return _check_steps(recipe["steps"])
-
-
 def _check_steps(steps: dict) -> dict:
     from daskcal.cli._run import single_step_values
 
@@ -72,13 +61,9 @@ def _check_steps(steps: dict) -> dict:
 
 
 def _main(args: argparse.Namespace) -> int:
-    params = dict(STEP_DEFAULTS)
-    if args.recipe:
-        params.update(load_steps(args.recipe))
-    for name in STEP_DEFAULTS:
-        v = getattr(args, name, None)
-        if v is not None:
-            params[name] = v
+    from daskcal.cli._run import step_parameters
+
+    params = step_parameters(args, "tweakreg", STEP_DEFAULTS)
     catalogs = read_catfile(args.catfile) if args.catfile else None
     execute(args.inputs, args.output, params, args, catalogs=catalogs, overwrite=args.overwrite)
     return 0
