@@ -207,8 +207,8 @@ def main():
         return
     n = 512 if args.quick else 2048
     lines = [f"# one-pass drizzle kernel vs drizzle 2.2 C add_image: {n}x{n} float32 input, square, pixfrac 1,",
-             "# precomputed pixel map (10 deg rotation, 1% distortion), ctx on; best of "
-             f"{args.repeat} runs; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
+             ("# precomputed pixel map (10 deg rotation, 1% distortion), ctx on; best of "
+              f"{args.repeat} runs; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"),
              f"# command: python benchmarks/bench_dkernel.py{' --quick' if args.quick else ''}"]
 
     for label, t_imp, t_sq, t_pt in compile_times():
@@ -221,7 +221,10 @@ def main():
     res = ours(data, weight, planes, pm, out_shape, full)
     main_d, var_imgs = drizzle_c_four(data, weight, planes, pm, out_shape, full)
     strong = main_d.out_wht > 1e-3 * main_d.out_wht.max()
-    rel = lambda a, b: float(np.max(np.abs(a[strong] - b[strong]) / np.abs(b[strong])))  # noqa: E731
+
+    def rel(a, b):
+        return float(np.max(np.abs(a[strong] - b[strong]) / np.abs(b[strong])))
+
     checks = [rel(res.wht, main_d.out_wht), rel(res.swd / np.where(strong, res.wht, 1), main_d.out_img)]
     checks += [rel(res.swv[k] / np.where(strong, res.wht, 1), var_imgs[k]) for k in range(3)]
     ctx_diff = int(np.count_nonzero(res.ctx != (main_d.out_ctx[0] != 0)))

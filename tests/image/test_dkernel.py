@@ -233,7 +233,7 @@ def test_footprint_outside_window_is_empty():
     data, weight = inputs(seed=9)
     pm = distorted_pixmap(data.shape, origin=(300.0, 40.0))
     res = drizzle_window(data, weight, pm, (0, 69, 0, 59), (50, 50), dq=np.ones(data.shape, np.uint32))
-    img, wht, ctx, _ = drizzle_oracle(data, weight, pm, (0, 69, 0, 59), (50, 50))
+    _, wht, _, _ = drizzle_oracle(data, weight, pm, (0, 69, 0, 59), (50, 50))
     assert not wht.any() and not res.wht.any() and not res.swd.any() and not res.ctx.any() and not res.dq.any()
 
 
