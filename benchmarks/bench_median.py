@@ -57,10 +57,7 @@ def child(impl: str, n: int, ny: int, nx: int, buffer_mb: float, tmp: str) -> di
         if impl.startswith("stcal"):
             from stcal.outlier_detection.median import MedianComputer
         else:
-            from daskcal.image._median import MedianComputer
-            from daskcal.image._median_kernels import nanmedian_columns
-
-            nanmedian_columns(np.zeros((2, 2), np.float32), np.zeros(2, np.float32))  # compile outside the timing
+            from daskcal.image._median import MedianComputer  # numpy only: no numba to load
         in_memory = impl.endswith("memory")
         base = _rss_mb()
         mc = MedianComputer(shape, in_memory=in_memory, buffer_size=int(buffer_mb * MB), tempdir=tmp)

@@ -87,10 +87,18 @@ def test_on_disk_every_buffer_and_frame_count(tmp_path, nframes, buffer_size):
     assert not any(tmp_path.iterdir()), "temporary files must be removed after evaluate"
 
 
-def test_buffer_bounds_section(tmp_path):
-    mc = MedianComputer((20, 400, 300), in_memory=False, buffer_size=20 * 300 * 4 * 7, tempdir=tmp_path)
-    assert mc.layout.section_rows == 7
-    assert mc.layout.nsections == 58
+@pytest.mark.parametrize(("nthreads", "rows"), [(1, 4), (2, 2), (3, 1)])
+def test_buffer_bounds_section(tmp_path, nthreads, rows):
+    # each thread holds one section and a working copy of at most its size
+    mc = MedianComputer((20, 400, 300), in_memory=False, buffer_size=20 * 300 * 4 * 9, tempdir=tmp_path,
+                        nthreads=nthreads)
+    assert mc.layout.section_rows == rows
+    assert mc.layout.nsections == 400 // rows
+    assert mc.nthreads == nthreads
+    mc.cleanup()
+    # a buffer of 3 rows of all frames and copies runs one thread
+    mc = MedianComputer((20, 400, 300), in_memory=False, buffer_size=20 * 300 * 4 * 3, tempdir=tmp_path, nthreads=4)
+    assert (mc.nthreads, mc.layout.section_rows) == (1, 1)
     mc.cleanup()
 
 
