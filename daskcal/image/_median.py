@@ -87,10 +87,10 @@ def _plan(full_shape: tuple[int, int, int], itemsize: int, buffer_size: int, nth
     section_rows = min(buffer_size // (2 * nthreads), _SECTION_MAX) // row_all_frames
     if section_rows < 1:
         log.warning(
-            "buffer_size %.3f MB cannot hold one row of %d frames and its working copy; using %.3f MB",
-            buffer_size / _ONE_MB,
+            "buffer_size %d bytes cannot hold one row of %d frames and its working copy; using %d bytes",
+            buffer_size,
             nframes,
-            2 * row_all_frames / _ONE_MB,
+            2 * row_all_frames,
         )
         section_rows = 1
     section_rows = int(min(section_rows, max(nrows, 1)))
@@ -446,7 +446,8 @@ def _median_tile(stack, frames, out, scratch):
     low = flat.take(starts.take(index) + pixel)
     np.floor_divide(count, 2, out=index)
     high = flat.take(starts.take(index) + pixel)
-    np.add(low, high, out=out)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN; x + x may overflow, as in numpy
+        np.add(low, high, out=out)
     np.multiply(out, 0.5, out=out)  # exact halving: numpy's sum / 2
     np.copyto(out, np.nan, where=count == 0)
 
