@@ -315,7 +315,7 @@ class MedianComputer:
         nblocks = math.ceil(flat.shape[1] / (4 * tile)) if tile else 0
 
         def work(blocks):
-            scratch = _Scratch(len(frames), tile, self.dtype)
+            scratch = _Scratch(len(frames), tile, self.dtype) if self.dtype.kind == "f" else None
             for b in blocks:
                 p0, p1 = 4 * tile * b, min(4 * tile * (b + 1), flat.shape[1])
                 _median_block(flat[:, p0:p1], frames, out_flat[p0:p1], scratch)
@@ -331,7 +331,7 @@ class MedianComputer:
 
         def work(sections):
             buf = np.empty(lay.nframes * npix, dtype=self.dtype)
-            scratch = _Scratch(len(frames), tile, self.dtype)
+            scratch = _Scratch(len(frames), tile, self.dtype) if self.dtype.kind == "f" else None
             for s in sections:
                 r0, r1 = lay.rows(s)
                 section = buf[: lay.nframes * (r1 - r0) * lay.ncols].reshape(lay.nframes, -1)
@@ -346,8 +346,8 @@ class MedianComputer:
 
 
 def _scratch_bytes(n: int, itemsize: int) -> int:
-    """Working bytes per pixel of a tile: n + 1 rows of values and two more, NaN flags, counts, indices."""
-    return (n + 3) * itemsize + n + 1 + 5 * np.dtype(np.intp).itemsize
+    """Working bytes per pixel of a tile: the arrays of ``_Scratch`` and the count cast to indices."""
+    return (n + 5) * itemsize + n + 1 + 3 * np.dtype(np.intp).itemsize
 
 
 def _tile_pixels(n: int, itemsize: int, limit: int) -> int:
@@ -360,11 +360,16 @@ class _Scratch:
 
     def __init__(self, n: int, size: int, dtype: np.dtype):
         self.size = size
-        self.rows = np.empty((n + 1, size), dtype)  # values of the n frames and one spare row
+        # the values of n frames, a spare row for the network and a row of NaN (the median of no values)
+        self.rows = np.empty((n + 2, size), dtype)
+        self.rows[n + 1] = np.nan
         self.isnan = np.empty((n, size), bool)
         self.count = np.empty(size, np.uint8 if n < 256 else np.intp)
         self.index = np.empty(size, np.intp)
         self.pixel = np.arange(size, dtype=np.intp)
+        self.inf = np.full(size, np.inf, dtype)  # an array, not a scalar: numpy's SIMD loop, 2.5x faster
+        self.low = np.empty(size, dtype)
+        self.high = np.empty(size, dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -416,15 +421,13 @@ def _median_tile(stack, frames, out, scratch):
     halving numpy's median does; NaN where m is 0.
     """
     n, size = len(frames), out.shape[0]
-    values, isnan, count = scratch.rows[:n, :size], scratch.isnan[:, :size], scratch.count[:size]
-    if len(frames) == stack.shape[0]:  # frames are sorted and distinct: all of them
-        source = stack
-    else:
-        source = np.take(stack, frames, axis=0, out=values)
-    np.isnan(source, out=isnan)
-    np.subtract(n, isnan.sum(axis=0, dtype=count.dtype), out=count)  # m: the non-NaN values
-    np.fmin(source, np.inf, out=values)  # NaN -> +inf
     rows = [scratch.rows[k, :size] for k in range(n + 1)]
+    isnan, count, inf = scratch.isnan[:, :size], scratch.count[:size], scratch.inf[:size]
+    for k, f in enumerate(frames):  # row by row: numpy buffers 2-D calls on strided views
+        np.isnan(stack[f], out=isnan[k])
+        np.fmin(stack[f], inf, out=rows[k])  # NaN -> +inf
+    np.add.reduce(isnan.view(np.uint8), axis=0, dtype=count.dtype, out=count)
+    np.subtract(n, count, out=count)  # m: the non-NaN values
     if n <= _NETWORK_MAX_FRAMES:
         slot = list(range(n))  # slot[k]: the row holding the k-th smallest so far
         spare = n
@@ -436,20 +439,22 @@ def _median_tile(stack, frames, out, scratch):
     else:
         scratch.rows[:n, :size].sort(axis=0)
         slot = list(range(n))
-    starts = np.array(slot[: n // 2 + 1], dtype=np.intp) * scratch.rows.shape[1]
+    # flat index of the row holding the k-th smallest value, for k = (m - 1) // 2 and m // 2 of
+    # every count m of non-NaN values; m = 0 points at the row of NaN
+    m = np.arange(n + 1)
+    starts = np.array([*slot[: n // 2 + 1], n + 1], dtype=np.intp) * scratch.rows.shape[1]
+    first_low = starts[np.where(m > 0, (m - 1) // 2, -1)]
+    first_high = starts[np.where(m > 0, m // 2, -1)]
     flat = scratch.rows.reshape(-1)
     pixel, index = scratch.pixel[:size], scratch.index[:size]
-    np.copyto(index, count)
-    np.subtract(index, 1, out=index)
-    np.floor_divide(index, 2, out=index)
-    np.maximum(index, 0, out=index)  # m == 0 gives NaN below
-    low = flat.take(starts.take(index) + pixel)
-    np.floor_divide(count, 2, out=index)
-    high = flat.take(starts.take(index) + pixel)
+    low, high = scratch.low[:size], scratch.high[:size]
+    for first, value in ((first_low, low), (first_high, high)):
+        first.take(count, out=index, mode="clip")
+        np.add(index, pixel, out=index)
+        flat.take(index, out=value, mode="clip")
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN; x + x may overflow, as in numpy
         np.add(low, high, out=out)
     np.multiply(out, 0.5, out=out)  # exact halving: numpy's sum / 2
-    np.copyto(out, np.nan, where=count == 0)
 
 
 def _run(work, nitems, nthreads):
