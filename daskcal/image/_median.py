@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 _ONE_MB = 1 << 20
 # Bytes of one section (all frames) read at once by one thread: larger reads gain nothing.
-_SECTION_MAX = 8 * _ONE_MB
+_SECTION_MAX = 4 * _ONE_MB
 # Bytes of one tile's working copy: small enough to stay in cache across the network's passes.
 _TILE_MAX = 4 * _ONE_MB
 # Above this many frames a sort of each tile beats the sorting network's many numpy calls.
