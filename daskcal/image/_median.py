@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MedianComputer"]
+__all__ = ["MedianComputer", "nanmedian_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +343,32 @@ class MedianComputer:
 
 
 # -- the median of a block of pixels ------------------------------------------------------
+
+
+def nanmedian_frames(stack, out=None):
+    """``np.nanmedian(stack, axis=0)`` of a float32 or float64 stack, serially, tile by tile.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (nframes, ...), float32 or float64
+        Frames to combine; NaN marks a missing value. Not modified.
+    out : ndarray, optional
+        C-contiguous output of shape ``stack.shape[1:]`` and the dtype of ``stack``.
+
+    Returns
+    -------
+    ndarray
+        The median; NaN where every frame is NaN. Working memory: about
+        ``_TILE_MAX`` bytes besides ``out``; no threads (a Dask task's own).
+    """
+    n = stack.shape[0]
+    if out is None:
+        out = np.empty(stack.shape[1:], stack.dtype)
+    flat, out_flat = stack.reshape(n, -1), out.reshape(-1)
+    if flat.shape[1]:
+        tile = _tile_pixels(n, stack.dtype.itemsize, flat.shape[1])
+        _median_block(flat, tuple(range(n)), out_flat, _Scratch(n, tile, stack.dtype))
+    return out
 
 
 def _scratch_bytes(n: int, itemsize: int) -> int:
