@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _proc import peak_mb as _peak_mb, rss_mb as _rss_mb
+from _proc import peak_mb as _peak_mb
+from _proc import rss_mb as _rss_mb
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "median.txt"
@@ -133,8 +134,8 @@ def main() -> None:
         "# peak: process max RSS (MB); growth: peak minus the RSS just before the run (imports loaded)",
         f"# command: PYTHONPATH=. python benchmarks/bench_median.py{' ' + argv if argv else ''}",
         f"# {os.cpu_count()} cores shared with other jobs; load average (1, 5, 15 min) at start: {_load()}",
-        f"{'implementation':<16} {'buffer MB':>9} {'seconds':>8} {'evaluate':>8} {'Mpix/s':>8} {'peak MB':>8}"
-        f" {'growth MB':>9}  notes",
+        (f"{'implementation':<16} {'buffer MB':>9} {'seconds':>8} {'evaluate':>8} {'Mpix/s':>8} {'peak MB':>8}"
+         f" {'growth MB':>9}  notes"),
     ]
     checks, times = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-median-") as tmp:

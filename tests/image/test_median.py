@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from daskcal.image import _median as median_mod
 from daskcal.image._median import MedianComputer
 from daskcal.image._median_kernels import nanmedian_stack
 
@@ -190,7 +191,7 @@ def test_input_not_modified(tmp_path):
 
 # -- the sorting network, tiles, sections and threads -------------------------------------
 
-from daskcal.image import _median as median_mod  # noqa: E402
+
 
 
 def _assert_identical(got, expected):
