@@ -275,8 +275,9 @@ def test_frames_never_appended_and_cast_frames(tmp_path, in_memory):
     _assert_identical(mc.evaluate(), _ref(a[used].astype(np.float32)))
 
 
-@pytest.mark.parametrize("n", [129, 150])
+@pytest.mark.parametrize("n", [47, 48, 49, 80, 150])
 def test_more_frames_than_the_network_sorts_the_tile(tmp_path, n):
+    assert median_mod._NETWORK_MAX_FRAMES == 48
     a = _hard_stack(n, 6, 11, np.float32, seed=n)
     mc = MedianComputer(a.shape, in_memory=False, tempdir=tmp_path, nthreads=2)
     for f in a:
