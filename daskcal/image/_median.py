@@ -524,6 +524,9 @@ def _reserve(fd, nbytes, path):
     """Give the file its full size, with its disk blocks allocated where the file system can."""
     if nbytes == 0:
         return
+    if not hasattr(os, "posix_fallocate"):  # macOS
+        os.ftruncate(fd, nbytes)
+        return
     try:
         os.posix_fallocate(fd, 0, nbytes)
     except OSError as exc:

@@ -328,11 +328,15 @@ def test_failed_reservation_removes_the_folder(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
-def test_reservation_falls_back_to_truncate(tmp_path, monkeypatch):
+@pytest.mark.parametrize("platform", ["unsupported", "missing"])
+def test_reservation_falls_back_to_truncate(tmp_path, monkeypatch, platform):
     def unsupported(fd, offset, length):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    if platform == "missing":  # macOS has no posix_fallocate
+        monkeypatch.delattr(os, "posix_fallocate")
+    else:
+        monkeypatch.setattr(os, "posix_fallocate", unsupported)
     a = _stack(np.random.default_rng(2), 4, 10, 12)
     mc = MedianComputer(a.shape, in_memory=False, tempdir=tmp_path)
     assert os.path.getsize(mc._path) == a.nbytes
