@@ -547,9 +547,16 @@ def _pread_exact(fd, buf, offset):
     """Fill ``buf`` from ``fd`` at ``offset`` (the file was reserved at its full size)."""
     view = memoryview(buf)
     while view.nbytes:
-        n = os.preadv(fd, [view], offset)
+        n = os.preadv(fd, [view], offset) if hasattr(os, "preadv") else _pread_into(fd, view, offset)
         if n == 0:
             msg = f"the median's stack file ended {view.nbytes} bytes early"
             raise OSError(errno.EIO, msg)
         view = view[n:]
         offset += n
+
+
+def _pread_into(fd, view, offset):
+    """``os.preadv`` for a platform without it: read into ``view`` at ``offset``; bytes read."""
+    with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+        f.seek(offset)
+        return f.readinto(view)

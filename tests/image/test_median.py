@@ -333,8 +333,9 @@ def test_reservation_falls_back_to_truncate(tmp_path, monkeypatch, platform):
     def unsupported(fd, offset, length):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    if platform == "missing":  # macOS has no posix_fallocate
+    if platform == "missing":  # macOS has no posix_fallocate; some systems have no preadv
         monkeypatch.delattr(os, "posix_fallocate")
+        monkeypatch.delattr(os, "preadv")
     else:
         monkeypatch.setattr(os, "posix_fallocate", unsupported)
     a = _stack(np.random.default_rng(2), 4, 10, 12)
