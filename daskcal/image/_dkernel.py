@@ -52,7 +52,7 @@ _TINY = 1.0e3 * 2.2250738585072014e-308  # a cross product below this: collinear
 _INV_ERR = 0.03  # accuracy of the inverse pixel map, and the scan's slack (px)
 _GOLD = 0.6180339887498948482
 _MAXV = 8  # most vertices a clipped outline keeps
-_JIT = dict(nogil=True, cache=True, error_model="numpy")
+_JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
 
 
 @dataclasses.dataclass
@@ -146,7 +146,7 @@ def _div(a, b):
     """``a / b`` with IEEE results for a zero ``b`` (inf or NaN), as C and numba give."""
     if b != 0.0:
         return a / b
-    if a != a or a == 0.0:
+    if math.isnan(a) or a == 0.0:
         return math.nan
     return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
@@ -246,7 +246,7 @@ def _invert(pixmap, xo, yo, box):
         dist = []
         for px, py in (_bilinear(pixmap, xa, ya), _bilinear(pixmap, xa, yb), _bilinear(pixmap, xb, ya),
                        _bilinear(pixmap, xb, yb)):
-            if px != px or py != py:
+            if math.isnan(px) or math.isnan(py):
                 return None
             ex, ey = px - xo, py - yo
             dist.append(ex * ex + ey * ey)
@@ -279,7 +279,7 @@ def _scan_outline(pixmap, box, wy, wx):
     mapped = []
     for x, y in outline:
         mx, my = _bilinear(pixmap, x, y)
-        if mx != mx or my != my:
+        if math.isnan(mx) or math.isnan(my):
             return outline  # the outline cannot be mapped: scan the whole box
         mapped.append((mx, my))
     clipped = _clip_to_rect(mapped, _rect(-0.5, -0.5, wx - 0.5, wy - 0.5))

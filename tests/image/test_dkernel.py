@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from drizzle.resample import Drizzle
 
+from daskcal.image import _dkernel
 from daskcal.image._dkernel import _scan_outline, drizzle_window
 
 RTOL = 1e-5  # drizzle keeps float32 running means and weights; we keep float64 sums
@@ -232,7 +233,7 @@ def test_footprint_outside_window_is_empty():
     data, weight = inputs(seed=9)
     pm = distorted_pixmap(data.shape, origin=(300.0, 40.0))
     res = drizzle_window(data, weight, pm, (0, 69, 0, 59), (50, 50), dq=np.ones(data.shape, np.uint32))
-    img, wht, ctx, _ = drizzle_oracle(data, weight, pm, (0, 69, 0, 59), (50, 50))
+    _, wht, _, _ = drizzle_oracle(data, weight, pm, (0, 69, 0, 59), (50, 50))
     assert not wht.any() and not res.wht.any() and not res.swd.any() and not res.ctx.any() and not res.dq.any()
 
 
@@ -278,3 +279,9 @@ def test_tiny_pixfrac_is_the_point_kernel():
     assert_matches(res, img, wht, ctx)
     point = drizzle_window(data, weight, pm, (0, 69, 0, 59), (100, 100), kernel="point")
     np.testing.assert_array_equal(res.wht, point.wht)
+
+
+@pytest.mark.parametrize("name", ["_drizzle_kernel", "_finite_box", "_row_limits"])
+def test_compiled_loops_release_the_gil(name):
+    """Every loop over pixels or rows is compiled nogil, so threads drizzle in parallel."""
+    assert getattr(_dkernel, name).targetoptions["nogil"] is True
