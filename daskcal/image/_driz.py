@@ -468,6 +468,15 @@ class TileSums:
             _add_var_kernel(self.vsum[:, r[0], r[1]], self.vwt[:, r[0], r[1]], w, m[0], m[1], m[2], present,
                             rn_slot, _WCODES.get(self.spec.weight_type, 2), float(tmeasure))
 
+    def plus(self, pieces, ctx_index, tmeasure: float) -> TileSums:
+        """A new :class:`TileSums`: these sums and one more input's pieces, over the union of their boxes."""
+        box = (min(self.box[0], min(pc.oy for pc in pieces)), max(self.box[1], max(pc.oy + pc.wht.shape[0] for pc in pieces)),
+               min(self.box[2], min(pc.ox for pc in pieces)), max(self.box[3], max(pc.ox + pc.wht.shape[1] for pc in pieces)))
+        out = TileSums(box, self.nplanes, self.spec)
+        out._add_sums(self)
+        out.add_input(pieces, ctx_index, tmeasure)
+        return out
+
     @classmethod
     def merge(cls, a: TileSums | None, b: TileSums | None) -> TileSums | None:
         """The sums of two sets of inputs, over the union of their boxes (None: no input)."""
@@ -475,21 +484,25 @@ class TileSums:
             return a if b is None else b
         box = (min(a.box[0], b.box[0]), max(a.box[1], b.box[1]), min(a.box[2], b.box[2]), max(a.box[3], b.box[3]))
         out = cls(box, a.nplanes, a.spec)
-        for part in (a, b):
-            r = out._region(part.box[0], part.box[2], part.shape)
-            out.wht[r] += part.wht
-            out.swd[r] += part.swd
-            if out.swe is not None:
-                out.swe[r] += part.swe
-            if out.con is not None:
-                out.con[:, r[0], r[1]] |= part.con
-            if out.dq is not None:
-                out.dq[r] |= part.dq
-            if out.vsum is not None:
-                out.vsum[:, r[0], r[1]] += part.vsum
-                out.vwt[:, r[0], r[1]] += part.vwt
-            out.present |= part.present
+        out._add_sums(a)
+        out._add_sums(b)
         return out
+
+    def _add_sums(self, part: TileSums) -> None:
+        """Add another set of inputs' sums, whose box lies inside this one's."""
+        r = self._region(part.box[0], part.box[2], part.shape)
+        self.wht[r] += part.wht
+        self.swd[r] += part.swd
+        if self.swe is not None:
+            self.swe[r] += part.swe
+        if self.con is not None:
+            self.con[:, r[0], r[1]] |= part.con
+        if self.dq is not None:
+            self.dq[r] |= part.dq
+        if self.vsum is not None:
+            self.vsum[:, r[0], r[1]] += part.vsum
+            self.vwt[:, r[0], r[1]] += part.vwt
+        self.present |= part.present
 
     def finalize(self, tile) -> dict:
         """The output planes of ``tile`` (y0, y1, x0, x1), which holds this box."""

@@ -361,13 +361,14 @@ class _TileInput:
         self.level, self.exptime, self.tmeasure, self.ctx_index = level, exptime, tmeasure, ctx_index
 
 
-def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _driz.DrizzleSpec):
-    """Dask task: one input's partial sums of one output tile (None when it lands nowhere in it).
+def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _driz.DrizzleSpec, prev=None):
+    """Dask task: ``prev`` (the partial sums of the inputs before this one in its chain, or None) plus one
+    input's part of one output tile.
 
     ``deps`` are the input's chunks that hold its region (as many per array as
     ``spec_in.chunks`` names), then its coarse grid if it has one. The region's blocks
-    are drizzled into their windows and their parts in the tile summed over the box
-    they cover.
+    are drizzled into their windows and their parts in the tile added to a copy of
+    ``prev`` grown to the box they cover (``prev`` itself is never modified).
     """
     from daskcal.image._dataset import wcs_from_text
 
@@ -378,8 +379,10 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
                            spec, tile)
     del arrays
     if not pieces:
-        return None
-    return _driz.TileSums.of_pieces(pieces, nplanes, spec, spec_in.ctx_index, spec_in.tmeasure)
+        return prev
+    if prev is None:
+        return _driz.TileSums.of_pieces(pieces, nplanes, spec, spec_in.ctx_index, spec_in.tmeasure)
+    return prev.plus(pieces, spec_in.ctx_index, spec_in.tmeasure)
 
 
 def _merge_task(a, b):
@@ -692,6 +695,12 @@ def drizzle_spec(p: ResampleParams, psr: float) -> _driz.DrizzleSpec:
                              fillval=_parse_fillval(p.fillval), pixmap_order=int(p.pixmap_order))
 
 
+#: Inputs of a tile added one after the other in one chain of leaf tasks (each takes the chain's sums so
+#: far and one input's chunks); a tile reached by more inputs has several chains, merged pairwise. A chain
+#: holds one partial sum at a time: independent leaves all computed first would hold one each (measured:
+#: workers spilling partial sums at pixel_scale_ratio=0.1).
+CHAIN = 8
+
 #: Dataset attribute of a mosaic: the ``[iy, ix]`` tiles that some input reaches (computed and written;
 #: the others are the planes' fill values, and their chunks are not written).
 WRITTEN_TILES = "tiles_written"
@@ -756,9 +765,14 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                     continue
                 written.add((iy, ix))
                 key = f"resample-{token}-{gpos}-{t}"
-                level = [dask.delayed(_leaf_task)(_TileInput(*args, pos_of[k] if spec.enable_ctx else None), deps,
-                                                  text_out, tile, nplanes, spec, dask_key_name=f"{key}-leaf-{k}")
-                         for k, args, deps in mine]
+                level = []
+                for c in range(0, len(mine), CHAIN):  # chains of inputs, then pairwise merges of the chains
+                    sums = None
+                    for k, args, deps in mine[c:c + CHAIN]:
+                        sums = dask.delayed(_leaf_task)(_TileInput(*args, pos_of[k] if spec.enable_ctx else None),
+                                                        deps, text_out, tile, nplanes, spec, sums,
+                                                        dask_key_name=f"{key}-leaf-{k}")
+                    level.append(sums)
                 depth = 0
                 while len(level) > 1:
                     depth += 1

@@ -65,18 +65,30 @@ def test_a_missing_written_tile_is_damage(sim, tmp_path):
         ZarrSource.at(out, "wht").read((slice(iy * 40, iy * 40 + 40), slice(ix * 40, ix * 40 + 40)))
 
 
-def test_each_tile_is_a_tree_of_pairwise_merges(sim):
-    """A tile reached by n inputs: n leaf tasks (one input each), n - 1 merges of two, one finalize."""
+@pytest.mark.parametrize("chain", [8, 2, 1])
+def test_each_tile_is_chains_of_inputs_merged_pairwise(sim, monkeypatch, chain):
+    """A tile reached by n inputs: n leaf tasks, each reading one input and taking the sums of the one
+    before it in its chain (chains of ``CHAIN`` inputs), the chains merged pairwise, one finalize; the
+    mosaic does not depend on how the inputs are grouped."""
+    from daskcal.image import _resample
+
+    monkeypatch.setattr(_resample, "CHAIN", chain)
     mosaic = daskcal.resample(sim.images, tile_shape=(400, 400))  # one tile
     graph = dict(mosaic["data"].data.__dask_graph__())
     deps = mosaic["data"].data.dask.get_all_dependencies()
     leaves = [k for k in graph if isinstance(k, str) and "-leaf-" in k]
     merges = [k for k in graph if isinstance(k, str) and "-merge-" in k]
-    assert len(leaves) == 3 and len(merges) == 2
+    nchains = -(-3 // chain)
+    assert len(leaves) == 3 and len(merges) == nchains - 1
     for k in merges:
         assert len([d for d in deps[k] if "-leaf-" in str(d) or "-merge-" in str(d)]) == 2
-    for k in leaves:  # a leaf reads one input only
-        assert not any("-leaf-" in str(d) for d in deps[k])
+    for k in leaves:  # a leaf reads one input, and takes at most the sums of the leaf before it
+        assert len([d for d in deps[k] if "-leaf-" in str(d)]) <= 1
+    monkeypatch.setattr(_resample, "CHAIN", 8)
+    one_chain = daskcal.resample(sim.images, tile_shape=(400, 400)).compute(scheduler="sync")
+    got = mosaic.compute(scheduler="sync")
+    for name in got.data_vars:
+        np.testing.assert_array_equal(got[name].values, one_chain[name].values, err_msg=name)
 
 
 def test_misspelled_arguments_are_errors(sim):
