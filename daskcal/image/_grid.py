@@ -432,9 +432,10 @@ def resolve_output_wcs(images, output_wcs_arg=None, **wcs_args):
 
 TILE_CONFIG = "daskcal.resample.tile-memory"
 DEFAULT_TILE_MEMORY = "320 MiB"
-#: bytes per output pixel of a tile task: float64 sums, weights and variance sums (68), the finished
-#: planes (28), one input's pieces of the tile (21) and the merge of its blocks' pieces (44)
-BYTES_PER_TILE_PIXEL = 160
+#: bytes per output pixel of a tile's leaf task: the chain's float64 sums so far and their grown copy
+#: (2 x 68: sums, weights, variance sums and weights, context), one input's float64 pieces of the tile (41)
+#: and the finished planes (28)
+BYTES_PER_TILE_PIXEL = 208
 #: bytes per input pixel of the region a tile task reads: the arrays, weights, level-subtracted data,
 #: sqrt(variance) and the float64 pixel map
 BYTES_PER_INPUT_PIXEL = 52
