@@ -157,7 +157,7 @@ def _outputs(inputs: list, output, single: bool) -> list[tuple]:
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "detector1"`` recipe (see graphs/detector1.toml)."""
+    """Run a ``pipeline = "detector1"`` recipe (built-in: daskcal/graphs/detector1.toml)."""
     from daskcal.detector._pipeline import step_parameters
 
     known = step_parameters()

@@ -4,7 +4,7 @@ Products in OUTDIR: ``<product>_i2d.zarr`` (the mosaic) and ``<exposure>_crf.zar
 input exposure (aligned WCS, sky level, outlier flags with NaN values where flagged),
 and with ``--fits`` the same as ``.fits``. They appear together when all are complete.
 
-Step parameters: a recipe (``graphs/image3.toml``) with ``[steps.<step>]`` tables, then
+Step parameters: a recipe (``daskcal/graphs/image3.toml``, ``--recipe image3``) with ``[steps.<step>]`` tables, then
 ``--steps.<step>.<parameter>=VALUE`` options (jwst ``strun`` style; values are TOML
 literals: ``0.8``, ``true``, ``"square"``, ``[1, 2]``; a bare string is taken as it is),
 and ``--steps.<step>.skip`` to skip a step.
@@ -73,7 +73,7 @@ def register(sub) -> None:
         "OUTDIR/<product>_i2d.zarr and OUTDIR/<exposure>_crf.zarr (with --fits also .fits).",
         epilog="Step parameters: --steps.STEP.PARAM=VALUE (VALUE a TOML literal), --steps.STEP.skip. "
         "Steps: " + ", ".join(STEP_MODULES) + ". Parameters and defaults: the step's own command "
-        "(daskcal tweakreg/skymatch/outliers/resample --help) and graphs/image3.toml.",
+        "(daskcal tweakreg/skymatch/outliers/resample --help) and the built-in recipe (daskcal/graphs/image3.toml).",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="association .json, _cal.fits files or image Zarr stores")
     p.add_argument("output", metavar="OUTDIR", help="output folder (created if missing)")
@@ -81,7 +81,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only those this run writes)")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members given as absolute paths or outside the association's folder")
-    p.add_argument("--recipe", default=None, help="TOML recipe with [steps.<step>] tables (graphs/image3.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with [steps.<step>] tables: a TOML file or a built-in recipe's name ('image3'; see daskcal recipes)")
     p.add_argument("--product-name", default=None, help="product name (default: the association's, else image3)")
     p.add_argument("--tempdir", default=None, help="parent of the outlier step's temporary stack (visible to workers)")
     g = p.add_argument_group("step parameters (--steps.STEP.PARAM=VALUE; default: the recipe's, else the step's)")
@@ -255,7 +256,7 @@ def _export_fits(stores: dict, fits_files: dict, outputs) -> None:
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "image3"`` recipe (graphs/image3.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "image3"`` recipe (the built-in recipe image3 or a TOML file) from ``daskcal run``."""
     steps = check_steps(steps, "recipe")
     execute(inputs, output, steps, args, fits=getattr(args, "fits", False),
             overwrite=getattr(args, "overwrite", False), product_name=execution.get("product_name"),

@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "daskcal.cli._ingest",
     "daskcal.cli._detector1",
     "daskcal.cli._run",
+    "daskcal.cli._recipes",
     "daskcal.cli._outliers",
     "daskcal.cli._resample",
     "daskcal.cli._tweakreg",

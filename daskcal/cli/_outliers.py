@@ -41,7 +41,8 @@ def register(sub) -> None:
                    "(two exposure groups or more)")
     p.add_argument("-o", "--output", required=True, help="output directory (created if missing; the products appear in it together when complete)")
     p.add_argument("--save-median", action="store_true", help="also write the median mosaic as median.zarr")
-    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.outliers] table (graphs/outliers.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with a [steps.outliers] table: a TOML file or a built-in recipe's name ('outliers'; see daskcal recipes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members outside the association's folder (absolute or through ..)")
@@ -125,7 +126,7 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "outliers"`` recipe (graphs/outliers.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "outliers"`` recipe (the built-in recipe outliers or a TOML file) from ``daskcal run``."""
     params = dict(STEP_DEFAULTS)
     params.update(_check_steps(steps))
     if params.get("tile_shape") is not None:

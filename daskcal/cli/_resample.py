@@ -52,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members outside the association's folder (absolute or through ..)")
-    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.resample] table (graphs/resample.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with a [steps.resample] table: a TOML file or a built-in recipe's name ('resample'; see daskcal recipes)")
     g = p.add_argument_group("resample parameters (default: the recipe's, else the reference step's)")
     g.add_argument("--pixfrac", type=float, default=None, help="drop size relative to an input pixel, (0, 1] (1.0)")
     g.add_argument("--kernel", choices=KERNELS, default=None, help="drizzle kernel (square)")
@@ -190,7 +191,7 @@ def _check_fits_export(mosaic) -> None:
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "resample"`` recipe (graphs/resample.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "resample"`` recipe (the built-in recipe resample or a TOML file) from ``daskcal run``."""
     params = dict(STEP_DEFAULTS)
     params.update(_check_steps(steps))
     if execution.get("tile_shape") is not None and params.get("tile_shape") is None:

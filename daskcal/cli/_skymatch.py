@@ -32,7 +32,8 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", help="calibrated images: Zarr stores, _cal.fits files or association JSON")
     p.add_argument("-o", "--output", required=True, help="output directory (created if missing; the products appear in it together when complete)")
-    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.skymatch] table (graphs/skymatch.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with a [steps.skymatch] table: a TOML file or a built-in recipe's name ('skymatch'; see daskcal recipes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
     g = p.add_argument_group("skymatch parameters (default: the recipe's, else the reference defaults)")
     g.add_argument("--skymethod", default=None, help="local, global, match or global+match (default match)")
@@ -120,7 +121,7 @@ def execute(inputs, output, params: dict, args, *, overwrite=False) -> dict:
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "skymatch"`` recipe (graphs/skymatch.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "skymatch"`` recipe (the built-in recipe skymatch or a TOML file) from ``daskcal run``."""
     params = dict(STEP_DEFAULTS)
     params.update(_check_steps(steps))
     execute(inputs, output, params, args, overwrite=getattr(args, "overwrite", False))

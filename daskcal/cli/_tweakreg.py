@@ -35,7 +35,8 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", help="calibrated image Zarr stores, _cal.fits files or associations")
     p.add_argument("-o", "--output", required=True, help="output directory (created if missing)")
-    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.tweakreg] table (graphs/tweakreg.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with a [steps.tweakreg] table: a TOML file or a built-in recipe's name ('tweakreg'; see daskcal recipes)")
     p.add_argument("--catfile", default=None, help="text file: exposure file name and its source catalog per line "
                    "(catalog paths relative to the catfile's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
@@ -149,7 +150,7 @@ def execute(inputs, output, params: dict, args, *, catalogs=None, overwrite=Fals
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "tweakreg"`` recipe (graphs/tweakreg.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "tweakreg"`` recipe (the built-in recipe tweakreg or a TOML file) from ``daskcal run``."""
     params = dict(STEP_DEFAULTS)
     params.update(_check_steps(steps))
     catalogs = read_catfile(execution["catfile"]) if execution.get("catfile") else None

@@ -32,7 +32,7 @@ def test_console_script_runs():
 def test_shipped_recipes_load():
     from pathlib import Path
 
-    recipes = sorted((Path(__file__).parents[2] / "graphs").glob("*.toml"))
+    recipes = sorted((Path(__file__).parents[2] / "daskcal" / "graphs").glob("*.toml"))
     assert recipes
     for path in recipes:
         recipe = load_recipe(path)
@@ -44,7 +44,7 @@ def test_detector1_recipe_names_every_default():
 
     from daskcal.detector._pipeline import step_parameters
 
-    recipe = load_recipe(Path(__file__).parents[2] / "graphs" / "detector1.toml")
+    recipe = load_recipe(Path(__file__).parents[2] / "daskcal" / "graphs" / "detector1.toml")
     for step, params in step_parameters().items():
         assert recipe["steps"][step] == pytest.approx(params), step
 
@@ -62,7 +62,7 @@ def test_simulate_then_detector1_from_the_command_line(tmp_path, capsys):
     ramps = tmp_path / "ramps.zarr"
     assert main(["simulate", str(ramps), "--shape", "1", "5", "48", "40", "--chunks", "20", "20"]) == 0
     out = tmp_path / "out"
-    code = main(["run", "graphs/detector1.toml", str(ramps), str(out), "--workers", "1", "--no-progress", "--fits"])
+    code = main(["run", "detector1", str(ramps), str(out), "--workers", "1", "--no-progress", "--fits"])
     assert code == 0
     text = capsys.readouterr().out
     assert "dashboard:" in text and "rate:" in text
@@ -100,7 +100,7 @@ def test_detector1_runs_several_exposures_on_one_cluster(tmp_path, capsys):
                 np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=f"{name}.{v}")
         assert (out / name / "rateints.zarr").exists()
     # the recipe runs several inputs the same way
-    assert main(["run", "graphs/detector1.toml", *map(str, stores), str(tmp_path / "out2"), "--workers", "1",
+    assert main(["run", "detector1", *map(str, stores), str(tmp_path / "out2"), "--workers", "1",
                  "--no-progress"]) == 0
     assert (tmp_path / "out2" / "expo_b" / "rate.zarr").exists()
 
