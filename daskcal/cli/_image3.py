@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_MODULES", "execute", "normalise_step_flags", "parse_value", "register", "run_recipe", "step_defaults"]
 
@@ -90,6 +91,7 @@ def register(sub) -> None:
         for name in params:
             g.add_argument(f"--steps.{step}.{name}", dest=f"steps.{step}.{name}", default=None, metavar="VALUE",
                            help=argparse.SUPPRESS if name != "skip" else f"skip {step} (--steps.{step}.skip)")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -130,11 +132,9 @@ def _library_kwargs(step: str, values: dict) -> dict:
 
         return convert(kw)
     if step == "outlier_detection":
-        if kw.get("weight_type") in ("none", "None"):
-            kw["weight_type"] = None
-        if kw.get("tile_shape") is not None:
-            kw["tile_shape"] = tuple(kw["tile_shape"])
-        return kw
+        from daskcal.cli._outliers import _library_kwargs as convert
+
+        return convert(kw)
     convert = getattr(importlib.import_module(STEP_MODULES[step]), "_library_kwargs", None)
     return convert(kw) if convert is not None else kw
 
@@ -151,8 +151,11 @@ def _main(args: argparse.Namespace) -> int:
         steps = check_steps(recipe["steps"], f"recipe {args.recipe!r}")
     for step, values in _cli_steps(args).items():
         steps.setdefault(step, {}).update(values)
+    check_parameters_file(args)
     execute(args.inputs, args.output, steps, args, fits=args.fits, overwrite=args.overwrite,
             product_name=args.product_name, tempdir=args.tempdir)
+    tempdir = str(Path(args.tempdir).resolve()) if args.tempdir else None  # reruns from any folder
+    save_parameters(args, "image3", steps, {"product_name": args.product_name, "tempdir": tempdir})
     return 0
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
@@ -82,6 +83,7 @@ def register(sub) -> None:
                    "and the workers' memory limit)")
     g.add_argument("--single", action="store_const", const=True, default=None,
                    help="one mosaic per exposure group, stacked on a group dimension")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -96,7 +98,9 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.cli._run import step_parameters
 
     params = step_parameters(args, "resample", STEP_DEFAULTS)
+    check_parameters_file(args)
     execute(args.inputs, args.output, params, args, fits=args.fits, overwrite=args.overwrite)
+    save_parameters(args, "resample", {"resample": params})
     return 0
 
 

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "PIPELINES", "builtin_recipes", "load_recipe", "recipe_path", "single_step_values"]
 
@@ -40,7 +41,8 @@ def register(sub) -> None:
                    help="a built-in recipe's name (e.g. detector1; see 'daskcal recipes') or a recipe TOML file")
     p.add_argument("paths", nargs="+", metavar="IN... OUT", help="input(s), then the output")
     p.add_argument("--fits", action="store_true", help="also export FITS products where the pipeline can")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (and --save-parameters file)")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -143,5 +145,8 @@ def _main(args: argparse.Namespace) -> int:
         msg = "give at least one input and the output: daskcal run RECIPE IN... OUT"
         raise ValueError(msg)
     recipe = load_recipe(args.recipe)
+    check_parameters_file(args)
     module = importlib.import_module(PIPELINES[recipe["pipeline"]])
-    return module.run_recipe(args.paths[:-1], args.paths[-1], recipe["steps"], recipe["execution"], args)
+    code = module.run_recipe(args.paths[:-1], args.paths[-1], recipe["steps"], recipe["execution"], args)
+    save_parameters(args, recipe["pipeline"], recipe["steps"], recipe["execution"])
+    return code

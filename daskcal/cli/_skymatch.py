@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_DEFAULTS", "execute", "register", "run_recipe"]
 
@@ -49,6 +50,7 @@ def register(sub) -> None:
     g.add_argument("--lsigma", type=float, default=None, help="lower clipping limit in sigma (default 4.0)")
     g.add_argument("--usigma", type=float, default=None, help="upper clipping limit in sigma (default 4.0)")
     g.add_argument("--binwidth", type=float, default=None, help="histogram bin width in sigma for mode/midpt (default 0.1)")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -80,7 +82,9 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.cli._run import step_parameters
 
     params = step_parameters(args, "skymatch", STEP_DEFAULTS)
+    check_parameters_file(args)
     execute(args.inputs, args.output, params, args, overwrite=args.overwrite)
+    save_parameters(args, "skymatch", {"skymatch": params})
     return 0
 
 

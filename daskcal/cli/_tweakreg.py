@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_DEFAULTS", "asn_catalogs", "execute", "read_catfile", "register", "run_recipe"]
 
@@ -51,6 +52,7 @@ def register(sub) -> None:
         else:
             kind = _TYPES.get(f.name, type(f.default))
             g.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -66,7 +68,10 @@ def _main(args: argparse.Namespace) -> int:
 
     params = step_parameters(args, "tweakreg", STEP_DEFAULTS)
     catalogs = read_catfile(args.catfile) if args.catfile else None
+    check_parameters_file(args)
     execute(args.inputs, args.output, params, args, catalogs=catalogs, overwrite=args.overwrite)
+    catfile = str(Path(args.catfile).resolve()) if args.catfile else None  # reruns from any folder
+    save_parameters(args, "tweakreg", {"tweakreg": params}, {"catfile": catfile})
     return 0
 
 
