@@ -116,3 +116,33 @@ def test_detector1_checks_every_input_before_computing(tmp_path, capsys):
     # an input that is not a ramp store: refused before the first exposure is computed
     assert main(["detector1", str(good), str(tmp_path / "missing.zarr"), str(tmp_path / "o2"), "--no-progress"]) == 2
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def _parsers():
+    """``(name, parser)`` of the top-level parser and every subcommand's."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return [("daskcal", parser), *sub.choices.items()]
+
+
+@pytest.mark.parametrize(("name", "parser"), _parsers(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_option_has_help_text(name, parser):
+    import argparse
+
+    missing = [a.option_strings[0] for a in parser._actions
+               if a.option_strings and a.help != argparse.SUPPRESS and not (a.help or "").strip()]
+    assert missing == [], f"{name}: options without help text"
+
+
+def test_version_and_python_dash_m(tmp_path):
+    import os
+    from pathlib import Path
+
+    import daskcal
+
+    env = {**os.environ, "PYTHONPATH": str(Path(daskcal.__file__).parents[1])}  # this checkout, from any folder
+    for argv in (["-m", "daskcal", "--version"], ["-m", "daskcal.cli._main", "--version"]):
+        out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
+        assert out.stdout.strip() == f"daskcal {daskcal.__version__}"
+    usage = subprocess.run([sys.executable, "-m", "daskcal", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: daskcal" in usage.stdout and "recipes" in usage.stdout
