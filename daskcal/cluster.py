@@ -156,17 +156,36 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
         msg = "the embedded cluster's TLS certificate needs the cryptography package: pip install cryptography"
         raise MissingPackageError(msg, name="cryptography") from exc
     environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
-    with dask.config.set(environ), LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        memory_limit=memory_limit,
-        host="127.0.0.1",
-        dashboard_address=_on_localhost(dashboard_address),
-        worker_dashboard_address="127.0.0.1:0",  # older distributed binds the workers' ":0" to 0.0.0.0
-        security=security,
-        processes=True,
-    ) as lc, Client(lc) as client:
-        yield client
+    quiet = _SlowExitFilter()
+    nanny_log = logging.getLogger("distributed.nanny")
+    try:
+        with dask.config.set(environ), LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            host="127.0.0.1",
+            dashboard_address=_on_localhost(dashboard_address),
+            worker_dashboard_address="127.0.0.1:0",  # older distributed binds the workers' ":0" to 0.0.0.0
+            security=security,
+            processes=True,
+        ) as lc:
+            with Client(lc) as client:
+                yield client
+            # The run succeeded and its client is closed: a worker process slower than the nanny's fixed
+            # 4 s to exit (a loaded machine) is stopped, which loses nothing; say so only with -vv.
+            nanny_log.addFilter(quiet)
+    finally:
+        nanny_log.removeFilter(quiet)
+
+
+class _SlowExitFilter(logging.Filter):
+    """Turns distributed's "Worker process still alive after 4.0 seconds, killing" into a debug message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Worker process still alive after"):
+            log.debug("embedded cluster shutdown: %s", record.getMessage())
+            return False
+        return True
 
 
 def _on_localhost(dashboard_address: str | None) -> str | None:

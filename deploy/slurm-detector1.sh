@@ -7,4 +7,4 @@
 # (configuration in deploy/jobqueue.yaml).
 set -euo pipefail
 export DASK_CONFIG=${DASK_CONFIG:-$(dirname "$0")}
-daskcal run graphs/detector1.toml "$1" "$2" --cluster slurm --workers "${WORKERS:-4}"
+daskcal run detector1 "$1" "$2" --cluster slurm --workers "${WORKERS:-4}"

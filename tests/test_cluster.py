@@ -180,3 +180,35 @@ def test_embedded_cluster_without_tls_when_asked(capsys):
     with connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
         assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_a_worker_slow_to_exit_after_a_successful_run_is_not_reported():
+    """distributed's nanny kills a worker process still alive 4 s after it was asked to stop (a loaded
+    machine) and warns; after a successful run that is noise. A worker that sleeps 5 s at exit shows it."""
+    import atexit
+    import logging
+    import time
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    nanny, ours = Collect(), Collect()
+    logging.getLogger("distributed.nanny").addHandler(nanny)
+    logging.getLogger("daskcal.cluster").addHandler(ours)
+    level = logging.getLogger("daskcal.cluster").level
+    logging.getLogger("daskcal.cluster").setLevel(logging.DEBUG)
+    try:
+        with connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
+            client.run(lambda: atexit.register(time.sleep, 5) and None)
+    finally:
+        logging.getLogger("distributed.nanny").removeHandler(nanny)
+        logging.getLogger("daskcal.cluster").removeHandler(ours)
+        logging.getLogger("daskcal.cluster").setLevel(level)
+    assert [m for m in ours.messages if "still alive" in m]  # it happened (said at debug level)
+    assert not [m for m in nanny.messages if "still alive" in m]
+    assert not logging.getLogger("distributed.nanny").filters  # quiet only during that shutdown

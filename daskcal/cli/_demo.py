@@ -21,9 +21,12 @@ def register(sub) -> None:
         "them with the simulation's truth.",
     )
     p.add_argument("--out", default="daskcal-output", help="output directory (default ./daskcal-output)")
-    p.add_argument("--shape", type=int, nargs=4, default=(2, 10, 1024, 1024), metavar=("NINTS", "NGROUPS", "NY", "NX"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunks", type=int, nargs=2, default=(256, 256), metavar=("CY", "CX"))
+    p.add_argument("--shape", type=int, nargs=4, default=(2, 10, 1024, 1024), metavar=("NINTS", "NGROUPS", "NY", "NX"),
+                   help="integrations, groups per integration, rows and columns of the simulated cube "
+                   "(default 2 10 1024 1024)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the simulation (default 0)")
+    p.add_argument("--chunks", type=int, nargs=2, default=(256, 256), metavar=("CY", "CX"),
+                   help="(y, x) pixels per chunk of the simulated store and of detector1 (default 256 256)")
     add_cluster_options(p)
     p.set_defaults(func=_main)
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, chunk_option, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe"]
 
@@ -39,6 +40,7 @@ def register(sub) -> None:
                 g.add_argument(flag, type=_parse_bool, default=default, metavar="BOOL", help=f"(default {default})")
             else:
                 g.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -56,9 +58,12 @@ def _parse_bool(text: str) -> bool:
 def _main(args: argparse.Namespace) -> int:
     from daskcal.detector._pipeline import step_parameters
 
-    params = {name: getattr(args, name) for names in step_parameters().values() for name in names}
-    execute(args.input, args.output, params, args, chunks=chunk_option(args.chunks), fits=args.fits,
-            overwrite=args.overwrite)
+    steps = {step: {name: getattr(args, name) for name in names} for step, names in step_parameters().items()}
+    params = {name: value for values in steps.values() for name, value in values.items()}
+    check_parameters_file(args)
+    chunks = chunk_option(args.chunks)
+    execute(args.input, args.output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite)
+    save_parameters(args, "detector1", steps, {"chunks": list(chunks) if chunks else None})
     return 0
 
 
@@ -157,7 +162,7 @@ def _outputs(inputs: list, output, single: bool) -> list[tuple]:
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "detector1"`` recipe (see graphs/detector1.toml)."""
+    """Run a ``pipeline = "detector1"`` recipe (built-in: daskcal/graphs/detector1.toml)."""
     from daskcal.detector._pipeline import step_parameters
 
     known = step_parameters()

@@ -4,7 +4,7 @@ Products in OUTDIR: ``<product>_i2d.zarr`` (the mosaic) and ``<exposure>_crf.zar
 input exposure (aligned WCS, sky level, outlier flags with NaN values where flagged),
 and with ``--fits`` the same as ``.fits``. They appear together when all are complete.
 
-Step parameters: a recipe (``graphs/image3.toml``) with ``[steps.<step>]`` tables, then
+Step parameters: a recipe (``daskcal/graphs/image3.toml``, ``--recipe image3``) with ``[steps.<step>]`` tables, then
 ``--steps.<step>.<parameter>=VALUE`` options (jwst ``strun`` style; values are TOML
 literals: ``0.8``, ``true``, ``"square"``, ``[1, 2]``; a bare string is taken as it is),
 and ``--steps.<step>.skip`` to skip a step.
@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_MODULES", "execute", "normalise_step_flags", "parse_value", "register", "run_recipe", "step_defaults"]
 
@@ -73,7 +74,7 @@ def register(sub) -> None:
         "OUTDIR/<product>_i2d.zarr and OUTDIR/<exposure>_crf.zarr (with --fits also .fits).",
         epilog="Step parameters: --steps.STEP.PARAM=VALUE (VALUE a TOML literal), --steps.STEP.skip. "
         "Steps: " + ", ".join(STEP_MODULES) + ". Parameters and defaults: the step's own command "
-        "(daskcal tweakreg/skymatch/outliers/resample --help) and graphs/image3.toml.",
+        "(daskcal tweakreg/skymatch/outliers/resample --help) and the built-in recipe (daskcal/graphs/image3.toml).",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="association .json, _cal.fits files or image Zarr stores")
     p.add_argument("output", metavar="OUTDIR", help="output folder (created if missing)")
@@ -81,7 +82,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only those this run writes)")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members given as absolute paths or outside the association's folder")
-    p.add_argument("--recipe", default=None, help="TOML recipe with [steps.<step>] tables (graphs/image3.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with [steps.<step>] tables: a TOML file or a built-in recipe's name ('image3'; see daskcal recipes)")
     p.add_argument("--product-name", default=None, help="product name (default: the association's, else image3)")
     p.add_argument("--tempdir", default=None, help="parent of the outlier step's temporary stack (visible to workers)")
     g = p.add_argument_group("step parameters (--steps.STEP.PARAM=VALUE; default: the recipe's, else the step's)")
@@ -89,6 +91,7 @@ def register(sub) -> None:
         for name in params:
             g.add_argument(f"--steps.{step}.{name}", dest=f"steps.{step}.{name}", default=None, metavar="VALUE",
                            help=argparse.SUPPRESS if name != "skip" else f"skip {step} (--steps.{step}.skip)")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -129,11 +132,9 @@ def _library_kwargs(step: str, values: dict) -> dict:
 
         return convert(kw)
     if step == "outlier_detection":
-        if kw.get("weight_type") in ("none", "None"):
-            kw["weight_type"] = None
-        if kw.get("tile_shape") is not None:
-            kw["tile_shape"] = tuple(kw["tile_shape"])
-        return kw
+        from daskcal.cli._outliers import _library_kwargs as convert
+
+        return convert(kw)
     convert = getattr(importlib.import_module(STEP_MODULES[step]), "_library_kwargs", None)
     return convert(kw) if convert is not None else kw
 
@@ -150,8 +151,11 @@ def _main(args: argparse.Namespace) -> int:
         steps = check_steps(recipe["steps"], f"recipe {args.recipe!r}")
     for step, values in _cli_steps(args).items():
         steps.setdefault(step, {}).update(values)
+    check_parameters_file(args)
     execute(args.inputs, args.output, steps, args, fits=args.fits, overwrite=args.overwrite,
             product_name=args.product_name, tempdir=args.tempdir)
+    tempdir = str(Path(args.tempdir).resolve()) if args.tempdir else None  # reruns from any folder
+    save_parameters(args, "image3", steps, {"product_name": args.product_name, "tempdir": tempdir})
     return 0
 
 
@@ -255,7 +259,7 @@ def _export_fits(stores: dict, fits_files: dict, outputs) -> None:
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "image3"`` recipe (graphs/image3.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "image3"`` recipe (the built-in recipe image3 or a TOML file) from ``daskcal run``."""
     steps = check_steps(steps, "recipe")
     execute(inputs, output, steps, args, fits=getattr(args, "fits", False),
             overwrite=getattr(args, "overwrite", False), product_name=execution.get("product_name"),

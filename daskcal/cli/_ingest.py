@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--superbias", default=None, help="superbias reference FITS (DN)")
     p.add_argument("--chunks", type=int, nargs=2, default=None, metavar=("CY", "CX"),
                    help="(y, x) pixels per chunk (default: sized by the cube, 512 1024 for 10 groups of 2048x2048)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     p.set_defaults(func=_main)
 
 

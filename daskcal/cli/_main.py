@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "daskcal.cli._ingest",
     "daskcal.cli._detector1",
     "daskcal.cli._run",
+    "daskcal.cli._recipes",
     "daskcal.cli._outliers",
     "daskcal.cli._resample",
     "daskcal.cli._tweakreg",
@@ -34,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="daskcal",
         description="Space-telescope calibration (stcal algorithms) as Dask task graphs.",
     )
+    from daskcal import __version__
+
+    parser.add_argument("--version", action="version", version=f"daskcal {__version__}",
+                        help="print daskcal's version and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
@@ -41,7 +42,8 @@ def register(sub) -> None:
                    "(two exposure groups or more)")
     p.add_argument("-o", "--output", required=True, help="output directory (created if missing; the products appear in it together when complete)")
     p.add_argument("--save-median", action="store_true", help="also write the median mosaic as median.zarr")
-    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.outliers] table (graphs/outliers.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with a [steps.outliers] table: a TOML file or a built-in recipe's name ('outliers'; see daskcal recipes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members outside the association's folder (absolute or through ..)")
@@ -61,6 +63,7 @@ def register(sub) -> None:
     g.add_argument("--buffer-size", type=float, default=None, help="memory budget of one median task in MB (default 256)")
     g.add_argument("--tile-shape", type=int, nargs=2, metavar=("TY", "TX"), default=None, help="output tile (1024 1024)")
     g.add_argument("--tempdir", default=None, help="parent of the temporary stack (visible to every worker)")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -75,15 +78,29 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.cli._run import step_parameters
 
     params = step_parameters(args, "outliers", STEP_DEFAULTS)
-    if params.get("weight_type") == "none":
-        params["weight_type"] = None
     if args.buffer_size is not None:
-        params["buffer_size"] = int(args.buffer_size * 2**20)
-    if params.get("tile_shape") is not None:
-        params["tile_shape"] = tuple(params["tile_shape"])
-    execute(args.inputs, args.output, params, args, save_median=args.save_median, overwrite=args.overwrite,
+        params["buffer_size"] = int(args.buffer_size * 2**20)  # MB on the command line, bytes in a recipe
+    check_parameters_file(args)
+    execute(args.inputs, args.output, _library_kwargs(params), args, save_median=args.save_median, overwrite=args.overwrite,
             tempdir=args.tempdir)
+    save_parameters(args, "outliers", {"outliers": params},
+                    {"save_median": args.save_median, "tempdir": _absolute(args.tempdir)})
     return 0
+
+
+def _library_kwargs(params: dict) -> dict:
+    """Recipe/command-line values -> keywords of :func:`daskcal.flag_outliers` (``"none"`` weights: None)."""
+    kw = dict(params)
+    if kw.get("weight_type") in ("none", "None"):
+        kw["weight_type"] = None
+    if kw.get("tile_shape") is not None:
+        kw["tile_shape"] = tuple(kw["tile_shape"])
+    return kw
+
+
+def _absolute(path):
+    """``path`` made absolute (a saved recipe reruns from any folder), or None."""
+    return None if path is None else str(Path(path).resolve())
 
 
 def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=False, tempdir=None) -> dict:
@@ -125,11 +142,9 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "outliers"`` recipe (graphs/outliers.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "outliers"`` recipe (the built-in recipe outliers or a TOML file) from ``daskcal run``."""
     params = dict(STEP_DEFAULTS)
     params.update(_check_steps(steps))
-    if params.get("tile_shape") is not None:
-        params["tile_shape"] = tuple(params["tile_shape"])
-    execute(inputs, output, params, args, save_median=bool(execution.get("save_median", False)),
+    execute(inputs, output, _library_kwargs(params), args, save_median=bool(execution.get("save_median", False)),
             overwrite=getattr(args, "overwrite", False), tempdir=execution.get("tempdir"))
     return 0

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
@@ -52,7 +53,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members outside the association's folder (absolute or through ..)")
-    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.resample] table (graphs/resample.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with a [steps.resample] table: a TOML file or a built-in recipe's name ('resample'; see daskcal recipes)")
     g = p.add_argument_group("resample parameters (default: the recipe's, else the reference step's)")
     g.add_argument("--pixfrac", type=float, default=None, help="drop size relative to an input pixel, (0, 1] (1.0)")
     g.add_argument("--kernel", choices=KERNELS, default=None, help="drizzle kernel (square)")
@@ -81,6 +83,7 @@ def register(sub) -> None:
                    "and the workers' memory limit)")
     g.add_argument("--single", action="store_const", const=True, default=None,
                    help="one mosaic per exposure group, stacked on a group dimension")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -95,7 +98,9 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.cli._run import step_parameters
 
     params = step_parameters(args, "resample", STEP_DEFAULTS)
+    check_parameters_file(args)
     execute(args.inputs, args.output, params, args, fits=args.fits, overwrite=args.overwrite)
+    save_parameters(args, "resample", {"resample": params})
     return 0
 
 
@@ -190,7 +195,7 @@ def _check_fits_export(mosaic) -> None:
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "resample"`` recipe (graphs/resample.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "resample"`` recipe (the built-in recipe resample or a TOML file) from ``daskcal run``."""
     params = dict(STEP_DEFAULTS)
     params.update(_check_steps(steps))
     if execution.get("tile_shape") is not None and params.get("tile_shape") is None:

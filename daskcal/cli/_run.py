@@ -1,15 +1,21 @@
-"""``daskcal run RECIPE IN... OUT``: run a pipeline recipe from ``graphs/``."""
+"""``daskcal run RECIPE IN... OUT``: run a pipeline recipe, a TOML file or a built-in one by name.
+
+The built-in recipes are the TOML files of ``daskcal/graphs/``, installed with the package
+(``daskcal recipes`` lists them); ``daskcal run detector1 IN OUT`` runs ``detector1.toml``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import tomllib
+from importlib import resources
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
-__all__ = ["register", "PIPELINES", "load_recipe", "single_step_values"]
+__all__ = ["register", "PIPELINES", "builtin_recipes", "load_recipe", "recipe_path", "single_step_values"]
 
 # pipeline name -> module whose ``run_recipe(inputs, output, steps, execution, args)`` runs it
 PIPELINES = {
@@ -25,25 +31,52 @@ PIPELINES = {
 def register(sub) -> None:
     p = sub.add_parser(
         "run",
-        help="run a pipeline recipe (TOML, see graphs/)",
+        help="run a pipeline recipe (a built-in one by name, see 'daskcal recipes', or a TOML file)",
         description="Run the pipeline a recipe names with the step parameters it gives. "
+        "RECIPE is the name of a built-in recipe ('daskcal recipes' lists them) or a recipe file. "
         "A recipe is TOML: pipeline = 'detector1' and a [steps.<step>] table of parameters per step, "
         "optionally an [execution] table (e.g. chunks = [512, 512]).",
     )
-    p.add_argument("recipe", help="recipe TOML file (e.g. graphs/detector1.toml)")
+    p.add_argument("recipe", metavar="RECIPE",
+                   help="a built-in recipe's name (e.g. detector1; see 'daskcal recipes') or a recipe TOML file")
     p.add_argument("paths", nargs="+", metavar="IN... OUT", help="input(s), then the output")
     p.add_argument("--fits", action="store_true", help="also export FITS products where the pipeline can")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (and --save-parameters file)")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
 
+def builtin_recipes() -> dict[str, Path]:
+    """The recipes installed with daskcal: ``{name: path}`` (name = file name without ``.toml``), sorted."""
+    folder = resources.files("daskcal") / "graphs"
+    return {entry.name.removesuffix(".toml"): Path(str(entry))
+            for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".toml")}
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """The recipe file ``recipe`` names: an existing path, else the built-in recipe of that name.
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither a file nor a built-in recipe's name (the message lists the built-in names).
+    """
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    builtin = builtin_recipes()
+    if str(recipe) in builtin:
+        return builtin[str(recipe)]
+    msg = (f"no recipe file at {str(recipe)!r} and no built-in recipe of that name; "
+           f"built-in recipes: {', '.join(builtin)}")
+    raise FileNotFoundError(msg)
+
+
 def load_recipe(path: str | Path) -> dict:
-    """Read and check a recipe: ``{"pipeline": str, "steps": {...}, "execution": {...}}``."""
-    path = Path(path)
-    if not path.is_file():
-        msg = f"no recipe file at {str(path)!r}"
-        raise FileNotFoundError(msg)
+    """Read and check a recipe (a file, or a built-in recipe's name; see :func:`recipe_path`):
+    ``{"pipeline": str, "steps": {...}, "execution": {...}}``."""
+    path = recipe_path(path)
     with path.open("rb") as fh:
         try:
             recipe = tomllib.load(fh)
@@ -112,5 +145,8 @@ def _main(args: argparse.Namespace) -> int:
         msg = "give at least one input and the output: daskcal run RECIPE IN... OUT"
         raise ValueError(msg)
     recipe = load_recipe(args.recipe)
+    check_parameters_file(args)
     module = importlib.import_module(PIPELINES[recipe["pipeline"]])
-    return module.run_recipe(args.paths[:-1], args.paths[-1], recipe["steps"], recipe["execution"], args)
+    code = module.run_recipe(args.paths[:-1], args.paths[-1], recipe["steps"], recipe["execution"], args)
+    save_parameters(args, recipe["pipeline"], recipe["steps"], recipe["execution"])
+    return code

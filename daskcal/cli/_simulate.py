@@ -16,13 +16,14 @@ def register(sub) -> None:
         "bad pixels) and write them as a Zarr ramp store OUT (and the truth as OUT_truth.zarr).",
     )
     p.add_argument("output", help="ramp Zarr store to write (e.g. ramps.zarr)")
-    p.add_argument("--shape", type=int, nargs=4, default=(1, 10, 1024, 1024), metavar=("NINTS", "NGROUPS", "NY", "NX"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=4, default=(1, 10, 1024, 1024), metavar=("NINTS", "NGROUPS", "NY", "NX"),
+                   help="integrations, groups per integration, rows and columns of the cube (default 1 10 1024 1024)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same data (default 0)")
     p.add_argument("--chunks", type=int, nargs=2, default=None, metavar=("CY", "CX"),
                    help="(y, x) pixels per chunk (default: sized by the cube, 512 1024 for 10 groups of 2048x2048)")
-    p.add_argument("--group-time", type=float, default=10.737, help="s (default 10.737)")
+    p.add_argument("--group-time", type=float, default=10.737, help="time between groups, s (default 10.737)")
     p.add_argument("--fits", action="store_true", help="also write a JWST-style _uncal.fits and reference FITS images")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_main)
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_DEFAULTS", "execute", "register", "run_recipe"]
 
@@ -32,7 +33,8 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", help="calibrated images: Zarr stores, _cal.fits files or association JSON")
     p.add_argument("-o", "--output", required=True, help="output directory (created if missing; the products appear in it together when complete)")
-    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.skymatch] table (graphs/skymatch.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with a [steps.skymatch] table: a TOML file or a built-in recipe's name ('skymatch'; see daskcal recipes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
     g = p.add_argument_group("skymatch parameters (default: the recipe's, else the reference defaults)")
     g.add_argument("--skymethod", default=None, help="local, global, match or global+match (default match)")
@@ -48,6 +50,7 @@ def register(sub) -> None:
     g.add_argument("--lsigma", type=float, default=None, help="lower clipping limit in sigma (default 4.0)")
     g.add_argument("--usigma", type=float, default=None, help="upper clipping limit in sigma (default 4.0)")
     g.add_argument("--binwidth", type=float, default=None, help="histogram bin width in sigma for mode/midpt (default 0.1)")
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -79,7 +82,9 @@ def _main(args: argparse.Namespace) -> int:
     from daskcal.cli._run import step_parameters
 
     params = step_parameters(args, "skymatch", STEP_DEFAULTS)
+    check_parameters_file(args)
     execute(args.inputs, args.output, params, args, overwrite=args.overwrite)
+    save_parameters(args, "skymatch", {"skymatch": params})
     return 0
 
 
@@ -120,7 +125,7 @@ def execute(inputs, output, params: dict, args, *, overwrite=False) -> dict:
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "skymatch"`` recipe (graphs/skymatch.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "skymatch"`` recipe (the built-in recipe skymatch or a TOML file) from ``daskcal run``."""
     params = dict(STEP_DEFAULTS)
     params.update(_check_steps(steps))
     execute(inputs, output, params, args, overwrite=getattr(args, "overwrite", False))

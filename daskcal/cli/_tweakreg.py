@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_DEFAULTS", "asn_catalogs", "execute", "read_catfile", "register", "run_recipe"]
 
@@ -35,7 +36,8 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", help="calibrated image Zarr stores, _cal.fits files or associations")
     p.add_argument("-o", "--output", required=True, help="output directory (created if missing)")
-    p.add_argument("--recipe", default=None, help="TOML recipe with a [steps.tweakreg] table (graphs/tweakreg.toml)")
+    p.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="recipe with a [steps.tweakreg] table: a TOML file or a built-in recipe's name ('tweakreg'; see daskcal recipes)")
     p.add_argument("--catfile", default=None, help="text file: exposure file name and its source catalog per line "
                    "(catalog paths relative to the catfile's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
@@ -50,6 +52,7 @@ def register(sub) -> None:
         else:
             kind = _TYPES.get(f.name, type(f.default))
             g.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+    add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
 
@@ -65,7 +68,10 @@ def _main(args: argparse.Namespace) -> int:
 
     params = step_parameters(args, "tweakreg", STEP_DEFAULTS)
     catalogs = read_catfile(args.catfile) if args.catfile else None
+    check_parameters_file(args)
     execute(args.inputs, args.output, params, args, catalogs=catalogs, overwrite=args.overwrite)
+    catfile = str(Path(args.catfile).resolve()) if args.catfile else None  # reruns from any folder
+    save_parameters(args, "tweakreg", {"tweakreg": params}, {"catfile": catfile})
     return 0
 
 
@@ -149,7 +155,7 @@ def execute(inputs, output, params: dict, args, *, catalogs=None, overwrite=Fals
 
 
 def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, args) -> int:
-    """Run a ``pipeline = "tweakreg"`` recipe (graphs/tweakreg.toml) from ``daskcal run``."""
+    """Run a ``pipeline = "tweakreg"`` recipe (the built-in recipe tweakreg or a TOML file) from ``daskcal run``."""
     params = dict(STEP_DEFAULTS)
     params.update(_check_steps(steps))
     catalogs = read_catfile(execution["catfile"]) if execution.get("catfile") else None

@@ -85,14 +85,16 @@ def _distortion_model(shape, distortion):
     px = models.Polynomial2D(3, c1_0=1.0, c2_0=0.5 * d / r**2, c1_2=0.5 * d / r**3)
     py = models.Polynomial2D(3, c0_1=1.0, c0_2=0.5 * d / r**2, c2_1=0.5 * d / r**3)
     fwd = models.Mapping((0, 1, 0, 1)) | px & py
-    # fit the inverse on a grid covering the array and a margin
+    # fit the inverse on a grid covering the array and a margin, in units of r: coordinates of
+    # order 1 keep the degree-5 least squares well conditioned (in pixels, its columns span r**5)
     g = np.linspace(-1.2 * r, 1.2 * r, 49)
     u, v = np.meshgrid(g, g)
     up, vp = fwd(u, v)
     fitter = fitting.LinearLSQFitter()
-    ix = fitter(models.Polynomial2D(5), up, vp, u)
-    iy = fitter(models.Polynomial2D(5), up, vp, v)
-    fwd.inverse = models.Mapping((0, 1, 0, 1)) | ix & iy
+    ix = fitter(models.Polynomial2D(5), up / r, vp / r, u / r)
+    iy = fitter(models.Polynomial2D(5), up / r, vp / r, v / r)
+    to_unit, from_unit = models.Scale(1 / r) & models.Scale(1 / r), models.Scale(r) & models.Scale(r)
+    fwd.inverse = to_unit | models.Mapping((0, 1, 0, 1)) | ix & iy | from_unit
     shift = models.Shift(-cx) & models.Shift(-cy)
     return shift | fwd
 

@@ -20,7 +20,7 @@ from daskcal.io._outputs import OutputSet, WorkDirectory, mark_complete, mark_in
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PAUSED_TIMEOUT_CONFIG", "WorkersPausedError", "atomic_path", "compute_on_client", "compute_writes", "save", "save_dataset", "save_products", "write_zarr"]
+__all__ = ["PAUSED_TIMEOUT_CONFIG", "WorkersPausedError", "atomic_path", "compute_on_client", "compute_writes", "consolidate", "save", "save_dataset", "save_products", "write_zarr"]
 
 
 @contextlib.contextmanager
@@ -94,6 +94,7 @@ def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool 
         mark_incomplete(store)
         compute_writes([write], progress=progress)
         mark_complete(store)
+        consolidate(store)
 
 
 def every_chunk():
@@ -272,7 +273,25 @@ def _write_products(products: dict, stores: dict, progress: bool, also: tuple = 
         values = compute_writes([*writes, *also], progress=progress)
     for store in stores.values():
         mark_complete(store)
+        consolidate(store)
     return list(values[len(writes):])
+
+
+def consolidate(store: str | os.PathLike) -> None:
+    """Add the consolidated metadata of the written (still staged) ``store`` to its root ``zarr.json``,
+    so ``xr.open_zarr(store)`` reads it in one file and without a warning.
+
+    Every array's metadata is final by then (our writers write it before any chunk).
+    Zarr warns that consolidated metadata is not yet part of the Zarr v3 specification;
+    it is zarr-python's and xarray's convention, and readers without it ignore the key.
+    """
+    import warnings
+
+    import zarr
+
+    with naming_path(store), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(store, zarr_format=3)
 
 
 def compute_writes(collections: list, *, progress: bool = False) -> list:

@@ -32,7 +32,7 @@ def test_console_script_runs():
 def test_shipped_recipes_load():
     from pathlib import Path
 
-    recipes = sorted((Path(__file__).parents[2] / "graphs").glob("*.toml"))
+    recipes = sorted((Path(__file__).parents[2] / "daskcal" / "graphs").glob("*.toml"))
     assert recipes
     for path in recipes:
         recipe = load_recipe(path)
@@ -44,7 +44,7 @@ def test_detector1_recipe_names_every_default():
 
     from daskcal.detector._pipeline import step_parameters
 
-    recipe = load_recipe(Path(__file__).parents[2] / "graphs" / "detector1.toml")
+    recipe = load_recipe(Path(__file__).parents[2] / "daskcal" / "graphs" / "detector1.toml")
     for step, params in step_parameters().items():
         assert recipe["steps"][step] == pytest.approx(params), step
 
@@ -62,7 +62,7 @@ def test_simulate_then_detector1_from_the_command_line(tmp_path, capsys):
     ramps = tmp_path / "ramps.zarr"
     assert main(["simulate", str(ramps), "--shape", "1", "5", "48", "40", "--chunks", "20", "20"]) == 0
     out = tmp_path / "out"
-    code = main(["run", "graphs/detector1.toml", str(ramps), str(out), "--workers", "1", "--no-progress", "--fits"])
+    code = main(["run", "detector1", str(ramps), str(out), "--workers", "1", "--no-progress", "--fits"])
     assert code == 0
     text = capsys.readouterr().out
     assert "dashboard:" in text and "rate:" in text
@@ -100,7 +100,7 @@ def test_detector1_runs_several_exposures_on_one_cluster(tmp_path, capsys):
                 np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=f"{name}.{v}")
         assert (out / name / "rateints.zarr").exists()
     # the recipe runs several inputs the same way
-    assert main(["run", "graphs/detector1.toml", *map(str, stores), str(tmp_path / "out2"), "--workers", "1",
+    assert main(["run", "detector1", *map(str, stores), str(tmp_path / "out2"), "--workers", "1",
                  "--no-progress"]) == 0
     assert (tmp_path / "out2" / "expo_b" / "rate.zarr").exists()
 
@@ -116,3 +116,33 @@ def test_detector1_checks_every_input_before_computing(tmp_path, capsys):
     # an input that is not a ramp store: refused before the first exposure is computed
     assert main(["detector1", str(good), str(tmp_path / "missing.zarr"), str(tmp_path / "o2"), "--no-progress"]) == 2
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def _parsers():
+    """``(name, parser)`` of the top-level parser and every subcommand's."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return [("daskcal", parser), *sub.choices.items()]
+
+
+@pytest.mark.parametrize(("name", "parser"), _parsers(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_option_has_help_text(name, parser):
+    import argparse
+
+    missing = [a.option_strings[0] for a in parser._actions
+               if a.option_strings and a.help != argparse.SUPPRESS and not (a.help or "").strip()]
+    assert missing == [], f"{name}: options without help text"
+
+
+def test_version_and_python_dash_m(tmp_path):
+    import os
+    from pathlib import Path
+
+    import daskcal
+
+    env = {**os.environ, "PYTHONPATH": str(Path(daskcal.__file__).parents[1])}  # this checkout, from any folder
+    for argv in (["-m", "daskcal", "--version"], ["-m", "daskcal.cli._main", "--version"]):
+        out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
+        assert out.stdout.strip() == f"daskcal {daskcal.__version__}"
+    usage = subprocess.run([sys.executable, "-m", "daskcal", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: daskcal" in usage.stdout and "recipes" in usage.stdout

@@ -20,7 +20,7 @@ ERRORS = [[0.0, 0.0, 0.0], [-0.15, 0.25, -0.02], [0.3, 0.05, 0.05]]
 OFFSETS = [0.0, 0.4, 0.9]
 TWEAK = ["--steps.tweakreg.searchrad=1.0", "--steps.tweakreg.tolerance=0.2", "--steps.tweakreg.separation=0.5",
          "--steps.tweakreg.enforce_user_order"]
-RECIPE = Path(__file__).resolve().parents[2] / "graphs" / "image3.toml"
+RECIPE = Path(__file__).resolve().parents[2] / "daskcal" / "graphs" / "image3.toml"
 
 
 def _write_jwst(ds, path, k):

@@ -318,7 +318,7 @@ def test_cli(tmp_path):
         p = tmp_path / f"{ds.attrs['name']}.zarr"
         save_dataset(ds, p)
         paths.append(str(p))
-    recipe = Path(__file__).parents[2] / "graphs" / "outliers.toml"
+    recipe = Path(__file__).parents[2] / "daskcal" / "graphs" / "outliers.toml"
     out = tmp_path / "out"
     rc = main(["outliers", *paths, "-o", str(out), "--save-median", "--recipe", str(recipe), "--tile-shape", "40", "40",
                "--workers", "1", "--no-progress", "--tempdir", str(tmp_path)])

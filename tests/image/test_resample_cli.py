@@ -1,4 +1,4 @@
-"""``daskcal resample`` and ``daskcal run graphs/resample.toml``: end to end on a 1-worker cluster, bad input."""
+"""``daskcal resample`` and ``daskcal run resample``: end to end on a 1-worker cluster, bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import daskcal
 from daskcal.cli._main import main
 from daskcal.image._io import write_cal_fits
 
-RECIPE = Path(__file__).resolve().parents[2] / "graphs" / "resample.toml"
+RECIPE = Path(__file__).resolve().parents[2] / "daskcal" / "graphs" / "resample.toml"
 
 pytestmark = pytest.mark.filterwarnings(
     # distributed's LocalCluster on a busy machine / closing its comms at shutdown

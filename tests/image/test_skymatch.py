@@ -342,7 +342,7 @@ def test_inputs_are_not_modified(offset_images):
 
 
 # -- the command line -----------------------------------------------------------------------
-RECIPE = Path(__file__).resolve().parents[2] / "graphs" / "skymatch.toml"
+RECIPE = Path(__file__).resolve().parents[2] / "daskcal" / "graphs" / "skymatch.toml"
 CLUSTER_WARNINGS = [  # distributed's LocalCluster on a busy machine / closing its comms at shutdown
     pytest.mark.filterwarnings("ignore:Port .* is already in use:UserWarning"),
     pytest.mark.filterwarnings("ignore::ResourceWarning"),

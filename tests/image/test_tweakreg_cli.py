@@ -1,4 +1,4 @@
-"""``daskcal tweakreg`` and ``daskcal run graphs/tweakreg.toml``: end to end on a 1-worker cluster, bad input."""
+"""``daskcal tweakreg`` and ``daskcal run tweakreg``: end to end on a 1-worker cluster, bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import daskcal
 from daskcal.cli._main import main
 
-RECIPE = Path(__file__).resolve().parents[2] / "graphs" / "tweakreg.toml"
+RECIPE = Path(__file__).resolve().parents[2] / "daskcal" / "graphs" / "tweakreg.toml"
 DENSE = {"searchrad": 1.0, "tolerance": 0.2, "separation": 0.5}
 
 pytestmark = pytest.mark.filterwarnings(
