@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from numba.core.registry import CPUDispatcher
 
+import daskcal
 from daskcal._precompile import precompile
 from daskcal._simulate import simulate
 from daskcal.detector import (
@@ -23,6 +24,7 @@ from daskcal.detector import (
 )
 from daskcal.detector._fused import compile_kernels
 from daskcal.detector._pipeline import detector1
+from daskcal.image._warm_up import compile_resample_kernels
 
 LINE = "compiling numba kernels (first run in this environment"
 
@@ -86,6 +88,23 @@ def test_compile_kernels_covers_a_run(dtypes):
         dask.compute(result.rate, result.rateints)
     assert _signatures() == before  # the run called no kernel with types the warm-up had not compiled
     assert any(before.values())
+
+
+def _all_signatures():
+    """Signatures of every numba kernel in an imported daskcal module."""
+    return {(name, attr): tuple(v.signatures) for name, m in list(sys.modules.items())
+            if name.startswith("daskcal.") and m is not None
+            for attr, v in list(vars(m).items()) if isinstance(v, CPUDispatcher)}
+
+
+def test_compile_resample_kernels_covers_a_run():
+    images = daskcal.simulate_images(3, (40, 48), seed=2, n_stars=5).images
+    compile_resample_kernels(images, pixel_scale_ratio=0.8, kernel="square", weight_type="ivm")
+    before = _all_signatures()
+    with dask.config.set(scheduler="threads"):
+        daskcal.resample(images, pixel_scale_ratio=0.8, kernel="square", weight_type="ivm").compute()
+    assert _all_signatures() == before
+    assert any(sig for (name, _), sig in before.items() if name.startswith("daskcal.image"))
 
 
 @pytest.mark.slow
