@@ -24,7 +24,7 @@ from daskcal.detector import (
 )
 from daskcal.detector._fused import compile_kernels
 from daskcal.detector._pipeline import detector1
-from daskcal.image._warm_up import compile_resample_kernels
+from daskcal.image._warm_up import compile_outlier_kernels, compile_resample_kernels
 
 LINE = "compiling numba kernels (first run in this environment"
 
@@ -105,6 +105,21 @@ def test_compile_resample_kernels_covers_a_run():
         daskcal.resample(images, pixel_scale_ratio=0.8, kernel="square", weight_type="ivm").compute()
     assert _all_signatures() == before
     assert any(sig for (name, _), sig in before.items() if name.startswith("daskcal.image"))
+
+
+def test_compile_outlier_kernels_covers_a_run():
+    images = daskcal.simulate_images(3, (40, 48), seed=5, n_stars=5, cosmic_rays=4).images
+    compile_outlier_kernels(images, snr="4.0 3.0", tile_shape=(16, 16))
+    before = _all_signatures()
+    result = daskcal.flag_outliers(images, snr="4.0 3.0")
+    try:
+        with dask.config.set(scheduler="threads"):
+            flags = dask.compute([im["dq"] for im in result.images], result.median)[0]
+    finally:
+        result.cleanup()
+    assert _all_signatures() == before
+    assert any(sig for (name, _), sig in before.items() if name.startswith("daskcal.image._outlier"))
+    assert any((f & daskcal.DQ.OUTLIER).any() for f in flags)
 
 
 @pytest.mark.slow
