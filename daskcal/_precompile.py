@@ -16,12 +16,15 @@ load the kernels from the cache instead of compiling them again.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from collections.abc import Callable
 
 __all__ = ["Precompile", "precompile"]
+
+log = logging.getLogger(__name__)
 
 
 class Precompile:
@@ -67,7 +70,7 @@ class Precompile:
         try:
             with event.install_listener("numba:compile", _Listener()):
                 self._warm_up()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by wait(), in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - reported by wait(), in the caller's thread
             self._error = exc
         self.seconds = time.perf_counter() - t0
 
@@ -76,9 +79,16 @@ class Precompile:
         return self
 
     def wait(self) -> None:
-        """Block until the warm-up is done; re-raise its exception, if any."""
+        """Block until the warm-up is done.
+
+        A warm-up that failed is logged as a warning (the workers then compile what they
+        need, as without a warm-up); an interrupt (KeyboardInterrupt, SystemExit) is re-raised.
+        """
         self._thread.join()
-        if self._error is not None:
+        if isinstance(self._error, Exception):
+            log.warning("could not compile the numba kernels ahead of the run (%s: %s); the workers compile "
+                        "them as they need them", type(self._error).__name__, self._error)
+        elif self._error is not None:
             raise self._error
 
 
@@ -98,6 +108,6 @@ def precompile(warm_up: Callable[[], object], *, estimate: float, stream=None) -
     Returns
     -------
     Precompile
-        Call its ``wait()`` before computing.
+        Call its ``wait()`` before computing (a failed warm-up is a logged warning there).
     """
     return Precompile(warm_up, estimate=estimate, stream=stream).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -58,16 +59,24 @@ def test_line_only_when_numba_compiles(tmp_path):
     assert second.stdout.split() == ["False"]
 
 
-def test_warm_up_error_raised_by_wait():
+def test_failed_warm_up_is_a_warning(caplog):
     def broken():
         msg = "no such kernel"
         raise ValueError(msg)
 
     stream = io.StringIO()
-    p = precompile(broken, estimate=1, stream=stream)
-    with pytest.raises(ValueError, match="no such kernel"):
-        p.wait()
+    with caplog.at_level(logging.WARNING, logger="daskcal._precompile"):
+        precompile(broken, estimate=1, stream=stream).wait()
+    assert "could not compile the numba kernels ahead of the run (ValueError: no such kernel)" in caplog.text
     assert stream.getvalue() == ""  # nothing compiled, nothing said
+
+
+def test_interrupted_warm_up_is_raised():
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        precompile(interrupted, estimate=1).wait()
 
 
 def _signatures():
