@@ -82,7 +82,9 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     """
     import contextlib
 
+    from daskcal._precompile import precompile
     from daskcal.cluster import connect
+    from daskcal.detector._fused import COMPILE_SECONDS, compile_kernels
     from daskcal.detector._pipeline import detector1
     from daskcal.io._atomic import save_products
     from daskcal.io._outputs import OutputSet
@@ -110,9 +112,13 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     with contextlib.ExitStack() as stack:
         for job in jobs:  # staging folders exist (the outputs are writable) before the cluster starts
             stack.enter_context(job[-1])
+        # numba compiles (or loads from its cache) the kernels here while the cluster starts,
+        # so the workers find them in the cache instead of each compiling them again
+        kernels = precompile(lambda: [compile_kernels(job[2]) for job in jobs], estimate=COMPILE_SECONDS)
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
             print(f"dashboard: {client.dashboard_link}")
+            kernels.wait()
             for inp, out, ramps, result, outputs in jobs:
                 t0 = time.perf_counter()
                 # The count is known only once every chunk is fitted (worker logs never reach this

@@ -13,6 +13,7 @@ and ``--steps.<step>.skip`` to skip a step.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import time
 import tomllib
@@ -162,9 +163,14 @@ def _main(args: argparse.Namespace) -> int:
 def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite: bool = False,
             product_name: str | None = None, tempdir=None) -> dict:
     """Open the inputs, check every product path, connect, run image3 and write the products together."""
+    from daskcal._precompile import precompile
     from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, exposure_name, open_images
     from daskcal.image._pipeline import _product_name, image3
+    from daskcal.image._warm_up import (
+        OUTLIERS_COMPILE_SECONDS,
+        RESAMPLE_COMPILE_SECONDS,
+    )
     from daskcal.io._atomic import save_products
     from daskcal.io._outputs import OutputSet
 
@@ -206,9 +212,13 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
     result = None
     try:
         with outputs:  # the output folder is proven writable before the cluster starts
+            # numba compiles (or loads from its cache) the kernels here while the cluster starts
+            kernels = precompile(functools.partial(_compile_kernels, images, kwargs),
+                                 estimate=OUTLIERS_COMPILE_SECONDS + RESAMPLE_COMPILE_SECONDS)
             with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                          **connect_options(args)) as client:
                 print(f"dashboard: {client.dashboard_link}", flush=True)
+                kernels.wait()
                 t0 = time.perf_counter()
                 result = image3(images, product_name=product, **kwargs)  # alignment and sky run here
                 _report(result)
@@ -231,6 +241,16 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
     for key, store in stores.items():
         print(f"{key}: {store}" + (f" (+ {fits_files[key].name})" if fits else ""))
     return {**stores, **{f"{k}.fits": v for k, v in fits_files.items()}}
+
+
+def _compile_kernels(images, kwargs: dict) -> None:
+    """The warm-ups of the outlier and resample steps that run (see :mod:`daskcal._precompile`)."""
+    from daskcal.image._warm_up import compile_outlier_kernels, compile_resample_kernels
+
+    if kwargs.get("outlier_detection", {}) is not False:
+        compile_outlier_kernels(images, **kwargs.get("outlier_detection", {}))
+    if kwargs.get("resample", {}) is not False:
+        compile_resample_kernels(images, **kwargs.get("resample", {}))
 
 
 def _report(result) -> None:

@@ -105,9 +105,11 @@ def _absolute(path):
 
 def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=False, tempdir=None) -> dict:
     """Open the inputs, build the graph, run it on the chosen cluster and write the products."""
+    from daskcal._precompile import precompile
     from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, exposure_name, open_images
     from daskcal.image._outliers import flag_outliers
+    from daskcal.image._warm_up import OUTLIERS_COMPILE_SECONDS, compile_outlier_kernels
     from daskcal.io._atomic import save_products
     from daskcal.io._outputs import OutputSet
 
@@ -126,9 +128,12 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
                         inputs=[*inputs, *members])  # association files and their members
     try:
         with outputs:  # checked, and the output folder proven writable, before the cluster starts
+            # numba compiles (or loads from its cache) the kernels here while the cluster starts
+            kernels = precompile(lambda: compile_outlier_kernels(images, **params), estimate=OUTLIERS_COMPILE_SECONDS)
             with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
                 print(f"dashboard: {client.dashboard_link}")
+                kernels.wait()
                 t0 = time.perf_counter()
                 paths = save_products(products, output, progress=not args.no_progress, outputs=outputs)
                 elapsed = time.perf_counter() - t0

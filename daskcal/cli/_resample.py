@@ -128,9 +128,14 @@ def fits_path(output) -> Path:
 def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite: bool = False) -> Path:
     """Open the inputs, connect, build the mosaic graph (validating everything; tiles sized for the workers),
     run it and write OUT atomically."""
+    from daskcal._precompile import precompile
     from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, open_images
     from daskcal.image._resample import resample
+    from daskcal.image._warm_up import (
+        RESAMPLE_COMPILE_SECONDS,
+        compile_resample_kernels,
+    )
     from daskcal.io._atomic import write_zarr
     from daskcal.io._outputs import OutputSet
 
@@ -142,8 +147,12 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
     mpix = sum(im["data"].size for im in images) / 1e6
     with outputs:  # the output folder is proven writable before the cluster starts
+        # numba compiles (or loads from its cache) the kernels here while the cluster starts
+        kernels = precompile(lambda: compile_resample_kernels(images, **_library_kwargs(params)),
+                             estimate=RESAMPLE_COMPILE_SECONDS)
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
+            kernels.wait()
             # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
             mosaic = resample(images, **_library_kwargs(params))
             mosaic.attrs.update(_asn_attrs(inputs))

@@ -43,7 +43,7 @@ from daskcal.detector._saturation import (
 )
 from daskcal.dq import DQ
 
-__all__ = ["detector1_block", "detector1_graph", "plane_usable"]
+__all__ = ["COMPILE_SECONDS", "compile_kernels", "detector1_block", "detector1_graph", "plane_usable"]
 
 _DNU = int(DQ.DO_NOT_USE)
 
@@ -122,6 +122,38 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
     # copies each plane into Zarr's buffers anyway).
     planes = fit_block(data, gdq, pdq, gain, rnoise, dark, **fit)
     return planes[:, ys, xs]
+
+
+#: Seconds the kernels of :func:`compile_kernels` take to compile on a first run (2 cores, unloaded).
+COMPILE_SECONDS = 7
+
+
+def compile_kernels(ramps: xr.Dataset) -> None:
+    """Call :func:`detector1_block` once on 3 x 3 pixels with the dtypes of ``ramps``' variables.
+
+    numba compiles a kernel for each set of argument types it is called with; this calls
+    every kernel a detector1 run of ``ramps`` can call (saturation growth, neighbour and
+    after-jump flagging included) with the types its chunks give them, so that they are
+    compiled, or loaded from numba's cache, in this process and stored in the cache for
+    the workers (see :mod:`daskcal._precompile`). Only dtypes, sizes and attributes of
+    ``ramps`` are read.
+    """
+    nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
+    shape = (nints, ngroups, 3, 3)
+
+    def plane(name, value):
+        return np.full(shape[2:], value, dtype=ramps[name].dtype)
+
+    data = np.broadcast_to(np.arange(1, ngroups + 1)[:, None, None] * 100.0 + 1000.0, shape).astype(ramps["data"].dtype)
+    gdq = np.zeros(shape, dtype=ramps["groupdq"].dtype)
+    bias = plane("superbias", 100.0) if "superbias" in ramps else 0.0
+    jump = {"nframes": int(ramps.attrs["nframes"]), "thresholds": (4.0, 5.0, 6.0), "neighbors": (10.0, 1000.0),
+            "after_jump": (100.0, 1, 100.0, 1)}
+    fit = {"group_time": float(ramps.attrs["group_time"]), "frame_time": float(ramps.attrs["frame_time"]),
+           "nframes": int(ramps.attrs["nframes"]), "suppress_one_group": True}
+    detector1_block(data.copy(), gdq, plane("pixeldq", 0), plane("saturation", 60000.0), bias, plane("gain", 2.0),
+                    plane("readnoise", 10.0), 0.0, usable=np.ones((nints, ngroups), dtype=bool), n_pix_grow_sat=1,
+                    jump=jump, fit=fit, owns_data=True)
 
 
 def _core_slices(index: int, sizes: tuple[int, ...], halo: int) -> slice:

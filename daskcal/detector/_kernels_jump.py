@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from daskcal.detector._kernels_sort import sort_head
 from daskcal.dq import DQ
 
 __all__ = ["primary_jumps", "neighbor_sources", "flag_neighbors", "after_jump_flags", "clear_flagged_jumps"]
@@ -61,15 +62,16 @@ def _sort_finite(vals, buf):  # pragma: no cover - compiled
     several times faster than a comparison sort; ``buf`` needs ``2 * vals.size``.
     """
     m = vals.size
-    n = 0
+    n = np.int64(0)  # a literal 0 would compile sort_head twice (for Literal[int](0), then int64)
     for k in range(m):
         v = vals[k]
         if v == v:
             buf[m + n] = v
             n += 1
     if n > 16:
-        buf[:n] = buf[m : m + n]
-        buf[:n].sort()
+        for k in range(n):
+            buf[k] = buf[m + k]
+        sort_head(buf, n)
         return n
     for k in range(n):
         v = buf[m + k]

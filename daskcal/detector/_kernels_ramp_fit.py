@@ -29,6 +29,8 @@ import math
 import numpy as np
 from numba import njit
 
+from daskcal.detector._kernels_sort import sort_head
+
 # JWST bit values (same as daskcal.dq.DQ); plain ints so numba sees constants.
 DO_NOT_USE = 1
 SATURATED = 2
@@ -50,7 +52,11 @@ SNR_POWERS = (0.0, 0.4, 1.0, 3.0, 6.0, 10.0)
 SLOPE, ERR, DQ_PLANE, VAR_POISSON, VAR_RNOISE = 0, 1, 2, 3, 4
 
 _JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
-# helpers are inlined into the pixel loop (numba IR inlining avoids per-call array refcounting)
+# The helpers that take and index arrays in the per-pixel path are inlined into the pixel
+# loop: numba IR inlining avoids per-call array reference counting (without it the fit ran
+# 50% slower). Those of scalars alone, or called once per segment or pixel, are not: LLVM
+# inlines the scalar ones anyway, and each IR-inlined helper is typed again inside
+# fit_ramps_kernel, which costs compile time on a first run and no run time.
 _JIT_INLINE = dict(_JIT, inline="always")
 
 
@@ -120,14 +126,14 @@ def nan_free_median(buf, n):
     """Median of ``buf[:n]`` (no NaN inside); NaN if ``n == 0``. May reorder ``buf``.
 
     Short inputs use a branch-free odd-even transposition sort, longer ones
-    numpy's sort.
+    :func:`~daskcal.detector._kernels_sort.sort_head`.
     """
     if n == 0:
         return np.nan
     h = n >> 1
     if n > 16:
-        v = np.sort(buf[:n])
-        return v[h] if n & 1 else (v[h] + v[h - 1]) / 2.0
+        sort_head(buf, n)
+        return buf[h] if n & 1 else (buf[h] + buf[h - 1]) / 2.0
     for rnd in range(n):  # odd-even transposition sort: branch-free min/max
         for a in range(rnd & 1, n - 1, 2):
             x = buf[a]
@@ -159,7 +165,7 @@ def median_rate(dloc, qloc, is_0th, group_time, one_group_time, buf):
         if is_0th[i]:
             rate = dloc[i, 0] / one_group_time
         else:
-            n = 0
+            n = np.int64(0)  # not a literal 0 (see find_segments)
             prev = np.nan if qloc[i, 0] & DO_NOT_USE else dloc[i, 0] * inv_t
             first = prev
             for g in range(1, ngroups):  # branch-free: write always, count the usable
@@ -179,7 +185,7 @@ def median_rate(dloc, qloc, is_0th, group_time, one_group_time, buf):
     return acc / nints
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def _add_segment(start, end, starts, lens, nseg, maxlen):
     length = end - start
     if length == 1 and maxlen > 1:
@@ -199,9 +205,11 @@ def find_segments(q, starts, lens):
     long only the first is kept. ``starts``/``lens`` receive the segments.
     """
     ngroups = q.shape[0]
-    nseg = 0
-    maxlen = 0
-    start = 0
+    # np.int64(0), not 0: a literal 0 handed to a compiled helper makes numba compile it
+    # a second time for the literal's type
+    nseg = np.int64(0)
+    maxlen = np.int64(0)
+    start = np.int64(0)
     in_seg = False
     for g in range(ngroups):
         if q[g] & NOT_PERSISTENCE == 0:
@@ -228,7 +236,7 @@ def find_segments(q, starts, lens):
     return kept
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def snr_index(d, gain, rnoise):
     """Index into SNR_POWERS for a segment whose last-minus-first signal is ``d`` DN."""
     den = rnoise * rnoise + d * gain
@@ -293,7 +301,7 @@ def fit_segment(d, start, n, gain, rnoise, rate_est, dark, group_time, len1_time
     return slope, _var_poisson(rate_est, dark, t, gain), var_r
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def _var_poisson(rate_est, dark, t, gain):
     if rate_est > 0.0:
         return (rate_est + dark) / (t * gain)
@@ -334,7 +342,7 @@ def combine_integration(d, q, nseg, starts, lens, gain, rnoise, rate_est, dark, 
     return num * var_r, err, var_p, var_r
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def finish_rate(sums, dq, nints, n_dnu, n_sat, any_sat, out, p):
     """Write the exposure-level rate of pixel ``p`` from the summed inverses."""
     if n_dnu == nints:
@@ -423,7 +431,7 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
                 rdq |= PERSISTENCE
         rate_est = median_rate(dloc, qloc, is_0th, group_time, one_group_time, buf)
         sums[:] = 0.0
-        n_dnu = n_sat = 0
+        n_dnu = n_sat = np.int64(0)  # not literals, which compile finish_rate twice
         for i in range(nints):
             idq = pdq
             if stats[i, 0]:
@@ -461,7 +469,7 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
             ints_out[VAR_POISSON, i, p] = var_p
             ints_out[VAR_RNOISE, i, p] = var_r
             ints_dq[i, p] = idq
-        any_sat = False
+        any_sat = np.bool_(False)
         for i in range(nints):
             any_sat |= stats[i, 4] > 0
         rate_dq[p] = finish_rate(sums, rdq, nints, n_dnu, n_sat, any_sat, rate_out, p)

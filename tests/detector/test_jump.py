@@ -65,6 +65,13 @@ def test_parity_group_counts(shape):
     _assert_parity(r, (37, 29))
 
 
+@pytest.mark.parametrize("shape", [(2, 50, 12, 12), (1, 140, 8, 8)], ids=["98diffs", "139diffs"])
+def test_parity_long_ramps(shape):
+    # more than 16 differences per pixel: sorted by insertion (up to 128) or quicksort (above)
+    r, _ = _calibrated(shape, seed=sum(shape), cr_probability=0.01)
+    assert (_assert_parity(r, (7, 5)) & JUMP).sum() > 10
+
+
 def test_parity_after_jump_flags_and_neighbor_limits():
     r, _ = _calibrated((1, 8, 64, 64), seed=11)
     kw = dict(

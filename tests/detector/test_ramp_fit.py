@@ -101,7 +101,7 @@ def assert_products_match(ours: xr.Dataset, ref: dict, rtol: float):
 @pytest.mark.parametrize(
     ("nints", "ngroups", "suppress"),
     [(1, 1, True), (3, 1, True), (1, 2, True), (3, 2, False), (1, 3, True), (3, 3, False),
-     (1, 10, True), (1, 10, False), (3, 10, True)],
+     (1, 10, True), (1, 10, False), (3, 10, True), (2, 40, True), (1, 150, True)],
 )
 def test_parity_with_stcal(nints, ngroups, suppress):
     ramps = make_cube(nints, ngroups, seed=10 * ngroups + nints)
