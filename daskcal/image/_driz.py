@@ -293,21 +293,24 @@ _WCODES = {"ivm": 0, "ivm-sky": 0, "exptime": 1}  # anything else: weight 1
 
 
 @njit(nogil=True, cache=True)
-def _add_data_kernel(wht, swd, con, bit, use_ctx, w, img, ctx):
-    """Add one piece's weights and weighted data; OR its context bit (tile views, piece arrays)."""
+def _add_data_kernel(wht, swd, con, oy, ox, bit, use_ctx, w, img, ctx):
+    """Add one piece's weights and weighted data at ``(oy, ox)`` of the sums; OR its context bit.
+
+    The whole sum arrays and an offset (not views of them), so each dtype compiles once.
+    """
     ny, nx = w.shape
     for i in range(ny):
         for j in range(nx):
             wv = w[i, j]
             if wv != 0:
-                wht[i, j] += wv
-                swd[i, j] += np.float64(wv) * np.float64(img[i, j])
+                wht[oy + i, ox + j] += wv
+                swd[oy + i, ox + j] += np.float64(wv) * np.float64(img[i, j])
             if use_ctx and ctx[i, j]:
-                con[i, j] |= bit
+                con[oy + i, ox + j] |= bit
 
 
 @njit(nogil=True, cache=True)
-def _add_var_kernel(vsum, vwt, w, m0, m1, m2, present, rn_slot, wcode, tmeasure):
+def _add_var_kernel(vsum, vwt, oy, ox, w, m0, m1, m2, present, rn_slot, wcode, tmeasure):
     """The reference's per-input variance step for one input's drizzled sqrt(var) means.
 
     Where the input reached (``w != 0``): square each mean (float32), weight it
@@ -339,8 +342,8 @@ def _add_var_kernel(vsum, vwt, w, m0, m1, m2, present, rn_slot, wcode, tmeasure)
                     continue
                 v = v0 if k == 0 else (v1 if k == 1 else v2)
                 if v >= 0 and np.isfinite(v):
-                    vsum[k, i, j] += np.float64(v) * weight * weight
-                    vwt[k, i, j] += weight
+                    vsum[k, oy + i, ox + j] += np.float64(v) * weight * weight
+                    vwt[k, oy + i, ox + j] += weight
 
 
 @njit(nogil=True, cache=True)
@@ -443,9 +446,9 @@ class TileSums:
         for pc in pieces:
             r = self._region(pc.oy, pc.ox, pc.wht.shape)
             with_ctx = use_ctx and pc.ctx is not None
-            con = self.con[ctx_index // 32][r] if with_ctx else nocon
+            con = self.con[ctx_index // 32] if with_ctx else nocon
             bit = np.uint32(1) << np.uint32(ctx_index % 32) if with_ctx else np.uint32(0)
-            _add_data_kernel(self.wht[r], self.swd[r], con, bit, with_ctx, pc.wht, pc.img,
+            _add_data_kernel(self.wht, self.swd, con, r[0].start, r[1].start, bit, with_ctx, pc.wht, pc.img,
                              pc.ctx if with_ctx else nobool)
             if self.swe is not None and pc.err is not None:
                 self.swe[r] += np.multiply(pc.wht, pc.err, dtype=np.float64)
@@ -465,7 +468,7 @@ class TileSums:
             dummy = np.zeros((1, 1), np.float32)
             m = [means.get(n, dummy) for n in VAR_NAMES]
             rn_slot = VAR_NAMES.index("var_rnoise") if "var_rnoise" in means else -1
-            _add_var_kernel(self.vsum[:, r[0], r[1]], self.vwt[:, r[0], r[1]], w, m[0], m[1], m[2], present,
+            _add_var_kernel(self.vsum, self.vwt, r[0].start, r[1].start, w, m[0], m[1], m[2], present,
                             rn_slot, _WCODES.get(self.spec.weight_type, 2), float(tmeasure))
 
     def plus(self, pieces, ctx_index, tmeasure: float) -> TileSums:
