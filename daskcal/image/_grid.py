@@ -450,12 +450,10 @@ MIN_TILE = 256
 
 @dataclasses.dataclass(frozen=True)
 class WorkerMemory:
-    """The tightest memory of a cluster's workers: ``limit`` bytes shared by ``threads`` task threads
-    (``total_threads``: the threads of all the workers)."""
+    """The tightest memory of a cluster's workers: ``limit`` bytes shared by ``threads`` task threads."""
 
     limit: int
     threads: int
-    total_threads: int = 1
 
     @property
     def per_thread(self) -> int:
@@ -481,7 +479,7 @@ def worker_memory(client=None) -> WorkerMemory | None:
     if not known:
         return None
     limit, threads = min(known, key=lambda lt: lt[0] / lt[1])
-    return WorkerMemory(limit, threads, sum(t for _, t in known))
+    return WorkerMemory(limit, threads)
 
 
 def tile_task_bytes(tile_shape: Sequence[int], psr: float, window_shape: Sequence[int] | None = None,

@@ -361,8 +361,7 @@ class _TileInput:
         self.level, self.exptime, self.tmeasure, self.ctx_index = level, exptime, tmeasure, ctx_index
 
 
-def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _driz.DrizzleSpec, prev=None,
-               _after=None):
+def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _driz.DrizzleSpec, prev=None):
     """Dask task: ``prev`` (the partial sums of the inputs before this one in its chain, or None) plus one
     input's part of one output tile.
 
@@ -370,7 +369,6 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
     ``spec_in.chunks`` names), then its coarse grid if it has one. The region's blocks
     are drizzled into their windows and their parts in the tile added to a copy of
     ``prev`` grown to the box they cover (``prev`` itself is never modified).
-    ``_after``: a token of an earlier tile's completion (:func:`_gate`), only waited for.
     """
     from daskcal.image._dataset import wcs_from_text
 
@@ -385,11 +383,6 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
     if prev is None:
         return _driz.TileSums.of_pieces(pieces, nplanes, spec, spec_in.ctx_index, spec_in.tmeasure)
     return prev.plus(pieces, spec_in.ctx_index, spec_in.tmeasure)
-
-
-def _gate(_tile_planes) -> bool:
-    """Dask task: a small token that a tile is finished, which a later tile's first leaves wait for."""
-    return True
 
 
 def _merge_task(a, b):
@@ -621,7 +614,7 @@ def resample(
                              weight_type=params.weight_type)
     _check_fits_workers(inps, parts, tiles, psr, workers)
     groups = _groups(inps) if single else {None: [i.index for i in inps]}
-    ds = _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, params, psr, single, workers)
+    ds = _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, params, psr, single)
     ds.attrs.update(_attrs(inps, wcs_out, out_shape, params, psr, out_scale, tile_shape))
     ds.attrs["s_region"] = _s_region([i for i in inps if parts[i.index]])
     del inps_ds
@@ -713,27 +706,7 @@ CHAIN = 8
 WRITTEN_TILES = "tiles_written"
 
 
-def _tiles_in_flight(workers) -> int:
-    """How many tiles may be under way at once: twice the threads that run tasks (``IN_FLIGHT`` per thread)."""
-    import dask
-
-    if workers is not None:
-        threads = workers.total_threads
-    else:
-        from dask.system import CPU_COUNT
-
-        threads = dask.config.get("num_workers", None) or CPU_COUNT
-    return max(2, IN_FLIGHT * int(threads))
-
-
-#: Tiles under way per task thread: a tile's first leaves wait for the tile this many threads' worth
-#: earlier to be finished, so the partial sums held are a few tiles' whatever the scheduler's order
-#: (measured: dask's threaded scheduler otherwise started most tiles' chains first, 11 partial sums of
-#: 71 MB alive for 2 inputs at pixel_scale_ratio 0.3, peak 4 GiB at 0.2).
-IN_FLIGHT = 2
-
-
-def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, psr, single, workers=None):
+def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, psr, single):
     import dask
     import dask.array as da
     from dask.base import tokenize
@@ -775,8 +748,6 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                      all_chunked], tiles, spec, p.pixmap_stepsize, single, sorted(groups.items(), key=str))
     per_group = []
     written = set()
-    in_flight = _tiles_in_flight(workers)
-    gates: list = []  # one per finished tile, in order
     for gpos, gid in enumerate(gkeys):
         members = groups[gid]
         pos_of = {k: pos for pos, k in enumerate(members)}
@@ -800,12 +771,10 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 level = []
                 for c in range(0, len(mine), CHAIN):  # chains of inputs, then pairwise merges of the chains
                     sums = None
-                    after = gates[-in_flight] if len(gates) >= in_flight else None
                     for step, (k, args, deps) in enumerate(mine[c:c + CHAIN]):
                         with dask.annotate(priority=base + c + step + 1):
                             sums = dask.delayed(_leaf_task)(_TileInput(*args, pos_of[k] if spec.enable_ctx else None),
                                                             deps, text_out, tile, nplanes, spec, sums,
-                                                            after if step == 0 else None,
                                                             dask_key_name=f"{key}-leaf-{k}")
                     level.append(sums)
                 depth = 0
@@ -816,7 +785,6 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                                  if j + 1 < len(level) else level[j] for j in range(0, len(level), 2)]
                 with dask.annotate(priority=base + 2 * len(mine) + 2):
                     fin = dask.delayed(_finalize_task)(level[0], tile, nplanes, spec, dask_key_name=f"{key}-tile")
-                    gates.append(dask.delayed(_gate)(fin, dask_key_name=f"{key}-done"))
                 row.append(_tile_arrays(fin, tshape, nplanes, spec))
             rows.append(row)
         per_group.append((nplanes, rows))
