@@ -55,6 +55,7 @@ import datetime
 import functools
 import importlib.util
 import json
+import re
 import math
 import os
 import platform
@@ -423,8 +424,9 @@ def run_cli(asn: Path, outdir: Path, workers: int, extra: list[str]) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-3000:]}")
     seconds = {}
     for line in out.splitlines():  # "image3: 8 exposures in 12.3 s": from image3's call to the products written
-        if line.startswith("image3:") and line.rstrip().endswith(" s"):
-            seconds["image3 + writing (cluster up)"] = float(line.split(" in ")[-1].split()[0])
+        m = re.match(r"image3: \d+ exposures in ([\d.]+) s$", line.strip())
+        if m:
+            seconds["image3 + writing (cluster up)"] = float(m.group(1))
     return {"total": elapsed, "seconds": seconds, "peak_mb": sampler.peak_total,
             "worker_peak_mb": sampler.peak_single_child, "command": " ".join(["python", *cmd[1:]]),
             "stdout_tail": out[-800:]}
