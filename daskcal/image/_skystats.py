@@ -173,6 +173,21 @@ def _partial(kind: str, st: TargetState, v: np.ndarray, first: int | None):
     raise ValueError(msg)
 
 
+def _shifted_and_good(block, dq, ignore_bits, shift):
+    """``(values, good)``: the data minus the sky values already subtracted (float32 steps, in order),
+    and where they are finite with DQ good."""
+    from astropy.nddata.bitmask import bitfield_to_boolean_mask
+
+    block = np.asarray(block)
+    for s in shift:
+        block = block - np.float32(s)
+    block = block.astype(np.float32, copy=False)
+    good = np.isfinite(block)
+    if dq is not None and ignore_bits is not None:
+        good &= bitfield_to_boolean_mask(np.asarray(dq), ignore_bits, good_mask_value=True, dtype=bool)
+    return block, good
+
+
 def chunk_partials(kind, states, block, dq, offset, width, regions, ignore_bits, shift):
     """Partials of round ``kind`` for every target of one image chunk.
 
@@ -193,15 +208,7 @@ def chunk_partials(kind, states, block, dq, offset, width, regions, ignore_bits,
     shift : sequence of float
         Sky values already subtracted from this image (float32 steps, reference order).
     """
-    from astropy.nddata.bitmask import bitfield_to_boolean_mask
-
-    block = np.asarray(block)
-    for s in shift:
-        block = block - np.float32(s)
-    block = block.astype(np.float32, copy=False)
-    good = np.isfinite(block)
-    if dq is not None and ignore_bits is not None:
-        good &= bitfield_to_boolean_mask(np.asarray(dq), ignore_bits, good_mask_value=True, dtype=bool)
+    block, good = _shifted_and_good(block, dq, ignore_bits, shift)
     y0, x0 = offset
     h, w = block.shape
     out = []
@@ -225,15 +232,7 @@ def whole_image_results(spec, block, dq, regions, ignore_bits, shift):
     "chunk" that is the whole image, with each region's good values selected once instead of
     once per round (the chunked graph re-reads every chunk in each of its ~13 rounds).
     """
-    from astropy.nddata.bitmask import bitfield_to_boolean_mask
-
-    block = np.asarray(block)
-    for s in shift:
-        block = block - np.float32(s)
-    block = block.astype(np.float32, copy=False)
-    good = np.isfinite(block)
-    if dq is not None and ignore_bits is not None:
-        good &= bitfield_to_boolean_mask(np.asarray(dq), ignore_bits, good_mask_value=True, dtype=bool)
+    block, good = _shifted_and_good(block, dq, ignore_bits, shift)
     h, w = block.shape
     values, firsts = [], []
     for region in regions:
