@@ -209,6 +209,9 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
         kwargs["outlier_detection"]["tempdir"] = tempdir
     elif tempdir is not None and "outlier_detection" not in kwargs:
         kwargs["outlier_detection"] = {"tempdir": tempdir}
+    from daskcal.image._pipeline import check_parameters
+
+    check_parameters(**kwargs)  # a bad parameter is one line, before anything compiles or starts
     result = None
     try:
         with outputs:  # the output folder is proven writable before the cluster starts

@@ -90,6 +90,13 @@ def _step_params(name: str, value) -> tuple[bool, dict]:
 _WCS_ARGS = ("pixel_scale", "pixel_scale_ratio", "rotation", "crpix", "crval", "output_shape")
 
 
+def check_parameters(*, tweakreg=None, skymatch=None, outlier_detection=None, resample=None) -> None:
+    """Refuse bad step parameters of :func:`image3` (``ValueError``/``TypeError``) without computing anything."""
+    steps = {"tweakreg": tweakreg, "skymatch": skymatch, "outlier_detection": outlier_detection,
+             "resample": resample}
+    _check_all({name: _step_params(name, value) for name, value in steps.items()})
+
+
 def _check_all(parsed: dict) -> None:
     """Check every step's parameters (names and values) before any step computes anything."""
     import inspect
