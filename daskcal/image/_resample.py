@@ -25,6 +25,7 @@ whatever the mosaic size. Tile sizes come from a memory budget, which with a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -811,6 +812,19 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
     return ds
 
 
+@functools.lru_cache(maxsize=1)
+def _zarr_fill_value_encoding() -> bool:
+    """Whether this xarray's ``to_zarr`` takes a ``fill_value`` encoding (xarray 2025.1 does not)."""
+    from xarray.backends.zarr import extract_zarr_variable_encoding
+
+    probe = xr.Variable(("x",), np.zeros(1, np.float32), encoding={"fill_value": 0.0})
+    try:
+        enc = extract_zarr_variable_encoding(probe, raise_on_invalid=True, zarr_format=3)
+    except (TypeError, ValueError):
+        return False
+    return enc.get("fill_value") == 0.0
+
+
 def _declare_sparse(ds, spec, written) -> None:
     """Give each plane its fill value (Zarr ``fill_value``) and record the tiles that are written.
 
@@ -820,6 +834,10 @@ def _declare_sparse(ds, spec, written) -> None:
     """
     from daskcal.io._zarr_read import SPARSE_ATTR, WRITTEN_ATTR
 
+    if not _zarr_fill_value_encoding():
+        log.info("xarray %s cannot set a Zarr array's fill_value: every tile of the mosaic is written",
+                 xr.__version__)
+        return
     for name in ds.data_vars:
         ds[name].encoding["fill_value"] = _driz.empty_value(name, spec).item()
         ds[name].attrs[SPARSE_ATTR] = True

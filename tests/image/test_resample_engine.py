@@ -117,3 +117,21 @@ def test_results_do_not_depend_on_blocks_or_tiles(kernel):
         out = out.compute(scheduler="sync")
         for name in whole.data_vars:
             np.testing.assert_array_equal(out[name].values, whole[name].values, err_msg=name)
+
+
+def test_without_a_fill_value_encoding_every_tile_is_written(sim, tmp_path, monkeypatch):
+    """With an xarray whose to_zarr takes no fill_value (2025.1, the lower bound), the mosaic is not sparse:
+    every chunk is written and reads back equal."""
+    from daskcal.image import _resample
+
+    monkeypatch.setattr(_resample, "_zarr_fill_value_encoding", lambda: False)
+    grid = _wide_grid(sim, factor=2)
+    mosaic = daskcal.resample(sim.images, output_wcs=grid, tile_shape=(40, 40))
+    assert WRITTEN_ATTR not in mosaic["data"].attrs and "fill_value" not in mosaic["data"].encoding
+    out = daskcal.save(mosaic, tmp_path / "m.zarr")
+    ny, nx = grid.array_shape
+    nfiles = sum(1 for p in (out / "data" / "c").rglob("*") if p.is_file())
+    assert nfiles == -(-ny // 40) * -(-nx // 40)
+    check_store(out, ["data", "wht"])
+    expected = mosaic.compute(scheduler="sync")
+    np.testing.assert_array_equal(ZarrSource.at(out, "wht").read((slice(None), slice(None))), expected["wht"].values)
