@@ -742,8 +742,8 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
             deps = [d for r in regions.values() for d, _ in r] + coarse_d
             entries.setdefault(t, []).append((inp.index, args, deps))
 
-    # per tile (and exposure group): a leaf task per input that reaches it, a tree of pairwise merges of their
-    # partial sums (so a tile reached by many inputs never holds all of them), and the tile's planes
+    # per tile (and exposure group): chains of leaf tasks, one per input that reaches it, the chains' partial
+    # sums merged pairwise (so a tile reached by many inputs never holds all of them), and the tile's planes
     gkeys = list(groups)
     token = tokenize(text_out, [i.ds.attrs["wcs_asdf"] for i in inps], [c.blocks.ravel().tolist() for c in
                      all_chunked], tiles, spec, p.pixmap_stepsize, single, sorted(groups.items(), key=str))

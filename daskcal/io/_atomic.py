@@ -486,13 +486,12 @@ class _Target:
 def _unwritten(var):
     """A test of the ``(iy, ix)`` chunks of ``var`` that are not to be written (they are its fill value),
     from its :data:`~daskcal.io._zarr_read.WRITTEN_ATTR`; None when every chunk is written."""
-    from daskcal.io._zarr_read import SPARSE_ATTR, WRITTEN_ATTR
+    from daskcal.io._zarr_read import _may_miss, _sparse_of
 
-    written = var.attrs.get(WRITTEN_ATTR)
-    if written is None or var.attrs.get(SPARSE_ATTR) is not True:
+    sparse = _sparse_of(var.attrs)  # the reader's own reading of the attributes
+    if isinstance(sparse, bool):  # not sparse, or sparse without a list of written chunks: write them all
         return None
-    keep = frozenset(tuple(int(v) for v in c) for c in written)
-    return lambda c: c not in keep
+    return lambda c: _may_miss(sparse, c)
 
 
 def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
