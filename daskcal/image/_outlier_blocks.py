@@ -58,12 +58,6 @@ def _wcs(text):
     return wcs_from_text(text)
 
 
-#: Pixels per WCS evaluation in :func:`pixel_map`: the transforms' temporaries (512 KiB
-#: each) stay in cache, and in the heap when glibc's mmap threshold is above them (see
-#: ``WORKER_ENVIRON`` in :mod:`daskcal.cluster`).
-PIXMAP_CHUNK = 1 << 16
-
-
 def pixel_map(in_wcs, out_wcs, shape, rows=None, cols=None):
     """Output-grid pixel coordinates (x, y) of input pixel centres, shape ``(ny, nx, 2)``.
 
