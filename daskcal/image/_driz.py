@@ -428,13 +428,21 @@ class TileSums:
         self.present = np.zeros(3, np.bool_)
 
     @classmethod
-    def of_pieces(cls, pieces, nplanes: int, spec: DrizzleSpec, ctx_index, tmeasure: float) -> TileSums:
-        """The sums of one input's pieces of a tile, over the box they cover."""
-        box = (min(pc.oy for pc in pieces), max(pc.oy + pc.wht.shape[0] for pc in pieces),
-               min(pc.ox for pc in pieces), max(pc.ox + pc.wht.shape[1] for pc in pieces))
+    def of_pieces(cls, pieces, nplanes: int, spec: DrizzleSpec, ctx_index, tmeasure: float, box=None) -> TileSums:
+        """The sums of one input's pieces of a tile, over ``box`` (y0, y1, x0, x1; default: the box the pieces
+        cover)."""
+        if box is None:
+            box = (min(pc.oy for pc in pieces), max(pc.oy + pc.wht.shape[0] for pc in pieces),
+                   min(pc.ox for pc in pieces), max(pc.ox + pc.wht.shape[1] for pc in pieces))
         sums = cls(box, nplanes, spec)
         sums.add_input(pieces, ctx_index, tmeasure)
         return sums
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (what Dask's ``sizeof`` reports, so workers count and spill partial sums)."""
+        return sum(a.nbytes for a in (self.wht, self.swd, self.swe, self.con, self.dq, self.vsum, self.vwt)
+                   if a is not None)
 
     def _region(self, oy, ox, shape):
         return (slice(oy - self.box[0], oy - self.box[0] + shape[0]), slice(ox - self.box[2], ox - self.box[2] + shape[1]))
@@ -471,20 +479,40 @@ class TileSums:
             _add_var_kernel(self.vsum, self.vwt, r[0].start, r[1].start, w, m[0], m[1], m[2], present,
                             rn_slot, _WCODES.get(self.spec.weight_type, 2), float(tmeasure))
 
+    def _holds(self, box) -> bool:
+        return self.box[0] <= box[0] and box[1] <= self.box[1] and self.box[2] <= box[2] and box[3] <= self.box[3]
+
     def plus(self, pieces, ctx_index, tmeasure: float) -> TileSums:
-        """A new :class:`TileSums`: these sums and one more input's pieces, over the union of their boxes."""
+        """These sums and one more input's pieces, over the union of their boxes.
+
+        Adds in place (and returns ``self``) where the pieces lie inside the box: a task's partial sums
+        have one dependent in the graph (the next step of their tile), which owns them. Adding in
+        place saves a copy of the sums per input (84 MB per 1024^2 tile).
+        """
         box = (min(self.box[0], min(pc.oy for pc in pieces)), max(self.box[1], max(pc.oy + pc.wht.shape[0] for pc in pieces)),
                min(self.box[2], min(pc.ox for pc in pieces)), max(self.box[3], max(pc.ox + pc.wht.shape[1] for pc in pieces)))
-        out = TileSums(box, self.nplanes, self.spec)
-        out._add_sums(self)
+        if box == self.box:
+            out = self
+        else:
+            out = TileSums(box, self.nplanes, self.spec)
+            out._add_sums(self)
         out.add_input(pieces, ctx_index, tmeasure)
         return out
 
     @classmethod
     def merge(cls, a: TileSums | None, b: TileSums | None) -> TileSums | None:
-        """The sums of two sets of inputs, over the union of their boxes (None: no input)."""
+        """The sums of two sets of inputs, over the union of their boxes (None: no input).
+
+        Adds one into the other in place where its box holds the other's (both are owned by the merge, as
+        in :meth:`plus`)."""
         if a is None or b is None:
             return a if b is None else b
+        if a._holds(b.box):
+            a._add_sums(b)
+            return a
+        if b._holds(a.box):
+            b._add_sums(a)
+            return b
         box = (min(a.box[0], b.box[0]), max(a.box[1], b.box[1]), min(a.box[2], b.box[2]), max(a.box[3], b.box[3]))
         out = cls(box, a.nplanes, a.spec)
         out._add_sums(a)
@@ -600,3 +628,14 @@ def _merged_means(pieces):
         for name, sm in sums.items():
             means[name] = np.where(covered, sm / np.where(covered, w, 1.0), np.nan).astype(np.float32)
     return (y0, x0), w, means
+
+
+def _register_sizeof() -> None:
+    """Tell Dask the size of partial sums (without it a worker counts a 1024^2 tile's 84 MB as ~50 bytes of
+    managed memory: it neither spills them nor places tasks by them)."""
+    from dask.sizeof import sizeof
+
+    sizeof.register(TileSums)(lambda s: s.nbytes)
+
+
+_register_sizeof()

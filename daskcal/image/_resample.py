@@ -368,8 +368,8 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
 
     ``deps`` are the input's chunks that hold its region (as many per array as
     ``spec_in.chunks`` names), then its coarse grid if it has one. The region's blocks
-    are drizzled into their windows and their parts in the tile added to a copy of
-    ``prev`` grown to the box they cover (``prev`` itself is never modified).
+    are drizzled into their windows and their parts in the tile added to ``prev`` in place (the
+    sums cover the whole tile; ``prev`` has this task as its one dependent).
     """
     from daskcal.image._dataset import wcs_from_text
 
@@ -382,7 +382,7 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
     if not pieces:
         return prev
     if prev is None:
-        return _driz.TileSums.of_pieces(pieces, nplanes, spec, spec_in.ctx_index, spec_in.tmeasure)
+        return _driz.TileSums.of_pieces(pieces, nplanes, spec, spec_in.ctx_index, spec_in.tmeasure, box=tile)
     return prev.plus(pieces, spec_in.ctx_index, spec_in.tmeasure)
 
 
@@ -716,6 +716,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
     text_out = wcs_to_text(wcs_out)
     var_present = {i.index: [n for n in VARIANCE_NAMES if n in i.ds] for i in inps}
     ys, xs = _tiles(out_shape, tile_shape)
+    side = max(tile_shape) * psr  # input px across one tile
 
     # what each leaf task takes of each input: the chunks that hold its region, and constants
     entries: dict = {}  # tile index -> [(input index, _TileInput arguments, its chunks and coarse grid)]
@@ -730,7 +731,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
             names.append("var_sky")
         if spec.driz_err and "err" in inp.ds:
             names.append("err")
-        chunked = {n: _Chunked.of(_as_dask(inp.ds[n])) for n in names if n in inp.ds}
+        chunked = {n: _Chunked.of(_split_chunks(_as_dask(inp.ds[n]), side)) for n in names if n in inp.ds}
         all_chunked += chunked.values()
         text_in = inp.ds.attrs["wcs_asdf"]
         coarse = _coarse_grid(inp.wcs, wcs_out, inp, p.pixmap_stepsize, p.pixmap_order)
@@ -912,6 +913,39 @@ def _assemble(chunks, cut):
         sy1, sx1 = min(y1, oy + block.shape[0]), min(x1, ox + block.shape[1])
         out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = block[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox]
     return out
+
+
+def _split_chunks(arr, side: float):
+    """``arr`` with its chunks cut to about ``side`` px (kept where they are about that or smaller).
+
+    A leaf task takes the chunks that hold its input region, about one tile's extent on the input (``side``),
+    and Dask holds a chunk until every leaf that takes it has run. At small pixel scale ratios one input chunk
+    would feed tens of tiles, whose chains of partial sums (84 MB per 1024^2 tile) would all be started
+    before any could finish (measured: 2 workers of 1.5 GiB paused, 8 inputs of 2048^2 in 1024^2 chunks at
+    ratio 0.1). Cut to the tile's extent, a chunk feeds a few neighbouring tiles and is released soon.
+    An array daskcal reads from Zarr is read again in the smaller chunks (whole stored chunks each, so no
+    stored chunk is decoded twice); any other is split by ``rechunk``.
+    """
+    from daskcal.io._zarr_read import read_as_dask, zarr_source
+
+    side = max(64, int(side))
+    source = zarr_source(arr)
+    stored = source.array().chunks if source is not None else None
+
+    def cuts(chunks, unit):
+        out = []
+        for c in chunks:
+            k = max(1, round(c / max(side, unit)))
+            edges = np.linspace(0, c, k + 1)
+            if unit > 1:  # whole stored chunks (dask chunks start on stored-chunk edges)
+                edges = np.unique(np.r_[(edges / unit).round() * unit, c])
+            out += np.diff(edges).astype(int).tolist()
+        return tuple(out)
+
+    new = tuple(cuts(c, stored[i] if stored else 1) for i, c in enumerate(arr.chunks))
+    if new == arr.chunks:
+        return arr
+    return read_as_dask(source, new) if source is not None else arr.rechunk(new)
 
 
 def _as_dask(var):

@@ -309,7 +309,8 @@ def compute_writes(collections: list, *, progress: bool = False) -> list:
 
     client = _default_client()
     if client is not None:
-        return list(compute_on_client(client, collections, progress=progress))
+        with _keep_priorities(collections):
+            return list(compute_on_client(client, collections, progress=progress))
     if dask.config.get("scheduler", None) not in (None, "threads", "threading"):
         return list(dask.compute(*collections))
     from concurrent.futures import ThreadPoolExecutor
@@ -324,6 +325,27 @@ def compute_writes(collections: list, *, progress: bool = False) -> list:
         raise
     pool.shutdown(wait=True)
     return list(values)
+
+
+def _keep_priorities(collections):
+    """A context in which ``collections`` reach a ``distributed`` scheduler with their tasks' priority annotations.
+
+    Dask's array optimisation fuses the whole graph into one low-level layer and drops the layers'
+    annotations; where a graph sets task priorities (resample orders its tiles so that each is finished before
+    the next is started), low-level fusion is turned off for this computation (culling and blockwise fusion
+    still run). Measured on a mosaic of 8 inputs at pixel scale ratio 0.1 on 2 workers of 1.5 GiB: without the
+    priorities, 3x more partial tile sums were held and the workers paused.
+    """
+    import contextlib
+
+    import dask
+
+    for c in collections:
+        graph = c.__dask_graph__() if hasattr(c, "__dask_graph__") else None
+        layers = getattr(graph, "layers", None) or {}
+        if any("priority" in (getattr(layer, "annotations", None) or {}) for layer in layers.values()):
+            return dask.config.set({"optimization.fuse.active": False})
+    return contextlib.nullcontext()
 
 
 def compute_on_client(client, collections, *, progress: bool = False):
