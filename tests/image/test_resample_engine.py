@@ -135,3 +135,50 @@ def test_without_a_fill_value_encoding_every_tile_is_written(sim, tmp_path, monk
     check_store(out, ["data", "wht"])
     expected = mosaic.compute(scheduler="sync")
     np.testing.assert_array_equal(ZarrSource.at(out, "wht").read((slice(None), slice(None))), expected["wht"].values)
+
+
+class _Priorities:
+    """Scheduler plugin: the priority the scheduler gives each task it receives, by key."""
+
+    name = "daskcal-test-priorities"
+
+    def __init__(self):
+        self.seen, self.scheduler = {}, None
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        ts = self.scheduler.tasks.get(key)
+        if ts is not None:
+            self.seen[str(key)] = ts.priority
+
+
+def test_tiles_priorities_reach_the_distributed_scheduler(sim, tmp_path):
+    """save() on a client keeps resample's priority annotations (array optimisation's low-level fusion
+    drops them): a tile's later steps rank above its first ones, and earlier tiles above later ones."""
+    distributed = pytest.importorskip("distributed")
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    rec = type("Rec", (_Priorities, SchedulerPlugin), {})()
+    mosaic = daskcal.resample(sim.images, pixel_scale_ratio=0.5, tile_shape=(32, 32))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        client.register_plugin(rec)
+        daskcal.save(mosaic, tmp_path / "m.zarr")
+        seen = client.run_on_scheduler(lambda dask_scheduler: dict(dask_scheduler.plugins[_Priorities.name].seen))
+    leaves = {k: p for k, p in seen.items() if "-leaf-" in k}
+    assert leaves, sorted(seen)[:10]
+    user = {k: -p[0] for k, p in leaves.items()}  # the scheduler stores minus the annotated priority
+
+    def tile_of(k):
+        return int(k.split("-leaf-")[0].rsplit("-", 1)[1])
+
+    tiles = sorted({tile_of(k) for k in user})
+    assert len(tiles) >= 2
+    first = {t: max(p for k, p in user.items() if tile_of(k) == t) for t in tiles}
+    assert all(first[a] > first[b] for a, b in zip(tiles, tiles[1:])), first
+    for t in tiles:  # within a chain: the later inputs first
+        chain = [p for k, p in sorted(user.items(), key=lambda kv: int(kv[0].rsplit("-", 1)[1])) if tile_of(k) == t]
+        assert chain == sorted(chain), (t, chain)
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "m.zarr").load(), mosaic.load())
