@@ -82,7 +82,9 @@ def test_products_are_written_from_the_stacked_blocks(fitted, tmp_path):
     (writes,) = _chunk_writers(targets)
     layer = writes.dask.layers[writes.name]
     assert writes.dask.dependencies[writes.name] == stacked
-    assert len(layer) == 3 * 3  # one task per (y, x) chunk, each taking one stacked block
+    # one task per (y, x) chunk, each taking one stacked block, and the write plan they share
+    assert len(layer) == 3 * 3 + 1
+    assert sum(isinstance(k, str) and k.startswith("write-plan-") for k in layer) == 1
     with dask.config.set(scheduler="threads"):
         paths = save_products(products, tmp_path / "out")
         for name, ds in products.items():
