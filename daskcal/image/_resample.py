@@ -669,11 +669,17 @@ def _attrs(inps, wcs_out, out_shape, p, psr, out_scale, tile_shape):
 
 
 def _check_fits_workers(inps, parts, tiles, psr, workers) -> None:
-    """With a cluster, refuse tile tasks and input chunks that could not fit a worker's memory."""
+    """With a cluster, refuse tile tasks and input chunks that could not fit a worker's memory (arrays daskcal
+    reads from Zarr are read by region in the tile tasks: their chunks are not loaded whole)."""
+    from daskcal.io._zarr_read import zarr_source
+
     if workers is None:
         return
     for inp in inps:
-        arrays = [inp.ds[n].data for n in inp.ds.data_vars if hasattr(inp.ds[n].data, "chunks")]
+        arrays = [inp.ds[n].data for n in inp.ds.data_vars
+                  if hasattr(inp.ds[n].data, "chunks") and zarr_source(inp.ds[n].data) is None]
+        if not arrays:
+            continue
         chunk = sum(a.dtype.itemsize * math.prod(max(c) for c in a.chunks) for a in arrays)
         _grid.check_task_fits(
             chunk, workers, f"input {inp.index} ({inp.ds.attrs.get('name', '?')!r}): one Dask chunk of its "

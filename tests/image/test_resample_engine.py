@@ -182,3 +182,34 @@ def test_tiles_priorities_reach_the_distributed_scheduler(sim, tmp_path):
         chain = [p for k, p in sorted(user.items(), key=lambda kv: int(kv[0].rsplit("-", 1)[1])) if tile_of(k) == t]
         assert chain == sorted(chain), (t, chain)
     xr.testing.assert_identical(xr.open_zarr(tmp_path / "m.zarr").load(), mosaic.load())
+
+
+def test_leaves_read_their_regions_of_zarr_inputs(sim, tmp_path):
+    """Inputs daskcal opened from Zarr are read by the leaf tasks, each its region (no input chunk task in
+    the graph), and give the mosaic the same inputs in memory give (whose chunks are cut to a tile's extent)."""
+    paths = []
+    for k, ds in enumerate(sim.images):
+        paths.append(tmp_path / f"in{k}.zarr")
+        daskcal.save(ds, paths[-1])
+    images = daskcal.open_images(paths)
+    mosaic = daskcal.resample(images, pixel_scale_ratio=0.5, tile_shape=(32, 32))
+    keys = [str(k) for k in mosaic.__dask_graph__().keys()]
+    assert any("-leaf-" in k for k in keys)
+    assert not [k for k in keys if "zarr-read" in k]
+    in_memory = [ds.load().chunk({"y": 48, "x": 48}) for ds in daskcal.open_images(paths)]
+    ref = daskcal.resample(in_memory, pixel_scale_ratio=0.5, tile_shape=(32, 32))
+    for name in mosaic.data_vars:
+        np.testing.assert_array_equal(mosaic[name].values, ref[name].values, err_msg=name)
+
+
+def test_other_inputs_are_cut_to_a_tiles_extent():
+    """Chunks about a tile's extent on the input (or smaller) are kept; larger ones are cut to about it."""
+    import dask.array as da
+
+    from daskcal.image._resample import _split_chunks
+
+    arr = da.zeros((1000, 300), chunks=(1000, 300))
+    assert _split_chunks(arr, 100).chunks == ((100,) * 10, (100,) * 3)
+    assert _split_chunks(arr, 130).chunks == ((125,) * 8, (150, 150))
+    small = da.zeros((1000, 300), chunks=(128, 64))
+    assert _split_chunks(small, 100) is small
