@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 
 import numpy as np
 from numba import njit
@@ -261,18 +262,16 @@ def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, k
                          dq=None if dq is None else np.asarray(dq, np.uint32), want_ctx=spec.enable_ctx)
     wht, swd, swv, ctx, dq = res.wht, res.swd, res.swv, res.ctx, res.dq
     if keep is not None:  # the part in ``keep`` only, before the divisions
-        y0, y1 = max(keep[0], oy), min(keep[1], oy + wy)
-        x0, x1 = max(keep[2], ox), min(keep[3], ox + wx)
-        if y0 >= y1 or x0 >= x1:
+        found = _overlap(oy, ox, (wy, wx), keep)
+        if found is None:
             return None
-        cut = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+        oy, ox, cut = found
 
         def part(a):
             return None if a is None else np.ascontiguousarray(a[cut])
 
         wht, swd, ctx, dq = part(wht), part(swd), part(ctx), part(dq)
         swv = None if swv is None else swv[(slice(None), *cut)]
-        oy, ox = y0, x0
     covered = wht != 0
     with np.errstate(invalid="ignore", divide="ignore"):
         inv = np.where(covered, 1.0 / np.where(covered, wht, 1.0), 0.0)
@@ -282,21 +281,29 @@ def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, k
     return Window(oy, ox, wht, img, means, err, ctx, dq)
 
 
+def _overlap(oy, ox, shape, box):
+    """Where an array of ``shape`` at ``(oy, ox)`` in the mosaic meets ``box`` (y0, y1, x0, x1):
+    ``(y0, x0, slices into the array)``, or None if they do not meet."""
+    y0, y1 = max(box[0], oy), min(box[1], oy + shape[0])
+    x0, x1 = max(box[2], ox), min(box[3], ox + shape[1])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return y0, x0, (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+
+
 def cut_pieces(win: Window, tiles) -> tuple:
     """Copies of the parts of a window that fall in each tile (``(y0, y1, x0, x1)``), as Windows.
 
     Copies, so the window itself can be freed once its block task returns and
     each tile's task receives only its own part.
     """
-    wy, wx = win.wht.shape
     pieces = []
-    for ty0, ty1, tx0, tx1 in tiles:
-        y0, y1 = max(ty0, win.oy), min(ty1, win.oy + wy)
-        x0, x1 = max(tx0, win.ox), min(tx1, win.ox + wx)
-        if y0 >= y1 or x0 >= x1:
+    for tile in tiles:
+        found = _overlap(win.oy, win.ox, win.wht.shape, tile)
+        if found is None:
             pieces.append(None)
             continue
-        s = (slice(y0 - win.oy, y1 - win.oy), slice(x0 - win.ox, x1 - win.ox))
+        y0, x0, s = found
 
         def cut(a, s=s):
             return None if a is None else np.ascontiguousarray(a[s])
@@ -431,27 +438,29 @@ class TileSums:
     of per-input partial sums, each over the box its input reaches.
     """
 
-    #: (name, dtype, planes) of the arrays, in the order they lie in the one buffer
-    _LAYOUT = (("wht", np.float64, 1), ("swd", np.float64, 1), ("vsum", np.float64, 3), ("vwt", np.float64, 3),
-               ("swe", np.float64, 1), ("con", np.uint32, None), ("dq", np.uint32, 1))
+    #: (name, dtype, planes) of the arrays, in the order they lie in the one buffer (planes 0: a 2-D array;
+    #: None: one plane per 32 inputs of the context)
+    _LAYOUT = (("wht", np.float64, 0), ("swd", np.float64, 0), ("vsum", np.float64, 3), ("vwt", np.float64, 3),
+               ("swe", np.float64, 0), ("con", np.uint32, None), ("dq", np.uint32, 0))
 
     def __init__(self, box, nplanes: int, spec: DrizzleSpec):
         self.box, self.nplanes, self.spec = tuple(int(b) for b in box), nplanes, spec
         self.shape = (self.box[1] - self.box[0], self.box[3] - self.box[2])
-        self._buf = np.zeros(sum(nbytes for _, _, nbytes in self._plan()), np.uint8)
+        self._buf = np.zeros(sum(np.dtype(dtype).itemsize * math.prod(shape) for _, dtype, shape in self._plan()),
+                             np.uint8)
         self._views()
         self.present = np.zeros(3, np.bool_)
 
     def _plan(self):
-        """(name, dtype, byte count) of each array it holds (those ``spec`` asks for)."""
-        spec, npx = self.spec, self.shape[0] * self.shape[1]
+        """(name, dtype, shape) of each array it holds (those ``spec`` asks for)."""
+        spec = self.spec
         wanted = {"wht": True, "swd": True, "swe": spec.driz_err, "con": spec.enable_ctx, "dq": spec.propagate_dq,
                   "vsum": spec.enable_var, "vwt": spec.enable_var}
-        return [(name, dtype, (planes or self.nplanes) * npx * np.dtype(dtype).itemsize)
+        return [(name, dtype, self.shape if planes == 0 else (planes or self.nplanes, *self.shape))
                 for name, dtype, planes in self._LAYOUT if wanted[name]]
 
     def _views(self) -> None:
-        """Set the arrays as views of the one buffer.
+        """Set the arrays as views of the one buffer (those ``spec`` does not ask for: None).
 
         One allocation per partial sum (84 MB for a 1024^2 tile with variances and context) instead of
         seven of 4-25 MB: above glibc's mmap threshold (64 MiB on daskcal's workers,
@@ -462,9 +471,8 @@ class TileSums:
         for name, _, _ in self._LAYOUT:
             setattr(self, name, None)
         at = 0
-        for name, dtype, nbytes in self._plan():
-            planes = nbytes // (self.shape[0] * self.shape[1] * np.dtype(dtype).itemsize) if nbytes else 0
-            shape = self.shape if name in ("wht", "swd", "swe", "dq") else (planes, *self.shape)
+        for name, dtype, shape in self._plan():
+            nbytes = np.dtype(dtype).itemsize * math.prod(shape)
             setattr(self, name, self._buf[at:at + nbytes].view(dtype).reshape(shape))
             at += nbytes
 

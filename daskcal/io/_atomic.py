@@ -336,8 +336,6 @@ def _keep_priorities(collections):
     still run). Measured on a mosaic of 8 inputs at pixel scale ratio 0.1 on 2 workers of 1.5 GiB: without the
     priorities, 3x more partial tile sums were held and the workers paused.
     """
-    import contextlib
-
     import dask
 
     for c in collections:
