@@ -24,14 +24,19 @@ An existing scheduler that uses TLS needs a ``security`` (a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["WORKER_ENVIRON", "MissingPackageError", "SchedulerConnectError", "connect"]
+__all__ = ["WORKER_ENVIRON", "MissingPackageError", "SchedulerConnectError", "WorkersTimeoutError", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,10 @@ class SchedulerConnectError(ConnectionError):
     """An existing Dask scheduler did not answer within the connect timeout, or refused the connection."""
 
 
-@contextlib.contextmanager
+class WorkersTimeoutError(TimeoutError):
+    """No worker of a batch-system cluster joined in time (the message gives the queue's state of its jobs)."""
+
+
 def connect(
     cluster: str | None = None,
     *,
@@ -78,11 +86,18 @@ def connect(
     threads_per_worker: int = 1,
     memory_limit: str | None = "auto",
     dashboard_address: str | None = ":0",
-    security: "distributed.security.Security | None" = None,  # noqa: F821
+    security: distributed.security.Security | None = None,  # noqa: F821
     timeout: float = 10.0,
     tls: bool = True,
-) -> Iterator["distributed.Client"]:  # noqa: F821
-    """Yield a ``distributed.Client`` for ``cluster`` and close what was opened.
+    wait_workers: float = 300.0,
+    adapt: tuple[int, int] | None = None,
+) -> distributed.Client:  # noqa: F821
+    """A ``distributed.Client`` for ``cluster``; closing it stops what ``connect`` started.
+
+    Use it as ``client = daskcal.connect()`` (a notebook: ``client.close()`` when done, or let
+    the kernel's exit do it) or as ``with daskcal.connect() as client:`` (a script: the cluster
+    stops at the end of the block). Either way ``client.close()`` also stops an embedded or
+    jobqueue cluster and cancels its batch jobs; an existing scheduler is left running.
 
     Parameters
     ----------
@@ -90,9 +105,11 @@ def connect(
         ``None``/``"local"`` (embedded LocalCluster on 127.0.0.1 with temporary TLS
         credentials), a scheduler address (``"tcp://..."``, ``"tls://..."``,
         ``"host:port"``), a path to a scheduler file (JSON written by
-        ``dask scheduler --scheduler-file``), ``"slurm"`` or ``"pbs"``.
+        ``dask scheduler --scheduler-file``), ``"slurm"`` or ``"pbs"`` (dask-jobqueue,
+        configured from Dask's ``jobqueue.slurm.*`` / ``jobqueue.pbs.*``: deploy/jobqueue.yaml).
     n_workers : int, optional
-        Workers of an embedded or jobqueue cluster; default one per core.
+        Workers of an embedded cluster (default one per core), or batch jobs of a jobqueue
+        cluster (default 1; each runs one worker with the configuration's cores and memory).
     threads_per_worker : int, default 1
         Threads per worker process of an embedded cluster. Kernels release the GIL.
     memory_limit : str, default "auto"
@@ -113,12 +130,23 @@ def connect(
         between its workers is encrypted, which cost the outlier step 10-15% here
         (8 x 2048^2 exposures on 2 workers: 19.4-22.5 s against 17.5-19.1 s). Turn it off
         only on a machine no one else uses.
+    wait_workers : float, default 300.0
+        Seconds a jobqueue cluster has for its first worker to join. Then ``connect``
+        cancels the jobs it submitted and raises :class:`WorkersTimeoutError` with the
+        queue's state of each job (``squeue``'s ``PD (PartitionConfig)``: the jobs ask for
+        more than a node has). The run starts as soon as one worker has joined.
+    adapt : (int, int), optional
+        ``(minimum, maximum)`` batch jobs of an adaptive jobqueue cluster (Dask adds jobs
+        while tasks wait and retires idle ones), instead of ``n_workers`` fixed jobs;
+        minimum at least 1. Only for ``"slurm"``/``"pbs"``.
 
     Raises
     ------
     SchedulerConnectError
         No scheduler answered at the address within ``timeout`` seconds, or it refused
         the connection (wrong TLS credentials, not a Dask scheduler).
+    WorkersTimeoutError
+        No worker of a jobqueue cluster joined within ``wait_workers`` seconds.
     ModuleNotFoundError
         ``"slurm"``/``"pbs"`` without dask-jobqueue installed.
     """
@@ -126,28 +154,78 @@ def connect(
     if not 0 < timeout < math.inf:
         msg = f"the connect timeout must be a positive number of seconds; got {timeout!r}"
         raise ValueError(msg)
+    if not 0 < wait_workers < math.inf:
+        msg = f"wait_workers must be a positive number of seconds; got {wait_workers!r}"
+        raise ValueError(msg)
+    jobqueue = kind.lower() in {"slurm", "pbs"}
     if kind.lower() in {"local", "slurm", "pbs"} and security is not None:
         msg = (f"security (TLS settings) is for an existing scheduler, not cluster={kind!r}; "
                "(the embedded cluster makes its own temporary certificate; a jobqueue cluster's comes from "
                "Dask's configuration)")
         raise ValueError(msg)
+    if adapt is not None:
+        adapt = _adapt_range(adapt, kind, jobqueue)
+    if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+        msg = f"n_workers must be a positive integer; got {n_workers!r}"
+        raise ValueError(msg)
     if kind.lower() == "local":
-        with _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tls) as client:
-            yield client
-    elif kind.lower() in {"slurm", "pbs"}:
-        with _jobqueue(kind.lower(), n_workers) as client:
-            yield client
+        opened = _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tls)
+    elif jobqueue:
+        opened = _jobqueue(kind.lower(), n_workers, wait_workers, adapt)
     else:
-        address = _scheduler_address(kind)
-        with _client(address, security, timeout) as client:
-            yield client
+        opened = _client(_scheduler_address(kind), security, timeout)
+    stack = contextlib.ExitStack()
+    try:
+        client = stack.enter_context(opened)
+    except BaseException:
+        stack.close()
+        raise
+    client._daskcal_stack = stack
+    return client
+
+
+def _adapt_range(adapt, kind: str, jobqueue: bool) -> tuple[int, int]:
+    if not jobqueue:
+        msg = f"adapt (--adapt MIN MAX) is for cluster='slurm' or 'pbs', not {kind!r}"
+        raise ValueError(msg)
+    try:
+        lo, hi = (int(v) for v in adapt)
+    except (TypeError, ValueError):
+        msg = f"adapt must be two integers (minimum, maximum) of batch jobs; got {adapt!r}"
+        raise ValueError(msg) from None
+    if not 1 <= lo <= hi:
+        msg = f"adapt must be 1 <= minimum <= maximum jobs (the run needs a worker to plan on); got {lo} {hi}"
+        raise ValueError(msg)
+    return lo, hi
+
+
+@functools.cache
+def _client_class():
+    """``distributed.Client`` whose ``close()`` also closes what :func:`connect` opened for it."""
+    from distributed import Client
+
+    class DaskcalClient(Client):
+        """A ``distributed.Client`` from :func:`daskcal.connect`: closing it also stops the cluster it started."""
+
+        _daskcal_stack: contextlib.ExitStack | None = None
+
+        def close(self, *args, **kwargs):
+            result = super().close(*args, **kwargs)
+            stack, self._daskcal_stack = self._daskcal_stack, None
+            if stack is not None:
+                stack.close()
+            return result
+
+    DaskcalClient.__module__ = __name__
+    DaskcalClient.__qualname__ = "DaskcalClient"
+    return DaskcalClient
 
 
 @contextlib.contextmanager
 def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tls=True):
     """A LocalCluster on 127.0.0.1 whose scheduler only takes clients holding its temporary certificate."""
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
     from distributed.security import Security
 
     try:
@@ -159,7 +237,7 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
     quiet = _SlowExitFilter()
     nanny_log = logging.getLogger("distributed.nanny")
     try:
-        with dask.config.set(environ), LocalCluster(
+        with contextlib.ExitStack() as stack, dask.config.set(environ), LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             memory_limit=memory_limit,
@@ -169,8 +247,9 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
             security=security,
             processes=True,
         ) as lc:
-            with Client(lc) as client:
+            with _closing(_client_class()(lc)) as client:
                 yield client
+            stack.enter_context(_quiet_close())
             # The run succeeded and its client is closed: a worker process slower than the nanny's fixed
             # 4 s to exit (a loaded machine) is stopped, which loses nothing; say so only with -vv.
             nanny_log.addFilter(quiet)
@@ -188,6 +267,31 @@ class _SlowExitFilter(logging.Filter):
         return True
 
 
+class _CancelledAtCloseFilter(logging.Filter):
+    """Turns the scheduler's logged ``CancelledError`` of a handler stopped by its own shutdown (the progress
+    bar's ``feed`` sleeping between updates when the cluster closes) into a debug message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            log.debug("cluster shutdown: a scheduler handler was cancelled (%s)", record.getMessage())
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_close() -> Iterator[None]:
+    """Drop what a cluster's shutdown logs and that is not a problem (while the block runs)."""
+    quiet = _CancelledAtCloseFilter()
+    loggers = [logging.getLogger(name) for name in ("distributed.scheduler", "distributed.core", "distributed.utils")]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
 def _on_localhost(dashboard_address: str | None) -> str | None:
     """``dashboard_address`` with 127.0.0.1 for a missing host (distributed binds ``":port"`` to 0.0.0.0)."""
     if dashboard_address is None:
@@ -199,19 +303,78 @@ def _on_localhost(dashboard_address: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def _jobqueue(kind, n_workers):
-    from distributed import Client
-
+def _jobqueue(kind, n_workers, wait_workers, adapt):
+    """A dask-jobqueue cluster of ``n_workers`` jobs (or adaptive), once its first worker has joined."""
     try:
         import dask_jobqueue
     except ImportError as exc:
         msg = f"cluster={kind!r} needs dask-jobqueue: pip install 'daskcal[jobqueue]' (or pip install dask-jobqueue)"
         raise MissingPackageError(msg, name="dask_jobqueue") from exc
+    _check_jobqueue_config(kind)
     cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
-    with cls() as jc:
-        jc.scale(jobs=n_workers or 1)
-        with Client(jc) as client:
+    with contextlib.ExitStack() as stack, cls() as jc:
+        if adapt is not None:
+            jc.adapt(minimum_jobs=adapt[0], maximum_jobs=adapt[1])
+        else:
+            jc.scale(jobs=n_workers or 1)
+        with _closing(_client_class()(jc)) as client:
+            _wait_for_workers(client, jc, kind, wait_workers)
             yield client
+        stack.enter_context(_quiet_close())
+
+
+def _check_jobqueue_config(kind: str) -> None:
+    """Refuse a Dask configuration without the cores and memory of a job (dask-jobqueue's own error does not say where)."""
+    import dask
+
+    missing = [k for k in ("cores", "memory") if dask.config.get(f"jobqueue.{kind}.{k}", None) in (None, "")]
+    if missing:
+        msg = (f"--cluster {kind}: Dask's configuration has no jobqueue.{kind}.{' or '.join(missing)}; copy "
+               "deploy/jobqueue.yaml to ~/.config/dask/ or point DASK_CONFIG at its folder, and edit it "
+               f"(DASK_CONFIG is {os.environ.get('DASK_CONFIG', 'not set')!r})")
+        raise ValueError(msg)
+
+
+def _wait_for_workers(client, jc, kind: str, wait: float) -> None:
+    """Return once a worker has joined; else cancel the jobs and raise WorkersTimeoutError with their queue state."""
+    deadline = time.monotonic() + wait
+    while not client.scheduler_info()["workers"]:
+        if time.monotonic() > deadline:
+            ids = _job_ids(jc)
+            states = _queue_states(kind, ids)
+            msg = (f"no Dask worker joined within {wait:g} s (--wait-workers); the {kind.upper()} jobs "
+                   f"{states or 'were never submitted'}. They are cancelled. Check the cores, memory, queue and "
+                   f"walltime of jobqueue.{kind} in your Dask configuration (deploy/jobqueue.yaml) against what "
+                   "the partition offers, or wait longer")
+            raise WorkersTimeoutError(msg)
+        time.sleep(0.5)
+    ids = _job_ids(jc)
+    log.info("%s cluster: a worker joined; jobs %s", kind, " ".join(ids) or "?")
+
+
+def _job_ids(jc) -> list[str]:
+    return [str(job.job_id) for job in list(jc.workers.values()) if getattr(job, "job_id", None)]
+
+
+def _queue_states(kind: str, ids: list[str]) -> str:
+    """``"123 PD (PartitionConfig), 124 PD (PartitionConfig)"`` from the batch system, or what went wrong asking."""
+    if not ids:
+        return ""
+    cmd = (["squeue", "-h", "-o", "%i %t (%r)", "-j", ",".join(ids)] if kind == "slurm"
+           else ["qstat", "-f", *ids])
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{' '.join(ids)} (state unknown: {cmd[0]} failed: {exc})"
+    if kind == "slurm":
+        lines = [" ".join(line.split()) for line in done.stdout.splitlines() if line.strip()]
+        return ", ".join(lines) if lines else f"{' '.join(ids)} (no longer in squeue)"
+    states = []
+    for block in done.stdout.split("Job Id:")[1:]:
+        fields = dict(line.strip().split(" = ", 1) for line in block.splitlines() if " = " in line)
+        jid = block.split()[0] if block.split() else "?"
+        states.append(f"{jid} {fields.get('job_state', '?')} ({fields.get('comment', 'no comment')})")
+    return ", ".join(states) or f"{' '.join(ids)} (qstat: {done.stderr.strip() or 'no output'})"
 
 
 def _scheduler_address(cluster: str) -> str:
@@ -247,19 +410,24 @@ def _read_scheduler_file(path: Path) -> str:
 @contextlib.contextmanager
 def _client(address, security, timeout):
     """A client of the existing scheduler at ``address``; one clear error if it cannot connect in ``timeout`` s."""
-    from distributed import Client
     from distributed.security import Security
 
     _check_tls(address, security if security is not None else Security())  # Client's default: Dask's config
     try:
-        client = Client(address, security=security, timeout=timeout)
+        client = _client_class()(address, security=security, timeout=timeout)
     except (FileNotFoundError, PermissionError):
         raise
     except OSError as exc:
         msg = f"cannot connect to a Dask scheduler at {address} (connect timeout {timeout:g} s): {exc}"
         raise SchedulerConnectError(msg) from exc
-    with client:
+    with _closing(client):
         yield client
+
+
+def _closing(client):
+    """Close ``client`` at the end, without entering it: the caller's ``with connect() as c`` enters it (a
+    Client entered twice resets its "current client" context variable twice, which raises)."""
+    return contextlib.closing(client)
 
 
 def _check_tls(address: str, security) -> None:

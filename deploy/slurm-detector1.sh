@@ -1,10 +1,36 @@
 #!/bin/bash
-#SBATCH --job-name=daskcal-driver
+#SBATCH --job-name=daskcal-detector1
 #SBATCH --time=02:00:00
 #SBATCH --cpus-per-task=1
 #SBATCH --mem=4G
-# Runs the driver in a small job; the workers are separate SLURM jobs started by dask-jobqueue
-# (configuration in deploy/jobqueue.yaml).
+#SBATCH --output=daskcal-detector1-%j.log
+# The detector1 driver in a small SLURM job; its Dask workers are separate SLURM jobs that it submits
+# through dask-jobqueue (resources in jobqueue.yaml, beside this script) and cancels at the end.
+#
+#   sbatch /path/to/deploy/slurm-detector1.sh ramps.zarr out/ [more daskcal detector1 options]
+#
+# Works from any folder: relative paths are taken from the folder you submit from, and the
+# configuration from this script's folder unless DASK_CONFIG is set. Environment:
+#   WORKERS=N        worker jobs (default 2)      ADAPT="MIN MAX"  adaptive, instead of WORKERS
+#   WAIT_WORKERS=S   seconds for the first worker job to start (default 300)
+# The driver's log is daskcal-detector1-<jobid>.log in the submitting folder. `scancel` of this job
+# cancels its worker jobs too. Activate daskcal's Python environment before sbatch: the job inherits it.
 set -euo pipefail
-export DASK_CONFIG=${DASK_CONFIG:-$(dirname "$0")}
-daskcal run detector1 "$1" "$2" --cluster slurm --workers "${WORKERS:-4}"
+if [ $# -lt 2 ]; then
+    echo "usage: sbatch slurm-detector1.sh RAMPS.zarr OUT/ [daskcal detector1 options]" >&2
+    exit 2
+fi
+here=$(dirname "${BASH_SOURCE[0]}")
+if [ -n "${SLURM_JOB_ID:-}" ]; then
+    # under sbatch this script runs from slurmd's spool copy: ask SLURM where it was submitted from
+    submitted=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+    [ -n "$submitted" ] && here=$(dirname "$submitted")
+fi
+export DASK_CONFIG=${DASK_CONFIG:-$here}
+if [ ! -e "$DASK_CONFIG" ]; then
+    echo "slurm-detector1.sh: no Dask configuration at DASK_CONFIG=$DASK_CONFIG (a folder with jobqueue.yaml)" >&2
+    exit 2
+fi
+scale=(--workers "${WORKERS:-2}")
+[ -n "${ADAPT:-}" ] && read -r -a scale <<< "--adapt $ADAPT"
+exec daskcal detector1 "$1" "$2" --cluster slurm "${scale[@]}" --wait-workers "${WAIT_WORKERS:-300}" "${@:3}"

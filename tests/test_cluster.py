@@ -212,3 +212,56 @@ def test_a_worker_slow_to_exit_after_a_successful_run_is_not_reported():
     assert [m for m in ours.messages if "still alive" in m]  # it happened (said at debug level)
     assert not [m for m in nanny.messages if "still alive" in m]
     assert not logging.getLogger("distributed.nanny").filters  # quiet only during that shutdown
+
+
+def test_connect_without_with_closes_the_cluster_with_the_client():
+    """A notebook's ``client = daskcal.connect()``: closing the client stops the embedded cluster's workers."""
+    client = connect("local", n_workers=1, dashboard_address=None)
+    try:
+        pids = list(client.run(os.getpid).values())
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+        cluster = client.cluster
+        assert cluster is not None and cluster.status.name == "running"
+    finally:
+        client.close()
+    assert cluster.status.name == "closed"
+    deadline = time.monotonic() + 20
+    while any(psutil.pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    client.close()  # closing again is harmless
+
+
+def test_connect_with_block_enters_once_and_closes():
+    with connect("local", n_workers=1, dashboard_address=None) as client:
+        cluster = client.cluster
+        assert client.submit(sum, [1]).result() == 1
+    assert cluster.status.name == "closed"
+    assert client.status == "closed"
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"adapt": (1, 2)}, "adapt .* is for cluster='slurm' or 'pbs'"),
+    ({"wait_workers": 0}, "wait_workers must be a positive number"),
+    ({"n_workers": 0}, "n_workers must be a positive integer"),
+])
+def test_bad_connect_options_before_anything_starts(kw, match):
+    with pytest.raises(ValueError, match=match):
+        connect("local", **kw)
+
+
+@pytest.mark.parametrize(("adapt", "match"), [((0, 2), "1 <= minimum <= maximum"), ((3, 2), "1 <= minimum"),
+                                              (("a", 2), "two integers")])
+def test_bad_adapt_range(adapt, match):
+    pytest.importorskip("dask_jobqueue")
+    with pytest.raises(ValueError, match=match):
+        connect("slurm", adapt=adapt)
+
+
+def test_jobqueue_without_cores_or_memory_in_the_configuration_names_where_to_set_them(monkeypatch):
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    with dask.config.set({"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}), \
+            pytest.raises(ValueError, match=r"no jobqueue.slurm.cores or memory; copy deploy/jobqueue.yaml"):
+        connect("slurm")

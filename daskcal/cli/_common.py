@@ -69,6 +69,23 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
         help="embedded cluster without TLS: faster transfers between workers (the outlier step 10-15%%), but any "
         "user of this machine could connect to it and run code as you; only on a machine no one else uses",
     )
+    g.add_argument(
+        "--wait-workers",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="--cluster slurm/pbs: how long the first worker job has to start (default 300); then the jobs are "
+        "cancelled and the command stops with their queue state (e.g. 'PD (PartitionConfig)')",
+    )
+    g.add_argument(
+        "--adapt",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="--cluster slurm/pbs: between MIN (>= 1) and MAX worker jobs, added while tasks wait and retired "
+        "when idle (Dask's adaptive scaling), instead of --workers fixed jobs",
+    )
     g.add_argument("--no-progress", action="store_true", help="do not show the console progress bar")
 
 
@@ -82,6 +99,8 @@ def connect_options(args: argparse.Namespace) -> dict:
         "timeout": args.connect_timeout,
         "memory_limit": getattr(args, "memory_limit", "auto"),
         "tls": not getattr(args, "no_tls", False),
+        "wait_workers": getattr(args, "wait_workers", 300.0),
+        "adapt": getattr(args, "adapt", None),
     }
 
 
