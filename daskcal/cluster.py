@@ -132,7 +132,7 @@ def connect(
         only on a machine no one else uses.
     wait_workers : float, default 300.0
         Seconds a jobqueue cluster has for its first worker to join. Then ``connect``
-        cancels the jobs it submitted and raises :class:`WorkersTimeoutError` with the
+        cancels the jobs it submitted and raises :class:`~daskcal.cluster.WorkersTimeoutError` with the
         queue's state of each job (``squeue``'s ``PD (PartitionConfig)``: the jobs ask for
         more than a node has). The run starts as soon as one worker has joined.
     adapt : (int, int), optional
