@@ -175,11 +175,14 @@ def connect(
     else:
         opened = _client(_scheduler_address(kind), security, timeout)
     stack = contextlib.ExitStack()
+    t0 = time.perf_counter()
     try:
         client = stack.enter_context(opened)
     except BaseException:
         stack.close()
         raise
+    where = kind.lower() if kind.lower() in {"local", "slurm", "pbs"} else "existing"
+    log.info("timing: %s cluster ready in %.2f s", where, time.perf_counter() - t0)
     client._daskcal_stack = stack
     return client
 
@@ -210,10 +213,12 @@ def _client_class():
         _daskcal_stack: contextlib.ExitStack | None = None
 
         def close(self, *args, **kwargs):
+            t0 = time.perf_counter()
             result = super().close(*args, **kwargs)
             stack, self._daskcal_stack = self._daskcal_stack, None
             if stack is not None:
                 stack.close()
+                log.info("timing: client and cluster closed in %.2f s", time.perf_counter() - t0)
             return result
 
     DaskcalClient.__module__ = __name__

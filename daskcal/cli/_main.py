@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
     logging.getLogger("daskcal").setLevel(level)
+    _log_startup()
     previous = _terminate_like_interrupt()
     try:
         return int(args.func(args) or 0)
@@ -75,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _restore(previous)
+
+
+def _log_startup() -> None:
+    """Log (``-v``) how long the process took to get here: interpreter, imports, parsing the arguments."""
+    log = logging.getLogger("daskcal.cli")
+    if not log.isEnabledFor(logging.INFO):
+        return
+    import time
+
+    import psutil  # a dependency of distributed
+
+    log.info("timing: started in %.2f s (interpreter, imports, arguments)", time.time() - psutil.Process().create_time())
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -353,7 +354,9 @@ def compute_on_client(client, collections, *, progress: bool = False):
     writing into it (tasks already running finish their chunk; the writers never
     re-create a store that was removed).
     """
+    t0 = time.perf_counter()
     futures = client.compute(collections)
+    log.info("timing: graph optimised and sent to the scheduler in %.2f s", time.perf_counter() - t0)
     watch = _PauseWatch(client, futures)
     try:
         if progress:

@@ -1,0 +1,113 @@
+"""Time spent outside the computation by ``daskcal demo``, ``detector1`` and ``resample``, cold and warm.
+
+From a fresh virtual environment (``pip install`` of this checkout, no caches): the first run of each
+command is cold (numba compiles, Python writes no bytecode: pip compiled it), the next ``--rounds`` are
+warm. Each run is ``daskcal -v ...``; its INFO ``timing:`` lines give the phases:
+
+- ``start``: process creation to ``main()`` (interpreter, imports, parsing the arguments);
+- ``cluster``: the embedded LocalCluster (2 workers) ready;
+- ``submit``: the graph optimised and sent to the scheduler (the first task can start after it);
+- ``compute``: what the command prints as its computing time (includes the first task's latency);
+- ``close``: client and cluster closed;
+- ``outside``: wall clock minus ``compute``.
+
+Inputs: a 1 x 10 x 2048 x 2048 ramp cube (detector1), two dithered 2048 x 2048 exposures (resample);
+``demo`` simulates its own 2 x 10 x 1024^2 cube. Run by hand, from outside the checkout:
+``python benchmarks/bench_overhead.py [--venv DIR] [--rounds 3]``; results in
+``benchmarks/results/overhead.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = {
+    "start": r"timing: started in ([\d.]+) s",
+    "cluster": r"timing: local cluster ready in ([\d.]+) s",
+    "submit": r"timing: graph optimised and sent to the scheduler in ([\d.]+) s",
+    "close": r"timing: client and cluster closed in ([\d.]+) s",
+    "compute": r"(?:Mpix\*groups|input Mpix) in ([\d.]+) s",
+}
+
+
+def _venv(path: Path) -> tuple[Path, float]:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    py = path / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", str(ROOT)], check=True)
+    return py, time.perf_counter() - t0
+
+
+def _inputs(py: Path, work: Path) -> None:
+    script = f"""
+import daskcal
+if __name__ == "__main__":
+    daskcal.save(daskcal.simulate((1, 10, 2048, 2048), seed=1).ramps, r"{work / 'ramps.zarr'}")
+    sim = daskcal.simulate_images(2, (2048, 2048), seed=1)
+    for k, ds in enumerate(sim.images):
+        daskcal.save(ds, r"{work}/img%d.zarr" % k)
+"""
+    subprocess.run([str(py), "-c", script], check=True, cwd=work)
+
+
+def _run(py: Path, argv: list[str], work: Path, env: dict) -> dict:
+    for p in ("out", "mosaic.zarr", "daskcal-output"):
+        shutil.rmtree(work / p, ignore_errors=True)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    done = subprocess.run([str(py), "-m", "daskcal", "-v", *argv, "--no-progress"], cwd=work, env=env,
+                          capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    text = done.stdout + done.stderr
+    row = {"wall": wall, "load": load}
+    for name, pattern in PHASES.items():
+        m = re.search(pattern, text)
+        row[name] = float(m.group(1)) if m else float("nan")
+    row["outside"] = wall - row["compute"]
+    row["compiled"] = "compiling numba kernels" in done.stderr
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--venv", type=Path, default=None, help="reuse this environment (default: a fresh one)")
+    parser.add_argument("--rounds", type=int, default=3, help="warm runs per command (default 3)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="daskcal-overhead-"))
+    if args.venv is None:
+        py, install = _venv(work / "venv")
+        print(f"# fresh venv: pip install of {ROOT} in {install:.0f} s")
+    else:
+        py = args.venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    _inputs(py, work)
+    commands = {
+        "demo": ["demo", "--out", "daskcal-output"],
+        "detector1": ["detector1", "ramps.zarr", "out"],
+        "resample": ["resample", "img0.zarr", "img1.zarr", "-o", "mosaic.zarr"],
+    }
+    cols = ["wall", "start", "cluster", "submit", "compute", "close", "outside", "load"]
+    print(f"{'command':10s} {'run':5s} " + " ".join(f"{c:>7s}" for c in cols) + "  compiled")
+    for name, argv in commands.items():
+        for k in range(1 + args.rounds):
+            row = _run(py, argv, work, env)
+            label = "cold" if k == 0 else "warm"
+            print(f"{name:10s} {label:5s} " + " ".join(f"{row[c]:7.2f}" for c in cols) + f"  {row['compiled']}",
+                  flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
