@@ -169,6 +169,7 @@ def connect(
         msg = f"n_workers must be a positive integer; got {n_workers!r}"
         raise ValueError(msg)
     if kind.lower() == "local":
+        _check_main_guard()
         opened = _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tls)
     elif jobqueue:
         opened = _jobqueue(kind.lower(), n_workers, wait_workers, adapt)
@@ -185,6 +186,57 @@ def connect(
     log.info("timing: %s cluster ready in %.2f s", where, time.perf_counter() - t0)
     client._daskcal_stack = stack
     return client
+
+
+def _check_main_guard() -> None:
+    """Refuse to start worker processes from a script's top level outside ``if __name__ == "__main__":``.
+
+    The embedded cluster's worker processes are started with multiprocessing's "spawn", which runs the
+    script's top level again in each of them: unguarded, each would try to start a cluster of its own and
+    the run fails with pages of tracebacks from every worker. Found by reading the script: the statement
+    of ``__main__`` that is running (the outermost frame of the script) must be inside such an ``if``.
+    Jupyter, ``python -c``, ``python -m`` of a module and the REPL have no script file and are not checked.
+    """
+    import __main__
+    import ast
+    import sys
+
+    path = getattr(__main__, "__file__", None)
+    if not path or getattr(__main__, "__spec__", None) is not None or not str(path).endswith(".py"):
+        return
+    frame, line = sys._getframe(1), None
+    while frame is not None:
+        if frame.f_globals is vars(__main__) and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return
+    try:
+        tree = ast.parse(Path(path).read_text(), filename=str(path))
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            if isinstance(node, ast.If) and _is_main_test(node.test):
+                return
+            break
+    else:
+        return
+    msg = (f"daskcal.connect() starts worker processes, which run the top level of {path} again: call it under "
+           f"'if __name__ == \"__main__\":' (line {line} is not)")
+    raise RuntimeError(msg)
+
+
+def _is_main_test(test) -> bool:
+    """Whether an ``if`` tests ``__name__ == "__main__"`` (either way round)."""
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
+    consts = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
+    return len(names) == 1 and len(consts) == 1
 
 
 def _adapt_range(adapt, kind: str, jobqueue: bool) -> tuple[int, int]:

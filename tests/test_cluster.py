@@ -265,3 +265,33 @@ def test_jobqueue_without_cores_or_memory_in_the_configuration_names_where_to_se
     with dask.config.set({"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}), \
             pytest.raises(ValueError, match=r"no jobqueue.slurm.cores or memory; copy deploy/jobqueue.yaml"):
         connect("slurm")
+
+
+_SCRIPT = """import daskcal
+{body}
+"""
+
+
+@pytest.mark.parametrize(("body", "ok"), [
+    ("client = daskcal.connect('local', n_workers=1, dashboard_address=None)\nprint(client.submit(sum, [1, 2]).result())\n"
+     "client.close()", False),
+    ("def main():\n    with daskcal.connect('local', n_workers=1, dashboard_address=None) as c:\n"
+     "        print(c.submit(sum, [1, 2]).result())\nif __name__ == '__main__':\n    main()", True),
+    ("if '__main__' == __name__:\n    c = daskcal.connect('local', n_workers=1, dashboard_address=None)\n"
+     "    print(c.submit(sum, [1, 2]).result())\n    c.close()", True),
+])
+def test_a_script_without_the_main_guard_gets_one_clear_error(tmp_path, body, ok):
+    script = tmp_path / "script.py"
+    script.write_text(_SCRIPT.format(body=body))
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    if ok:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "3"
+    else:
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"RuntimeError: daskcal.connect() starts worker processes, which run the top level of {script} again: "
+            "call it under 'if __name__ == \"__main__\":' (line 2 is not)")
+        assert "Nanny failed" not in done.stderr
