@@ -18,6 +18,7 @@ __all__ = [
     "as_dask",
     "default_chunk_yx",
     "check_chunk_yx",
+    "pixeldq_dtype",
 ]
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,14 @@ PIX_DIMS = ("y", "x")
 CHUNK_SAMPLES = 8 * 2**20
 #: The default chunking does not cut a side below this many pixels.
 MIN_CHUNK_SIDE = 64
+
+
+def pixeldq_dtype(dtype) -> np.dtype:
+    """The dtype of a step's output ``pixeldq`` for an input of ``dtype``: uint32 (JWST's PIXELDQ type), or
+    the input's type when it is wider. A uint8 or uint16 ``pixeldq`` cannot hold the flags the steps add
+    (NO_GAIN_VALUE is bit 19, NO_SAT_CHECK bit 21): cast back to it, they would be lost."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.itemsize > 4 else np.dtype(np.uint32)
 
 
 def default_chunk_yx(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from daskcal.detector._common import check_reference_values, pixel_chunked, validate_ramps
+from daskcal.detector._common import check_reference_values, pixel_chunked, pixeldq_dtype, validate_ramps
 from daskcal.detector._kernels_jump import (
     after_jump_flags,
     clear_flagged_jumps,
@@ -194,9 +194,12 @@ def jump_block(
 
 
 def gain_pixeldq(pdq, gain):
-    """``pdq`` with NO_GAIN_VALUE | DO_NOT_USE where the gain is not positive (or NaN); numpy or dask."""
+    """``pdq`` with NO_GAIN_VALUE | DO_NOT_USE where the gain is not positive (or NaN); numpy or dask.
+
+    The result is uint32 (JWST's PIXELDQ type) for narrower inputs, which cannot hold NO_GAIN_VALUE (bit 19)."""
     flag = np.uint32(DQ.NO_GAIN_VALUE | DQ.DO_NOT_USE)
-    return (pdq | np.where(gain > 0, np.uint32(0), flag)).astype(pdq.dtype)
+    out = pixeldq_dtype(pdq.dtype)
+    return (pdq.astype(out) | np.where(gain > 0, np.uint32(0), flag)).astype(out)
 
 
 def jump_block_arguments(params: JumpParameters, ramps: xr.Dataset) -> dict:

@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from daskcal.detector._common import pixel_chunked, validate_ramps
+from daskcal.detector._common import pixel_chunked, pixeldq_dtype, validate_ramps
 from daskcal.detector._kernels_saturation import grow_bit, saturation_flags
 from daskcal.dq import DQ
 
@@ -61,8 +61,12 @@ def effective_threshold(sat, pdq):
 
 
 def saturation_pixeldq(pdq, sat):
-    """``pdq`` with NO_SAT_CHECK added where the threshold is NaN; numpy or dask arrays."""
-    return (pdq | np.where(np.isnan(sat), np.uint32(DQ.NO_SAT_CHECK), np.uint32(0))).astype(pdq.dtype)
+    """``pdq`` with NO_SAT_CHECK added where the threshold is NaN; numpy or dask arrays.
+
+    The result is uint32 (JWST's PIXELDQ type) for narrower inputs: a uint8 or uint16 ``pdq``, as
+    stcal's own tests build it, cannot hold NO_SAT_CHECK (bit 21)."""
+    flag = np.where(np.isnan(sat), np.uint32(DQ.NO_SAT_CHECK), np.uint32(0))
+    return (pdq.astype(pixeldq_dtype(pdq.dtype)) | flag).astype(pixeldq_dtype(pdq.dtype))
 
 
 def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, *, n_pix_grow_sat: int,

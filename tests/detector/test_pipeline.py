@@ -157,3 +157,33 @@ def test_detector1_tasks_are_data_producers(tmp_path):
         assert len(tasks) == 3 * 3
         assert all(isinstance(t, Task) and t.data_producer for t in tasks)
         np.testing.assert_array_equal(stacked.compute(), daskcal.detector1(sim.ramps).rate["data"].values)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32])
+def test_narrow_pixeldq_keeps_the_flags_the_steps_add(sim, dtype):
+    """A uint8/uint16 pixeldq (as stcal's own tests build it) must not lose NO_SAT_CHECK (bit 21) and
+    NO_GAIN_VALUE (bit 19) to a cast back to the input's type: the steps return uint32."""
+    ramps = sim.ramps.copy()
+    ramps["pixeldq"] = ramps["pixeldq"].astype(dtype) & 0xFF  # only the bits a uint8 holds
+    sat = ramps["saturation"].values.copy()
+    gain = ramps["gain"].values.copy()
+    sat[3, 4] = np.nan
+    gain[5, 6] = 0.0
+    ramps["saturation"] = (("y", "x"), sat)
+    ramps["gain"] = (("y", "x"), gain)
+    satd = daskcal.flag_saturation(ramps)
+    assert satd["pixeldq"].dtype == np.uint32
+    assert satd["pixeldq"].values[3, 4] & daskcal.DQ.NO_SAT_CHECK
+    jumped = daskcal.detect_jumps(satd)
+    pdq = jumped["pixeldq"].values
+    assert jumped["pixeldq"].dtype == np.uint32
+    assert pdq[5, 6] & daskcal.DQ.NO_GAIN_VALUE and pdq[5, 6] & daskcal.DQ.DO_NOT_USE
+    assert pdq[3, 4] & daskcal.DQ.NO_SAT_CHECK
+    rate = daskcal.detector1(ramps, chunks=(37, 53)).rate.compute()
+    assert rate["dq"].values[5, 6] & daskcal.DQ.NO_GAIN_VALUE
+    assert rate["dq"].values[3, 4] & daskcal.DQ.NO_SAT_CHECK
+    # the other pixels' flags are those of a uint32 input
+    wide = sim.ramps.copy()
+    wide["pixeldq"] = ramps["pixeldq"].astype(np.uint32)
+    wide["saturation"], wide["gain"] = ramps["saturation"], ramps["gain"]
+    np.testing.assert_array_equal(pdq, daskcal.detect_jumps(daskcal.flag_saturation(wide))["pixeldq"].values)
