@@ -8,6 +8,10 @@ import pytest
 import daskcal
 from daskcal.cli import main
 
+#: Runs that start an embedded LocalCluster (its ports and unclosed sockets: dask's warnings, not ours).
+cli = pytest.mark.filterwarnings(
+    "ignore:Port .* is already in use:UserWarning", "ignore::ResourceWarning", "ignore:unclosed:ResourceWarning")
+
 
 @pytest.mark.parametrize("fmt", ["zarr", "fits"])
 def test_writes_exposures_and_an_association_open_images_reads(tmp_path, fmt, capsys):
@@ -66,3 +70,24 @@ def test_bad_values_are_one_line_errors(tmp_path, option, value, capsys):
     err = capsys.readouterr().err
     assert err.startswith("daskcal simulate-images: error:") and err.count("\n") == 1
     assert not (tmp_path / "sim").exists()
+
+
+@cli
+def test_outliers_and_resample_products_open_without_warnings(tmp_path, capsys):
+    """The README's chain at a small size: simulate-images, outliers (with the median), resample; each product opens
+    with ``xr.open_zarr(path)`` (consolidated metadata: no warning) and the median store's variable is ``data``."""
+    import warnings
+
+    import xarray as xr
+
+    run = ["--workers", "1", "--no-progress"]
+    assert main(["simulate-images", str(tmp_path), "-n", "3", "--shape", "64", "72", "--cosmic-rays", "10"]) == 0
+    assert main(["outliers", str(tmp_path / "asn.json"), "-o", str(tmp_path / "flagged"), "--save-median", *run]) == 0
+    flagged = sorted((tmp_path / "flagged").glob("sim*.zarr"))
+    assert len(flagged) == 3
+    assert main(["resample", *map(str, flagged), "-o", str(tmp_path / "mosaic.zarr"), *run]) == 0
+    for path in [*flagged, tmp_path / "flagged" / "median.zarr", tmp_path / "mosaic.zarr"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with xr.open_zarr(path) as ds:
+                assert "data" in ds.data_vars and ds["data"].ndim in (2, 3)
