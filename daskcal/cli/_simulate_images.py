@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["register", "association"]
+__all__ = ["association", "register"]
 
 #: Name of the association written beside the exposures.
 ASN_NAME = "asn.json"

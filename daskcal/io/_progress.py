@@ -12,9 +12,9 @@ import contextlib
 import sys
 import time
 
+from dask.utils import format_time
 from distributed.client import futures_of
 from distributed.diagnostics.progressbar import TextProgressBar
-from dask.utils import format_time
 
 __all__ = ["LineProgress", "show_progress"]
 
