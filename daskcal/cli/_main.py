@@ -18,6 +18,7 @@ __all__ = ["build_parser", "expected_failure", "main"]
 SUBCOMMANDS = (
     "daskcal.cli._demo",
     "daskcal.cli._simulate",
+    "daskcal.cli._simulate_images",
     "daskcal.cli._ingest",
     "daskcal.cli._detector1",
     "daskcal.cli._run",

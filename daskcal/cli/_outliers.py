@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image Zarr stores, _cal.fits files and/or association .json files "
                    "(two exposure groups or more)")
     p.add_argument("-o", "--output", required=True, help="output directory (created if missing; the products appear in it together when complete)")
-    p.add_argument("--save-median", action="store_true", help="also write the median mosaic as median.zarr")
+    p.add_argument("--save-median", action="store_true", help="also write the median mosaic as OUTDIR/median.zarr (variable data, "
+                   "WCS in the attribute wcs_asdf, as a resample mosaic)")
     p.add_argument("--recipe", default=None, metavar="RECIPE",
                    help="recipe with a [steps.outliers] table: a TOML file or a built-in recipe's name ('outliers'; see daskcal recipes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
@@ -123,7 +124,7 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
     result = flag_outliers(images, tempdir=tempdir, **params)  # validates before anything runs
     products = {name: ds for name, ds in zip(names, result.images)}
     if save_median:
-        products["median"] = result.median.to_dataset()
+        products["median"] = result.median.to_dataset(promote_attrs=True)  # variable data, WCS as a mosaic's
     outputs = OutputSet([Path(output) / f"{name}.zarr" for name in products], overwrite=overwrite,
                         inputs=[*inputs, *members])  # association files and their members
     try:

@@ -446,14 +446,24 @@ def _relative(correctors, groups, originals, p: AlignParameters):
             fit["status"] = f"FAILED: correction larger than {max_corr:g} arcsec"
         if fit["status"] == "SUCCESS":
             final[k] = c.wcs
+    _log_fits(fits)
+    return fits, final
+
+
+def _log_fits(fits: dict[str, dict]) -> None:
+    """One info line per aligned group; the groups left unaligned in one warning, by reason (not one per group)."""
+    failed: dict[str, list[str]] = {}
     for g, fit in fits.items():
         if fit["status"] in ("SUCCESS", "REFERENCE"):
             log.info("tweakreg group %s: %s shift %s arcsec, rotation %s deg, scale %s, rmse %s arcsec, "
                      "%s matches", g, fit["status"], fit.get("shift"), fit.get("rotation"), fit.get("scale"),
                      fit.get("rmse"), fit.get("nmatches"))
         else:
-            log.warning("tweakreg group %s: WCS unchanged (%s)", g, fit["status"])
-    return fits, final
+            failed.setdefault(fit["status"].removeprefix("FAILED: "), []).append(str(g))
+    if failed:
+        reasons = "; ".join(f"{reason}: {', '.join(groups)}" for reason, groups in failed.items())
+        log.warning("tweakreg: WCS unchanged for %d of %d exposure groups (%s)",
+                    sum(map(len, failed.values())), len(fits), reasons)
 
 
 def _reference_catalog(abs_refcat):

@@ -171,7 +171,9 @@ class OutlierResult:
     median : xarray.DataArray
         Lazy median mosaic (float32; the unit of the data) on ``(y, x)`` of the
         output grid (``resample_data=True``) or of the inputs' grid, with the WCS
-        as ASDF text in ``attrs["wcs_asdf"]``.
+        as ASDF text in ``attrs["wcs_asdf"]``. Named ``data``, the variable of
+        every image and mosaic store, so that its ``to_dataset()`` has a ``data``
+        variable (a variable called ``median`` is hidden by ``Dataset.median``).
     tempdir : object or None
         Holds the Zarr stack the lazy results read (path in ``tempdir.name``).
         It is removed by :meth:`cleanup` or at interpreter exit; compute or save
@@ -497,7 +499,7 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
               tuple(_tile_box(0, j, tile_shape, out_shape)[3] - j * tile_shape[1] for j in range(ntx)))
     median = graph.array(median_name, chunks, np.float32)
     unit = images[0]["data"].attrs.get("units", images[0].attrs.get("bunit_data"))
-    median_da = xr.DataArray(median, dims=("y", "x"), name="median", attrs={"wcs_asdf": out_text, "unit": unit})
+    median_da = xr.DataArray(median, dims=("y", "x"), name="data", attrs={"wcs_asdf": out_text, "unit": unit})
     med_chunks = _Chunks(median, keys=median_keys, graph=graph)
 
     # 4. per input block: blot the median window under it with the block's pixel map; flag per input
@@ -642,7 +644,7 @@ def _flag_unresampled(images, params):
         lambda b: nanmedian_stack(b), drop_axis=0, dtype=np.float32, meta=np.empty((0, 0), np.float32)
     )
     attrs = {"wcs_asdf": images[0].attrs["wcs_asdf"]}
-    median_da = xr.DataArray(median, dims=("y", "x"), name="median", attrs=attrs)
+    median_da = xr.DataArray(median, dims=("y", "x"), name="data", attrs=attrs)
     new_images = []
     for ds in images:
         t = dask.delayed(blocks.flag_against_median, pure=True)(

@@ -360,10 +360,9 @@ def compute_on_client(client, collections, *, progress: bool = False):
     watch = _PauseWatch(client, futures)
     try:
         if progress:
-            from distributed import progress as show
+            from daskcal.io._progress import show_progress
 
-            show(futures)
-            print()
+            show_progress(futures)
         return client.gather(futures)
     except BaseException:
         with contextlib.suppress(Exception):

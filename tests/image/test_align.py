@@ -205,6 +205,17 @@ def test_too_few_sources_leaves_the_wcs_unchanged_with_a_warning(caplog):
     assert any("two exposure groups" in r.getMessage() for r in caplog.records)
 
 
+def test_groups_left_unaligned_are_one_warning(caplog):
+    s = daskcal.simulate_images(4, (96, 96), seed=2, n_stars=6)
+    with caplog.at_level("WARNING", logger="daskcal.image._align"):
+        res = daskcal.align(s.images)
+    failed = sorted(g for g, fit in res.fits.items() if fit["status"].startswith("FAILED"))
+    assert len(failed) >= 2
+    warned = [r.getMessage() for r in caplog.records if r.name == "daskcal.image._align" and "WCS unchanged" in r.getMessage()]
+    assert len(warned) == 1, warned  # not one per group
+    assert f"{len(failed)} of 4 exposure groups" in warned[0] and all(g in warned[0] for g in failed)
+
+
 def test_user_catalogs_replace_source_finding(sim, tmp_path):
     from astropy.table import Table
 

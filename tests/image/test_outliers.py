@@ -211,6 +211,7 @@ def test_lazy_and_inputs_unchanged():
     before = [ds.copy(deep=True) for ds in sim.images]
     res = flag_outliers(sim.images)
     assert isinstance(res.median.data, da.Array)
+    assert res.median.name == "data"  # the variable of image and mosaic stores; 'median' is a Dataset method
     assert all(isinstance(im["dq"].data, da.Array) for im in res.images)
     dq = res.images[0]["dq"].values
     assert (dq & OUTLIER).any()
@@ -228,6 +229,7 @@ def test_without_resampling_matches_reference():
 
     sim = simulate_images(4, (70, 60), seed=9, cosmic_rays=15, dither=0.0, rotation=0.0)
     res = flag_outliers(sim.images, resample_data=False, tile_shape=(32, 32))
+    assert res.median.name == "data"  # as on the resample_data=True path
     frames = []
     for ds in sim.images:
         model = {"data": ds["data"].values, "dq": ds["dq"].values, "var_rnoise": ds["var_rnoise"].values}
@@ -329,7 +331,9 @@ def test_cli(tmp_path):
             np.testing.assert_array_equal(got["dq"].values, exp["dq"].values)
             np.testing.assert_array_equal(got["data"].values, ds["data"].values)
     with xr.open_zarr(out / "median.zarr", consolidated=False) as med:
-        np.testing.assert_array_equal(med["median"].values, expected.median.values)
+        assert list(med.data_vars) == ["data"]  # as a mosaic's; a variable 'median' is hidden by Dataset.median
+        np.testing.assert_array_equal(med["data"].values, expected.median.values)
+        assert get_wcs(med) is not None  # the WCS in the store's attributes, as a mosaic's
     expected.cleanup()
     assert not any(p.name.startswith("daskcal-outliers-") for p in tmp_path.iterdir())
     assert main(["outliers", paths[0], "-o", str(tmp_path / "x"), "--snr", "5", "--no-progress"]) == 2
