@@ -521,16 +521,17 @@ def _the_plan(write):
     return write
 
 
-def _apply_plan(write, y0: int, x0: int, *blocks) -> np.ndarray:
+def _apply_plan(write, y0: int, x0: int, y1: int, x1: int, *blocks) -> np.ndarray:
     """Task: one ``(y, x)`` chunk written by the plan's write function."""
-    return write(y0, x0, *blocks)
+    return write(y0, x0, y1, x1, *blocks)
 
 
-def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
-    """Write one ``(y, x)`` chunk of every target.
+def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks) -> np.ndarray:
+    """Write the ``[y0:y1, x0:x1]`` chunk of every target.
 
     ``plan`` holds ``(target, k, index, dtype)``: the target's block is ``blocks[k]``, or
-    ``blocks[k][index].view(dtype)`` when ``index`` is not None (a slice of a stacked block).
+    ``blocks[k][index].view(dtype)`` when ``index`` is not None (a slice of a stacked block), or,
+    when ``k`` is a :class:`~daskcal.io._zarr_read.ZarrSource`, the chunk read from it here.
     Blocks are encoded and written in this thread where the array's layout allows
     (:class:`daskcal.io._zarr_write.ChunkWriter`); the rest go through zarr-python
     (its ``__setitem__``).
@@ -538,7 +539,11 @@ def _write_blocks(plan, y0: int, x0: int, *blocks) -> np.ndarray:
     from daskcal.io._zarr_write import chunk_writer, take_block
 
     for target, k, index, dtype in plan:
-        block = blocks[k] if index is None else take_block(blocks[k], index, dtype)
+        if not isinstance(k, int):  # a variable copied from a Zarr input: read where it is written
+            lead = tuple(slice(0, n) for n in target.array.shape[:-2])
+            block = k.read((*lead, slice(y0, y1), slice(x0, x1)))
+        else:
+            block = blocks[k] if index is None else take_block(blocks[k], index, dtype)
         start = (0,) * (block.ndim - 2) + (y0, x0)
         writer = chunk_writer(target.source)
         if writer is not None and writer.accepts(start, block):
@@ -569,6 +574,7 @@ def _chunk_writers(targets: list) -> list:
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
+    from daskcal.io._zarr_read import zarr_source
     from daskcal.io._zarr_write import slice_of
 
     if not targets:
@@ -582,6 +588,15 @@ def _chunk_writers(targets: list) -> list:
     inputs: dict = {}  # name -> (position among the write task's blocks, the dask array it takes them from)
     plan = []
     for target, arr in same:
+        source = zarr_source(arr)
+        if source is not None:
+            # A variable copied unchanged from a Zarr input (an outlier step's crf products: data, err and
+            # variances) is read by the write task itself. As separate read tasks, the chunks were read long
+            # before their write could run (it waits for the flags, which wait for the median of every
+            # exposure) and held meanwhile: on 32 exposures of 2048^2, ~80 chunks of each of 6 variables per
+            # worker, 1.6 GB of the 2.8 GB each worker reached.
+            plan.append((target, source, None, None))
+            continue
         cut = slice_of(arr)
         if cut is not None and cut.source.chunks[-2:] == grid and all(n == 1 for n in cut.source.numblocks[:-2]):
             src, index, dtype = cut.source, cut.index, cut.dtype
@@ -601,7 +616,7 @@ def _chunk_writers(targets: list) -> list:
     ys = np.cumsum((0, *grid[0]))
     xs = np.cumsum((0, *grid[1]))
     dsk = {
-        (name, iy, ix): (_apply_plan, plan_key, int(ys[iy]), int(xs[ix]),
+        (name, iy, ix): (_apply_plan, plan_key, int(ys[iy]), int(xs[ix]), int(ys[iy + 1]), int(xs[ix + 1]),
                          *[(a.name, *(0,) * (a.ndim - 2), iy, ix) for a in arrays])
         if not all(t.skip is not None and t.skip((iy, ix)) for t, _ in same) else (_nothing,)
         for iy in range(len(grid[0]))

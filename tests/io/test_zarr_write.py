@@ -188,3 +188,29 @@ def test_products_have_every_chunk_even_of_the_fill_value(fitted, tmp_path):
     from daskcal.io._zarr_read import check_store
 
     check_store(paths["rate"], rate.data_vars)
+
+
+@pytest.mark.parametrize("chunks", [(40, 30), (64, 64), (25, 64), (64, 25)])
+def test_variables_copied_from_zarr_are_read_by_the_write_tasks(tmp_path, chunks):
+    """An unchanged variable of a Zarr input (a crf product's data, err and variances) is read inside the write
+    task, not by read tasks whose chunks the scheduler could run early and hold: the write graph has no
+    read tasks for it and depends only on what was computed; the copy equals the input."""
+    import daskcal
+
+    sim = daskcal.simulate_images(1, (64, 64), seed=3)
+    daskcal.save(sim.images[0], tmp_path / "in.zarr")
+    ds = daskcal.open_images([tmp_path / "in.zarr"], chunks=chunks)[0]
+    flagged = ds.assign(dq=ds["dq"] | np.uint32(daskcal.DQ.OUTLIER))  # computed from a read
+    targets = [(_Target(None, None), flagged[v].data) for v in flagged.data_vars]
+    (writes,) = _chunk_writers(targets)
+    deps = writes.dask.dependencies[writes.name]
+    assert len(deps) == 1 and next(iter(deps)) == flagged["dq"].data.name
+    reads = {n for n in writes.dask.layers if n.startswith("zarr-read-")}
+    assert reads == {ds["dq"].data.name}  # only dq, whose flags are computed from it
+    for scheduler in ("sync", "threads"):
+        out = tmp_path / f"out-{scheduler}"
+        with dask.config.set(scheduler=scheduler):
+            paths = save_products({"crf": flagged}, out)
+        with xr.open_zarr(paths["crf"], consolidated=False) as got:
+            for v in flagged.data_vars:
+                np.testing.assert_array_equal(got[v].values, flagged[v].values, err_msg=v)
