@@ -253,12 +253,28 @@ def test_defaults_are_documented_ones():
                                                                 "only_use_ints": True, "min_diffs_single_pass": 10}
 
 
-def test_detector1_with_sigma_clipping_equals_its_steps():
+def test_detector1_with_sigma_clipping_equals_its_steps(caplog):
     sim = simulate((101, 4, 24, 20), seed=5, cr_probability=2e-3)
-    fused = detector1(sim.ramps, chunks=(11, 13))
+    with caplog.at_level(logging.INFO, logger="daskcal.detector._pipeline"):
+        fused = detector1(sim.ramps, chunks=(11, 13))
+    assert "separate graphs" in caplog.text
     steps = detector1_steps(sim.ramps, chunks=(11, 13))
     for name in ("rate", "rateints"):
         a, b = getattr(fused, name).compute(), getattr(steps, name).compute()
         for v in b.data_vars:
             np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=f"{name}.{v}")
     assert daskcal.detect_jumps is detect_jumps
+
+
+def test_command_line_and_recipe_options():
+    from pathlib import Path
+
+    from daskcal.cli._main import build_parser
+    from daskcal.cli._run import load_recipe
+
+    args = build_parser().parse_args(["detector1", "in.zarr", "out", "--minimum-groups", "4", "--minimum-sigclip-groups",
+                                      "20", "--only-use-ints", "false", "--min-diffs-single-pass", "6"])
+    assert (args.minimum_groups, args.minimum_sigclip_groups, args.only_use_ints, args.min_diffs_single_pass) == (
+        4, 20, False, 6)
+    recipe = load_recipe(Path(daskcal.__file__).parent / "graphs" / "detector1.toml")
+    assert recipe["steps"]["jump"]["only_use_ints"] is True and recipe["steps"]["jump"]["minimum_sigclip_groups"] == 100
