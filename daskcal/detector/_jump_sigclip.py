@@ -50,8 +50,10 @@ def sigclip_jumps(data, gdq, gain, threshold: float, only_use_ints: bool, out) -
     -----
     Unusable differences go to ``sigma_clip`` masked (not as NaN, which gives the
     same clip but warns), so no warning filter, which is not thread-safe, is needed.
-    On 2 cores, (120, 5, 256, 256) ramps take about 1.2 s per core in ``sigma_clip``
-    (its C loop), a few times the two-point kernels' time for the same samples.
+    Speed, one thread, (120, 5, 256, 256) simulated ramps (a shared 2-core machine under
+    load, so +-30 %): 2.2 s across integrations, 3.9 s with all differences at once,
+    mostly in ``sigma_clip``'s C loop; the two-point kernel took 5.1 s on the same
+    480 differences per pixel, and stcal's whole step 10.6 s and 7.6 s.
     """
     nints, ngroups, npix = data.shape
     if ngroups < 2:

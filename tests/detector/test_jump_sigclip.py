@@ -278,3 +278,23 @@ def test_command_line_and_recipe_options():
         4, 20, False, 6)
     recipe = load_recipe(Path(daskcal.__file__).parent / "graphs" / "detector1.toml")
     assert recipe["steps"]["jump"]["only_use_ints"] is True and recipe["steps"]["jump"]["minimum_sigclip_groups"] == 100
+
+
+def test_jump_block_on_the_whole_detector_in_place():
+    # the block alone judges whole jump planes on its own pixels: exact for the whole detector
+    from daskcal.detector._jump import jump_block, jump_block_arguments
+
+    r, _ = _calibrated((100, 4, 12, 14), seed=17, n_sources=0, bad_pixel_fraction=0.0)
+    data = r["data"].values.copy()
+    data[30, 2:] += 3000.0
+    r = r.assign(data=(r["data"].dims, data))
+    kw = jump_block_arguments(JumpParameters(after_jump_flag_dn1=10.0, after_jump_flag_time1=20.0), r)
+    args = (r["data"].values, r["groupdq"].values, r["gain"].values, r["readnoise"].values, np.ones((100, 4), bool))
+    copied = jump_block(*args, **kw)
+    gdq = args[1].copy()
+    in_place = jump_block(args[0], gdq, *args[2:], **kw, in_place=True)
+    assert np.shares_memory(in_place, gdq)
+    np.testing.assert_array_equal(in_place, copied)
+    kw = {"after_jump_flag_dn1": 10.0, "after_jump_flag_time1": 20.0}
+    _assert_equal(copied, stcal_jumps(r, **kw)[0])
+    assert not (copied[30, 2] & JUMP).any() and (copied & JUMP).any()
