@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.detector._common import check_reference_values, pixel_chunked, pixeldq_dtype, validate_ramps
+from daskcal.detector._jump_sigclip import clear_full_planes, full_planes, sigclip_jumps
 from daskcal.detector._kernels_jump import (
     after_jump_flags,
     clear_flagged_jumps,
@@ -24,7 +25,10 @@ from daskcal.detector._kernels_jump import (
 )
 from daskcal.dq import DQ
 
-__all__ = ["JumpParameters", "detect_jumps", "gain_pixeldq", "jump_block", "jump_block_arguments", "jump_mode"]
+__all__ = [
+    "JumpMethod", "JumpParameters", "detect_jumps", "gain_pixeldq", "jump_block", "jump_block_arguments", "jump_mode",
+    "primary_block", "secondary_block",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ log = logging.getLogger(__name__)
 MIN_GROUPS = 3
 #: Usable differences from which stcal flags all outliers in one pass.
 MIN_DIFFS_SINGLE_PASS = 10
-#: Integrations from which stcal switches to sigma clipping (not implemented here).
+#: Integrations (or groups) from which stcal switches to sigma clipping.
 MIN_SIGCLIP_INTS = 100
 
 
@@ -60,6 +64,18 @@ class JumpParameters:
     after_jump_flag_time1, after_jump_flag_time2 : float, default 0
         Seconds after such a jump to flag (converted to whole groups with the
         group time); 0 disables.
+    minimum_groups : int, default 3
+        Fewest usable groups in every integration for the two-point method; with
+        fewer (and no sigma clipping) the step flags nothing.
+    minimum_sigclip_groups : int, default 100
+        Integrations (``only_use_ints``) or usable groups in all (otherwise) from
+        which jumps are found by sigma clipping instead.
+    only_use_ints : bool, default True
+        Sigma clipping compares a group's difference across integrations only;
+        False: all differences of a pixel at once.
+    min_diffs_single_pass : int, default 10
+        Usable differences per integration from which the two-point method flags
+        every outlier in one pass instead of iterating.
     """
 
     rejection_threshold: float = 4.0
@@ -72,6 +88,10 @@ class JumpParameters:
     after_jump_flag_time1: float = 0.0
     after_jump_flag_dn2: float = 0.0
     after_jump_flag_time2: float = 0.0
+    minimum_groups: int = MIN_GROUPS
+    minimum_sigclip_groups: int = MIN_SIGCLIP_INTS
+    only_use_ints: bool = True
+    min_diffs_single_pass: int = MIN_DIFFS_SINGLE_PASS
 
     def __post_init__(self):
         for name in ("rejection_threshold", "three_group_rejection_threshold", "four_group_rejection_threshold"):
@@ -85,9 +105,15 @@ class JumpParameters:
             "after_jump_flag_time2",
         ):
             _check_number(name, getattr(self, name), positive=False)
-        if not isinstance(self.flag_4_neighbors, (bool, np.bool_)):
-            msg = f"flag_4_neighbors must be True or False; got {self.flag_4_neighbors!r}"
-            raise ValueError(msg)
+        for name in ("minimum_groups", "minimum_sigclip_groups", "min_diffs_single_pass"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
+                msg = f"{name} must be an integer >= 1; got {value!r}"
+                raise ValueError(msg)
+        for name in ("flag_4_neighbors", "only_use_ints"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                msg = f"{name} must be True or False; got {getattr(self, name)!r}"
+                raise ValueError(msg)
         if self.max_jump_to_flag_neighbors <= self.min_jump_to_flag_neighbors:
             msg = (
                 "max_jump_to_flag_neighbors must be larger than min_jump_to_flag_neighbors; got "
@@ -105,27 +131,113 @@ def _check_number(name: str, value, *, positive: bool) -> None:
         raise ValueError(msg)
 
 
-def jump_mode(usable: np.ndarray) -> str:
+@dataclasses.dataclass(frozen=True)
+class JumpMethod:
+    """The parameters that choose stcal's method (see :class:`JumpParameters`), as the blocks get them."""
+
+    minimum_groups: int = MIN_GROUPS
+    min_diffs_single_pass: int = MIN_DIFFS_SINGLE_PASS
+    minimum_sigclip_groups: int = MIN_SIGCLIP_INTS
+    only_use_ints: bool = True
+
+    @classmethod
+    def of(cls, params: JumpParameters) -> JumpMethod:
+        return cls(params.minimum_groups, params.min_diffs_single_pass, params.minimum_sigclip_groups,
+                   params.only_use_ints)
+
+    def may_clip(self, nints: int, ngroups: int) -> bool:
+        """Whether some DO_NOT_USE pattern of a (nints, ngroups) cube leads to sigma clipping."""
+        return (nints if self.only_use_ints else nints * ngroups) >= self.minimum_sigclip_groups
+
+    def mode(self, usable: np.ndarray) -> str:
+        """``"sigclip"``, ``"skip"``, ``"single"`` or ``"iterative"``: see :func:`jump_mode`."""
+        nints, ngroups = usable.shape
+        unusable = (~usable).sum(axis=1)  # whole DO_NOT_USE planes of each integration
+        total = nints if self.only_use_ints else nints * ngroups - int(unusable.sum())
+        if total >= self.minimum_sigclip_groups:
+            return "sigclip"
+        min_usable = ngroups - int(unusable.max(initial=0))
+        if min_usable < self.minimum_groups:
+            return "skip"
+        return "single" if min_usable - 1 >= self.min_diffs_single_pass else "iterative"
+
+
+def jump_mode(usable: np.ndarray, **method) -> str:
     """Which stcal path applies, from which (integration, group) planes have any usable pixel.
 
     Parameters
     ----------
     usable : ndarray of bool, shape (nints, ngroups)
         True where at least one pixel of the whole detector lacks DO_NOT_USE.
+    **method
+        The fields of :class:`JumpMethod` (defaults: JWST's).
 
     Returns
     -------
     str
-        ``"skip"`` (fewer than 3 usable groups in some integration: stcal skips
-        the step), ``"single"`` (10+ usable differences: one pass) or ``"iterative"``.
+        ``"sigclip"`` (``minimum_sigclip_groups`` integrations with ``only_use_ints``,
+        else as many groups with a usable pixel), otherwise ``"skip"`` (fewer than
+        ``minimum_groups`` usable groups in some integration: stcal skips the step),
+        ``"single"`` (``min_diffs_single_pass`` usable differences: one pass) or ``"iterative"``.
     """
-    ngroups = usable.shape[1]
-    min_usable = ngroups - int((~usable).sum(axis=1).max())
-    if min_usable < MIN_GROUPS:
-        return "skip"
-    if min_usable - 1 >= MIN_DIFFS_SINGLE_PASS:
-        return "single"
-    return "iterative"
+    return JumpMethod(**method).mode(np.asarray(usable, dtype=bool))
+
+
+def primary_block(data, gdq, gain, rnoise, usable, *, nframes, thresholds, method=JumpMethod(), in_place=False):
+    """Primary jumps of one chunk (no halo needed), by the method :meth:`JumpMethod.mode` chooses.
+
+    Arguments as for :func:`jump_block`; returns the group DQ (uint8, same shape)
+    with JUMP_DET added (to ``gdq`` itself with ``in_place``).
+    """
+    nints, ngroups, cy, cx = data.shape
+    flat = (nints, ngroups, cy * cx)
+    # the primary search reads only SATURATED / DO_NOT_USE from q and adds JUMP_DET
+    # pixel by pixel, so flagging into q itself gives the same result
+    q = np.ascontiguousarray(gdq, dtype=np.uint8).reshape(flat)
+    out = q if in_place else q.copy()
+    mode = method.mode(np.asarray(usable, dtype=bool))
+    if mode != "skip":
+        d = np.ascontiguousarray(data).reshape(flat)
+        g = np.ascontiguousarray(gain).reshape(-1)
+        if mode == "sigclip":
+            sigclip_jumps(d, q, g, thresholds[0], method.only_use_ints, out)
+        else:
+            rn = np.ascontiguousarray(rnoise).reshape(-1)
+            primary_jumps(d, q, g, rn, nframes, *thresholds, mode == "single", out)
+    return out.reshape(data.shape)
+
+
+def secondary_block(data, gdq, gain, rnoise, usable, planes=None, *, nframes, neighbors, after_jump,
+                    method=JumpMethod(), in_place=False):
+    """Neighbour and after-jump flags of one chunk from its primary jumps, then the DQ clean-up.
+
+    ``gdq`` holds the primary jumps (:func:`primary_block`); ``planes`` (with sigma
+    clipping) the detector-wide :func:`~daskcal.detector._jump_sigclip.full_planes`
+    of them, whose lone JUMP_DET flags are cleared first (default: this chunk's own).
+    Other arguments as for :func:`jump_block`; neighbours are exact except on the
+    chunk's outer ring.
+    """
+    nints, ngroups, cy, cx = data.shape
+    flat = (nints, ngroups, cy * cx)
+    planes_shape = (nints * ngroups, cy, cx)
+    out = np.ascontiguousarray(gdq, dtype=np.uint8).reshape(flat)
+    out = out if in_place else out.copy()
+    mode = method.mode(np.asarray(usable, dtype=bool))
+    if mode != "skip":
+        if mode == "sigclip":
+            clear_full_planes(out, full_planes(out) if planes is None else planes)
+        d = np.ascontiguousarray(data).reshape(flat)
+        g = np.ascontiguousarray(gain).reshape(-1)
+        rn = np.ascontiguousarray(rnoise).reshape(-1)
+        if neighbors is not None:
+            src = np.zeros(flat, dtype=np.uint8)
+            neighbor_sources(d, out, g, rn, nframes, neighbors[0], neighbors[1], src)
+            flag_neighbors(src.reshape(planes_shape), out.reshape(planes_shape))
+        if after_jump is not None:
+            e1, n1, e2, n2 = after_jump
+            after_jump_flags(d, out, g, e1, n1, e2, n2, out)
+    clear_flagged_jumps(out)
+    return out.reshape(data.shape)
 
 
 def jump_block(
@@ -139,9 +251,14 @@ def jump_block(
     thresholds: tuple[float, float, float],
     neighbors: tuple[float, float] | None,
     after_jump: tuple[float, int, float, int] | None,
+    method: JumpMethod = JumpMethod(),
     in_place: bool = False,
 ) -> np.ndarray:
     """Jump flags for one chunk (neighbours are exact except on the chunk's outer ring).
+
+    With sigma clipping, a group plane in which every pixel is a jump or DO_NOT_USE
+    is judged on this chunk alone: exact when the chunk is the whole detector (the
+    graph of :func:`detect_jumps` reduces it over all chunks).
 
     Parameters
     ----------
@@ -156,11 +273,14 @@ def jump_block(
     nframes : int
         Frames per group.
     thresholds : (float, float, float)
-        Thresholds in sigma for 4+, 3 and 2 usable differences.
+        Thresholds in sigma for 4+, 3 and 2 usable differences (the first is also
+        the sigma-clipping limit).
     neighbors : (float, float) or None
         (min, max) sigma of jumps whose 4 neighbours are flagged; None disables.
     after_jump : (float, int, float, int) or None
         (e1 electrons, n1 groups, e2 electrons, n2 groups); None disables.
+    method : JumpMethod, default JWST's
+        What chooses between sigma clipping, the two-point method and skipping.
     in_place : bool, default False
         Add the flags to ``gdq`` itself (when it is a C-contiguous uint8 array
         the caller owns) instead of to a copy.
@@ -169,28 +289,10 @@ def jump_block(
     -------
     ndarray, uint8, shape (nints, ngroups, cy, cx)
     """
-    nints, ngroups, cy, cx = data.shape
-    flat = (nints, ngroups, cy * cx)
-    planes = (nints * ngroups, cy, cx)
-    q = np.ascontiguousarray(gdq, dtype=np.uint8).reshape(flat)
-    # the primary search reads only SATURATED / DO_NOT_USE from q and adds JUMP_DET
-    # pixel by pixel, so flagging into q itself gives the same result
-    out = q if in_place else q.copy()
-    mode = jump_mode(np.asarray(usable, dtype=bool))
-    if mode != "skip":
-        d = np.ascontiguousarray(data).reshape(flat)
-        g = np.ascontiguousarray(gain).reshape(-1)
-        rn = np.ascontiguousarray(rnoise).reshape(-1)
-        primary_jumps(d, q, g, rn, nframes, *thresholds, mode == "single", out)
-        if neighbors is not None:
-            src = np.zeros(flat, dtype=np.uint8)
-            neighbor_sources(d, out, g, rn, nframes, neighbors[0], neighbors[1], src)
-            flag_neighbors(src.reshape(planes), out.reshape(planes))
-        if after_jump is not None:
-            e1, n1, e2, n2 = after_jump
-            after_jump_flags(d, out, g, e1, n1, e2, n2, out)
-    clear_flagged_jumps(out)
-    return out.reshape(data.shape)
+    out = primary_block(data, gdq, gain, rnoise, usable, nframes=nframes, thresholds=thresholds, method=method,
+                        in_place=in_place)
+    return secondary_block(data, out, gain, rnoise, usable, nframes=nframes, neighbors=neighbors,
+                           after_jump=after_jump, method=method, in_place=True)
 
 
 def gain_pixeldq(pdq, gain):
@@ -206,19 +308,16 @@ def jump_block_arguments(params: JumpParameters, ramps: xr.Dataset) -> dict:
     """Check ``ramps`` for jump detection and turn ``params`` into :func:`jump_block` keywords.
 
     Computes the detector-wide scalars the blocks need (the median gain that
-    converts the after-jump thresholds to electrons) and refuses what the
-    two-point method cannot do; logs a warning when there are too few groups.
+    converts the after-jump thresholds to electrons); logs a warning when there
+    are too few groups.
     """
     nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
-    if nints >= MIN_SIGCLIP_INTS:
-        msg = (
-            f"detect_jumps supports fewer than {MIN_SIGCLIP_INTS} integrations "
-            f"(stcal switches to sigma clipping, which is not implemented); got {nints}"
-        )
-        raise NotImplementedError(msg)
     check_reference_values(ramps, ("gain", "readnoise"))
-    if ngroups < MIN_GROUPS:
-        log.warning("jump detection needs %d groups; data have %d: no jumps will be flagged", MIN_GROUPS, ngroups)
+    method = JumpMethod.of(params)
+    if ngroups < params.minimum_groups and not method.may_clip(nints, ngroups):
+        log.warning(
+            "jump detection needs %d groups; data have %d: no jumps will be flagged", params.minimum_groups, ngroups
+        )
 
     group_time = float(ramps.attrs["group_time"])
     n1 = int(params.after_jump_flag_time1 // group_time)
@@ -246,6 +345,7 @@ def jump_block_arguments(params: JumpParameters, ramps: xr.Dataset) -> dict:
         "thresholds": thresholds,
         "neighbors": neighbors,
         "after_jump": after_jump,
+        "method": method,
     }
 
 
@@ -261,11 +361,15 @@ def detect_jumps(
     after_jump_flag_time1: float = 0.0,
     after_jump_flag_dn2: float = 0.0,
     after_jump_flag_time2: float = 0.0,
+    minimum_groups: int = 3,
+    minimum_sigclip_groups: int = 100,
+    only_use_ints: bool = True,
+    min_diffs_single_pass: int = 10,
 ) -> xr.Dataset:
-    """Flag jumps (cosmic rays) with the two-point difference method.
+    """Flag jumps (cosmic rays) with the two-point difference method or sigma clipping.
 
     Reproduces ``stcal.jump.jump.detect_jumps_data`` (stcal 1.20) as the JWST
-    pipeline calls it, without snowball, shower or sigma-clipping options:
+    pipeline calls it, without snowball or shower options:
     data and CDS read noise are scaled to electrons with the per-pixel gain;
     differences of SATURATED/DO_NOT_USE groups are ignored; per pixel, the
     largest outlier beyond the threshold (4+/3/2 usable differences: see the
@@ -276,6 +380,13 @@ def detect_jumps(
     flagged (across chunk edges); groups after large jumps are flagged; JUMP_DET
     is removed where SATURATED or DO_NOT_USE is set; pixels with a non-positive
     or NaN gain get NO_GAIN_VALUE | DO_NOT_USE in ``pixeldq``.
+
+    With ``minimum_sigclip_groups`` integrations (``only_use_ints``) or groups with
+    a usable pixel, the two-point search is replaced by ``astropy.stats.sigma_clip``
+    of each pixel's differences (across integrations, or all at once) at
+    ``rejection_threshold`` sigma; a group plane in which every pixel is then a
+    jump or DO_NOT_USE loses its lone JUMP_DET flags (a detector-wide test);
+    neighbour and after-jump flags follow as above.
 
     Parameters
     ----------
@@ -299,6 +410,18 @@ def detect_jumps(
         Jump amplitudes (DN; times the median gain) from which later groups are flagged.
     after_jump_flag_time1, after_jump_flag_time2 : float, default 0
         Time (s) after such jumps to flag, as ``int(time // group_time)`` groups.
+    minimum_groups : int, default 3
+        Fewest usable groups (some pixel lacking DO_NOT_USE) in every integration for
+        the two-point method; with fewer, and no sigma clipping, nothing is flagged.
+    minimum_sigclip_groups : int, default 100
+        Integrations (``only_use_ints``), or groups with a usable pixel in all
+        integrations (otherwise), from which sigma clipping is used.
+    only_use_ints : bool, default True
+        Sigma-clip each group's difference across integrations; False: all
+        differences of a pixel together.
+    min_diffs_single_pass : int, default 10
+        Usable differences per integration from which the two-point method flags
+        all outliers in one pass.
 
     Returns
     -------
@@ -311,14 +434,15 @@ def detect_jumps(
     ValueError, TypeError
         Bad parameters or a malformed dataset (checked before any computation
         except of the 2-D gain and read-noise arrays).
-    NotImplementedError
-        100 or more integrations (stcal then uses sigma clipping).
 
     Notes
     -----
     Like stcal, the step does nothing but the DQ clean-up when some integration
-    has fewer than 3 groups with any pixel lacking DO_NOT_USE; this needs a
-    small detector-wide reduction of ``groupdq`` that every block depends on.
+    has fewer than ``minimum_groups`` groups with any pixel lacking DO_NOT_USE (and
+    sigma clipping does not apply); this needs a small detector-wide reduction of
+    ``groupdq`` that every block depends on. Where sigma clipping may apply, the
+    graph has two passes: primary jumps per chunk, a reduction of their group
+    planes, then neighbour flags (their primary jumps are held in between).
     """
     params = JumpParameters(
         rejection_threshold,
@@ -331,6 +455,10 @@ def detect_jumps(
         after_jump_flag_time1,
         after_jump_flag_dn2,
         after_jump_flag_time2,
+        minimum_groups,
+        minimum_sigclip_groups,
+        only_use_ints,
+        min_diffs_single_pass,
     )
     validate_ramps(ramps, require=("gain", "readnoise"))
     args = jump_block_arguments(params, ramps)
@@ -343,31 +471,14 @@ def detect_jumps(
     usable = ((gdq & dnu) == 0).any(axis=(2, 3)).rechunk(-1)
 
     halo = 1 if neighbors is not None else 0
-    d4 = {0: 0, 1: 0, 2: halo, 3: halo}
-    d2 = {0: halo, 1: halo}
-    if halo:
-        data, gdq = (da.overlap.overlap(a, depth=d4, boundary="none") for a in (data, gdq))
-        gain, rnoise = (da.overlap.overlap(a, depth=d2, boundary="none") for a in (gain, rnoise))
-    new_gdq = da.blockwise(
-        jump_block,
-        "igyx",
-        data,
-        "igyx",
-        gdq,
-        "igyx",
-        gain,
-        "yx",
-        rnoise,
-        "yx",
-        usable,
-        "ab",
-        concatenate=True,
-        dtype=np.uint8,
-        meta=np.empty((0, 0, 0, 0), dtype=np.uint8),
-        **args,
-    )
-    if halo:
-        new_gdq = da.overlap.trim_internal(new_gdq, d4, boundary="none")
+    if args["method"].may_clip(ds.sizes["integration"], ds.sizes["group"]):
+        first = {k: args[k] for k in ("nframes", "thresholds", "method")}
+        primary = _halo_blocks(primary_block, data, gdq, gain, rnoise, [usable], 0, first)
+        planes = ((primary & int(DQ.JUMP_DET | DQ.DO_NOT_USE)) != 0).all(axis=(2, 3))
+        second = {k: args[k] for k in ("nframes", "neighbors", "after_jump", "method")}
+        new_gdq = _halo_blocks(secondary_block, data, primary, gain, rnoise, [usable, planes], halo, second)
+    else:
+        new_gdq = _halo_blocks(jump_block, data, gdq, gain, rnoise, [usable], halo, args)
 
     new_pdq = gain_pixeldq(pdq, ds["gain"].data)
 
@@ -375,3 +486,19 @@ def detect_jumps(
     out["groupdq"] = (ds["groupdq"].dims, new_gdq, ds["groupdq"].attrs)
     out["pixeldq"] = (ds["pixeldq"].dims, new_pdq, ds["pixeldq"].attrs)
     return out
+
+
+def _halo_blocks(func, data, gdq, gain, rnoise, planes: list, halo: int, kwargs: dict) -> da.Array:
+    """uint8 ``func(data, gdq, gain, rnoise, *planes, **kwargs)`` on every chunk, with a ``halo``-pixel
+    halo (trimmed off again); ``planes`` are whole (nints, ngroups) arrays."""
+    d4 = {0: 0, 1: 0, 2: halo, 3: halo}
+    d2 = {0: halo, 1: halo}
+    if halo:
+        data, gdq = (da.overlap.overlap(a, depth=d4, boundary="none") for a in (data, gdq))
+        gain, rnoise = (da.overlap.overlap(a, depth=d2, boundary="none") for a in (gain, rnoise))
+    pairs = [x for p in planes for x in (p.rechunk(-1), "ab")]
+    out = da.blockwise(
+        func, "igyx", data, "igyx", gdq, "igyx", gain, "yx", rnoise, "yx", *pairs,
+        concatenate=True, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8), **kwargs,
+    )
+    return da.overlap.trim_internal(out, d4, boundary="none") if halo else out

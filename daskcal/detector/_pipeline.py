@@ -10,7 +10,7 @@ import xarray as xr
 
 from daskcal.detector._common import pixel_chunked, validate_ramps
 from daskcal.detector._fused import detector1_graph
-from daskcal.detector._jump import detect_jumps
+from daskcal.detector._jump import JumpMethod, JumpParameters, detect_jumps
 from daskcal.detector._ramp_fit import RampFitResult, fit_ramps
 from daskcal.detector._saturation import SaturationParameters, flag_saturation, saturation_graph
 
@@ -89,7 +89,8 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
         ``rejection_threshold`` (4.0), ``three_group_rejection_threshold`` (6.0),
         ``four_group_rejection_threshold`` (5.0), ``flag_4_neighbors`` (True),
         ``max_jump_to_flag_neighbors`` (1000), ``min_jump_to_flag_neighbors`` (10),
-        ``after_jump_flag_dn1/2`` (0 DN), ``after_jump_flag_time1/2`` (0 s) (jump),
+        ``after_jump_flag_dn1/2`` (0 DN), ``after_jump_flag_time1/2`` (0 s), ``minimum_groups`` (3),
+        ``minimum_sigclip_groups`` (100), ``only_use_ints`` (True), ``min_diffs_single_pass`` (10) (jump),
         ``suppress_one_group`` (True) (ramp fit). An unknown name is an error.
 
     Returns
@@ -110,7 +111,10 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     (compute it with the products: ``daskcal detector1`` logs it as a warning).
 
     The steps run fused, chunk by chunk, with one halo of ``n_pix_grow_sat + 1``
-    pixels (see :mod:`daskcal.detector._fused`); the result equals running
+    pixels (see :mod:`daskcal.detector._fused`), except where jump detection may
+    use sigma clipping (``minimum_sigclip_groups`` integrations, or groups with
+    ``only_use_ints=False``), which needs every chunk's primary jumps before any
+    neighbour flags: then the steps run as separate graphs. The result equals running
     :func:`flag_saturation`, :func:`subtract_superbias`, :func:`detect_jumps` and
     :func:`fit_ramps` one after another (:func:`detector1_steps`; its saturation
     step flags NaN and infinite samples as above).
@@ -119,6 +123,11 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     validate_ramps(ramps, require=("gain", "readnoise", "saturation"))
     if "superbias" in ramps:
         validate_ramps(ramps, require=("superbias",))
+    nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
+    if JumpMethod.of(JumpParameters(**routed["jump"])).may_clip(nints, ngroups):
+        log.info("jump detection may use sigma clipping (%d integrations of %d groups), which tests whole group "
+                 "planes of primary jumps: detector1 runs its steps as separate graphs", nints, ngroups)
+        return detector1_steps(ramps, chunks=chunks, **params)
     return detector1_graph(ramps, routed, chunks)
 
 

@@ -18,7 +18,7 @@ def make_ramps(shape=(1, 6, 24, 20), *, seed=0, rate=5.0, readnoise=10.0, gain=2
 
     ``cr`` is a list of (integration, group, y, x, DN) steps added from that group on.
     """
-    nints, ngroups, ny, nx = shape
+    _nints, ngroups, ny, nx = shape
     rng = np.random.default_rng(seed)
     t = 10.0 * np.arange(ngroups)[None, :, None, None]
     data = bias + rate * t + (readnoise / np.sqrt(2)) * rng.standard_normal(shape)
@@ -59,8 +59,28 @@ def stcal_saturation(ramps: xr.Dataset, n_pix_grow_sat=1):
     return gdq, pdq_out
 
 
-def stcal_jumps(ramps: xr.Dataset, **kw):
-    """``detect_jumps_data`` on copies, set up as the JWST jump step does (no snowballs/showers)."""
+class _KeepMinimumGroups:
+    """Mixin for stcal's ``TwoPointParams`` that keeps ``minimum_groups`` as first set.
+
+    stcal 1.20's single-process path (``detect_jumps_data`` with one slice) overwrites
+    ``minimum_groups`` with 3 after building the parameters, so a caller's value only
+    takes effect with multiprocessing; this keeps it, to compare with ``find_crs``'s meaning.
+    """
+
+    def __setattr__(self, name, value):
+        if name == "minimum_groups" and "minimum_groups" in self.__dict__:
+            return
+        super().__setattr__(name, value)
+
+
+def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
+    """``detect_jumps_data`` on copies, set up as the JWST jump step does (no snowballs/showers).
+
+    ``keep_minimum_groups``: honour ``minimum_groups`` (see :class:`_KeepMinimumGroups`).
+    """
+    from unittest import mock
+
+    import stcal.jump.jump as stcal_jump
     from stcal.jump.jump import detect_jumps_data
     from stcal.jump.jump_class import JumpData
 
@@ -88,7 +108,15 @@ def stcal_jumps(ramps: xr.Dataset, **kw):
         kw.get("after_jump_flag_dn2", 0.0),
         int(kw.get("after_jump_flag_time2", 0.0) // gt),
     )
-    gdq, pdq, _, _ = detect_jumps_data(jd)
+    jd.set_sigma_clipping_info(
+        kw.get("minimum_groups", 3), kw.get("minimum_sigclip_groups", 100), kw.get("only_use_ints", True)
+    )
+    jd.min_diffs_single_pass = kw.get("min_diffs_single_pass", 10)
+    params = stcal_jump.TwoPointParams
+    if keep_minimum_groups:
+        params = type("TwoPointParamsKeepingMinimumGroups", (_KeepMinimumGroups, params), {})
+    with mock.patch.object(stcal_jump, "TwoPointParams", params):
+        gdq, pdq, _, _ = detect_jumps_data(jd)
     return gdq, pdq
 
 
@@ -120,7 +148,7 @@ def _clipped_median(v):
 
 def primary_reference(data, gdq, gain, rnoise, nframes, thresholds=(4.0, 5.0, 6.0)):
     """Iterative two-point primary jumps, one pixel at a time in Python (flat 3-D in and out)."""
-    nints, ngroups, npix = data.shape
+    _nints, ngroups, npix = data.shape
     out = gdq.copy()
     for p in range(npix):
         e = data[:, :, p] * gain[p]
