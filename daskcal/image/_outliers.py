@@ -359,8 +359,15 @@ class _Chunks:
     def __init__(self, x, keys=None, graph=None):
         import dask.array as da
 
+        from daskcal.io._zarr_read import zarr_source
+
         self.dask = isinstance(x, da.Array)
-        if self.dask:
+        # An array exactly as read from Zarr: each task reads its own window (no read tasks, no dependency).
+        # As chunks of read tasks, an exposure's data, dq and variances were read for its single drizzle and
+        # held until its flags could be computed, after the median of every exposure: memory grew with the
+        # number of exposures (32 x 2048^2: ~80 chunks of each per worker).
+        self.source = zarr_source(x) if self.dask and keys is None else None
+        if self.dask and self.source is None:
             self.keys = keys if keys is not None else x.__dask_keys__()
             self.ys = np.cumsum((0, *x.chunks[0]))
             self.xs = np.cumsum((0, *x.chunks[1]))
@@ -372,6 +379,8 @@ class _Chunks:
     def window(self, y0=0, y1=None, x0=0, x1=None):
         y1 = self.shape[0] if y1 is None else y1
         x1 = self.shape[1] if x1 is None else x1
+        if self.source is not None:
+            return (_read_window, self.source, (slice(y0, y1), slice(x0, x1)))
         if not self.dask:
             return self.x[y0:y1, x0:x1]
         i0 = int(np.searchsorted(self.ys, y0, side="right")) - 1
@@ -428,6 +437,11 @@ def _tiles_of(window, tile_shape, out_shape):
 def _tile_box(i, j, tile_shape, out_shape):
     ty, tx = tile_shape
     return (i * ty, min((i + 1) * ty, out_shape[0]), j * tx, min((j + 1) * tx, out_shape[1]))
+
+
+def _read_window(source, region):
+    """Task: a window of an input read from its Zarr store (damage checks included)."""
+    return source.read(region)
 
 
 def _flag_resampled(images, params, tempdir, output_wcs_arg):
