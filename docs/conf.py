@@ -11,6 +11,7 @@ from pathlib import Path
 
 # The checkout's package, also when it is not installed (an installed one is the same code).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))  # daskcal_params: parameter tables
 
 import daskcal  # noqa: E402
 
@@ -25,6 +26,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "numpydoc",
+    "daskcal_params",
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
+    from daskcal._params import add_options, step_classes
     from daskcal.detector._pipeline import step_parameters
 
     p = sub.add_parser(
@@ -32,27 +33,12 @@ def register(sub) -> None:
     p.add_argument("--chunks", type=int, nargs=2, metavar=("CY", "CX"), default=None, help="(y, x) chunk size")
     p.add_argument("--fits", action="store_true", help="also export rate.fits and rateints.fits")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the files this command writes)")
-    for step, params in step_parameters().items():
-        g = p.add_argument_group(f"{step} parameters")
-        for name, default in params.items():
-            flag = "--" + name.replace("_", "-")
-            if isinstance(default, bool):
-                g.add_argument(flag, type=_parse_bool, default=default, metavar="BOOL", help=f"(default {default})")
-            else:
-                g.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
+    for step in step_parameters():
+        add_options(p.add_argument_group(f"{step} parameters"), *step_classes(step), bools="value",
+                    fill_defaults=True)
     add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
-
-
-def _parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in {"1", "true", "yes", "on"}:
-        return True
-    if low in {"0", "false", "no", "off"}:
-        return False
-    msg = f"expected true or false; got {text!r}"
-    raise argparse.ArgumentTypeError(msg)
 
 
 def _main(args: argparse.Namespace) -> int:

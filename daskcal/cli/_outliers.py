@@ -11,25 +11,22 @@ from daskcal.cli._parameters import add_save_parameters_option, check_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
-#: Parameters of the outliers step and their defaults (the reference's).
-STEP_DEFAULTS = {
-    "snr": "5.0 4.0",
-    "scale": "1.2 0.7",
-    "backg": 0.0,
-    "maskpt": 0.7,
-    "kernel": "square",
-    "pixfrac": 1.0,
-    "fillval": "NaN",
-    "weight_type": "ivm",
-    "good_bits": "~DO_NOT_USE",
-    "resample_data": True,
-    "in_memory": False,
-    "buffer_size": None,
-    "tile_shape": None,
-}
+def _defaults() -> dict:
+    from daskcal._params import defaults
+    from daskcal.image._outliers import OutlierParameters
+
+    return defaults(OutlierParameters)
+
+
+#: Parameters of the outliers step and their defaults (the reference's), from OutlierParameters
+#: (None: derived, as buffer_size and tile_shape).
+STEP_DEFAULTS = _defaults()
 
 
 def register(sub) -> None:
+    from daskcal._params import add_options
+    from daskcal.image._outliers import OutlierParameters
+
     p = sub.add_parser(
         "outliers",
         help="flag outliers (cosmic rays) in calibrated exposures by comparison with their median",
@@ -49,20 +46,7 @@ def register(sub) -> None:
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members outside the association's folder (absolute or through ..)")
     g = p.add_argument_group("outliers parameters (default: the recipe's, else the reference defaults)")
-    g.add_argument("--snr", default=None, help="two thresholds in sigma (default '5.0 4.0')")
-    g.add_argument("--scale", default=None, help="two derivative multipliers (default '1.2 0.7')")
-    g.add_argument("--backg", type=float, default=None, help="background subtracted from differences (default 0)")
-    g.add_argument("--maskpt", type=float, default=None, help="weight fraction below which resampled pixels are ignored (0.7)")
-    g.add_argument("--kernel", default=None, help="drizzle kernel (default square)")
-    g.add_argument("--pixfrac", type=float, default=None, help="drizzle pixfrac (default 1.0)")
-    g.add_argument("--fillval", default=None, help="fill of uncovered resampled pixels (default NaN)")
-    g.add_argument("--weight-type", default=None, choices=["ivm", "exptime", "none"], help="drizzle weights (ivm)")
-    g.add_argument("--good-bits", default=None, help="DQ bits counted as good (default '~DO_NOT_USE')")
-    g.add_argument("--no-resample", dest="resample_data", action="store_const", const=False, default=None,
-                   help="take the median on the inputs' own grid (all inputs of one shape)")
-    g.add_argument("--in-memory", action="store_const", const=True, default=None, help="hold every tile's stack in memory")
-    g.add_argument("--buffer-size", type=float, default=None, help="memory budget of one median task in MB (default 256)")
-    g.add_argument("--tile-shape", type=int, nargs=2, metavar=("TY", "TX"), default=None, help="output tile (1024 1024)")
+    add_options(g, OutlierParameters)
     g.add_argument("--tempdir", default=None, help="parent of the temporary stack (visible to every worker)")
     add_save_parameters_option(p)
     add_cluster_options(p)

@@ -11,35 +11,22 @@ from daskcal.cli._parameters import add_save_parameters_option, check_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
 
-#: Parameters of :func:`daskcal.resample` and their defaults (the reference step's).
-#: ``None`` means "derived from the inputs" (TOML recipes leave those keys out).
-STEP_DEFAULTS = {
-    "pixfrac": 1.0,
-    "kernel": "square",
-    "fillval": "NaN",
-    "weight_type": "ivm",
-    "good_bits": "~DO_NOT_USE+NON_SCIENCE",
-    "enable_ctx": True,
-    "enable_var": True,
-    "compute_err": "from_var",
-    "propagate_dq": False,
-    "pixmap_stepsize": 1,
-    "pixmap_order": 1,
-    "pixel_scale": None,
-    "pixel_scale_ratio": 1.0,
-    "rotation": None,
-    "crpix": None,
-    "crval": None,
-    "output_shape": None,
-    "output_wcs": None,
-    "tile_shape": None,
-    "single": False,
-}
+def _defaults() -> dict:
+    from daskcal._params import defaults
+    from daskcal.image._resample import ResampleOutputParams, ResampleParams
+
+    return defaults(ResampleParams, ResampleOutputParams)
+
+
+#: Parameters of :func:`daskcal.resample` and their defaults (the reference step's), from its parameter
+#: dataclasses. ``None`` means "derived from the inputs" (TOML recipes leave those keys out).
+STEP_DEFAULTS = _defaults()
 _WCS_ARGS = ("pixel_scale", "pixel_scale_ratio", "rotation", "crpix", "crval", "output_shape")
 
 
 def register(sub) -> None:
-    from daskcal.image._resample import KERNELS, WEIGHT_TYPES
+    from daskcal._params import add_options
+    from daskcal.image._resample import ResampleOutputParams, ResampleParams
 
     p = sub.add_parser(
         "resample",
@@ -56,33 +43,7 @@ def register(sub) -> None:
     p.add_argument("--recipe", default=None, metavar="RECIPE",
                    help="recipe with a [steps.resample] table: a TOML file or a built-in recipe's name ('resample'; see daskcal recipes)")
     g = p.add_argument_group("resample parameters (default: the recipe's, else the reference step's)")
-    g.add_argument("--pixfrac", type=float, default=None, help="drop size relative to an input pixel, (0, 1] (1.0)")
-    g.add_argument("--kernel", choices=KERNELS, default=None, help="drizzle kernel (square)")
-    g.add_argument("--fillval", default=None, help="value of output pixels no input reaches (NaN)")
-    g.add_argument("--weight-type", choices=WEIGHT_TYPES, default=None,
-                   help="ivm (1/var_rnoise), ivm-sky, exptime (s) or none (ivm)")
-    g.add_argument("--good-bits", default=None, help="DQ bits counted as good (~DO_NOT_USE+NON_SCIENCE)")
-    g.add_argument("--no-ctx", dest="enable_ctx", action="store_const", const=False, default=None,
-                   help="do not compute the context planes (con)")
-    g.add_argument("--no-var", dest="enable_var", action="store_const", const=False, default=None,
-                   help="do not resample the variance arrays")
-    g.add_argument("--compute-err", choices=["from_var", "driz_err", "none"], default=None,
-                   help="err from the variances, drizzled input err, or none (from_var)")
-    g.add_argument("--propagate-dq", action="store_const", const=True, default=None, help="OR of input DQ as dq")
-    g.add_argument("--pixmap-stepsize", type=float, default=None, help="evaluate the WCS every N input px (1)")
-    g.add_argument("--pixmap-order", type=int, choices=[1, 3], default=None, help="pixel-map spline order (1)")
-    g.add_argument("--pixel-scale", type=float, default=None, help="output pixel scale, arcsec/px (overrides ratio)")
-    g.add_argument("--pixel-scale-ratio", type=float, default=None, help="output / input pixel scale (1.0)")
-    g.add_argument("--rotation", type=float, default=None, help="output +y axis east of north, deg (first input's)")
-    g.add_argument("--crpix", type=float, nargs=2, metavar=("X", "Y"), default=None, help="fiducial pixel (0-based)")
-    g.add_argument("--crval", type=float, nargs=2, metavar=("RA", "DEC"), default=None, help="fiducial sky, deg")
-    g.add_argument("--output-shape", type=int, nargs=2, metavar=("NX", "NY"), default=None, help="output shape")
-    g.add_argument("--output-wcs", default=None, metavar="FILE.asdf", help="output grid from an ASDF file's 'wcs'")
-    g.add_argument("--tile-shape", type=int, nargs=2, metavar=("TY", "TX"), default=None,
-                   help="output tile = Zarr chunk (default: from daskcal.resample.tile-memory, 320 MiB, "
-                   "and the workers' memory limit)")
-    g.add_argument("--single", action="store_const", const=True, default=None,
-                   help="one mosaic per exposure group, stacked on a group dimension")
+    add_options(g, ResampleParams, ResampleOutputParams)
     add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)

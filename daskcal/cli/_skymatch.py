@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -14,9 +13,10 @@ __all__ = ["STEP_DEFAULTS", "execute", "register", "run_recipe"]
 
 
 def _defaults() -> dict:
+    from daskcal._params import defaults
     from daskcal.image._skymatch import SkyMatchParameters
 
-    return {f.name: f.default for f in dataclasses.fields(SkyMatchParameters)}
+    return defaults(SkyMatchParameters)
 
 
 #: Parameters of the skymatch step and their defaults (JWST's skymatch step).
@@ -24,6 +24,9 @@ STEP_DEFAULTS = _defaults()
 
 
 def register(sub) -> None:
+    from daskcal._params import add_options
+    from daskcal.image._skymatch import SkyMatchParameters
+
     p = sub.add_parser(
         "skymatch",
         help="compute (and optionally subtract) the sky levels of calibrated exposures",
@@ -37,28 +40,10 @@ def register(sub) -> None:
                    help="recipe with a [steps.skymatch] table: a TOML file or a built-in recipe's name ('skymatch'; see daskcal recipes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
     g = p.add_argument_group("skymatch parameters (default: the recipe's, else the reference defaults)")
-    g.add_argument("--skymethod", default=None, help="local, global, match or global+match (default match)")
-    g.add_argument("--match-up", dest="match_down", action="store_const", const=False, default=None,
-                   help="match to the highest sky instead of the lowest")
-    g.add_argument("--subtract", action="store_const", const=True, default=None, help="subtract the levels from the data")
-    g.add_argument("--stepsize", type=int, default=None, help="largest footprint vertex spacing in pixels (default: corners only)")
-    g.add_argument("--skystat", default=None, help="mean, median, mode or midpt (default mode)")
-    g.add_argument("--dqbits", default=None, help="DQ bits that do not exclude a pixel (default '~DO_NOT_USE+NON_SCIENCE'; 'None': DQ unused)")
-    g.add_argument("--lower", type=float, default=None, help="lowest usable pixel value (unit of the data)")
-    g.add_argument("--upper", type=float, default=None, help="highest usable pixel value (unit of the data)")
-    g.add_argument("--nclip", type=int, default=None, help="sigma-clipping iterations (default 5)")
-    g.add_argument("--lsigma", type=float, default=None, help="lower clipping limit in sigma (default 4.0)")
-    g.add_argument("--usigma", type=float, default=None, help="upper clipping limit in sigma (default 4.0)")
-    g.add_argument("--binwidth", type=float, default=None, help="histogram bin width in sigma for mode/midpt (default 0.1)")
+    add_options(g, SkyMatchParameters)
     add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
-
-
-def _check_steps(steps: dict) -> dict:
-    from daskcal.cli._run import single_step_values
-
-    return single_step_values(steps, "skymatch", STEP_DEFAULTS)
 
 
 def _check_steps(steps: dict) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,19 +13,21 @@ from daskcal.cli._parameters import add_save_parameters_option, check_parameters
 __all__ = ["STEP_DEFAULTS", "asn_catalogs", "execute", "read_catfile", "register", "run_recipe"]
 
 
-def _fields():
+def _defaults() -> dict:
+    from daskcal._params import defaults
     from daskcal.image._align import AlignParameters
 
-    return dataclasses.fields(AlignParameters)
+    return defaults(AlignParameters)
 
 
 #: Parameters of the tweakreg step and their defaults (the JWST step's), from AlignParameters.
-STEP_DEFAULTS = {f.name: f.default for f in _fields()}
-#: argparse types of the parameters whose default (None) does not tell
-_TYPES = {"peakmax": float, "brightest": int}
+STEP_DEFAULTS = _defaults()
 
 
 def register(sub) -> None:
+    from daskcal._params import add_options
+    from daskcal.image._align import AlignParameters
+
     p = sub.add_parser(
         "tweakreg",
         help="align calibrated exposures to each other (and to a reference catalog) by their sources",
@@ -42,16 +43,7 @@ def register(sub) -> None:
                    "(catalog paths relative to the catfile's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace existing products (only the stores this command writes)")
     g = p.add_argument_group("tweakreg parameters (default: the recipe's, else the JWST step's)")
-    for f in _fields():
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default {f.default!r}{' ' + f.metadata['unit'] if f.metadata['unit'] else ''})"
-        if isinstance(f.default, bool):
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.name == "kron_params":
-            g.add_argument(flag, dest=f.name, type=float, nargs="+", default=None, help=help_text)
-        else:
-            kind = _TYPES.get(f.name, type(f.default))
-            g.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+    add_options(g, AlignParameters, bools="optional")
     add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)

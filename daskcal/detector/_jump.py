@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from daskcal._params import param
 from daskcal.detector._common import check_reference_values, pixel_chunked, pixeldq_dtype, validate_ramps
 from daskcal.detector._jump_sigclip import clear_full_planes, full_planes, sigclip_jumps
 from daskcal.detector._kernels_jump import (
@@ -78,20 +79,25 @@ class JumpParameters:
         every outlier in one pass instead of iterating.
     """
 
-    rejection_threshold: float = 4.0
-    three_group_rejection_threshold: float = 6.0
-    four_group_rejection_threshold: float = 5.0
-    flag_4_neighbors: bool = True
-    max_jump_to_flag_neighbors: float = 1000.0
-    min_jump_to_flag_neighbors: float = 10.0
-    after_jump_flag_dn1: float = 0.0
-    after_jump_flag_time1: float = 0.0
-    after_jump_flag_dn2: float = 0.0
-    after_jump_flag_time2: float = 0.0
-    minimum_groups: int = MIN_GROUPS
-    minimum_sigclip_groups: int = MIN_SIGCLIP_INTS
-    only_use_ints: bool = True
-    min_diffs_single_pass: int = MIN_DIFFS_SINGLE_PASS
+    rejection_threshold: float = param(4.0, "two-point difference threshold, 5 or more groups", "sigma")
+    three_group_rejection_threshold: float = param(6.0, "the same, for 3 usable groups", "sigma")
+    four_group_rejection_threshold: float = param(5.0, "the same, for 4 usable groups", "sigma")
+    flag_4_neighbors: bool = param(True, "flag the 4 neighbours of a jump")
+    max_jump_to_flag_neighbors: float = param(1000.0, "only jumps below this flag their neighbours", "sigma")
+    min_jump_to_flag_neighbors: float = param(10.0, "only jumps above this flag their neighbours", "sigma")
+    after_jump_flag_dn1: float = param(0.0, "jumps at least this large also flag the groups within "
+                                       "after_jump_flag_time1", "DN")
+    after_jump_flag_time1: float = param(0.0, "time after such a jump whose groups are flagged (0: off)", "s")
+    after_jump_flag_dn2: float = param(0.0, "a second such rule: jump amplitude", "DN")
+    after_jump_flag_time2: float = param(0.0, "a second such rule: time flagged after the jump (0: off)", "s")
+    minimum_groups: int = param(MIN_GROUPS, "fewest usable groups in every integration for the two-point "
+                                "method (fewer, without sigma clipping: nothing flagged)")
+    minimum_sigclip_groups: int = param(MIN_SIGCLIP_INTS, "integrations (only_use_ints) or usable groups in all "
+                                        "from which jumps are found by sigma clipping")
+    only_use_ints: bool = param(True, "sigma clipping compares a group's difference across integrations only "
+                                "(false: all differences of a pixel)")
+    min_diffs_single_pass: int = param(MIN_DIFFS_SINGLE_PASS, "usable differences per integration from which "
+                                       "the two-point method flags every outlier in one pass")
 
     def __post_init__(self):
         for name in ("rejection_threshold", "three_group_rejection_threshold", "four_group_rejection_threshold"):

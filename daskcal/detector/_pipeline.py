@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import numpy as np
@@ -43,20 +42,14 @@ def subtract_superbias(ramps: xr.Dataset) -> xr.Dataset:
 
 
 def step_parameters() -> dict[str, dict[str, object]]:
-    """``{step: {parameter: default}}`` for the steps detector1 runs.
+    """``{step: {parameter: default}}`` for the steps detector1 runs, from their parameter dataclasses.
 
-    Parameters whose default is None (such as ``fit_ramps``' ``dark_current`` array)
-    are Python-only and not listed: recipes and the command line cannot express them.
+    Python-only arguments (such as ``fit_ramps``' ``dark_current`` array) are not listed:
+    recipes and the command line cannot express them.
     """
-    out = {}
-    for step, func in STEPS.items():
-        sig = inspect.signature(func)
-        out[step] = {
-            name: p.default
-            for name, p in list(sig.parameters.items())[1:]
-            if p.default is not inspect.Parameter.empty and p.default is not None
-        }
-    return out
+    from daskcal._params import defaults, step_classes
+
+    return {step: defaults(*step_classes(step)) for step in STEPS}
 
 
 def _route(params: dict[str, object]) -> dict[str, dict[str, object]]:

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
+from daskcal._params import param
 from daskcal.detector import _kernels_ramp_fit as _k
 from daskcal.detector._common import (
     PIX_DIMS,
@@ -28,7 +29,7 @@ from daskcal.detector._common import (
 )
 from daskcal.io._zarr_write import take_slice
 
-__all__ = ["RampFitResult", "fit_ramps", "fit_block"]
+__all__ = ["RampFitParameters", "RampFitResult", "fit_ramps", "fit_block"]
 
 #: Product variables, in the order of their planes in the stacked block output.
 PRODUCT_NAMES = ("data", "err", "dq", "var_poisson", "var_rnoise")
@@ -40,6 +41,19 @@ _UNITS = {
     "var_rnoise": "DN2/s2",
 }
 _CARRIED_ATTRS = ("group_time", "frame_time", "nframes", "groupgap")
+
+
+@dataclass(frozen=True)
+class RampFitParameters:
+    """Parameters of :func:`fit_ramps` that recipes and the command line give (defaults are jwst's)."""
+
+    suppress_one_group: bool = param(
+        True, "an integration with only one good group is unusable (ignored with one group per integration)")
+
+    def __post_init__(self):
+        if not isinstance(self.suppress_one_group, (bool, np.bool_)):
+            msg = f"suppress_one_group must be True or False; got {self.suppress_one_group!r}"
+            raise TypeError(msg)
 
 
 @dataclass(frozen=True)
@@ -235,9 +249,7 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
     """
     validate_ramps(ramps, require=("gain", "readnoise"))
     check_reference_values(ramps, ("gain", "readnoise"))
-    if not isinstance(suppress_one_group, (bool, np.bool_)):
-        msg = f"suppress_one_group must be True or False; got {suppress_one_group!r}"
-        raise TypeError(msg)
+    RampFitParameters(suppress_one_group)
     ds = pixel_chunked(ramps)
     dark = _dark_array(dark_current, ds)
     data = ds["data"].data

@@ -12,6 +12,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from daskcal._params import param
 from daskcal.detector._common import pixel_chunked, pixeldq_dtype, validate_ramps
 from daskcal.detector._kernels_saturation import grow_bit, saturation_flags
 from daskcal.dq import DQ
@@ -41,7 +42,8 @@ class SaturationParameters:
         SATURATED flag is grown (charge spilling); 0 disables growth.
     """
 
-    n_pix_grow_sat: int = 1
+    n_pix_grow_sat: int = param(1, "half-width of the box a saturated pixel's flag is grown into "
+                                "(charge migration; 0: none)", "px")
 
     def __post_init__(self):
         n = self.n_pix_grow_sat

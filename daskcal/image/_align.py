@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from daskcal._params import param
 from daskcal.image._catalogs import (
     STARFINDERS,
     find_sources,
@@ -43,59 +44,55 @@ FITGEOMETRIES = ("shift", "rshift", "rscale", "general")
 _ABS_GROUP = "__absolute__"
 
 
-def _p(default, help, unit=""):
-    return dataclasses.field(default=default, metadata={"help": help, "unit": unit})
-
-
 @dataclasses.dataclass(frozen=True)
 class AlignParameters:
     """Parameters of :func:`align`; defaults are the JWST tweakreg step's."""
 
-    # source finding
-    starfinder: str = _p("iraf", "star finder: iraf, dao or segmentation")
-    snr_threshold: float = _p(10.0, "detection threshold above the background, in background RMS")
-    kernel_fwhm: float = _p(2.5, "Gaussian kernel FWHM", "px")
-    bkg_boxsize: int = _p(400, "background mesh box size", "px")
-    minsep_fwhm: float = _p(0.0, "minimum separation of detected objects (iraf/dao)", "FWHM")
-    sigma_radius: float = _p(1.5, "truncation radius of the Gaussian kernel (iraf/dao)", "sigma")
-    sharplo: float = _p(0.5, "lower bound on sharpness (iraf/dao)")
-    sharphi: float = _p(2.0, "upper bound on sharpness (iraf/dao)")
-    roundlo: float = _p(0.0, "lower bound on roundness (iraf/dao)")
-    roundhi: float = _p(0.2, "upper bound on roundness (iraf/dao)")
-    brightest: int | None = _p(200, "keep the brightest N objects (iraf/dao)")
-    peakmax: float | None = _p(None, "drop objects with a peak >= peakmax (iraf/dao)", "unit of data")
-    npixels: int = _p(10, "minimum connected pixels of a source (segmentation)", "px")
-    connectivity: int = _p(8, "pixel connectivity, 4 or 8 (segmentation)")
-    nlevels: int = _p(32, "multi-thresholding levels for deblending (segmentation)")
-    contrast: float = _p(0.001, "flux fraction an object needs to be deblended (segmentation)")
-    multithresh_mode: str = _p("exponential", "exponential, linear or sinh (segmentation)")
-    localbkg_width: int = _p(0, "width of the local background annulus (segmentation)", "px")
-    apermask_method: str = _p("correct", "correct, mask or none (segmentation)")
-    kron_params: tuple | None = _p(None, "Kron aperture parameters, 2 or 3 values (segmentation; None = 2.5 1.4 0)")
-    deblend: bool = _p(True, "deblend sources (segmentation)")
-    # relative alignment
-    enforce_user_order: bool = _p(False, "align exposure groups in the order given")
-    expand_refcat: bool = _p(False, "add unmatched sources of aligned groups to the reference catalog")
-    minobj: int = _p(15, "minimum matched objects for a fit")
-    fitgeometry: str = _p("rshift", "shift, rshift, rscale or general")
-    nclip: int = _p(3, "clipping iterations of the fit")
-    sigma: float = _p(3.0, "clipping limit", "sigma")
-    searchrad: float = _p(2.0, "search radius for a match", "arcsec")
-    use2dhist: bool = _p(True, "find the initial offset with a 2-D histogram")
-    separation: float = _p(1.0, "minimum object separation (> sqrt(2) tolerance)", "arcsec")
-    tolerance: float = _p(0.7, "matching tolerance", "arcsec")
-    xoffset: float = _p(0.0, "initial guess of the x offset", "arcsec")
-    yoffset: float = _p(0.0, "initial guess of the y offset", "arcsec")
-    # absolute alignment
-    abs_refcat: str | None = _p("", "reference catalog file (RA, DEC in deg, optional weight); '' = none")
-    abs_minobj: int = _p(15, "minimum matched objects for the absolute fit")
-    abs_fitgeometry: str = _p("rshift", "shift, rshift, rscale or general (absolute fit)")
-    abs_nclip: int = _p(3, "clipping iterations of the absolute fit")
-    abs_sigma: float = _p(3.0, "clipping limit of the absolute fit", "sigma")
-    abs_searchrad: float = _p(6.0, "search radius for a match (absolute)", "arcsec")
-    abs_use2dhist: bool = _p(True, "2-D histogram for the initial offset (absolute)")
-    abs_separation: float = _p(1.0, "minimum object separation (absolute; > sqrt(2) abs_tolerance)", "arcsec")
-    abs_tolerance: float = _p(0.7, "matching tolerance (absolute)", "arcsec")
+    starfinder: str = param("iraf", "star finder: iraf, dao or segmentation", section="source finding")
+    snr_threshold: float = param(10.0, "detection threshold above the background, in background RMS")
+    kernel_fwhm: float = param(2.5, "Gaussian kernel FWHM", "px")
+    bkg_boxsize: int = param(400, "background mesh box size", "px")
+    minsep_fwhm: float = param(0.0, "minimum separation of detected objects (iraf/dao)", "FWHM")
+    sigma_radius: float = param(1.5, "truncation radius of the Gaussian kernel (iraf/dao)", "sigma")
+    sharplo: float = param(0.5, "lower bound on sharpness (iraf/dao)")
+    sharphi: float = param(2.0, "upper bound on sharpness (iraf/dao)")
+    roundlo: float = param(0.0, "lower bound on roundness (iraf/dao)")
+    roundhi: float = param(0.2, "upper bound on roundness (iraf/dao)")
+    brightest: int | None = param(200, "keep the brightest N objects (iraf/dao)")
+    peakmax: float | None = param(None, "drop objects with a peak >= peakmax (iraf/dao)", "unit of data")
+    npixels: int = param(10, "minimum connected pixels of a source (segmentation)", "px")
+    connectivity: int = param(8, "pixel connectivity, 4 or 8 (segmentation)")
+    nlevels: int = param(32, "multi-thresholding levels for deblending (segmentation)")
+    contrast: float = param(0.001, "flux fraction an object needs to be deblended (segmentation)")
+    multithresh_mode: str = param("exponential", "exponential, linear or sinh (segmentation)")
+    localbkg_width: int = param(0, "width of the local background annulus (segmentation)", "px")
+    apermask_method: str = param("correct", "correct, mask or none (segmentation)")
+    kron_params: tuple | None = param(None, "Kron aperture parameters, 2 or 3 values (segmentation; None = 2.5 1.4 0)",
+                                      cli={"type": float, "nargs": "+"})
+    deblend: bool = param(True, "deblend sources (segmentation)")
+    enforce_user_order: bool = param(False, "align exposure groups in the order given", section="relative alignment")
+    expand_refcat: bool = param(False, "add unmatched sources of aligned groups to the reference catalog")
+    minobj: int = param(15, "minimum matched objects for a fit")
+    fitgeometry: str = param("rshift", "shift, rshift, rscale or general")
+    nclip: int = param(3, "clipping iterations of the fit")
+    sigma: float = param(3.0, "clipping limit", "sigma")
+    searchrad: float = param(2.0, "search radius for a match", "arcsec")
+    use2dhist: bool = param(True, "find the initial offset with a 2-D histogram")
+    separation: float = param(1.0, "minimum object separation (> sqrt(2) tolerance)", "arcsec")
+    tolerance: float = param(0.7, "matching tolerance", "arcsec")
+    xoffset: float = param(0.0, "initial guess of the x offset", "arcsec")
+    yoffset: float = param(0.0, "initial guess of the y offset", "arcsec")
+    abs_refcat: str | None = param(
+        "", "reference catalog file (RA, DEC in deg, optional weight); '' = none",
+        section="absolute alignment ('' = none; a file with RA, DEC columns in deg; web catalogs are not fetched)")
+    abs_minobj: int = param(15, "minimum matched objects for the absolute fit")
+    abs_fitgeometry: str = param("rshift", "shift, rshift, rscale or general (absolute fit)")
+    abs_nclip: int = param(3, "clipping iterations of the absolute fit")
+    abs_sigma: float = param(3.0, "clipping limit of the absolute fit", "sigma")
+    abs_searchrad: float = param(6.0, "search radius for a match (absolute)", "arcsec")
+    abs_use2dhist: bool = param(True, "2-D histogram for the initial offset (absolute)")
+    abs_separation: float = param(1.0, "minimum object separation (absolute; > sqrt(2) abs_tolerance)", "arcsec")
+    abs_tolerance: float = param(0.7, "matching tolerance (absolute)", "arcsec")
 
     def __post_init__(self):
         _choice(self.starfinder, STARFINDERS, "starfinder")

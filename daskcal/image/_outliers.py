@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from daskcal._params import param
 from daskcal.image import _outlier_blocks as blocks
 from daskcal.image._driz import KERNELS, WEIGHT_TYPES
 from daskcal.io._zarr_read import SPARSE_ATTR
@@ -74,20 +75,34 @@ def parse_pair(value, name):
 class OutlierParameters:
     """Validated parameters of :func:`flag_outliers` (see there for meanings)."""
 
-    snr: tuple[float, float] = (5.0, 4.0)
-    scale: tuple[float, float] = (1.2, 0.7)
-    backg: float = 0.0
-    maskpt: float = 0.7
-    kernel: str = "square"
-    pixfrac: float = 1.0
-    fillval: str = "NaN"
-    weight_type: str | None = "ivm"
-    good_bits: object = "~DO_NOT_USE"
-    resample_data: bool = True
-    in_memory: bool = False
-    buffer_size: int = DEFAULT_BUFFER_SIZE
-    tile_shape: tuple[int, int] = DEFAULT_TILE
-    block_rows: int = DEFAULT_BLOCK_ROWS
+    snr: str | tuple[float, float] = param(
+        "5.0 4.0", "detection thresholds before and after growing the mask by its 3x3 neighbourhood "
+        "(resample_data=False: the first)", "sigma")
+    scale: str | tuple[float, float] = param(
+        "1.2 0.7", "multipliers of the blotted median's absolute derivative added to the two thresholds")
+    backg: float = param(0.0, "background subtracted from each difference", "unit of data")
+    maskpt: float = param(0.7, "resampled pixels with weight below maskpt x their group's mean weight are left "
+                          "out of the median")
+    kernel: str = param("square", "drizzle kernel: " + ", ".join(KERNELS))
+    pixfrac: float = param(1.0, "drizzle pixel shrink factor, (0, 1]")
+    fillval: str = param("NaN", "value of resampled pixels no input covers (NaN, INDEF or a number)")
+    weight_type: str | None = param("ivm", "drizzle weights: ivm (1/var_rnoise), exptime or none",
+                                    cli={"choices": ["ivm", "exptime", "none"]})
+    good_bits: object = param("~DO_NOT_USE", "DQ bits still counted as good (astropy bitmask syntax, JWST names)")
+    resample_data: bool = param(
+        True, "median of the single-drizzled groups on the output grid (false: of the inputs on their own grid)",
+        cli={"flag": "--no-resample",
+             "help": "take the median on the inputs' own grid (all inputs of one shape)"})
+    in_memory: bool = param(False, "hold every tile's stack in memory, whatever buffer_size")
+    buffer_size: int | None = param(
+        None, "memory budget of one median task; larger stacks go through an on-disk buffer", "bytes",
+        derived="256 MiB", example=DEFAULT_BUFFER_SIZE,
+        cli={"type": float, "help": "memory budget of one median task in MB (default 256)"})
+    tile_shape: tuple[int, int] | None = param(
+        None, "output tile (rows, columns): Zarr chunk of the stack and median block", "px",
+        derived="1024 x 1024", example=DEFAULT_TILE, cli={"type": int, "nargs": 2, "metavar": ("TY", "TX")})
+    block_rows: int | None = param(None, "input rows per drizzle and blot task", "px", derived="512",
+                                   python_only=True)
 
     def __post_init__(self):
         set_ = object.__setattr__

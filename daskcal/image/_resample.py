@@ -33,12 +33,13 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from daskcal._params import param
 from daskcal.image import _driz, _grid
 from daskcal.image._checks import warn_no_overlap, warn_unusable_inputs
 from daskcal.image._dataset import VARIANCE_NAMES, get_wcs, wcs_to_text
 from daskcal.image._grid import _bbox, check_output_size, pixel_scale_of, resolve_output_wcs
 
-__all__ = ["resample", "ResampleParams", "KERNELS", "WEIGHT_TYPES"]
+__all__ = ["resample", "ResampleParams", "ResampleOutputParams", "KERNELS", "WEIGHT_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,24 @@ def _parse_fillval(fillval) -> float:
 class ResampleParams:
     """Validated parameters of :func:`resample` (defaults as the reference step's)."""
 
-    pixfrac: float = 1.0
-    kernel: str = "square"
-    fillval: str | float = "NaN"
-    weight_type: str | None = "ivm"
-    good_bits: int | str | None = "~DO_NOT_USE+NON_SCIENCE"
-    enable_ctx: bool = True
-    enable_var: bool = True
-    compute_err: str | None = "from_var"
-    propagate_dq: bool = False
-    pixmap_stepsize: float = 1
-    pixmap_order: int = 1
+    pixfrac: float = param(1.0, "drop size relative to an input pixel, (0, 1]")
+    kernel: str = param("square", "drizzle kernel: " + ", ".join(KERNELS), cli={"choices": KERNELS})
+    fillval: str | float = param("NaN", "value of output pixels no input reaches (NaN, INDEF or a number)")
+    weight_type: str | None = param(
+        "ivm", "input weights: ivm (1/var_rnoise), ivm-sky (1/var_sky), exptime (measurement time, s) or none "
+        "(1); times the good_bits mask", cli={"choices": WEIGHT_TYPES})
+    good_bits: int | str | None = param(
+        "~DO_NOT_USE+NON_SCIENCE", "DQ bits counted as good: integers, '4+8', DQ names; '~' inverts")
+    enable_ctx: bool = param(True, "compute the context planes con(plane, y, x): which inputs reach each pixel",
+                             cli={"flag": "--no-ctx", "help": "do not compute the context planes (con)"})
+    enable_var: bool = param(True, "resample var_rnoise, var_flat and var_poisson as the reference does",
+                             cli={"flag": "--no-var", "help": "do not resample the variance arrays"})
+    compute_err: str | None = param(
+        "from_var", "err: from_var (sqrt of the summed variances), driz_err (the drizzled input err) or none",
+        cli={"choices": ["from_var", "driz_err", "none"]})
+    propagate_dq: bool = param(False, "OR of contributing input DQ as dq")
+    pixmap_stepsize: float = param(1, "evaluate the WCS every N input pixels and interpolate the rest", "px")
+    pixmap_order: int = param(1, "spline order (1 or 3) of that interpolation", cli={"choices": [1, 3]})
 
     def __post_init__(self):
         if not (isinstance(self.pixfrac, (int, float)) and 0 < self.pixfrac <= 1):
@@ -131,6 +139,36 @@ class ResampleParams:
     @property
     def weight_name(self) -> str:
         return "none" if self.weight_type is None else self.weight_type
+
+
+@dataclasses.dataclass(frozen=True)
+class ResampleOutputParams:
+    """The output grid and layout keywords of :func:`resample` (their defaults, help and units; resample
+    checks them where it builds the grid and the tiles)."""
+
+    pixel_scale: float | None = param(None, "output pixel scale; overrides pixel_scale_ratio", "arcsec/px",
+                                      derived="from pixel_scale_ratio", example=0.03)
+    pixel_scale_ratio: float = param(1.0, "output pixel scale / first input's pixel scale")
+    rotation: float | None = param(None, "output +y axis east of north", "deg",
+                                   derived="the roll angle (JWST meta.wcsinfo), else the first input's",
+                                   example=0.0)
+    crpix: tuple[float, float] | None = param(
+        None, "fiducial pixel (x, y), 0-based", "px", derived="inputs start at pixel 0", example=(0.0, 0.0),
+        cli={"type": float, "nargs": 2, "metavar": ("X", "Y")})
+    crval: tuple[float, float] | None = param(
+        None, "sky position (RA, Dec) of the fiducial", "deg", derived="centre of the footprints",
+        example=(150.1, 2.2), cli={"type": float, "nargs": 2, "metavar": ("RA", "DEC")})
+    output_shape: tuple[int, int] | None = param(
+        None, "output shape (nx, ny)", "px", derived="bounding box of all inputs", example=(4000, 4000),
+        cli={"type": int, "nargs": 2, "metavar": ("NX", "NY")})
+    output_wcs: str | None = param(
+        None, "output grid: an ASDF file whose 'wcs' is the grid (Python: also a gwcs.WCS)",
+        derived="built from the parameters above", example="grid.asdf", cli={"metavar": "FILE.asdf"})
+    tile_shape: tuple[int, int] | None = param(
+        None, "output tile = Zarr chunk (y, x)", "px",
+        derived="320 MiB per tile task (Dask config daskcal.resample.tile-memory), at most 1/5 of a worker's "
+        "memory per thread", example=(2048, 2048), cli={"type": int, "nargs": 2, "metavar": ("TY", "TX")})
+    single: bool = param(False, "one mosaic per exposure group, stacked on a group dimension (outlier detection)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -559,9 +597,20 @@ def resample(
         lazy results of an expensive step that already checked them, such as
         :func:`daskcal.flag_outliers`: the check would compute that step once
         more (measured: 19.8 s of outlier detection for 8 x 2048^2 inputs).
-    pixel_scale, pixel_scale_ratio, rotation, crpix, crval, output_shape
-        The output grid as :func:`daskcal.output_wcs` builds it (pixel scale in
-        arcsec, rotation in deg, crpix in px, crval in deg, shape (nx, ny)); with
+    pixel_scale : float, optional
+        Output pixel scale (arcsec/px); overrides ``pixel_scale_ratio``.
+    pixel_scale_ratio : float, default 1.0
+        Output pixel scale relative to the first input's.
+    rotation : float, optional
+        Output +y axis east of north (deg); default the roll angle (JWST
+        ``meta.wcsinfo``), else the first input's.
+    crpix : (float, float), optional
+        Fiducial pixel (x, y), 0-based px; default: the inputs start at pixel 0.
+    crval : (float, float), optional
+        Sky position (RA, Dec) of the fiducial (deg); default the centre of the footprints.
+    output_shape : (int, int), optional
+        Output shape (nx, ny) in px; default the bounding box of all inputs.
+        The grid arguments are used as :func:`daskcal.output_wcs` uses them; with
         ``output_wcs`` only ``output_shape`` applies. Every argument after
         ``images`` is keyword-only, and a misspelled one is an error.
 

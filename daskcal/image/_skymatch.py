@@ -30,6 +30,7 @@ import uuid
 import numpy as np
 import xarray as xr
 
+from daskcal._params import param
 from daskcal.image import _skylevels as levels_mod
 from daskcal.image import _skystats as stats
 
@@ -72,18 +73,21 @@ def parse_dqbits(dqbits):
 class SkyMatchParameters:
     """Validated parameters of :func:`match_sky` (JWST ``skymatch`` step names and defaults)."""
 
-    skymethod: str = "match"
-    match_down: bool = True
-    subtract: bool = False
-    stepsize: int | None = None
-    skystat: str = "mode"
-    dqbits: object = "~DO_NOT_USE+NON_SCIENCE"
-    lower: float | None = None
-    upper: float | None = None
-    nclip: int = 5
-    lsigma: float = 4.0
-    usigma: float = 4.0
-    binwidth: float = 0.1
+    skymethod: str = param("match", "local, global, match or global+match")
+    match_down: bool = param(True, "match to the lowest sky (false: the highest)",
+                             cli={"flag": "--match-up", "help": "match to the highest sky instead of the lowest"})
+    subtract: bool = param(False, "subtract the levels from the data")
+    stepsize: int | None = param(None, "largest spacing of footprint vertices along the image edges", "px",
+                                 derived="the four corners only", example=100)
+    skystat: str = param("mode", "statistic of the clipped pixel values: mean, median, mode or midpt")
+    dqbits: object = param("~DO_NOT_USE+NON_SCIENCE",
+                           "DQ bits that do not exclude a pixel (astropy bitmask syntax, JWST names; 'None': DQ unused)")
+    lower: float | None = param(None, "lowest usable pixel value", "unit of data", derived="none", example=0.0)
+    upper: float | None = param(None, "highest usable pixel value", "unit of data", derived="none", example=100.0)
+    nclip: int = param(5, "sigma-clipping iterations")
+    lsigma: float = param(4.0, "lower clipping limit", "sigma")
+    usigma: float = param(4.0, "upper clipping limit", "sigma")
+    binwidth: float = param(0.1, "histogram bin width of mode and midpt", "sigma")
 
     def __post_init__(self):
         set_ = object.__setattr__
