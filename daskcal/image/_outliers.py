@@ -537,9 +537,12 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
         plan = plans[k]
         blots = []
         for b in plan.all_blocks:
-            med = None if b.window is None else med_chunks.window(*b.window)
+            if b.window is None:  # rows that miss the output grid: nothing to compare with (blot 0, as blot_block)
+                blots.append(graph.add(f"outlier-blot-{token}-{k}-{b.r0}", np.zeros,
+                                       (b.r1 - b.r0, ds["data"].shape[1]), np.float32))
+                continue
             blots.append(graph.add(f"outlier-blot-{token}-{k}-{b.r0}", blocks.blot_block,
-                                   med, b.window, b.pixmap, (b.r0 - b.c0, b.r1 - b.c0)))
+                                   med_chunks.window(*b.window), b.window, b.pixmap, (b.r0 - b.c0, b.r1 - b.c0)))
         err = _Chunks(ds["err"].data, graph=graph)
         name = f"outlier-flag-{token}-{k}"
         graph.add((name, 0, 0), blocks.flag_input, blots, plan.arrays["data"].window(), err.window(),
@@ -587,7 +590,7 @@ class _BlockPlan:
     c0: int
     c1: int
     window: tuple | None
-    pixmap: object = None  # delayed pixel map of the cut
+    pixmap: object = None  # task computing the pixel map of the cut (inside the tasks that take it)
     drizzled: object = None  # delayed (window, img, wht)
 
 
@@ -619,7 +622,10 @@ def _plan_input(graph, k, ds, in_wcs, out_wcs, out_text, out_shape, margin, para
     for (r0, r1, c0, c1), window in zip(cuts, windows):
         b = _BlockPlan(r0, r1, c0, c1, window)
         if window is not None:
-            b.pixmap = graph.add(f"outlier-pixmap-{token}-{k}-{r0}", blocks.block_pixel_map, text_in, out_text, shape, (c0, c1))
+            # computed inside the tasks that use it (its drizzle, then its blot: 26 ms for 514 x 2048 px), not
+            # held from the drizzle until the blot (after the median of every exposure): 16 bytes per input
+            # pixel, ~400 MB per worker on 32 exposures of 2048^2
+            b.pixmap = (blocks.block_pixel_map, text_in, out_text, shape, (c0, c1))
             b.drizzled = graph.add(
                 f"outlier-drizzle-{token}-{k}-{r0}", blocks.drizzle_block,
                 data.window(c0, c1), dq.window(c0, c1), None if var is None else var.window(c0, c1),

@@ -11,6 +11,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+import daskcal
 from daskcal.dq import DQ
 from daskcal.image._dataset import get_wcs
 from daskcal.image._outliers import OutlierParameters, flag_outliers
@@ -337,3 +338,26 @@ def test_cli(tmp_path):
     expected.cleanup()
     assert not any(p.name.startswith("daskcal-outliers-") for p in tmp_path.iterdir())
     assert main(["outliers", paths[0], "-o", str(tmp_path / "x"), "--snr", "5", "--no-progress"]) == 2
+
+
+def test_input_rows_that_miss_the_output_grid_blot_to_zero_as_in_one_block():
+    """A user output grid that misses some row blocks of an input: those blocks blot to 0, as the off-grid
+    pixels of a block that lands partly on the grid do, so the flags equal those of one block per input (was
+    an AttributeError on their missing pixel map, shown by xarray as "no attribute 'values'")."""
+    sim = daskcal.simulate_images(3, (100, 120), seed=1, dither=40.0)
+    grid = daskcal.output_wcs(sim.images[:1])
+    flags = []
+    for rows in (16, 512):
+        res = daskcal.flag_outliers(sim.images, output_wcs=grid, block_rows=rows)
+        try:
+            flags.append([np.asarray(im["dq"].data.compute()) for im in res.images])
+        finally:
+            res.cleanup()
+    ny, nx = grid.array_shape
+    w = daskcal.get_wcs(sim.images[2])
+    yy, xx = np.mgrid[:100, :120]
+    gx, gy = grid.invert(*w(xx, yy))
+    assert (~((gx > -1) & (gx < nx) & (gy > -1) & (gy < ny))).all(axis=1)[:16].all()  # a whole block misses
+    for a, b in zip(*flags):
+        np.testing.assert_array_equal(a, b)
+    assert (flags[0][0] & DQ.OUTLIER).any()
