@@ -565,9 +565,30 @@ def _chunk_writers(targets: list) -> list:
     (:func:`daskcal.io._zarr_write.register_slice`, e.g. every product of a ramp fit)
     are cut from the stacked block inside the write task, so the task takes one block
     for all of them. Returns collections to compute: a small boolean dask array (one
-    element per chunk) whose tasks do the writing, plus a ``da.store`` for arrays
-    chunked differently.
+    element per chunk) whose tasks do the writing, per (y, x) chunk grid among the arrays, plus a
+    ``da.store`` for arrays of fewer than 2 dimensions.
     """
+    import dask.array as da
+
+    if not targets:
+        return []
+    flat = [(t, a) for t, a in targets if a.ndim < 2]
+    writes = []
+    if flat:
+        writes.append(da.store([a for _, a in flat], [t.array for t, _ in flat], lock=False, compute=False))
+    # one set of write tasks per (y, x) chunk grid: products of one run can be chunked differently (a mosaic's
+    # tiles, its exposures' chunks), and each is written by its own chunks' tasks
+    grids: dict = {}
+    for t, a in targets:
+        if a.ndim >= 2:
+            grids.setdefault(a.chunks[-2:], []).append((t, a))
+    for grid, same in grids.items():
+        writes.append(_grid_writes(grid, same))
+    return writes
+
+
+def _grid_writes(grid, same):
+    """The write tasks of the arrays ``same`` (pairs of target and dask array) chunked as ``grid`` in (y, x)."""
     import functools
 
     import dask.array as da
@@ -577,14 +598,6 @@ def _chunk_writers(targets: list) -> list:
     from daskcal.io._zarr_read import zarr_source
     from daskcal.io._zarr_write import slice_of
 
-    if not targets:
-        return []
-    grid = targets[0][1].chunks[-2:]
-    odd = [(t, a) for t, a in targets if a.chunks[-2:] != grid]
-    same = [(t, a) for t, a in targets if a.chunks[-2:] == grid]
-    writes = []
-    if odd:
-        writes.append(da.store([a for _, a in odd], [t.array for t, _ in odd], lock=False, compute=False))
     inputs: dict = {}  # name -> (position among the write task's blocks, the dask array it takes them from)
     plan = []
     for target, arr in same:
@@ -625,8 +638,7 @@ def _chunk_writers(targets: list) -> list:
     dsk[plan_key] = (_the_plan, write)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=arrays)
     nby, nbx = len(grid[0]), len(grid[1])
-    writes.append(da.Array(graph, name, chunks=((1,) * nby, (1,) * nbx), dtype=bool))
-    return writes
+    return da.Array(graph, name, chunks=((1,) * nby, (1,) * nbx), dtype=bool)
 
 
 def _default_client():

@@ -214,3 +214,30 @@ def test_variables_copied_from_zarr_are_read_by_the_write_tasks(tmp_path, chunks
         with xr.open_zarr(paths["crf"], consolidated=False) as got:
             for v in flagged.data_vars:
                 np.testing.assert_array_equal(got[v].values, flagged[v].values, err_msg=v)
+
+
+def test_products_of_different_chunk_grids_each_get_their_own_write_tasks(tmp_path):
+    """A mosaic (tiles) saved with its exposures (their own chunks), the mosaic first: every product is written
+    by write tasks of its own grid (before, those not on the first product's grid went through da.store, which
+    kept separate read tasks for the exposures' copied variables)."""
+    import daskcal
+
+    sim = daskcal.simulate_images(2, (64, 64), seed=3)
+    for k, ds in enumerate(sim.images):
+        daskcal.save(ds, tmp_path / f"in{k}.zarr")
+    images = daskcal.open_images([tmp_path / f"in{k}.zarr" for k in range(2)], chunks=(40, 30))
+    flagged = [ds.assign(dq=ds["dq"] | np.uint32(daskcal.DQ.OUTLIER)) for ds in images]
+    mosaic = xr.Dataset({"data": (("y", "x"), dask.array.ones((70, 90), np.float32, chunks=(64, 64)))})
+    products = {"mosaic": mosaic, **{f"crf{k}": ds for k, ds in enumerate(flagged)}}
+    targets = [(_Target(None, None), ds[v].data) for ds in products.values() for v in ds.data_vars]
+    writes = _chunk_writers(targets)
+    assert len(writes) == 2  # one per grid
+    layers = {n for w in writes for n in w.dask.layers}
+    assert not any(n.startswith("store-") for n in layers)
+    assert {n for n in layers if n.startswith("zarr-read-")} == {ds["dq"].data.name for ds in images}
+    with dask.config.set(scheduler="threads"):
+        paths = save_products(products, tmp_path / "out")
+    for name, ds in products.items():
+        with xr.open_zarr(paths[name], consolidated=False) as got:
+            for v in ds.data_vars:
+                np.testing.assert_array_equal(got[v].values, ds[v].values, err_msg=f"{name}.{v}")
