@@ -189,3 +189,25 @@ def test_resample_does_not_compute_the_outlier_flags_to_check_them(sim, monkeypa
     assert calls == []
     image3(sim.images, tweakreg=False, skymatch=False, outlier_detection=False)
     assert calls == [1]  # without outlier detection, the inputs are checked as before
+
+
+@pytest.mark.parametrize("chunks", [(40, 30), (64, 64), (25, 64)])
+def test_nan_outliers_of_zarr_inputs_reads_them_in_its_own_tasks(tmp_path, chunks):
+    """Variables as read from Zarr are read by the tasks that NaN them (no read tasks held until the flags are
+    known), with the same values as the in-memory path."""
+    import dask.array as da
+
+    sim = daskcal.simulate_images(1, (64, 64), seed=2)
+    daskcal.save(sim.images[0], tmp_path / "in.zarr")
+    before = daskcal.open_images([tmp_path / "in.zarr"], chunks=chunks)[0]
+    rng = np.random.default_rng(0)
+    marks = rng.random((64, 64)) < 0.05
+    flags = np.where(marks, np.uint32(DQ.OUTLIER), np.uint32(0))
+    after = before.assign(dq=before["dq"] | da.from_array(flags, chunks=(64, 64)))  # the flags: one chunk
+    out = nan_outliers(before, after)
+    want = nan_outliers(before.compute(), after.compute())
+    for name in ("data", "err", "var_poisson", "var_rnoise", "var_flat"):
+        layers = out[name].data.dask.layers
+        assert not any(n.startswith(f"zarr-read-{name}") for n in layers), name
+        np.testing.assert_array_equal(out[name].values, want[name].values, err_msg=name)
+    assert np.isnan(out["data"].values[marks & ((before["dq"].values & DQ.OUTLIER) == 0)]).all()
