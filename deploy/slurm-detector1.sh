@@ -7,7 +7,8 @@
 # The detector1 driver in a small SLURM job; its Dask workers are separate SLURM jobs that it submits
 # through dask-jobqueue (resources in jobqueue.yaml, beside this script) and cancels at the end.
 #
-#   sbatch /path/to/deploy/slurm-detector1.sh ramps.zarr out/ [more daskcal detector1 options]
+#   sbatch /path/to/deploy/slurm-detector1.sh ramps.zarr [more.zarr ...] out/ [more daskcal detector1 options]
+#   (killed at its walltime: resubmit the same command with --resume to do only what is not done)
 #
 # Works from any folder: relative paths are taken from the folder you submit from, and the
 # configuration from this script's folder unless DASK_CONFIG is set. Environment:
@@ -17,7 +18,7 @@
 # cancels its worker jobs too. Activate daskcal's Python environment before sbatch: the job inherits it.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-    echo "usage: sbatch slurm-detector1.sh RAMPS.zarr OUT/ [daskcal detector1 options]" >&2
+    echo "usage: sbatch slurm-detector1.sh RAMPS.zarr... OUT/ [daskcal detector1 options]" >&2
     exit 2
 fi
 here=$(dirname "${BASH_SOURCE[0]}")
@@ -33,4 +34,7 @@ if [ ! -e "$DASK_CONFIG" ]; then
 fi
 scale=(--workers "${WORKERS:-2}")
 [ -n "${ADAPT:-}" ] && read -r -a scale <<< "--adapt $ADAPT"
-exec daskcal detector1 "$1" "$2" --cluster slurm "${scale[@]}" --wait-workers "${WAIT_WORKERS:-300}" "${@:3}"
+paths=()  # the inputs and OUT: the arguments before the first option
+while [ $# -gt 0 ] && [[ "$1" != -* ]]; do paths+=("$1"); shift; done
+# the options given come last, so they win over the defaults here
+exec daskcal detector1 "${paths[@]}" --cluster slurm "${scale[@]}" --wait-workers "${WAIT_WORKERS:-300}" "$@"

@@ -32,7 +32,13 @@ def register(sub) -> None:
     p.add_argument("output", metavar="OUT", help="output directory (created if missing; products appear in it when complete)")
     p.add_argument("--chunks", type=int, nargs=2, metavar=("CY", "CX"), default=None, help="(y, x) chunk size")
     p.add_argument("--fits", action="store_true", help="also export rate.fits and rateints.fits")
-    p.add_argument("--overwrite", action="store_true", help="replace existing products (only the files this command writes)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace existing products (only the files this command writes)")
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an earlier run into the same OUT: skip each exposure whose products it "
+                          "completed from the same input and parameters, compute the rest; a product made "
+                          "differently is an error")
     for step in step_parameters():
         add_options(p.add_argument_group(f"{step} parameters"), *step_classes(step), bools="value",
                     fill_defaults=True)
@@ -48,53 +54,94 @@ def _main(args: argparse.Namespace) -> int:
     params = {name: value for values in steps.values() for name, value in values.items()}
     check_parameters_file(args)
     chunks = chunk_option(args.chunks)
-    execute(args.input, args.output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite)
+    execute(args.input, args.output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite,
+            resume=args.resume)
     save_parameters(args, "detector1", steps, {"chunks": list(chunks) if chunks else None})
     return 0
 
 
-def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, overwrite=False) -> dict:
+def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, overwrite=False,
+            resume=False) -> dict:
     """Open the input(s), build the detector1 graphs, run them on the chosen cluster, write products.
 
     ``input_path`` is one ramp store, or a list of them. One store's products go in ``output``;
     several stores' in ``output/<store name without .zarr>``, one exposure after another on
     one cluster, so start-up is paid once. Every input is opened and validated, and every output checked,
-    before anything is computed.
+    before anything is computed. Each product records the run that made it
+    (:mod:`daskcal.io._resume`); with ``resume``, an exposure whose products an earlier run
+    completed from the same input, parameters and chunking is skipped (and if every one is, no
+    cluster starts).
 
     Returns
     -------
     dict
         One input: ``{"rate": path, "rateints": path}``. Several: input -> that dict.
     """
+    from daskcal.detector._pipeline import step_parameters
+    from daskcal.io._outputs import OutputSet
+    from daskcal.io._resume import done_before
+
+    if resume and overwrite:
+        msg = "--resume keeps what an earlier run completed and --overwrite replaces it: give one of them"
+        raise ValueError(msg)
+    params = {**{n: v for values in step_parameters().values() for n, v in values.items()}, **params}
+    inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
+    single = len(inputs) == 1
+    jobs, done = [], {}
+    for inp, out in _outputs(inputs, output, single):
+        if str(inp).endswith(".fits"):
+            msg = f"{inp!r} is FITS; convert it first with 'daskcal ingest' (detector1 reads Zarr ramp stores)"
+            raise ValueError(msg)
+        products = [Path(out) / f"{n}.zarr" for n in _NAMES] + ([Path(out) / f"{n}.fits" for n in _NAMES] if fits else [])
+        outputs = OutputSet(products, overwrite=overwrite, inputs=inputs)
+        if not resume:
+            outputs.check()  # an existing product is refused before the input is opened
+        ramps, result, record = _build(inp, params, chunks)
+        if resume:
+            if done_before(products, record):  # else none of them exists (or this raised)
+                print(f"detector1 {inp}: done by an earlier run, skipped ({out})")
+                done[inp] = {n: Path(out) / f"{n}.zarr" for n in _NAMES}
+                continue
+            outputs.check()
+        jobs.append((inp, out, ramps, result, record, outputs))
+    if jobs:
+        _run(jobs, args, fits, single, done)
+    for inp in inputs:
+        for name, store in done[inp].items():
+            print(f"{name}: {store}")
+    return done[inputs[0]] if single else done
+
+
+_NAMES = ("rate", "rateints")
+
+
+def _build(inp, params: dict, chunks) -> tuple:
+    """``(ramps, detector1 result, run record)`` of one input, validated before anything is computed."""
+    from daskcal.detector._pipeline import detector1
+    from daskcal.io._ramps import open_ramps
+    from daskcal.io._resume import run_record
+
+    try:
+        ramps = open_ramps(inp)
+        result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
+    except (ValueError, TypeError) as exc:
+        text = str(exc) if str(inp) in str(exc) else f"{inp}: {exc}"  # name the input that failed
+        raise (ValueError if isinstance(exc, ValueError) else TypeError)(text) from exc
+    y, x = result.rate["data"].chunks[-2:]
+    return ramps, result, run_record("detector1", inp, params, (y[0], x[0]))
+
+
+def _run(jobs: list, args, fits: bool, single: bool, done: dict) -> None:
+    """Compute and write each job's products on one cluster, committing each exposure's when written."""
     import contextlib
 
     from daskcal._precompile import precompile
     from daskcal.cluster import connect
     from daskcal.detector._fused import COMPILE_SECONDS, compile_kernels
-    from daskcal.detector._pipeline import detector1
     from daskcal.io._atomic import save_products
-    from daskcal.io._outputs import OutputSet
-    from daskcal.io._ramps import open_ramps, to_fits
+    from daskcal.io._ramps import to_fits
+    from daskcal.io._resume import RUN_ATTR
 
-    inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
-    single = len(inputs) == 1
-    names = ("rate", "rateints")
-    jobs = []
-    for inp, out in _outputs(inputs, output, single):
-        if str(inp).endswith(".fits"):
-            msg = f"{inp!r} is FITS; convert it first with 'daskcal ingest' (detector1 reads Zarr ramp stores)"
-            raise ValueError(msg)
-        products = [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in names] if fits else [])
-        outputs = OutputSet(products, overwrite=overwrite, inputs=inputs)
-        outputs.check()
-        try:
-            ramps = open_ramps(inp)
-            result = detector1(ramps, chunks=tuple(chunks) if chunks else None, **params)  # validates before computing
-        except (ValueError, TypeError) as exc:
-            text = str(exc) if str(inp) in str(exc) else f"{inp}: {exc}"  # name the input that failed
-            raise (ValueError if isinstance(exc, ValueError) else TypeError)(text) from exc
-        jobs.append((inp, out, ramps, result, outputs))
-    done = {}
     with contextlib.ExitStack() as stack:
         for job in jobs:  # staging folders exist (the outputs are writable) before the cluster starts
             stack.enter_context(job[-1])
@@ -105,13 +152,13 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
                      **connect_options(args)) as client:
             print(f"dashboard: {client.dashboard_link}")
             kernels.wait()
-            for inp, out, ramps, result, outputs in jobs:
+            for inp, out, ramps, result, record, outputs in jobs:
                 t0 = time.perf_counter()
                 # The count is known only once every chunk is fitted (worker logs never reach this
                 # console): computed with the writes, it takes the planes of the same fit tasks.
-                paths, (n_nonfinite,) = save_products({"rate": result.rate, "rateints": result.rateints}, out,
-                                                      progress=not args.no_progress, outputs=outputs,
-                                                      also=(result.n_nonfinite,))
+                products = {name: getattr(result, name).assign_attrs({RUN_ATTR: record}) for name in _NAMES}
+                paths, (n_nonfinite,) = save_products(products, out, progress=not args.no_progress,
+                                                      outputs=outputs, also=(result.n_nonfinite,))
                 elapsed = time.perf_counter() - t0
                 if n_bad := int(n_nonfinite):
                     log.warning("%s: %d pixels have NaN or infinite samples; those groups are DO_NOT_USE "
@@ -124,10 +171,6 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
                 label = "detector1" if single else f"detector1 {inp}"
                 print(f"{label}: {mpg:.1f} Mpix*groups in {elapsed:.1f} s ({mpg / elapsed:.1f} Mpix*groups/s)")
                 done[inp] = paths
-    for inp, *_ in jobs:
-        for name, store in done[inp].items():
-            print(f"{name}: {store}")
-    return done[inputs[0]] if single else done
 
 
 def _export_fits(stores: dict, outputs, to_fits) -> None:
@@ -169,5 +212,6 @@ def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, arg
                 raise ValueError(msg)
             params[name] = value
     chunks = chunk_option(execution.get("chunks"), "recipe execution.chunks")
-    execute(inputs, output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite)
+    execute(inputs, output, params, args, chunks=chunks, fits=args.fits, overwrite=args.overwrite,
+            resume=getattr(args, "resume", False))
     return 0

@@ -41,7 +41,12 @@ def register(sub) -> None:
                    help="a built-in recipe's name (e.g. detector1; see 'daskcal recipes') or a recipe TOML file")
     p.add_argument("paths", nargs="+", metavar="IN... OUT", help="input(s), then the output")
     p.add_argument("--fits", action="store_true", help="also export FITS products where the pipeline can")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output (and --save-parameters file)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing output (and --save-parameters file)")
+    existing.add_argument("--resume", action="store_true",
+                          help="detector1 only: continue an earlier run into the same OUT, skipping the exposures "
+                          "it completed with the same inputs and parameters")
     add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
@@ -145,6 +150,9 @@ def _main(args: argparse.Namespace) -> int:
         msg = "give at least one input and the output: daskcal run RECIPE IN... OUT"
         raise ValueError(msg)
     recipe = load_recipe(args.recipe)
+    if args.resume and recipe["pipeline"] != "detector1":
+        msg = f"--resume is available for the detector1 pipeline only; this recipe runs {recipe['pipeline']!r}"
+        raise ValueError(msg)
     check_parameters_file(args)
     module = importlib.import_module(PIPELINES[recipe["pipeline"]])
     code = module.run_recipe(args.paths[:-1], args.paths[-1], recipe["steps"], recipe["execution"], args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import xarray as xr
 from daskcal.detector._common import PIX_DIMS, RAMP_DIMS, default_chunk_yx, pixel_chunked, validate_ramps
 from daskcal.dq import DQ
 from daskcal.io._atomic import atomic_path, save_dataset
+from daskcal.io._resume import FITS_KEY, RUN_ATTR
 from daskcal.io._zarr_read import ZarrSource, check_store, read_as_dask, read_regions, stored_as_is
 
 __all__ = ["open_ramps", "ingest", "to_fits", "write_uncal"]
@@ -332,6 +334,8 @@ def to_fits(product: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
     for key, value in product.attrs.items():
         if isinstance(value, (int, float, str, bool)) and len(key) <= 8:
             primary.header[key.upper()] = value
+    if isinstance(product.attrs.get(RUN_ATTR), dict):  # what made it (see daskcal.io._resume), a long string
+        primary.header[FITS_KEY] = json.dumps(product.attrs[RUN_ATTR], sort_keys=True)
     hdus = [primary]
     for name, ext in _PRODUCT_EXT.items():
         hdu = fits.ImageHDU(np.asarray(product[name].values), name=ext)
