@@ -321,6 +321,11 @@ def image3(
         seconds["outlier_detection"] = time.perf_counter() - t0
         current = [nan_outliers(b, a) for b, a in zip(current, outliers.images)]
         cal_step["outlier_detection"] = "COMPLETE"
+    # Resample drizzles the flagged exposures, not their NaN'd products: the pixels NaN'd are flagged, so their
+    # weight is 0 either way and the mosaic is identical (tested), but these are the inputs as read from Zarr,
+    # which resample's tile tasks read themselves; the NaN'd chunks would be held from the crf writes until
+    # the last tile that needs them (~80 chunks of each variable per worker on 32 exposures of 2048^2).
+    to_drizzle = mark(current if outliers is None else outliers.images)
     current = mark(current)  # the exposures' own steps (jwst's _crf records these, not resample)
     skip, params = parsed["resample"]
     mosaic = None
@@ -333,7 +338,7 @@ def image3(
             t0 = time.perf_counter()
             if outliers is not None:  # flag_outliers checked these exposures; checking the flags would compute them
                 params.setdefault("check_inputs", False)
-            mosaic = drizzle(current, **params)
+            mosaic = drizzle(to_drizzle, **params)
             seconds["resample"] = time.perf_counter() - t0
             cal_step["resample"] = "COMPLETE"
             extra = {"asn_table": asn_table} if asn_table else {}

@@ -211,3 +211,21 @@ def test_nan_outliers_of_zarr_inputs_reads_them_in_its_own_tasks(tmp_path, chunk
         assert not any(n.startswith(f"zarr-read-{name}") for n in layers), name
         np.testing.assert_array_equal(out[name].values, want[name].values, err_msg=name)
     assert np.isnan(out["data"].values[marks & ((before["dq"].values & DQ.OUTLIER) == 0)]).all()
+
+
+def test_the_mosaic_equals_the_resample_of_the_crf_products(sim):
+    """image3 drizzles the flagged exposures (as read) rather than its NaN'd crf products: the same mosaic,
+    since the NaN'd pixels are flagged and weigh 0."""
+    from daskcal.image._resample import resample
+
+    res = image3(sim.images, tweakreg=False, skymatch=False)
+    try:
+        layers = [str(n) for n in res.mosaic["data"].data.dask.layers]  # keys of materialised layers, as text
+        assert not any(im[v].data.name in n for im in res.images for v in ("data", "var_rnoise") for n in layers)
+        got = res.mosaic.compute()
+        want = resample(res.images, check_inputs=False).compute()
+        assert any(np.isnan(im["data"].values).any() for im in res.images)  # the crf products are NaN'd
+        for v in want.data_vars:
+            np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+    finally:
+        res.cleanup()
