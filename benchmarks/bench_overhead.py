@@ -11,6 +11,9 @@ warm. Each run is ``daskcal -v ...``; its INFO ``timing:`` lines give the phases
 - ``close``: client and cluster closed;
 - ``outside``: wall clock minus ``compute``.
 
+Then detector1 and resample again against a scheduler and 2 workers started once (``--cluster
+scheduler.json``): what a warm run costs when the cluster outlives the command.
+
 Inputs: a 1 x 10 x 2048 x 2048 ramp cube (detector1), two dithered 2048 x 2048 exposures (resample);
 ``demo`` simulates its own 2 x 10 x 1024^2 cube. Run by hand, from outside the checkout:
 ``python benchmarks/bench_overhead.py [--venv DIR] [--rounds 3]``; results in
@@ -32,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {
     "start": r"timing: started in ([\d.]+) s",
-    "cluster": r"timing: local cluster ready in ([\d.]+) s",
+    "cluster": r"timing: (?:local|existing) cluster ready in ([\d.]+) s",
     "submit": r"timing: graph optimised and sent to the scheduler in ([\d.]+) s",
     "close": r"timing: client and cluster closed in ([\d.]+) s",
     "compute": r"(?:Mpix\*groups|input Mpix) in ([\d.]+) s",
@@ -106,7 +109,44 @@ def main() -> None:
             label = "cold" if k == 0 else "warm"
             print(f"{name:10s} {label:5s} " + " ".join(f"{row[c]:7.2f}" for c in cols) + f"  {row['compiled']}",
                   flush=True)
+    # the same commands against a scheduler and 2 workers started once (dask scheduler --scheduler-file)
+    procs = _persistent(py, work, env)
+    try:
+        for name in ("detector1", "resample"):
+            for _ in range(args.rounds):
+                row = _run(py, [*commands[name], "--cluster", str(work / "scheduler.json")], work, env)
+                print(f"{name:10s} {'sched':5s} " + " ".join(f"{row[c]:7.2f}" for c in cols) + f"  {row['compiled']}",
+                      flush=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _persistent(py: Path, work: Path, env: dict) -> list:
+    """A scheduler and two 1-thread workers with daskcal's allocator settings, started once."""
+    sys.path.insert(0, str(ROOT))
+    from daskcal.cluster import WORKER_ENVIRON
+
+    bindir = py.parent
+    sched = work / "scheduler.json"
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--scheduler-file",
+                               str(sched), "--dashboard-address", "127.0.0.1:0"], cwd=work, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    deadline = time.monotonic() + 60
+    while not sched.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the scheduler did not write its file")
+        time.sleep(0.2)
+    wenv = {**env, **{k: str(v) for k, v in WORKER_ENVIRON.items()}}
+    for _ in range(2):
+        procs.append(subprocess.Popen([str(bindir / "dask"), "worker", "--scheduler-file", str(sched), "--nthreads",
+                                       "1", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
+                                      cwd=work, env=wenv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(8)  # the workers join
+    return procs
 
 
 if __name__ == "__main__":
