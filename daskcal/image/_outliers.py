@@ -31,7 +31,7 @@ import xarray as xr
 from daskcal._params import param
 from daskcal.image import _outlier_blocks as blocks
 from daskcal.image._driz import KERNELS, WEIGHT_TYPES
-from daskcal.io._zarr_read import SPARSE_ATTR
+from daskcal.io._zarr_read import SPARSE_ATTR, read_task
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ class _Chunks:
         y1 = self.shape[0] if y1 is None else y1
         x1 = self.shape[1] if x1 is None else x1
         if self.source is not None:
-            return (_read_window, self.source, (slice(y0, y1), slice(x0, x1)))
+            return (read_task, self.source, (slice(y0, y1), slice(x0, x1)))
         if not self.dask:
             return self.x[y0:y1, x0:x1]
         i0 = int(np.searchsorted(self.ys, y0, side="right")) - 1
@@ -452,11 +452,6 @@ def _tiles_of(window, tile_shape, out_shape):
 def _tile_box(i, j, tile_shape, out_shape):
     ty, tx = tile_shape
     return (i * ty, min((i + 1) * ty, out_shape[0]), j * tx, min((j + 1) * tx, out_shape[1]))
-
-
-def _read_window(source, region):
-    """Task: a window of an input read from its Zarr store (damage checks included)."""
-    return source.read(region)
 
 
 def _flag_resampled(images, params, tempdir, output_wcs_arg):

@@ -70,7 +70,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 __all__ = ["SPARSE_ATTR", "WRITTEN_ATTR", "ArrayNotes", "ChunkError", "ChunkLayout", "ZarrSource", "check_store", "chunk_layout",
-           "layout_and_codec", "read_as_dask", "read_regions", "stored_as_is", "zarr_source"]
+           "layout_and_codec", "read_as_dask", "read_regions", "read_task", "stored_as_is", "zarr_source"]
 
 #: Array attribute that declares an array sparse on purpose: its missing chunks are the fill value.
 SPARSE_ATTR = "daskcal:sparse"
@@ -561,7 +561,8 @@ def _chunk_files(store: str, name: str, version: str) -> _ChunkFiles | None:
     return _ChunkFiles(*found, store, name, _sparse_of(_open(store, name, version).attrs))
 
 
-def _read(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:
+def read_task(source: ZarrSource, region: tuple[slice, ...]) -> np.ndarray:
+    """Task: ``region`` of ``source`` (:meth:`ZarrSource.read`, damage checks included)."""
     return source.read(region)
 
 
@@ -591,7 +592,7 @@ def read_as_dask(source: ZarrSource, chunks) -> da.Array:
     arr = source.array()
     chunks = da.core.normalize_chunks(chunks, arr.shape, dtype=arr.dtype)
     name = f"zarr-read-{source.name}-" + tokenize(source, chunks)
-    out = read_regions(name, chunks, arr.dtype, lambda region: (_read, source, region))
+    out = read_regions(name, chunks, arr.dtype, lambda region: (read_task, source, region))
     _SOURCES.add(name, source)
     return out
 
