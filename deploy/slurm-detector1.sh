@@ -5,7 +5,8 @@
 #SBATCH --mem=4G
 #SBATCH --output=daskcal-detector1-%j.log
 # The detector1 driver in a small SLURM job; its Dask workers are separate SLURM jobs that it submits
-# through dask-jobqueue (resources in jobqueue.yaml, beside this script) and cancels at the end.
+# through dask-jobqueue (resources in jobqueue.yaml, beside this script) and cancels at the end
+# (the common part is slurm-run.sh, beside this script).
 #
 #   sbatch /path/to/deploy/slurm-detector1.sh ramps.zarr [more.zarr ...] out/ [more daskcal detector1 options]
 #   (killed at its walltime: resubmit the same command with --resume to do only what is not done)
@@ -27,14 +28,4 @@ if [ -n "${SLURM_JOB_ID:-}" ]; then
     submitted=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
     [ -n "$submitted" ] && here=$(dirname "$submitted")
 fi
-export DASK_CONFIG=${DASK_CONFIG:-$here}
-if [ ! -e "$DASK_CONFIG" ]; then
-    echo "slurm-detector1.sh: no Dask configuration at DASK_CONFIG=$DASK_CONFIG (a folder with jobqueue.yaml)" >&2
-    exit 2
-fi
-scale=(--workers "${WORKERS:-2}")
-[ -n "${ADAPT:-}" ] && read -r -a scale <<< "--adapt $ADAPT"
-paths=()  # the inputs and OUT: the arguments before the first option
-while [ $# -gt 0 ] && [[ "$1" != -* ]]; do paths+=("$1"); shift; done
-# the options given come last, so they win over the defaults here
-exec daskcal detector1 "${paths[@]}" --cluster slurm "${scale[@]}" --wait-workers "${WAIT_WORKERS:-300}" "$@"
+exec bash "$here/slurm-run.sh" detector1 "$@"

@@ -5,7 +5,8 @@
 #SBATCH --mem=4G
 #SBATCH --output=daskcal-image3-%j.log
 # The image3 driver in a small SLURM job; its Dask workers are separate SLURM jobs that it submits
-# through dask-jobqueue (resources in jobqueue.yaml, beside this script) and cancels at the end.
+# through dask-jobqueue (resources in jobqueue.yaml, beside this script) and cancels at the end
+# (the common part is slurm-run.sh, beside this script).
 #
 #   sbatch /path/to/deploy/slurm-image3.sh asn.json out/ [more daskcal image3 options]
 #
@@ -26,11 +27,4 @@ if [ -n "${SLURM_JOB_ID:-}" ]; then
     submitted=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
     [ -n "$submitted" ] && here=$(dirname "$submitted")
 fi
-export DASK_CONFIG=${DASK_CONFIG:-$here}
-if [ ! -e "$DASK_CONFIG" ]; then
-    echo "slurm-image3.sh: no Dask configuration at DASK_CONFIG=$DASK_CONFIG (a folder with jobqueue.yaml)" >&2
-    exit 2
-fi
-scale=(--workers "${WORKERS:-2}")
-[ -n "${ADAPT:-}" ] && read -r -a scale <<< "--adapt $ADAPT"
-exec daskcal image3 "$1" "$2" --cluster slurm "${scale[@]}" --wait-workers "${WAIT_WORKERS:-300}" "${@:3}"
+exec bash "$here/slurm-run.sh" image3 "$@"
