@@ -5,7 +5,6 @@ The oracle of each case is the same function run on one chunk with the synchrono
 scheduler (those results are checked against stcal/drizzle in the modules of each step).
 """
 
-import contextlib
 import math
 
 import dask
@@ -14,7 +13,6 @@ import pytest
 
 import daskcal
 
-SCHEDULERS = ["sync", "threads", "distributed"]
 #: chunks along (y, x) of each grid: 1 chunk, 2 chunks, or 3 with a smaller last one
 GRIDS = {"1x1": (1, 1), "2x1": (2, 1), "1x2": (1, 2), "3x3": (3, 3)}
 RAMPS_SHAPE = (1, 5, 40, 36)
@@ -28,31 +26,6 @@ def grid_chunks(shape, grid: str) -> tuple[int, int]:
         assert math.ceil(n / size) == k and (k < 3 or n % size), (n, k, size)  # 3 chunks are ragged
         out.append(size)
     return tuple(out)
-
-
-@pytest.fixture(scope="module")
-def client():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster, set_as_default=False) as c:  # used only where a test asks
-        yield c
-
-
-@pytest.fixture(params=SCHEDULERS)
-def scheduler(request):
-    """A context in which ``compute()`` (and ``daskcal.save``) use the scheduler under test."""
-    name = request.param
-    if name != "distributed":
-        return lambda: dask.config.set(scheduler=name)
-    client = request.getfixturevalue("client")
-
-    @contextlib.contextmanager
-    def on_client():  # the client as dask's scheduler and as distributed's current client
-        with dask.config.set(scheduler=client), client.as_current():
-            yield
-
-    return on_client
 
 
 def _sync():

@@ -40,6 +40,18 @@ def make_ramps(shape=(1, 6, 24, 20), *, seed=0, rate=5.0, readnoise=10.0, gain=2
     )
 
 
+def calibrated_ramps(shape, seed=0, **kw):
+    """Simulated ramps after saturation flagging and superbias subtraction (jump's input), numpy-backed;
+    and the simulation's truth."""
+    from daskcal._simulate import simulate
+    from daskcal.detector._saturation import flag_saturation
+
+    sim = simulate(shape, seed=seed, **kw)
+    r = flag_saturation(sim.ramps).compute()
+    r["data"] = (r["data"] - r["superbias"]).astype(np.float32)
+    return r, sim.truth
+
+
 # ---------------------------------------------------------------- stcal oracles
 def stcal_saturation(ramps: xr.Dataset, n_pix_grow_sat=1):
     """``flag_saturated_pixels`` on copies, with pixeldq as the reference DQ."""

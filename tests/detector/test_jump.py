@@ -15,17 +15,11 @@ from daskcal.detector._kernels_jump import primary_jumps
 from daskcal.detector._saturation import flag_saturation
 from daskcal.dq import DQ
 
-from _reference import BAD, DNU, JUMP, SAT, make_ramps, primary_reference, stcal_jumps  # tests/detector on sys.path
+from _reference import (  # tests/detector on sys.path
+    BAD, DNU, JUMP, SAT, calibrated_ramps, make_ramps, primary_reference, stcal_jumps,
+)
 
 NGV = int(DQ.NO_GAIN_VALUE)
-
-
-def _calibrated(shape, seed=0, **kw):
-    """Simulated ramps after saturation flagging and superbias subtraction (jump's input), numpy-backed."""
-    sim = simulate(shape, seed=seed, **kw)
-    r = flag_saturation(sim.ramps).compute()
-    r["data"] = (r["data"] - r["superbias"]).astype(np.float32)
-    return r, sim.truth
 
 
 def _assert_parity(ramps, chunks=None, **kw):
@@ -41,7 +35,7 @@ def _assert_parity(ramps, chunks=None, **kw):
 
 @pytest.fixture(scope="module")
 def two_ints():
-    r, truth = _calibrated((2, 6, 96, 90), seed=3)
+    r, truth = calibrated_ramps((2, 6, 96, 90), seed=3)
     g = r["gain"].values.copy()
     g[3, 3], g[4, 4], g[5, 5] = np.nan, -1.0, 0.0  # NaN, negative and zero gain
     r["gain"] = (("y", "x"), g)
@@ -61,19 +55,19 @@ def test_parity_two_integrations(two_ints, chunks):
     ids=["3groups", "4groups", "2x3groups", "10groups", "3x7groups", "12groups-single-pass", "2x11groups-single-pass"],
 )
 def test_parity_group_counts(shape):
-    r, _ = _calibrated(shape, seed=sum(shape))
+    r, _ = calibrated_ramps(shape, seed=sum(shape))
     _assert_parity(r, (37, 29))
 
 
 @pytest.mark.parametrize("shape", [(2, 50, 12, 12), (1, 140, 8, 8)], ids=["98diffs", "139diffs"])
 def test_parity_long_ramps(shape):
     # more than 16 differences per pixel: sorted by insertion (up to 128) or quicksort (above)
-    r, _ = _calibrated(shape, seed=sum(shape), cr_probability=0.01)
+    r, _ = calibrated_ramps(shape, seed=sum(shape), cr_probability=0.01)
     assert (_assert_parity(r, (7, 5)) & JUMP).sum() > 10
 
 
 def test_parity_after_jump_flags_and_neighbor_limits():
-    r, _ = _calibrated((1, 8, 64, 64), seed=11)
+    r, _ = calibrated_ramps((1, 8, 64, 64), seed=11)
     kw = dict(
         after_jump_flag_dn1=100.0,
         after_jump_flag_time1=25.0,
@@ -89,12 +83,12 @@ def test_parity_after_jump_flags_and_neighbor_limits():
 
 
 def test_parity_no_neighbors():
-    r, _ = _calibrated((1, 5, 48, 48), seed=2)
+    r, _ = calibrated_ramps((1, 5, 48, 48), seed=2)
     _assert_parity(r, (20, 20), flag_4_neighbors=False)
 
 
 def test_parity_do_not_use_groups_and_saturation():
-    r, _ = _calibrated((2, 7, 64, 64), seed=5, max_source_rate=20000.0)
+    r, _ = calibrated_ramps((2, 7, 64, 64), seed=5, max_source_rate=20000.0)
     rng = np.random.default_rng(0)
     gdq = r["groupdq"].values.copy()
     gdq[rng.random(gdq.shape) < 0.05] |= DNU
@@ -111,7 +105,7 @@ def test_parity_do_not_use_groups_and_saturation():
 
 
 def test_whole_dnu_plane_skips_like_stcal():
-    r, _ = _calibrated((1, 3, 32, 32), seed=9)
+    r, _ = calibrated_ramps((1, 3, 32, 32), seed=9)
     gdq = r["groupdq"].values.copy()
     gdq[0, 0] |= DNU  # min usable groups 2 < 3: stcal skips the step
     r["groupdq"] = (r["groupdq"].dims, gdq)
@@ -123,7 +117,7 @@ def test_whole_dnu_plane_skips_like_stcal():
 
 
 def test_truth_recovery_like_stcal():
-    r, truth = _calibrated((1, 10, 128, 128), seed=21)
+    r, truth = calibrated_ramps((1, 10, 128, 128), seed=21)
     ours = detect_jumps(r.chunk({"y": 50, "x": 70}))["groupdq"].values & JUMP != 0
     theirs = stcal_jumps(r)[0] & JUMP != 0
     t = truth["jumps"].values

@@ -7,13 +7,12 @@ and distributed schedulers; the injected cosmic rays of the simulation are the t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import dask
 import numpy as np
 import pytest
-from _reference import BAD, DNU, JUMP, SAT, stcal_jumps  # tests/detector on sys.path
+from _reference import BAD, DNU, JUMP, SAT, calibrated_ramps, stcal_jumps  # tests/detector on sys.path
 
 import daskcal
 from daskcal._simulate import simulate
@@ -21,17 +20,8 @@ from daskcal.detector._jump import JumpParameters, detect_jumps, jump_mode
 from daskcal.detector._pipeline import detector1, detector1_steps, step_parameters
 from daskcal.detector._saturation import flag_saturation
 
-SCHEDULERS = ["sync", "threads", "distributed"]
 #: (y, x) chunks of a 40 x 50 detector: grids 1x1, 2x1, 1x2 and ragged 3x3
 GRIDS = {"1x1": (40, 50), "2x1": (20, 50), "1x2": (40, 25), "ragged": (17, 23)}
-
-
-def _calibrated(shape, seed=0, **kw):
-    """Simulated ramps after saturation flagging and superbias subtraction (jump's input), numpy-backed."""
-    sim = simulate(shape, seed=seed, **kw)
-    r = flag_saturation(sim.ramps).compute()
-    r["data"] = (r["data"] - r["superbias"]).astype(np.float32)
-    return r, sim.truth
 
 
 def _ours(ramps, chunks=None, **kw):
@@ -54,34 +44,10 @@ def _assert_parity(ramps, chunks=None, keep_minimum_groups=False, **kw):
 
 
 @pytest.fixture(scope="module")
-def client():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster, set_as_default=False) as c:
-        yield c
-
-
-@pytest.fixture(params=SCHEDULERS)
-def scheduler(request):
-    """A context in which ``compute()`` uses the scheduler under test (as tests/test_schedulers.py)."""
-    if request.param != "distributed":
-        return lambda: dask.config.set(scheduler=request.param)
-    client = request.getfixturevalue("client")
-
-    @contextlib.contextmanager
-    def on_client():
-        with dask.config.set(scheduler=client), client.as_current():
-            yield
-
-    return on_client
-
-
-@pytest.fixture(scope="module")
 def many_ints():
     """105 integrations of 5 groups (sigma clipping across integrations), with stcal's flags
     for both ``only_use_ints`` values."""
-    r, truth = _calibrated((105, 5, 40, 50), seed=4, cr_probability=2e-3)
+    r, truth = calibrated_ramps((105, 5, 40, 50), seed=4, cr_probability=2e-3)
     g = r["gain"].values.copy()
     g[3, 3] = np.nan  # NO_GAIN_VALUE | DO_NOT_USE in pixeldq
     r["gain"] = (("y", "x"), g)
@@ -109,7 +75,7 @@ def test_the_two_clipping_axes_differ(many_ints):
 def test_parity_total_groups_select_sigma_clipping(chunks):
     # 30 x 5 = 150 groups >= minimum_sigclip_groups with only_use_ints=False: sigma clipping over
     # all differences of a pixel; with only_use_ints=True, 30 < 100 integrations: two-point
-    r, _ = _calibrated((30, 5, 40, 50), seed=8, cr_probability=2e-3)
+    r, _ = calibrated_ramps((30, 5, 40, 50), seed=8, cr_probability=2e-3)
     clipped = _assert_parity(r, chunks, only_use_ints=False)
     twopoint = _assert_parity(r, chunks, only_use_ints=True)
     assert (clipped != twopoint).any()
@@ -119,7 +85,7 @@ def test_parity_total_groups_select_sigma_clipping(chunks):
 
 
 def test_parity_minimum_sigclip_groups():
-    r, _ = _calibrated((12, 6, 32, 30), seed=12, cr_probability=2e-3)
+    r, _ = calibrated_ramps((12, 6, 32, 30), seed=12, cr_probability=2e-3)
     _assert_parity(r, (15, 11), minimum_sigclip_groups=12)  # 12 integrations are enough
     _assert_parity(r, (15, 11), minimum_sigclip_groups=60, only_use_ints=False)  # 72 groups are
 
@@ -128,7 +94,7 @@ def test_parity_all_dnu_planes_decide_the_method():
     # only_use_ints=False counts the groups with a usable pixel: 21 x 5 = 105, minus 6 whole
     # DO_NOT_USE planes = 99 < 100, so two-point (iterative, as some integration has 4 usable
     # groups); with one such plane fewer, 100: sigma clipping
-    r, _ = _calibrated((21, 5, 24, 28), seed=13, cr_probability=2e-3)
+    r, _ = calibrated_ramps((21, 5, 24, 28), seed=13, cr_probability=2e-3)
     gdq = r["groupdq"].values.copy()
     for i in range(6):
         gdq[i, 4 - i % 2] |= DNU
@@ -145,7 +111,7 @@ def test_parity_all_dnu_planes_decide_the_method():
 
 
 def test_parity_min_diffs_single_pass():
-    r, _ = _calibrated((3, 6, 32, 32), seed=14, cr_probability=3e-3)
+    r, _ = calibrated_ramps((3, 6, 32, 32), seed=14, cr_probability=3e-3)
     single = _assert_parity(r, (15, 20), min_diffs_single_pass=5)
     iterative = _assert_parity(r, (15, 20), min_diffs_single_pass=6)
     assert (single != iterative).any()
@@ -153,7 +119,7 @@ def test_parity_min_diffs_single_pass():
 
 
 def test_parity_flagged_groups_nan_and_after_jump_flags():
-    r, _ = _calibrated((101, 4, 30, 36), seed=15, cr_probability=2e-3, max_source_rate=20000.0)
+    r, _ = calibrated_ramps((101, 4, 30, 36), seed=15, cr_probability=2e-3, max_source_rate=20000.0)
     rng = np.random.default_rng(1)
     gdq = r["groupdq"].values.copy()
     gdq[rng.random(gdq.shape) < 0.05] |= DNU
@@ -175,7 +141,7 @@ def test_parity_a_whole_plane_of_jumps_is_cleared():
     # stcal clears the JUMP_DET of a group plane in which every pixel is a jump or DO_NOT_USE
     # (a common offset, not cosmic rays): a detector-wide test of the primary flags, here
     # across chunks. Pixels flagged JUMP alone lose it; those with other flags keep theirs.
-    r, _ = _calibrated((102, 4, 24, 30), seed=16, cr_probability=2e-3, n_sources=0, bad_pixel_fraction=0.0)
+    r, _ = calibrated_ramps((102, 4, 24, 30), seed=16, cr_probability=2e-3, n_sources=0, bad_pixel_fraction=0.0)
     data = r["data"].values.copy()
     data[40, 2:] += 5000.0  # every pixel jumps at group 2 of integration 40
     data[41, 3:] += 5000.0
@@ -196,7 +162,7 @@ def test_parity_a_whole_plane_of_jumps_is_cleared():
     ids=["3<4", "3-usable<4", "2-usable>=2", "5>=5"],
 )
 def test_parity_minimum_groups(shape, minimum_groups, dnu_plane):
-    r, _ = _calibrated(shape, seed=sum(shape), cr_probability=5e-3)
+    r, _ = calibrated_ramps(shape, seed=sum(shape), cr_probability=5e-3)
     if dnu_plane is not None:
         gdq = r["groupdq"].values.copy()
         gdq[dnu_plane] |= DNU
@@ -208,7 +174,7 @@ def test_parity_minimum_groups(shape, minimum_groups, dnu_plane):
 
 
 def test_minimum_groups_warning(caplog):
-    r, _ = _calibrated((1, 4, 8, 8), seed=1)
+    r, _ = calibrated_ramps((1, 4, 8, 8), seed=1)
     with caplog.at_level(logging.WARNING, logger="daskcal.detector._jump"):
         detect_jumps(r, minimum_groups=5)
     assert "needs 5 groups" in caplog.text
@@ -284,7 +250,7 @@ def test_jump_block_on_the_whole_detector_in_place():
     # the block alone judges whole jump planes on its own pixels: exact for the whole detector
     from daskcal.detector._jump import jump_block, jump_block_arguments
 
-    r, _ = _calibrated((100, 4, 12, 14), seed=17, n_sources=0, bad_pixel_fraction=0.0)
+    r, _ = calibrated_ramps((100, 4, 12, 14), seed=17, n_sources=0, bad_pixel_fraction=0.0)
     data = r["data"].values.copy()
     data[30, 2:] += 3000.0
     r = r.assign(data=(r["data"].dims, data))
