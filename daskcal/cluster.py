@@ -157,8 +157,10 @@ def connect(
     if not 0 < wait_workers < math.inf:
         msg = f"wait_workers must be a positive number of seconds; got {wait_workers!r}"
         raise ValueError(msg)
-    jobqueue = kind.lower() in {"slurm", "pbs"}
-    if kind.lower() in {"local", "slurm", "pbs"} and security is not None:
+    # "local", "slurm", "pbs" (any case); else an address or a scheduler file, kept as given
+    named = kind.lower() if kind.lower() in {"local", "slurm", "pbs"} else None
+    jobqueue = named in {"slurm", "pbs"}
+    if named is not None and security is not None:
         msg = (f"security (TLS settings) is for an existing scheduler, not cluster={kind!r}; "
                "(the embedded cluster makes its own temporary certificate; a jobqueue cluster's comes from "
                "Dask's configuration)")
@@ -168,11 +170,11 @@ def connect(
     if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
         msg = f"n_workers must be a positive integer; got {n_workers!r}"
         raise ValueError(msg)
-    if kind.lower() == "local":
+    if named == "local":
         _check_main_guard()
         opened = _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tls)
     elif jobqueue:
-        opened = _jobqueue(kind.lower(), n_workers, wait_workers, adapt)
+        opened = _jobqueue(named, n_workers, wait_workers, adapt)
     else:
         opened = _client(_scheduler_address(kind), security, timeout)
     stack = contextlib.ExitStack()
@@ -182,8 +184,7 @@ def connect(
     except BaseException:
         stack.close()
         raise
-    where = kind.lower() if kind.lower() in {"local", "slurm", "pbs"} else "existing"
-    log.info("timing: %s cluster ready in %.2f s", where, time.perf_counter() - t0)
+    log.info("timing: %s cluster ready in %.2f s", named or "existing", time.perf_counter() - t0)
     client._daskcal_stack = stack
     return client
 
@@ -197,9 +198,10 @@ def _check_main_guard() -> None:
     of ``__main__`` that is running (the outermost frame of the script) must be inside such an ``if``.
     Jupyter, ``python -c``, ``python -m`` of a module and the REPL have no script file and are not checked.
     """
-    import __main__
     import ast
     import sys
+
+    import __main__
 
     path = getattr(__main__, "__file__", None)
     if not path or getattr(__main__, "__spec__", None) is not None or not str(path).endswith(".py"):
