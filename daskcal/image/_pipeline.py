@@ -193,6 +193,7 @@ def nan_outliers(before: xr.Dataset, after: xr.Dataset) -> xr.Dataset:
 
     bit = np.uint32(DQ.OUTLIER)
     new = ((after["dq"] & bit) != 0) & ((before["dq"] & bit) == 0)
+    masks = {}  # (y, x) chunks -> the mask of new outliers on them, computed once for every variable
     out = {}
     for name in ("data", "err", "var_poisson", "var_rnoise", "var_flat", "var_sky"):
         if name not in after:
@@ -206,25 +207,43 @@ def nan_outliers(before: xr.Dataset, after: xr.Dataset) -> xr.Dataset:
         # task it ran long before (nothing else waits for it) and was held until the flags of its exposure,
         # after the median of every exposure (image3 of 32 x 2048^2: ~57 chunks of each variable per worker).
         chunks = var.data.chunks
-        before_dq, before_source = before["dq"].data, None
-        if isinstance(before_dq, da.Array):
-            before_source = zarr_source(before_dq)
-        args = [after["dq"].data.rechunk(chunks)]
-        if before_source is None:
-            args.append(da.asarray(before_dq).rechunk(chunks))
-        data = da.map_blocks(_nan_new_outliers, *args, source=source, before_source=before_source, bit=bit,
-                             dtype=var.dtype, meta=np.empty((0,) * var.ndim, var.dtype),
-                             name=f"nan-outliers-{name}-" + dask.base.tokenize(var.data, *args, before_source))
+        if chunks not in masks:
+            masks[chunks] = _new_outliers_mask(before["dq"].data, after["dq"].data, chunks, bit)
+        mask = masks[chunks]
+        data = da.map_blocks(_nan_where, mask, source=source, dtype=var.dtype,
+                             meta=np.empty((0,) * var.ndim, var.dtype),
+                             name=f"nan-outliers-{name}-" + dask.base.tokenize(var.data, mask))
         out[name] = (var.dims, data, var.attrs)
     return after.assign(out)
 
 
-def _nan_new_outliers(after_dq, *before, source, before_source, bit, block_info=None):
-    """Block: the variable's block read from ``source``, NaN where ``after_dq`` newly has the ``bit``."""
-    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
-    before_dq = before_source.read(region) if before_source is not None else before[0]
-    block = source.read(region)
-    block[((after_dq & bit) != 0) & ((before_dq & bit) == 0)] = np.nan
+def _new_outliers_mask(before_dq, after_dq, chunks, bit):
+    """Lazy boolean mask, chunked as ``chunks``, of the pixels whose ``after_dq`` newly has ``bit``; a
+    ``before_dq`` as read from Zarr is read inside its tasks."""
+    import dask.array as da
+
+    from daskcal.io._zarr_read import zarr_source
+
+    before_source = zarr_source(before_dq) if isinstance(before_dq, da.Array) else None
+    args = [after_dq.rechunk(chunks)]
+    if before_source is None:
+        args.append(da.asarray(before_dq).rechunk(chunks))
+    return da.map_blocks(_new_outliers, *args, before_source=before_source, bit=bit, dtype=bool,
+                         meta=np.empty((0, 0), bool),
+                         name="new-outliers-" + dask.base.tokenize(*args, before_source, bit))
+
+
+def _new_outliers(after_dq, *before, before_source, bit, block_info=None):
+    """Block: where ``after_dq`` has ``bit`` and the DQ before (given, or read from ``before_source``) had not."""
+    if before_source is not None:
+        before = (before_source.read(tuple(slice(a, b) for a, b in block_info[0]["array-location"])),)
+    return ((after_dq & bit) != 0) & ((before[0] & bit) == 0)
+
+
+def _nan_where(mask, source, block_info=None):
+    """Block: the variable's block read from ``source``, NaN where ``mask``."""
+    block = source.read(tuple(slice(a, b) for a, b in block_info[0]["array-location"]))
+    block[mask] = np.nan
     return block
 
 
