@@ -448,6 +448,68 @@ def _box_overlap(ii, jj, xo, yo):
 
 
 @njit(**_JIT)
+def _inside_overlap(xo, yo):
+    """The signed overlap :func:`_box_overlap` gives a pixel lying whole inside quadrilateral (xo, yo):
+    +1 or -1 by its orientation (+1 clockwise); 0 if the quadrilateral is not strictly convex."""
+    pos = neg = False
+    for k in range(4):
+        a, b = (k + 1) & 3, (k + 2) & 3
+        c = (xo[a] - xo[k]) * (yo[b] - yo[a]) - (yo[a] - yo[k]) * (xo[b] - xo[a])
+        if c > 0:
+            pos = True
+        elif c < 0:
+            neg = True
+        else:
+            return 0.0
+    if pos and neg:
+        return 0.0
+    return -1.0 if pos else 1.0
+
+
+@njit(**_JIT)
+def _section(xo, yo, y, lo, hi):
+    """``(lo, hi)`` widened by the x extent of quadrilateral (xo, yo) along the line at height ``y``."""
+    for k in range(4):
+        m = (k + 1) & 3
+        y1, y2 = yo[k], yo[m]
+        if not (min(y1, y2) <= y <= max(y1, y2)):
+            continue
+        if y1 == y2:
+            lo, hi = min(lo, xo[k], xo[m]), max(hi, xo[k], xo[m])
+        else:
+            x = xo[k] + (y - y1) * (xo[m] - xo[k]) / (y2 - y1)
+            lo, hi = min(lo, x), max(hi, x)
+    return lo, hi
+
+
+@njit(**_JIT)
+def _row_columns(xo, yo, jj, ia, ib):
+    """Output columns of row ``jj`` that the convex quadrilateral (xo, yo) may reach, ``oa..ob``, and those
+    whose pixels lie whole inside it, ``ka..kb`` (``ka > kb``: none).
+
+    The row's strip (``jj - 0.5 <= y <= jj + 0.5``) meets the quadrilateral
+    between the x extents of its sections at the strip's bottom and top and of
+    its vertices inside the strip; being convex, its section is narrowest at the
+    bottom or the top, so a pixel lies inside between the larger left end and the
+    smaller right end of those two sections. 1e-9 px of margin either way: the
+    pixels on a boundary take the exact overlap (:func:`_box_overlap`).
+    """
+    bottom, top = jj - 0.5, jj + 0.5
+    lb, hb = _section(xo, yo, bottom, np.inf, -np.inf)
+    lt, ht = _section(xo, yo, top, np.inf, -np.inf)
+    lo, hi = min(lb, lt), max(hb, ht)
+    for k in range(4):
+        if bottom < yo[k] < top:
+            lo, hi = min(lo, xo[k]), max(hi, xo[k])
+    oa = max(ia, int(math.floor(lo - 1e-9 + 0.5)))
+    ob = min(ib, int(math.ceil(hi + 1e-9 - 0.5)))
+    left, right = max(lb, lt) + 1e-9, min(hb, ht) - 1e-9
+    if not right - left >= 1.0:
+        return oa, ob, ob + 1, ob
+    return oa, ob, max(oa, int(math.ceil(left + 0.5))), min(ob, int(math.floor(right - 0.5)))
+
+
+@njit(**_JIT)
 def _corner_sums(pixmap, i, j, c, far, mid, near):
     """Component ``c`` of the four corners of pixel (i, j) from its 3x3 neighbourhood (drizzle's sums)."""
     p = pixmap
@@ -528,10 +590,17 @@ def _drizzle_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, point, 
                 ia, ib = _index_range(min(xo[0], xo[1], xo[2], xo[3]), max(xo[0], xo[1], xo[2], xo[3]), wx)
             d = np.float64(data[j, i])
             bits = dq[j, i] if use_dq else np.uint32(0)
+            # drops spanning 4 or more output rows and columns (a finer output grid): each row visits only the columns the
+            # quadrilateral reaches, and the pixels whole inside it have all of it (overlap +-1 by its
+            # orientation) without clipping
+            whole = 0.0 if point or jb - ja < 3 or ib - ia < 3 else _inside_overlap(xo, yo)
             for jj in range(ja, jb + 1):
-                for ii in range(ia, ib + 1):
+                oa, ob, ka, kb = _row_columns(xo, yo, jj, ia, ib) if whole != 0.0 else (ia, ib, ib + 1, ib)
+                for ii in range(oa, ob + 1):
                     if point:
                         dow = w
+                    elif ka <= ii <= kb:
+                        dow = whole * w
                     else:
                         dover = _box_overlap(ii, jj, xo, yo)
                         if dover == 0.0:

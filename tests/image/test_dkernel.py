@@ -75,6 +75,33 @@ def test_distorted_whole_footprint(kernel, pixfrac, angle, scale):
     assert wht.sum() > 1000  # the case is not empty
 
 
+@pytest.mark.parametrize("pixfrac", [1.0, 0.6])
+@pytest.mark.parametrize(("angle", "scale"), [(20.0, 10.0), (-63.0, 3.3), (90.0, 4.0), (0.0, 7.0), (135.0, 2.5)])
+def test_drops_larger_than_output_pixels(pixfrac, angle, scale):
+    """A finer output grid (pixel scale ratio 0.1-0.4): output pixels whole inside a drop take all of it
+    (the kernel's shortcut) and equal drizzle's clipped areas; the footprint also crosses the window's edges."""
+    data, weight = inputs((30, 26), seed=11)
+    pm = distorted_pixmap(data.shape, angle=angle, scale=scale, origin=(0.45 * scale * 30, 0.55 * scale * 30))
+    out_shape = (int(scale * 30), int(scale * 28))  # smaller than the footprint: drizzle clips it
+    bounds = (0, 25, 0, 29)
+    img, wht, ctx, _ = drizzle_oracle(data, weight, pm, bounds, out_shape, pixfrac=pixfrac)
+    res = drizzle_window(data, weight, pm, bounds, out_shape, pixfrac=pixfrac)
+    assert_matches(res, img, wht, ctx)
+    assert np.count_nonzero(wht) > 0.25 * wht.size  # not empty (pixfrac 0.6 covers 36% of the footprint)
+
+
+def test_inside_overlap_needs_a_convex_quadrilateral():
+    """The shortcut's test: +-1 by orientation for a convex quadrilateral, 0 (exact areas) otherwise."""
+    square = ((0.0, 5.0, 5.0, 0.0), (5.0, 5.0, 0.0, 0.0))
+    assert _dkernel._inside_overlap(*square) == _dkernel._box_overlap(2, 2, *square) == 1.0
+    flipped = (square[0][::-1], square[1][::-1])
+    assert _dkernel._inside_overlap(*flipped) == _dkernel._box_overlap(2, 2, *flipped) == -1.0
+    dart = ((0.0, 2.5, 5.0, 2.5), (0.0, 5.0, 0.0, 1.5))  # one reflex vertex
+    assert _dkernel._inside_overlap(*dart) == 0.0
+    oa, ob, ka, kb = _dkernel._row_columns(*square, 2, -10, 10)
+    assert (oa, ob, ka, kb) == (0, 5, 1, 4)  # pixels 0 and 5 straddle the edges x = 0 and 5
+
+
 @pytest.mark.parametrize("kernel", ["square", "point"])
 @pytest.mark.parametrize("pixfrac", [1.0, 0.8, 0.5, 0.1])
 @pytest.mark.parametrize("bounds", [(0, 69, 0, 59), (3, 61, 5, 50), (10, 40, 0, 59), (0, 69, 17, 30)])
