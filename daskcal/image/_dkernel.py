@@ -557,8 +557,9 @@ def _index_range(lo, hi, n):
 
 @njit(**_JIT)
 def _drizzle_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, point, use_ctx, use_dq,
-                    wht, swd, swv, ctx, odq):
-    """Drizzle the scanned pixels (rows ``j``, columns ``lo[j]..hi[j]``), adding into the outputs.
+                    wy, wx, ky, kx, wht, swd, swv, ctx, odq):
+    """Drizzle the scanned pixels (rows ``j``, columns ``lo[j]..hi[j]``) onto a window of ``wy`` x ``wx``
+    output pixels, adding into the outputs, which hold the window's box at ``(ky, kx)`` (their shape).
 
     Square kernel: a drop weight ``overlap / jacobian * weight`` on each output
     pixel the shrunken pixel's quadrilateral overlaps. Point kernel (``point``):
@@ -566,7 +567,8 @@ def _drizzle_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, point, 
     update: a drop whose weight is 0 in float32 adds nothing; the context is set
     where that weight is positive, DQ OR-ed where it is non-zero.
     """
-    wy, wx = wht.shape
+    by, bx = wht.shape
+    ky1, kx1 = ky + by - 1, kx + bx - 1
     nvar = sqrt_var.shape[0]
     h = 0.5 * pixfrac
     xo = yo = (0.0, 0.0, 0.0, 0.0)
@@ -594,6 +596,7 @@ def _drizzle_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, point, 
             # quadrilateral reaches, and the pixels whole inside it have all of it (overlap +-1 by its
             # orientation) without clipping
             whole = 0.0 if point or jb - ja < 3 or ib - ia < 3 else _inside_overlap(xo, yo)
+            ja, jb, ia, ib = max(ja, ky), min(jb, ky1), max(ia, kx), min(ib, kx1)  # the box kept
             for jj in range(ja, jb + 1):
                 oa, ob, ka, kb = _row_columns(xo, yo, jj, ia, ib) if whole != 0.0 else (ia, ib, ib + 1, ib)
                 for ii in range(oa, ob + 1):
@@ -609,14 +612,15 @@ def _drizzle_kernel(data, weight, pixmap, sqrt_var, dq, lo, hi, pixfrac, point, 
                     f = np.float32(dow)
                     if f == 0:
                         continue
-                    wht[jj, ii] += dow
-                    swd[jj, ii] += dow * d
+                    oj, oi = jj - ky, ii - kx
+                    wht[oj, oi] += dow
+                    swd[oj, oi] += dow * d
                     for k in range(nvar):
-                        swv[k, jj, ii] += dow * sqrt_var[k, j, i]
+                        swv[k, oj, oi] += dow * sqrt_var[k, j, i]
                     if use_ctx and f > 0:
-                        ctx[jj, ii] = True
+                        ctx[oj, oi] = True
                     if use_dq:
-                        odq[jj, ii] |= bits
+                        odq[oj, oi] |= bits
 
 
 # --- the entry point ----------------------------------------------------------------------------
@@ -631,7 +635,7 @@ def _checked(name, a, dtype, shape):
 
 
 def drizzle_window(data, weight, pixmap, bounds, out_shape, *, kernel="square", pixfrac=1.0,
-                   sqrt_var=None, dq=None, want_ctx=True) -> DrizzledWindow:
+                   sqrt_var=None, dq=None, want_ctx=True, keep=None) -> DrizzledWindow:
     """Drizzle input pixels ``bounds`` of ``data`` onto a window of shape ``out_shape`` in one pass.
 
     Parameters
@@ -658,6 +662,9 @@ def drizzle_window(data, weight, pixmap, bounds, out_shape, *, kernel="square", 
         Input DQ (uint32) OR-ed into the output where a pixel's drop lands.
     want_ctx : bool
         Also return where the input contributed. Default True.
+    keep : (y0, y1, x0, x1) or None
+        A box of the window (rows y0:y1, columns x0:x1, inside it): the sums cover only the box
+        (drizzle still clips the footprint to the whole window). Default None: the whole window.
 
     Returns
     -------
@@ -692,19 +699,24 @@ def drizzle_window(data, weight, pixmap, bounds, out_shape, *, kernel="square", 
     xmin, ymin = max(xmin, 0), max(ymin, 0)
     xmax, ymax = min(xmax, shape[1] - 1), min(ymax, shape[0] - 1)
 
-    wht = np.zeros((wy, wx), np.float64)
-    swd = np.zeros((wy, wx), np.float64)
-    swv = np.zeros((var.shape[0], wy, wx), np.float64)
-    ctx = np.zeros((wy, wx) if want_ctx else (0, 0), bool)
-    odq = np.zeros((wy, wx) if dq is not None else (0, 0), np.uint32)
+    ky0, ky1, kx0, kx1 = (0, wy, 0, wx) if keep is None else (int(k) for k in keep)
+    if not (0 <= ky0 <= ky1 <= wy and 0 <= kx0 <= kx1 <= wx):
+        msg = f"keep must be a box (y0, y1, x0, x1) inside the window {(wy, wx)}; got {keep!r}"
+        raise ValueError(msg)
+    by, bx = ky1 - ky0, kx1 - kx0
+    wht = np.zeros((by, bx), np.float64)
+    swd = np.zeros((by, bx), np.float64)
+    swv = np.zeros((var.shape[0], by, bx), np.float64)
+    ctx = np.zeros((by, bx) if want_ctx else (0, 0), bool)
+    odq = np.zeros((by, bx) if dq is not None else (0, 0), np.uint32)
     lo = np.zeros(shape[0], np.int64)
     hi = np.full(shape[0], -1, np.int64)
-    if xmin <= xmax and ymin <= ymax and wy > 0 and wx > 0:
+    if xmin <= xmax and ymin <= ymax and by > 0 and bx > 0:
         *box, found = _finite_box(pixmap, xmin, xmax, ymin, ymax)
         if found:
             _scan_rows(pixmap, box, wy, wx, lo, hi)
     point = kernel == "point" or pixfrac <= 0.001
     _drizzle_kernel(data, weight, pixmap, var, in_dq, lo, hi, float(pixfrac), point, want_ctx, dq is not None,
-                    wht, swd, swv, ctx, odq)
+                    wy, wx, ky0, kx0, wht, swd, swv, ctx, odq)
     return DrizzledWindow(wht, swd, swv if sqrt_var is not None else None, ctx if want_ctx else None,
                           odq if dq is not None else None)

@@ -257,21 +257,17 @@ def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, k
             for k, n in enumerate(planes):
                 sqrt_var[k] = arrays["err"] if n == "err" else np.sqrt(arrays[n])
     dq = arrays.get("dq") if spec.propagate_dq else None
-    res = drizzle_window(np.asarray(arrays["data"], np.float32), np.asarray(arrays["weight"], np.float32),
-                         pixmap, bounds, (wy, wx), kernel=spec.kernel, pixfrac=spec.pixfrac, sqrt_var=sqrt_var,
-                         dq=None if dq is None else np.asarray(dq, np.uint32), want_ctx=spec.enable_ctx)
-    wht, swd, swv, ctx, dq = res.wht, res.swd, res.swv, res.ctx, res.dq
-    if keep is not None:  # the part in ``keep`` only, before the divisions
+    box = None
+    if keep is not None:  # sums over the part in ``keep`` only (drizzle still clips to the whole window)
         found = _overlap(oy, ox, (wy, wx), keep)
         if found is None:
             return None
-        oy, ox, cut = found
-
-        def part(a):
-            return None if a is None else np.ascontiguousarray(a[cut])
-
-        wht, swd, ctx, dq = part(wht), part(swd), part(ctx), part(dq)
-        swv = None if swv is None else swv[(slice(None), *cut)]
+        oy, ox, (sy, sx) = found
+        box = (sy.start, sy.stop, sx.start, sx.stop)
+    res = drizzle_window(np.asarray(arrays["data"], np.float32), np.asarray(arrays["weight"], np.float32),
+                         pixmap, bounds, (wy, wx), kernel=spec.kernel, pixfrac=spec.pixfrac, sqrt_var=sqrt_var,
+                         dq=None if dq is None else np.asarray(dq, np.uint32), want_ctx=spec.enable_ctx, keep=box)
+    wht, swd, swv, ctx, dq = res.wht, res.swd, res.swv, res.ctx, res.dq
     covered = wht != 0
     with np.errstate(invalid="ignore", divide="ignore"):
         inv = np.where(covered, 1.0 / np.where(covered, wht, 1.0), 0.0)

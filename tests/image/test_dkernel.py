@@ -90,6 +90,33 @@ def test_drops_larger_than_output_pixels(pixfrac, angle, scale):
     assert np.count_nonzero(wht) > 0.25 * wht.size  # not empty (pixfrac 0.6 covers 36% of the footprint)
 
 
+@pytest.mark.parametrize("kernel", ["square", "point"])
+@pytest.mark.parametrize("scale", [1.2, 6.0])
+@pytest.mark.parametrize("keep", [(0, 300, 0, 280), (40, 133, 17, 200), (0, 1, 0, 280), (150, 300, 279, 280),
+                                  (10, 10, 0, 5)])
+def test_keep_is_the_window_cut_to_the_box(kernel, scale, keep):
+    """Sums over a box of the window equal the whole window's sums cut to it, bit for bit (the footprint
+    is still clipped by the whole window, as drizzle clips it)."""
+    data, weight = inputs((40, 36), seed=12)
+    pm = distorted_pixmap(data.shape, angle=33.0, scale=scale, origin=(140.0, 150.0))
+    planes = np.stack([weight, data, weight + 1.0]).astype(np.float32)
+    dq = (np.arange(data.size, dtype=np.uint32) % 5).reshape(data.shape)
+    kw = dict(kernel=kernel, sqrt_var=planes, dq=dq)
+    full = drizzle_window(data, weight, pm, (0, 35, 0, 39), (300, 280), **kw)
+    part = drizzle_window(data, weight, pm, (0, 35, 0, 39), (300, 280), keep=keep, **kw)
+    cut = (slice(keep[0], keep[1]), slice(keep[2], keep[3]))
+    for name in ("wht", "swd", "ctx", "dq"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(full, name)[cut])
+    np.testing.assert_array_equal(part.swv, full.swv[(slice(None), *cut)])
+    assert full.wht.sum() > 100
+
+
+def test_keep_outside_the_window_is_refused():
+    data, weight = inputs()
+    with pytest.raises(ValueError, match="keep must be a box"):
+        drizzle_window(data, weight, distorted_pixmap(data.shape), (0, 69, 0, 59), (50, 50), keep=(0, 51, 0, 10))
+
+
 def test_inside_overlap_needs_a_convex_quadrilateral():
     """The shortcut's test: +-1 by orientation for a convex quadrilateral, 0 (exact areas) otherwise."""
     square = ((0.0, 5.0, 5.0, 0.0), (5.0, 5.0, 0.0, 0.0))
