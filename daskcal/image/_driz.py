@@ -591,31 +591,34 @@ class TileSums:
         """The output planes of ``tile`` (y0, y1, x0, x1), which holds this box."""
         spec = self.spec
         tshape = (tile[1] - tile[0], tile[3] - tile[2])
-        out = empty_planes(tshape, self.nplanes, spec)
-        r = (slice(self.box[0] - tile[0], self.box[1] - tile[0]), slice(self.box[2] - tile[2], self.box[3] - tile[2]))
-        data = np.empty(self.shape, np.float32)
-        wht = np.empty(self.shape, np.float32)
-        do_var = spec.enable_var
-        do_err = spec.err_from_var
+        do_var, do_err = spec.enable_var, spec.err_from_var
+        planes = {"data": np.empty(self.shape, np.float32), "wht": np.empty(self.shape, np.float32)}
         var = np.empty((3, *self.shape), np.float32) if do_var else np.empty((3, 1, 1), np.float32)
         err = np.empty(self.shape, np.float32) if do_err else np.empty((1, 1), np.float32)
         nosum = np.zeros((3, 1, 1))
         _finalize_kernel(self.swd, self.wht, self.vsum if do_var else nosum, self.vwt if do_var else nosum,
-                         self.present, float(spec.fillval), spec.var_scale, data, wht, var, err, do_var, do_err)
-        out["data"][r], out["wht"][r] = data, wht
+                         self.present, float(spec.fillval), spec.var_scale, planes["data"], planes["wht"], var, err,
+                         do_var, do_err)
         if self.con is not None:
-            out["con"][:, r[0], r[1]] = self.con.view(np.int32)
+            planes["con"] = self.con.view(np.int32)
         if do_var:
-            for k, name in enumerate(VAR_NAMES):
-                out[name][r] = var[k]
+            planes.update(zip(VAR_NAMES, var))
         if do_err:
-            out["err"][r] = err
+            planes["err"] = err
         elif spec.driz_err and self.swe is not None:
-            e = out["err"][r]
+            e = planes["err"] = np.full(self.shape, empty_value("err", spec), np.float32)
             covered = self.wht != 0
             e[covered] = (self.swe[covered] / self.wht[covered] / spec.psr).astype(np.float32)
         if self.dq is not None:
-            out["dq"][r] = self.dq
+            planes["dq"] = self.dq
+        if self.box == tuple(int(t) for t in tile):  # the resample graph's chains sum over whole tiles
+            # con and dq are views of the sums' buffer: copied, so the planes do not hold it
+            return {name: (np.array(planes[name]) if name in ("con", "dq") else planes[name]) if name in planes
+                    else _empty_plane(name, tshape, self.nplanes, spec) for name in output_names(spec)}
+        out = empty_planes(tshape, self.nplanes, spec)
+        r = (slice(self.box[0] - tile[0], self.box[1] - tile[0]), slice(self.box[2] - tile[2], self.box[3] - tile[2]))
+        for name, plane in planes.items():
+            out[name][..., r[0], r[1]] = plane
         return out
 
 
@@ -649,13 +652,15 @@ def empty_value(name: str, spec: DrizzleSpec):
     return dtype(value)
 
 
+def _empty_plane(name: str, tshape, nplanes: int, spec: DrizzleSpec) -> np.ndarray:
+    """Output plane ``name`` of a tile no input reaches."""
+    shape = (nplanes, *tshape) if name == "con" else tshape
+    return np.full(shape, empty_value(name, spec), EMPTY[name][0])
+
+
 def empty_planes(tshape, nplanes: int, spec: DrizzleSpec) -> dict:
     """Every output plane of a tile no input reaches."""
-    out = {}
-    for name in output_names(spec):
-        shape = (nplanes, *tshape) if name == "con" else tshape
-        out[name] = np.full(shape, empty_value(name, spec), EMPTY[name][0])
-    return out
+    return {name: _empty_plane(name, tshape, nplanes, spec) for name in output_names(spec)}
 
 
 def _merged_means(pieces):
