@@ -30,6 +30,7 @@ __all__ = [
     "KERNELS",
     "WEIGHT_TYPES",
     "DrizzleSpec",
+    "Sums",
     "TileSums",
     "Window",
     "compute_pixmap",
@@ -61,6 +62,47 @@ class Window:
     err: np.ndarray | None
     ctx: np.ndarray | None
     dq: np.ndarray | None
+
+
+@dataclasses.dataclass
+class Sums:
+    """One block of one input drizzled by the one-pass kernel onto the part of a tile it reaches, at ``(oy, ox)``:
+    its float64 sums before any division (``swv[k]``: weighted sqrt-variance or error named ``planes[k]``)."""
+
+    oy: int
+    ox: int
+    wht: np.ndarray
+    swd: np.ndarray
+    swv: np.ndarray | None
+    planes: tuple
+    ctx: np.ndarray | None
+    dq: np.ndarray | None
+
+    @classmethod
+    def union(cls, pieces) -> Sums:
+        """The sums of one input's blocks that meet in a tile (their seams), over the union of their boxes:
+        what one drizzle of the whole input gives."""
+        y0, x0 = min(pc.oy for pc in pieces), min(pc.ox for pc in pieces)
+        y1 = max(pc.oy + pc.wht.shape[0] for pc in pieces)
+        x1 = max(pc.ox + pc.wht.shape[1] for pc in pieces)
+        first = pieces[0]
+
+        def zeros(a):
+            return None if a is None else np.zeros((*a.shape[:-2], y1 - y0, x1 - x0), a.dtype)
+
+        out = cls(y0, x0, zeros(first.wht), zeros(first.swd), zeros(first.swv), first.planes, zeros(first.ctx),
+                  zeros(first.dq))
+        for pc in pieces:
+            s = (slice(pc.oy - y0, pc.oy - y0 + pc.wht.shape[0]), slice(pc.ox - x0, pc.ox - x0 + pc.wht.shape[1]))
+            out.wht[s] += pc.wht
+            out.swd[s] += pc.swd
+            if out.swv is not None:
+                out.swv[:, s[0], s[1]] += pc.swv
+            if out.ctx is not None:
+                out.ctx[s] |= pc.ctx
+            if out.dq is not None:
+                out.dq[s] |= pc.dq
+        return out
 
 
 #: Drizzle weight types, as the reference names them (None is "none").
@@ -183,7 +225,8 @@ def _add_image(driz, data, pixmap, weights, *, exptime, pixfrac, psr, bounds, dq
     driz.add_image(data, **kw)
 
 
-def drizzle_block(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, exptime: float, keep=None) -> Window | None:
+def drizzle_block(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, exptime: float,
+                  keep=None) -> Window | Sums | None:
     """Drizzle one input block (with a halo) into a window; with ``keep``, return only the window's part in it.
 
     Parameters
@@ -203,7 +246,7 @@ def drizzle_block(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, expti
         The input's exposure time (s).
     keep : (y0, y1, x0, x1), optional
         A box of the mosaic (a tile): the result is the window's part in it (contiguous arrays;
-        None where they do not meet). The one-pass kernel's means are then computed only there.
+        None where they do not meet); from the one-pass kernel, its undivided :class:`Sums`.
     """
     oy, ox, wy, wx = window
     shape = (wy, wx)
@@ -239,9 +282,12 @@ def drizzle_block(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, expti
 ONE_PASS_KERNELS = ("square", "point")
 
 
-def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, keep=None) -> Window | None:
+def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, keep=None) -> Window | Sums | None:
     """:func:`drizzle_block` for the square and point kernels: data, weights, sqrt-variances, context and DQ
-    from one computation of each input pixel's overlaps (equal to drizzle's C kernel to float rounding)."""
+    from one computation of each input pixel's overlaps (equal to drizzle's C kernel to float rounding).
+
+    With ``keep``, the undivided :class:`Sums` over the part of the window in it (:meth:`TileSums.add_input`
+    divides and adds them in one pass)."""
     from daskcal.image._dkernel import drizzle_window
 
     oy, ox, wy, wx = window
@@ -268,6 +314,8 @@ def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, k
                          pixmap, bounds, (wy, wx), kernel=spec.kernel, pixfrac=spec.pixfrac, sqrt_var=sqrt_var,
                          dq=None if dq is None else np.asarray(dq, np.uint32), want_ctx=spec.enable_ctx, keep=box)
     wht, swd, swv, ctx, dq = res.wht, res.swd, res.swv, res.ctx, res.dq
+    if keep is not None:
+        return Sums(oy, ox, wht, swd, swv, tuple(planes), ctx, dq)
     covered = wht != 0
     with np.errstate(invalid="ignore", divide="ignore"):
         inv = np.where(covered, 1.0 / np.where(covered, wht, 1.0), 0.0)
@@ -330,40 +378,73 @@ def _add_data_kernel(wht, swd, con, oy, ox, bit, use_ctx, w, img, ctx):
 
 
 @njit(nogil=True, cache=True)
-def _add_var_kernel(vsum, vwt, oy, ox, w, m0, m1, m2, present, rn_slot, wcode, tmeasure):
-    """The reference's per-input variance step for one input's drizzled sqrt(var) means.
+def _var_step(vsum, vwt, y, x, v0, v1, v2, present, rn_slot, wcode, tmeasure):
+    """The reference's per-input variance step at output pixel (y, x) for the squared means ``v0..v2``
+    (float32): weight by 1/var_rnoise (ivm), the measurement time (exptime) or 1, and add ``v * weight**2``
+    and ``weight`` where ``v`` is finite and non-negative."""
+    if wcode == 0:
+        if rn_slot < 0:
+            weight = 1.0
+        else:
+            rn = v0 if rn_slot == 0 else (v1 if rn_slot == 1 else v2)
+            weight = np.float64(np.float32(1.0) / rn) if (rn > 0 and np.isfinite(rn)) else 0.0
+    elif wcode == 1:
+        weight = tmeasure
+    else:
+        weight = 1.0
+    if not weight > 0:
+        return
+    for k in range(3):
+        if not present[k]:
+            continue
+        v = v0 if k == 0 else (v1 if k == 1 else v2)
+        if v >= 0 and np.isfinite(v):
+            vsum[k, y, x] += np.float64(v) * weight * weight
+            vwt[k, y, x] += weight
 
-    Where the input reached (``w != 0``): square each mean (float32), weight it
-    by 1/var_rnoise (ivm), the measurement time (exptime) or 1, and add
-    ``v * weight**2`` and ``weight`` where ``v`` is finite and non-negative.
-    """
+
+@njit(nogil=True, cache=True)
+def _add_var_kernel(vsum, vwt, oy, ox, w, m0, m1, m2, present, rn_slot, wcode, tmeasure):
+    """:func:`_var_step` for one input's drizzled sqrt(var) means (float32), where the input reached
+    (``w != 0``): the means are squared in float32, as the reference squares its float32 planes."""
     ny, nx = w.shape
+    nan = np.float32(np.nan)
     for i in range(ny):
         for j in range(nx):
             if w[i, j] == 0:
                 continue
-            v0 = m0[i, j] * m0[i, j] if present[0] else np.float32(np.nan)
-            v1 = m1[i, j] * m1[i, j] if present[1] else np.float32(np.nan)
-            v2 = m2[i, j] * m2[i, j] if present[2] else np.float32(np.nan)
-            if wcode == 0:
-                if rn_slot < 0:
-                    weight = 1.0
-                else:
-                    rn = v0 if rn_slot == 0 else (v1 if rn_slot == 1 else v2)
-                    weight = np.float64(np.float32(1.0) / rn) if (rn > 0 and np.isfinite(rn)) else 0.0
-            elif wcode == 1:
-                weight = tmeasure
-            else:
-                weight = 1.0
-            if not weight > 0:
+            v0 = m0[i, j] * m0[i, j] if present[0] else nan
+            v1 = m1[i, j] * m1[i, j] if present[1] else nan
+            v2 = m2[i, j] * m2[i, j] if present[2] else nan
+            _var_step(vsum, vwt, oy + i, ox + j, v0, v1, v2, present, rn_slot, wcode, tmeasure)
+
+
+@njit(nogil=True, cache=True)
+def _add_sums_kernel(wht, swd, swe, con, vsum, vwt, oy, ox, bit, use_ctx, w, sd, sv, slots, err_slot, ctx,
+                     present, rn_slot, wcode, tmeasure):
+    """One input's undivided sums (:class:`Sums`) added at ``(oy, ox)`` in one pass: weights, weighted data
+    (``w * (sd / w)``, as :func:`_add_data_kernel` adds a mean), the context bit, the weighted error
+    (``err_slot``) and the variance step of the float32 means ``sv[slots[k]] / w``."""
+    ny, nx = w.shape
+    nan = np.float32(np.nan)
+    do_var = present[0] or present[1] or present[2]
+    for i in range(ny):
+        for j in range(nx):
+            if use_ctx and ctx[i, j]:
+                con[oy + i, ox + j] |= bit
+            wv = w[i, j]
+            if wv == 0:
                 continue
-            for k in range(3):
-                if not present[k]:
-                    continue
-                v = v0 if k == 0 else (v1 if k == 1 else v2)
-                if v >= 0 and np.isfinite(v):
-                    vsum[k, oy + i, ox + j] += np.float64(v) * weight * weight
-                    vwt[k, oy + i, ox + j] += weight
+            inv = 1.0 / wv
+            wht[oy + i, ox + j] += wv
+            swd[oy + i, ox + j] += wv * (sd[i, j] * inv)
+            if err_slot >= 0:
+                swe[oy + i, ox + j] += wv * (sv[err_slot, i, j] * inv)
+            if do_var:
+                m0 = np.float32(sv[slots[0], i, j] * inv) if present[0] else nan
+                m1 = np.float32(sv[slots[1], i, j] * inv) if present[1] else nan
+                m2 = np.float32(sv[slots[2], i, j] * inv) if present[2] else nan
+                _var_step(vsum, vwt, oy + i, ox + j, m0 * m0, m1 * m1, m2 * m2, present, rn_slot, wcode, tmeasure)
 
 
 @njit(nogil=True, cache=True)
@@ -501,6 +582,9 @@ class TileSums:
 
     def add_input(self, pieces, ctx_index, tmeasure: float) -> None:
         """Add one input's pieces (its blocks' parts of this tile): weighted sums, bits, variances."""
+        if isinstance(pieces[0], Sums):
+            self._add_sums_of_input(pieces[0] if len(pieces) == 1 else Sums.union(pieces), ctx_index, tmeasure)
+            return
         use_ctx = self.con is not None and ctx_index is not None
         nobool, nocon = np.zeros((1, 1), np.bool_), np.zeros((1, 1), np.uint32)
         for pc in pieces:
@@ -530,6 +614,25 @@ class TileSums:
             rn_slot = VAR_NAMES.index("var_rnoise") if "var_rnoise" in means else -1
             _add_var_kernel(self.vsum, self.vwt, r[0].start, r[1].start, w, m[0], m[1], m[2], present,
                             rn_slot, _WCODES.get(self.spec.weight_type, 2), float(tmeasure))
+
+    def _add_sums_of_input(self, pc: Sums, ctx_index, tmeasure: float) -> None:
+        """:meth:`add_input` of one input's :class:`Sums` (its blocks' already united), in one compiled pass."""
+        r = self._region(pc.oy, pc.ox, pc.wht.shape)
+        use_ctx = self.con is not None and ctx_index is not None and pc.ctx is not None
+        con = self.con[ctx_index // 32] if use_ctx else np.zeros((1, 1), np.uint32)
+        bit = np.uint32(1) << np.uint32(ctx_index % 32) if use_ctx else np.uint32(0)
+        slots = np.array([pc.planes.index(n) if n in pc.planes else -1 for n in VAR_NAMES], np.int64)
+        present = (slots >= 0) & (self.vsum is not None)
+        self.present |= present
+        err_slot = pc.planes.index("err") if "err" in pc.planes and self.swe is not None else -1
+        none3, none2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
+        _add_sums_kernel(self.wht, self.swd, none2 if err_slot < 0 else self.swe, con,
+                         self.vsum if present.any() else none3, self.vwt if present.any() else none3,
+                         r[0].start, r[1].start, bit, use_ctx, pc.wht, pc.swd, none3 if pc.swv is None else pc.swv,
+                         slots, err_slot, pc.ctx if use_ctx else np.zeros((1, 1), np.bool_), present,
+                         0 if present[0] else -1, _WCODES.get(self.spec.weight_type, 2), float(tmeasure))
+        if self.dq is not None and pc.dq is not None:
+            self.dq[r] |= pc.dq
 
     def _holds(self, box) -> bool:
         return self.box[0] <= box[0] and box[1] <= self.box[1] and self.box[2] <= box[2] and box[3] <= self.box[3]

@@ -213,3 +213,55 @@ def test_other_inputs_are_cut_to_a_tiles_extent():
     assert _split_chunks(arr, 130).chunks == ((125,) * 8, (150, 150))
     small = da.zeros((1000, 300), chunks=(128, 64))
     assert _split_chunks(small, 100) is small
+
+
+@pytest.mark.parametrize("weight_type", ["ivm", "exptime", "none"])
+@pytest.mark.parametrize(("enable_var", "compute_err"), [(True, "from_var"), (False, "driz_err"), (True, None)])
+def test_undivided_sums_add_as_their_means_do(weight_type, enable_var, compute_err):
+    """TileSums adds the one-pass kernel's undivided Sums in one compiled pass; the result is bit for bit what
+    adding their means (the Window path of drizzle's C kernels) gives, and two blocks meeting in the tile
+    (Sums.union) give what their united sums give."""
+    from daskcal.image import _driz
+
+    spec = _driz.DrizzleSpec(kernel="square", pixfrac=1.0, psr=1.0, weight_type=weight_type, good_bits=0,
+                             enable_ctx=True, enable_var=enable_var, compute_err=compute_err, propagate_dq=True,
+                             fillval=np.nan)
+    rng = np.random.default_rng(3)
+    shape = (30, 40)
+    wht = rng.uniform(0.5, 2.0, shape) * (rng.uniform(size=shape) > 0.2)
+    swd = wht * rng.normal(10.0, 1.0, shape)
+    planes = ("var_rnoise", "var_poisson", "err")
+    swv = wht * rng.uniform(0.5, 3.0, (3, *shape))
+    swv[1, 3, 4] = np.nan  # a NaN variance is skipped
+    ctx, dq = wht > 0, rng.integers(0, 4, shape).astype(np.uint32)
+    tile = (5, 50, 2, 47)
+
+    def summed(pieces):
+        sums = _driz.TileSums(tile, 1, spec)
+        sums.add_input(pieces, 0, 95.0)
+        return sums.finalize(tile)
+
+    got = summed([_driz.Sums(8, 4, wht, swd, swv, planes, ctx, dq)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv = np.where(wht != 0, 1.0 / np.where(wht != 0, wht, 1.0), 0.0)
+        means = {n: swv[k] * inv for k, n in enumerate(planes)}
+    err = means.pop("err")
+    expected = summed([_driz.Window(8, 4, wht, swd * inv, means, err, ctx, dq)])
+    assert set(got) == set(expected)
+    for name in got:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert np.isfinite(got["data"]).sum() > 0.7 * shape[0] * shape[1]
+    # the same sums as two blocks overlapping on rows 12..17, each holding part of the seam's sums
+    seam = ((np.arange(shape[0]) >= 12) & (np.arange(shape[0]) < 18))[:, None]
+
+    def block(rows, share):
+        frac = np.where(seam, share, 1.0)[rows]
+        return _driz.Sums(8 + rows.start, 4, wht[rows] * frac, swd[rows] * frac, swv[:, rows] * frac, planes,
+                          ctx[rows], dq[rows])
+
+    top, bottom = block(slice(0, 18), 0.75), block(slice(12, 30), 0.25)
+    united = _driz.Sums.union([top, bottom])
+    np.testing.assert_allclose(united.wht, wht, rtol=1e-14)
+    split = summed([top, bottom])
+    for name in got:
+        np.testing.assert_allclose(split[name], got[name], rtol=1e-6, err_msg=name)
