@@ -438,7 +438,9 @@ def _finalize_task(sums, tile, nplanes, spec: _driz.DrizzleSpec) -> dict:
     """Dask task: a tile's output planes from the sums of every input that reaches it."""
     if sums is None:
         return _driz.empty_planes((tile[1] - tile[0], tile[3] - tile[2]), nplanes, spec)
-    return sums.finalize(tile)
+    planes = sums.finalize(tile)
+    sums.release()  # this task is the sums' one dependent
+    return planes
 
 
 def _input_pieces(arrays, wcs_in, wcs_out, spec_in: _TileInput, coarse, spec: _driz.DrizzleSpec, tile) -> list:

@@ -265,3 +265,28 @@ def test_undivided_sums_add_as_their_means_do(weight_type, enable_var, compute_e
     split = summed([top, bottom])
     for name in got:
         np.testing.assert_allclose(split[name], got[name], rtol=1e-6, err_msg=name)
+
+
+def test_released_sums_give_their_buffer_to_the_next_tile_zeroed():
+    """A tile's sums, once finalized, hand their buffer to the next sums of the same size, which start at zero;
+    the released sums can no longer be used."""
+    from daskcal.image import _driz
+
+    spec = _driz.DrizzleSpec(kernel="square", pixfrac=1.0, psr=1.0, weight_type="ivm", good_bits=0, enable_ctx=True,
+                             enable_var=True, compute_err="from_var", propagate_dq=True, fillval=np.nan)
+    pool = _driz._BufferPool(2**30)
+    old, _driz._POOL = _driz._POOL, pool
+    try:
+        first = _driz.TileSums((0, 20, 0, 30), 1, spec)
+        first._buf[:] = 7
+        buf = first._buf
+        first.release()
+        assert first.wht is None and first.nbytes == 0
+        with pytest.raises(RuntimeError, match="released"):
+            first.finalize((0, 20, 0, 30))
+        second = _driz.TileSums((0, 20, 0, 30), 1, spec)
+        assert second._buf is buf and not buf.any()
+        other = _driz.TileSums((0, 10, 0, 30), 1, spec)  # another size: a new buffer
+        assert other._buf is not buf
+    finally:
+        _driz._POOL = old
