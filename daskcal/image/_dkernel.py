@@ -635,7 +635,7 @@ def _checked(name, a, dtype, shape):
 
 
 def drizzle_window(data, weight, pixmap, bounds, out_shape, *, kernel="square", pixfrac=1.0,
-                   sqrt_var=None, dq=None, want_ctx=True, keep=None) -> DrizzledWindow:
+                   sqrt_var=None, dq=None, want_ctx=True, keep=None, outputs=None) -> DrizzledWindow:
     """Drizzle input pixels ``bounds`` of ``data`` onto a window of shape ``out_shape`` in one pass.
 
     Parameters
@@ -665,6 +665,10 @@ def drizzle_window(data, weight, pixmap, bounds, out_shape, *, kernel="square", 
     keep : (y0, y1, x0, x1) or None
         A box of the window (rows y0:y1, columns x0:x1, inside it): the sums cover only the box
         (drizzle still clips the footprint to the whole window). Default None: the whole window.
+    outputs : (wht, swd, swv, ctx, dq) or None
+        Zeroed arrays to add into (float64 (by, bx), float64 (by, bx), float64 (k, by, bx), bool (by, bx)
+        or (0, 0) without context, uint32 (by, bx) or (0, 0) without ``dq``), e.g. views of a reused buffer.
+        Default None: new arrays.
 
     Returns
     -------
@@ -704,11 +708,15 @@ def drizzle_window(data, weight, pixmap, bounds, out_shape, *, kernel="square", 
         msg = f"keep must be a box (y0, y1, x0, x1) inside the window {(wy, wx)}; got {keep!r}"
         raise ValueError(msg)
     by, bx = ky1 - ky0, kx1 - kx0
-    wht = np.zeros((by, bx), np.float64)
-    swd = np.zeros((by, bx), np.float64)
-    swv = np.zeros((var.shape[0], by, bx), np.float64)
-    ctx = np.zeros((by, bx) if want_ctx else (0, 0), bool)
-    odq = np.zeros((by, bx) if dq is not None else (0, 0), np.uint32)
+    want = (((by, bx), np.float64), ((by, bx), np.float64), ((var.shape[0], by, bx), np.float64),
+            ((by, bx) if want_ctx else (0, 0), np.bool_), ((by, bx) if dq is not None else (0, 0), np.uint32))
+    if outputs is None:
+        outputs = [np.zeros(shape, dtype) for shape, dtype in want]
+    elif len(outputs) != 5 or any(a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous
+                                  for a, (shape, dtype) in zip(outputs, want, strict=False)):
+        msg = f"outputs must be C-contiguous arrays of {[(s, np.dtype(d).name) for s, d in want]}"
+        raise ValueError(msg)
+    wht, swd, swv, ctx, odq = outputs
     lo = np.zeros(shape[0], np.int64)
     hi = np.full(shape[0], -1, np.int64)
     if xmin <= xmax and ymin <= ymax and by > 0 and bx > 0:

@@ -77,6 +77,14 @@ class Sums:
     planes: tuple
     ctx: np.ndarray | None
     dq: np.ndarray | None
+    _buf: np.ndarray | None = None  # the pooled buffer its arrays are views of, if any
+
+    def release(self) -> None:
+        """Give its buffer back for other sums (:class:`_BufferPool`); its arrays can no longer be used."""
+        buf, self._buf = self._buf, None
+        self.wht = self.swd = self.swv = self.ctx = self.dq = None
+        if buf is not None:
+            _POOL.give(buf)
 
     @classmethod
     def union(cls, pieces) -> Sums:
@@ -303,19 +311,25 @@ def _drizzle_one_pass(arrays: dict, pixmap, bounds, window, spec: DrizzleSpec, k
             for k, n in enumerate(planes):
                 sqrt_var[k] = arrays["err"] if n == "err" else np.sqrt(arrays[n])
     dq = arrays.get("dq") if spec.propagate_dq else None
-    box = None
+    box = buf = outputs = None
     if keep is not None:  # sums over the part in ``keep`` only (drizzle still clips to the whole window)
         found = _overlap(oy, ox, (wy, wx), keep)
         if found is None:
             return None
         oy, ox, (sy, sx) = found
         box = (sy.start, sy.stop, sx.start, sx.stop)
+        shape = (sy.stop - sy.start, sx.stop - sx.start)
+        plan = [("wht", np.float64, shape), ("swd", np.float64, shape), ("swv", np.float64, (len(planes), *shape)),
+                ("ctx", np.bool_, shape if spec.enable_ctx else (0, 0)),
+                ("dq", np.uint32, shape if dq is not None else (0, 0))]
+        buf, outputs = _POOL.carve(plan)  # given back when TileSums.add_input has added them
     res = drizzle_window(np.asarray(arrays["data"], np.float32), np.asarray(arrays["weight"], np.float32),
                          pixmap, bounds, (wy, wx), kernel=spec.kernel, pixfrac=spec.pixfrac, sqrt_var=sqrt_var,
-                         dq=None if dq is None else np.asarray(dq, np.uint32), want_ctx=spec.enable_ctx, keep=box)
+                         dq=None if dq is None else np.asarray(dq, np.uint32), want_ctx=spec.enable_ctx, keep=box,
+                         outputs=None if outputs is None else list(outputs.values()))
     wht, swd, swv, ctx, dq = res.wht, res.swd, res.swv, res.ctx, res.dq
     if keep is not None:
-        return Sums(oy, ox, wht, swd, swv, tuple(planes), ctx, dq)
+        return Sums(oy, ox, wht, swd, swv, tuple(planes), ctx, dq, buf)
     covered = wht != 0
     with np.errstate(invalid="ignore", divide="ignore"):
         inv = np.where(covered, 1.0 / np.where(covered, wht, 1.0), 0.0)
@@ -533,17 +547,36 @@ class _BufferPool:
         return buf
 
     def give(self, buf: np.ndarray) -> None:
-        """Keep ``buf`` (nothing may use it any more) if the pool has room; else drop it."""
+        """Keep ``buf`` (nothing may use it any more), dropping the oldest kept buffers beyond the limit."""
         with self._lock:
-            held = sum(b.nbytes for b in self._free)
-            if held + buf.nbytes <= self.limit:
-                self._free.append(buf)
-            elif self._free and buf.nbytes <= self.limit:  # keep the most recent size
-                self._free = [buf]
+            self._free.append(buf)
+            while sum(b.nbytes for b in self._free) > self.limit:
+                self._free.pop(0)
+
+    def carve(self, plan) -> tuple[np.ndarray, dict]:
+        """A zeroed buffer and the arrays of ``plan`` ((name, dtype, shape), ...) as views of it, 17 cache lines
+        apart: arrays of a power-of-two size would otherwise start at addresses equal in their low bits, and a
+        kernel's ten or so streams, all in the same cache sets, evict each other (measured: adding one input's
+        sums to a 1024^2 tile took 32 ms instead of 10)."""
+        buf = self.take(sum(np.dtype(dtype).itemsize * math.prod(shape) for _, dtype, shape in plan)
+                        + len(plan) * _STAGGER)
+        return buf, _views_of(buf, plan)
 
 
-#: Two 1024^2 tiles' sums with variances and context (84 MB each).
-_POOL = _BufferPool(192 * 2**20)
+_STAGGER = 17 * 64
+
+
+def _views_of(buf: np.ndarray, plan) -> dict:
+    """The arrays of ``plan`` ((name, dtype, shape), ...) as views of ``buf``, as :meth:`_BufferPool.carve` lays
+    them out."""
+    views, at = {}, 0
+    for name, dtype, shape in plan:
+        nbytes = np.dtype(dtype).itemsize * math.prod(shape)
+        views[name] = buf[at:at + nbytes].view(dtype).reshape(shape)
+        at += nbytes + _STAGGER
+    return views
+#: Per process: two 1024^2 tiles' sums with variances and context (84 MB each) and two input pieces (45 MB).
+_POOL = _BufferPool(256 * 2**20)
 
 
 class TileSums:
@@ -558,18 +591,11 @@ class TileSums:
     _LAYOUT = (("wht", np.float64, 0), ("swd", np.float64, 0), ("vsum", np.float64, 3), ("vwt", np.float64, 3),
                ("swe", np.float64, 0), ("con", np.uint32, None), ("dq", np.uint32, 0))
 
-    #: Bytes between two arrays in the buffer (17 cache lines): planes of a power-of-two size would otherwise
-    #: start at addresses equal in their low bits, and the kernels' ten or so streams, all in the same cache
-    #: sets, evict each other (measured: adding one input's sums to a 1024^2 tile took 32 ms instead of 10)
-    _STAGGER = 17 * 64
-
     def __init__(self, box, nplanes: int, spec: DrizzleSpec):
         self.box, self.nplanes, self.spec = tuple(int(b) for b in box), nplanes, spec
         self.shape = (self.box[1] - self.box[0], self.box[3] - self.box[2])
-        plan = self._plan()
-        self._buf = _POOL.take(sum(np.dtype(dtype).itemsize * math.prod(shape) for _, dtype, shape in plan)
-                               + len(plan) * self._STAGGER)
-        self._views()
+        self._buf, views = _POOL.carve(self._plan())
+        self._set(views)
         self.present = np.zeros(3, np.bool_)
 
     def _plan(self):
@@ -580,8 +606,8 @@ class TileSums:
         return [(name, dtype, self.shape if planes == 0 else (planes or self.nplanes, *self.shape))
                 for name, dtype, planes in self._LAYOUT if wanted[name]]
 
-    def _views(self) -> None:
-        """Set the arrays as views of the one buffer (those ``spec`` does not ask for: None).
+    def _set(self, views: dict) -> None:
+        """Set the arrays (views of the one buffer; those ``spec`` does not ask for: None).
 
         One allocation per partial sum (84 MB for a 1024^2 tile with variances and context) instead of
         seven of 4-25 MB: above glibc's mmap threshold (64 MiB on daskcal's workers,
@@ -590,12 +616,7 @@ class TileSums:
         workers of 1.5 GiB paused with 0.8 GiB of unmanaged memory on a mosaic at pixel scale ratio 0.1).
         """
         for name, _, _ in self._LAYOUT:
-            setattr(self, name, None)
-        at = 0
-        for name, dtype, shape in self._plan():
-            nbytes = np.dtype(dtype).itemsize * math.prod(shape)
-            setattr(self, name, self._buf[at:at + nbytes].view(dtype).reshape(shape))
-            at += nbytes + self._STAGGER
+            setattr(self, name, views.get(name))
 
     def __getstate__(self):
         return {"box": self.box, "nplanes": self.nplanes, "spec": self.spec, "shape": self.shape, "_buf": self._buf,
@@ -603,7 +624,7 @@ class TileSums:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._views()
+        self._set(_views_of(self._buf, self._plan()))
 
     @classmethod
     def of_pieces(cls, pieces, nplanes: int, spec: DrizzleSpec, ctx_index, tmeasure: float, box=None) -> TileSums:
@@ -627,8 +648,11 @@ class TileSums:
     def add_input(self, pieces, ctx_index, tmeasure: float) -> None:
         """Add one input's pieces (its blocks' parts of this tile): weighted sums, bits, variances."""
         self._live()
-        if isinstance(pieces[0], Sums):
-            self._add_sums_of_input(pieces[0] if len(pieces) == 1 else Sums.union(pieces), ctx_index, tmeasure)
+        if isinstance(pieces[0], Sums):  # consumed: their buffers go back to the pool
+            united = pieces[0] if len(pieces) == 1 else Sums.union(pieces)
+            self._add_sums_of_input(united, ctx_index, tmeasure)
+            for pc in {id(p): p for p in (*pieces, united)}.values():
+                pc.release()
             return
         use_ctx = self.con is not None and ctx_index is not None
         nobool, nocon = np.zeros((1, 1), np.bool_), np.zeros((1, 1), np.uint32)

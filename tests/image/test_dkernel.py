@@ -117,6 +117,21 @@ def test_keep_outside_the_window_is_refused():
         drizzle_window(data, weight, distorted_pixmap(data.shape), (0, 69, 0, 59), (50, 50), keep=(0, 51, 0, 10))
 
 
+def test_outputs_are_added_into():
+    """Given zeroed outputs (views of a reused buffer), the sums land in them; other shapes are refused."""
+    data, weight = inputs((40, 36), seed=13)
+    pm = distorted_pixmap(data.shape, angle=33.0, scale=1.2, origin=(40.0, 40.0))
+    full = drizzle_window(data, weight, pm, (0, 35, 0, 39), (90, 80), keep=(10, 60, 5, 70))
+    mine = [np.zeros((50, 65)), np.zeros((50, 65)), np.zeros((0, 50, 65)), np.zeros((50, 65), bool),
+            np.zeros((0, 0), np.uint32)]
+    res = drizzle_window(data, weight, pm, (0, 35, 0, 39), (90, 80), keep=(10, 60, 5, 70), outputs=mine)
+    assert res.wht is mine[0] and res.swd is mine[1] and res.ctx is mine[3]
+    np.testing.assert_array_equal(res.wht, full.wht)
+    np.testing.assert_array_equal(res.swd, full.swd)
+    with pytest.raises(ValueError, match="outputs must be"):
+        drizzle_window(data, weight, pm, (0, 35, 0, 39), (90, 80), outputs=mine)
+
+
 def test_inside_overlap_needs_a_convex_quadrilateral():
     """The shortcut's test: +-1 by orientation for a convex quadrilateral, 0 (exact areas) otherwise."""
     square = ((0.0, 5.0, 5.0, 0.0), (5.0, 5.0, 0.0, 0.0))
