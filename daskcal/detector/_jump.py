@@ -10,12 +10,14 @@ import dataclasses
 import logging
 import math
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from daskcal._params import param
 from daskcal.detector._common import check_reference_values, pixel_chunked, pixeldq_dtype, validate_ramps
+from daskcal.detector._jump_large import GroupEvents, SnowballSettings, apply_events, group_events
 from daskcal.detector._jump_sigclip import clear_full_planes, full_planes, sigclip_jumps
 from daskcal.detector._kernels_jump import (
     after_jump_flags,
@@ -27,8 +29,8 @@ from daskcal.detector._kernels_jump import (
 from daskcal.dq import DQ
 
 __all__ = [
-    "JumpMethod", "JumpParameters", "detect_jumps", "gain_pixeldq", "jump_block", "jump_block_arguments", "jump_mode",
-    "primary_block", "secondary_block",
+    "JumpMethod", "JumpParameters", "detect_jumps", "flag_large_events", "gain_pixeldq", "jump_block",
+    "jump_block_arguments", "jump_mode", "primary_block", "secondary_block", "snowball_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,32 @@ class JumpParameters:
     min_diffs_single_pass : int, default 10
         Usable differences per integration from which the two-point method flags
         every outlier in one pass instead of iterating.
+    expand_large_events : bool, default False
+        Flag snowballs (NIR large events, see :mod:`daskcal.detector._jump_large`).
+    min_jump_area : float, default 5.0
+        Smallest region of jumps (pixels, holes filled) that can be a snowball.
+    min_sat_area : float, default 1.0
+        Smallest region of newly saturated pixels that counts as a snowball's core.
+    expand_factor : float, default 2.0
+        A snowball's ellipse is flagged with its minor axis times this (the major
+        axis longer by as many pixels).
+    use_ellipses : bool, default False
+        Deprecated in stcal and JWST; no effect.
+    sat_required_snowball : bool, default True
+        A snowball needs a saturated core inside its ellipse (except near the edge);
+        False: every large jump region is one, and no core is extended.
+    min_sat_radius_extend : float, default 2.5
+        Cores whose minor axis (pixels, full length) exceeds this are extended.
+    sat_expand : int, default 2
+        Pixels added to the radius of an extended core.
+    edge_size : int, default 25
+        Within this many pixels of the edge no saturated core is required.
+    mask_snowball_core_next_int : bool, default True
+        Flag the cores of an integration's snowballs as jumps in the next integration.
+    snowball_time_masked_next_int : float, default 4000
+        Seconds of the next integration (whole groups) in which they are flagged.
+    max_extended_radius : int, default 200
+        Largest radius (pixels) of any extended core or flagged snowball ellipse.
     """
 
     rejection_threshold: float = param(4.0, "two-point difference threshold, 5 or more groups", "sigma")
@@ -98,6 +126,23 @@ class JumpParameters:
                                 "(false: all differences of a pixel)")
     min_diffs_single_pass: int = param(MIN_DIFFS_SINGLE_PASS, "usable differences per integration from which "
                                        "the two-point method flags every outlier in one pass")
+    expand_large_events: bool = param(False, "flag snowballs (NIR large events): a jump region around a newly "
+                                      "saturated core, enlarged", section="snowballs (large events)")
+    min_jump_area: float = param(5.0, "smallest jump region (holes filled) that can be a snowball", "px")
+    min_sat_area: float = param(1.0, "smallest newly saturated region that is a snowball core", "px")
+    expand_factor: float = param(2.0, "a snowball's ellipse is flagged with its minor axis times this (the "
+                                 "major axis longer by as many pixels)")
+    use_ellipses: bool = param(False, "deprecated in stcal and JWST: no effect")
+    sat_required_snowball: bool = param(True, "a snowball needs a saturated core inside its ellipse (except "
+                                        "within edge_size of the edge)")
+    min_sat_radius_extend: float = param(2.5, "cores whose minor axis (full length) exceeds this are extended",
+                                         "px")
+    sat_expand: int = param(2, "pixels added to the radius of an extended core", "px")
+    edge_size: int = param(25, "distance from the edge within which no saturated core is required", "px")
+    mask_snowball_core_next_int: bool = param(True, "flag snowball cores as jumps in the next integration")
+    snowball_time_masked_next_int: float = param(4000.0, "time of the next integration in which they are "
+                                                 "flagged (whole groups)", "s")
+    max_extended_radius: int = param(200, "largest radius of an extended core or flagged snowball", "px")
 
     def __post_init__(self):
         for name in ("rejection_threshold", "three_group_rejection_threshold", "four_group_rejection_threshold"):
@@ -116,7 +161,15 @@ class JumpParameters:
             if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
                 msg = f"{name} must be an integer >= 1; got {value!r}"
                 raise ValueError(msg)
-        for name in ("flag_4_neighbors", "only_use_ints"):
+        for name in ("min_jump_area", "min_sat_area", "min_sat_radius_extend", "snowball_time_masked_next_int"):
+            _check_number(name, getattr(self, name), positive=False)
+        _check_number("expand_factor", self.expand_factor, positive=True)
+        for name, low in (("sat_expand", 0), ("edge_size", 0), ("max_extended_radius", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < low:
+                msg = f"{name} must be an integer >= {low}; got {value!r}"
+                raise ValueError(msg)
+        for name in ("flag_4_neighbors", "only_use_ints", *_LARGE_EVENT_BOOLS):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 msg = f"{name} must be True or False; got {getattr(self, name)!r}"
                 raise ValueError(msg)
@@ -126,6 +179,10 @@ class JumpParameters:
                 f"{self.max_jump_to_flag_neighbors!r} <= {self.min_jump_to_flag_neighbors!r}"
             )
             raise ValueError(msg)
+
+
+#: The true/false parameters of large-event flagging.
+_LARGE_EVENT_BOOLS = ("expand_large_events", "use_ellipses", "sat_required_snowball", "mask_snowball_core_next_int")
 
 
 def _check_number(name: str, value, *, positive: bool) -> None:
@@ -371,6 +428,18 @@ def detect_jumps(
     minimum_sigclip_groups: int = 100,
     only_use_ints: bool = True,
     min_diffs_single_pass: int = 10,
+    expand_large_events: bool = False,
+    min_jump_area: float = 5.0,
+    min_sat_area: float = 1.0,
+    expand_factor: float = 2.0,
+    use_ellipses: bool = False,
+    sat_required_snowball: bool = True,
+    min_sat_radius_extend: float = 2.5,
+    sat_expand: int = 2,
+    edge_size: int = 25,
+    mask_snowball_core_next_int: bool = True,
+    snowball_time_masked_next_int: float = 4000.0,
+    max_extended_radius: int = 200,
 ) -> xr.Dataset:
     """Flag jumps (cosmic rays) with the two-point difference method or sigma clipping.
 
@@ -428,6 +497,35 @@ def detect_jumps(
     min_diffs_single_pass : int, default 10
         Usable differences per integration from which the two-point method flags
         all outliers in one pass.
+    expand_large_events : bool, default False
+        Flag snowballs after the jumps (see Notes).
+    min_jump_area : float, default 5.0
+        Smallest 8-connected region of jumps (pixels, holes filled) that can be a snowball.
+    min_sat_area : float, default 1.0
+        Smallest region of newly saturated pixels (pixels) that is a snowball's core.
+    expand_factor : float, default 2.0
+        A snowball's ellipse is flagged with its minor axis times this factor, its
+        major axis longer by as many pixels.
+    use_ellipses : bool, default False
+        Deprecated in stcal and the JWST pipeline; no effect (True logs a warning).
+    sat_required_snowball : bool, default True
+        A jump region is a snowball only with a new saturated core (this group or
+        the next) inside its ellipse, or its centre within ``edge_size`` of the edge;
+        False: every large jump region is one, and no core is extended.
+    min_sat_radius_extend : float, default 2.5
+        Cores whose minor axis (pixels, full length) exceeds this are extended by
+        ``sat_expand`` and set SATURATED in the later groups of the integration.
+    sat_expand : int, default 2
+        Pixels added to the radius of an extended core.
+    edge_size : int, default 25
+        Distance (pixels) from the edge within which no core is required.
+    mask_snowball_core_next_int : bool, default True
+        Flag the extended snowballs' cores as jumps in the next integration.
+    snowball_time_masked_next_int : float, default 4000
+        Seconds of the next integration so flagged: groups 1 to
+        ``int(time // group_time) - 1``.
+    max_extended_radius : int, default 200
+        Largest radius (pixels) of an extended core or a flagged snowball ellipse.
 
     Returns
     -------
@@ -449,23 +547,22 @@ def detect_jumps(
     ``groupdq`` that every block depends on. Where sigma clipping may apply, the
     graph has two passes: primary jumps per chunk, a reduction of their group
     planes, then neighbour flags (their primary jumps are held in between).
+
+    With ``expand_large_events``, snowballs are then flagged as stcal 1.20's
+    ``flag_large_events`` does (:mod:`daskcal.detector._jump_large`). A snowball's
+    shape depends on its whole jump region, which has no size limit, so no halo
+    can make chunks decide it exactly: the search runs detector-wide, one task per
+    (integration, group) in group order on the whole 2-D plane of that group's
+    SATURATED and JUMP_DET bits (one byte per pixel; with the plane before and after
+    and the cores saturated so far, about 4 planes per task), and returns only the
+    ellipses to flag, which every chunk then draws into its own group DQ. The
+    flags are those of the search on the whole detector whatever the chunking;
+    the jump-flagged group DQ of every chunk (one byte per sample) is held until
+    the search ends.
     """
-    params = JumpParameters(
-        rejection_threshold,
-        three_group_rejection_threshold,
-        four_group_rejection_threshold,
-        flag_4_neighbors,
-        max_jump_to_flag_neighbors,
-        min_jump_to_flag_neighbors,
-        after_jump_flag_dn1,
-        after_jump_flag_time1,
-        after_jump_flag_dn2,
-        after_jump_flag_time2,
-        minimum_groups,
-        minimum_sigclip_groups,
-        only_use_ints,
-        min_diffs_single_pass,
-    )
+    given = dict(locals())  # every parameter, by name (first statement: nothing else is local yet)
+    del given["ramps"]
+    params = JumpParameters(**given)
     validate_ramps(ramps, require=("gain", "readnoise"))
     args = jump_block_arguments(params, ramps)
     neighbors = args["neighbors"]
@@ -486,12 +583,75 @@ def detect_jumps(
     else:
         new_gdq = _halo_blocks(jump_block, data, gdq, gain, rnoise, [usable], halo, args)
 
+    if params.expand_large_events:
+        new_gdq = flag_large_events(new_gdq, snowball_settings(params, float(ds.attrs["group_time"])))
+
     new_pdq = gain_pixeldq(pdq, ds["gain"].data)
 
     out = ds.copy()
     out["groupdq"] = (ds["groupdq"].dims, new_gdq, ds["groupdq"].attrs)
     out["pixeldq"] = (ds["pixeldq"].dims, new_pdq, ds["pixeldq"].attrs)
     return out
+
+
+def snowball_settings(params: JumpParameters, group_time: float) -> SnowballSettings:
+    """The snowball search's settings from ``params``, set up as the JWST jump step sets up stcal's
+    (``sat_expand`` and ``max_extended_radius`` doubled to full axes; the next-integration time
+    in whole groups of ``group_time`` s)."""
+    if params.use_ellipses:
+        log.warning("use_ellipses is deprecated (stcal, JWST) and has no effect")
+    persist = int(params.snowball_time_masked_next_int // group_time) if params.mask_snowball_core_next_int else 0
+    return SnowballSettings(
+        min_jump_area=float(params.min_jump_area),
+        min_sat_area=float(params.min_sat_area),
+        expand_factor=float(params.expand_factor),
+        sat_required=bool(params.sat_required_snowball),
+        min_sat_radius_extend=float(params.min_sat_radius_extend),
+        sat_expand=float(2 * params.sat_expand),
+        edge_size=int(params.edge_size),
+        max_width=float(2 * params.max_extended_radius),
+        persist_groups=persist,
+    )
+
+
+def flag_large_events(gdq: da.Array, settings: SnowballSettings) -> da.Array:
+    """``gdq`` (uint8, pixel-chunked, jumps flagged) with snowballs flagged, as a dask array.
+
+    One task per (integration, group >= 1) runs :func:`~daskcal.detector._jump_large.group_events`
+    on whole planes of the SATURATED and JUMP_DET bits, in group order within an integration
+    (each passes on the cores saturated so far); every chunk then draws the events that touch it
+    (:func:`~daskcal.detector._jump_large.apply_events`). See :func:`detect_jumps`, Notes.
+    """
+    nints, ngroups, ny, nx = gdq.shape
+    bits = (gdq & np.uint8(DQ.SATURATED | DQ.JUMP_DET)).rechunk((1, 1, ny, nx))
+    planes = bits.to_delayed()[:, :, 0, 0]
+    search = dask.delayed(_search_group, nout=2, pure=True)
+    events = []
+    for i in range(nints):
+        saturated = None
+        groups = [GroupEvents()]
+        for g in range(1, ngroups):
+            nxt = planes[i, g + 1] if g + 1 < ngroups else None
+            saturated, found = search(planes[i, g - 1], planes[i, g], nxt, saturated, settings, g == ngroups - 1)
+            groups.append(found)
+        events.append(groups)
+    events = dask.delayed(events, traverse=True)
+    y0, x0 = np.cumsum((0, *gdq.chunks[2])), np.cumsum((0, *gdq.chunks[3]))
+
+    def draw(block, found, block_id=None):
+        i, j = block_id[2], block_id[3]
+        region = (slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
+        return apply_events(block, found, shape=(ny, nx), region=region, persist_groups=settings.persist_groups)
+
+    return da.map_blocks(draw, gdq, events, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+
+
+def _search_group(prev, cur, nxt, saturated, settings: SnowballSettings, last: bool):
+    """:func:`~daskcal.detector._jump_large.group_events` on (1, 1, ny, nx) plane blocks."""
+    shape = cur.shape[-2:]
+    saturated = np.zeros(shape, dtype=bool) if saturated is None else saturated
+    nxt = None if nxt is None else nxt.reshape(shape)
+    return group_events(prev.reshape(shape), cur.reshape(shape), nxt, saturated, settings, last)
 
 
 def _halo_blocks(func, data, gdq, gain, rnoise, planes: list, halo: int, kwargs: dict) -> da.Array:

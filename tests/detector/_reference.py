@@ -86,7 +86,7 @@ class _KeepMinimumGroups:
 
 
 def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
-    """``detect_jumps_data`` on copies, set up as the JWST jump step does (no snowballs/showers).
+    """``detect_jumps_data`` on copies, set up as the JWST jump step does (snowballs included; no showers).
 
     ``keep_minimum_groups``: honour ``minimum_groups`` (see :class:`_KeepMinimumGroups`).
     """
@@ -124,6 +124,21 @@ def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
         kw.get("minimum_groups", 3), kw.get("minimum_sigclip_groups", 100), kw.get("only_use_ints", True)
     )
     jd.min_diffs_single_pass = kw.get("min_diffs_single_pass", 10)
+    # snowballs, set up as the JWST jump step does (sat_expand and max_extended_radius doubled,
+    # the next-integration time in whole groups)
+    jd.set_snowball_info(
+        kw.get("expand_large_events", False),
+        kw.get("min_jump_area", 5.0),
+        kw.get("min_sat_area", 1.0),
+        kw.get("expand_factor", 2.0),
+        kw.get("sat_required_snowball", True),
+        kw.get("min_sat_radius_extend", 2.5),
+        kw.get("sat_expand", 2) * 2,
+        kw.get("edge_size", 25),
+    )
+    jd.max_extended_width = kw.get("max_extended_radius", 200) * 2
+    jd.mask_persist_grps_next_int = kw.get("mask_snowball_core_next_int", True)
+    jd.persist_grps_flagged = int(kw.get("snowball_time_masked_next_int", 4000.0) // gt)
     params = stcal_jump.TwoPointParams
     if keep_minimum_groups:
         params = type("TwoPointParamsKeepingMinimumGroups", (_KeepMinimumGroups, params), {})
