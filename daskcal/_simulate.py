@@ -109,9 +109,10 @@ def simulate(
         Snowballs per integration (large cosmic-ray events of NIR detectors), each at
         a random pixel and group >= 1: a disk of radius drawn from ``snowball_radius``
         whose pixels receive a full well's worth of charge (the core saturates in that
-        group), inside a halo twice as wide whose step falls from 1500 DN at the
-        core's edge to 150 DN at its own. Drawn from a generator of their own, so the
-        rest of the exposure is the same as without them.
+        group), inside a halo twice as wide whose step falls exponentially from
+        1500 DN at the core's edge to 15 DN at its own (its outer part is below what
+        the two-point method finds in one pixel, as in real snowballs). Drawn from a
+        generator of their own, so the rest of the exposure is the same as without them.
     snowball_radius : (float, float), default (3, 6)
         Range (pixels, uniform) of the cores' radii.
     chunks : (int, int), optional
@@ -254,7 +255,7 @@ def _snowballs(shape, seed: int, n: int, radius: tuple[float, float], full_well_
             inner = r <= r_core
             halo = (r > r_core) & (r <= 2 * r_core)
             steps[i, g][inner] += 2 * full_well_dn[inner]
-            steps[i, g][halo] += 1500.0 - 1350.0 * (r[halo] - r_core) / r_core
+            steps[i, g][halo] += 1500.0 * 0.01 ** ((r[halo] - r_core) / r_core)  # 1500 DN to 15 DN
             footprint[i, g] |= inner | halo
             core[i, g] |= inner
     return steps, footprint, core

@@ -598,6 +598,11 @@ def snowball_settings(params: JumpParameters, group_time: float) -> SnowballSett
     """The snowball search's settings from ``params``, set up as the JWST jump step sets up stcal's
     (``sat_expand`` and ``max_extended_radius`` doubled to full axes; the next-integration time
     in whole groups of ``group_time`` s)."""
+    try:
+        import skimage.measure  # noqa: F401  (checked here, before any task runs)
+    except ImportError as exc:
+        msg = "expand_large_events needs scikit-image: pip install 'daskcal[large-events]'"
+        raise ImportError(msg) from exc
     if params.use_ellipses:
         log.warning("use_ellipses is deprecated (stcal, JWST) and has no effect")
     persist = int(params.snowball_time_masked_next_int // group_time) if params.mask_snowball_core_next_int else 0

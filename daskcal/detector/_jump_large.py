@@ -36,7 +36,6 @@ and the drawn ellipses, as stcal 1.20 does.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -46,8 +45,6 @@ __all__ = ["Disk", "GroupEvents", "SnowballSettings", "apply_events", "group_eve
 
 _SAT = np.uint8(DQ.SATURATED)
 _JUMP = np.uint8(DQ.JUMP_DET)
-#: Extra pixels around an ellipse's larger radius in the window it is drawn in (stcal's).
-_WINDOW_MARGIN = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +96,14 @@ class Region:
 
     def contains(self, x: float, y: float) -> bool:
         """Whether ``(x, y)`` lies inside (or on) the ellipse."""
-        # the region's minor axis lies along its orientation
-        t = math.radians(180.0 - self.angle)
+        # numpy's trigonometry in float64, as stcal: the test is exact at the boundary too
+        t = np.radians(180.0 - self.angle)
         dx, dy = x - self.x, y - self.y
-        u = dx * math.cos(t) - dy * math.sin(t)
-        v = dx * math.sin(t) + dy * math.cos(t)
-        major, minor = max(self.a0, self.a1) / 2.0, min(self.a0, self.a1) / 2.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return bool(np.float64(u) ** 2 / np.float64(major) ** 2 + np.float64(v) ** 2 / np.float64(minor) ** 2 <= 1)
+        u = dx * np.cos(t) - dy * np.sin(t)
+        v = dx * np.sin(t) + dy * np.cos(t)
+        major, minor = np.float64(max(self.a0, self.a1)) * 0.5, np.float64(min(self.a0, self.a1)) * 0.5
+        with np.errstate(divide="ignore", invalid="ignore"):  # a one-pixel-wide region has a zero axis
+            return bool(u**2 / major**2 + v**2 / minor**2 <= 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,19 +123,16 @@ class Disk:
         return cls(round(region.y), round(region.x), round(axis_y / 2), round(axis_x / 2), region.angle)
 
     def pixels(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and columns (detector coordinates) of the disk's pixels within ``shape``."""
+        """Rows and columns (detector coordinates) of the disk's pixels within ``shape``.
+
+        The centre is a whole pixel, so the pixels do not depend on the window they are
+        computed in (stcal draws in a window around the centre; its pixels are the same).
+        """
         from skimage.draw import ellipse
 
         if self.ry == 0 or self.rx == 0:
             return np.empty(0, np.intp), np.empty(0, np.intp)
-        half = max(self.ry, self.rx) + _WINDOW_MARGIN
-        y0, x0 = max(self.yc - half, 0), max(self.xc - half, 0)
-        y1, x1 = min(self.yc + half + 1, shape[0]), min(self.xc + half + 1, shape[1])
-        if y1 <= y0 or x1 <= x0:
-            return np.empty(0, np.intp), np.empty(0, np.intp)
-        rows, cols = ellipse(self.yc - y0, self.xc - x0, self.ry, self.rx, (y1 - y0, x1 - x0),
-                             np.radians(self.angle))
-        return rows + y0, cols + x0
+        return ellipse(self.yc, self.xc, self.ry, self.rx, shape, np.radians(self.angle))
 
     def mask(self, shape: tuple[int, int], region: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
         """Rows and columns of the disk's pixels inside ``region`` (of a detector of ``shape``),
