@@ -198,6 +198,19 @@ def test_command_line_and_recipe_options():
                                       "--max-extended-radius", "50", "--sat-required-snowball", "false"])
     assert (args.expand_large_events, args.edge_size, args.sat_expand, args.snowball_time_masked_next_int,
             args.max_extended_radius, args.sat_required_snowball) == (True, 5, 3, 100.0, 50, False)
+    assert build_parser().parse_args(["simulate", "ramps.zarr", "--snowballs", "4"]).snowballs == 4
     recipe = load_recipe(Path(daskcal.__file__).parent / "graphs" / "detector1.toml")
     jump = recipe["steps"]["jump"]
     assert jump["expand_large_events"] is False and jump["min_jump_area"] == 5.0 and jump["edge_size"] == 25
+
+
+def test_simulated_snowballs_leave_the_rest_alone():
+    plain, snowy = simulate((2, 4, 30, 30), seed=9), simulate((2, 4, 30, 30), seed=9, snowballs=2)
+    touched = snowy.truth["snowball"].values.any(axis=1)[:, None] & np.ones((1, 4, 1, 1), bool)
+    later = np.cumsum(snowy.truth["snowball"].values, axis=1) > 0  # a footprint changes its groups on
+    same = plain.ramps["data"].values == snowy.ramps["data"].values
+    assert same[~touched].all() and not same[later].all()
+    assert snowy.truth["snowball_core"].values.sum() > 20
+    for bad in ({"snowballs": -1}, {"snowballs": 1.5}, {"snowball_radius": (4.0, 2.0)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            simulate((1, 3, 8, 8), **bad)
