@@ -18,6 +18,14 @@ import xarray as xr
 from daskcal._params import param
 from daskcal.detector._common import check_reference_values, pixel_chunked, pixeldq_dtype, validate_ramps
 from daskcal.detector._jump_large import GroupEvents, SnowballSettings, apply_events, group_events
+from daskcal.detector._jump_showers import (
+    MIN_DIFFS_FOR_SHOWER,
+    ShowerSettings,
+    apply_showers,
+    emission_block,
+    plane_showers,
+    ring_kernel,
+)
 from daskcal.detector._jump_sigclip import clear_full_planes, full_planes, sigclip_jumps
 from daskcal.detector._kernels_jump import (
     after_jump_flags,
@@ -30,7 +38,8 @@ from daskcal.dq import DQ
 
 __all__ = [
     "JumpMethod", "JumpParameters", "detect_jumps", "flag_large_events", "gain_pixeldq", "jump_block",
-    "jump_block_arguments", "jump_mode", "primary_block", "secondary_block", "snowball_settings",
+    "flag_showers", "jump_block_arguments", "jump_mode", "primary_block", "secondary_block", "shower_settings",
+    "snowball_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,7 +113,21 @@ class JumpParameters:
     snowball_time_masked_next_int : float, default 4000
         Seconds of the next integration (whole groups) in which they are flagged.
     max_extended_radius : int, default 200
-        Largest radius (pixels) of any extended core or flagged snowball ellipse.
+        Largest radius (pixels) of any extended core or flagged snowball or shower ellipse.
+    find_showers : bool, default False
+        Flag showers (MIRI large events, see :mod:`daskcal.detector._jump_showers`).
+    extend_snr_threshold : float, default 1.2
+        Smoothed signal-to-noise ratio above which a pixel is extended emission.
+    extend_min_area : int, default 90
+        Smallest region of extended emission (pixels) that is a shower.
+    extend_inner_radius, extend_outer_radius : float, default 1, 2.6
+        Arguments of the ring kernel (astropy's ``Ring2DKernel(inner, width)``), pixels.
+    extend_ellipse_expand_ratio : float, default 1.1
+        A shower's ellipse is flagged with its minor axis times this.
+    time_masked_after_shower : float, default 15
+        Seconds after a shower (whole groups) also flagged.
+    max_shower_amplitude : float, default 4
+        Largest change of a pixel's mean rate the shower flags may make (DN/s).
     """
 
     rejection_threshold: float = param(4.0, "two-point difference threshold, 5 or more groups", "sigma")
@@ -142,7 +165,21 @@ class JumpParameters:
     mask_snowball_core_next_int: bool = param(True, "flag snowball cores as jumps in the next integration")
     snowball_time_masked_next_int: float = param(4000.0, "time of the next integration in which they are "
                                                  "flagged (whole groups)", "s")
-    max_extended_radius: int = param(200, "largest radius of an extended core or flagged snowball", "px")
+    max_extended_radius: int = param(200, "largest radius of an extended core or flagged snowball or shower",
+                                     "px")
+    find_showers: bool = param(False, "flag showers (MIRI large events): faint extended emission found by "
+                               "smoothing each group's signal-to-noise ratios", section="showers (large events)")
+    extend_snr_threshold: float = param(1.2, "smoothed signal-to-noise ratio above which a pixel is extended "
+                                        "emission")
+    extend_min_area: int = param(90, "smallest region of extended emission that is a shower", "px")
+    extend_inner_radius: float = param(1.0, "inner radius of the ring kernel", "px")
+    extend_outer_radius: float = param(2.6, "second argument of the ring kernel (astropy's Ring2DKernel: its "
+                                       "width)", "px")
+    extend_ellipse_expand_ratio: float = param(1.1, "a shower's ellipse is flagged with its minor axis times "
+                                               "this (the major axis longer by as many pixels)")
+    time_masked_after_shower: float = param(15.0, "time after a shower also flagged (whole groups)", "s")
+    max_shower_amplitude: float = param(4.0, "largest change of a pixel's mean rate the shower flags may make "
+                                        "(else its flags are restored)", "DN/s")
 
     def __post_init__(self):
         for name in ("rejection_threshold", "three_group_rejection_threshold", "four_group_rejection_threshold"):
@@ -163,8 +200,12 @@ class JumpParameters:
                 raise ValueError(msg)
         for name in ("min_jump_area", "min_sat_area", "min_sat_radius_extend", "snowball_time_masked_next_int"):
             _check_number(name, getattr(self, name), positive=False)
-        _check_number("expand_factor", self.expand_factor, positive=True)
-        for name, low in (("sat_expand", 0), ("edge_size", 0), ("max_extended_radius", 1)):
+        for name in ("extend_snr_threshold", "extend_inner_radius", "time_masked_after_shower",
+                     "max_shower_amplitude"):
+            _check_number(name, getattr(self, name), positive=False)
+        for name in ("expand_factor", "extend_outer_radius", "extend_ellipse_expand_ratio"):
+            _check_number(name, getattr(self, name), positive=True)
+        for name, low in (("sat_expand", 0), ("edge_size", 0), ("max_extended_radius", 1), ("extend_min_area", 0)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < low:
                 msg = f"{name} must be an integer >= {low}; got {value!r}"
@@ -182,7 +223,8 @@ class JumpParameters:
 
 
 #: The true/false parameters of large-event flagging.
-_LARGE_EVENT_BOOLS = ("expand_large_events", "use_ellipses", "sat_required_snowball", "mask_snowball_core_next_int")
+_LARGE_EVENT_BOOLS = ("expand_large_events", "use_ellipses", "sat_required_snowball", "mask_snowball_core_next_int",
+                      "find_showers")
 
 
 def _check_number(name: str, value, *, positive: bool) -> None:
@@ -440,6 +482,14 @@ def detect_jumps(
     mask_snowball_core_next_int: bool = True,
     snowball_time_masked_next_int: float = 4000.0,
     max_extended_radius: int = 200,
+    find_showers: bool = False,
+    extend_snr_threshold: float = 1.2,
+    extend_min_area: int = 90,
+    extend_inner_radius: float = 1.0,
+    extend_outer_radius: float = 2.6,
+    extend_ellipse_expand_ratio: float = 1.1,
+    time_masked_after_shower: float = 15.0,
+    max_shower_amplitude: float = 4.0,
 ) -> xr.Dataset:
     """Flag jumps (cosmic rays) with the two-point difference method or sigma clipping.
 
@@ -525,7 +575,27 @@ def detect_jumps(
         Seconds of the next integration so flagged: groups 1 to
         ``int(time // group_time) - 1``.
     max_extended_radius : int, default 200
-        Largest radius (pixels) of an extended core or a flagged snowball ellipse.
+        Largest radius (pixels) of an extended core or a flagged snowball or shower ellipse.
+    find_showers : bool, default False
+        Flag showers after the jumps and snowballs (see Notes).
+    extend_snr_threshold : float, default 1.2
+        Smoothed signal-to-noise ratio above which a pixel is extended emission.
+    extend_min_area : int, default 90
+        Smallest 8-connected region of extended emission (pixels, holes filled) that is a shower.
+    extend_inner_radius : float, default 1.0
+        First argument of the ring kernel (astropy's ``Ring2DKernel``), pixels.
+    extend_outer_radius : float, default 2.6
+        Its second argument, pixels (astropy's ring *width*: the ring reaches 3.6 px by default).
+    extend_ellipse_expand_ratio : float, default 1.1
+        A shower's ellipse is flagged with its minor axis times this, its major axis longer
+        by as many pixels.
+    time_masked_after_shower : float, default 15.0
+        Seconds after a shower also flagged: ``int(time // group_time)`` more groups.
+    max_shower_amplitude : float, default 4.0
+        Pixels whose mean difference over an integration the shower flags change by more
+        than this times ``group_time`` (compared with differences in electrons, as stcal
+        does) get their flags back. DN/s. (The JWST jump step hands stcal
+        ``JumpData``'s own default, 6, times the group time, whatever this is.)
 
     Returns
     -------
@@ -559,6 +629,16 @@ def detect_jumps(
     flags are those of the search on the whole detector whatever the chunking;
     the jump-flagged group DQ of every chunk (one byte per sample) is held until
     the search ends.
+
+    With ``find_showers``, showers are then flagged as stcal 1.20's
+    ``find_faint_extended`` does (:mod:`daskcal.detector._jump_showers`): per-pixel
+    signal-to-noise ratios are smoothed chunk by chunk (a halo of the ring
+    kernel's half-width), the extended emission's regions are found on whole
+    group planes (one byte per pixel), and every chunk draws the showers'
+    ellipses and restores the flags of pixels whose mean rate they change too
+    much. The smoothing is an FFT convolution, as in stcal, on the chunk instead
+    of the whole plane: values differ in the last bits, which changes a flag only
+    where a smoothed ratio lies within ~1e-12 of ``extend_snr_threshold``.
     """
     given = dict(locals())  # every parameter, by name (first statement: nothing else is local yet)
     del given["ramps"]
@@ -587,6 +667,10 @@ def detect_jumps(
         new_gdq = flag_large_events(new_gdq, snowball_settings(params, float(ds.attrs["group_time"])))
 
     new_pdq = gain_pixeldq(pdq, ds["gain"].data)
+    if params.find_showers:
+        settings = shower_settings(params, float(ds.attrs["group_time"]), int(ds.attrs["nframes"]),
+                                   ds.sizes["integration"])
+        new_gdq = flag_showers(data, new_gdq, gain, rnoise, new_pdq, settings)
 
     out = ds.copy()
     out["groupdq"] = (ds["groupdq"].dims, new_gdq, ds["groupdq"].attrs)
@@ -598,11 +682,7 @@ def snowball_settings(params: JumpParameters, group_time: float) -> SnowballSett
     """The snowball search's settings from ``params``, set up as the JWST jump step sets up stcal's
     (``sat_expand`` and ``max_extended_radius`` doubled to full axes; the next-integration time
     in whole groups of ``group_time`` s)."""
-    try:
-        import skimage.measure  # noqa: F401  (checked here, before any task runs)
-    except ImportError as exc:
-        msg = "expand_large_events needs scikit-image: pip install 'daskcal[large-events]'"
-        raise ImportError(msg) from exc
+    _require_skimage("expand_large_events")
     if params.use_ellipses:
         log.warning("use_ellipses is deprecated (stcal, JWST) and has no effect")
     persist = int(params.snowball_time_masked_next_int // group_time) if params.mask_snowball_core_next_int else 0
@@ -649,6 +729,76 @@ def flag_large_events(gdq: da.Array, settings: SnowballSettings) -> da.Array:
         return apply_events(block, found, shape=(ny, nx), region=region, persist_groups=settings.persist_groups)
 
     return da.map_blocks(draw, gdq, events, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+
+
+def shower_settings(params: JumpParameters, group_time: float, nframes: int, nints: int) -> ShowerSettings:
+    """The shower search's settings from ``params``, set up as the JWST jump step sets up stcal's
+    (``max_extended_radius`` doubled to a full axis; times in whole groups of ``group_time`` s;
+    ``max_shower_amplitude`` per group)."""
+    _require_skimage("find_showers")
+    return ShowerSettings(
+        snr_threshold=float(params.extend_snr_threshold),
+        min_area=float(params.extend_min_area),
+        inner_radius=float(params.extend_inner_radius),
+        outer_radius=float(params.extend_outer_radius),
+        expand_ratio=float(params.extend_ellipse_expand_ratio),
+        grps_masked=int(params.time_masked_after_shower // group_time),
+        max_amplitude=float(params.max_shower_amplitude * group_time),
+        max_width=float(2 * params.max_extended_radius),
+        sigclip=nints >= params.minimum_sigclip_groups,
+        nframes=int(nframes),
+    )
+
+
+def flag_showers(data, gdq, gain, rnoise, pdq, settings: ShowerSettings) -> da.Array:
+    """``gdq`` (uint8, pixel-chunked, jumps and snowballs flagged) with showers flagged, as a dask array.
+
+    ``data`` (DN), ``gain``, ``rnoise`` and ``pdq`` (the step's output pixel DQ) are chunked as
+    ``gdq``. Extended emission is found chunk by chunk with a halo of the ring kernel's half-width
+    (:func:`~daskcal.detector._jump_showers.emission_block`), its regions on whole group planes (one
+    task per plane), and every chunk draws the showers that touch it
+    (:func:`~daskcal.detector._jump_showers.apply_showers`).
+    """
+    nints, ngroups, ny, nx = gdq.shape
+    dnu, ref = int(DQ.DO_NOT_USE), int(DQ.REFERENCE_PIXEL)
+    unusable = (gdq & dnu) != 0
+    all_dnu = unusable.all(axis=(2, 3))
+    enough = (nints * (ngroups - 1) - all_dnu.sum()) >= MIN_DIFFS_FOR_SHOWER
+    all_dnu_ref = (unusable | (pdq == ref)[None, None]).all(axis=(2, 3))
+    first_good = da.argmax(~all_dnu_ref, axis=1)  # 0 when every group is DO_NOT_USE, as stcal
+    kernel = ring_kernel(settings)
+    n = kernel.shape[0] // 2
+    d4, d2 = {0: 0, 1: 0, 2: n, 3: n}, {0: n, 1: n}
+    halo4 = [da.overlap.overlap(a, depth=d4, boundary="none") for a in (data, gdq)]
+    halo2 = [da.overlap.overlap(a, depth=d2, boundary="none") for a in (gain, rnoise, pdq)]
+    emission = da.blockwise(
+        emission_block, "igyx", *halo4[0:1], "igyx", halo4[1], "igyx", halo2[0], "yx", halo2[1], "yx",
+        halo2[2], "yx", first_good.rechunk(-1), "a", enough[None].rechunk(-1), "b",
+        concatenate=True, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8), settings=settings,
+        kernel=kernel,
+    )
+    emission = da.overlap.trim_internal(emission, d4, boundary="none")
+    planes = emission.rechunk((1, 1, ny, nx)).to_delayed()[:, :, 0, 0]
+    find = dask.delayed(plane_showers, pure=True)
+    showers = dask.delayed([[()] + [find(planes[i, g], settings) for g in range(1, ngroups)]
+                            for i in range(nints)], traverse=True)
+    y0, x0 = np.cumsum((0, *gdq.chunks[2])), np.cumsum((0, *gdq.chunks[3]))
+
+    def draw(d, q, g, p, found, block_id=None):
+        i, j = block_id[2], block_id[3]
+        region = (slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
+        return apply_showers(d, q, g, p, found, settings=settings, shape=(ny, nx), region=region)
+
+    return da.map_blocks(draw, data, gdq, gain, pdq, showers, dtype=np.uint8,
+                         meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+
+
+def _require_skimage(option: str) -> None:
+    try:
+        import skimage.measure  # noqa: F401  (checked here, before any task runs)
+    except ImportError as exc:
+        msg = f"{option} needs scikit-image: pip install 'daskcal[large-events]'"
+        raise ImportError(msg) from exc
 
 
 def _search_group(prev, cur, nxt, saturated, settings: SnowballSettings, last: bool):

@@ -41,7 +41,8 @@ import numpy as np
 
 from daskcal.dq import DQ
 
-__all__ = ["Disk", "GroupEvents", "SnowballSettings", "apply_events", "group_events"]
+__all__ = ["Disk", "GroupEvents", "Region", "SnowballSettings", "apply_events", "group_events", "regions",
+           "snowball_axes"]
 
 _SAT = np.uint8(DQ.SATURATED)
 _JUMP = np.uint8(DQ.JUMP_DET)
@@ -186,7 +187,7 @@ def _near_edge(r: Region, edge: int, ny: int) -> bool:
     return r.x < edge or r.y < edge or r.x > high or r.y > high
 
 
-def _snowball_axes(r: Region, factor: float, max_width: float) -> tuple[float, float]:
+def snowball_axes(r: Region, factor: float, max_width: float) -> tuple[float, float]:
     """Full axes of a snowball's flagged ellipse: the minor axis times ``factor``, the
     major one longer by as many pixels, each at most ``max_width``."""
     if r.a1 < r.a0:
@@ -249,7 +250,7 @@ def group_events(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray | None, satu
 
 
 def _snowball_disks(snowballs: list[Region], settings: SnowballSettings) -> list[Disk]:
-    return [Disk.of(r, *_snowball_axes(r, settings.expand_factor, settings.max_width)) for r in snowballs]
+    return [Disk.of(r, *snowball_axes(r, settings.expand_factor, settings.max_width)) for r in snowballs]
 
 
 def apply_events(gdq: np.ndarray, events: list[list[GroupEvents]], *, shape: tuple[int, int],

@@ -108,7 +108,8 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     pixels (see :mod:`daskcal.detector._fused`), except where jump detection may
     use sigma clipping (``minimum_sigclip_groups`` integrations, or groups with
     ``only_use_ints=False``), which needs every chunk's primary jumps before any
-    neighbour flags, or where snowballs are flagged (``expand_large_events``), which
+    neighbour flags, or where snowballs or showers are flagged (``expand_large_events``,
+    ``find_showers``), which
     needs whole group planes of jump flags: then the steps run as separate graphs. The result equals running
     :func:`flag_saturation`, :func:`subtract_superbias`, :func:`detect_jumps` and
     :func:`fit_ramps` one after another (:func:`detector1_steps`; its saturation
@@ -124,9 +125,9 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
         log.info("jump detection may use sigma clipping (%d integrations of %d groups), which tests whole group "
                  "planes of primary jumps: detector1 runs its steps as separate graphs", nints, ngroups)
         return detector1_steps(ramps, chunks=chunks, **params)
-    if jump.expand_large_events:
-        log.info("snowballs are searched for on whole group planes after jump detection: detector1 runs its "
-                 "steps as separate graphs")
+    if jump.expand_large_events or jump.find_showers:
+        log.info("snowballs or showers are searched for on whole group planes after jump detection: detector1 "
+                 "runs its steps as separate graphs")
         return detector1_steps(ramps, chunks=chunks, **params)
     return detector1_graph(ramps, routed, chunks)
 

@@ -86,7 +86,7 @@ class _KeepMinimumGroups:
 
 
 def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
-    """``detect_jumps_data`` on copies, set up as the JWST jump step does (snowballs included; no showers).
+    """``detect_jumps_data`` on copies, set up as the JWST jump step does (snowballs and showers included).
 
     ``keep_minimum_groups``: honour ``minimum_groups`` (see :class:`_KeepMinimumGroups`).
     """
@@ -136,7 +136,20 @@ def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
         kw.get("sat_expand", 2) * 2,
         kw.get("edge_size", 25),
     )
-    jd.max_extended_width = kw.get("max_extended_radius", 200) * 2
+    # showers, as the JWST step sets them up (but max_shower_amplitude as documented: DN/s times the
+    # group time; the step hands stcal JumpData's default 6 instead)
+    jd.set_shower_info(
+        kw.get("find_showers", False),
+        kw.get("extend_snr_threshold", 1.2),
+        kw.get("extend_min_area", 90),
+        kw.get("extend_inner_radius", 1.0),
+        kw.get("extend_outer_radius", 2.6),
+        kw.get("extend_ellipse_expand_ratio", 1.1),
+        kw.get("min_diffs_single_pass", 10),
+        kw.get("max_extended_radius", 200) * 2,
+    )
+    jd.grps_masked_after_shower = int(kw.get("time_masked_after_shower", 15.0) // gt)
+    jd.max_shower_amplitude = kw.get("max_shower_amplitude", 4.0) * gt
     jd.mask_persist_grps_next_int = kw.get("mask_snowball_core_next_int", True)
     jd.persist_grps_flagged = int(kw.get("snowball_time_masked_next_int", 4000.0) // gt)
     params = stcal_jump.TwoPointParams
