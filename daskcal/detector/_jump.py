@@ -120,8 +120,10 @@ class JumpParameters:
         Smoothed signal-to-noise ratio above which a pixel is extended emission.
     extend_min_area : int, default 90
         Smallest region of extended emission (pixels) that is a shower.
-    extend_inner_radius, extend_outer_radius : float, default 1, 2.6
-        Arguments of the ring kernel (astropy's ``Ring2DKernel(inner, width)``), pixels.
+    extend_inner_radius : float, default 1.0
+        Inner radius of the ring kernel (astropy's ``Ring2DKernel``), pixels.
+    extend_outer_radius : float, default 2.6
+        Its second argument (astropy's ring width), pixels.
     extend_ellipse_expand_ratio : float, default 1.1
         A shower's ellipse is flagged with its minor axis times this.
     time_masked_after_shower : float, default 15
