@@ -41,7 +41,8 @@ class Simulation:
         True where full well is reached within the integration. With ``snowballs``:
         ``snowball(integration, group, y, x)`` True on each injected snowball's
         footprint (core and halo, also in ``jumps``) at the group it hit, and
-        ``snowball_core`` on its core alone.
+        ``snowball_core`` on its core alone. With ``showers``: ``shower(integration,
+        group, y, x)`` True on each shower's disk at its group (not in ``jumps``).
     """
 
     ramps: xr.Dataset
@@ -68,6 +69,8 @@ def simulate(
     bad_pixel_fraction: float = 1e-4,
     snowballs: int = 0,
     snowball_radius: tuple[float, float] = (3.0, 6.0),
+    showers: int = 0,
+    shower_dn: float = 30.0,
     chunks: tuple[int, int] | None = None,
 ) -> Simulation:
     """Simulate one up-the-ramp exposure.
@@ -115,6 +118,12 @@ def simulate(
         generator of their own, so the rest of the exposure is the same as without them.
     snowball_radius : (float, float), default (3, 6)
         Range (pixels, uniform) of the cores' radii.
+    showers : int, default 0
+        Showers per integration (faint extended events of MIRI), each a disk of radius 6 to
+        12 pixels at a random place and group >= 1 whose pixels all step by ``shower_dn``:
+        too faint for the two-point method in one pixel. Their own generator, as snowballs.
+    shower_dn : float, default 30
+        Step of a shower's pixels in DN.
     chunks : (int, int), optional
         Return dask arrays chunked in pixels with these (y, x) chunk sizes.
 
@@ -128,6 +137,9 @@ def simulate(
         raise ValueError(msg)
     if not isinstance(snowballs, (int, np.integer)) or isinstance(snowballs, bool) or snowballs < 0:
         msg = f"snowballs must be an integer >= 0 (per integration); got {snowballs!r}"
+        raise ValueError(msg)
+    if not isinstance(showers, (int, np.integer)) or isinstance(showers, bool) or showers < 0:
+        msg = f"showers must be an integer >= 0 (per integration); got {showers!r}"
         raise ValueError(msg)
     lo, hi = (float(r) for r in snowball_radius)
     if not 0 < lo <= hi:
@@ -167,6 +179,7 @@ def simulate(
     saturates = np.zeros((nints, ny, nx), bool)
     electrons_per_frame = rate * gain_map * frame_time
     hits, snowball, core = _snowballs((nints, ngroups, ny, nx), seed, snowballs, (lo, hi), full_well_dn)
+    faint, shower = _showers((nints, ngroups, ny, nx), seed, showers, float(shower_dn))
     for i in range(nints):
         charge = np.zeros((ny, nx))  # accumulated DN above bias, noiseless of reads
         cr_total = np.zeros((ny, nx))
@@ -183,6 +196,8 @@ def simulate(
                     cr_total += step
                     jumps[i, g] |= step > 0
                     jump_dn[i, g] += step
+                if showers:
+                    cr_total += faint[i, g]
             acc = np.zeros((ny, nx))
             for _ in range(nframes):
                 charge += rng.poisson(electrons_per_frame) / gain_map
@@ -232,6 +247,8 @@ def simulate(
     if snowballs:
         truth["snowball"] = (("integration", "group", "y", "x"), snowball)
         truth["snowball_core"] = (("integration", "group", "y", "x"), core)
+    if showers:
+        truth["shower"] = (("integration", "group", "y", "x"), shower)
     return Simulation(ramps=ramps, truth=truth)
 
 
@@ -278,3 +295,22 @@ def _sources(rng: np.random.Generator, ny: int, nx: int, n: int | None, peak_max
         yy, xx = np.mgrid[y1:y2, x1:x2]
         img[y1:y2, x1:x2] += p * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * sigma**2))
     return img
+
+
+def _showers(shape, seed: int, n: int, dn: float):
+    """Steps (DN) of ``n`` faint disks per integration at their (integration, group), and their
+    footprints, from a generator of their own."""
+    nints, ngroups, ny, nx = shape
+    if n == 0 or ngroups < 2:
+        return None, None
+    rng = np.random.default_rng([seed, 0x5E])  # not the exposure's generator
+    steps = np.zeros(shape, np.float64)
+    footprint = np.zeros(shape, bool)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    for i in range(nints):
+        for _ in range(n):
+            g = int(rng.integers(1, ngroups))
+            disk = np.hypot(yy - rng.uniform(0, ny), xx - rng.uniform(0, nx)) <= rng.uniform(6.0, 12.0)
+            steps[i, g][disk] += dn
+            footprint[i, g] |= disk
+    return steps, footprint

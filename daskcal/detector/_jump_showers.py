@@ -118,7 +118,14 @@ def _clipped_stats(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     median = np.full(flat.shape[1], np.nan, dtype=np.float64)
     std = np.full(flat.shape[1], np.nan, dtype=np.float64)
     if some.any():
-        _, med, sd = sigma_clipped_stats(flat[:, some], sigma=5, axis=0)
+        # masked rather than NaN: the same statistics (checked) without astropy's warning about NaN
+        # input (warning filters are not thread-safe); columns with nothing finite are left out
+        # for the same reason
+        cols = flat[:, some]
+        finite = np.isfinite(cols)
+        _, med, sd = sigma_clipped_stats(np.ma.MaskedArray(np.where(finite, cols, 0), mask=~finite), sigma=5,
+                                         axis=0)
+        med, sd = np.ma.filled(med, np.nan), np.ma.filled(sd, np.nan)
         median[some], std[some] = med, sd
         median, std = median.astype(med.dtype), std.astype(sd.dtype)
     return median.reshape(diffs.shape[1:]), std.reshape(diffs.shape[1:])

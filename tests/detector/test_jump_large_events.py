@@ -10,6 +10,7 @@ threaded and distributed schedulers. The snowballs injected by ``simulate(snowba
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -54,7 +55,12 @@ def test_snowballs_change_the_flags(snowy):
     assert ((expect[0] & JUMP) != 0).sum() > 3 * ((plain[0] & JUMP) != 0).sum()
 
 
-@pytest.mark.parametrize("grid", GRIDS)
+#: (scheduler, grid): every grid on the synchronous scheduler, the ragged one on all three
+SCHEDULED = [("sync", "1x1"), ("sync", "2x1"), ("sync", "1x2"), ("sync", "ragged"), ("threads", "ragged"),
+             ("distributed", "ragged")]
+
+
+@pytest.mark.parametrize(("scheduler", "grid"), SCHEDULED, indirect=["scheduler"])
 def test_parity_snowballs(snowy, scheduler, grid):
     r, _, expect, _ = snowy
     with scheduler():
@@ -214,3 +220,112 @@ def test_simulated_snowballs_leave_the_rest_alone():
     for bad in ({"snowballs": -1}, {"snowballs": 1.5}, {"snowball_radius": (4.0, 2.0)}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             simulate((1, 3, 8, 8), **bad)
+
+
+# ---------------------------------------------------------------- showers (MIRI)
+SHOWERS = {"find_showers": True}
+SHOWER_SHAPE = (2, 8, 60, 70)
+
+
+def _stcal(ramps, **kw):
+    # stcal's shower search warns on all-NaN pixels (it silences most of its own warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return stcal_jumps(ramps, **kw)
+
+
+@pytest.fixture(scope="module")
+def showery():
+    """Two integrations of 8 groups with 3 injected showers each (30 DN disks); stcal's flags
+    with and without showers."""
+    r, truth = calibrated_ramps(SHOWER_SHAPE, seed=31, showers=3, cr_probability=5e-4)
+    return r, truth, _stcal(r, **SHOWERS), _stcal(r)
+
+
+def test_showers_change_the_flags(showery):
+    _, _, expect, plain = showery
+    assert int((expect[0] != plain[0]).sum()) > 1000
+
+
+@pytest.mark.parametrize(("scheduler", "grid"), SCHEDULED, indirect=["scheduler"])
+def test_parity_showers(showery, scheduler, grid):
+    r, _, expect, _ = showery
+    with scheduler():
+        _assert_parity(r, expect, GRIDS[grid], **SHOWERS)
+
+
+def test_parity_chunk_edges_through_showers(showery):
+    r, truth, expect, _ = showery
+    labels, n = ndimage.label(truth["shower"].values.any(axis=(0, 1)))
+    centres = [tuple(round(c) for c in ndimage.center_of_mass(labels > 0, labels, k)) for k in range(1, n + 1)]
+    centres = [(y, x) for y, x in centres if 5 < y < SHOWER_SHAPE[2] - 5 and 5 < x < SHOWER_SHAPE[3] - 5]
+    assert len(centres) >= 2
+    for y, x in centres[:2]:
+        _assert_parity(r, expect, (y, x), **SHOWERS)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"extend_snr_threshold": 1.1, "extend_min_area": 40, "time_masked_after_shower": 35.0},  # 3 more groups
+        {"extend_inner_radius": 2.0, "extend_outer_radius": 1.5, "extend_ellipse_expand_ratio": 1.6,
+         "max_extended_radius": 5},
+        {"max_shower_amplitude": 0.3},  # most flags reverted
+        {"expand_large_events": True, "edge_size": 5},  # snowballs first, then showers
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_parity_shower_parameters(showery, kw):
+    r = showery[0]
+    expect = _stcal(r, **SHOWERS, **kw)
+    assert (expect[0] != showery[2][0]).any()
+    _assert_parity(r, expect, GRIDS["ragged"], **SHOWERS, **kw)
+
+
+def test_parity_showers_sigma_clipped_with_reference_pixels():
+    # minimum_sigclip_groups integrations: sigma-clipped statistics across integrations (and sigma
+    # clipping for the jumps); reference pixels (MIRI's 4 + 4 columns) and DO_NOT_USE groups
+    r, _ = calibrated_ramps((10, 5, 40, 44), seed=33, showers=2, shower_dn=60.0, cr_probability=5e-4)
+    pdq = r["pixeldq"].values.copy()
+    pdq[:, :4] |= np.uint32(2**31)  # REFERENCE_PIXEL
+    pdq[:, -4:] |= np.uint32(2**31)
+    gdq = r["groupdq"].values.copy()
+    gdq[np.random.default_rng(3).random(gdq.shape) < 0.02] |= 1
+    gdq[:, 0] |= 1  # the first group of every integration: the search starts after it
+    r = r.assign(pixeldq=(("y", "x"), pdq), groupdq=(r["groupdq"].dims, gdq))
+    kw = {**SHOWERS, "minimum_sigclip_groups": 10}
+    expect = _stcal(r, **kw)
+    assert (expect[0] != _stcal(r, minimum_sigclip_groups=10)[0]).sum() > 300
+    _assert_parity(r, expect, (13, 9), **kw)
+
+
+def test_too_few_differences_for_showers():
+    # 1 x (4 - 1) = 3 differences < 10: stcal searches nothing, and neither do we
+    r, _ = calibrated_ramps((1, 4, 30, 30), seed=34, showers=2, shower_dn=80.0)
+    gdq, _ = _ours(r, (11, 13), **SHOWERS)
+    np.testing.assert_array_equal(gdq, _stcal(r)[0])
+    np.testing.assert_array_equal(gdq, _stcal(r, **SHOWERS)[0])
+
+
+def test_shower_truth_recall(showery):
+    # the injected disks are 30 DN: single pixels rarely jump, the smoothed ratio finds them
+    r, truth, _, _ = showery
+    disk = truth["shower"].values
+
+    def recall(**kw):
+        return (((_ours(r, GRIDS["ragged"], **kw)[0] & JUMP) != 0) & disk).sum() / disk.sum()
+
+    without, with_showers = recall(), recall(**SHOWERS)
+    assert without < 0.3 and with_showers > 0.9, (without, with_showers)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("find_showers", "true"), ("extend_snr_threshold", -1.0), ("extend_min_area", 9.5),
+     ("extend_outer_radius", 0.0), ("extend_ellipse_expand_ratio", float("inf")),
+     ("time_masked_after_shower", -15.0), ("max_shower_amplitude", None)],
+)
+def test_bad_shower_parameters(name, value):
+    with pytest.raises(ValueError, match=name) as err:
+        JumpParameters(**{name: value})
+    assert "\n" not in str(err.value)
