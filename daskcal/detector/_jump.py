@@ -7,6 +7,7 @@ chunk with a one-pixel halo) <- :func:`detect_jumps` (graph + API).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 
@@ -711,7 +712,7 @@ def flag_large_events(gdq: da.Array, settings: SnowballSettings) -> da.Array:
     """
     nints, ngroups, ny, nx = gdq.shape
     bits = (gdq & np.uint8(DQ.SATURATED | DQ.JUMP_DET)).rechunk((1, 1, ny, nx))
-    planes = bits.to_delayed()[:, :, 0, 0]
+    planes = bits.to_delayed(optimize_graph=False)[:, :, 0, 0]
     search = dask.delayed(_search_group, nout=2, pure=True)
     events = []
     for i in range(nints):
@@ -723,14 +724,24 @@ def flag_large_events(gdq: da.Array, settings: SnowballSettings) -> da.Array:
             groups.append(found)
         events.append(groups)
     events = dask.delayed(events, traverse=True)
-    y0, x0 = np.cumsum((0, *gdq.chunks[2])), np.cumsum((0, *gdq.chunks[3]))
-
-    def draw(block, found, block_id=None):
-        i, j = block_id[2], block_id[3]
-        region = (slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
-        return apply_events(block, found, shape=(ny, nx), region=region, persist_groups=settings.persist_groups)
-
+    draw = functools.partial(_draw_snowballs, chunks=gdq.chunks[2:], persist_groups=settings.persist_groups)
     return da.map_blocks(draw, gdq, events, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+
+
+def _region(chunks: tuple, block_id: tuple) -> tuple[slice, slice]:
+    """Where block ``block_id`` (its last two indices) of an array with ``(y, x)`` ``chunks`` lies."""
+    (i, j), (cy, cx) = block_id[-2:], chunks
+    return slice(sum(cy[:i]), sum(cy[:i + 1])), slice(sum(cx[:j]), sum(cx[:j + 1]))
+
+
+def _draw_snowballs(block, found, *, chunks, persist_groups, block_id=None):
+    shape = (sum(chunks[0]), sum(chunks[1]))
+    return apply_events(block, found, shape=shape, region=_region(chunks, block_id), persist_groups=persist_groups)
+
+
+def _draw_showers(data, gdq, gain, pdq, found, *, chunks, settings, block_id=None):
+    shape = (sum(chunks[0]), sum(chunks[1]))
+    return apply_showers(data, gdq, gain, pdq, found, settings=settings, shape=shape, region=_region(chunks, block_id))
 
 
 def shower_settings(params: JumpParameters, group_time: float, nframes: int, nints: int) -> ShowerSettings:
@@ -771,26 +782,19 @@ def flag_showers(data, gdq, gain, rnoise, pdq, settings: ShowerSettings) -> da.A
     kernel = ring_kernel(settings)
     n = kernel.shape[0] // 2
     d4, d2 = {0: 0, 1: 0, 2: n, 3: n}, {0: n, 1: n}
-    halo4 = [da.overlap.overlap(a, depth=d4, boundary="none") for a in (data, gdq)]
-    halo2 = [da.overlap.overlap(a, depth=d2, boundary="none") for a in (gain, rnoise, pdq)]
+    cube = [x for a in (data, gdq) for x in (da.overlap.overlap(a, depth=d4, boundary="none"), "igyx")]
+    pix = [x for a in (gain, rnoise, pdq) for x in (da.overlap.overlap(a, depth=d2, boundary="none"), "yx")]
     emission = da.blockwise(
-        emission_block, "igyx", *halo4[0:1], "igyx", halo4[1], "igyx", halo2[0], "yx", halo2[1], "yx",
-        halo2[2], "yx", first_good.rechunk(-1), "a", enough[None].rechunk(-1), "b",
+        emission_block, "igyx", *cube, *pix, first_good.rechunk(-1), "a", enough[None].rechunk(-1), "b",
         concatenate=True, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8), settings=settings,
         kernel=kernel,
     )
     emission = da.overlap.trim_internal(emission, d4, boundary="none")
-    planes = emission.rechunk((1, 1, ny, nx)).to_delayed()[:, :, 0, 0]
+    planes = emission.rechunk((1, 1, ny, nx)).to_delayed(optimize_graph=False)[:, :, 0, 0]
     find = dask.delayed(plane_showers, pure=True)
     showers = dask.delayed([[()] + [find(planes[i, g], settings) for g in range(1, ngroups)]
                             for i in range(nints)], traverse=True)
-    y0, x0 = np.cumsum((0, *gdq.chunks[2])), np.cumsum((0, *gdq.chunks[3]))
-
-    def draw(d, q, g, p, found, block_id=None):
-        i, j = block_id[2], block_id[3]
-        region = (slice(int(y0[i]), int(y0[i + 1])), slice(int(x0[j]), int(x0[j + 1])))
-        return apply_showers(d, q, g, p, found, settings=settings, shape=(ny, nx), region=region)
-
+    draw = functools.partial(_draw_showers, chunks=gdq.chunks[2:], settings=settings)
     return da.map_blocks(draw, data, gdq, gain, pdq, showers, dtype=np.uint8,
                          meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
 

@@ -329,3 +329,13 @@ def test_bad_shower_parameters(name, value):
     with pytest.raises(ValueError, match=name) as err:
         JumpParameters(**{name: value})
     assert "\n" not in str(err.value)
+
+
+def test_parity_snowballs_and_showers_on_chunks_smaller_than_the_halo():
+    # 10 x 3 chunks: narrower than the shower smoothing's halo (4 px), which dask's overlap then
+    # takes from several neighbours
+    r, _ = calibrated_ramps((2, 6, 30, 32), seed=31, showers=2, snowballs=2, cr_probability=5e-4)
+    kw = {**ON, **SHOWERS, "edge_size": 5}
+    expect = _stcal(r, **kw)
+    assert int((expect[0] != _stcal(r, **ON, edge_size=5)[0]).sum()) > 200  # showers flagged too
+    _assert_parity(r, expect, (10, 3), **kw)
