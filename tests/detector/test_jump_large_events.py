@@ -204,7 +204,8 @@ def test_command_line_and_recipe_options():
                                       "--max-extended-radius", "50", "--sat-required-snowball", "false"])
     assert (args.expand_large_events, args.edge_size, args.sat_expand, args.snowball_time_masked_next_int,
             args.max_extended_radius, args.sat_required_snowball) == (True, 5, 3, 100.0, 50, False)
-    assert build_parser().parse_args(["simulate", "ramps.zarr", "--snowballs", "4"]).snowballs == 4
+    sim = build_parser().parse_args(["simulate", "ramps.zarr", "--snowballs", "4", "--showers", "2"])
+    assert (sim.snowballs, sim.showers) == (4, 2)
     recipe = load_recipe(Path(daskcal.__file__).parent / "graphs" / "detector1.toml")
     jump = recipe["steps"]["jump"]
     assert jump["expand_large_events"] is False and jump["min_jump_area"] == 5.0 and jump["edge_size"] == 25
