@@ -86,8 +86,9 @@ class SnowballSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Region:
-    """A region's equivalent ellipse: centre ``(x, y)`` (pixels), full axes ``(a0, a1)``
-    (minor, major; pixels), and ``angle`` (degrees) as skimage's orientation."""
+    """A region's equivalent ellipse: centroid ``(x, y)`` (pixels); ``a0``, ``a1`` the minor and
+    major axis lengths of the ellipse of the same second moments, each less one pixel (as stcal
+    uses them: a one-pixel-wide line has ``a0 = -1``); ``angle`` skimage's orientation in degrees."""
 
     x: float
     y: float
@@ -95,16 +96,20 @@ class Region:
     a1: float
     angle: float
 
-    def contains(self, x: float, y: float) -> bool:
-        """Whether ``(x, y)`` lies inside (or on) the ellipse."""
-        # numpy's trigonometry in float64, as stcal: the test is exact at the boundary too
+    def contains_any(self, xs: np.ndarray, ys: np.ndarray) -> bool:
+        """Whether any of the points ``(xs, ys)`` lies inside (or on) the ellipse."""
+        if xs.size == 0:
+            return False
+        # the trigonometry once, in numpy float64 as stcal; the rest elementwise (the same IEEE
+        # operations as stcal's point by point, so the test is exact at the boundary too)
         t = np.radians(180.0 - self.angle)
-        dx, dy = x - self.x, y - self.y
-        u = dx * np.cos(t) - dy * np.sin(t)
-        v = dx * np.sin(t) + dy * np.cos(t)
+        cos, sin = np.cos(t), np.sin(t)
+        dx, dy = xs - self.x, ys - self.y
+        u = dx * cos - dy * sin
+        v = dx * sin + dy * cos
         major, minor = np.float64(max(self.a0, self.a1)) * 0.5, np.float64(min(self.a0, self.a1)) * 0.5
         with np.errstate(divide="ignore", invalid="ignore"):  # a one-pixel-wide region has a zero axis
-            return bool(u**2 / major**2 + v**2 / minor**2 <= 1)
+            return bool((u**2 / major**2 + v**2 / minor**2 <= 1).any())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,12 +235,9 @@ def group_events(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray | None, satu
     next_cores = []
     if nxt is not None and not last:
         next_cores = regions((((nxt & _SAT) != 0) | saturated) & ~sat_cur, settings.min_sat_area)
-    snowballs = [
-        r for r in jumps
-        if _near_edge(r, settings.edge_size, ny)
-        or any(r.contains(c.x, c.y) for c in cores)
-        or any(r.contains(c.x, c.y) for c in next_cores)
-    ]
+    cx = np.array([c.x for c in cores + next_cores], dtype=np.float64)
+    cy = np.array([c.y for c in cores + next_cores], dtype=np.float64)
+    snowballs = [r for r in jumps if _near_edge(r, settings.edge_size, ny) or r.contains_any(cx, cy)]
     saturate, persist = [], []
     for c in cores:
         if min(c.a0, c.a1) > settings.min_sat_radius_extend:
