@@ -142,9 +142,13 @@ class Disk:
 
     def mask(self, shape: tuple[int, int], region: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
         """Rows and columns of the disk's pixels inside ``region`` (of a detector of ``shape``),
-        relative to the region's corner."""
-        rows, cols = self.pixels(shape)
+        relative to the region's corner (nothing is drawn for a disk that cannot reach the region)."""
         ys, xs = region
+        reach = max(abs(self.ry), abs(self.rx))  # no pixel lies farther from the centre
+        if (self.yc + reach < ys.start or self.yc - reach >= ys.stop
+                or self.xc + reach < xs.start or self.xc - reach >= xs.stop):
+            return np.empty(0, np.intp), np.empty(0, np.intp)
+        rows, cols = self.pixels(shape)
         keep = (rows >= ys.start) & (rows < ys.stop) & (cols >= xs.start) & (cols < xs.stop)
         return rows[keep] - ys.start, cols[keep] - xs.start
 

@@ -340,3 +340,22 @@ def test_parity_snowballs_and_showers_on_chunks_smaller_than_the_halo():
     expect = _stcal(r, **kw)
     assert int((expect[0] != _stcal(r, **ON, edge_size=5)[0]).sum()) > 200  # showers flagged too
     _assert_parity(r, expect, (10, 3), **kw)
+
+
+def test_disks_drawn_by_tiles_equal_the_whole():
+    # what every chunk draws of an ellipse (skipping those that cannot reach it) tiles the whole
+    from daskcal.detector._jump_large import Disk
+
+    rng = np.random.default_rng(0)
+    shape = (37, 41)
+    for _ in range(200):
+        d = Disk(int(rng.integers(-3, 40)), int(rng.integers(-3, 44)), int(rng.integers(-2, 15)),
+                 int(rng.integers(-2, 15)), float(rng.uniform(-180, 180)))
+        whole = np.zeros(shape, bool)
+        whole[d.pixels(shape)] = True
+        tiled = np.zeros(shape, bool)
+        for y0, y1 in ((0, 5), (5, 6), (6, 30), (30, 37)):
+            for x0, x1 in ((0, 17), (17, 40), (40, 41)):
+                region = (slice(y0, y1), slice(x0, x1))
+                tiled[region][d.mask(shape, region)] = True
+        np.testing.assert_array_equal(tiled, whole, err_msg=str(d))
