@@ -32,7 +32,6 @@ planes of one byte per pixel and every chunk draws the ellipses that touch it
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 
@@ -41,7 +40,6 @@ from daskcal.dq import DQ
 
 __all__ = ["ShowerSettings", "apply_showers", "emission_block", "plane_showers", "ring_kernel"]
 
-log = logging.getLogger(__name__)
 
 _SAT, _JUMP, _DNU = int(DQ.SATURATED), int(DQ.JUMP_DET), int(DQ.DO_NOT_USE)
 _REF = int(DQ.REFERENCE_PIXEL)
@@ -97,9 +95,8 @@ def ring_kernel(settings: ShowerSettings) -> np.ndarray:
     return Ring2DKernel(settings.inner_radius, settings.outer_radius).array
 
 
-def _nan_median(a: np.ndarray, axis) -> np.ndarray:
-    """``np.nanmedian`` over ``axis`` (leading axes), NaN where nothing is finite, without its warning."""
-    lead = a.ndim - 2 if isinstance(axis, tuple) else 1
+def _nan_median(a: np.ndarray, lead: int) -> np.ndarray:
+    """``np.nanmedian`` over the ``lead`` leading axes, NaN where nothing is finite, without its warning."""
     flat = a.reshape(int(np.prod(a.shape[:lead])), -1)
     some = np.isfinite(flat).any(axis=0)
     out = np.full(flat.shape[1], np.nan, dtype=a.dtype)
@@ -189,7 +186,7 @@ def emission_block(data, gdq, gain, rnoise, pdq, first_good, enough, *, settings
     if settings.sigclip:
         median, sigma = _clipped_stats(diffs)
     else:
-        median = _nan_median(diffs, axis=(0, 1))[None]
+        median = _nan_median(diffs, lead=2)[None]  # of all the pixel's differences
         rn = rnoise * gain
         sigma = np.sqrt(np.abs(median) + rn**2 / settings.nframes)
     masked = ((gdq | pdq) & (_JUMP | _SAT | _DNU)) != 0
