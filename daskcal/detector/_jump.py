@@ -615,8 +615,9 @@ def detect_jumps(
     shape depends on its whole jump region, which has no size limit, so no halo
     can make chunks decide it exactly: the search runs detector-wide, one task per
     (integration, group) in group order on the whole 2-D plane of that group's
-    SATURATED and JUMP_DET bits (one byte per pixel; with the plane before and after
-    and the cores saturated so far, about 4 planes per task), and returns only the
+    SATURATED and JUMP_DET bits (one byte per pixel; with the plane before and after,
+    the cores saturated so far and scikit-image's label images, about 80 MiB per
+    task for 2048 x 2048), and returns only the
     ellipses to flag, which every chunk then draws into its own group DQ. The
     flags are those of the search on the whole detector whatever the chunking;
     the jump-flagged group DQ of every chunk (one byte per sample) is held until
