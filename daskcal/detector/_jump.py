@@ -629,7 +629,8 @@ def detect_jumps(
     kernel's half-width), the extended emission's regions are found on whole
     group planes (one byte per pixel), and every chunk draws the showers'
     ellipses and restores the flags of pixels whose mean rate they change too
-    much. The smoothing is an FFT convolution, as in stcal, on the chunk instead
+    much. That last test needs the ramps again, so every chunk's ramps (4 bytes
+    per sample, float32) and group DQ are held until the region search ends. The smoothing is an FFT convolution, as in stcal, on the chunk instead
     of the whole plane: values differ in the last bits, which changes a flag only
     where a smoothed ratio lies within ~1e-12 of ``extend_snr_threshold``.
     """
