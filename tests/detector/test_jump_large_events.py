@@ -189,6 +189,10 @@ def test_detector1_with_snowballs_equals_its_steps(caplog):
         for v in b.data_vars:
             np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=f"{name}.{v}")
     assert (fused.rate["dq"].values != plain.rate["dq"].compute().values).any()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="daskcal.detector._pipeline"):
+        detector1(sim.ramps, chunks=(11, 13), find_showers=True)  # graph only
+    assert "separate graphs" in caplog.text
 
 
 def test_command_line_and_recipe_options():
