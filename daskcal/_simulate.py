@@ -5,7 +5,8 @@ sources arrive as a Poisson process frame by frame, every frame is read with rea
 noise, ``nframes`` frames are averaged into a group and ``groupgap`` frames are
 dropped between groups, the bias (superbias) is added, charge stops accumulating
 at full well (so bright sources saturate), cosmic rays add a step to every later
-frame, and the values are digitised to whole DN and clipped to the 16-bit A/D
+frame (snowballs, if asked for: a core that saturates at once and a halo of
+smaller steps around it), and the values are digitised to whole DN and clipped to the 16-bit A/D
 range. A few dead and hot pixels are marked in ``pixeldq`` as a mask reference
 file would.
 """
@@ -37,7 +38,11 @@ class Simulation:
         group, y, x)`` True at the group whose difference from the previous group
         holds an injected cosmic ray; ``jump_dn`` the same positions' amplitudes
         in DN; ``dead`` and ``hot`` pixel masks; ``saturates(integration, y, x)``
-        True where full well is reached within the integration.
+        True where full well is reached within the integration. With ``snowballs``:
+        ``snowball(integration, group, y, x)`` True on each injected snowball's
+        footprint (core and halo, also in ``jumps``) at the group it hit, and
+        ``snowball_core`` on its core alone. With ``showers``: ``shower(integration,
+        group, y, x)`` True on each shower's disk at its group (not in ``jumps``).
     """
 
     ramps: xr.Dataset
@@ -62,6 +67,10 @@ def simulate(
     cr_probability: float = 1e-3,
     cr_dn: tuple[float, float] = (30.0, 3000.0),
     bad_pixel_fraction: float = 1e-4,
+    snowballs: int = 0,
+    snowball_radius: tuple[float, float] = (3.0, 6.0),
+    showers: int = 0,
+    shower_dn: float = 30.0,
     chunks: tuple[int, int] | None = None,
 ) -> Simulation:
     """Simulate one up-the-ramp exposure.
@@ -99,6 +108,22 @@ def simulate(
         Range of cosmic-ray amplitudes in DN (log-uniform).
     bad_pixel_fraction : float, default 1e-4
         Fraction of dead and (the same number of) hot pixels.
+    snowballs : int, default 0
+        Snowballs per integration (large cosmic-ray events of NIR detectors), each at
+        a random pixel and group >= 1: a disk of radius drawn from ``snowball_radius``
+        whose pixels receive a full well's worth of charge (the core saturates in that
+        group), inside a halo twice as wide whose step falls exponentially from
+        1500 DN at the core's edge to 15 DN at its own (its outer part is below what
+        the two-point method finds in one pixel, as in real snowballs). Drawn from a
+        generator of their own, so the rest of the exposure is the same as without them.
+    snowball_radius : (float, float), default (3, 6)
+        Range (pixels, uniform) of the cores' radii.
+    showers : int, default 0
+        Showers per integration (faint extended events of MIRI), each a disk of radius 6 to
+        12 pixels at a random place and group >= 1 whose pixels all step by ``shower_dn``:
+        too faint for the two-point method in one pixel. Their own generator, as snowballs.
+    shower_dn : float, default 30
+        Step of a shower's pixels in DN.
     chunks : (int, int), optional
         Return dask arrays chunked in pixels with these (y, x) chunk sizes.
 
@@ -109,6 +134,16 @@ def simulate(
     nints, ngroups, ny, nx = (int(n) for n in shape)
     if min(nints, ngroups, ny, nx) < 1:
         msg = f"shape must be four positive sizes (nints, ngroups, ny, nx); got {shape}"
+        raise ValueError(msg)
+    if not isinstance(snowballs, (int, np.integer)) or isinstance(snowballs, bool) or snowballs < 0:
+        msg = f"snowballs must be an integer >= 0 (per integration); got {snowballs!r}"
+        raise ValueError(msg)
+    if not isinstance(showers, (int, np.integer)) or isinstance(showers, bool) or showers < 0:
+        msg = f"showers must be an integer >= 0 (per integration); got {showers!r}"
+        raise ValueError(msg)
+    lo, hi = (float(r) for r in snowball_radius)
+    if not 0 < lo <= hi:
+        msg = f"snowball_radius must be (min, max) pixels with 0 < min <= max; got {snowball_radius!r}"
         raise ValueError(msg)
     rng = np.random.default_rng(seed)
     npix = ny * nx
@@ -143,6 +178,8 @@ def simulate(
     jump_dn = np.zeros((nints, ngroups, ny, nx), np.float32)
     saturates = np.zeros((nints, ny, nx), bool)
     electrons_per_frame = rate * gain_map * frame_time
+    hits, snowball, core = _snowballs((nints, ngroups, ny, nx), seed, snowballs, (lo, hi), full_well_dn)
+    faint, shower = _showers((nints, ngroups, ny, nx), seed, showers, float(shower_dn))
     for i in range(nints):
         charge = np.zeros((ny, nx))  # accumulated DN above bias, noiseless of reads
         cr_total = np.zeros((ny, nx))
@@ -154,6 +191,13 @@ def simulate(
                 cr_total[hit] += amp
                 jumps[i, g][hit] = True
                 jump_dn[i, g][hit] = amp
+                if snowballs:
+                    step = hits[i, g]
+                    cr_total += step
+                    jumps[i, g] |= step > 0
+                    jump_dn[i, g] += step
+                if showers:
+                    cr_total += faint[i, g]
             acc = np.zeros((ny, nx))
             for _ in range(nframes):
                 charge += rng.poisson(electrons_per_frame) / gain_map
@@ -200,7 +244,38 @@ def simulate(
             "saturates": (("integration", "y", "x"), saturates),
         }
     )
+    if snowballs:
+        truth["snowball"] = (("integration", "group", "y", "x"), snowball)
+        truth["snowball_core"] = (("integration", "group", "y", "x"), core)
+    if showers:
+        truth["shower"] = (("integration", "group", "y", "x"), shower)
     return Simulation(ramps=ramps, truth=truth)
+
+
+def _snowballs(shape, seed: int, n: int, radius: tuple[float, float], full_well_dn: np.ndarray):
+    """Steps (DN) of ``n`` snowballs per integration at their (integration, group), with their
+    footprints and cores (bool), from a generator of their own."""
+    nints, ngroups, ny, nx = shape
+    if n == 0 or ngroups < 2:
+        return None, None, None
+    rng = np.random.default_rng([seed, 0x5B])  # not the exposure's generator
+    steps = np.zeros(shape, np.float64)
+    footprint = np.zeros(shape, bool)
+    core = np.zeros(shape, bool)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    for i in range(nints):
+        for _ in range(n):
+            g = int(rng.integers(1, ngroups))
+            y0, x0 = rng.uniform(0, ny), rng.uniform(0, nx)
+            r_core = rng.uniform(*radius)
+            r = np.hypot(yy - y0, xx - x0)
+            inner = r <= r_core
+            halo = (r > r_core) & (r <= 2 * r_core)
+            steps[i, g][inner] += 2 * full_well_dn[inner]
+            steps[i, g][halo] += 1500.0 * 0.01 ** ((r[halo] - r_core) / r_core)  # 1500 DN to 15 DN
+            footprint[i, g] |= inner | halo
+            core[i, g] |= inner
+    return steps, footprint, core
 
 
 def _sources(rng: np.random.Generator, ny: int, nx: int, n: int | None, peak_max: float) -> np.ndarray:
@@ -220,3 +295,22 @@ def _sources(rng: np.random.Generator, ny: int, nx: int, n: int | None, peak_max
         yy, xx = np.mgrid[y1:y2, x1:x2]
         img[y1:y2, x1:x2] += p * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * sigma**2))
     return img
+
+
+def _showers(shape, seed: int, n: int, dn: float):
+    """Steps (DN) of ``n`` faint disks per integration at their (integration, group), and their
+    footprints, from a generator of their own."""
+    nints, ngroups, ny, nx = shape
+    if n == 0 or ngroups < 2:
+        return None, None
+    rng = np.random.default_rng([seed, 0x5E])  # not the exposure's generator
+    steps = np.zeros(shape, np.float64)
+    footprint = np.zeros(shape, bool)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    for i in range(nints):
+        for _ in range(n):
+            g = int(rng.integers(1, ngroups))
+            disk = np.hypot(yy - rng.uniform(0, ny), xx - rng.uniform(0, nx)) <= rng.uniform(6.0, 12.0)
+            steps[i, g][disk] += dn
+            footprint[i, g] |= disk
+    return steps, footprint

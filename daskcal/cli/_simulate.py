@@ -22,6 +22,10 @@ def register(sub) -> None:
     p.add_argument("--chunks", type=int, nargs=2, default=None, metavar=("CY", "CX"),
                    help="(y, x) pixels per chunk (default: sized by the cube, 512 1024 for 10 groups of 2048x2048)")
     p.add_argument("--group-time", type=float, default=10.737, help="time between groups, s (default 10.737)")
+    p.add_argument("--snowballs", type=int, default=0, metavar="N",
+                   help="inject N snowballs per integration (saturated core, fading jump halo; default 0)")
+    p.add_argument("--showers", type=int, default=0, metavar="N",
+                   help="inject N showers per integration (faint 30 DN disks of radius 6-12 px; default 0)")
     p.add_argument("--fits", action="store_true", help="also write a JWST-style _uncal.fits and reference FITS images")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_main)
@@ -37,7 +41,7 @@ def _main(args: argparse.Namespace) -> int:
 
     shape = tuple(args.shape)
     sim = simulate(shape, seed=args.seed, group_time=args.group_time, frame_time=args.group_time,
-                   chunks=chunk_option(args.chunks) or default_chunk_yx(shape))
+                   snowballs=args.snowballs, showers=args.showers, chunks=chunk_option(args.chunks) or default_chunk_yx(shape))
     out = Path(args.output)
     save_dataset(sim.ramps, out, overwrite=args.overwrite)
     truth = out.with_name(out.name.removesuffix(".zarr") + "_truth.zarr")

@@ -16,6 +16,7 @@ import xarray as xr
 
 from daskcal._params import param
 from daskcal.detector._common import check_reference_values, pixel_chunked, pixeldq_dtype, validate_ramps
+from daskcal.detector._jump_events import flag_large_events, flag_showers, shower_settings, snowball_settings
 from daskcal.detector._jump_sigclip import clear_full_planes, full_planes, sigclip_jumps
 from daskcal.detector._kernels_jump import (
     after_jump_flags,
@@ -27,8 +28,8 @@ from daskcal.detector._kernels_jump import (
 from daskcal.dq import DQ
 
 __all__ = [
-    "JumpMethod", "JumpParameters", "detect_jumps", "gain_pixeldq", "jump_block", "jump_block_arguments", "jump_mode",
-    "primary_block", "secondary_block",
+    "JumpMethod", "JumpParameters", "detect_jumps", "gain_pixeldq", "jump_block", "jump_block_arguments",
+    "jump_mode", "primary_block", "secondary_block",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,48 @@ class JumpParameters:
     min_diffs_single_pass : int, default 10
         Usable differences per integration from which the two-point method flags
         every outlier in one pass instead of iterating.
+    expand_large_events : bool, default False
+        Flag snowballs (NIR large events, see :mod:`daskcal.detector._jump_large`).
+    min_jump_area : float, default 5.0
+        Smallest region of jumps (pixels, holes filled) that can be a snowball.
+    min_sat_area : float, default 1.0
+        Smallest region of newly saturated pixels that counts as a snowball's core.
+    expand_factor : float, default 2.0
+        A snowball's ellipse is flagged with its minor axis times this (the major
+        axis longer by as many pixels).
+    use_ellipses : bool, default False
+        Deprecated in stcal and JWST; no effect.
+    sat_required_snowball : bool, default True
+        A snowball needs a saturated core inside its ellipse (except near the edge);
+        False: every large jump region is one, and no core is extended.
+    min_sat_radius_extend : float, default 2.5
+        Cores whose minor axis (pixels, full length) exceeds this are extended.
+    sat_expand : int, default 2
+        Pixels added to the radius of an extended core.
+    edge_size : int, default 25
+        Within this many pixels of the edge no saturated core is required.
+    mask_snowball_core_next_int : bool, default True
+        Flag the cores of an integration's snowballs as jumps in the next integration.
+    snowball_time_masked_next_int : float, default 4000
+        Seconds of the next integration (whole groups) in which they are flagged.
+    max_extended_radius : int, default 200
+        Largest radius (pixels) of any extended core or flagged snowball or shower ellipse.
+    find_showers : bool, default False
+        Flag showers (MIRI large events, see :mod:`daskcal.detector._jump_showers`).
+    extend_snr_threshold : float, default 1.2
+        Smoothed signal-to-noise ratio above which a pixel is extended emission.
+    extend_min_area : int, default 90
+        Smallest region of extended emission (pixels) that is a shower.
+    extend_inner_radius : float, default 1.0
+        Inner radius of the ring kernel (astropy's ``Ring2DKernel``), pixels.
+    extend_outer_radius : float, default 2.6
+        Its second argument (astropy's ring width), pixels.
+    extend_ellipse_expand_ratio : float, default 1.1
+        A shower's ellipse is flagged with its minor axis times this.
+    time_masked_after_shower : float, default 15
+        Seconds after a shower (whole groups) also flagged.
+    max_shower_amplitude : float, default 4
+        Largest change of a pixel's mean rate the shower flags may make (DN/s).
     """
 
     rejection_threshold: float = param(4.0, "two-point difference threshold, 5 or more groups", "sigma")
@@ -98,6 +141,37 @@ class JumpParameters:
                                 "(false: all differences of a pixel)")
     min_diffs_single_pass: int = param(MIN_DIFFS_SINGLE_PASS, "usable differences per integration from which "
                                        "the two-point method flags every outlier in one pass")
+    expand_large_events: bool = param(False, "flag snowballs (NIR large events): a jump region around a newly "
+                                      "saturated core, enlarged", section="snowballs (large events)")
+    min_jump_area: float = param(5.0, "smallest jump region (holes filled) that can be a snowball", "px")
+    min_sat_area: float = param(1.0, "smallest newly saturated region that is a snowball core", "px")
+    expand_factor: float = param(2.0, "a snowball's ellipse is flagged with its minor axis times this (the "
+                                 "major axis longer by as many pixels)")
+    use_ellipses: bool = param(False, "deprecated in stcal and JWST: no effect")
+    sat_required_snowball: bool = param(True, "a snowball needs a saturated core inside its ellipse (except "
+                                        "within edge_size of the edge)")
+    min_sat_radius_extend: float = param(2.5, "cores whose minor axis (full length) exceeds this are extended",
+                                         "px")
+    sat_expand: int = param(2, "pixels added to the radius of an extended core", "px")
+    edge_size: int = param(25, "distance from the edge within which no saturated core is required", "px")
+    mask_snowball_core_next_int: bool = param(True, "flag snowball cores as jumps in the next integration")
+    snowball_time_masked_next_int: float = param(4000.0, "time of the next integration in which they are "
+                                                 "flagged (whole groups)", "s")
+    max_extended_radius: int = param(200, "largest radius of an extended core or flagged snowball or shower",
+                                     "px")
+    find_showers: bool = param(False, "flag showers (MIRI large events): faint extended emission found by "
+                               "smoothing each group's signal-to-noise ratios", section="showers (large events)")
+    extend_snr_threshold: float = param(1.2, "smoothed signal-to-noise ratio above which a pixel is extended "
+                                        "emission")
+    extend_min_area: int = param(90, "smallest region of extended emission that is a shower", "px")
+    extend_inner_radius: float = param(1.0, "inner radius of the ring kernel", "px")
+    extend_outer_radius: float = param(2.6, "second argument of the ring kernel (astropy's Ring2DKernel: its "
+                                       "width)", "px")
+    extend_ellipse_expand_ratio: float = param(1.1, "a shower's ellipse is flagged with its minor axis times "
+                                               "this (the major axis longer by as many pixels)")
+    time_masked_after_shower: float = param(15.0, "time after a shower also flagged (whole groups)", "s")
+    max_shower_amplitude: float = param(4.0, "largest change of a pixel's mean rate the shower flags may make "
+                                        "(else its flags are restored)", "DN/s")
 
     def __post_init__(self):
         for name in ("rejection_threshold", "three_group_rejection_threshold", "four_group_rejection_threshold"):
@@ -116,7 +190,19 @@ class JumpParameters:
             if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 1:
                 msg = f"{name} must be an integer >= 1; got {value!r}"
                 raise ValueError(msg)
-        for name in ("flag_4_neighbors", "only_use_ints"):
+        for name in ("min_jump_area", "min_sat_area", "min_sat_radius_extend", "snowball_time_masked_next_int"):
+            _check_number(name, getattr(self, name), positive=False)
+        for name in ("extend_snr_threshold", "extend_inner_radius", "time_masked_after_shower",
+                     "max_shower_amplitude"):
+            _check_number(name, getattr(self, name), positive=False)
+        for name in ("expand_factor", "extend_outer_radius", "extend_ellipse_expand_ratio"):
+            _check_number(name, getattr(self, name), positive=True)
+        for name, low in (("sat_expand", 0), ("edge_size", 0), ("max_extended_radius", 1), ("extend_min_area", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < low:
+                msg = f"{name} must be an integer >= {low}; got {value!r}"
+                raise ValueError(msg)
+        for name in ("flag_4_neighbors", "only_use_ints", *_LARGE_EVENT_BOOLS):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 msg = f"{name} must be True or False; got {getattr(self, name)!r}"
                 raise ValueError(msg)
@@ -126,6 +212,11 @@ class JumpParameters:
                 f"{self.max_jump_to_flag_neighbors!r} <= {self.min_jump_to_flag_neighbors!r}"
             )
             raise ValueError(msg)
+
+
+#: The true/false parameters of large-event flagging.
+_LARGE_EVENT_BOOLS = ("expand_large_events", "use_ellipses", "sat_required_snowball", "mask_snowball_core_next_int",
+                      "find_showers")
 
 
 def _check_number(name: str, value, *, positive: bool) -> None:
@@ -371,6 +462,26 @@ def detect_jumps(
     minimum_sigclip_groups: int = 100,
     only_use_ints: bool = True,
     min_diffs_single_pass: int = 10,
+    expand_large_events: bool = False,
+    min_jump_area: float = 5.0,
+    min_sat_area: float = 1.0,
+    expand_factor: float = 2.0,
+    use_ellipses: bool = False,
+    sat_required_snowball: bool = True,
+    min_sat_radius_extend: float = 2.5,
+    sat_expand: int = 2,
+    edge_size: int = 25,
+    mask_snowball_core_next_int: bool = True,
+    snowball_time_masked_next_int: float = 4000.0,
+    max_extended_radius: int = 200,
+    find_showers: bool = False,
+    extend_snr_threshold: float = 1.2,
+    extend_min_area: int = 90,
+    extend_inner_radius: float = 1.0,
+    extend_outer_radius: float = 2.6,
+    extend_ellipse_expand_ratio: float = 1.1,
+    time_masked_after_shower: float = 15.0,
+    max_shower_amplitude: float = 4.0,
 ) -> xr.Dataset:
     """Flag jumps (cosmic rays) with the two-point difference method or sigma clipping.
 
@@ -428,6 +539,55 @@ def detect_jumps(
     min_diffs_single_pass : int, default 10
         Usable differences per integration from which the two-point method flags
         all outliers in one pass.
+    expand_large_events : bool, default False
+        Flag snowballs after the jumps (see Notes).
+    min_jump_area : float, default 5.0
+        Smallest 8-connected region of jumps (pixels, holes filled) that can be a snowball.
+    min_sat_area : float, default 1.0
+        Smallest region of newly saturated pixels (pixels) that is a snowball's core.
+    expand_factor : float, default 2.0
+        A snowball's ellipse is flagged with its minor axis times this factor, its
+        major axis longer by as many pixels.
+    use_ellipses : bool, default False
+        Deprecated in stcal and the JWST pipeline; no effect (True logs a warning).
+    sat_required_snowball : bool, default True
+        A jump region is a snowball only with a new saturated core (this group or
+        the next) inside its ellipse, or its centre within ``edge_size`` of the edge;
+        False: every large jump region is one, and no core is extended.
+    min_sat_radius_extend : float, default 2.5
+        Cores whose minor axis (pixels, full length) exceeds this are extended by
+        ``sat_expand`` and set SATURATED in the later groups of the integration.
+    sat_expand : int, default 2
+        Pixels added to the radius of an extended core.
+    edge_size : int, default 25
+        Distance (pixels) from the edge within which no core is required.
+    mask_snowball_core_next_int : bool, default True
+        Flag the extended snowballs' cores as jumps in the next integration.
+    snowball_time_masked_next_int : float, default 4000
+        Seconds of the next integration so flagged: groups 1 to
+        ``int(time // group_time) - 1``.
+    max_extended_radius : int, default 200
+        Largest radius (pixels) of an extended core or a flagged snowball or shower ellipse.
+    find_showers : bool, default False
+        Flag showers after the jumps and snowballs (see Notes).
+    extend_snr_threshold : float, default 1.2
+        Smoothed signal-to-noise ratio above which a pixel is extended emission.
+    extend_min_area : int, default 90
+        Smallest 8-connected region of extended emission (pixels, holes filled) that is a shower.
+    extend_inner_radius : float, default 1.0
+        First argument of the ring kernel (astropy's ``Ring2DKernel``), pixels.
+    extend_outer_radius : float, default 2.6
+        Its second argument, pixels (astropy's ring *width*: the ring reaches 3.6 px by default).
+    extend_ellipse_expand_ratio : float, default 1.1
+        A shower's ellipse is flagged with its minor axis times this, its major axis longer
+        by as many pixels.
+    time_masked_after_shower : float, default 15.0
+        Seconds after a shower also flagged: ``int(time // group_time)`` more groups.
+    max_shower_amplitude : float, default 4.0
+        Pixels whose mean difference over an integration the shower flags change by more
+        than this times ``group_time`` (compared with differences in electrons, as stcal
+        does) get their flags back. DN/s. (The JWST jump step hands stcal
+        ``JumpData``'s own default, 6, times the group time, whatever this is.)
 
     Returns
     -------
@@ -449,23 +609,34 @@ def detect_jumps(
     ``groupdq`` that every block depends on. Where sigma clipping may apply, the
     graph has two passes: primary jumps per chunk, a reduction of their group
     planes, then neighbour flags (their primary jumps are held in between).
+
+    With ``expand_large_events``, snowballs are then flagged as stcal 1.20's
+    ``flag_large_events`` does (:mod:`daskcal.detector._jump_large`). A snowball's
+    shape depends on its whole jump region, which has no size limit, so no halo
+    can make chunks decide it exactly: the search runs detector-wide, one task per
+    (integration, group) in group order on the whole 2-D plane of that group's
+    SATURATED and JUMP_DET bits (one byte per pixel; with the plane before and after,
+    the cores saturated so far and scikit-image's label images, about 80 MiB per
+    task for 2048 x 2048), and returns only the
+    ellipses to flag, which every chunk then draws into its own group DQ. The
+    flags are those of the search on the whole detector whatever the chunking;
+    the jump-flagged group DQ of every chunk (one byte per sample) is held until
+    the search ends.
+
+    With ``find_showers``, showers are then flagged as stcal 1.20's
+    ``find_faint_extended`` does (:mod:`daskcal.detector._jump_showers`): per-pixel
+    signal-to-noise ratios are smoothed chunk by chunk (a halo of the ring
+    kernel's half-width), the extended emission's regions are found on whole
+    group planes (one byte per pixel), and every chunk draws the showers'
+    ellipses and restores the flags of pixels whose mean rate they change too
+    much. That last test needs the ramps again, so every chunk's ramps (4 bytes
+    per sample, float32) and group DQ are held until the region search ends. The smoothing is an FFT convolution, as in stcal, on the chunk instead
+    of the whole plane: values differ in the last bits, which changes a flag only
+    where a smoothed ratio lies within ~1e-12 of ``extend_snr_threshold``.
     """
-    params = JumpParameters(
-        rejection_threshold,
-        three_group_rejection_threshold,
-        four_group_rejection_threshold,
-        flag_4_neighbors,
-        max_jump_to_flag_neighbors,
-        min_jump_to_flag_neighbors,
-        after_jump_flag_dn1,
-        after_jump_flag_time1,
-        after_jump_flag_dn2,
-        after_jump_flag_time2,
-        minimum_groups,
-        minimum_sigclip_groups,
-        only_use_ints,
-        min_diffs_single_pass,
-    )
+    given = dict(locals())  # every parameter, by name (first statement: nothing else is local yet)
+    del given["ramps"]
+    params = JumpParameters(**given)
     validate_ramps(ramps, require=("gain", "readnoise"))
     args = jump_block_arguments(params, ramps)
     neighbors = args["neighbors"]
@@ -486,7 +657,14 @@ def detect_jumps(
     else:
         new_gdq = _halo_blocks(jump_block, data, gdq, gain, rnoise, [usable], halo, args)
 
+    if params.expand_large_events:
+        new_gdq = flag_large_events(new_gdq, snowball_settings(params, float(ds.attrs["group_time"])))
+
     new_pdq = gain_pixeldq(pdq, ds["gain"].data)
+    if params.find_showers:
+        settings = shower_settings(params, float(ds.attrs["group_time"]), int(ds.attrs["nframes"]),
+                                   ds.sizes["integration"])
+        new_gdq = flag_showers(data, new_gdq, gain, rnoise, new_pdq, settings)
 
     out = ds.copy()
     out["groupdq"] = (ds["groupdq"].dims, new_gdq, ds["groupdq"].attrs)

@@ -83,7 +83,8 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
         ``four_group_rejection_threshold`` (5.0), ``flag_4_neighbors`` (True),
         ``max_jump_to_flag_neighbors`` (1000), ``min_jump_to_flag_neighbors`` (10),
         ``after_jump_flag_dn1/2`` (0 DN), ``after_jump_flag_time1/2`` (0 s), ``minimum_groups`` (3),
-        ``minimum_sigclip_groups`` (100), ``only_use_ints`` (True), ``min_diffs_single_pass`` (10) (jump),
+        ``minimum_sigclip_groups`` (100), ``only_use_ints`` (True), ``min_diffs_single_pass`` (10),
+        ``expand_large_events`` (False) and the other snowball parameters of :func:`detect_jumps` (jump),
         ``suppress_one_group`` (True) (ramp fit). An unknown name is an error.
 
     Returns
@@ -107,7 +108,9 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     pixels (see :mod:`daskcal.detector._fused`), except where jump detection may
     use sigma clipping (``minimum_sigclip_groups`` integrations, or groups with
     ``only_use_ints=False``), which needs every chunk's primary jumps before any
-    neighbour flags: then the steps run as separate graphs. The result equals running
+    neighbour flags, or where snowballs or showers are flagged (``expand_large_events``,
+    ``find_showers``), which
+    needs whole group planes of jump flags: then the steps run as separate graphs. The result equals running
     :func:`flag_saturation`, :func:`subtract_superbias`, :func:`detect_jumps` and
     :func:`fit_ramps` one after another (:func:`detector1_steps`; its saturation
     step flags NaN and infinite samples as above).
@@ -117,9 +120,14 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     if "superbias" in ramps:
         validate_ramps(ramps, require=("superbias",))
     nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
-    if JumpMethod.of(JumpParameters(**routed["jump"])).may_clip(nints, ngroups):
+    jump = JumpParameters(**routed["jump"])
+    if JumpMethod.of(jump).may_clip(nints, ngroups):
         log.info("jump detection may use sigma clipping (%d integrations of %d groups), which tests whole group "
                  "planes of primary jumps: detector1 runs its steps as separate graphs", nints, ngroups)
+        return detector1_steps(ramps, chunks=chunks, **params)
+    if jump.expand_large_events or jump.find_showers:
+        log.info("snowballs or showers are searched for on whole group planes after jump detection: detector1 "
+                 "runs its steps as separate graphs")
         return detector1_steps(ramps, chunks=chunks, **params)
     return detector1_graph(ramps, routed, chunks)
 

@@ -86,7 +86,7 @@ class _KeepMinimumGroups:
 
 
 def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
-    """``detect_jumps_data`` on copies, set up as the JWST jump step does (no snowballs/showers).
+    """``detect_jumps_data`` on copies, set up as the JWST jump step does (snowballs and showers included).
 
     ``keep_minimum_groups``: honour ``minimum_groups`` (see :class:`_KeepMinimumGroups`).
     """
@@ -124,6 +124,34 @@ def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
         kw.get("minimum_groups", 3), kw.get("minimum_sigclip_groups", 100), kw.get("only_use_ints", True)
     )
     jd.min_diffs_single_pass = kw.get("min_diffs_single_pass", 10)
+    # snowballs, set up as the JWST jump step does (sat_expand and max_extended_radius doubled,
+    # the next-integration time in whole groups)
+    jd.set_snowball_info(
+        kw.get("expand_large_events", False),
+        kw.get("min_jump_area", 5.0),
+        kw.get("min_sat_area", 1.0),
+        kw.get("expand_factor", 2.0),
+        kw.get("sat_required_snowball", True),
+        kw.get("min_sat_radius_extend", 2.5),
+        kw.get("sat_expand", 2) * 2,
+        kw.get("edge_size", 25),
+    )
+    # showers, as the JWST step sets them up (but max_shower_amplitude as documented: DN/s times the
+    # group time; the step hands stcal JumpData's default 6 instead)
+    jd.set_shower_info(
+        kw.get("find_showers", False),
+        kw.get("extend_snr_threshold", 1.2),
+        kw.get("extend_min_area", 90),
+        kw.get("extend_inner_radius", 1.0),
+        kw.get("extend_outer_radius", 2.6),
+        kw.get("extend_ellipse_expand_ratio", 1.1),
+        kw.get("min_diffs_single_pass", 10),
+        kw.get("max_extended_radius", 200) * 2,
+    )
+    jd.grps_masked_after_shower = int(kw.get("time_masked_after_shower", 15.0) // gt)
+    jd.max_shower_amplitude = kw.get("max_shower_amplitude", 4.0) * gt
+    jd.mask_persist_grps_next_int = kw.get("mask_snowball_core_next_int", True)
+    jd.persist_grps_flagged = int(kw.get("snowball_time_masked_next_int", 4000.0) // gt)
     params = stcal_jump.TwoPointParams
     if keep_minimum_groups:
         params = type("TwoPointParamsKeepingMinimumGroups", (_KeepMinimumGroups, params), {})
