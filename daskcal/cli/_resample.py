@@ -159,8 +159,12 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
             t0 = time.perf_counter()
             folder = resume_folder(output)
             journal = ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
-            write_zarr(mosaic, outputs.path(output), progress=not args.no_progress, journal=journal)
+            report: dict = {}
+            write_zarr(mosaic, outputs.path(output), progress=not args.no_progress, journal=journal, report=report)
             elapsed = time.perf_counter() - t0
+            if report.get("kept") or report.get("redone"):
+                print(f"resample: {report['kept']} of {report['chunks']} tiles were written by the earlier run and "
+                      f"verified; {report['chunks'] - report['kept']} computed now")
         if fits:
             import xarray as xr
 

@@ -114,20 +114,21 @@ def _save_resumable(ds, path: Path, *, overwrite: bool) -> Path:
     return path
 
 
-def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool = False, journal=None) -> None:
+def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool = False, journal=None,
+               report: dict | None = None) -> None:
     """``ds.to_zarr(store)`` with the store's root ``zarr.json`` hidden until every chunk is written.
 
     Runs on the default ``distributed.Client`` if there is one (cancelling its tasks if the
     write fails or is interrupted), else on dask's current scheduler. With ``journal``
     (:class:`daskcal.io._journal.ChunkJournal`), each chunk is recorded when written, and a
-    ``store`` that exists is resumed (see :func:`_write_products`).
+    ``store`` that exists is resumed (see :func:`_write_products`, also for ``report``).
     """
 
     from daskcal.io._zarr_read import WRITTEN_ATTR
 
     if journal is not None or any(WRITTEN_ATTR in var.attrs for var in ds.data_vars.values()):
         # a mosaic: the chunks of tiles no input reaches are left unwritten (their planes' fill value)
-        _write_products({"dataset": ds}, {"dataset": store}, progress, journal=journal)
+        _write_products({"dataset": ds}, {"dataset": store}, progress, journal=journal, report=report)
         return
     with naming_path(store):
         # every chunk, even one equal to the fill value: a missing chunk reads as an error (daskcal.io._zarr_read)
@@ -291,14 +292,17 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     return (finals, values) if also else finals
 
 
-def _write_products(products: dict, stores: dict, progress: bool, also: tuple = (), journal=None) -> list:
+def _write_products(products: dict, stores: dict, progress: bool, also: tuple = (), journal=None,
+                    report: dict | None = None) -> list:
     """Write each dataset of ``products`` to the (staging) store ``stores[name]``; see :func:`save_products`.
     Returns the computed values of ``also``.
 
     With ``journal`` (a :class:`daskcal.io._journal.ChunkJournal` whose ``root`` holds the stores), every
     chunk written is recorded there; a store that exists already is resumed: its metadata must be what this
     write would write (else ``ValueError`` naming the file), and its chunks whose records match the disk are
-    not computed again (:meth:`~daskcal.io._journal.ChunkJournal.verified`).
+    not computed again (:meth:`~daskcal.io._journal.ChunkJournal.verified`). ``report`` (a dict) then
+    receives ``kept`` (chunks kept), ``redone`` (files that did not match their record) and ``chunks``
+    (the write tasks that write something, kept ones included).
     """
     import zarr
 
@@ -333,13 +337,28 @@ def _write_products(products: dict, stores: dict, progress: bool, also: tuple = 
         journal.start()
         if done:
             log.info("resume: %d chunks written by an earlier run are verified and kept", len(done))
+        if report is not None:
+            report.update(kept=len(done), redone=redone)
     writes = _chunk_writers(targets, journal, frozenset(done))
+    if report is not None:
+        report["chunks"] = _count_writes(writes) + report.get("kept", 0)
     with naming_path(Path(next(iter(stores.values()))).parent if stores else "."):
         values = compute_writes([*writes, *also], progress=progress)
     for store in stores.values():
         mark_complete(store)
         consolidate(store)
     return list(values[len(writes):])
+
+
+def _count_writes(writes) -> int:
+    """How many of the chunk write tasks of ``writes`` (:func:`_chunk_writers`) write something."""
+    n = 0
+    for w in writes:
+        name = getattr(w, "name", "")
+        if name.startswith("write-chunks-"):
+            n += sum(1 for key, task in w.dask.items() if isinstance(key, tuple) and key[0] == name
+                     and not (isinstance(task, tuple) and task[:1] == (_nothing,)))
+    return n
 
 
 def _check_same_metadata(template, encoding: dict, store: Path) -> None:

@@ -157,8 +157,11 @@ class OutputSet:
                     self._make_parent(parent)
                     remove_stale_partials(parent)
                     self._stages[parent] = _make_stage(parent, [f.name for f in self.finals if f.parent == parent])
-            for final in self.resumable:
-                self._claimed.append(_claim(final, self.resume))
+            for final in self.finals:
+                if final in self.resumable:
+                    self._claimed.append(_claim(final, self.resume))
+                elif os.path.lexists(resume_folder(final)):  # a run that cannot resume it: the partial is stale
+                    _remove_tree(_claim(final, False))
             if self._claimed:
                 self._heartbeat = _Heartbeat([c / RESUME_MARKER for c in self._claimed])
         except BaseException:

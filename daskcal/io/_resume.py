@@ -93,8 +93,11 @@ def dataset_record(ds) -> dict:
     what = {}
     for name, var in ds.variables.items():
         data = var.data
-        what[str(name)] = data.name if hasattr(data, "dask") and hasattr(data, "name") else tokenize(data)
-    what["attributes"] = tokenize(json.dumps(ds.attrs, sort_keys=True, default=str))
+        graph = data.name if hasattr(data, "dask") and hasattr(data, "name") else f"values {tokenize(data)}"
+        what[f"{name} (its graph)"] = graph
+    for name, value in json.loads(json.dumps(ds.attrs, default=str)).items():
+        text = json.dumps(value)  # long values (a WCS as ASDF text) by a token
+        what[f"attrs[{name!r}]"] = value if len(text) <= 200 else f"token {tokenize(text)}"
     return {"command": "save", "input": None, "input_fingerprint": None, "parameters": dict(sorted(what.items())),
             "chunks": None, "daskcal": __version__}
 
@@ -209,7 +212,7 @@ def _difference(recorded: dict, wanted: dict) -> str | None:
         return f"was made by 'daskcal {recorded.get('command')}', not 'daskcal {wanted['command']}'"
     if recorded.get("input") != wanted["input"]:
         return f"was made from {recorded.get('input')}; this run reads {wanted['input']}"
-    then, now = recorded.get("input_fingerprint") or {}, wanted["input_fingerprint"]
+    then, now = recorded.get("input_fingerprint") or {}, wanted["input_fingerprint"] or {}
     if then != now:
         changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
         if isinstance(wanted["input"], list):
