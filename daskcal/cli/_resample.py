@@ -128,7 +128,11 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
         params = _earlier_tile_shape(output, params)
         if params.get("tile_shape") is not None:  # else known once the cluster is up
             record = run_record("resample", read, params, params["tile_shape"])
-            if done_before(products, record):
+            if done_before([output], record):  # (the mosaic's FITS export carries no record)
+                if fits and not fits_path(output).exists():
+                    msg = (f"{output} exists but not {fits_path(output)} (an earlier run without --fits?): resume "
+                           f"needs both or neither; pass --overwrite instead of --resume to redo them")
+                    raise ValueError(msg)
                 print(f"resample: {output} was completed by an earlier run alike; left as it is")
                 return output
             check_partial(output, record)  # refused before any cluster starts

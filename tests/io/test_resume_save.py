@@ -133,3 +133,19 @@ def test_resume_with_nothing_to_continue_starts_afresh_and_a_finished_store_is_k
     assert _calls() == 0 and (path / "zarr.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="was made with attrs\\['kernel'\\]='square'; this run has 'point'"):
         daskcal.save(_mosaic(images, monkeypatch, kernel="point"), path, resume=True)
+
+
+def test_a_save_stopped_between_its_last_chunk_and_its_commit_is_resumed(images, whole, tmp_path, monkeypatch):
+    from daskcal.io._atomic import consolidate
+    from daskcal.io._outputs import mark_complete
+
+    reference, ntiles = whole
+    path = tmp_path / "m.zarr"
+    with pytest.raises(RuntimeError, match="injected failure"), dask.config.set(scheduler="sync"):
+        daskcal.save(_mosaic(images, monkeypatch, fail_at=(0, 32)), path, resume=True)
+    staged = resume_folder(path) / path.name
+    mark_complete(staged)  # as the last steps before the commit do
+    consolidate(staged)
+    daskcal.save(_mosaic(images, monkeypatch), path, resume=True)
+    assert _calls() == ntiles - 7
+    assert _files(path) == _files(reference)
