@@ -58,8 +58,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-resume-"))
-    lines = [f"daskcal resample killed halfway then --resume: {args.n} exposures of {args.shape[0]}x{args.shape[1]}, "
-             f"{args.workers} workers, {os.cpu_count()} cores"]
+    title = (f"daskcal resample killed halfway then --resume: {args.n} exposures of {args.shape[0]}x{args.shape[1]}, "
+             f"{args.workers} workers, {os.cpu_count()} cores")
+    lines = [title]
     try:
         sim = root / "sim"
         subprocess.run([sys.executable, "-m", "daskcal", "simulate-images", "-n", str(args.n), "--shape",

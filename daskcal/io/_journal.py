@@ -110,7 +110,7 @@ class ChunkJournal:
             return done, bad
         root = Path(self.root)
         for entry in sorted(folder.glob("*.json")):
-            tag, _, rest = entry.stem.partition("-")
+            tag = entry.stem.partition("-")[0]
             try:
                 record = json.loads(entry.read_text())
                 files = record["files"]

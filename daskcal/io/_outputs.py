@@ -55,8 +55,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["OutputSet", "RESUME_PREFIX", "RUN_FILE", "STAGE_PREFIX", "WorkDirectory", "mark_complete", "mark_incomplete",
-           "rename_noreplace", "remove_stale_partials", "resume_folder"]
+__all__ = ["RESUME_PREFIX", "RUN_FILE", "STAGE_PREFIX", "OutputSet", "WorkDirectory", "mark_complete", "mark_incomplete",
+           "remove_stale_partials", "rename_noreplace", "resume_folder"]
 
 log = logging.getLogger(__name__)
 
