@@ -327,6 +327,9 @@ def _claim(final: Path, resume: bool) -> Path:
             log.warning("removing %s, the partial %s of a daskcal run that stopped (pass --resume, resume=True, to "
                         "continue such a run instead)", folder, final.name)
             _remove_tree(folder)
+        elif not (folder / RUN_FILE).is_file():
+            log.warning("removing %s: the run that began it stopped before it wrote anything to resume", folder)
+            _remove_tree(folder)
         else:
             taken = folder / f"{RESUME_MARKER}.taken-{uuid.uuid4().hex[:8]}"
             try:
