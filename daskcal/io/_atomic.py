@@ -236,7 +236,7 @@ def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "
 
 def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False,
                   outputs: OutputSet | None = None, inputs: Iterable[str | os.PathLike] = (),
-                  also: tuple = ()) -> dict | tuple[dict, list]:
+                  also: tuple = (), journal=None, report: dict | None = None) -> dict | tuple[dict, list]:
     """Write several datasets as ``out_dir/<name>.zarr`` in one pass, atomically.
 
     The datasets are computed together, so work they share (for example the one
@@ -276,6 +276,11 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     also : sequence of dask collections, optional
         Computed in the same pass as the writes, so work they share with the
         products runs once (e.g. a count of flagged pixels to report).
+    journal : daskcal.io._journal.ChunkJournal, optional
+        With ``outputs``: record each chunk as written, and resume the stores that exist
+        (see :func:`_write_products`, also for ``report``).
+    report : dict, optional
+        Receives what a resume kept and redid.
 
     Returns
     -------
@@ -284,7 +289,8 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     """
     finals = {name: Path(out_dir) / f"{name}.zarr" for name in products}
     if outputs is not None:
-        values = _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress, also)
+        values = _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress, also,
+                                 journal=journal, report=report)
     else:
         with OutputSet(finals.values(), overwrite=overwrite, inputs=inputs) as own:
             values = _write_products(products, {name: own.path(f) for name, f in finals.items()}, progress, also)

@@ -112,12 +112,13 @@ class OutputSet:
 
     def __init__(self, products: Iterable[str | os.PathLike], *, overwrite: bool = False,
                  inputs: Iterable[str | os.PathLike] = (), resumable: Iterable[str | os.PathLike] = (),
-                 resume: bool = False) -> None:
+                 resume: bool = False, resume_as: str | None = None) -> None:
         self.finals = [_norm(p) for p in products]
         self.overwrite = bool(overwrite)
         self.inputs = [_norm(p) for p in inputs]
         self.resumable = [_norm(p) for p in resumable]
         self.resume = bool(resume)
+        self.resume_as = resume_as
         self._stages: dict[Path, Path] = {}
         self._created: list[Path] = []
         self._claimed: list[Path] = []
@@ -125,6 +126,9 @@ class OutputSet:
         self.committed = False
         if any(p not in self.finals for p in self.resumable):
             msg = "a resumable product must be one of the products"
+            raise ValueError(msg)
+        if len({p.parent for p in self.resumable}) > 1 or (resume_as is None and len(self.resumable) > 1):
+            msg = "resumable products share one folder (resume_as names their resume folder)"
             raise ValueError(msg)
         if len(set(self.finals)) != len(self.finals):
             seen = set()
@@ -157,11 +161,11 @@ class OutputSet:
                     self._make_parent(parent)
                     remove_stale_partials(parent)
                     self._stages[parent] = _make_stage(parent, [f.name for f in self.finals if f.parent == parent])
+            if self.resumable:
+                self._claimed.append(_claim(self._resume_folder(), self.resume))
             for final in self.finals:
-                if final in self.resumable:
-                    self._claimed.append(_claim(final, self.resume))
-                elif os.path.lexists(resume_folder(final)):  # a run that cannot resume it: the partial is stale
-                    _remove_tree(_claim(final, False))
+                if final not in self.resumable and os.path.lexists(resume_folder(final)):
+                    _remove_tree(_claim(resume_folder(final), False))  # a run that cannot resume it: stale
             if self._claimed:
                 self._heartbeat = _Heartbeat([c / RESUME_MARKER for c in self._claimed])
         except BaseException:
@@ -191,8 +195,11 @@ class OutputSet:
             msg = f"{str(final)!r} is not one of this run's outputs {[str(f) for f in self.finals]}"
             raise ValueError(msg)
         if final in self.resumable:
-            return resume_folder(final) / final.name
+            return self._resume_folder() / final.name
         return self._stages[final.parent] / final.name
+
+    def _resume_folder(self) -> Path:
+        return resume_folder(self.resumable[0], self.resume_as)
 
     # -- after the run ----------------------------------------------------------------
     def commit(self) -> list[Path]:
@@ -291,10 +298,12 @@ class WorkDirectory:
         return f"<WorkDirectory {self.name}>"
 
 
-def resume_folder(final: str | os.PathLike) -> Path:
-    """The hidden folder beside ``final`` in which a resumable product is written (see :class:`OutputSet`)."""
+def resume_folder(final: str | os.PathLike, name: str | None = None) -> Path:
+    """The hidden folder beside ``final`` in which a resumable product is written (see :class:`OutputSet`):
+    ``.daskcal-resume-<name>``, by default the product's name (several products written together share
+    the folder their ``resume_as`` names)."""
     final = _norm(final)
-    return final.parent / f"{RESUME_PREFIX}{final.name}"
+    return final.parent / f"{RESUME_PREFIX}{name or final.name}"
 
 
 def _owner() -> dict:
@@ -308,9 +317,9 @@ def _write_marker(folder: Path, marker: dict) -> None:
     os.replace(tmp, folder / RESUME_MARKER)
 
 
-def _claim(final: Path, resume: bool) -> Path:
-    """Create, take over (``resume``) or replace the resume folder of ``final``; return it."""
-    folder = resume_folder(final)
+def _claim(folder: Path, resume: bool) -> Path:
+    """Create, take over (``resume``) or replace the resume ``folder``; return it."""
+    final = folder.parent / folder.name.removeprefix(RESUME_PREFIX)  # what it is for, in messages
     if os.path.lexists(folder):
         try:
             marker = json.loads((folder / RESUME_MARKER).read_text())

@@ -163,12 +163,12 @@ def done_before(products: list[Path], record: dict) -> bool:
     return True
 
 
-def partial_record(final: str | os.PathLike) -> dict | None:
+def partial_record(final: str | os.PathLike, name: str | None = None) -> dict | None:
     """The record of the run whose partial product of ``final`` waits to be resumed
-    (:func:`daskcal.io._outputs.resume_folder`), or None if there is none to resume."""
+    (in :func:`daskcal.io._outputs.resume_folder`, of ``name``), or None if there is none to resume."""
     from daskcal.io._outputs import RUN_FILE, resume_folder
 
-    run = resume_folder(final) / RUN_FILE
+    run = resume_folder(final, name) / RUN_FILE
     try:
         return json.loads(run.read_text())
     except FileNotFoundError:
@@ -178,7 +178,7 @@ def partial_record(final: str | os.PathLike) -> dict | None:
         raise ValueError(msg) from exc
 
 
-def check_partial(final: str | os.PathLike, record: dict) -> bool:
+def check_partial(final: str | os.PathLike, record: dict, name: str | None = None) -> bool:
     """Whether a partial product of ``final`` waits to be resumed by this run (``record``): True if one
     was begun by a run recorded alike, False if there is none.
 
@@ -189,13 +189,14 @@ def check_partial(final: str | os.PathLike, record: dict) -> bool:
     """
     from daskcal.io._outputs import resume_folder
 
-    recorded = partial_record(final)
+    recorded = partial_record(final, name)
     if recorded is None:
         return False
     difference = _difference(recorded, record)
     if difference is not None:
-        msg = (f"the partial {Path(final).name} in {resume_folder(final)} {difference}; run without --resume to "
-               f"start over (that removes it)")
+        what = f"the partial {Path(final).name}" if name is None else "the partial products"
+        msg = (f"{what} in {resume_folder(final, name)} {difference}; run without --resume to start over (that "
+               f"removes {'it' if name is None else 'them'})")
         raise ValueError(msg)
     return True
 
