@@ -195,6 +195,8 @@ def check_partial(final: str | os.PathLike, record: dict, name: str | None = Non
     difference = _difference(recorded, record)
     if difference is not None:
         what = f"the partial {Path(final).name}" if name is None else "the partial products"
+        if name is not None:
+            difference = difference.replace("was made", "were made", 1)
         msg = (f"{what} in {resume_folder(final, name)} {difference}; run without --resume to start over (that "
                f"removes {'it' if name is None else 'them'})")
         raise ValueError(msg)
