@@ -71,7 +71,7 @@ def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, comput
         Write so that a save that stops (an error, an interruption, a killed process) can be
         continued: the store is written in a hidden folder beside ``path`` that outlives a failed
         save, each ``(y, x)`` chunk recorded with its checksums when written, and the store
-        records what was saved (:data:`daskcal.io._resume.RUN_ATTR`: the name of each variable's
+        records what was saved (its ``daskcal_run`` attribute: the name of each variable's
         Dask graph, a token of the attributes, daskcal's version). A later ``save(..., resume=True)``
         of the same dataset (the same graph: the same inputs, opened unchanged, and parameters)
         verifies the chunks written, computes only the others and gives the store an
@@ -278,9 +278,11 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
         products runs once (e.g. a count of flagged pixels to report).
     journal : daskcal.io._journal.ChunkJournal, optional
         With ``outputs``: record each chunk as written, and resume the stores that exist
-        (see :func:`_write_products`, also for ``report``).
+        (their metadata must be what this write writes; their chunks whose records match
+        the disk are not computed again).
     report : dict, optional
-        Receives what a resume kept and redid.
+        With ``journal``: receives ``kept`` (chunks kept), ``redone`` (files that did not match
+        their record) and ``chunks`` (write tasks that write something, kept ones included).
 
     Returns
     -------
@@ -288,6 +290,9 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
         Name -> final store path; with ``also``, ``(paths, [their computed values])``.
     """
     finals = {name: Path(out_dir) / f"{name}.zarr" for name in products}
+    if journal is not None and outputs is None:
+        msg = "journal= needs outputs= (an OutputSet whose resumable products hold the stores)"
+        raise ValueError(msg)
     if outputs is not None:
         values = _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress, also,
                                  journal=journal, report=report)
