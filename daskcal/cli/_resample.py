@@ -115,7 +115,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     from daskcal.io._atomic import write_zarr
     from daskcal.io._journal import ChunkJournal
     from daskcal.io._outputs import OutputSet, resume_folder
-    from daskcal.io._resume import RUN_ATTR, check_partial, done_before, run_record
+    from daskcal.io._resume import RUN_ATTR, check_partial, done_before
 
     if resume and overwrite:
         msg = "--resume keeps what an earlier run completed and --overwrite replaces it: give one of them"
@@ -127,7 +127,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     if resume:
         params = _earlier_tile_shape(output, params)
         if params.get("tile_shape") is not None:  # else known once the cluster is up
-            record = run_record("resample", read, params, params["tile_shape"])
+            record = _record(read, params, params["tile_shape"])
             if done_before([output], record):  # (the mosaic's FITS export carries no record)
                 if fits and not fits_path(output).exists():
                     msg = (f"{output} exists but not {fits_path(output)} (an earlier run without --fits?): resume "
@@ -155,7 +155,7 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
             print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
                   f"tiles {mosaic.attrs['tile_shape']}")
             tile_shape = list(mosaic.attrs["tile_shape"])
-            record = run_record("resample", read, {**params, "tile_shape": tile_shape}, tile_shape)
+            record = _record(read, {**params, "tile_shape": tile_shape}, tile_shape)
             if resume and check_partial(output, record):
                 print(f"resample: resuming the partial mosaic in {resume_folder(output)}")
             mosaic.attrs[RUN_ATTR] = record
@@ -182,6 +182,18 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     if fits:
         print(f"fits: {fits_path(output)}")
     return output
+
+
+def _record(read: list, params: dict, tile_shape) -> dict:
+    """The run's record (:func:`daskcal.io._resume.run_record`): its inputs, parameters and the Dask
+    configuration that can change a mosaic's values (the block memory sets how a tile's input region is cut
+    into drizzled blocks: float rounding)."""
+    import dask
+
+    from daskcal.image._resample import BLOCK_CONFIG
+    from daskcal.io._resume import run_record
+
+    return run_record("resample", read, {**params, BLOCK_CONFIG: dask.config.get(BLOCK_CONFIG, None)}, tile_shape)
 
 
 def _earlier_tile_shape(output: Path, params: dict) -> dict:
