@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import json
 import time
 import tomllib
 from pathlib import Path
@@ -80,7 +81,14 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="IN", help="association .json, _cal.fits files or image Zarr stores")
     p.add_argument("output", metavar="OUTDIR", help="output folder (created if missing)")
     p.add_argument("--fits", action="store_true", help="also write <product>_i2d.fits and <exposure>_crf.fits")
-    p.add_argument("--overwrite", action="store_true", help="replace existing products (only those this run writes)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace existing products (only those this run writes)")
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an earlier run of this command that was stopped (killed, failed, out of "
+                          "walltime) into the same OUTDIR: alignment and sky matching run again, the chunks and "
+                          "tiles it wrote are verified and kept, the rest computed; an earlier run with other inputs "
+                          "or parameters is an error")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members given as absolute paths or outside the association's folder")
     p.add_argument("--recipe", default=None, metavar="RECIPE",
@@ -154,15 +162,28 @@ def _main(args: argparse.Namespace) -> int:
         steps.setdefault(step, {}).update(values)
     check_parameters_file(args)
     execute(args.inputs, args.output, steps, args, fits=args.fits, overwrite=args.overwrite,
-            product_name=args.product_name, tempdir=args.tempdir)
+            product_name=args.product_name, tempdir=args.tempdir, resume=args.resume)
     tempdir = str(Path(args.tempdir).resolve()) if args.tempdir else None  # reruns from any folder
     save_parameters(args, "image3", steps, {"product_name": args.product_name, "tempdir": tempdir})
     return 0
 
 
+#: The stores of one image3 run are written in ``OUTDIR/.daskcal-resume-image3/`` (see
+#: :func:`daskcal.io._outputs.resume_folder`) until they are all complete.
+RESUME_AS = "image3"
+
+
 def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite: bool = False,
-            product_name: str | None = None, tempdir=None) -> dict:
-    """Open the inputs, check every product path, connect, run image3 and write the products together."""
+            product_name: str | None = None, tempdir=None, resume: bool = False) -> dict:
+    """Open the inputs, check every product path, connect, run image3 and write the products together.
+
+    The Zarr stores are written together in one hidden folder of the output folder (:data:`RESUME_AS`),
+    every chunk and tile recorded when written, with the record of the run (inputs, every step's
+    parameters, the mosaic's tile shape, version; :mod:`daskcal.io._resume`). A run that stops keeps that
+    folder; ``resume`` runs alignment and sky matching again and continues it (its verified chunks are not
+    computed again) if it was begun by a run recorded alike, and refuses it, naming the first difference,
+    otherwise. Without a resample tile shape given, ``resume`` takes the earlier run's.
+    """
     from daskcal._precompile import precompile
     from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, exposure_name, open_images
@@ -172,8 +193,13 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
         RESAMPLE_COMPILE_SECONDS,
     )
     from daskcal.io._atomic import save_products
-    from daskcal.io._outputs import OutputSet
+    from daskcal.io._journal import ChunkJournal
+    from daskcal.io._outputs import OutputSet, resume_folder
+    from daskcal.io._resume import RUN_ATTR, check_partial, done_before, partial_record
 
+    if resume and overwrite:
+        msg = "--resume keeps what an earlier run completed and --overwrite replaces it: give one of them"
+        raise ValueError(msg)
     steps = check_steps(steps, "image3")
     allow = getattr(args, "allow_outside_asn", False)
     members = expand_inputs(inputs, allow_outside_asn=allow)
@@ -199,8 +225,22 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
     if not skip_resample:
         stores[f"{product}_i2d"] = out / f"{product}_i2d.zarr"
     fits_files = {k: v.with_suffix(".fits") for k, v in stores.items()} if fits else {}
-    outputs = OutputSet([*stores.values(), *fits_files.values()], overwrite=overwrite,
-                        inputs=[*inputs, *members])
+    read = list(dict.fromkeys(str(p) for p in [*inputs, *members]))
+    first = next(iter(stores.values()))
+    if resume and not skip_resample and steps.get("resample", {}).get("tile_shape") is None:
+        earlier = (partial_record(first, RESUME_AS) or {}).get("parameters", {}).get("resample.tile_shape")
+        if earlier is not None:  # the default depends on the workers' memory, which can differ
+            print(f"image3: resample tiles of {earlier[0]}x{earlier[1]} px, as the earlier run's (--resume)")
+            steps = {**steps, "resample": {**steps.get("resample", {}), "tile_shape": list(earlier)}}
+    record = _record(read, steps, product)
+    if resume:
+        if done_before(list(stores.values()), record):  # (some there and others not: an error naming them)
+            print(f"image3: the products in {out} were completed by an earlier run alike; left as they are")
+            return {**stores, **{f"{k}.fits": v for k, v in fits_files.items()}}
+        if check_partial(first, record, RESUME_AS):  # refused before any cluster starts
+            print(f"image3: resuming the partial products in {resume_folder(first, RESUME_AS)}")
+    outputs = OutputSet([*stores.values(), *fits_files.values()], overwrite=overwrite, inputs=read,
+                        resumable=list(stores.values()), resume=resume, resume_as=RESUME_AS)
     outputs.check()
     kwargs = {step: (False if values.get("skip") else _library_kwargs(step, {k: v for k, v in values.items()
                                                                            if k != "skip"}))
@@ -228,8 +268,21 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
                 products = {f"{n}_crf": ds for n, ds in zip(names, result.images)}
                 if result.mosaic is not None:
                     products[f"{product}_i2d"] = result.mosaic
+                    tiles = list(result.mosaic.attrs["tile_shape"])
+                    record = _record(read, {**steps, "resample": {**steps.get("resample", {}), "tile_shape": tiles}},
+                                     product)
+                    if resume:
+                        check_partial(first, record, RESUME_AS)
+                products = {name: ds.assign_attrs({RUN_ATTR: record}) for name, ds in products.items()}
+                folder = resume_folder(first, RESUME_AS)
+                journal = ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
+                report: dict = {}
                 t1 = time.perf_counter()
-                save_products(products, out, progress=not args.no_progress, outputs=outputs)
+                save_products(products, out, progress=not args.no_progress, outputs=outputs, journal=journal,
+                              report=report)
+                if report.get("kept") or report.get("redone"):
+                    print(f"image3: {report['kept']} of {report['chunks']} chunks and tiles were written by the "
+                          f"earlier run and verified; {report['chunks'] - report['kept']} computed now")
                 elapsed = time.perf_counter() - t0
                 steps_s = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
                 print(f"image3: steps {steps_s} (outlier_detection and resample: graph building); "
@@ -244,6 +297,20 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
     for key, store in stores.items():
         print(f"{key}: {store}" + (f" (+ {fits_files[key].name})" if fits else ""))
     return {**stores, **{f"{k}.fits": v for k, v in fits_files.items()}}
+
+
+def _record(read: list, steps: dict, product: str) -> dict:
+    """The run's record (:func:`daskcal.io._resume.run_record`): its inputs, every step's parameters
+    (``step.name``), the product name and the Dask configuration that can change a mosaic's values."""
+    import dask
+
+    from daskcal.image._resample import BLOCK_CONFIG
+    from daskcal.io._resume import run_record
+
+    flat = {f"{step}.{name}": value for step, values in step_defaults().items() for name, value in values.items()}
+    flat.update({f"{step}.{name}": value for step, values in steps.items() for name, value in values.items()})
+    return run_record("image3", read, {**flat, "product_name": product,
+                                       BLOCK_CONFIG: dask.config.get(BLOCK_CONFIG, None)}, None)
 
 
 def _compile_kernels(images, kwargs: dict) -> None:
@@ -286,5 +353,5 @@ def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, arg
     steps = check_steps(steps, "recipe")
     execute(inputs, output, steps, args, fits=getattr(args, "fits", False),
             overwrite=getattr(args, "overwrite", False), product_name=execution.get("product_name"),
-            tempdir=execution.get("tempdir"))
+            tempdir=execution.get("tempdir"), resume=getattr(args, "resume", False))
     return 0

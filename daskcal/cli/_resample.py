@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -37,7 +38,12 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image Zarr stores, _cal.fits files and/or association .json files")
     p.add_argument("-o", "--output", required=True, help="output mosaic Zarr store (written atomically)")
     p.add_argument("--fits", action="store_true", help="also export OUT_i2d.fits (mosaic must fit in memory)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an earlier run of this command that was stopped (killed, failed, out of "
+                          "walltime) into the same OUT: the tiles it completed are verified and kept, the rest "
+                          "computed; an earlier run with other inputs or parameters is an error")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members outside the association's folder (absolute or through ..)")
     p.add_argument("--recipe", default=None, metavar="RECIPE",
@@ -60,7 +66,7 @@ def _main(args: argparse.Namespace) -> int:
 
     params = step_parameters(args, "resample", STEP_DEFAULTS)
     check_parameters_file(args)
-    execute(args.inputs, args.output, params, args, fits=args.fits, overwrite=args.overwrite)
+    execute(args.inputs, args.output, params, args, fits=args.fits, overwrite=args.overwrite, resume=args.resume)
     save_parameters(args, "resample", {"resample": params})
     return 0
 
@@ -86,9 +92,18 @@ def fits_path(output) -> Path:
     return out.with_name(f"{stem}_i2d.fits")
 
 
-def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite: bool = False) -> Path:
+def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite: bool = False,
+            resume: bool = False) -> Path:
     """Open the inputs, connect, build the mosaic graph (validating everything; tiles sized for the workers),
-    run it and write OUT atomically."""
+    run it and write OUT atomically.
+
+    The mosaic is written in its own hidden folder beside OUT (:func:`daskcal.io._outputs.resume_folder`),
+    each tile recorded with its checksums when written (:mod:`daskcal.io._journal`), with the record of the
+    run (:mod:`daskcal.io._resume`: inputs, parameters, tile shape, version). A run that stops keeps that
+    folder; ``resume`` continues it (its verified tiles are not computed again) if it was begun by a run
+    recorded alike, and refuses it, naming the first difference, otherwise. Without a tile shape given,
+    ``resume`` takes the earlier run's. A mosaic an earlier run completed alike is left as it is.
+    """
     from daskcal._precompile import precompile
     from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, open_images
@@ -98,12 +113,30 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
         compile_resample_kernels,
     )
     from daskcal.io._atomic import write_zarr
-    from daskcal.io._outputs import OutputSet
+    from daskcal.io._journal import ChunkJournal
+    from daskcal.io._outputs import OutputSet, resume_folder
+    from daskcal.io._resume import RUN_ATTR, check_partial, done_before
 
+    if resume and overwrite:
+        msg = "--resume keeps what an earlier run completed and --overwrite replaces it: give one of them"
+        raise ValueError(msg)
     output = Path(output)
     members = expand_inputs(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))
-    outputs = OutputSet([output, fits_path(output)] if fits else [output], overwrite=overwrite,
-                        inputs=[*inputs, *members])  # association files and their members
+    read = list(dict.fromkeys(str(p) for p in [*inputs, *members]))  # association files and their members
+    products = [output, fits_path(output)] if fits else [output]
+    if resume:
+        params = _earlier_tile_shape(output, params)
+        if params.get("tile_shape") is not None:  # else known once the cluster is up
+            record = _record(read, params, params["tile_shape"])
+            if done_before([output], record):  # (the mosaic's FITS export carries no record)
+                if fits and not fits_path(output).exists():
+                    msg = (f"{output} exists but not {fits_path(output)} (an earlier run without --fits?): resume "
+                           f"needs both or neither; pass --overwrite instead of --resume to redo them")
+                    raise ValueError(msg)
+                print(f"resample: {output} was completed by an earlier run alike; left as it is")
+                return output
+            check_partial(output, record)  # refused before any cluster starts
+    outputs = OutputSet(products, overwrite=overwrite, inputs=read, resumable=[output], resume=resume)
     outputs.check()
     images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
     mpix = sum(im["data"].size for im in images) / 1e6
@@ -121,10 +154,21 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
                 _check_fits_export(mosaic)
             print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
                   f"tiles {mosaic.attrs['tile_shape']}")
+            tile_shape = list(mosaic.attrs["tile_shape"])
+            record = _record(read, {**params, "tile_shape": tile_shape}, tile_shape)
+            if resume and check_partial(output, record):
+                print(f"resample: resuming the partial mosaic in {resume_folder(output)}")
+            mosaic.attrs[RUN_ATTR] = record
             print(f"dashboard: {client.dashboard_link}", flush=True)
             t0 = time.perf_counter()
-            write_zarr(mosaic, outputs.path(output), progress=not args.no_progress)
+            folder = resume_folder(output)
+            journal = ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
+            report: dict = {}
+            write_zarr(mosaic, outputs.path(output), progress=not args.no_progress, journal=journal, report=report)
             elapsed = time.perf_counter() - t0
+            if report.get("kept") or report.get("redone"):
+                print(f"resample: {report['kept']} of {report['chunks']} tiles were written by the earlier run and "
+                      f"verified; {report['chunks'] - report['kept']} computed now")
         if fits:
             import xarray as xr
 
@@ -138,6 +182,35 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     if fits:
         print(f"fits: {fits_path(output)}")
     return output
+
+
+def _record(read: list, params: dict, tile_shape) -> dict:
+    """The run's record (:func:`daskcal.io._resume.run_record`): its inputs, parameters and the Dask
+    configuration that can change a mosaic's values (the block memory sets how a tile's input region is cut
+    into drizzled blocks: float rounding)."""
+    import dask
+
+    from daskcal.image._resample import BLOCK_CONFIG
+    from daskcal.io._resume import run_record
+
+    return run_record("resample", read, {**params, BLOCK_CONFIG: dask.config.get(BLOCK_CONFIG, None)}, tile_shape)
+
+
+def _earlier_tile_shape(output: Path, params: dict) -> dict:
+    """``params`` with the tile shape of the earlier run that ``--resume`` continues (its partial mosaic, else
+    its finished one) when none is given: the default depends on the workers' memory, which can differ."""
+    from daskcal.io._resume import partial_record, read_record
+
+    if params.get("tile_shape") is not None:
+        return params
+    earlier = partial_record(output)
+    if earlier is None and output.exists():
+        earlier = read_record(output)
+    shape = ((earlier or {}).get("parameters") or {}).get("tile_shape")
+    if shape is None:
+        return params
+    print(f"resample: tiles of {shape[0]}x{shape[1]} px, as the earlier run's (--resume)")
+    return {**params, "tile_shape": list(shape)}
 
 
 def _asn_attrs(inputs) -> dict:
@@ -170,5 +243,6 @@ def run_recipe(inputs: list[str], output: str, steps: dict, execution: dict, arg
     params.update(_check_steps(steps))
     if execution.get("tile_shape") is not None and params.get("tile_shape") is None:
         params["tile_shape"] = execution["tile_shape"]
-    execute(inputs, output, params, args, fits=getattr(args, "fits", False), overwrite=getattr(args, "overwrite", False))
+    execute(inputs, output, params, args, fits=getattr(args, "fits", False), overwrite=getattr(args, "overwrite", False),
+            resume=getattr(args, "resume", False))
     return 0

@@ -45,8 +45,9 @@ def register(sub) -> None:
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an existing output (and --save-parameters file)")
     existing.add_argument("--resume", action="store_true",
-                          help="detector1 only: continue an earlier run into the same OUT, skipping the exposures "
-                          "it completed with the same inputs and parameters")
+                          help="continue an earlier run into the same OUT, skipping the exposures (detector1) or "
+                          "tiles and chunks (resample, outliers, image3) it completed with the same inputs and "
+                          "parameters")
     add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)
@@ -150,8 +151,9 @@ def _main(args: argparse.Namespace) -> int:
         msg = "give at least one input and the output: daskcal run RECIPE IN... OUT"
         raise ValueError(msg)
     recipe = load_recipe(args.recipe)
-    if args.resume and recipe["pipeline"] != "detector1":
-        msg = f"--resume is available for the detector1 pipeline only; this recipe runs {recipe['pipeline']!r}"
+    if args.resume and recipe["pipeline"] not in ("detector1", "resample", "outliers", "image3"):
+        msg = (f"--resume is available for the detector1, resample, outliers and image3 pipelines only; this "
+               f"recipe runs {recipe['pipeline']!r}")
         raise ValueError(msg)
     check_parameters_file(args)
     module = importlib.import_module(PIPELINES[recipe["pipeline"]])

@@ -40,12 +40,38 @@ _META_DEFAULTS: dict[str, Any] = {
 
 
 def wcs_to_text(wcs) -> str:
-    """Serialise a gwcs WCS to ASDF text (arrays stored inline, so it is plain text)."""
+    """Serialise a gwcs WCS to ASDF text (arrays stored inline, so it is plain text).
+
+    The same WCS gives the same text in every process: asdf lists the extensions it used
+    (``history: extensions:``) in the order of a set, which changes with Python's hash seed,
+    so the entries are sorted here. Products are then bit-identical from run to run (a
+    resumed mosaic to an uninterrupted one), and graphs that take the text have the same names.
+    """
     import asdf
 
     buf = io.BytesIO()
     asdf.AsdfFile({"wcs": wcs}).write_to(buf, all_array_storage="inline")
-    return buf.getvalue().decode("utf-8")
+    return _sorted_history(buf.getvalue().decode("utf-8"))
+
+
+def _sorted_history(text: str) -> str:
+    """ASDF text with the entries of its ``history: extensions:`` list in sorted order."""
+    head, sep, rest = text.partition("\nhistory:\n  extensions:\n")
+    if not sep:
+        return text
+    lines = rest.split("\n")
+    end = next((k for k, line in enumerate(lines) if line and not line.startswith("  ")), len(lines))
+    entries, current = [], None
+    for line in lines[:end]:
+        if line.startswith("  - "):
+            current = [line]
+            entries.append(current)
+        elif current is not None:
+            current.append(line)
+        else:  # not the layout asdf writes: leave the text as it is
+            return text
+    body = "\n".join("\n".join(e) for e in sorted(entries, key=lambda e: "\n".join(e)))
+    return head + sep + body + "\n" + "\n".join(lines[end:])
 
 
 @functools.lru_cache(maxsize=256)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daskcal.io._outputs import OutputSet, WorkDirectory, mark_complete, mark_incomplete
+from daskcal.io._outputs import HIDDEN_METADATA, OutputSet, WorkDirectory, mark_complete, mark_incomplete
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False,
         outputs.commit()
 
 
-def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, compute: bool = True):
+def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, compute: bool = True,
+                 resume: bool = False):
     """Write an xarray Dataset to a Zarr (v3) store atomically.
 
     Lazy (dask-backed) variables are computed chunk by chunk as they are written,
@@ -66,27 +67,68 @@ def save_dataset(ds, path: str | os.PathLike, *, overwrite: bool = False, comput
         Replace an existing store.
     compute : bool, default True
         Must be True: a delayed write could not be made atomic.
+    resume : bool, default False
+        Write so that a save that stops (an error, an interruption, a killed process) can be
+        continued: the store is written in a hidden folder beside ``path`` that outlives a failed
+        save, each ``(y, x)`` chunk recorded with its checksums when written, and the store
+        records what was saved (its ``daskcal_run`` attribute: the name of each variable's
+        Dask graph, a token of the attributes, daskcal's version). A later ``save(..., resume=True)``
+        of the same dataset (the same graph: the same inputs, opened unchanged, and parameters)
+        verifies the chunks written, computes only the others and gives the store an
+        uninterrupted save gives, bit for bit; a dataset that differs is refused (``ValueError``
+        naming the first difference). With nothing to continue it starts afresh; a store that a
+        save alike completed is left as it is. Dask-backed variables must have 2 dimensions or
+        more. Not with ``overwrite``.
     """
     if not compute:
         msg = "compute=False is not supported: an atomic write must run to completion"
         raise ValueError(msg)
+    if resume:
+        return _save_resumable(ds, Path(path), overwrite=overwrite)
     with atomic_path(path, overwrite=overwrite) as tmp:
         write_zarr(ds, tmp, encoding=_encoding(ds))
     return Path(path)
 
 
-def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool = False) -> None:
+def _save_resumable(ds, path: Path, *, overwrite: bool) -> Path:
+    """:func:`save_dataset` with ``resume=True``."""
+    import json
+
+    from daskcal.io._journal import ChunkJournal
+    from daskcal.io._outputs import resume_folder
+    from daskcal.io._resume import RUN_ATTR, check_partial, dataset_record, done_before
+
+    if overwrite:
+        msg = "resume=True keeps what an earlier save completed and overwrite=True replaces it: give one of them"
+        raise ValueError(msg)
+    record = dataset_record(ds)
+    if done_before([path], record):
+        log.info("%s was completed by an earlier save of the same dataset; left as it is", path)
+        return path
+    check_partial(path, record)
+    with OutputSet([path], resumable=[path], resume=True) as outputs:
+        folder = resume_folder(path)
+        write_zarr(ds.assign_attrs({RUN_ATTR: record}), outputs.path(path),
+                   journal=ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record)))
+        outputs.commit()
+    return path
+
+
+def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool = False, journal=None,
+               report: dict | None = None) -> None:
     """``ds.to_zarr(store)`` with the store's root ``zarr.json`` hidden until every chunk is written.
 
     Runs on the default ``distributed.Client`` if there is one (cancelling its tasks if the
-    write fails or is interrupted), else on dask's current scheduler.
+    write fails or is interrupted), else on dask's current scheduler. With ``journal``
+    (:class:`daskcal.io._journal.ChunkJournal`), each chunk is recorded when written, and a
+    ``store`` that exists is resumed (see :func:`_write_products`, also for ``report``).
     """
 
     from daskcal.io._zarr_read import WRITTEN_ATTR
 
-    if any(WRITTEN_ATTR in var.attrs for var in ds.data_vars.values()):
+    if journal is not None or any(WRITTEN_ATTR in var.attrs for var in ds.data_vars.values()):
         # a mosaic: the chunks of tiles no input reaches are left unwritten (their planes' fill value)
-        _write_products({"dataset": ds}, {"dataset": store}, progress)
+        _write_products({"dataset": ds}, {"dataset": store}, progress, journal=journal, report=report)
         return
     with naming_path(store):
         # every chunk, even one equal to the fill value: a missing chunk reads as an error (daskcal.io._zarr_read)
@@ -194,7 +236,7 @@ def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "
 
 def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False,
                   outputs: OutputSet | None = None, inputs: Iterable[str | os.PathLike] = (),
-                  also: tuple = ()) -> dict | tuple[dict, list]:
+                  also: tuple = (), journal=None, report: dict | None = None) -> dict | tuple[dict, list]:
     """Write several datasets as ``out_dir/<name>.zarr`` in one pass, atomically.
 
     The datasets are computed together, so work they share (for example the one
@@ -234,6 +276,13 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     also : sequence of dask collections, optional
         Computed in the same pass as the writes, so work they share with the
         products runs once (e.g. a count of flagged pixels to report).
+    journal : daskcal.io._journal.ChunkJournal, optional
+        With ``outputs``: record each chunk as written, and resume the stores that exist
+        (their metadata must be what this write writes; their chunks whose records match
+        the disk are not computed again).
+    report : dict, optional
+        With ``journal``: receives ``kept`` (chunks kept), ``redone`` (files that did not match
+        their record) and ``chunks`` (write tasks that write something, kept ones included).
 
     Returns
     -------
@@ -241,8 +290,12 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
         Name -> final store path; with ``also``, ``(paths, [their computed values])``.
     """
     finals = {name: Path(out_dir) / f"{name}.zarr" for name in products}
+    if journal is not None and outputs is None:
+        msg = "journal= needs outputs= (an OutputSet whose resumable products hold the stores)"
+        raise ValueError(msg)
     if outputs is not None:
-        values = _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress, also)
+        values = _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress, also,
+                                 journal=journal, report=report)
     else:
         with OutputSet(finals.values(), overwrite=overwrite, inputs=inputs) as own:
             values = _write_products(products, {name: own.path(f) for name, f in finals.items()}, progress, also)
@@ -250,32 +303,115 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     return (finals, values) if also else finals
 
 
-def _write_products(products: dict, stores: dict, progress: bool, also: tuple = ()) -> list:
+def _write_products(products: dict, stores: dict, progress: bool, also: tuple = (), journal=None,
+                    report: dict | None = None) -> list:
     """Write each dataset of ``products`` to the (staging) store ``stores[name]``; see :func:`save_products`.
-    Returns the computed values of ``also``."""
+    Returns the computed values of ``also``.
+
+    With ``journal`` (a :class:`daskcal.io._journal.ChunkJournal` whose ``root`` holds the stores), every
+    chunk written is recorded there; a store that exists already is resumed: its metadata must be what this
+    write would write (else ``ValueError`` naming the file), and its chunks whose records match the disk are
+    not computed again (:meth:`~daskcal.io._journal.ChunkJournal.verified`). ``report`` (a dict) then
+    receives ``kept`` (chunks kept), ``redone`` (files that did not match their record) and ``chunks``
+    (the write tasks that write something, kept ones included).
+    """
     import zarr
 
     from daskcal.io._zarr_read import ZarrSource
 
     targets = []
+    done: set = set()
     for name, ds in products.items():
         store = stores[name]
         with naming_path(store):
             # metadata and numpy-backed variables now; dask-backed chunks below
             template, encoding = _metadata_template(ds, _encoding(ds))
+            resuming = journal is not None and os.path.lexists(store)
             with every_chunk():
-                template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
-                group = zarr.open_group(store, mode="r+", zarr_format=3)
-                targets += [(_Target(group[v], ZarrSource.at(store, v), _unwritten(ds[v])), ds[v].data)
-                            for v in ds.data_vars if _is_dask(ds[v].data)]
+                if resuming:
+                    mark_incomplete(store)  # a run stopped between its last chunk and its commit showed it
+                    _check_same_metadata(template, encoding, Path(store))
+                    arrays = {v: zarr.open_array(Path(store) / v, mode="r+", zarr_format=3) for v in ds.data_vars
+                              if _is_dask(ds[v].data)}
+                else:
+                    template.to_zarr(store, mode="w", zarr_format=3, consolidated=False, compute=False,
+                                     encoding=encoding)
+                    group = zarr.open_group(store, mode="r+", zarr_format=3)
+                    arrays = {v: group[v] for v in ds.data_vars if _is_dask(ds[v].data)}
+                targets += [(_Target(arrays[v], ZarrSource.at(store, v), _unwritten(ds[v])), ds[v].data)
+                            for v in arrays]
             mark_incomplete(store)
-    writes = _chunk_writers(targets)
+    if journal is not None:
+        done, redone = journal.verified()
+        for path in redone:
+            log.warning("%s does not match the record of its chunk (missing, torn or changed): its chunk is "
+                        "computed and written again", path)
+        journal.start()
+        if done:
+            log.info("resume: %d chunks written by an earlier run are verified and kept", len(done))
+        if report is not None:
+            report.update(kept=len(done), redone=redone)
+    writes = _chunk_writers(targets, journal, frozenset(done))
+    if report is not None:
+        report["chunks"] = _count_writes(writes) + report.get("kept", 0)
     with naming_path(Path(next(iter(stores.values()))).parent if stores else "."):
         values = compute_writes([*writes, *also], progress=progress)
     for store in stores.values():
         mark_complete(store)
         consolidate(store)
     return list(values[len(writes):])
+
+
+def _count_writes(writes) -> int:
+    """How many of the chunk write tasks of ``writes`` (:func:`_chunk_writers`) write something."""
+    n = 0
+    for w in writes:
+        name = getattr(w, "name", "")
+        if name.startswith("write-chunks-"):
+            n += sum(1 for key, task in w.dask.items() if isinstance(key, tuple) and key[0] == name
+                     and not (isinstance(task, tuple) and task[:1] == (_nothing,)))
+    return n
+
+
+def _check_same_metadata(template, encoding: dict, store: Path) -> None:
+    """Refuse to resume ``store`` (a staged store an earlier run began) unless its metadata and
+    numpy-backed variables are, byte for byte, what this write would write (``ValueError`` naming
+    the first file that differs)."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix=".daskcal-check-", dir=store.parent))
+    try:
+        fresh = scratch / store.name
+        template.to_zarr(fresh, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+        for path in sorted(p for p in fresh.rglob("*") if p.is_file()):
+            rel = path.relative_to(fresh)
+            root = rel.as_posix() == "zarr.json"
+            staged = store / (HIDDEN_METADATA if root else rel)
+            if not staged.is_file() or not _same_file(staged, path, root):
+                msg = (f"{staged} is not what this run writes there (a damaged partial product, or one of another "
+                       f"daskcal version); run without --resume (resume=False) to start over")
+                raise ValueError(msg)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _same_file(staged: Path, fresh: Path, root: bool) -> bool:
+    """Whether a staged metadata file is the fresh one (a root ``zarr.json`` whose consolidated metadata
+    was already added: the rest of it)."""
+    import json
+
+    if staged.read_bytes() == fresh.read_bytes():
+        return True
+    if not root:
+        return False
+    try:
+        then, now = json.loads(staged.read_text()), json.loads(fresh.read_text())
+    except ValueError:
+        return False
+    then.pop("consolidated_metadata", None)
+    now.pop("consolidated_metadata", None)
+    return then == now
 
 
 def consolidate(store: str | os.PathLike) -> None:
@@ -526,7 +662,7 @@ def _apply_plan(write, y0: int, x0: int, y1: int, x1: int, *blocks) -> np.ndarra
     return write(y0, x0, y1, x1, *blocks)
 
 
-def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks) -> np.ndarray:
+def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks, journal=None) -> np.ndarray:
     """Write the ``[y0:y1, x0:x1]`` chunk of every target.
 
     ``plan`` holds ``(target, k, index, dtype)``: the target's block is ``blocks[k]``, or
@@ -534,10 +670,12 @@ def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks) -> np.ndarr
     when ``k`` is a :class:`~daskcal.io._zarr_read.ZarrSource`, the chunk read from it here.
     Blocks are encoded and written in this thread where the array's layout allows
     (:class:`daskcal.io._zarr_write.ChunkWriter`); the rest go through zarr-python
-    (its ``__setitem__``).
+    (its ``__setitem__``). With ``journal`` (a :class:`daskcal.io._journal.ChunkJournal` and the
+    targets' tag), the chunk files written are then recorded there with their checksums.
     """
     from daskcal.io._zarr_write import chunk_writer, take_block
 
+    files = []
     for target, k, index, dtype in plan:
         if not isinstance(k, int):  # a variable copied from a Zarr input: read where it is written
             lead = tuple(slice(0, n) for n in target.array.shape[:-2])
@@ -550,6 +688,13 @@ def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks) -> np.ndarr
             writer.write(start, block)
         else:
             target.array[..., y0:y0 + block.shape[-2], x0:x0 + block.shape[-1]] = block
+        if journal is not None:
+            from daskcal.io._journal import chunk_files
+
+            folder = Path(target.source.store) / target.source.name
+            files += [str(folder / key) for key in chunk_files(target.array, start, block.shape)]
+    if journal is not None:
+        journal[0].record(journal[1], y0, x0, files)
     return np.ones((1, 1), dtype=bool)
 
 
@@ -558,7 +703,7 @@ def _nothing() -> np.ndarray:
     return np.ones((1, 1), dtype=bool)
 
 
-def _chunk_writers(targets: list) -> list:
+def _chunk_writers(targets: list, journal=None, done=frozenset()) -> list:
     """One write task per ``(y, x)`` chunk, storing that chunk of every array.
 
     Arrays registered as slices of one stacked array
@@ -567,12 +712,19 @@ def _chunk_writers(targets: list) -> list:
     for all of them. Returns collections to compute: a small boolean dask array (one
     element per chunk) whose tasks do the writing, per (y, x) chunk grid among the arrays, plus a
     ``da.store`` for arrays of fewer than 2 dimensions.
+
+    With ``journal`` (:class:`daskcal.io._journal.ChunkJournal`), every write task records the chunk
+    files it wrote, and the chunks in ``done`` (``(tag, y0, x0)``, from
+    :meth:`~daskcal.io._journal.ChunkJournal.verified`) are not computed again.
     """
     import dask.array as da
 
     if not targets:
         return []
     flat = [(t, a) for t, a in targets if a.ndim < 2]
+    if flat and journal is not None:
+        msg = f"arrays of fewer than 2 dimensions cannot be resumed chunk by chunk: {[t.source.name for t, _ in flat]}"
+        raise ValueError(msg)
     writes = []
     if flat:
         writes.append(da.store([a for _, a in flat], [t.array for t, _ in flat], lock=False, compute=False))
@@ -583,12 +735,13 @@ def _chunk_writers(targets: list) -> list:
         if a.ndim >= 2:
             grids.setdefault(a.chunks[-2:], []).append((t, a))
     for grid, same in grids.items():
-        writes.append(_grid_writes(grid, same))
+        writes.append(_grid_writes(grid, same, journal, done))
     return writes
 
 
-def _grid_writes(grid, same):
-    """The write tasks of the arrays ``same`` (pairs of target and dask array) chunked as ``grid`` in (y, x)."""
+def _grid_writes(grid, same, journal=None, done=frozenset()):
+    """The write tasks of the arrays ``same`` (pairs of target and dask array) chunked as ``grid`` in (y, x);
+    with ``journal``, recorded there, and those of the chunks in ``done`` left out (see :func:`_chunk_writers`)."""
     import functools
 
     import dask.array as da
@@ -618,8 +771,14 @@ def _grid_writes(grid, same):
         k = inputs.setdefault(src.name, (len(inputs), src))[0]
         plan.append((target, k, index, dtype))
     arrays = [a for _, a in inputs.values()]
-    write = functools.partial(_write_blocks, [(replace(t, skip=None), k, i, d) for t, k, i, d in plan])
-    name = "write-chunks-" + tokenize(*arrays, [(t.source, k, i, d) for t, k, i, d in plan])
+    tag = None
+    if journal is not None:
+        from daskcal.io._journal import grid_tag
+
+        tag = grid_tag(t.source.name for t, _ in same)
+    write = functools.partial(_write_blocks, [(replace(t, skip=None), k, i, d) for t, k, i, d in plan],
+                              journal=None if journal is None else (journal, tag))
+    name = "write-chunks-" + tokenize(*arrays, [(t.source, k, i, d) for t, k, i, d in plan], journal, sorted(done))
     # the plan (the opened Zarr arrays, whose attributes can hold a mosaic's list of written tiles) is one task
     # that every write task takes: each worker gets one copy. Inside each write task, it made every task
     # ~120 KB pickled (8 arrays of a mosaic with 1160 written tiles) and more once unpickled, and a worker keeps
@@ -631,7 +790,8 @@ def _grid_writes(grid, same):
     dsk = {
         (name, iy, ix): (_apply_plan, plan_key, int(ys[iy]), int(xs[ix]), int(ys[iy + 1]), int(xs[ix + 1]),
                          *[(a.name, *(0,) * (a.ndim - 2), iy, ix) for a in arrays])
-        if not all(t.skip is not None and t.skip((iy, ix)) for t, _ in same) else (_nothing,)
+        if not all(t.skip is not None and t.skip((iy, ix)) for t, _ in same)
+        and (tag, int(ys[iy]), int(xs[ix])) not in done else (_nothing,)
         for iy in range(len(grid[0]))
         for ix in range(len(grid[1]))
     }

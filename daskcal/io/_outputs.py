@@ -22,6 +22,16 @@ only when every one of them is complete (:meth:`OutputSet.commit`):
   place, so an interruption comes before or after the moves, never between them. Only
   SIGKILL in that window (microseconds) can leave some products placed and some staged.
 
+A product that a run can resume (``resumable``: a resample mosaic) is written instead in a
+hidden folder of its own beside it, ``<parent>/.daskcal-resume-<name>/``, that outlives the
+run: its marker names the process writing it (and is touched every 30 s as a sign of life),
+``run.json`` the run (:mod:`daskcal.io._resume`), ``chunks/`` the chunks completely written
+(:mod:`daskcal.io._journal`). A run that fails or is interrupted keeps that folder (a warning
+says where) when it holds a run record, and releases it; ``resume`` takes it over and continues
+it. A run without ``resume`` removes such a folder of the same product, with a warning; no run
+touches one whose writer is alive (on this host) or showed a sign of life in the last 2 minutes
+(another host). Nothing without daskcal's marker is ever removed or reused.
+
 Checks that need no data run in :meth:`OutputSet.__enter__`, before any cluster starts:
 an existing product without ``overwrite``, a product that is, contains or sits inside
 one of the inputs, an output folder that cannot be created or written (by creating the
@@ -45,7 +55,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["OutputSet", "STAGE_PREFIX", "WorkDirectory", "mark_complete", "mark_incomplete", "rename_noreplace", "remove_stale_partials"]
+__all__ = ["RESUME_PREFIX", "RUN_FILE", "STAGE_PREFIX", "OutputSet", "WorkDirectory", "mark_complete", "mark_incomplete",
+           "remove_stale_partials", "rename_noreplace", "resume_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,16 @@ STAGE_PREFIX = ".daskcal-partial-"
 MARKER = "daskcal-partial.json"
 #: What a staged Zarr store's root ``zarr.json`` is called until its chunks are written.
 HIDDEN_METADATA = "zarr.json.incomplete"
+#: Name prefix of the folder that holds a resumable product while it is written (see :func:`resume_folder`).
+RESUME_PREFIX = ".daskcal-resume-"
+#: The marker of a resume folder: who writes it.
+RESUME_MARKER = "daskcal-resume.json"
+#: The record of the run a resume folder's product comes from (:mod:`daskcal.io._resume`); a folder
+#: without it holds nothing to resume.
+RUN_FILE = "run.json"
+#: Seconds between two touches of a resume folder's marker by the run writing it; a marker of
+#: another host untouched for 4 times as long is taken for that of a run that has stopped.
+HEARTBEAT = 30.0
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)}
 
 
@@ -90,13 +111,25 @@ class OutputSet:
     """
 
     def __init__(self, products: Iterable[str | os.PathLike], *, overwrite: bool = False,
-                 inputs: Iterable[str | os.PathLike] = ()) -> None:
+                 inputs: Iterable[str | os.PathLike] = (), resumable: Iterable[str | os.PathLike] = (),
+                 resume: bool = False, resume_as: str | None = None) -> None:
         self.finals = [_norm(p) for p in products]
         self.overwrite = bool(overwrite)
         self.inputs = [_norm(p) for p in inputs]
+        self.resumable = [_norm(p) for p in resumable]
+        self.resume = bool(resume)
+        self.resume_as = resume_as
         self._stages: dict[Path, Path] = {}
         self._created: list[Path] = []
+        self._claimed: list[Path] = []
+        self._heartbeat = None
         self.committed = False
+        if any(p not in self.finals for p in self.resumable):
+            msg = "a resumable product must be one of the products"
+            raise ValueError(msg)
+        if len({p.parent for p in self.resumable}) > 1 or (resume_as is None and len(self.resumable) > 1):
+            msg = "resumable products share one folder (resume_as names their resume folder)"
+            raise ValueError(msg)
         if len(set(self.finals)) != len(self.finals):
             seen = set()
             dup = next(str(p) for p in self.finals if p in seen or seen.add(p))
@@ -128,6 +161,13 @@ class OutputSet:
                     self._make_parent(parent)
                     remove_stale_partials(parent)
                     self._stages[parent] = _make_stage(parent, [f.name for f in self.finals if f.parent == parent])
+            if self.resumable:
+                self._claimed.append(_claim(self._resume_folder(), self.resume))
+            for final in self.finals:
+                if final not in self.resumable and os.path.lexists(resume_folder(final)):
+                    _remove_tree(_claim(resume_folder(final), False))  # a run that cannot resume it: stale
+            if self._claimed:
+                self._heartbeat = _Heartbeat([c / RESUME_MARKER for c in self._claimed])
         except BaseException:
             self._abort()
             raise
@@ -154,7 +194,12 @@ class OutputSet:
         if final not in self.finals:
             msg = f"{str(final)!r} is not one of this run's outputs {[str(f) for f in self.finals]}"
             raise ValueError(msg)
+        if final in self.resumable:
+            return self._resume_folder() / final.name
         return self._stages[final.parent] / final.name
+
+    def _resume_folder(self) -> Path:
+        return resume_folder(self.resumable[0], self.resume_as)
 
     # -- after the run ----------------------------------------------------------------
     def commit(self) -> list[Path]:
@@ -193,7 +238,8 @@ class OutputSet:
                         os.replace(old, final)
                 raise
         self.committed = True
-        for stage in self._stages.values():
+        self._stop_heartbeat()
+        for stage in [*self._stages.values(), *self._claimed]:
             _remove_tree(stage)
         return list(self.finals)
 
@@ -201,9 +247,23 @@ class OutputSet:
         if not self.committed:
             self._abort()
 
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+
     def _abort(self) -> None:
+        self._stop_heartbeat()
         for stage in self._stages.values():
             _remove_tree(stage)
+        for folder in self._claimed:
+            if (folder / RUN_FILE).is_file():
+                _release(folder)
+                log.warning("the partial product is kept in %s; run the same command with --resume (resume=True) "
+                            "to continue it", folder)
+            else:
+                _remove_tree(folder)  # stopped before any chunk could be written: nothing to resume
+        self._claimed = []
         for p in reversed(self._created):
             with contextlib.suppress(OSError):
                 p.rmdir()  # only if the run left it empty
@@ -236,6 +296,123 @@ class WorkDirectory:
 
     def __repr__(self) -> str:
         return f"<WorkDirectory {self.name}>"
+
+
+def resume_folder(final: str | os.PathLike, name: str | None = None) -> Path:
+    """The hidden folder beside ``final`` in which a resumable product is written (see :class:`OutputSet`):
+    ``.daskcal-resume-<name>``, by default the product's name (several products written together share
+    the folder their ``resume_as`` names)."""
+    final = _norm(final)
+    return final.parent / f"{RESUME_PREFIX}{name or final.name}"
+
+
+def _owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
+            "command": " ".join(sys.argv)[:500]}
+
+
+def _write_marker(folder: Path, marker: dict) -> None:
+    tmp = folder / f".{RESUME_MARKER}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, folder / RESUME_MARKER)
+
+
+def _claim(folder: Path, resume: bool) -> Path:
+    """Create, take over (``resume``) or replace the resume ``folder``; return it."""
+    final = folder.parent / folder.name.removeprefix(RESUME_PREFIX)  # what it is for, in messages
+    if os.path.lexists(folder):
+        try:
+            marker = json.loads((folder / RESUME_MARKER).read_text())
+            dict(marker)
+        except (OSError, ValueError, TypeError):
+            msg = (f"{folder} is in the way of {final} and has no marker of daskcal's: daskcal leaves it alone; "
+                   f"remove it yourself if it is not needed")
+            raise FileExistsError(msg) from None
+        busy = _writer_alive(folder, marker)
+        if busy:
+            msg = f"{final} is being written by another daskcal run ({busy}); wait for it to finish, or stop it"
+            raise FileExistsError(msg)
+        if not resume:
+            log.warning("removing %s, the partial %s of a daskcal run that stopped (pass --resume, resume=True, to "
+                        "continue such a run instead)", folder, final.name)
+            _remove_tree(folder)
+        elif not (folder / RUN_FILE).is_file():
+            log.warning("removing %s: the run that began it stopped before it wrote anything to resume", folder)
+            _remove_tree(folder)
+        else:
+            taken = folder / f"{RESUME_MARKER}.taken-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(folder / RESUME_MARKER, taken)  # one run of several resuming at once gets it
+            except FileNotFoundError:
+                msg = f"{final}: another daskcal run took over its partial product {folder} at the same moment"
+                raise FileExistsError(msg) from None
+            _write_marker(folder, {**_owner(), "product": final.name})
+            taken.unlink()
+            return folder
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        msg = f"{final}: another daskcal run began writing it at the same moment ({folder})"
+        raise FileExistsError(msg) from None
+    except OSError as exc:
+        raise _named(exc, final.parent, "cannot write in the output folder") from None
+    _write_marker(folder, {**_owner(), "product": final.name})
+    return folder
+
+
+def _release(folder: Path) -> None:
+    """Mark a resume folder as written by no one (its run has stopped)."""
+    try:
+        marker = json.loads((folder / RESUME_MARKER).read_text())
+        _write_marker(folder, {**marker, "pid": None})
+    except (OSError, ValueError):
+        log.warning("could not release %s", folder)
+
+
+def _writer_alive(folder: Path, marker: dict) -> str | None:
+    """Who still writes a resume folder (``"PID 123 on host h"``), or None if no one does."""
+    pid, host = marker.get("pid"), marker.get("host")
+    if pid is None:
+        return None
+    who = f"PID {pid} on {host}"
+    if host == socket.gethostname():
+        if int(pid) == os.getpid():
+            return f"{who}, this process"
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return who
+        started, now = marker.get("started"), _process_start(int(pid))
+        reused = started is not None and now is not None and abs(now - started) > 1.0
+        return None if reused else who
+    age = time.time() - (folder / RESUME_MARKER).stat().st_mtime
+    if age < 4 * HEARTBEAT:
+        return f"{who}, last seen {age:.0f} s ago"
+    log.warning("%s was being written by %s, not seen for %.0f s: taken for stopped", folder, who, age)
+    return None
+
+
+class _Heartbeat:
+    """Touches the markers of the resume folders a run writes every :data:`HEARTBEAT` seconds."""
+
+    def __init__(self, markers: list[Path]) -> None:
+        import threading
+
+        self.markers = markers
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="daskcal-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            for marker in self.markers:
+                with contextlib.suppress(OSError):
+                    os.utime(marker)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _make_stage(parent: Path, names: list[str]) -> Path:

@@ -1,0 +1,83 @@
+"""``daskcal outliers ... --resume``: a run SIGKILLed with its workers is continued from the chunks it
+recorded; the products (each exposure's and the median) are bit-identical to an uninterrupted run's;
+a run with other parameters is refused naming the difference before any cluster starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import daskcal
+from daskcal.cli import main
+from daskcal.cli._outliers import RESUME_AS
+from daskcal.io._outputs import RUN_FILE, resume_folder
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
+    "ignore:Port .* is already in use:UserWarning",
+    "ignore::ResourceWarning",
+)]
+
+RUN = ["--save-median", "--tile-shape", "64", "64", "--workers", "1", "--no-progress"]
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _folder(out: Path) -> Path:
+    return resume_folder(out / "x", RESUME_AS)
+
+
+def _records(out: Path) -> int:
+    return len(list((_folder(out) / "chunks").glob("*.json")))
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """Four exposures stored in chunks of 64 px and the products of an uninterrupted run."""
+    root = tmp_path_factory.mktemp("outliers")
+    sim = daskcal.simulate_images(n=4, shape=(192, 192), seed=5, n_stars=6, cosmic_rays=20)
+    stores = [daskcal.save(ds.chunk({"y": 64, "x": 64}), root / f"e{k}.zarr") for k, ds in enumerate(sim.images)]
+    out = root / "whole"
+    assert main(["outliers", *map(str, stores), "-o", str(out), *RUN]) == 0
+    return stores, out
+
+
+def test_a_killed_outliers_run_is_resumed_bit_identical(whole, tmp_path, capsys):
+    stores, reference = whole
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "daskcal", "outliers", *map(str, stores), "-o", str(out), *RUN]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while _records(out) < 3:
+            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no chunk recorded in 120 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = _records(out)
+    assert (_folder(out) / RUN_FILE).is_file()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+
+    capsys.readouterr()
+    assert main(["outliers", *map(str, stores), "-o", str(out), "--resume", *RUN, "--maskpt", "0.5"]) == 2
+    captured = capsys.readouterr()
+    assert (f"error: the partial products in {_folder(out)} were made with maskpt=0.7; this run has 0.5; "
+            f"run without --resume") in captured.err
+    assert "dashboard" not in captured.out
+
+    assert main(["outliers", *map(str, stores), "-o", str(out), "--resume", *RUN]) == 0
+    printed = capsys.readouterr().out
+    assert f"outliers: {kept} of " in printed and "chunks were written by the earlier run and verified" in printed
+    assert not _folder(out).exists()
+    got, want = _files(out), _files(reference)
+    assert sorted(got) == sorted(want)
+    assert [name for name in want if got[name] != want[name]] == []

@@ -1,0 +1,133 @@
+"""``daskcal resample ... --resume``: a run killed (SIGKILL of the command and its workers, as a batch
+system does at the walltime) is continued from the tiles it recorded as written; the mosaic is
+bit-identical to an uninterrupted run's; a torn tile is redone; a run with other parameters or inputs
+is refused naming the difference, before any cluster starts, and nothing is touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daskcal.cli import main
+from daskcal.io._outputs import RESUME_MARKER, RUN_FILE, resume_folder
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Port .* is already in use:UserWarning",
+    "ignore::ResourceWarning",
+)
+
+RUN = ["--tile-shape", "64", "64", "--workers", "1", "--no-progress"]
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def _records(out: Path) -> list[Path]:
+    return sorted((resume_folder(out) / "chunks").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """Simulated exposures (their association) and the mosaic of an uninterrupted run."""
+    root = tmp_path_factory.mktemp("resample")
+    assert main(["simulate-images", "-n", "4", "--shape", "200", "200", str(root / "sim")]) == 0
+    asn = root / "sim" / "asn.json"
+    out = root / "whole.zarr"
+    assert main(["resample", str(asn), "-o", str(out), *RUN]) == 0
+    return asn, out
+
+
+def _killed(asn: Path, out: Path, after: int) -> int:
+    """Run ``daskcal resample`` in a process group and SIGKILL the group once ``after`` tiles are recorded;
+    return how many were recorded then."""
+    cmd = [sys.executable, "-m", "daskcal", "resample", str(asn), "-o", str(out), *RUN]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while len(_records(out)) < after:
+            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no tile recorded in 120 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return len(_records(out))
+
+
+def _written(store: Path) -> list:
+    meta = json.loads((store / "data" / "zarr.json").read_text())
+    return meta["attributes"]["daskcal:written"]
+
+
+def _resumed(asn: Path, out: Path, reference: Path, kept: int, capsys, caplog, torn=None) -> None:
+    capsys.readouterr()
+    assert main(["resample", str(asn), "-o", str(out), "--resume", *RUN]) == 0
+    printed = capsys.readouterr().out
+    total = len(_written(reference))
+    assert (f"resample: {kept} of {total} tiles were written by the earlier run and verified; "
+            f"{total - kept} computed now") in printed
+    if torn is not None:
+        assert f"{torn} does not match the record of its chunk" in caplog.text
+    assert not resume_folder(out).exists()
+    assert _files(out) == _files(reference)
+
+
+def _refused(asn: Path, out: Path, options, difference, capsys) -> None:
+    folder = resume_folder(out)
+    before = _snapshot(folder)
+    capsys.readouterr()
+    assert main(["resample", str(asn), "-o", str(out), "--resume", *RUN, *options]) == 2
+    captured = capsys.readouterr()
+    assert f"error: the partial {out.name} in {folder} {difference}; run without --resume" in captured.err
+    assert "dashboard" not in captured.out  # refused before any cluster started
+    assert _snapshot(folder) == before
+
+
+DIFFERENCES = [
+    (["--pixfrac", "0.5"], "was made with pixfrac=1.0; this run has 0.5"),
+    (["--kernel", "point"], "was made with kernel='square'; this run has 'point'"),
+    (["--tile-shape", "32", "32"], "was made with tile_shape=[64, 64]; this run has [32, 32]"),
+]
+
+
+def test_a_killed_run_is_resumed_bit_identical_redoing_a_torn_tile_and_refused_if_run_otherwise(whole, tmp_path,
+                                                                                             capsys, caplog):
+    asn, reference = whole
+    out = tmp_path / "m.zarr"
+    recorded = _killed(asn, out, 4)
+    assert not out.exists()  # nothing that looks like a product
+    folder = resume_folder(out)
+    assert (folder / RUN_FILE).is_file() and (folder / RESUME_MARKER).is_file()
+    for options, difference in DIFFERENCES:
+        _refused(asn, out, options, difference, capsys)
+    member = sorted(asn.parent.glob("*.zarr"))[1] / "zarr.json"
+    st = member.stat()
+    os.utime(member, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as if rewritten
+    try:
+        assert main(["resample", str(asn), "-o", str(out), "--resume", *RUN]) == 2
+        err = capsys.readouterr().err
+        assert f"was made from its inputs as they were then ({member.parent.resolve()} changed since)" in err
+    finally:
+        os.utime(member, ns=(st.st_atime_ns, st.st_mtime_ns))
+    entry = json.loads(_records(out)[0].read_text())
+    torn = folder / min(f for f in entry["files"] if "/c/" in f)
+    torn.write_bytes(torn.read_bytes()[:-5])  # a write cut short, or damaged since
+    _resumed(asn, out, reference, recorded - 1, capsys, caplog, torn=torn)
+
+
+def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["resample", "a.zarr", "-o", str(tmp_path / "m.zarr"), "--resume", "--overwrite"])
+    assert "not allowed with argument" in capsys.readouterr().err
