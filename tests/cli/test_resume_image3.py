@@ -4,14 +4,10 @@ uninterrupted run's; a run with other parameters is refused naming the differenc
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from _resume_common import kill_after_records, tree_bytes  # tests/cli on sys.path
 
 import daskcal
 from daskcal.cli import main
@@ -28,16 +24,8 @@ TWEAK = ["--steps.tweakreg.searchrad=1.0", "--steps.tweakreg.tolerance=0.2", "--
 RUN = [*TWEAK, "--steps.resample.tile_shape=[64, 64]", "--product-name", "field", "--workers", "1", "--no-progress"]
 
 
-def _files(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _folder(out: Path) -> Path:
     return resume_folder(out / "x", RESUME_AS)
-
-
-def _records(out: Path) -> int:
-    return len(list((_folder(out) / "chunks").glob("*.json")))
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +43,7 @@ def whole(tmp_path_factory):
 def test_a_killed_image3_run_is_resumed_bit_identical(whole, tmp_path, capsys):
     stores, reference = whole
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "daskcal", "image3", *map(str, stores), str(out), *RUN]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    try:
-        while _records(out) < 3:
-            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "no chunk recorded in 180 s"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    kept = _records(out)
+    kept = kill_after_records(["image3", *map(str, stores), str(out), *RUN], _folder(out), 3, timeout=180)
     assert (_folder(out) / RUN_FILE).is_file()
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
 
@@ -81,6 +58,6 @@ def test_a_killed_image3_run_is_resumed_bit_identical(whole, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"image3: {kept} of " in printed and "chunks and tiles were written by the earlier run" in printed
     assert not _folder(out).exists()
-    got, want = _files(out), _files(reference)
+    got, want = tree_bytes(out), tree_bytes(reference)
     assert sorted(got) == sorted(want)
     assert [name for name in want if got[name] != want[name]] == []

@@ -4,14 +4,10 @@ a run with other parameters is refused naming the difference before any cluster 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from _resume_common import kill_after_records, tree_bytes  # tests/cli on sys.path
 
 import daskcal
 from daskcal.cli import main
@@ -26,16 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
 RUN = ["--save-median", "--tile-shape", "64", "64", "--workers", "1", "--no-progress"]
 
 
-def _files(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _folder(out: Path) -> Path:
     return resume_folder(out / "x", RESUME_AS)
-
-
-def _records(out: Path) -> int:
-    return len(list((_folder(out) / "chunks").glob("*.json")))
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +40,7 @@ def whole(tmp_path_factory):
 def test_a_killed_outliers_run_is_resumed_bit_identical(whole, tmp_path, capsys):
     stores, reference = whole
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "daskcal", "outliers", *map(str, stores), "-o", str(out), *RUN]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while _records(out) < 3:
-            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "no chunk recorded in 120 s"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    kept = _records(out)
+    kept = kill_after_records(["outliers", *map(str, stores), "-o", str(out), *RUN], _folder(out), 3, timeout=120)
     assert (_folder(out) / RUN_FILE).is_file()
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
 
@@ -78,6 +55,6 @@ def test_a_killed_outliers_run_is_resumed_bit_identical(whole, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert f"outliers: {kept} of " in printed and "chunks were written by the earlier run and verified" in printed
     assert not _folder(out).exists()
-    got, want = _files(out), _files(reference)
+    got, want = tree_bytes(out), tree_bytes(reference)
     assert sorted(got) == sorted(want)
     assert [name for name in want if got[name] != want[name]] == []

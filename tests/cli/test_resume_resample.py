@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from _resume_common import (  # tests/cli on sys.path
+    chunk_records,
+    kill_after_records,
+    tree_bytes,
+)
 
 from daskcal.cli import main
 from daskcal.io._outputs import RESUME_MARKER, RUN_FILE, resume_folder
@@ -26,16 +27,12 @@ pytestmark = pytest.mark.filterwarnings(
 RUN = ["--tile-shape", "64", "64", "--workers", "1", "--no-progress"]
 
 
-def _files(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _snapshot(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
 
 
 def _records(out: Path) -> list[Path]:
-    return sorted((resume_folder(out) / "chunks").glob("*.json"))
+    return chunk_records(resume_folder(out))
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +47,8 @@ def whole(tmp_path_factory):
 
 
 def _killed(asn: Path, out: Path, after: int) -> int:
-    """Run ``daskcal resample`` in a process group and SIGKILL the group once ``after`` tiles are recorded;
-    return how many were recorded then."""
-    cmd = [sys.executable, "-m", "daskcal", "resample", str(asn), "-o", str(out), *RUN]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while len(_records(out)) < after:
-            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, "no tile recorded in 120 s"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return len(_records(out))
+    """``daskcal resample`` SIGKILLed once ``after`` tiles are recorded; how many were recorded then."""
+    return kill_after_records(["resample", str(asn), "-o", str(out), *RUN], resume_folder(out), after)
 
 
 def _written(store: Path) -> list:
@@ -81,7 +66,7 @@ def _resumed(asn: Path, out: Path, reference: Path, kept: int, capsys, caplog, t
     if torn is not None:
         assert f"{torn} does not match the record of its chunk" in caplog.text
     assert not resume_folder(out).exists()
-    assert _files(out) == _files(reference)
+    assert tree_bytes(out) == tree_bytes(reference)
 
 
 def _refused(asn: Path, out: Path, options, difference, capsys) -> None:
