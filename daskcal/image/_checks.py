@@ -35,30 +35,36 @@ def _kept(dq, good_bits):
 
 
 def _counts(ds, good_bits, variance: str | None):
-    """Lazy ``(pixels kept by good_bits, kept pixels whose weight variance gives no finite inverse)``."""
+    """Lazy ``[pixels kept by good_bits, kept pixels whose weight variance gives no finite inverse]`` (int64).
+
+    One task per chunk reads its ``dq`` (and variance) and returns the two counts, so the check reads each
+    array once and holds nothing but numbers."""
     import dask.array as da
 
-    dq = ds["dq"].data if "dq" in ds else None
-    if dq is None:
-        kept = da.ones(ds["data"].shape, dtype=np.uint8, chunks=getattr(ds["data"].data, "chunks", "auto"))
-    else:
-        dq = dq if isinstance(dq, da.Array) else da.from_array(np.asarray(dq))
-        kept = da.map_blocks(_kept, dq, good_bits, dtype=np.uint8, meta=np.empty((0, 0), np.uint8))
-    n_kept = kept.sum(dtype=np.int64)
-    if variance is None or variance not in ds:
-        return n_kept, da.zeros((), dtype=np.int64)
-    var = ds[variance].data
-    var = var if isinstance(var, da.Array) else da.from_array(np.asarray(var))
-    if var.chunks != kept.chunks:
-        var = var.rechunk(kept.chunks)
-    zero = da.map_blocks(_zero_weight, var, kept, dtype=bool, meta=np.empty((0, 0), bool))
-    return n_kept, zero.sum(dtype=np.int64)
+    def lazy(name):
+        a = ds[name].data
+        return a if isinstance(a, da.Array) else da.from_array(np.asarray(a), chunks="auto")
+
+    base = lazy("dq") if "dq" in ds else lazy("data")
+    arrays = [base]
+    if variance is not None and variance in ds:
+        var = lazy(variance)
+        arrays.append(var if var.chunks == base.chunks else var.rechunk(base.chunks))
+    ny, nx = base.numblocks
+    per_chunk = da.map_blocks(_chunk_counts, *arrays, good_bits=good_bits, with_dq="dq" in ds,
+                              new_axis=2, chunks=((1,) * ny, (1,) * nx, (2,)), dtype=np.int64,
+                              meta=np.empty((0, 0, 0), np.int64))
+    return per_chunk.sum(axis=(0, 1))
 
 
-def _zero_weight(var, kept):
-    """Kept pixels whose inverse variance is not finite (weight 0, as the reference sets it)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return ~np.isfinite(1.0 / var) & (kept > 0)
+def _chunk_counts(dq, var=None, *, good_bits, with_dq: bool):
+    """``[[[kept, kept with a weight variance whose inverse is not finite]]]`` of one chunk (int64)."""
+    kept = _kept(dq, good_bits) > 0 if with_dq else np.ones(dq.shape, bool)
+    n_zero = 0
+    if var is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            n_zero = np.count_nonzero(~np.isfinite(1.0 / var) & kept)
+    return np.array([[[np.count_nonzero(kept), n_zero]]], np.int64)
 
 
 def warn_unusable_inputs(images, *, good_bits, weight_type: str | None, product: str = "the mosaic") -> list[str]:

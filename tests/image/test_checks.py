@@ -33,16 +33,23 @@ def test_clean_inputs_give_no_warning(sim, caplog):
     assert _warnings(caplog) == []
 
 
-def test_all_do_not_use_and_nan_var_rnoise_are_named(sim, caplog):
+@pytest.mark.parametrize("chunks", [None, {"y": 16, "x": 23}])
+def test_all_do_not_use_and_nan_var_rnoise_are_named(sim, caplog, chunks):
+    """Counts over every chunk (one task per chunk counts its pixels; ragged chunks of 16 x 23 too)."""
     ims = list(sim.images)
     shape = ims[0]["data"].shape
     names = [im.attrs["name"] for im in ims]
     ims[1] = _with(ims[1], dq=np.full(shape, int(DQ.DO_NOT_USE), np.uint32))
     var = ims[2]["var_rnoise"].values.copy()
-    var[3:5, 10:14] = np.nan  # 8 pixels
+    var[3:5, 10:14] = np.nan  # 8 pixels, across a chunk edge with 16 x 23 chunks
     var[7, 7] = 0.0
-    ims[2] = _with(ims[2], var_rnoise=var)
+    var[20, 30] = np.nan  # and one more, on a DO_NOT_USE pixel: not counted
+    dq = ims[2]["dq"].values.copy()
+    dq[20, 30] |= int(DQ.DO_NOT_USE)
+    ims[2] = _with(ims[2], var_rnoise=var, dq=dq)
     ims[3] = _with(ims[3], var_rnoise=np.full(shape, np.nan, np.float32))
+    if chunks:
+        ims = [im.chunk(chunks) for im in ims]
     with caplog.at_level(logging.WARNING, logger="daskcal"):
         mosaic = daskcal.resample(ims, tile_shape=(40, 40))
     got = _warnings(caplog)
