@@ -36,6 +36,7 @@ from daskcal.detector._jump import (
 )
 from daskcal.detector._ramp_fit import _products, fit_block, n_planes
 from daskcal.detector._saturation import (
+    ATOD_LIMIT,
     SaturationParameters,
     effective_threshold,
     saturation_block,
@@ -76,7 +77,7 @@ def plane_usable(ds: xr.Dataset) -> np.ndarray:
 
 
 def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slice(None), slice(None)), usable,
-                    n_pix_grow_sat, jump, fit, owns_data=False):
+                    n_pix_grow_sat, jump, fit, owns_data=False, atod_limit=ATOD_LIMIT):
     """Saturation, superbias, jumps and ramp fit on one halo'd chunk; products for its core.
 
     Parameters
@@ -95,6 +96,8 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
         Detector-wide usable planes (:func:`plane_usable`).
     n_pix_grow_sat : int
         Saturation growth half-width (pixels).
+    atod_limit : float, default 65535.0
+        A-to-D limit (DN): unchecked pixels get the threshold ``atod_limit + 1``.
     jump, fit : dict
         Keyword arguments of :func:`jump_block` and :func:`fit_block`.
     owns_data : bool, default False
@@ -108,7 +111,7 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
         the fitted halo'd block).
     """
     ys, xs = core
-    gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat, nonfinite=True)
+    gdq = saturation_block(data, gdq, effective_threshold(sat, pdq, atod_limit), n_pix_grow_sat=n_pix_grow_sat, nonfinite=True)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
     if np.ndim(bias) or bias:
         data = np.subtract(data, np.nan_to_num(np.asarray(bias, dtype=np.float32), nan=0.0),
@@ -279,6 +282,7 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         n_planes(nints),
         usable=plane_usable(ds),
         n_pix_grow_sat=n,
+        atod_limit=float(sat_params.atod_limit),
         jump=jump_args,
         fit=fit,
     )
