@@ -43,6 +43,12 @@ def raw():
     for (i, y, x) in [(0, 17, 8), (1, 6, 14), (2, 25, 21)]:
         t, b = thr[y, x], r["superbias"].values[y, x]
         data[i, :, y, x] = [b + 500.0, b + 500.0 + 0.4 * (t - b), t + 10, t + 20, t + 30, t + 40]
+    data[1, 2, 10, 10] = 60000.0  # unchecked: above 65536 * dilution (0.89) but not scaled (before a SATURATED group)
+    # a hidden-saturation mark whose next group is SATURATED only by growth from a pixel n further on,
+    # across the x = 11 chunk edge of the 1x2 grid: seen only with a halo of 2n (n = 1 in row 4, 2 in row 20)
+    for y, q in ((4, 12), (20, 13)):
+        data[0, :, y, 11] = np.array([0.3, 0.4, 0.95, 0.97, 0.98, 0.99]) * thr[y, 11]
+        data[0, :, y, q] = np.array([0.3, 0.5, 0.55, 1.1, 1.2, 1.3]) * thr[y, q]
     zf = (data[:, 0] - rng.uniform(50, 200, (NINTS, NY, NX))).astype(np.float32)
     zf[0, 8, 8] = thr[8, 8] + 1.0
     zf[1, 0, 5] = thr[0, 5] + 5.0  # at the edge
@@ -106,6 +112,19 @@ def test_all_options_on_every_grid_and_scheduler(raw, grid, scheduler):
 def test_read_pattern_with_and_without_bias(raw, n, bias):
     r = raw if bias else raw.drop_vars("superbias")
     assert_same(ours(r, (9, 5), n_pix_grow_sat=n), stcal_flags(raw, n, read_pattern=PATTERN, bias=bias))
+
+
+def test_group2_extrapolation_in_float64(raw):
+    # stcal extrapolates group 1 in float64 (numpy float64 mean of the frames); in float32 this pixel's
+    # extrapolation rounds up to its threshold and group 2 would not be flagged
+    r = raw.drop_vars("superbias")
+    thr, data = r["saturation"].values.copy(), r["data"].values.copy()
+    thr[22, 2] = np.float32(40819.47)
+    data[1, :, 22, 2] = [np.float32(7289.1904), 16300.0, 40830.0, 40840.0, 40850.0, 40860.0]
+    r = r.assign(saturation=(("y", "x"), thr), data=(r["data"].dims, data))
+    expect = stcal_flags(r, read_pattern=PATTERN, bias=False)
+    assert expect[0][1, 1, 22, 2] & DNU
+    assert_same(ours(r, (9, 5)), expect)
 
 
 def test_read_pattern_argument_and_use_readpatt(raw):
