@@ -240,3 +240,57 @@ def test_bad_variables(raw, change, match):
 def test_parameters_dataclass():
     p = SaturationParameters(read_pattern=PATTERN)
     assert p.read_pattern[1] == (6.0, 7.0, 8.0, 9.0) and p.atod_limit == 65535.0 and p.use_readpatt
+
+
+def test_detector1_runs_the_options(raw):
+    """detector1 reaches every option: the fused graph takes atod_limit; a read pattern (or saturation_dq,
+    or per-group thresholds) makes it run the steps one after another with stcal's saturation flags."""
+    from daskcal import detector1
+    from daskcal.detector._pipeline import detector1_steps
+
+    plain = raw.drop_vars(["saturation_dq", "zeroframe"])
+    plain.attrs.pop("read_pattern")
+    data = plain["data"].values.copy()
+    data[:, 3:, 20, 20] = 62000.0  # NO_SAT_CHECK in pixeldq: saturated only with atod_limit < 61999
+    plain = plain.assign(data=(plain["data"].dims, data)).chunk({"y": 13, "x": 11})
+    fused = detector1(plain, atod_limit=60000).rateints.compute()
+    steps = detector1_steps(plain, atod_limit=60000).rateints.compute()
+    default = detector1(plain).rateints.compute()
+    for v in fused.data_vars:
+        np.testing.assert_array_equal(fused[v].values, steps[v].values, err_msg=v)
+    assert fused["dq"].values[0, 20, 20] & SAT and not default["dq"].values[0, 20, 20] & SAT
+
+    # with the read pattern, detector1's saturation flags are stcal's (seen through the rates: the same
+    # rates as detector1 given stcal's flags and no read pattern; growth 0 so flagging again adds nothing)
+    # (no jumps found, so that the steep rises of the read-pattern cases are not flagged anyway)
+    kw = {"n_pix_grow_sat": 0, "rejection_threshold": 1e6, "three_group_rejection_threshold": 1e6,
+          "four_group_rejection_threshold": 1e6}
+    gdq = stcal_flags(raw, 0, read_pattern=PATTERN)[0]
+    got = detector1(raw.chunk({"y": 9, "x": 5}), **kw).rateints.compute()
+    want = detector1(raw.assign(groupdq=(raw["groupdq"].dims, gdq)), use_readpatt=False, **kw).rateints.compute()
+    ignored = detector1(raw, use_readpatt=False, **kw).rateints.compute()
+    for v in got.data_vars:
+        np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+    assert not np.array_equal(got["data"].values, ignored["data"].values, equal_nan=True)
+
+
+def test_command_line_and_store_round_trip(raw, tmp_path):
+    """saturation_dq, zeroframe and attrs read_pattern survive a Zarr store; --atod-limit and
+    --use-readpatt reach the step from the command line."""
+    import xarray as xr
+
+    from daskcal import detector1, open_ramps, save
+    from daskcal.cli._main import main
+
+    store = tmp_path / "ramps.zarr"
+    save(raw.chunk({"y": 13, "x": 11}), store)
+    back = open_ramps(store)
+    assert back.attrs["read_pattern"] == PATTERN and set(back.data_vars) >= {"saturation_dq", "zeroframe"}
+    assert_same(ours(back, None), stcal_flags(raw, read_pattern=PATTERN))
+    out = tmp_path / "out"
+    assert main(["detector1", str(store), str(out), "--workers", "1", "--no-progress", "--atod-limit", "60000",
+                 "--use-readpatt", "false"]) == 0
+    want = detector1(back, atod_limit=60000, use_readpatt=False).rate.compute()
+    with xr.open_zarr(out / "rate.zarr", consolidated=False) as got:
+        for v in want.data_vars:
+            np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
