@@ -1,13 +1,14 @@
 """Numba kernels for saturation flagging (kernel layer: numpy arrays in, ``out`` arrays filled).
 
-Behaviour follows ``stcal.saturation.flag_saturated_pixels`` (stcal 1.20) without a
-read pattern or zero frame: a group at or above the threshold is SATURATED and so
-is every later group of the integration; a group at or below 0 DN gets
-AD_FLOOR | DO_NOT_USE; SATURATED is then grown into a (2N+1) x (2N+1) box in every
-group plane. Like stcal, a NaN sample gets no flag and +Inf counts as saturated;
-detector1 asks instead (``nonfinite=True``) for DO_NOT_USE alone on NaN or infinite
-samples (digitised data never hold them: they mark corrupt input, not signal).
-"""
+Behaviour follows ``stcal.saturation.flag_saturated_pixels`` (stcal 1.20): a group at
+or above the threshold (one per pixel, or per group) is SATURATED and so is every later
+group of the integration; a group at or below 0 DN gets AD_FLOOR | DO_NOT_USE;
+SATURATED is then grown into a (2N+1) x (2N+1) box in every group plane
+(:func:`grow_bit`). With a read pattern, :func:`hidden_saturation` marks the groups whose
+frames saturated though their average did not. Like stcal, a NaN sample gets no flag
+and +Inf counts as saturated; detector1 asks instead (``nonfinite=True``) for
+DO_NOT_USE alone on NaN or infinite samples (digitised data never hold them: they mark
+corrupt input, not signal)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from numba import njit
 
 from daskcal.dq import DQ
 
-__all__ = ["saturation_flags", "grow_bit", "hidden_saturation"]
+__all__ = ["grow_bit", "hidden_saturation", "saturation_flags"]
 
 _SATURATED = int(DQ.SATURATED)
 _FLOOR = int(DQ.AD_FLOOR | DQ.DO_NOT_USE)

@@ -15,8 +15,18 @@ import numpy as np
 import xarray as xr
 
 from daskcal._params import param
-from daskcal.detector._common import PIX_DIMS, RAMP_DIMS, pixel_chunked, pixeldq_dtype, validate_ramps
-from daskcal.detector._kernels_saturation import grow_bit, hidden_saturation, saturation_flags
+from daskcal.detector._common import (
+    PIX_DIMS,
+    RAMP_DIMS,
+    pixel_chunked,
+    pixeldq_dtype,
+    validate_ramps,
+)
+from daskcal.detector._kernels_saturation import (
+    grow_bit,
+    hidden_saturation,
+    saturation_flags,
+)
 from daskcal.dq import DQ
 
 __all__ = [
