@@ -117,9 +117,9 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     use sigma clipping (``minimum_sigclip_groups`` integrations, or groups with
     ``only_use_ints=False``), which needs every chunk's primary jumps before any
     neighbour flags, or where snowballs or showers are flagged (``expand_large_events``,
-    ``find_showers``), which
-    needs whole group planes, or where the saturation step has a read pattern (a halo of
-    ``2 * n_pix_grow_sat``), a ``saturation_dq`` or per-group thresholds of jump flags: then the steps run as separate graphs. The result equals running
+    ``find_showers``), which needs whole group planes of jump flags, or where the saturation
+    step has a read pattern (a halo of ``2 * n_pix_grow_sat``) or per-group thresholds: then
+    the steps run as separate graphs. The result equals running
     :func:`flag_saturation`, :func:`subtract_superbias`, :func:`detect_jumps` and
     :func:`fit_ramps` one after another (:func:`detector1_steps`; its saturation
     step flags NaN and infinite samples as above).

@@ -409,8 +409,6 @@ def needs_separate_graph(ramps: xr.Dataset, params: SaturationParameters) -> str
     """Why detector1's fused graph cannot run this saturation step (None: it can)."""
     if resolve_read_pattern(ramps, params) is not None:
         return "a read pattern (its checks need a halo of 2 * n_pix_grow_sat)"
-    if "saturation_dq" in ramps.data_vars:
-        return "a saturation_dq variable"
     if ramps["saturation"].ndim == 4:
         return "per-group saturation thresholds"
     return None

@@ -297,3 +297,20 @@ def test_command_line_and_store_round_trip(raw, tmp_path):
     with xr.open_zarr(out / "rate.zarr", consolidated=False) as got:
         for v in want.data_vars:
             np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+
+
+def test_detector1_fused_graph_takes_the_saturation_dq(raw):
+    """A (y, x) saturation_dq runs in the fused graph: the same products as the steps one after another."""
+    from daskcal import detector1
+    from daskcal.detector._pipeline import detector1_steps
+
+    data = raw["data"].values.copy()
+    data[:, 3:, 20, 20] = 62000.0  # above its threshold; NO_SAT_CHECK in pixeldq only
+    r = raw.drop_vars("zeroframe").assign(data=(raw["data"].dims, data)).chunk({"y": 9, "x": 5})
+    r.attrs.pop("read_pattern")
+    fused = detector1(r).rateints.compute()
+    steps = detector1_steps(r).rateints.compute()
+    for v in fused.data_vars:
+        np.testing.assert_array_equal(fused[v].values, steps[v].values, err_msg=v)
+    assert fused["dq"].values[0, 3, 4] & int(DQ.DEAD)  # a flag of the saturation reference's DQ
+    assert (fused["dq"].values[:, 20, 20] & SAT).any()  # pixeldq's NO_SAT_CHECK is not the reference's
