@@ -314,3 +314,14 @@ def test_detector1_fused_graph_takes_the_saturation_dq(raw):
         np.testing.assert_array_equal(fused[v].values, steps[v].values, err_msg=v)
     assert fused["dq"].values[0, 3, 4] & int(DQ.DEAD)  # a flag of the saturation reference's DQ
     assert (fused["dq"].values[:, 20, 20] & SAT).any()  # pixeldq's NO_SAT_CHECK is not the reference's
+
+
+def test_detector1_with_per_group_thresholds(raw):
+    """4-D thresholds equal in every group give detector1 the products of the (y, x) thresholds."""
+    from daskcal import detector1
+
+    thr4 = np.broadcast_to(raw["saturation"].values, (NINTS, NGROUPS, NY, NX)).astype(np.float32)
+    r4 = raw.assign(saturation=(("integration", "group", "y", "x"), thr4))
+    got, want = detector1(r4).rateints.compute(), detector1(raw).rateints.compute()
+    for v in got.data_vars:
+        np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
