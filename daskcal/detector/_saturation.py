@@ -98,7 +98,8 @@ class SaturationParameters:
 
 
 def check_read_pattern(pattern, name: str = "read_pattern") -> tuple[tuple[float, ...], ...]:
-    """``pattern`` (a sequence of non-empty sequences of positive finite frame numbers or times) as tuples.
+    """``pattern`` (a sequence of non-empty sequences of frame numbers or times, finite and >= 0, the
+    last of each group > 0: it divides the group's mean) as tuples of float.
 
     Raises
     ------
@@ -114,8 +115,9 @@ def check_read_pattern(pattern, name: str = "read_pattern") -> tuple[tuple[float
             values = tuple(float(f) for f in frames)
         except (TypeError, ValueError):
             values = ()
-        if not values or not all(math.isfinite(v) and v > 0 for v in values):
-            msg = f"{name}[{g}] must be a non-empty list of positive frame numbers or times; got {frames!r}"
+        if not values or not all(math.isfinite(v) and v >= 0 for v in values) or values[-1] <= 0:
+            msg = (f"{name}[{g}] must be a non-empty list of frame numbers or times >= 0 ending with one > 0; "
+                   f"got {frames!r}")
             raise ValueError(msg)
         out.append(values)
     return tuple(out)

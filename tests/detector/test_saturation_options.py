@@ -140,6 +140,10 @@ def test_read_pattern_argument_and_use_readpatt(raw):
     # one frame per group: the dilution is 1, only the group-2 check remains
     single = [[g + 1] for g in range(NGROUPS)]
     assert_same(ours(plain, (9, 5), read_pattern=single), stcal_flags(raw, read_pattern=single))
+    # frame times (s) from 0, uneven groups
+    times = [[0.0, 10.737, 21.474][: 1 + (g + 1) % 3] for g in range(NGROUPS)]
+    times = [[t + 32.2 * g for t in frames] for g, frames in enumerate(times)]
+    assert_same(ours(plain, (9, 5), read_pattern=times), stcal_flags(raw, read_pattern=times))
 
 
 @pytest.mark.parametrize("atod", [65535, 60000.0, 70000])
@@ -207,6 +211,7 @@ def bad_cases(raw):
         ({"read_pattern": [[1, 2]] * (NGROUPS - 1)}, ValueError, r"read_pattern must have one list"),
         ({"read_pattern": [[1, 2], [], *[[3]] * (NGROUPS - 2)]}, ValueError, r"read_pattern\[1\]"),
         ({"read_pattern": [[0]] * NGROUPS}, ValueError, r"read_pattern\[0\]"),
+        ({"read_pattern": [[1, 2], [3, np.nan], *[[5]] * (NGROUPS - 2)]}, ValueError, r"read_pattern\[1\]"),
         ({"read_pattern": "1,2"}, ValueError, "read_pattern"),
         ({"read_pattern": PATTERN, "use_readpatt": False}, ValueError, "use_readpatt"),
     ]
