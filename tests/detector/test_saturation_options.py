@@ -157,6 +157,13 @@ def test_atod_limit_only_sets_unchecked_thresholds(raw):
     assert (gdq[1, 3:, 10, 10] == SAT).all() and not gdq[1, :3, 10, 10].any()
     gdq = ours(raw, None, atod_limit=65534, use_readpatt=False, n_pix_grow_sat=0)[0]
     assert (gdq[0, 2:, 10, 10] == SAT).all()
+    # a checked pixel whose threshold is above the A/D limit is not flagged at the limit (stcal 1.20)
+    thr, data = raw["saturation"].values.copy(), raw["data"].values.copy()
+    thr[2, 2], data[0, 1:, 2, 2] = 70000.0, 66000.0
+    r = raw.assign(saturation=(("y", "x"), thr), data=(raw["data"].dims, data))
+    got = ours(r, (9, 5), use_readpatt=False)
+    assert_same(got, stcal_flags(r))
+    assert not got[0][0, :, 2, 2].any()
 
 
 def test_saturation_dq_is_the_reference_dq(raw):
