@@ -36,6 +36,7 @@ from daskcal.detector._jump import (
 )
 from daskcal.detector._ramp_fit import _products, fit_block, n_planes
 from daskcal.detector._saturation import (
+    ATOD_LIMIT,
     SaturationParameters,
     effective_threshold,
     saturation_block,
@@ -75,8 +76,9 @@ def plane_usable(ds: xr.Dataset) -> np.ndarray:
     return np.asarray(usable.compute())
 
 
-def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slice(None), slice(None)), usable,
-                    n_pix_grow_sat, jump, fit, owns_data=False):
+def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, *, core=(slice(None), slice(None)),
+                    usable,
+                    n_pix_grow_sat, jump, fit, owns_data=False, atod_limit=ATOD_LIMIT):
     """Saturation, superbias, jumps and ramp fit on one halo'd chunk; products for its core.
 
     Parameters
@@ -89,12 +91,16 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
         Pixel DQ; saturation threshold (DN); superbias (DN, NaN as 0); gain
         (e-/DN); CDS read noise (DN); dark current (DN/s). ``bias`` and ``dark``
         may also be one number for every pixel.
+    sat_dq : ndarray (cy + halos, cx + halos), optional
+        DQ of the saturation reference (NO_SAT_CHECK; OR-ed into the pixel DQ); default ``pdq``.
     core : (slice, slice)
         The ``(y, x)`` slices of the halo'd block that hold its chunk. Default: all.
     usable : ndarray of bool (nints, ngroups)
         Detector-wide usable planes (:func:`plane_usable`).
     n_pix_grow_sat : int
         Saturation growth half-width (pixels).
+    atod_limit : float, default 65535.0
+        A-to-D limit (DN): unchecked pixels get the threshold ``atod_limit + 1``.
     jump, fit : dict
         Keyword arguments of :func:`jump_block` and :func:`fit_block`.
     owns_data : bool, default False
@@ -108,7 +114,8 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
         the fitted halo'd block).
     """
     ys, xs = core
-    gdq = saturation_block(data, gdq, effective_threshold(sat, pdq), n_pix_grow_sat=n_pix_grow_sat, nonfinite=True)
+    gdq = saturation_block(data, gdq, effective_threshold(sat, pdq if sat_dq is None else sat_dq, atod_limit),
+                           n_pix_grow_sat=n_pix_grow_sat, nonfinite=True)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
     if np.ndim(bias) or bias:
         data = np.subtract(data, np.nan_to_num(np.asarray(bias, dtype=np.float32), nan=0.0),
@@ -116,7 +123,7 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, *, core=(slic
     if np.ndim(dark) == 0:
         dark = np.full(gain.shape, dark, dtype=np.float32)
     gdq = jump_block(data, gdq, gain, rnoise, usable, **jump, in_place=True)  # gdq is saturation_block's new array
-    pdq = gain_pixeldq(saturation_pixeldq(pdq, sat), gain)
+    pdq = gain_pixeldq(saturation_pixeldq(pdq, sat, sat_dq), gain)
     # Fitting the halo too (a few % more pixels) avoids copying the cropped cube.
     # The products are returned as a view of the core (not copied: the writer
     # copies each plane into Zarr's buffers anyway).
@@ -267,6 +274,8 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     if "superbias" not in ds:
         pix.insert(2, 0.0)  # no bias to subtract
     pix.append(0.0)  # dark current (DN/s): detector1 has none
+    if "saturation_dq" in ds:
+        pix.append(ds["saturation_dq"].data.rechunk(chunks_yx))
     cube = [ds["data"].data, ds["groupdq"].data.rechunk(ds["data"].data.chunks)]
     # Halos come from the neighbours' edges (a second read of them where read straight
     # from Zarr, see _halo.py), so no whole chunk waits for its neighbours' blocks (with
@@ -279,6 +288,7 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         n_planes(nints),
         usable=plane_usable(ds),
         n_pix_grow_sat=n,
+        atod_limit=float(sat_params.atod_limit),
         jump=jump_args,
         fit=fit,
     )

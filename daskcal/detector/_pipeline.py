@@ -11,7 +11,13 @@ from daskcal.detector._common import pixel_chunked, validate_ramps
 from daskcal.detector._fused import detector1_graph
 from daskcal.detector._jump import JumpMethod, JumpParameters, detect_jumps
 from daskcal.detector._ramp_fit import RampFitResult, fit_ramps
-from daskcal.detector._saturation import SaturationParameters, flag_saturation, saturation_graph
+from daskcal.detector._saturation import (
+    SaturationParameters,
+    check_saturation_inputs,
+    flag_saturation,
+    needs_separate_graph,
+    saturation_graph,
+)
 
 __all__ = ["STEPS", "subtract_superbias", "detector1", "detector1_steps", "step_parameters"]
 
@@ -73,12 +79,14 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     ----------
     ramps : xarray.Dataset
         Raw ramps (DN, bias included) with ``gain``, ``readnoise``, ``saturation``
-        and optionally ``superbias`` (see :func:`daskcal.open_ramps`).
+        and optionally ``superbias``, ``saturation_dq``, ``zeroframe`` and the attribute
+        ``read_pattern`` (see :func:`daskcal.open_ramps` and :func:`flag_saturation`).
     chunks : (int, int), optional
         ``(y, x)`` chunk size; default the input's chunking (numpy input: sized by its samples,
         :func:`daskcal.detector._common.default_chunk_yx`).
     **params
         Parameters of the steps, by name: ``n_pix_grow_sat`` (saturation; default 1),
+        ``atod_limit`` (65535 DN), ``use_readpatt`` (True: use ``ramps.attrs["read_pattern"]``),
         ``rejection_threshold`` (4.0), ``three_group_rejection_threshold`` (6.0),
         ``four_group_rejection_threshold`` (5.0), ``flag_4_neighbors`` (True),
         ``max_jump_to_flag_neighbors`` (1000), ``min_jump_to_flag_neighbors`` (10),
@@ -109,18 +117,23 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     use sigma clipping (``minimum_sigclip_groups`` integrations, or groups with
     ``only_use_ints=False``), which needs every chunk's primary jumps before any
     neighbour flags, or where snowballs or showers are flagged (``expand_large_events``,
-    ``find_showers``), which
-    needs whole group planes of jump flags: then the steps run as separate graphs. The result equals running
+    ``find_showers``), which needs whole group planes of jump flags, or where the saturation
+    step has a read pattern (a halo of ``2 * n_pix_grow_sat``) or per-group thresholds: then
+    the steps run as separate graphs. The result equals running
     :func:`flag_saturation`, :func:`subtract_superbias`, :func:`detect_jumps` and
     :func:`fit_ramps` one after another (:func:`detector1_steps`; its saturation
     step flags NaN and infinite samples as above).
     """
     routed = _route(params)
-    validate_ramps(ramps, require=("gain", "readnoise", "saturation"))
-    if "superbias" in ramps:
-        validate_ramps(ramps, require=("superbias",))
+    validate_ramps(ramps, require=("gain", "readnoise"))
+    check_saturation_inputs(ramps)
     nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
+    sat = SaturationParameters(**routed["saturation"])
     jump = JumpParameters(**routed["jump"])
+    why = needs_separate_graph(ramps, sat)
+    if why:
+        log.info("the saturation step uses %s: detector1 runs its steps as separate graphs", why)
+        return detector1_steps(ramps, chunks=chunks, **params)
     if JumpMethod.of(jump).may_clip(nints, ngroups):
         log.info("jump detection may use sigma clipping (%d integrations of %d groups), which tests whole group "
                  "planes of primary jumps: detector1 runs its steps as separate graphs", nints, ngroups)

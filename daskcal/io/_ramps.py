@@ -185,8 +185,10 @@ def ingest(
     gain, readnoise, saturation : path-like
         Reference images (``SCI`` or primary HDU) of shape ``(ny, nx)``: gain in
         e-/DN, read noise in DN (CDS), saturation threshold in DN. The
-        saturation file's ``DQ`` extension, when present, contributes its
-        ``NO_SAT_CHECK`` bits to ``pixeldq``.
+        saturation file's ``DQ`` extension, when present, becomes ``saturation_dq`` (the
+        saturation step ORs it into ``pixeldq``, as JWST's) and contributes its
+        ``NO_SAT_CHECK`` bits to ``pixeldq`` at once. A ``ZEROFRAME`` extension of the
+        ``uncal`` file ``(nints, ny, nx)`` becomes ``zeroframe``.
     superbias : path-like, optional
         Superbias image in DN.
     out : path-like, optional
@@ -231,6 +233,11 @@ def ingest(
             msg = f"{str(uncal)!r}: PIXELDQ has shape {pdq_shape}; expected (ny, nx) = {shape[2:]}"
             raise ValueError(msg)
         pdq = np.zeros(shape[2:], np.uint32) if pdq_shape is None else np.asarray(hdul["PIXELDQ"].data, dtype=np.uint32)
+        zf_shape = _ext_shape(hdul, "ZEROFRAME")
+        if zf_shape is not None and zf_shape != (shape[0], *shape[2:]):
+            msg = f"{str(uncal)!r}: ZEROFRAME has shape {zf_shape}; expected (nints, ny, nx) = {(shape[0], *shape[2:])}"
+            raise ValueError(msg)
+        zeroframe = None if zf_shape is None else np.asarray(hdul["ZEROFRAME"].data, dtype=np.float32)
         header = hdul[0].header
         attrs = {}
         for key, name in _KEYWORDS.items():
@@ -259,6 +266,9 @@ def ingest(
         variables[name] = (PIX_DIMS, arr, {"units": units[name]})
         if name == "saturation" and dq is not None:
             pdq = pdq | (dq & np.uint32(DQ.NO_SAT_CHECK))
+            variables["saturation_dq"] = (PIX_DIMS, dq)
+    if zeroframe is not None:
+        variables["zeroframe"] = (("integration", *PIX_DIMS), zeroframe, {"units": "DN"})
     variables["pixeldq"] = (PIX_DIMS, pdq)
     ds = xr.Dataset(variables, attrs=attrs)
     validate_ramps(ds, require=("gain", "readnoise", "saturation"))
@@ -297,6 +307,8 @@ def write_uncal(ramps: xr.Dataset, path: str | os.PathLike, *, overwrite: bool =
             fits.ImageHDU(np.asarray(ramps["pixeldq"].values, np.uint32), name="PIXELDQ"),
         ]
     )
+    if "zeroframe" in ramps:
+        hdul.append(fits.ImageHDU(np.asarray(ramps["zeroframe"].values, np.float32), name="ZEROFRAME"))
     with atomic_path(path, overwrite=overwrite) as tmp:
         hdul.writeto(tmp)
     written["uncal"] = path

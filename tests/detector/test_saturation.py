@@ -72,7 +72,7 @@ def test_kernels_match_numpy_reference():
     thresh = rng.uniform(800, 1200, shape[2:]).astype(np.float32)
     flat = (2, 5, 17 * 23)
     out = np.empty(flat, np.uint8)
-    saturation_flags(data.reshape(flat), gdq.reshape(flat), thresh.reshape(-1), False, out)
+    saturation_flags(data.reshape(flat), gdq.reshape(flat), thresh.reshape(1, 1, -1), False, out)
     for n in (0, 1, 3):
         expect = saturation_reference(data, gdq, thresh, n)
         got = out.reshape(shape)

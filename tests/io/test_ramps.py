@@ -36,8 +36,23 @@ def test_saturation_reference_dq_contributes_no_sat_check(sim, tmp_path):
     ds = ingest(files["uncal"], gain=files["gain"], readnoise=files["readnoise"], saturation=files["saturation"])
     pdq = ds["pixeldq"].values
     assert pdq[3, 5] & DQ.NO_SAT_CHECK
-    assert not pdq[3, 5] & DQ.DO_NOT_USE  # only NO_SAT_CHECK is carried over
-    assert "superbias" not in ds
+    assert not pdq[3, 5] & DQ.DO_NOT_USE  # only NO_SAT_CHECK is carried over at once ...
+    np.testing.assert_array_equal(ds["saturation_dq"].values, sat_dq)  # ... the rest by the saturation step
+    assert "superbias" not in ds and "zeroframe" not in ds
+
+
+def test_zeroframe_round_trip_through_ingest(sim, tmp_path):
+    from astropy.io import fits
+
+    zf = sim.ramps["data"].values[:, 0] - 100.0
+    files = write_uncal(sim.ramps.assign(zeroframe=(("integration", "y", "x"), zf)), tmp_path / "z_uncal.fits")
+    ds = ingest(files["uncal"], gain=files["gain"], readnoise=files["readnoise"], saturation=files["saturation"])
+    np.testing.assert_array_equal(ds["zeroframe"].values, zf)
+    assert ds["zeroframe"].dims == ("integration", "y", "x")
+    with fits.open(files["uncal"], mode="update") as hdul:
+        hdul["ZEROFRAME"].data = hdul["ZEROFRAME"].data[:1]
+    with pytest.raises(ValueError, match="ZEROFRAME has shape"):
+        ingest(files["uncal"], gain=files["gain"], readnoise=files["readnoise"], saturation=files["saturation"])
 
 
 def test_ingest_names_what_is_missing(sim, tmp_path):
