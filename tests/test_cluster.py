@@ -49,6 +49,26 @@ def test_embedded_workers_get_the_allocator_settings(embedded):
     assert list(got.values()) == [{k: str(v) for k, v in WORKER_ENVIRON.items()}]
 
 
+def test_embedded_workers_are_forked_from_the_preloaded_fork_server(embedded):
+    """The workers start with distributed, dask.array, zarr, numba... imported (by the fork server)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver._forkserver_pid
+    got = embedded.run(lambda: (os.getppid(), "dask.array" in sys.modules, "numba" in sys.modules))
+    assert list(got.values()) == [(server, True, True)]
+
+
+def test_a_fork_server_with_other_settings_is_not_used(monkeypatch):
+    """A fork server whose environment is not the workers' (not started by daskcal, or before the settings
+    changed) would give workers without the allocator settings: the workers are spawned instead."""
+    import daskcal.cluster
+
+    monkeypatch.setattr(daskcal.cluster, "_forkserver_environ", {"MALLOC_ARENA_MAX": "8"})
+    with connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
+        got = client.run(lambda: (os.getppid(), _environ()))
+    assert list(got.values()) == [(os.getpid(), {k: str(v) for k, v in WORKER_ENVIRON.items()})]
+
+
 def test_embedded_cluster_listens_on_localhost_only(embedded):
     scheduler = embedded.scheduler.address
     dashboard = embedded.dashboard_link
@@ -184,9 +204,10 @@ def test_embedded_cluster_without_tls_when_asked(capsys):
 
 def test_a_worker_slow_to_exit_after_a_successful_run_is_not_reported():
     """distributed's nanny kills a worker process still alive 4 s after it was asked to stop (a loaded
-    machine) and warns; after a successful run that is noise. A worker that sleeps 5 s at exit shows it."""
-    import atexit
+    machine) and warns; after a successful run that is noise. A worker whose process waits 5 s for a
+    thread before exiting shows it."""
     import logging
+    import threading
     import time
 
     class Collect(logging.Handler):
@@ -204,7 +225,7 @@ def test_a_worker_slow_to_exit_after_a_successful_run_is_not_reported():
     logging.getLogger("daskcal.cluster").setLevel(logging.DEBUG)
     try:
         with connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
-            client.run(lambda: atexit.register(time.sleep, 5) and None)
+            client.run(lambda: threading.Thread(target=time.sleep, args=(5,)).start())
     finally:
         logging.getLogger("distributed.nanny").removeHandler(nanny)
         logging.getLogger("daskcal.cluster").removeHandler(ours)
