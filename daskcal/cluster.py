@@ -78,8 +78,8 @@ WORKER_ENVIRON = {
 #: Modules every worker of an embedded cluster starts with (see :func:`preload_workers`).
 WORKER_MODULES = ("distributed", "distributed.dashboard.worker", "numpy", "dask.array", "xarray", "zarr", "numba")
 
-#: The environment of the fork server this process started (:func:`preload_workers`), None if it started none.
-_forkserver_environ: dict[str, str] | None = None
+#: (process id, environment) of the fork server this process started (:func:`preload_workers`), if any.
+_forkserver: tuple[int, dict[str, str]] | None = None
 
 
 def preload_workers(modules: tuple[str, ...] = ()) -> None:
@@ -98,7 +98,7 @@ def preload_workers(modules: tuple[str, ...] = ()) -> None:
     The server is started with the environment the workers need (:data:`WORKER_ENVIRON` and Dask's
     ``distributed.nanny.pre-spawn-environ``), and stops when this process and its workers have exited.
     """
-    global _forkserver_environ
+    global _forkserver
     import multiprocessing
     from multiprocessing import forkserver
 
@@ -117,8 +117,9 @@ def preload_workers(modules: tuple[str, ...] = ()) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    _forkserver_environ = environ
-    atexit.register(_stop_idle_forkserver)
+    if _forkserver is None:
+        atexit.register(_stop_idle_forkserver)
+    _forkserver = (_forkserver_pid(), environ)
     log.debug("fork server for the workers started, importing %s", ", ".join(WORKER_MODULES + tuple(modules)))
 
 
@@ -167,9 +168,9 @@ def _worker_environ() -> dict[str, str]:
     import dask
     import distributed  # noqa: F401 - its configuration defaults
 
-    with dask.config.set(_pre_spawn_config()):
+    with dask.config.set(_pre_spawn_config()):  # (get's dict is the configuration's own, undone at exit)
         config = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
-    environ = {k: os.environ.get(k, str(v)) for k, v in config.items() if v is not None}
+        environ = {k: os.environ.get(k, str(v)) for k, v in config.items() if v is not None}
     if environ.get("PYTHONHASHSEED") in (None, "0"):
         environ["PYTHONHASHSEED"] = "6640"
     return environ
@@ -407,9 +408,9 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
     environ = _pre_spawn_config()
     if dask.config.get("distributed.worker.multiprocessing-method") in ("spawn", "forkserver"):
         preload_workers()  # unless running already
-        if _forkserver_environ == _worker_environ():
+        if _forkserver_running() and _forkserver == (_forkserver_pid(), _worker_environ()):
             environ["distributed.worker.multiprocessing-method"] = "forkserver"
-        else:  # a fork server this process did not start, or with other settings: its workers would lack ours
+        else:  # a fork server daskcal did not start, or with other settings: its workers would lack ours
             log.debug("embedded cluster: workers spawned (the running fork server has other settings)")
             environ["distributed.worker.multiprocessing-method"] = "spawn"
     quiet = _SlowExitFilter()

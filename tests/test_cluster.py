@@ -22,6 +22,14 @@ def _environ():
     return {k: os.environ.get(k) for k in WORKER_ENVIRON}
 
 
+def _process_environ():
+    """The environment this process started with (what glibc's allocator read), not ``os.environ``."""
+    with open("/proc/self/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    environ = {k.decode(): v.decode() for k, v in pairs}
+    return {k: environ.get(k) for k in WORKER_ENVIRON}
+
+
 def _listening():
     """{port: ip} of the TCP sockets this process listens on."""
     return {c.laddr.port: c.laddr.ip for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN}
@@ -45,8 +53,10 @@ def embedded():
 
 
 def test_embedded_workers_get_the_allocator_settings(embedded):
-    got = embedded.run(_environ)
-    assert list(got.values()) == [{k: str(v) for k, v in WORKER_ENVIRON.items()}]
+    want = {k: str(v) for k, v in WORKER_ENVIRON.items()}
+    assert list(embedded.run(_environ).values()) == [want]
+    if sys.platform.startswith("linux"):  # and they had them when they started, when glibc read them
+        assert list(embedded.run(_process_environ).values()) == [want]
 
 
 def test_embedded_workers_are_forked_from_the_preloaded_fork_server(embedded):
@@ -63,10 +73,13 @@ def test_a_fork_server_with_other_settings_is_not_used(monkeypatch):
     changed) would give workers without the allocator settings: the workers are spawned instead."""
     import daskcal.cluster
 
-    monkeypatch.setattr(daskcal.cluster, "_forkserver_environ", {"MALLOC_ARENA_MAX": "8"})
+    connect("local", n_workers=1, tls=False, dashboard_address=None).close()  # the fork server runs
+    pid, _ = daskcal.cluster._forkserver
+    monkeypatch.setattr(daskcal.cluster, "_forkserver", (pid, {"MALLOC_ARENA_MAX": "8"}))
     with connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
-        got = client.run(lambda: (os.getppid(), _environ()))
-    assert list(got.values()) == [(os.getpid(), {k: str(v) for k, v in WORKER_ENVIRON.items()})]
+        got = client.run(lambda: (os.getppid(), _environ(), _process_environ()))
+    want = {k: str(v) for k, v in WORKER_ENVIRON.items()}
+    assert list(got.values()) == [(os.getpid(), want, want)]
 
 
 def test_embedded_cluster_listens_on_localhost_only(embedded):

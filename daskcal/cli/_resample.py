@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._common import ClusterStart, add_cluster_options
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
@@ -90,7 +90,6 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     """Open the inputs, connect, build the mosaic graph (validating everything; tiles sized for the workers),
     run it and write OUT atomically."""
     from daskcal._precompile import precompile
-    from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, open_images
     from daskcal.image._resample import resample
     from daskcal.image._warm_up import (
@@ -105,34 +104,35 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     outputs = OutputSet([output, fits_path(output)] if fits else [output], overwrite=overwrite,
                         inputs=[*inputs, *members])  # association files and their members
     outputs.check()
-    images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
-    mpix = sum(im["data"].size for im in images) / 1e6
-    with outputs:  # the output folder is proven writable before the cluster starts
-        # numba compiles (or loads from its cache) the kernels here while the cluster starts
-        kernels = precompile(lambda: compile_resample_kernels(images, **_library_kwargs(params)),
-                             estimate=RESAMPLE_COMPILE_SECONDS)
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
-                     **connect_options(args)) as client:
-            kernels.wait()
-            # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
-            mosaic = resample(images, **_library_kwargs(params))
-            mosaic.attrs.update(_asn_attrs(inputs))
+    # the embedded cluster starts while the inputs are opened and checked
+    with ClusterStart(args) as cluster:
+        images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
+        mpix = sum(im["data"].size for im in images) / 1e6
+        with outputs:  # the output folder is proven writable before computing
+            # numba compiles (or loads from its cache) the kernels here while the cluster starts
+            kernels = precompile(lambda: compile_resample_kernels(images, **_library_kwargs(params)),
+                                 estimate=RESAMPLE_COMPILE_SECONDS)
+            with cluster.client() as client:
+                kernels.wait()
+                # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
+                mosaic = resample(images, **_library_kwargs(params))
+                mosaic.attrs.update(_asn_attrs(inputs))
+                if fits:
+                    _check_fits_export(mosaic)
+                print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
+                      f"tiles {mosaic.attrs['tile_shape']}")
+                print(f"dashboard: {client.dashboard_link}", flush=True)
+                t0 = time.perf_counter()
+                write_zarr(mosaic, outputs.path(output), progress=not args.no_progress)
+                elapsed = time.perf_counter() - t0
             if fits:
-                _check_fits_export(mosaic)
-            print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
-                  f"tiles {mosaic.attrs['tile_shape']}")
-            print(f"dashboard: {client.dashboard_link}", flush=True)
-            t0 = time.perf_counter()
-            write_zarr(mosaic, outputs.path(output), progress=not args.no_progress)
-            elapsed = time.perf_counter() - t0
-        if fits:
-            import xarray as xr
+                import xarray as xr
 
-            from daskcal.image._fits_write import to_fits
+                from daskcal.image._fits_write import to_fits
 
-            with xr.open_zarr(outputs.path(output), consolidated=False) as ds:
-                to_fits(ds, outputs.path(fits_path(output)))
-        outputs.commit()  # the mosaic and its FITS export appear together
+                with xr.open_zarr(outputs.path(output), consolidated=False) as ds:
+                    to_fits(ds, outputs.path(fits_path(output)))
+            outputs.commit()  # the mosaic and its FITS export appear together
     print(f"resample: {mpix:.1f} input Mpix in {elapsed:.1f} s ({mpix / elapsed:.2f} input Mpix/s)")
     print(f"mosaic: {output}")
     if fits:
