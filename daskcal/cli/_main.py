@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-__all__ = ["build_parser", "expected_failure", "main"]
+__all__ = ["build_parser", "console", "expected_failure", "main"]
 
 # Subcommand modules by command name, in the order ``daskcal --help`` lists them.
 COMMANDS = {
@@ -130,6 +130,34 @@ def main(argv: list[str] | None = None) -> int:
         _restore(previous)
 
 
+def console() -> None:
+    """The ``daskcal`` command (console script, ``python -m daskcal``): :func:`main`, then a quick exit."""
+    _exit(main())
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code`` without tearing the interpreter down.
+
+    Finalising every module a run imported (numpy, dask, distributed, numba, astropy...) took
+    0.4-0.7 s after the command's last line. What a normal exit does that matters still happens
+    first: other non-daemon threads are waited for, ``atexit`` handlers run (logging's flush,
+    multiprocessing's, distributed's and daskcal's cleanups), stdout and stderr are flushed. The
+    products are published (renamed into place) before :func:`main` returns.
+    """
+    import atexit
+    import os
+    import threading
+
+    threading._shutdown()  # what the interpreter does first: stop thread pools, wait for non-daemon threads
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (daskcal ... | head): nothing more can be said
+            pass
+    os._exit(code)
+
+
 def _log_startup() -> None:
     """Log (``-v``) how long the process took to get here: interpreter, imports, parsing the arguments."""
     log = logging.getLogger("daskcal.cli")
@@ -218,4 +246,4 @@ def expected_failure(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()
