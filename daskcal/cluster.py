@@ -124,12 +124,15 @@ def preload_workers(modules: tuple[str, ...] = ()) -> None:
 
 
 def _forkserver_running() -> bool:
+    """Whether multiprocessing's fork server runs (without reaping it: multiprocessing waits for it itself)."""
+    import psutil
+
     pid = _forkserver_pid()
     if pid is None:
         return False
     try:
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
