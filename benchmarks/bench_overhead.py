@@ -5,7 +5,8 @@ command is cold (numba compiles, Python writes no bytecode: pip compiled it), th
 warm. Each run is ``daskcal -v ...``; its INFO ``timing:`` lines give the phases:
 
 - ``start``: process creation to ``main()`` (interpreter, imports, parsing the arguments);
-- ``cluster``: the embedded LocalCluster (2 workers) ready;
+- ``cluster``: the embedded LocalCluster (2 workers) ready (started in the background while the inputs
+  are opened: ``wait`` is how long the command then waited for it; nan for older versions);
 - ``submit``: the graph optimised and sent to the scheduler (the first task can start after it);
 - ``compute``: what the command prints as its computing time (includes the first task's latency);
 - ``close``: client and cluster closed;
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = {
     "start": r"timing: started in ([\d.]+) s",
     "cluster": r"timing: (?:local|existing) cluster ready in ([\d.]+) s",
+    "wait": r"timing: waited ([\d.]+) s for the cluster",
     "submit": r"timing: graph optimised and sent to the scheduler in ([\d.]+) s",
     "close": r"timing: client and cluster closed in ([\d.]+) s",
     "compute": r"(?:Mpix\*groups|input Mpix) in ([\d.]+) s",
@@ -101,7 +103,7 @@ def main() -> None:
         "detector1": ["detector1", "ramps.zarr", "out"],
         "resample": ["resample", "img0.zarr", "img1.zarr", "-o", "mosaic.zarr"],
     }
-    cols = ["wall", "start", "cluster", "submit", "compute", "close", "outside", "load"]
+    cols = ["wall", "start", "cluster", "wait", "submit", "compute", "close", "outside", "load"]
     print(f"{'command':10s} {'run':5s} " + " ".join(f"{c:>7s}" for c in cols) + "  compiled")
     for name, argv in commands.items():
         for k in range(1 + args.rounds):

@@ -1,8 +1,6 @@
 """``python -m daskcal``: the ``daskcal`` command."""
 
-import sys
-
-from daskcal.cli import main
+from daskcal.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

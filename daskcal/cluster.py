@@ -25,6 +25,7 @@ An existing scheduler that uses TLS needs a ``security`` (a
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import json
@@ -36,7 +37,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["WORKER_ENVIRON", "MissingPackageError", "SchedulerConnectError", "WorkersTimeoutError", "connect"]
+__all__ = [
+    "WORKER_ENVIRON",
+    "MissingPackageError",
+    "SchedulerConnectError",
+    "WorkersTimeoutError",
+    "connect",
+    "preload_workers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,114 @@ WORKER_ENVIRON = {
     "MALLOC_ARENA_MAX": 1,
     "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0",
 }
+
+
+#: Modules every worker of an embedded cluster starts with (see :func:`preload_workers`).
+WORKER_MODULES = ("distributed", "distributed.dashboard.worker", "numpy", "dask.array", "xarray", "zarr", "numba")
+
+#: (process id, environment) of the fork server this process started (:func:`preload_workers`), if any.
+_forkserver: tuple[int, dict[str, str]] | None = None
+
+
+def preload_workers(modules: tuple[str, ...] = ()) -> None:
+    """Start the process that an embedded cluster forks its workers from, importing ``modules`` there.
+
+    An embedded cluster's worker processes are forked from one "fork server" (multiprocessing's
+    ``forkserver``) that imports :data:`WORKER_MODULES` and ``modules`` once, in the background: each
+    worker then starts with them (instead of each worker importing distributed, its dashboard, numpy,
+    dask, xarray, zarr and numba again, 1.5-2.5 s of CPU per worker here, and the modules of its first
+    task), and exits without tearing its interpreter down (0.6-0.8 s saved at the end of a run).
+    Calling this before :func:`connect` (say, before opening the inputs) lets the imports run while the
+    caller works; :func:`connect` starts the server itself otherwise. Does nothing if this process
+    already runs a fork server; a module that fails to import is skipped there (the worker imports it
+    when a task needs it, as without preloading).
+
+    The server is started with the environment the workers need (:data:`WORKER_ENVIRON` and Dask's
+    ``distributed.nanny.pre-spawn-environ``), and stops when this process and its workers have exited.
+    """
+    global _forkserver
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if _forkserver_running():
+        return
+    environ = _worker_environ()
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        list(dict.fromkeys([*WORKER_MODULES, *modules])))
+    saved = {k: os.environ.get(k) for k in environ}
+    os.environ.update(environ)  # inherited by the server, hence by every worker it forks
+    try:
+        forkserver.ensure_running()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if _forkserver is None:
+        atexit.register(_stop_idle_forkserver)
+    _forkserver = (_forkserver_pid(), environ)
+    log.debug("fork server for the workers started, importing %s", ", ".join(WORKER_MODULES + tuple(modules)))
+
+
+def _forkserver_running() -> bool:
+    """Whether multiprocessing's fork server runs (without reaping it: multiprocessing waits for it itself)."""
+    import psutil
+
+    pid = _forkserver_pid()
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _stop_idle_forkserver() -> None:
+    """At exit, stop the fork server if no worker of it is alive (a command that stopped before its cluster
+    started): it would otherwise finish its imports, up to 2 s, before noticing that this process is gone."""
+    import signal
+
+    import psutil
+
+    pid = _forkserver_pid()
+    if pid is None or not _forkserver_running():
+        return
+    try:
+        if psutil.Process(pid).children():
+            return  # it exits with the last of them
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except (psutil.Error, ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _forkserver_pid() -> int | None:
+    from multiprocessing import forkserver
+
+    return forkserver._forkserver._forkserver_pid
+
+
+def _worker_environ() -> dict[str, str]:
+    """The environment variables a nanny of the embedded cluster sets before starting its worker process.
+
+    As ``distributed.nanny.Nanny`` computes them: Dask's ``distributed.nanny.pre-spawn-environ`` with
+    :data:`WORKER_ENVIRON` over it, a variable already set in this process's environment winning, and
+    ``PYTHONHASHSEED`` 6640 unless set to something other than 0.
+    """
+    import dask
+    import distributed  # noqa: F401 - its configuration defaults
+
+    with dask.config.set(_pre_spawn_config()):  # (get's dict is the configuration's own, undone at exit)
+        config = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+        environ = {k: os.environ.get(k, str(v)) for k, v in config.items() if v is not None}
+    if environ.get("PYTHONHASHSEED") in (None, "0"):
+        environ["PYTHONHASHSEED"] = "6640"
+    return environ
+
+
+def _pre_spawn_config() -> dict:
+    return {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
 
 
 class MissingPackageError(ModuleNotFoundError):
@@ -292,7 +408,14 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
     except ImportError as exc:
         msg = "the embedded cluster's TLS certificate needs the cryptography package: pip install cryptography"
         raise MissingPackageError(msg, name="cryptography") from exc
-    environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
+    environ = _pre_spawn_config()
+    if dask.config.get("distributed.worker.multiprocessing-method") in ("spawn", "forkserver"):
+        preload_workers()  # unless running already
+        if _forkserver_running() and _forkserver == (_forkserver_pid(), _worker_environ()):
+            environ["distributed.worker.multiprocessing-method"] = "forkserver"
+        else:  # a fork server daskcal did not start, or with other settings: its workers would lack ours
+            log.debug("embedded cluster: workers spawned (the running fork server has other settings)")
+            environ["distributed.worker.multiprocessing-method"] = "spawn"
     quiet = _SlowExitFilter()
     nanny_log = logging.getLogger("distributed.nanny")
     try:

@@ -22,6 +22,14 @@ def _environ():
     return {k: os.environ.get(k) for k in WORKER_ENVIRON}
 
 
+def _process_environ():
+    """The environment this process started with (what glibc's allocator read), not ``os.environ``."""
+    with open("/proc/self/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    environ = {k.decode(): v.decode() for k, v in pairs}
+    return {k: environ.get(k) for k in WORKER_ENVIRON}
+
+
 def _listening():
     """{port: ip} of the TCP sockets this process listens on."""
     return {c.laddr.port: c.laddr.ip for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN}
@@ -45,8 +53,33 @@ def embedded():
 
 
 def test_embedded_workers_get_the_allocator_settings(embedded):
-    got = embedded.run(_environ)
-    assert list(got.values()) == [{k: str(v) for k, v in WORKER_ENVIRON.items()}]
+    want = {k: str(v) for k, v in WORKER_ENVIRON.items()}
+    assert list(embedded.run(_environ).values()) == [want]
+    if sys.platform.startswith("linux"):  # and they had them when they started, when glibc read them
+        assert list(embedded.run(_process_environ).values()) == [want]
+
+
+def test_embedded_workers_are_forked_from_the_preloaded_fork_server(embedded):
+    """The workers start with distributed, dask.array, zarr, numba... imported (by the fork server)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver._forkserver_pid
+    got = embedded.run(lambda: (os.getppid(), "dask.array" in sys.modules, "numba" in sys.modules))
+    assert list(got.values()) == [(server, True, True)]
+
+
+def test_a_fork_server_with_other_settings_is_not_used(monkeypatch):
+    """A fork server whose environment is not the workers' (not started by daskcal, or before the settings
+    changed) would give workers without the allocator settings: the workers are spawned instead."""
+    import daskcal.cluster
+
+    connect("local", n_workers=1, tls=False, dashboard_address=None).close()  # the fork server runs
+    pid, _ = daskcal.cluster._forkserver
+    monkeypatch.setattr(daskcal.cluster, "_forkserver", (pid, {"MALLOC_ARENA_MAX": "8"}))
+    with connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
+        got = client.run(lambda: (os.getppid(), _environ(), _process_environ()))
+    want = {k: str(v) for k, v in WORKER_ENVIRON.items()}
+    assert list(got.values()) == [(os.getpid(), want, want)]
 
 
 def test_embedded_cluster_listens_on_localhost_only(embedded):
@@ -184,9 +217,10 @@ def test_embedded_cluster_without_tls_when_asked(capsys):
 
 def test_a_worker_slow_to_exit_after_a_successful_run_is_not_reported():
     """distributed's nanny kills a worker process still alive 4 s after it was asked to stop (a loaded
-    machine) and warns; after a successful run that is noise. A worker that sleeps 5 s at exit shows it."""
-    import atexit
+    machine) and warns; after a successful run that is noise. A worker whose process waits 5 s for a
+    thread before exiting shows it."""
     import logging
+    import threading
     import time
 
     class Collect(logging.Handler):
@@ -204,7 +238,7 @@ def test_a_worker_slow_to_exit_after_a_successful_run_is_not_reported():
     logging.getLogger("daskcal.cluster").setLevel(logging.DEBUG)
     try:
         with connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
-            client.run(lambda: atexit.register(time.sleep, 5) and None)
+            client.run(lambda: threading.Thread(target=time.sleep, args=(5,)).start())
     finally:
         logging.getLogger("distributed.nanny").removeHandler(nanny)
         logging.getLogger("daskcal.cluster").removeHandler(ours)

@@ -1,5 +1,5 @@
 """Command-line interface (``daskcal --help``)."""
 
-from daskcal.cli._main import main
+from daskcal.cli._main import console, main
 
-__all__ = ["main"]
+__all__ = ["console", "main"]

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import threading
+import time
 from pathlib import Path
 
-__all__ = ["add_cluster_options", "chunk_option", "connect_options", "memory_limit"]
+__all__ = ["ClusterStart", "add_cluster_options", "chunk_option", "connect_options", "memory_limit"]
+
+log = logging.getLogger(__name__)
 
 
 def memory_limit(text: str) -> str | int:
@@ -132,3 +137,63 @@ def chunk_option(values, option: str = "--chunks") -> tuple[int, int] | None:
         msg = f"{option} must be two positive integers CY CX (pixels); got {' '.join(map(str, values))}"
         raise ValueError(msg)
     return values
+
+
+class ClusterStart:
+    """The cluster of ``--cluster``, started in a background thread while the command opens and checks
+    its inputs when it is the embedded one; else connected to when :meth:`client` is called (a
+    batch-system cluster submits jobs: only once the inputs are known to be good).
+
+    Use as ``with ClusterStart(args) as cluster:`` and, once the inputs are checked,
+    ``with cluster.client() as client:``. Leaving the outer block closes the cluster however the
+    block ends, waiting for it to finish starting if need be (an error in the inputs is then
+    reported once the cluster it started is stopped: no process outlives the command).
+    """
+
+    def __init__(self, args: argparse.Namespace, *, background: bool = True) -> None:
+        self._args = args
+        self._client = None
+        self._error: BaseException | None = None
+        self._thread = None
+        if background and str(args.cluster).strip().lower() == "local":
+            self._thread = threading.Thread(target=self._start, name="daskcal-cluster-start", daemon=True)
+
+    def __enter__(self) -> ClusterStart:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        try:
+            self._client = self._connect()
+        except BaseException as exc:  # noqa: BLE001 - raised by client(), in the caller's thread
+            self._error = exc
+
+    def _connect(self):
+        from daskcal.cluster import connect
+
+        args = self._args
+        return connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads, **connect_options(args))
+
+    def client(self):
+        """The cluster's ``distributed.Client`` (enter it with ``with``; closing it stops the cluster)."""
+        if self._thread is None:
+            self._client = self._connect()
+            return self._client
+        t0 = time.perf_counter()
+        self._thread.join()
+        log.info("timing: waited %.2f s for the cluster started in the background", time.perf_counter() - t0)
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close(self) -> None:
+        """Close the cluster (once it has started); harmless if it is closed already."""
+        if self._thread is not None and self._thread.ident is not None:
+            self._thread.join()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()

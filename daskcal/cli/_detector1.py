@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, chunk_option, connect_options
+from daskcal.cli._common import ClusterStart, add_cluster_options, chunk_option
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe"]
@@ -79,7 +79,6 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     """
     from daskcal.detector._pipeline import step_parameters
     from daskcal.io._outputs import OutputSet
-    from daskcal.io._resume import done_before
 
     if resume and overwrite:
         msg = "--resume keeps what an earlier run completed and --overwrite replaces it: give one of them"
@@ -87,12 +86,40 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     params = {**{n: v for values in step_parameters().values() for n, v in values.items()}, **params}
     inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
     single = len(inputs) == 1
-    jobs, done = [], {}
-    for inp, out in _outputs(inputs, output, single):
+    pairs = _outputs(inputs, output, single)
+    for inp, out in pairs:  # refused before anything starts: a FITS input, an existing product
         if str(inp).endswith(".fits"):
             msg = f"{inp!r} is FITS; convert it first with 'daskcal ingest' (detector1 reads Zarr ramp stores)"
             raise ValueError(msg)
-        products = [Path(out) / f"{n}.zarr" for n in _NAMES] + ([Path(out) / f"{n}.fits" for n in _NAMES] if fits else [])
+        if not resume:
+            OutputSet(_products(out, fits), overwrite=overwrite, inputs=inputs).check()
+    # The embedded cluster starts while the inputs are opened and checked (not with --resume: every
+    # exposure may be done already, and then no cluster starts)
+    with ClusterStart(args, background=not resume) as cluster:
+        jobs, done = _jobs(pairs, inputs, params, chunks, fits, overwrite, resume)
+        if jobs:
+            _run(jobs, cluster, args, fits, single, done)
+    for inp in inputs:
+        for name, store in done[inp].items():
+            print(f"{name}: {store}")
+    return done[inputs[0]] if single else done
+
+
+_NAMES = ("rate", "rateints")
+
+
+def _products(out, fits: bool) -> list[Path]:
+    return [Path(out) / f"{n}.zarr" for n in _NAMES] + ([Path(out) / f"{n}.fits" for n in _NAMES] if fits else [])
+
+
+def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list, dict]:
+    """Open and check every input: ``(jobs to run, {input: products} of those done by an earlier run)``."""
+    from daskcal.io._outputs import OutputSet
+    from daskcal.io._resume import done_before
+
+    jobs, done = [], {}
+    for inp, out in pairs:
+        products = _products(out, fits)
         outputs = OutputSet(products, overwrite=overwrite, inputs=inputs)
         if not resume:
             outputs.check()  # an existing product is refused before the input is opened
@@ -104,15 +131,7 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
                 continue
             outputs.check()
         jobs.append((inp, out, ramps, result, record, outputs))
-    if jobs:
-        _run(jobs, args, fits, single, done)
-    for inp in inputs:
-        for name, store in done[inp].items():
-            print(f"{name}: {store}")
-    return done[inputs[0]] if single else done
-
-
-_NAMES = ("rate", "rateints")
+    return jobs, done
 
 
 def _build(inp, params: dict, chunks) -> tuple:
@@ -131,12 +150,11 @@ def _build(inp, params: dict, chunks) -> tuple:
     return ramps, result, run_record("detector1", inp, params, (y[0], x[0]))
 
 
-def _run(jobs: list, args, fits: bool, single: bool, done: dict) -> None:
+def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done: dict) -> None:
     """Compute and write each job's products on one cluster, committing each exposure's when written."""
     import contextlib
 
     from daskcal._precompile import precompile
-    from daskcal.cluster import connect
     from daskcal.detector._fused import COMPILE_SECONDS, compile_kernels
     from daskcal.io._atomic import save_products
     from daskcal.io._ramps import to_fits
@@ -148,8 +166,7 @@ def _run(jobs: list, args, fits: bool, single: bool, done: dict) -> None:
         # numba compiles (or loads from its cache) the kernels here while the cluster starts,
         # so the workers find them in the cache instead of each compiling them again
         kernels = precompile(lambda: [compile_kernels(job[2]) for job in jobs], estimate=COMPILE_SECONDS)
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
-                     **connect_options(args)) as client:
+        with cluster.client() as client:
             print(f"dashboard: {client.dashboard_link}")
             kernels.wait()
             for inp, out, ramps, result, record, outputs in jobs:

@@ -12,26 +12,47 @@ import logging
 import signal
 import sys
 
-__all__ = ["build_parser", "expected_failure", "main"]
+__all__ = ["build_parser", "console", "expected_failure", "main"]
 
-# Subcommand modules, in the order ``daskcal --help`` lists them.
-SUBCOMMANDS = (
-    "daskcal.cli._demo",
-    "daskcal.cli._simulate",
-    "daskcal.cli._simulate_images",
-    "daskcal.cli._ingest",
-    "daskcal.cli._detector1",
-    "daskcal.cli._run",
-    "daskcal.cli._recipes",
-    "daskcal.cli._outliers",
-    "daskcal.cli._resample",
-    "daskcal.cli._tweakreg",
-    "daskcal.cli._skymatch",
-    "daskcal.cli._image3",
-)
+# Subcommand modules by command name, in the order ``daskcal --help`` lists them.
+COMMANDS = {
+    "demo": "daskcal.cli._demo",
+    "simulate": "daskcal.cli._simulate",
+    "simulate-images": "daskcal.cli._simulate_images",
+    "ingest": "daskcal.cli._ingest",
+    "detector1": "daskcal.cli._detector1",
+    "run": "daskcal.cli._run",
+    "recipes": "daskcal.cli._recipes",
+    "outliers": "daskcal.cli._outliers",
+    "resample": "daskcal.cli._resample",
+    "tweakreg": "daskcal.cli._tweakreg",
+    "skymatch": "daskcal.cli._skymatch",
+    "image3": "daskcal.cli._image3",
+}
+SUBCOMMANDS = tuple(COMMANDS.values())
+
+_DETECTOR_TASKS = ("daskcal.detector._fused", "daskcal.io._zarr_read", "daskcal.io._zarr_write")
+_IMAGE_TASKS = ("daskcal.image._resample", "daskcal.image._outlier_blocks", "daskcal.image._skymatch",
+                "daskcal.io._zarr_read", "daskcal.image._asdf_preload")
+#: Modules the tasks of each command import: its embedded cluster's workers start with them
+#: (``daskcal.cluster.preload_workers``). ``run`` is missing: its recipe names the pipeline.
+WORKER_MODULES = {
+    "demo": _DETECTOR_TASKS,
+    "detector1": _DETECTOR_TASKS,
+    "outliers": _IMAGE_TASKS,
+    "resample": _IMAGE_TASKS,
+    "tweakreg": _IMAGE_TASKS,
+    "skymatch": _IMAGE_TASKS,
+    "image3": _IMAGE_TASKS,
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``daskcal`` parser; with ``command`` (a name of ``COMMANDS``), only that subcommand's.
+
+    Each subcommand module imports what its options need (detector1's parameter classes import
+    xarray, dask and numba): a command line naming its command builds only that one's parser.
+    """
     parser = argparse.ArgumentParser(
         prog="daskcal",
         description="Space-telescope calibration (stcal algorithms) as Dask task graphs.",
@@ -42,16 +63,46 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print daskcal's version and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMANDS:
+    for name in [COMMANDS[command]] if command in COMMANDS else SUBCOMMANDS:
         importlib.import_module(name).register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from daskcal.cli._image3 import normalise_step_flags
+def _command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), if it is one of ``COMMANDS``."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
-    parser = build_parser()
-    args = parser.parse_args(normalise_step_flags(list(sys.argv[1:] if argv is None else argv)))
+
+def _preload_workers(command: str | None, argv: list[str]) -> None:
+    """Start the process the embedded cluster forks its workers from, before this one imports what
+    parsing the command's options needs: the two import at the same time (not for ``--help``, nor
+    ``--cluster`` other than ``local``). Should the command stop before starting its cluster, that
+    process is stopped at exit."""
+    if command not in WORKER_MODULES or "-h" in argv or "--help" in argv:
+        return
+    cluster = "local"
+    for k, a in enumerate(argv):
+        if a == "--cluster" and k + 1 < len(argv):
+            cluster = argv[k + 1]
+        elif a.startswith("--cluster="):
+            cluster = a.split("=", 1)[1]
+    if cluster.strip().lower() != "local":
+        return
+    from daskcal.cluster import preload_workers
+
+    preload_workers(WORKER_MODULES[command])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a.startswith("--steps.") for a in argv):  # image3's step flags
+        from daskcal.cli._image3 import normalise_step_flags
+
+        argv = normalise_step_flags(argv)
+    command = _command(argv)
+    _preload_workers(command, argv)
+    args = build_parser(command).parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     # dask.distributed sets its own loggers to INFO; filter at the handler so -v rules everything
@@ -77,6 +128,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _restore(previous)
+
+
+def console() -> None:
+    """The ``daskcal`` command (console script, ``python -m daskcal``): :func:`main`, then a quick exit."""
+    _exit(main())
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code`` without tearing the interpreter down.
+
+    Finalising every module a run imported (numpy, dask, distributed, numba, astropy...) took
+    0.4-0.7 s after the command's last line. What a normal exit does that matters still happens
+    first: other non-daemon threads are waited for, ``atexit`` handlers run (logging's flush,
+    multiprocessing's, distributed's and daskcal's cleanups), stdout and stderr are flushed. The
+    products are published (renamed into place) before :func:`main` returns.
+    """
+    import atexit
+    import os
+    import threading
+
+    threading._shutdown()  # what the interpreter does first: stop thread pools, wait for non-daemon threads
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (daskcal ... | head): nothing more can be said
+            pass
+    os._exit(code)
 
 
 def _log_startup() -> None:
@@ -167,4 +246,4 @@ def expected_failure(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._common import ClusterStart, add_cluster_options
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
@@ -105,7 +105,6 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     ``resume`` takes the earlier run's. A mosaic an earlier run completed alike is left as it is.
     """
     from daskcal._precompile import precompile
-    from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, open_images
     from daskcal.image._resample import resample
     from daskcal.image._warm_up import (
@@ -138,45 +137,47 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
             check_partial(output, record)  # refused before any cluster starts
     outputs = OutputSet(products, overwrite=overwrite, inputs=read, resumable=[output], resume=resume)
     outputs.check()
-    images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
-    mpix = sum(im["data"].size for im in images) / 1e6
-    with outputs:  # the output folder is proven writable before the cluster starts
-        # numba compiles (or loads from its cache) the kernels here while the cluster starts
-        kernels = precompile(lambda: compile_resample_kernels(images, **_library_kwargs(params)),
-                             estimate=RESAMPLE_COMPILE_SECONDS)
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
-                     **connect_options(args)) as client:
-            kernels.wait()
-            # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
-            mosaic = resample(images, **_library_kwargs(params))
-            mosaic.attrs.update(_asn_attrs(inputs))
+    # the embedded cluster starts while the inputs are opened and checked (a resume first checks the partial)
+    with ClusterStart(args, background=not resume) as cluster:
+        images = open_images(inputs, allow_outside_asn=getattr(args, "allow_outside_asn", False))  # group_id overrides
+        mpix = sum(im["data"].size for im in images) / 1e6
+        with outputs:  # the output folder is proven writable before computing
+            # numba compiles (or loads from its cache) the kernels here while the cluster starts
+            kernels = precompile(lambda: compile_resample_kernels(images, **_library_kwargs(params)),
+                                 estimate=RESAMPLE_COMPILE_SECONDS)
+            with cluster.client() as client:
+                kernels.wait()
+                # built with the cluster up, so tiles fit its workers' memory; every check runs here, before writing
+                mosaic = resample(images, **_library_kwargs(params))
+                mosaic.attrs.update(_asn_attrs(inputs))
+                if fits:
+                    _check_fits_export(mosaic)
+                print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
+                      f"tiles {mosaic.attrs['tile_shape']}")
+                tile_shape = list(mosaic.attrs["tile_shape"])
+                record = _record(read, {**params, "tile_shape": tile_shape}, tile_shape)
+                if resume and check_partial(output, record):
+                    print(f"resample: resuming the partial mosaic in {resume_folder(output)}")
+                mosaic.attrs[RUN_ATTR] = record
+                print(f"dashboard: {client.dashboard_link}", flush=True)
+                t0 = time.perf_counter()
+                folder = resume_folder(output)
+                journal = ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
+                report: dict = {}
+                write_zarr(mosaic, outputs.path(output), progress=not args.no_progress, journal=journal,
+                           report=report)
+                elapsed = time.perf_counter() - t0
+                if report.get("kept") or report.get("redone"):
+                    print(f"resample: {report['kept']} of {report['chunks']} tiles were written by the earlier run "
+                          f"and verified; {report['chunks'] - report['kept']} computed now")
             if fits:
-                _check_fits_export(mosaic)
-            print(f"resample: {len(images)} inputs ({mpix:.1f} Mpix) -> mosaic {dict(mosaic.sizes)}, "
-                  f"tiles {mosaic.attrs['tile_shape']}")
-            tile_shape = list(mosaic.attrs["tile_shape"])
-            record = _record(read, {**params, "tile_shape": tile_shape}, tile_shape)
-            if resume and check_partial(output, record):
-                print(f"resample: resuming the partial mosaic in {resume_folder(output)}")
-            mosaic.attrs[RUN_ATTR] = record
-            print(f"dashboard: {client.dashboard_link}", flush=True)
-            t0 = time.perf_counter()
-            folder = resume_folder(output)
-            journal = ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
-            report: dict = {}
-            write_zarr(mosaic, outputs.path(output), progress=not args.no_progress, journal=journal, report=report)
-            elapsed = time.perf_counter() - t0
-            if report.get("kept") or report.get("redone"):
-                print(f"resample: {report['kept']} of {report['chunks']} tiles were written by the earlier run and "
-                      f"verified; {report['chunks'] - report['kept']} computed now")
-        if fits:
-            import xarray as xr
+                import xarray as xr
 
-            from daskcal.image._fits_write import to_fits
+                from daskcal.image._fits_write import to_fits
 
-            with xr.open_zarr(outputs.path(output), consolidated=False) as ds:
-                to_fits(ds, outputs.path(fits_path(output)))
-        outputs.commit()  # the mosaic and its FITS export appear together
+                with xr.open_zarr(outputs.path(output), consolidated=False) as ds:
+                    to_fits(ds, outputs.path(fits_path(output)))
+            outputs.commit()  # the mosaic and its FITS export appear together
     print(f"resample: {mpix:.1f} input Mpix in {elapsed:.1f} s ({mpix / elapsed:.2f} input Mpix/s)")
     print(f"mosaic: {output}")
     if fits:
