@@ -429,6 +429,20 @@ def consolidate(store: str | os.PathLike) -> None:
     with naming_path(store), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         zarr.consolidate_metadata(store, zarr_format=3)
+        _sort_consolidated(Path(store) / "zarr.json")
+
+
+def _sort_consolidated(root_json: Path) -> None:
+    """Put the consolidated metadata's arrays in name order, as zarr 3.1 writes them (zarr 3.0 lists them in
+    the directory's order, so two stores of the same data differed in their root ``zarr.json``)."""
+    import json
+
+    meta = json.loads(root_json.read_text())
+    listed = meta.get("consolidated_metadata", {}).get("metadata")
+    if not listed or list(listed) == sorted(listed):
+        return
+    meta["consolidated_metadata"]["metadata"] = {name: listed[name] for name in sorted(listed)}
+    root_json.write_text(json.dumps(meta, indent=2))
 
 
 def compute_writes(collections: list, *, progress: bool = False) -> list:

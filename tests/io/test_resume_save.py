@@ -58,6 +58,17 @@ def _calls() -> int:
     return _STATE["calls"]
 
 
+def _old_distributed() -> bool:
+    import distributed
+
+    return int(distributed.__version__.split(".")[0]) < 2025
+
+
+def _sparse() -> bool:
+    """Whether tiles no input reaches are left unwritten (xarray can give Zarr a fill value)."""
+    return _resample._zarr_fill_value_encoding()
+
+
 #: Origins (y0, x0) of the tiles some input reaches (the tiles whose sums are computed), set by ``whole``.
 _REACHED: set = set()
 
@@ -84,6 +95,10 @@ def whole(images, tmp_path_factory):
 @pytest.mark.parametrize("fail_at", [(0, 32), (32, 32), (64, 64)])
 def test_a_failed_save_is_resumed_bit_identical(images, whole, scheduler, fail_at, tmp_path, monkeypatch, request):
     reference, ntiles = whole
+    if request.node.callspec.params["scheduler"] == "distributed" and _old_distributed():
+        pytest.skip("distributed < 2025 may hand the resumed save's first key, still held as erred by the failed "
+                    "save in the same client session, back as that error (seen with 2024.8, the lowest version "
+                    "allowed; a new session, as the command line's --resume is, is not affected)")
     path = tmp_path / "m.zarr"
     with scheduler():
         with pytest.raises(RuntimeError, match="injected failure"):
@@ -94,8 +109,8 @@ def test_a_failed_save_is_resumed_bit_identical(images, whole, scheduler, fail_a
         assert json.loads((folder / RESUME_MARKER).read_text())["pid"] is None  # released
         kept = len(_records(path))
         assert kept < ntiles
-        if request.node.callspec.params["scheduler"] == "sync" and fail_at == (0, 32):
-            assert kept == 7  # dask's order computes that tile second to last
+        if request.node.callspec.params["scheduler"] == "sync" and fail_at == (0, 32) and _sparse():
+            assert kept == 7  # dask's order computes that tile second to last (empty tiles' writes change it)
         daskcal.save(_mosaic(images, monkeypatch), path, resume=True)
     assert _calls() == ntiles - kept  # only the tiles not written before
     assert not folder.exists()
@@ -108,7 +123,7 @@ def test_a_torn_tile_is_detected_and_redone(images, whole, tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="injected failure"), dask.config.set(scheduler="sync"):
         daskcal.save(_mosaic(images, monkeypatch, fail_at=(0, 32)), path, resume=True)
     records = _records(path)
-    assert len(records) == 7
+    assert 0 < len(records) < ntiles
     entry = json.loads(records[0].read_text())
     torn = resume_folder(path) / min(f for f in entry["files"] if f.split("/")[1] == "data")
     torn.write_bytes(torn.read_bytes()[:-7])  # a write cut short
@@ -154,9 +169,10 @@ def test_a_save_stopped_between_its_last_chunk_and_its_commit_is_resumed(images,
     path = tmp_path / "m.zarr"
     with pytest.raises(RuntimeError, match="injected failure"), dask.config.set(scheduler="sync"):
         daskcal.save(_mosaic(images, monkeypatch, fail_at=(0, 32)), path, resume=True)
+    kept = len(_records(path))
     staged = resume_folder(path) / path.name
     mark_complete(staged)  # as the last steps before the commit do
     consolidate(staged)
     daskcal.save(_mosaic(images, monkeypatch), path, resume=True)
-    assert _calls() == ntiles - 7
+    assert _calls() == ntiles - kept
     assert _files(path) == _files(reference)
