@@ -90,9 +90,7 @@ class Sums:
     def union(cls, pieces) -> Sums:
         """The sums of one input's blocks that meet in a tile (their seams), over the union of their boxes:
         what one drizzle of the whole input gives."""
-        y0, x0 = min(pc.oy for pc in pieces), min(pc.ox for pc in pieces)
-        y1 = max(pc.oy + pc.wht.shape[0] for pc in pieces)
-        x1 = max(pc.ox + pc.wht.shape[1] for pc in pieces)
+        y0, y1, x0, x1 = _box_of(pieces)
         first = pieces[0]
 
         def zeros(a):
@@ -111,6 +109,12 @@ class Sums:
             if out.dq is not None:
                 out.dq[s] |= pc.dq
         return out
+
+
+def _box_of(pieces) -> tuple[int, int, int, int]:
+    """The box ``(y0, y1, x0, x1)`` of the mosaic that pieces (:class:`Window` or :class:`Sums`) cover together."""
+    return (min(pc.oy for pc in pieces), max(pc.oy + pc.wht.shape[0] for pc in pieces),
+            min(pc.ox for pc in pieces), max(pc.ox + pc.wht.shape[1] for pc in pieces))
 
 
 #: Drizzle weight types, as the reference names them (None is "none").
@@ -631,8 +635,7 @@ class TileSums:
         """The sums of one input's pieces of a tile, over ``box`` (y0, y1, x0, x1; default: the box the pieces
         cover)."""
         if box is None:
-            box = (min(pc.oy for pc in pieces), max(pc.oy + pc.wht.shape[0] for pc in pieces),
-                   min(pc.ox for pc in pieces), max(pc.ox + pc.wht.shape[1] for pc in pieces))
+            box = _box_of(pieces)
         sums = cls(box, nplanes, spec)
         sums.add_input(pieces, ctx_index, tmeasure)
         return sums
@@ -730,8 +733,8 @@ class TileSums:
         have one dependent in the graph (the next step of their tile), which owns them. Adding in
         place saves a copy of the sums per input (84 MB per 1024^2 tile).
         """
-        box = (min(self.box[0], min(pc.oy for pc in pieces)), max(self.box[1], max(pc.oy + pc.wht.shape[0] for pc in pieces)),
-               min(self.box[2], min(pc.ox for pc in pieces)), max(self.box[3], max(pc.ox + pc.wht.shape[1] for pc in pieces)))
+        y0, y1, x0, x1 = _box_of(pieces)
+        box = (min(self.box[0], y0), max(self.box[1], y1), min(self.box[2], x0), max(self.box[3], x1))
         if box == self.box:
             out = self
         else:
@@ -864,10 +867,7 @@ def _merged_means(pieces):
 
     As one drizzle of the whole input gives: sum(w * m) / sum(w), float32, NaN where no weight.
     """
-    y0 = min(pc.oy for pc in pieces)
-    x0 = min(pc.ox for pc in pieces)
-    y1 = max(pc.oy + pc.wht.shape[0] for pc in pieces)
-    x1 = max(pc.ox + pc.wht.shape[1] for pc in pieces)
+    y0, y1, x0, x1 = _box_of(pieces)
     w = np.zeros((y1 - y0, x1 - x0), np.float64)
     sums = {name: np.zeros_like(w) for name in pieces[0].var}
     for pc in pieces:
