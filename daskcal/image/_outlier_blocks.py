@@ -4,7 +4,7 @@
   computed once and used by both the block's drizzle and its blot.
 - :func:`drizzle_block`: single-drizzle one input block into an output window
   holding its whole footprint (so drizzle never clips it).
-- :func:`merge_group`: add a group's block windows as weighted sums, mask
+- :func:`merge_group`: add a group's block sums, mask
   weights below the group threshold, write the window's tiles into the group's
   layer of the sparse Zarr stack.
 - :func:`median_tile`: median of the layers that overlap one output tile.
@@ -138,8 +138,19 @@ def block_pixel_map(in_wcs_text, out_wcs_text, shape, cut_rows):
 
     The one pixel map of a block: its drizzle and its blot both use it.
     """
+    from daskcal.image._driz import compute_pixmap
+    from daskcal.image._grid import _bbox
+
     c0, c1 = cut_rows
-    return pixel_map(_wcs(in_wcs_text), _wcs(out_wcs_text), shape, rows=np.arange(c0, c1))
+    in_wcs = _wcs(in_wcs_text)
+    # written in place by the compiled program (no coordinate grids, no copy): :func:`pixel_map` of these rows
+    pm = compute_pixmap(in_wcs, _wcs(out_wcs_text), c0, c1, 0, shape[1])
+    if in_wcs.bounding_box is not None:
+        (x0, x1), (y0, y1) = _bbox(in_wcs, shape)
+        rows, cols = np.arange(c0, c1), np.arange(shape[1])
+        pm[(rows < y0) | (rows > y1)] = np.nan
+        pm[:, (cols < x0) | (cols > x1)] = np.nan
+    return pm
 
 
 def drizzle_block(data, dq, var_rnoise, pixmap, block, window, params, exptime, level):
@@ -168,10 +179,11 @@ def drizzle_block(data, dq, var_rnoise, pixmap, block, window, params, exptime, 
     Returns
     -------
     tuple
-        ``(window, img, wht)``: the window and its drizzled image and weight
-        (float32, 0 where nothing landed).
+        ``(window, swd, wht)``: the window, the sum of weight x data and the
+        sum of weights over it (float64, 0 where nothing landed): sums, so a
+        group's parts add without dividing and multiplying back.
     """
-    from daskcal.image._driz import DrizzleSpec, drizzle_block as drizzle_window
+    from daskcal.image._driz import ONE_PASS_KERNELS, DrizzleSpec, drizzle_block as drizzle_window
 
     y0, y1, x0, x1 = window
     data = np.asarray(assemble(data), dtype=np.float32)
@@ -180,15 +192,22 @@ def drizzle_block(data, dq, var_rnoise, pixmap, block, window, params, exptime, 
     var_rnoise = None if var_rnoise is None else assemble(var_rnoise)
     weight = weight_map(assemble(dq), params.weight_type, params.good_bits, exptime, var_rnoise=var_rnoise,
                         var_sky=var_rnoise)
-    pm = pixmap - np.array([x0, y0], dtype=np.float64)
+    pm = pixmap  # computed inside this task for it alone (see _outliers._plan_input): shifted in place
+    pm -= np.array([x0, y0], dtype=np.float64)
+    nx = data.shape[1]
+    bounds = (0, nx - 1, block[0], block[1] - 1)
+    if params.kernel in ONE_PASS_KERNELS:  # the kernel's own sums: nothing divided here and multiplied back
+        from daskcal.image._dkernel import drizzle_window as one_pass
+
+        res = one_pass(data, weight, pm, bounds, (y1 - y0, x1 - x0), kernel=params.kernel,
+                       pixfrac=float(params.pixfrac), want_ctx=False)
+        return window, res.swd, res.wht
     spec = DrizzleSpec(kernel=params.kernel, pixfrac=float(params.pixfrac), psr=1.0, weight_type="none",
                        good_bits=None, enable_ctx=False, enable_var=False, compute_err=None, propagate_dq=False,
                        fillval=0.0)
-    nx = data.shape[1]
-    win = drizzle_window({"data": data, "weight": weight}, pm, (0, nx - 1, block[0], block[1] - 1),
-                         (y0, x0, y1 - y0, x1 - x0), spec, exptime)
-    img, wht = win.img, win.wht
-    return window, img, wht
+    win = drizzle_window({"data": data, "weight": weight}, pm, bounds, (y0, x0, y1 - y0, x1 - x0), spec, exptime)
+    wht = np.asarray(win.wht, np.float64)
+    return window, np.asarray(win.img, np.float64) * wht, wht
 
 
 def merge_group(parts, window, params, layer, store, tiles):
@@ -216,24 +235,26 @@ def merge_group(parts, window, params, layer, store, tiles):
 
     Notes
     -----
-    Drizzled pieces add as weighted sums (sum of w*d, sum of w; float64 here),
-    which equals one drizzle of the whole group up to float32 rounding.
+    The parts are sums (of weight x data and of weight, float64) and add as
+    such, which equals one drizzle of the whole group up to float32 rounding.
     """
+    from daskcal.image._outlier_kernels import add_sums, group_means
+
     y0, y1, x0, x1 = window
     shape = (y1 - y0, x1 - x0)
-    num = np.zeros(shape, np.float64)
-    wsum = np.zeros(shape, np.float64)
-    for (wy0, wy1, wx0, wx1), img, wht in parts:
-        sl = (slice(wy0 - y0, wy1 - y0), slice(wx0 - x0, wx1 - x0))
-        num[sl] += img * wht.astype(np.float64)
-        wsum[sl] += wht
+    if len(parts) == 1 and parts[0][0] == window:
+        num, wsum = parts[0][1], parts[0][2]
+    else:
+        num = np.zeros(shape, np.float64)
+        wsum = np.zeros(shape, np.float64)
+        for (wy0, _, wx0, _), swd, wht in parts:
+            add_sums(num, wsum, wy0 - y0, wx0 - x0, swd, wht)
     del parts
-    wht = wsum.astype(np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        img = (num / wsum).astype(np.float32)
+    img = np.empty(shape, np.float32)
+    wht = np.empty(shape, np.float32)
+    group_means(num, wsum, np.float32(params.fill_value), img, wht)
     del num, wsum
     threshold = compute_weight_threshold(wht, params.maskpt)
-    img[wht == 0] = params.fill_value
     with np.errstate(invalid="ignore"):
         img[wht < threshold] = np.nan
     del wht

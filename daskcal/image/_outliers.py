@@ -42,7 +42,7 @@ DEFAULT_BUFFER_SIZE = 256 * 2**20
 #: Default output tile (rows, columns).
 DEFAULT_TILE = (1024, 1024)
 #: Default input rows per drizzle/blot task.
-DEFAULT_BLOCK_ROWS = 512
+DEFAULT_BLOCK_ROWS = 2048
 _KERNELS = KERNELS
 _WEIGHT_TYPES = (*WEIGHT_TYPES, None)
 
@@ -101,7 +101,7 @@ class OutlierParameters:
     tile_shape: tuple[int, int] | None = param(
         None, "output tile (rows, columns): Zarr chunk of the stack and median block", "px",
         derived="1024 x 1024", example=DEFAULT_TILE, cli={"type": int, "nargs": 2, "metavar": ("TY", "TX")})
-    block_rows: int | None = param(None, "input rows per drizzle and blot task", "px", derived="512",
+    block_rows: int | None = param(None, "input rows per drizzle and blot task", "px", derived="2048",
                                    python_only=True)
 
     def __post_init__(self):
@@ -275,7 +275,7 @@ def flag_outliers(
         Output grid (a gwcs or an ASDF file with a ``wcs`` key); default the
         grid :func:`daskcal.output_wcs` builds from the inputs.
     block_rows : int, optional
-        Input rows per drizzle and blot task (default 512): each input is cut
+        Input rows per drizzle and blot task (default 2048): each input is cut
         into row blocks whose pixel map is computed once and used by both.
         The drizzled blocks add as weighted sums, so the result does not depend
         on it beyond float32 rounding.
@@ -500,9 +500,13 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
         window = (min(w[0] for w in ws), max(w[1] for w in ws), min(w[2] for w in ws), max(w[3] for w in ws))
         tij = _tiles_of(window, tile_shape, out_shape)
         group_tiles.append(set(tij))
+        # a group of one block drizzles inside its merge task (no window handed from task to task); else each
+        # block is a task of its own
+        drizzled = ([parts[0].drizzled] if len(parts) == 1 else
+                    [graph.add(f"outlier-drizzle-{token}-{b.key}", *b.drizzled) for b in parts])
         group_tasks.append(graph.add(
             f"outlier-single-merge-{token}-{gi}", blocks.merge_group,
-            [b.drizzled for b in parts], window, params, gi, store,
+            drizzled, window, params, gi, store,
             [_tile_box(i, j, tile_shape, out_shape) for i, j in tij],
         ))
 
@@ -586,7 +590,8 @@ class _BlockPlan:
     c1: int
     window: tuple | None
     pixmap: object = None  # task computing the pixel map of the cut (inside the tasks that take it)
-    drizzled: object = None  # delayed (window, img, wht)
+    drizzled: object = None  # the task (window, swd, wht) of its single drizzle
+    key: str = ""
 
 
 @dataclasses.dataclass
@@ -621,8 +626,9 @@ def _plan_input(graph, k, ds, in_wcs, out_wcs, out_text, out_shape, margin, para
             # held from the drizzle until the blot (after the median of every exposure): 16 bytes per input
             # pixel, ~400 MB per worker on 32 exposures of 2048^2
             b.pixmap = (blocks.block_pixel_map, text_in, out_text, shape, (c0, c1))
-            b.drizzled = graph.add(
-                f"outlier-drizzle-{token}-{k}-{r0}", blocks.drizzle_block,
+            b.key = f"{k}-{r0}"
+            b.drizzled = (  # a task, put in the graph by the group's merge (see _flag_resampled)
+                blocks.drizzle_block,
                 data.window(c0, c1), dq.window(c0, c1), None if var is None else var.window(c0, c1),
                 b.pixmap, (r0 - c0, r1 - c0), window, params, exptime, level or 0.0,
             )

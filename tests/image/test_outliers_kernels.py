@@ -92,6 +92,57 @@ def test_compute_weight_threshold(seed):
     np.testing.assert_array_equal(w < t, w < t_ref)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_compute_weight_threshold_quantised_weights(seed):
+    """Many equal weights (ivm weights of a few read-noise levels, exptime weights): ties at the median and
+    at the clipping bounds, where a median off by one rank would change the threshold."""
+    rng = np.random.default_rng(seed)
+    w = rng.choice(np.float32([0.5, 1.0, 1.0, 2.0, 2.5, 40.0]), size=(300, 211))
+    w[rng.random(w.shape) < 0.1] = 0
+    t_ref = U.compute_weight_threshold(w, 0.7)
+    assert K.compute_weight_threshold(w, 0.7) == t_ref
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_median_float32_equals_numpy(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 5000)) + seed % 2
+    kinds = [
+        rng.normal(0, 1, n),
+        rng.integers(-3, 4, n),  # ties
+        rng.lognormal(0, 8, n) * rng.choice([-1, 1], n),  # both signs, wide exponents
+        np.concatenate([rng.normal(1e-40, 1e-41, n), [0.0, -0.0, np.inf, -np.inf]]),  # subnormals, zeros, infs
+        rng.normal(10, 1e-4, n),  # values sharing their high 16 bits
+    ]
+    for a in kinds:
+        a = np.asarray(a, np.float32)
+        expected = np.median(a)
+        got = K.median_float32(a)
+        assert got.dtype == np.float32
+        assert got == expected or (np.isnan(got) and np.isnan(expected)), (a.size, got, expected)
+
+
+def test_add_sums_and_group_means():
+    rng = np.random.default_rng(3)
+    num, wsum = np.zeros((6, 7)), np.zeros((6, 7))
+    swd, wht = rng.normal(size=(3, 4)), rng.uniform(0, 2, (3, 4))
+    wht[0, 0], swd[0, 0] = 0.0, 5.0  # no weight: nothing added
+    K.add_sums(num, wsum, 2, 1, swd, wht)
+    K.add_sums(num, wsum, 3, 2, swd, wht)
+    exp_num, exp_w = np.zeros((6, 7)), np.zeros((6, 7))
+    for y0, x0 in ((2, 1), (3, 2)):
+        exp_num[y0:y0 + 3, x0:x0 + 4] += np.where(wht != 0, swd, 0)
+        exp_w[y0:y0 + 3, x0:x0 + 4] += wht
+    np.testing.assert_array_equal(num, exp_num)
+    np.testing.assert_array_equal(wsum, exp_w)
+    img, w32 = np.empty((6, 7), np.float32), np.empty((6, 7), np.float32)
+    K.group_means(num, wsum, np.float32(np.nan), img, w32)
+    covered = exp_w.astype(np.float32) != 0
+    np.testing.assert_array_equal(w32, exp_w.astype(np.float32))
+    np.testing.assert_array_equal(img[covered], (exp_num[covered] / exp_w[covered]).astype(np.float32))
+    assert np.isnan(img[~covered]).all()
+
+
 def test_compute_weight_threshold_empty():
     assert np.isnan(K.compute_weight_threshold(np.zeros((3, 3), np.float32), 0.7))
 
