@@ -241,3 +241,31 @@ def test_products_of_different_chunk_grids_each_get_their_own_write_tasks(tmp_pa
         with xr.open_zarr(paths[name], consolidated=False) as got:
             for v in ds.data_vars:
                 np.testing.assert_array_equal(got[v].values, ds[v].values, err_msg=f"{name}.{v}")
+
+
+def test_each_product_gets_its_own_write_tasks(fitted, tmp_path):
+    """Exposures saved together (an image3 run's crf products) are written by write tasks of their own: the
+    task writing a chunk of one exposure does not wait for (and hold blocks of) the others. A ramp fit's rate
+    and rateints, slices of one stacked array, still share their tasks."""
+    import daskcal
+
+    sim = daskcal.simulate_images(3, (64, 64), seed=3)
+    for k, ds in enumerate(sim.images):
+        daskcal.save(ds, tmp_path / f"in{k}.zarr")
+    images = daskcal.open_images([tmp_path / f"in{k}.zarr" for k in range(3)], chunks=(40, 30))
+    flagged = {f"crf{k}": ds.assign(dq=ds["dq"] | np.uint32(daskcal.DQ.OUTLIER)) for k, ds in enumerate(images)}
+    targets = [(_Target(None, None, product=name), ds[v].data) for name, ds in flagged.items() for v in ds.data_vars]
+    writes = _chunk_writers(targets)
+    assert len(writes) == 3
+    for w, ds in zip(writes, flagged.values(), strict=True):
+        assert w.dask.dependencies[w.name] == {ds["dq"].data.name}  # its own exposure's flags only
+    fit = {"rate": fitted.rate, "rateints": fitted.rateints}
+    targets = [(_Target(None, None, product=name), ds[v].data) for name, ds in fit.items() for v in ds.data_vars]
+    (writes,) = _chunk_writers(targets)
+    assert writes.dask.dependencies[writes.name] == {slice_of(arr).source.name for _, arr in targets}
+    with dask.config.set(scheduler="threads"):
+        paths = save_products(flagged, tmp_path / "out")
+    for name, ds in flagged.items():
+        with xr.open_zarr(paths[name], consolidated=False) as got:
+            for v in ds.data_vars:
+                np.testing.assert_array_equal(got[v].values, ds[v].values, err_msg=f"{name}.{v}")
