@@ -42,7 +42,7 @@ DEFAULT_BUFFER_SIZE = 256 * 2**20
 #: Default output tile (rows, columns).
 DEFAULT_TILE = (1024, 1024)
 #: Default input rows per drizzle/blot task.
-DEFAULT_BLOCK_ROWS = 2048
+DEFAULT_BLOCK_ROWS = 512
 _KERNELS = KERNELS
 _WEIGHT_TYPES = (*WEIGHT_TYPES, None)
 
@@ -101,7 +101,7 @@ class OutlierParameters:
     tile_shape: tuple[int, int] | None = param(
         None, "output tile (rows, columns): Zarr chunk of the stack and median block", "px",
         derived="1024 x 1024", example=DEFAULT_TILE, cli={"type": int, "nargs": 2, "metavar": ("TY", "TX")})
-    block_rows: int | None = param(None, "input rows per drizzle and blot task", "px", derived="2048",
+    block_rows: int | None = param(None, "input rows per drizzle and blot task", "px", derived="512",
                                    python_only=True)
 
     def __post_init__(self):
@@ -275,7 +275,7 @@ def flag_outliers(
         Output grid (a gwcs or an ASDF file with a ``wcs`` key); default the
         grid :func:`daskcal.output_wcs` builds from the inputs.
     block_rows : int, optional
-        Input rows per drizzle and blot task (default 2048): each input is cut
+        Input rows per drizzle and blot task (default 512): each input is cut
         into row blocks whose pixel map is computed once and used by both.
         The drizzled blocks add as weighted sums, so the result does not depend
         on it beyond float32 rounding.
