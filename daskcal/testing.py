@@ -75,7 +75,11 @@ def stcal_detect_jumps(
     after_jump_flag_dn2: float = 0.0,
     after_jump_flag_time2: float = 0.0,
 ) -> xr.Dataset:
-    """``stcal.jump.jump.detect_jumps_data``, two-point difference only, as JWST's jump step calls it."""
+    """``stcal.jump.jump.detect_jumps_data``, two-point difference only, as JWST's jump step calls it.
+
+    The result's ``attrs["total_primary_crs"]`` is stcal's count of primary jumps (-99 where it
+    skipped the step).
+    """
     from stcal.jump.jump import detect_jumps_data
     from stcal.jump.jump_class import JumpData
 
@@ -101,8 +105,10 @@ def stcal_detect_jumps(
     jd.set_after_jump(
         after_jump_flag_dn1, int(after_jump_flag_time1 // gtime), after_jump_flag_dn2, int(after_jump_flag_time2 // gtime)
     )
-    gdq, pdq, _, _ = detect_jumps_data(jd)
-    return _with(ramps, groupdq=gdq, pixeldq=pdq)
+    gdq, pdq, total_primary_crs, _ = detect_jumps_data(jd)
+    out = _with(ramps, groupdq=gdq, pixeldq=pdq)
+    out.attrs["total_primary_crs"] = int(total_primary_crs)
+    return out
 
 
 def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True) -> tuple[dict, dict]:

@@ -174,12 +174,14 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                 # The count is known only once every chunk is fitted (worker logs never reach this
                 # console): computed with the writes, it takes the planes of the same fit tasks.
                 products = {name: getattr(result, name).assign_attrs({RUN_ATTR: record}) for name in _NAMES}
-                paths, (n_nonfinite,) = save_products(products, out, progress=not args.no_progress,
-                                                      outputs=outputs, also=(result.n_nonfinite,))
+                paths, (n_nonfinite, n_jumps) = save_products(
+                    products, out, progress=not args.no_progress, outputs=outputs,
+                    also=(result.n_nonfinite, result.n_primary_jumps))
                 elapsed = time.perf_counter() - t0
                 if n_bad := int(n_nonfinite):
                     log.warning("%s: %d pixels have NaN or infinite samples; those groups are DO_NOT_USE "
                                 "(a pixel with no other usable group gets a NaN rate and DO_NOT_USE)", inp, n_bad)
+                log.info("%s: primary jumps (cosmic rays) per integration: %s", inp, list(map(int, n_jumps)))
                 if fits:
                     _export_fits(paths, outputs, to_fits)
                 outputs.commit()  # this exposure's products appear together

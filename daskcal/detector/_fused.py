@@ -31,8 +31,9 @@ from daskcal.detector._halo import halo_blocks_group
 from daskcal.detector._jump import (
     JumpParameters,
     gain_pixeldq,
-    jump_block,
     jump_block_arguments,
+    primary_block,
+    secondary_block,
 )
 from daskcal.detector._ramp_fit import _products, fit_block, n_planes
 from daskcal.detector._saturation import (
@@ -43,10 +44,12 @@ from daskcal.detector._saturation import (
     saturation_pixeldq,
 )
 from daskcal.dq import DQ
+from daskcal.io._zarr_write import take_slice
 
 __all__ = ["COMPILE_SECONDS", "compile_kernels", "detector1_block", "detector1_graph", "plane_usable"]
 
 _DNU = int(DQ.DO_NOT_USE)
+_JUMP = int(DQ.JUMP_DET)
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +112,10 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, 
 
     Returns
     -------
-    ndarray, float32 (n_planes(nints), cy, cx)
-        The stacked rate and rateints planes of :func:`fit_block` (a view of
-        the fitted halo'd block).
+    ndarray, float32 (n_planes(nints) + nints, cy, cx)
+        The stacked rate and rateints planes of :func:`fit_block`, then the number
+        of each pixel's primary jumps in each integration (a view of the fitted
+        halo'd block).
     """
     ys, xs = core
     gdq = saturation_block(data, gdq, effective_threshold(sat, pdq if sat_dq is None else sat_dq, atod_limit),
@@ -122,13 +126,24 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, 
                            out=data if owns_data else None)
     if np.ndim(dark) == 0:
         dark = np.full(gain.shape, dark, dtype=np.float32)
-    gdq = jump_block(data, gdq, gain, rnoise, usable, **jump, in_place=True)  # gdq is saturation_block's new array
+    # gdq is saturation_block's new array: flagged in place
+    gdq = primary_block(data, gdq, gain, rnoise, usable, **_only(jump, "nframes", "thresholds", "method"),
+                        in_place=True)
+    nints = gdq.shape[0]
+    primary_counts = np.count_nonzero(gdq & _JUMP, axis=1)  # (nints, y, x) before neighbour flags
+    gdq = secondary_block(data, gdq, gain, rnoise, usable, **_only(jump, "nframes", "neighbors", "after_jump",
+                                                                   "method"), in_place=True)
     pdq = gain_pixeldq(saturation_pixeldq(pdq, sat, sat_dq), gain)
     # Fitting the halo too (a few % more pixels) avoids copying the cropped cube.
     # The products are returned as a view of the core (not copied: the writer
     # copies each plane into Zarr's buffers anyway).
-    planes = fit_block(data, gdq, pdq, gain, rnoise, dark, **fit)
+    planes = fit_block(data, gdq, pdq, gain, rnoise, dark, **fit, extra_planes=nints)
+    planes[-nints:] = primary_counts
     return planes[:, ys, xs]
+
+
+def _only(kwargs: dict, *names: str) -> dict:
+    return {k: kwargs[k] for k in names if k in kwargs}
 
 
 #: Seconds the kernels of :func:`compile_kernels` take to compile on a first run (2 cores, unloaded).
@@ -285,11 +300,12 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         cube,
         pix,
         halo,
-        n_planes(nints),
+        n_planes(nints) + nints,
         usable=plane_usable(ds),
         n_pix_grow_sat=n,
         atod_limit=float(sat_params.atod_limit),
         jump=jump_args,
         fit=fit,
     )
-    return _products(stacked, ramps)
+    jumps = take_slice(stacked, slice(n_planes(nints), n_planes(nints) + nints))
+    return _products(stacked, ramps, jumps.sum(axis=(1, 2), dtype=np.int64))

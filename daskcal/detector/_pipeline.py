@@ -98,7 +98,8 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     Returns
     -------
     RampFitResult
-        Lazy ``.rate`` and ``.rateints`` datasets (DN/s). Only small detector-wide
+        Lazy ``.rate`` and ``.rateints`` datasets (DN/s), and ``.n_primary_jumps``, the
+        cosmic rays (primary JUMP_DET samples) found in each integration. Only small detector-wide
         statistics (gain checks, the median gain, which group planes are usable)
         are computed here; the ramps are read when the caller computes or saves
         the products.

@@ -73,6 +73,12 @@ class RampFitResult:
         :func:`daskcal.detector1` those samples are DO_NOT_USE groups (a pixel
         left with no usable group gets a NaN rate and DO_NOT_USE in ``dq``);
         :func:`fit_ramps` alone uses unflagged ones as stcal does.
+    n_primary_jumps : dask.array.Array or None
+        int64 ``(integration,)``: group samples flagged JUMP_DET by the jump step's
+        primary search in each integration (their sum is stcal's ``total_primary_crs``;
+        neighbour and after-jump flags are not counted). From :func:`daskcal.detector1`,
+        or the ``n_primary_jumps`` variable of :func:`fit_ramps`' input
+        (:func:`daskcal.detect_jumps` adds it); otherwise None.
 
     Notes
     -----
@@ -84,6 +90,7 @@ class RampFitResult:
     rate: xr.Dataset
     rateints: xr.Dataset
     n_nonfinite: da.Array
+    n_primary_jumps: da.Array | None = None
 
 
 @functools.lru_cache(maxsize=32)
@@ -104,7 +111,7 @@ NONFINITE_PLANE = -1
 
 
 def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, frame_time, nframes,
-              suppress_one_group):
+              suppress_one_group, extra_planes=0):
     """Fit the ramps of one in-memory chunk (block layer).
 
     Parameters
@@ -127,13 +134,15 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         Frames averaged per group.
     suppress_one_group : bool
         Treat integrations with a single good group as having none.
+    extra_planes : int, default 0
+        Planes left unset after those (for the caller's own products).
 
     Returns
     -------
-    ndarray, float32 (5 * (1 + nints) + 1, ny, nx)
+    ndarray, float32 (5 * (1 + nints) + 1 + extra_planes, ny, nx)
         Planes ``PRODUCT_NAMES`` for the rate, then for each name the
         ``nints`` rateints planes, then the number of NaN or infinite samples
-        of each pixel. The ``dq`` planes hold
+        of each pixel, then ``extra_planes``. The ``dq`` planes hold
         uint32 bit patterns (read them with ``.view(np.uint32)``).
     """
     nints, ngroups, ny, nx = data.shape
@@ -146,7 +155,8 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     # and stores the result in its float32 read-noise array.
     scale = g32.astype(np.float64) / np.sqrt(2.0 * nframes)
     rn = (np.asarray(readnoise, dtype=np.float32).reshape(npix) * scale).astype(np.float32)
-    out = np.empty((n_planes(nints), npix), dtype=np.float32)
+    whole = np.empty((n_planes(nints) + extra_planes, npix), dtype=np.float32)
+    out = whole[:n_planes(nints)]
     rate = out[: len(PRODUCT_NAMES)]
     ints = out[len(PRODUCT_NAMES):NONFINITE_PLANE].reshape(len(PRODUCT_NAMES), nints, npix)
     _k.fit_ramps_kernel(
@@ -158,7 +168,7 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         bool(suppress_one_group and ngroups > 1), _weights(ngroups),
         rate, rate[_k.DQ_PLANE].view(np.uint32), ints, ints[_k.DQ_PLANE].view(np.uint32), out[NONFINITE_PLANE],
     )
-    return out.reshape(n_planes(nints), ny, nx)
+    return whole.reshape(len(whole), ny, nx)
 
 
 def _fit_graph(data, groupdq, pixeldq, gain, readnoise, dark, **params) -> da.Array:
@@ -269,10 +279,12 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
         data, ds["groupdq"].data.rechunk(data.chunks),
         yx(ds["pixeldq"]), yx(ds["gain"]), yx(ds["readnoise"]), yx(dark), **params,
     )
-    return _products(stacked, ramps)
+    jumps = ramps["n_primary_jumps"].data if "n_primary_jumps" in ramps else None
+    return _products(stacked, ramps, jumps)
 
 
-def _products(stacked: da.Array, ramps: xr.Dataset) -> RampFitResult:
+def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | None = None) -> RampFitResult:
+    """The named products of ``stacked`` (:func:`fit_block`'s planes, and maybe more after them)."""
     nints = ramps.sizes["integration"]
     nvar = len(PRODUCT_NAMES)
     coords = {k: v for k, v in ramps.coords.items() if set(v.dims) <= set(PIX_DIMS)}
@@ -288,9 +300,10 @@ def _products(stacked: da.Array, ramps: xr.Dataset) -> RampFitResult:
         var_attrs = {"units": _UNITS[name]} if _UNITS[name] else {}
         rate[name] = xr.Variable(PIX_DIMS, plane, var_attrs)
         rateints[name] = xr.Variable(("integration", *PIX_DIMS), planes, var_attrs)
-    nonfinite = take_slice(stacked, NONFINITE_PLANE)
+    nonfinite = take_slice(stacked, n_planes(nints) - 1)  # NONFINITE_PLANE, counted from the front
     return RampFitResult(
         rate=xr.Dataset(rate, coords=coords, attrs=dict(attrs, product="rate")),
         rateints=xr.Dataset(rateints, coords=icoords, attrs=dict(attrs, product="rateints")),
         n_nonfinite=(nonfinite > 0).sum(dtype=np.int64),
+        n_primary_jumps=n_primary_jumps,
     )
