@@ -35,7 +35,8 @@ from daskcal.detector._jump import (
     primary_block,
     secondary_block,
 )
-from daskcal.detector._ramp_fit import _products, fit_block, n_planes
+from daskcal.detector._fitopt import n_opt_planes
+from daskcal.detector._ramp_fit import RampFitParameters, _products, fit_block, n_planes, pedestal_factor
 from daskcal.detector._saturation import (
     ATOD_LIMIT,
     SaturationParameters,
@@ -112,8 +113,8 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, 
 
     Returns
     -------
-    ndarray, float32 (n_planes(nints) + nints, cy, cx)
-        The stacked rate and rateints planes of :func:`fit_block`, then the number
+    ndarray, float32 (n_planes(nints) [+ n_opt_planes] + nints, cy, cx)
+        The stacked planes of :func:`fit_block` (with ``save_opt``, the optional product's), then the number
         of each pixel's primary jumps in each integration (a view of the fitted
         halo'd block).
     """
@@ -268,10 +269,7 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     """
     sat_params = SaturationParameters(**routed["saturation"])
     jump_params = JumpParameters(**routed["jump"])
-    suppress = routed["ramp_fit"].get("suppress_one_group", True)
-    if not isinstance(suppress, (bool, np.bool_)):
-        msg = f"suppress_one_group must be True or False; got {suppress!r}"
-        raise TypeError(msg)
+    fit_params = RampFitParameters(**routed["ramp_fit"])
     ds = pixel_chunked(ramps, chunks)
     jump_args = jump_block_arguments(jump_params, ds)
     n = sat_params.n_pix_grow_sat
@@ -282,8 +280,11 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         "group_time": float(ds.attrs["group_time"]),
         "frame_time": float(ds.attrs["frame_time"]),
         "nframes": int(ds.attrs["nframes"]),
-        "suppress_one_group": bool(suppress),
+        "suppress_one_group": bool(fit_params.suppress_one_group),
+        "save_opt": bool(fit_params.save_opt),
+        "ped_factor": pedestal_factor(ds.attrs),
     }
+    n_fit = n_planes(nints) + (n_opt_planes(nints, ds.sizes["group"]) if fit_params.save_opt else 0)
     pix = [ds[v].data.rechunk(chunks_yx) for v in ("pixeldq", "saturation", "superbias", "gain", "readnoise")
            if v in ds]
     if "superbias" not in ds:
@@ -300,12 +301,12 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         cube,
         pix,
         halo,
-        n_planes(nints) + nints,
+        n_fit + nints,
         usable=plane_usable(ds),
         n_pix_grow_sat=n,
         atod_limit=float(sat_params.atod_limit),
         jump=jump_args,
         fit=fit,
     )
-    jumps = take_slice(stacked, slice(n_planes(nints), n_planes(nints) + nints))
-    return _products(stacked, ramps, jumps.sum(axis=(1, 2), dtype=np.int64))
+    jumps = take_slice(stacked, slice(n_fit, n_fit + nints))
+    return _products(stacked, ramps, jumps.sum(axis=(1, 2), dtype=np.int64), save_opt=fit_params.save_opt)

@@ -19,6 +19,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from daskcal._params import param
+from daskcal.detector import _fitopt
 from daskcal.detector import _kernels_ramp_fit as _k
 from daskcal.detector._common import (
     PIX_DIMS,
@@ -49,11 +50,14 @@ class RampFitParameters:
 
     suppress_one_group: bool = param(
         True, "an integration with only one good group is unusable (ignored with one group per integration)")
+    save_opt: bool = param(False, "also make the optional product fitopt: every segment's fit, the pedestal and "
+                           "the jumps' sizes (stcal's opt_info)")
 
     def __post_init__(self):
-        if not isinstance(self.suppress_one_group, (bool, np.bool_)):
-            msg = f"suppress_one_group must be True or False; got {self.suppress_one_group!r}"
-            raise TypeError(msg)
+        for name in ("suppress_one_group", "save_opt"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                msg = f"{name} must be True or False; got {getattr(self, name)!r}"
+                raise TypeError(msg)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,15 @@ class RampFitResult:
         :func:`daskcal.detector1` those samples are DO_NOT_USE groups (a pixel
         left with no usable group gets a NaN rate and DO_NOT_USE in ``dq``);
         :func:`fit_ramps` alone uses unflagged ones as stcal does.
+    fitopt : xarray.Dataset or None
+        With ``save_opt``: the optional product (stcal's ``opt_info``, jwst's ``fitopt``)
+        on ``(integration, segment, y, x)``: ``slope`` (DN/s), ``sigslope``,
+        ``var_poisson``, ``var_rnoise`` ((DN/s)**2), ``yint`` (DN), ``sigyint``,
+        ``weights`` (1 / var_rnoise) of each segment in group order; ``pedestal`` (DN)
+        on ``(integration, y, x)``; ``crmag`` (DN) on ``(integration, jump, y, x)``.
+        The ``segment`` and ``jump`` axes have their largest possible lengths,
+        ``(ngroups + 1) // 2`` and ``ngroups - 1``, unused slots 0 (see
+        :mod:`daskcal.detector._fitopt`). Otherwise None.
     n_primary_jumps : dask.array.Array or None
         int64 ``(integration,)``: group samples flagged JUMP_DET by the jump step's
         primary search in each integration (their sum is stcal's ``total_primary_crs``;
@@ -91,6 +104,7 @@ class RampFitResult:
     rateints: xr.Dataset
     n_nonfinite: da.Array
     n_primary_jumps: da.Array | None = None
+    fitopt: xr.Dataset | None = None
 
 
 @functools.lru_cache(maxsize=32)
@@ -111,7 +125,7 @@ NONFINITE_PLANE = -1
 
 
 def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, frame_time, nframes,
-              suppress_one_group, extra_planes=0):
+              suppress_one_group, save_opt=False, ped_factor=0.0, extra_planes=0):
     """Fit the ramps of one in-memory chunk (block layer).
 
     Parameters
@@ -134,6 +148,11 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         Frames averaged per group.
     suppress_one_group : bool
         Treat integrations with a single good group as having none.
+    save_opt : bool, default False
+        Also stack the optional product's planes (:mod:`daskcal.detector._fitopt`).
+    ped_factor : float, default 0
+        Mean time of the first group in group times, for the pedestal (stcal's
+        ``((nframes + 1) / 2 + drop_frames1) / (nframes + groupgap)``).
     extra_planes : int, default 0
         Planes left unset after those (for the caller's own products).
 
@@ -142,7 +161,8 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     ndarray, float32 (5 * (1 + nints) + 1 + extra_planes, ny, nx)
         Planes ``PRODUCT_NAMES`` for the rate, then for each name the
         ``nints`` rateints planes, then the number of NaN or infinite samples
-        of each pixel, then ``extra_planes``. The ``dq`` planes hold
+        of each pixel, then with ``save_opt`` the optional product's planes
+        (``n_opt_planes(nints, ngroups)`` more), then ``extra_planes``. The ``dq`` planes hold
         uint32 bit patterns (read them with ``.view(np.uint32)``).
     """
     nints, ngroups, ny, nx = data.shape
@@ -155,8 +175,12 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     # and stores the result in its float32 read-noise array.
     scale = g32.astype(np.float64) / np.sqrt(2.0 * nframes)
     rn = (np.asarray(readnoise, dtype=np.float32).reshape(npix) * scale).astype(np.float32)
-    whole = np.empty((n_planes(nints) + extra_planes, npix), dtype=np.float32)
+    n_opt = _fitopt.n_opt_planes(nints, ngroups) if save_opt else 0
+    whole = np.empty((n_planes(nints) + n_opt + extra_planes, npix), dtype=np.float32)
     out = whole[:n_planes(nints)]
+    opt = whole[n_planes(nints):n_planes(nints) + n_opt]
+    opt[:] = 0.0
+    opt_arrays = _opt_views(opt, nints, ngroups, npix) if save_opt else _NO_OPT
     rate = out[: len(PRODUCT_NAMES)]
     ints = out[len(PRODUCT_NAMES):NONFINITE_PLANE].reshape(len(PRODUCT_NAMES), nints, npix)
     _k.fit_ramps_kernel(
@@ -167,19 +191,35 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         float(np.float32(group_time)), float(np.float32(frame_time)), int(nframes),
         bool(suppress_one_group and ngroups > 1), _weights(ngroups),
         rate, rate[_k.DQ_PLANE].view(np.uint32), ints, ints[_k.DQ_PLANE].view(np.uint32), out[NONFINITE_PLANE],
+        bool(save_opt), float(ped_factor), *opt_arrays,
     )
     return whole.reshape(len(whole), ny, nx)
 
 
+#: Stand-ins for the optional product's arrays when it is not asked for (ranks as the kernel types them).
+_NO_OPT = (np.zeros((7, 0, 0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros((0, 0, 0), np.float32))
+
+
+def _opt_views(opt: np.ndarray, nints: int, ngroups: int, npix: int) -> tuple:
+    """The kernel's (segments, pedestal, crmag) views of the optional planes ``opt``."""
+    nseg = _fitopt.max_segments(ngroups)
+    n_seg_planes = len(_fitopt.SEGMENT_NAMES) * nints * nseg
+    segs = opt[:n_seg_planes].reshape(len(_fitopt.SEGMENT_NAMES), nints, nseg, npix)
+    ped = opt[n_seg_planes:n_seg_planes + nints]
+    crmag = opt[n_seg_planes + nints:].reshape(nints, _fitopt.max_jumps(ngroups), npix)
+    return segs, ped, crmag
+
+
 def _fit_graph(data, groupdq, pixeldq, gain, readnoise, dark, **params) -> da.Array:
     """One ``map_blocks`` over pixel chunks; returns the stacked float32 planes (graph layer)."""
-    nints = data.shape[0]
+    nints, ngroups = data.shape[:2]
+    nplanes = n_planes(nints) + (_fitopt.n_opt_planes(nints, ngroups) if params.get("save_opt") else 0)
     return da.map_blocks(
         fit_block,
         data, groupdq, pixeldq, gain, readnoise, dark,
         drop_axis=(0, 1),
         new_axis=0,
-        chunks=((n_planes(nints),), *data.chunks[2:]),
+        chunks=((nplanes,), *data.chunks[2:]),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
         # a name of its own per input (dask 2024.8 warns that token= is deprecated)
@@ -209,7 +249,8 @@ def _dark_array(dark_current, ramps: xr.Dataset) -> xr.DataArray:
     return dark_current
 
 
-def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_current=None) -> RampFitResult:
+def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: bool = False,
+              dark_current=None) -> RampFitResult:
     """Fit count rates to up-the-ramp data (OLS with optimal weighting).
 
     Reproduces stcal 1.20's default ``OLS_C`` ramp fitter as jwst calls it
@@ -231,13 +272,18 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
     suppress_one_group : bool, default True
         Treat integrations with only one good group as unusable
         (jwst's default). Ignored with one group per integration.
+    save_opt : bool, default False
+        Also return the optional product ``fitopt`` (see :class:`RampFitResult`),
+        computed in the same pass; the pedestal uses the attrs ``groupgap`` and
+        ``drop_frames1`` (default 0).
     dark_current : float or xarray.DataArray on (y, x), optional
         Dark current in DN/s added to the Poisson variance. Default none (0).
 
     Returns
     -------
     RampFitResult
-        Lazy ``rate`` and ``rateints`` datasets (see :class:`RampFitResult`).
+        Lazy ``rate`` and ``rateints`` datasets, and with ``save_opt`` the ``fitopt``
+        dataset (see :class:`RampFitResult`).
 
     Raises
     ------
@@ -259,7 +305,7 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
     """
     validate_ramps(ramps, require=("gain", "readnoise"))
     check_reference_values(ramps, ("gain", "readnoise"))
-    RampFitParameters(suppress_one_group)
+    RampFitParameters(suppress_one_group, save_opt)
     ds = pixel_chunked(ramps)
     dark = _dark_array(dark_current, ds)
     data = ds["data"].data
@@ -274,16 +320,27 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
         "frame_time": float(ramps.attrs["frame_time"]),
         "nframes": int(ramps.attrs["nframes"]),
         "suppress_one_group": bool(suppress_one_group),
+        "save_opt": bool(save_opt),
+        "ped_factor": pedestal_factor(ramps.attrs),
     }
     stacked = _fit_graph(
         data, ds["groupdq"].data.rechunk(data.chunks),
         yx(ds["pixeldq"]), yx(ds["gain"]), yx(ds["readnoise"]), yx(dark), **params,
     )
     jumps = ramps["n_primary_jumps"].data if "n_primary_jumps" in ramps else None
-    return _products(stacked, ramps, jumps)
+    return _products(stacked, ramps, jumps, save_opt=save_opt)
 
 
-def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | None = None) -> RampFitResult:
+def pedestal_factor(attrs) -> float:
+    """stcal's mean time of the first group in group times: ``((nframes + 1) / 2 + drop_frames1) / (nframes +
+    groupgap)`` from the ramps' attrs (``drop_frames1`` and ``groupgap`` default 0)."""
+    nframes = int(attrs["nframes"])
+    drop = int(attrs.get("drop_frames1") or 0)
+    return ((nframes + 1) / 2.0 + drop) / (nframes + int(attrs.get("groupgap") or 0))
+
+
+def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | None = None, *,
+              save_opt: bool = False) -> RampFitResult:
     """The named products of ``stacked`` (:func:`fit_block`'s planes, and maybe more after them)."""
     nints = ramps.sizes["integration"]
     nvar = len(PRODUCT_NAMES)
@@ -306,4 +363,6 @@ def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | 
         rateints=xr.Dataset(rateints, coords=icoords, attrs=dict(attrs, product="rateints")),
         n_nonfinite=(nonfinite > 0).sum(dtype=np.int64),
         n_primary_jumps=n_primary_jumps,
+        fitopt=_fitopt.fitopt_dataset(stacked, n_planes(nints), nints, ramps.sizes["group"], icoords, attrs)
+        if save_opt else None,
     )
