@@ -124,7 +124,9 @@ def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True) -> tuple
 
     data, gdq, pdq = _arrays(ramps)
     rd = RampData()
-    rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32))
+    # as jwst's create_ramp_fit_class: the group DQ before suppression, where any group has CHARGELOSS
+    orig = gdq.copy() if (gdq & int(DQ.CHARGELOSS)).any() else None
+    rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32), orig_gdq=orig)
     a = ramps.attrs
     rd.set_meta("NIRCAM", float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]), int(a["nframes"]))
     rd.algorithm = "OLS_C"

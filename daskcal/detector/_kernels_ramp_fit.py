@@ -36,6 +36,7 @@ DO_NOT_USE = 1
 SATURATED = 2
 JUMP_DET = 4
 PERSISTENCE = 32
+CHARGELOSS = 128
 NO_GAIN_VALUE = 1 << 19
 INVALID = DO_NOT_USE | SATURATED
 NOT_PERSISTENCE = 0xFF & ~PERSISTENCE
@@ -369,6 +370,58 @@ def finish_rate(sums, dq, nints, n_dnu, n_sat, any_sat, out, p):
     return dq
 
 
+@njit(**_JIT)
+def _rnoise_var(n, gain, rnoise, group_time, len1_time):
+    """Read-noise variance (DN/s)**2 of a segment of ``n`` groups, as stcal's CHARGELOSS pass computes it."""
+    if n > 2 and not (gain > 0.0):
+        return 0.0
+    t = len1_time if n == 1 else group_time
+    rn_t = rnoise / t
+    return 12.0 * rn_t * rn_t / ((6.0 if n < 3 else n * n * n - n) * gain * gain)
+
+
+@njit(**_JIT)
+def chargeloss_rnoise(gdq, p, qloc, is_0th, int_var_r, gain, rnoise, group_time, one_group_time, qtmp, starts,
+                      lens, ints_out, rate_out):
+    """Recompute pixel ``p``'s read-noise variances where CHARGELOSS flags a group (stcal 1.20 OLS_C).
+
+    In an integration with a CHARGELOSS group (in ``qloc``, after suppression), the
+    input group DQ (``gdq``, before suppression) with DO_NOT_USE | CHARGELOSS toggled on
+    every CHARGELOSS group is cut into segments, whose inverse read-noise variances
+    give the integration's new ``var_rnoise``; the exposure's is recomputed from those
+    and the other integrations' (``int_var_r``). Slopes and errors keep the first fit's
+    variances, as in stcal; the invalid-integration zeros are replaced too.
+    """
+    nints, ngroups = qloc.shape
+    any_cl = False
+    evar = 0.0
+    for i in range(nints):
+        cl = False
+        for g in range(ngroups):
+            cl |= (qloc[i, g] & CHARGELOSS) != 0
+        if not cl:
+            if int_var_r[i] > 0.0:
+                evar += 1.0 / int_var_r[i]
+            continue
+        any_cl = True
+        for g in range(ngroups):
+            q = gdq[i, g, p]
+            qtmp[g] = q ^ (DO_NOT_USE | CHARGELOSS) if q & CHARGELOSS else q
+        nseg = find_segments(qtmp, starts, lens)
+        len1_time = one_group_time if is_0th[i] else group_time
+        inv = 0.0
+        for s in range(nseg):
+            v = _rnoise_var(lens[s], gain, rnoise, group_time, len1_time)
+            if v > 0.0:
+                inv += 1.0 / v
+        var_r = 1.0 / inv
+        ints_out[VAR_RNOISE, i, p] = 0.0 if var_r >= LARGE_VARIANCE else var_r
+        evar += inv
+    if any_cl and evar > 0.0:
+        var_r = 1.0 / evar
+        rate_out[VAR_RNOISE, p] = 0.0 if var_r >= LARGE_VARIANCE else var_r
+
+
 #: Rows of the per-segment optional output (stcal's opt_info names).
 OPT_SLOPE, OPT_SIGSLOPE, OPT_VAR_POISSON, OPT_VAR_RNOISE, OPT_YINT, OPT_SIGYINT, OPT_WEIGHTS = range(7)
 #: stcal's square root of 2 in the two-group sigslope (a truncated literal).
@@ -495,6 +548,8 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
     starts = np.empty(ngroups, np.int64)
     lens = np.empty(ngroups, np.int64)
     sums = np.empty(3, np.float64)
+    int_var_r = np.empty(nints, np.float64)
+    qtmp = np.empty(ngroups, np.uint8)
     # The per-integration logic stays in this loop on purpose: moving it into an
     # inlined helper (views of ``stats`` and a 5-tuple return) cost 25% speed.
     for p in range(npix):
@@ -555,8 +610,11 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
             ints_out[ERR, i, p] = err
             ints_out[VAR_POISSON, i, p] = var_p
             ints_out[VAR_RNOISE, i, p] = var_r
+            int_var_r[i] = var_r
             ints_dq[i, p] = idq
         any_sat = np.bool_(False)
         for i in range(nints):
             any_sat |= stats[i, 4] > 0
         rate_dq[p] = finish_rate(sums, rdq, nints, n_dnu, n_sat, any_sat, rate_out, p)
+        chargeloss_rnoise(gdq, p, qloc, is_0th, int_var_r, g, np.float64(rnoise[p]), group_time, one_group_time,
+                          qtmp, starts, lens, ints_out, rate_out)

@@ -298,7 +298,11 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: b
     gain <= 0 or NaN) get NaN with DO_NOT_USE in ``dq`` and zero variances,
     as stcal gives them. Unlike stcal, a chunk (or image) whose every pixel is
     saturated in the first group still returns per-pixel products instead of
-    ``None``. ``CHARGELOSS`` read-noise recomputation is not done. NaN or
+    ``None``. In an integration with a ``CHARGELOSS`` group, the read-noise
+    variances (``var_rnoise`` of the integration and the exposure) are
+    recomputed from the segments the groups would form without the
+    CHARGELOSS groups' DO_NOT_USE, as stcal 1.20 does; slopes and ``err`` keep
+    the first fit's variances. NaN or
     infinite samples that ``groupdq`` does not flag are used as stcal uses them
     (:func:`daskcal.detector1` flags them DO_NOT_USE in its saturation step);
     ``n_nonfinite`` counts the pixels that have any.

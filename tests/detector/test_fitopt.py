@@ -25,7 +25,9 @@ def stcal_opt(ramps, suppress_one_group=True):
     data = np.array(ramps["data"].values, np.float32)
     pdq = np.array(ramps["pixeldq"].values, np.uint32)
     rd = RampData()
-    rd.set_arrays(data, np.array(ramps["groupdq"].values, np.uint8), pdq, np.zeros(pdq.shape, np.float32))
+    gdq = np.array(ramps["groupdq"].values, np.uint8)
+    orig = gdq.copy() if (gdq & DQ.CHARGELOSS).any() else None  # as jwst's create_ramp_fit_class
+    rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32), orig_gdq=orig)
     a = ramps.attrs
     rd.set_meta("NIRCAM", float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]), int(a["nframes"]),
                 a.get("drop_frames1"))
