@@ -128,7 +128,8 @@ def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True) -> tuple
     orig = gdq.copy() if (gdq & int(DQ.CHARGELOSS)).any() else None
     rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32), orig_gdq=orig)
     a = ramps.attrs
-    rd.set_meta("NIRCAM", float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]), int(a["nframes"]))
+    rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
+                int(a["nframes"]))
     rd.algorithm = "OLS_C"
     rd.set_dqflags(dq_dict())
     # jwst's ramp_fit turns suppression off for single-group exposures

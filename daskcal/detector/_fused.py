@@ -36,7 +36,14 @@ from daskcal.detector._jump import (
     secondary_block,
 )
 from daskcal.detector._fitopt import n_opt_planes
-from daskcal.detector._ramp_fit import RampFitParameters, _products, fit_block, n_planes, pedestal_factor
+from daskcal.detector._ramp_fit import (
+    RampFitParameters,
+    _products,
+    fit_block,
+    miri_groups,
+    n_planes,
+    pedestal_factor,
+)
 from daskcal.detector._saturation import (
     ATOD_LIMIT,
     SaturationParameters,
@@ -276,6 +283,8 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     halo = n + (1 if jump_params.flag_4_neighbors else 0)
     nints = ds.sizes["integration"]
     chunks_yx = ds["data"].data.chunks[2:]
+    usable = plane_usable(ds)
+    groups = miri_groups(ds.attrs, ds["groupdq"].data, ~usable.any(axis=0))
     fit = {
         "group_time": float(ds.attrs["group_time"]),
         "frame_time": float(ds.attrs["frame_time"]),
@@ -283,8 +292,10 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         "suppress_one_group": bool(fit_params.suppress_one_group),
         "save_opt": bool(fit_params.save_opt),
         "ped_factor": pedestal_factor(ds.attrs),
+        "groups": groups,
     }
-    n_fit = n_planes(nints) + (n_opt_planes(nints, ds.sizes["group"]) if fit_params.save_opt else 0)
+    n_fitted = ds.sizes["group"] if groups is None else groups[1] - groups[0]
+    n_fit = n_planes(nints) + (n_opt_planes(nints, n_fitted) if fit_params.save_opt else 0)
     pix = [ds[v].data.rechunk(chunks_yx) for v in ("pixeldq", "saturation", "superbias", "gain", "readnoise")
            if v in ds]
     if "superbias" not in ds:
@@ -302,11 +313,12 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         pix,
         halo,
         n_fit + nints,
-        usable=plane_usable(ds),
+        usable=usable,
         n_pix_grow_sat=n,
         atod_limit=float(sat_params.atod_limit),
         jump=jump_args,
         fit=fit,
     )
     jumps = take_slice(stacked, slice(n_fit, n_fit + nints))
-    return _products(stacked, ramps, jumps.sum(axis=(1, 2), dtype=np.int64), save_opt=fit_params.save_opt)
+    return _products(stacked, ramps, jumps.sum(axis=(1, 2), dtype=np.int64), save_opt=fit_params.save_opt,
+                     groups=groups)

@@ -499,7 +499,7 @@ def write_opt(d, q, nseg, starts, lens, gain, rnoise, rate_est, dark, group_time
 @njit(**_JIT)
 def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_time, nframes,
                      suppress, wtab, rate_out, rate_dq, ints_out, ints_dq, nonfinite,
-                     save_opt, ped_factor, opt_seg, opt_ped, opt_cr):
+                     save_opt, ped_factor, opt_seg, opt_ped, opt_cr, presuppressed):
     """OLS ramp fit of every pixel (stcal OLS_C, optimal weighting).
 
     Parameters
@@ -537,6 +537,9 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
         and ``opt_cr`` (float32 (nints, ngroups - 1, npix)), zero-filled by the caller
         (without ``save_opt``: any float32 arrays of those ranks, untouched);
         ``ped_factor`` is stcal's ``((nframes + 1) / 2 + drop_frames1) / (nframes + groupgap)``.
+    presuppressed : bool
+        ``gdq`` already has one-good-group suppression applied (MIRI's dropped groups):
+        ``suppress`` then only chooses the timing of one-group segments.
     """
     nints, ngroups, npix = data.shape
     one_group_time = (nframes + 1.0) * frame_time / 2.0
@@ -553,7 +556,7 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
     # The per-integration logic stays in this loop on purpose: moving it into an
     # inlined helper (views of ``stats`` and a 5-tuple return) cost 25% speed.
     for p in range(npix):
-        nonfinite[p] = load_pixel(data, gdq, p, suppress, dloc, qloc, stats)
+        nonfinite[p] = load_pixel(data, gdq, p, suppress and not presuppressed, dloc, qloc, stats)
         g = np.float64(gain[p])
         pdq = np.int64(pixeldq[p])  # int64 arithmetic, stored as uint32
         if not (g > 0.0):

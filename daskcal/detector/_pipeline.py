@@ -8,9 +8,10 @@ import numpy as np
 import xarray as xr
 
 from daskcal.detector._common import pixel_chunked, validate_ramps
-from daskcal.detector._fused import detector1_graph
+from daskcal.detector._fused import detector1_graph, plane_usable
 from daskcal.detector._jump import JumpMethod, JumpParameters, detect_jumps
-from daskcal.detector._ramp_fit import RampFitResult, fit_ramps
+from daskcal.detector._miri_groups import is_miri
+from daskcal.detector._ramp_fit import RampFitResult, fit_ramps, fit_ramps_planes
 from daskcal.detector._saturation import (
     SaturationParameters,
     check_saturation_inputs,
@@ -155,7 +156,10 @@ def detector1_steps(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None,
     """
     routed = _route(params)
     ramps = pixel_chunked(ramps, chunks)
+    # MIRI's dropped group planes, from the raw ramps (the steps add DO_NOT_USE only where plane_usable
+    # looks), so that the fit does not compute the jump graph's first chunk to find them
+    all_dnu = ~plane_usable(ramps).any(axis=0) if is_miri(ramps.attrs) else None
     ramps = saturation_graph(ramps, SaturationParameters(**routed["saturation"]), nonfinite=True)
     ramps = subtract_superbias(ramps)
     ramps = detect_jumps(ramps, **routed["jump"])
-    return fit_ramps(ramps, **routed["ramp_fit"])
+    return fit_ramps_planes(ramps, **routed["ramp_fit"], all_dnu=all_dnu)

@@ -19,7 +19,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from daskcal._params import param
-from daskcal.detector import _fitopt
+from daskcal.detector import _fitopt, _miri_groups
 from daskcal.detector import _kernels_ramp_fit as _k
 from daskcal.detector._common import (
     PIX_DIMS,
@@ -125,7 +125,7 @@ NONFINITE_PLANE = -1
 
 
 def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, frame_time, nframes,
-              suppress_one_group, save_opt=False, ped_factor=0.0, extra_planes=0):
+              suppress_one_group, save_opt=False, ped_factor=0.0, groups=None, extra_planes=0):
     """Fit the ramps of one in-memory chunk (block layer).
 
     Parameters
@@ -153,6 +153,9 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     ped_factor : float, default 0
         Mean time of the first group in group times, for the pedestal (stcal's
         ``((nframes + 1) / 2 + drop_frames1) / (nframes + groupgap)``).
+    groups : (int, int), optional
+        ``(first, stop)``: fit only these groups, as stcal does with MIRI's leading
+        and trailing DO_NOT_USE groups (:mod:`daskcal.detector._miri_groups`). Default all.
     extra_planes : int, default 0
         Planes left unset after those (for the caller's own products).
 
@@ -166,6 +169,11 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         uint32 bit patterns (read them with ``.view(np.uint32)``).
     """
     nints, ngroups, ny, nx = data.shape
+    suppress = bool(suppress_one_group and ngroups > 1)
+    presuppressed = groups is not None and tuple(groups) != (0, ngroups)
+    if presuppressed:
+        data, groupdq = _miri_groups.trim_block(data, groupdq, groups, suppress)
+        ngroups = data.shape[1]
     npix = ny * nx
     flat = (nints, ngroups, npix)
     d = np.ascontiguousarray(data, dtype=np.float32).reshape(flat)
@@ -189,9 +197,9 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         g32, rn,
         np.ascontiguousarray(dark, dtype=np.float32).reshape(npix),
         float(np.float32(group_time)), float(np.float32(frame_time)), int(nframes),
-        bool(suppress_one_group and ngroups > 1), _weights(ngroups),
+        suppress, _weights(ngroups),
         rate, rate[_k.DQ_PLANE].view(np.uint32), ints, ints[_k.DQ_PLANE].view(np.uint32), out[NONFINITE_PLANE],
-        bool(save_opt), float(ped_factor), *opt_arrays,
+        bool(save_opt), float(ped_factor), *opt_arrays, presuppressed,
     )
     return whole.reshape(len(whole), ny, nx)
 
@@ -213,6 +221,8 @@ def _opt_views(opt: np.ndarray, nints: int, ngroups: int, npix: int) -> tuple:
 def _fit_graph(data, groupdq, pixeldq, gain, readnoise, dark, **params) -> da.Array:
     """One ``map_blocks`` over pixel chunks; returns the stacked float32 planes (graph layer)."""
     nints, ngroups = data.shape[:2]
+    if params.get("groups") is not None:
+        ngroups = params["groups"][1] - params["groups"][0]
     nplanes = n_planes(nints) + (_fitopt.n_opt_planes(nints, ngroups) if params.get("save_opt") else 0)
     return da.map_blocks(
         fit_block,
@@ -306,7 +316,20 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: b
     infinite samples that ``groupdq`` does not flag are used as stcal uses them
     (:func:`daskcal.detector1` flags them DO_NOT_USE in its saturation step);
     ``n_nonfinite`` counts the pixels that have any.
+
+    For MIRI ramps (``ramps.attrs["instrument"] == "MIRI"``), leading group planes
+    that are DO_NOT_USE in every pixel and integration, and such a last plane, are
+    left out of the fit as stcal does (:mod:`daskcal.detector._miri_groups`); this
+    reduces the group DQ over the detector first (the first chunk alone when one of
+    its pixels is usable in those planes).
     """
+    return fit_ramps_planes(ramps, suppress_one_group, save_opt=save_opt, dark_current=dark_current)
+
+
+def fit_ramps_planes(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: bool = False,
+                     dark_current=None, all_dnu=None) -> RampFitResult:
+    """:func:`fit_ramps`, with ``all_dnu``, the (ngroups,) group planes DO_NOT_USE everywhere when
+    the caller knows them (MIRI's dropped groups), instead of reducing ``ramps["groupdq"]``."""
     validate_ramps(ramps, require=("gain", "readnoise"))
     check_reference_values(ramps, ("gain", "readnoise"))
     RampFitParameters(suppress_one_group, save_opt)
@@ -326,13 +349,24 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: b
         "suppress_one_group": bool(suppress_one_group),
         "save_opt": bool(save_opt),
         "ped_factor": pedestal_factor(ramps.attrs),
+        "groups": miri_groups(ramps.attrs, ds["groupdq"].data, all_dnu),
     }
     stacked = _fit_graph(
         data, ds["groupdq"].data.rechunk(data.chunks),
         yx(ds["pixeldq"]), yx(ds["gain"]), yx(ds["readnoise"]), yx(dark), **params,
     )
     jumps = ramps["n_primary_jumps"].data if "n_primary_jumps" in ramps else None
-    return _products(stacked, ramps, jumps, save_opt=save_opt)
+    return _products(stacked, ramps, jumps, save_opt=save_opt, groups=params["groups"])
+
+
+def miri_groups(attrs, gdq: da.Array, all_dnu=None) -> tuple[int, int] | None:
+    """The ``(first, stop)`` groups stcal fits for MIRI ramps with leading or trailing group planes
+    DO_NOT_USE everywhere (``all_dnu``, default computed from ``gdq``); None to fit them all."""
+    ngroups = gdq.shape[1]
+    if not _miri_groups.is_miri(attrs) or ngroups < 2:
+        return None
+    groups = _miri_groups.fitted_groups(_miri_groups.all_dnu_planes(gdq) if all_dnu is None else all_dnu)
+    return None if groups == (0, ngroups) else groups
 
 
 def pedestal_factor(attrs) -> float:
@@ -344,7 +378,7 @@ def pedestal_factor(attrs) -> float:
 
 
 def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | None = None, *,
-              save_opt: bool = False) -> RampFitResult:
+              save_opt: bool = False, groups: tuple[int, int] | None = None) -> RampFitResult:
     """The named products of ``stacked`` (:func:`fit_block`'s planes, and maybe more after them)."""
     nints = ramps.sizes["integration"]
     nvar = len(PRODUCT_NAMES)
@@ -367,6 +401,7 @@ def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | 
         rateints=xr.Dataset(rateints, coords=icoords, attrs=dict(attrs, product="rateints")),
         n_nonfinite=(nonfinite > 0).sum(dtype=np.int64),
         n_primary_jumps=n_primary_jumps,
-        fitopt=_fitopt.fitopt_dataset(stacked, n_planes(nints), nints, ramps.sizes["group"], icoords, attrs)
+        fitopt=_fitopt.fitopt_dataset(stacked, n_planes(nints), nints,
+                                      ramps.sizes["group"] if groups is None else groups[1] - groups[0], icoords, attrs)
         if save_opt else None,
     )

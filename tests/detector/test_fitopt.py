@@ -29,8 +29,8 @@ def stcal_opt(ramps, suppress_one_group=True):
     orig = gdq.copy() if (gdq & DQ.CHARGELOSS).any() else None  # as jwst's create_ramp_fit_class
     rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32), orig_gdq=orig)
     a = ramps.attrs
-    rd.set_meta("NIRCAM", float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]), int(a["nframes"]),
-                a.get("drop_frames1"))
+    rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
+                int(a["nframes"]), a.get("drop_frames1"))
     rd.algorithm = "OLS_C"
     rd.set_dqflags(dq_dict())
     rd.start_row, rd.num_rows = 0, data.shape[2]

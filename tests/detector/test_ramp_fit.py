@@ -71,7 +71,8 @@ def stcal_fit(ramps, suppress_one_group=True, dark=None):
     orig = gdq.copy() if (gdq & DQ.CHARGELOSS).any() else None
     rd.set_arrays(data, gdq, pdq, dark, orig_gdq=orig)
     a = ramps.attrs
-    rd.set_meta("NIRCAM", float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]), int(a["nframes"]))
+    rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
+                int(a["nframes"]))
     rd.algorithm = "OLS_C"
     rd.set_dqflags(dq_dict())
     rd.start_row, rd.num_rows = 0, data.shape[2]
