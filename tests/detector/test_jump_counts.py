@@ -95,3 +95,24 @@ def test_fit_ramps_alone_has_no_count(three_ints):
     assert fit_ramps(three_ints).n_primary_jumps is None
     jumped = detect_jumps(three_ints)
     np.testing.assert_array_equal(fit_ramps(jumped).n_primary_jumps.compute(), jumped["n_primary_jumps"].values)
+
+
+def test_counts_leave_out_the_flags_of_full_planes():
+    # a group plane in which every pixel but one is DO_NOT_USE, and that one jumps: sigma clipping
+    # flags it, the plane is then all jumps or DO_NOT_USE and loses the flag, which stcal does not count
+    r, _ = calibrated_ramps((20, 4, 12, 11), seed=8, cr_probability=0.0)
+    gdq = r["groupdq"].values.copy()
+    gdq[0, 2] |= DNU
+    gdq[0, 2, 3, 3] &= ~np.uint8(DNU)
+    data = r["data"].values.copy()
+    data[0, 2:, 3, 3] += 5000.0
+    r["groupdq"] = (r["groupdq"].dims, gdq)
+    r["data"] = (r["data"].dims, data)
+    kw = {"minimum_sigclip_groups": 20, "flag_4_neighbors": False}
+    gdq_stcal, _, total, per_int = stcal_jumps(r, counts=True, **kw)
+    assert not gdq_stcal[0, 2, 3, 3] & JUMP  # cleared
+    out = detect_jumps(r.chunk({"y": 5, "x": 4}), **kw)
+    counts = out["n_primary_jumps"].values
+    np.testing.assert_array_equal(counts, per_int)
+    assert counts.sum() == total
+    np.testing.assert_array_equal(out["groupdq"].values, gdq_stcal)
