@@ -75,7 +75,11 @@ def stcal_detect_jumps(
     after_jump_flag_dn2: float = 0.0,
     after_jump_flag_time2: float = 0.0,
 ) -> xr.Dataset:
-    """``stcal.jump.jump.detect_jumps_data``, two-point difference only, as JWST's jump step calls it."""
+    """``stcal.jump.jump.detect_jumps_data``, two-point difference only, as JWST's jump step calls it.
+
+    The result's ``attrs["total_primary_crs"]`` is stcal's count of primary jumps (-99 where it
+    skipped the step).
+    """
     from stcal.jump.jump import detect_jumps_data
     from stcal.jump.jump_class import JumpData
 
@@ -101,8 +105,10 @@ def stcal_detect_jumps(
     jd.set_after_jump(
         after_jump_flag_dn1, int(after_jump_flag_time1 // gtime), after_jump_flag_dn2, int(after_jump_flag_time2 // gtime)
     )
-    gdq, pdq, _, _ = detect_jumps_data(jd)
-    return _with(ramps, groupdq=gdq, pixeldq=pdq)
+    gdq, pdq, total_primary_crs, _ = detect_jumps_data(jd)
+    out = _with(ramps, groupdq=gdq, pixeldq=pdq)
+    out.attrs["total_primary_crs"] = int(total_primary_crs)
+    return out
 
 
 def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True) -> tuple[dict, dict]:
@@ -118,9 +124,12 @@ def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True) -> tuple
 
     data, gdq, pdq = _arrays(ramps)
     rd = RampData()
-    rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32))
+    # as jwst's create_ramp_fit_class: the group DQ before suppression, where any group has CHARGELOSS
+    orig = gdq.copy() if (gdq & int(DQ.CHARGELOSS)).any() else None
+    rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32), orig_gdq=orig)
     a = ramps.attrs
-    rd.set_meta("NIRCAM", float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]), int(a["nframes"]))
+    rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
+                int(a["nframes"]))
     rd.algorithm = "OLS_C"
     rd.set_dqflags(dq_dict())
     # jwst's ramp_fit turns suppression off for single-group exposures

@@ -24,7 +24,8 @@ def register(sub) -> None:
         "detector1",
         help="run saturation, superbias, jump detection and ramp fitting on a ramp Zarr store",
         description="Run detector1 (saturation -> superbias -> jump -> ramp fit) on ramp Zarr stores "
-        "(from 'daskcal ingest' or 'daskcal simulate') and write OUT/rate.zarr and OUT/rateints.zarr; "
+        "(from 'daskcal ingest' or 'daskcal simulate') and write OUT/rate.zarr and OUT/rateints.zarr "
+        "(and OUT/fitopt.zarr with --save-opt true); "
         "with several inputs, OUT/<input name>/rate.zarr and rateints.zarr for each, one after the other "
         "on one cluster. Every input is opened and checked before anything is computed.",
     )
@@ -92,7 +93,7 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
             msg = f"{inp!r} is FITS; convert it first with 'daskcal ingest' (detector1 reads Zarr ramp stores)"
             raise ValueError(msg)
         if not resume:
-            OutputSet(_products(out, fits), overwrite=overwrite, inputs=inputs).check()
+            OutputSet(_products(out, fits, _names(params)), overwrite=overwrite, inputs=inputs).check()
     # The embedded cluster starts while the inputs are opened and checked (not with --resume: every
     # exposure may be done already, and then no cluster starts)
     with ClusterStart(args, background=not resume) as cluster:
@@ -108,8 +109,13 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
 _NAMES = ("rate", "rateints")
 
 
-def _products(out, fits: bool) -> list[Path]:
-    return [Path(out) / f"{n}.zarr" for n in _NAMES] + ([Path(out) / f"{n}.fits" for n in _NAMES] if fits else [])
+def _names(params: dict) -> tuple[str, ...]:
+    """The products written: rate and rateints, and fitopt (Zarr only) with ``save_opt``."""
+    return (*_NAMES, "fitopt") if params.get("save_opt") else _NAMES
+
+
+def _products(out, fits: bool, names: tuple[str, ...] = _NAMES) -> list[Path]:
+    return [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in _NAMES] if fits else [])
 
 
 def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list, dict]:
@@ -119,7 +125,7 @@ def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list,
 
     jobs, done = [], {}
     for inp, out in pairs:
-        products = _products(out, fits)
+        products = _products(out, fits, _names(params))
         outputs = OutputSet(products, overwrite=overwrite, inputs=inputs)
         if not resume:
             outputs.check()  # an existing product is refused before the input is opened
@@ -127,7 +133,7 @@ def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list,
         if resume:
             if done_before(products, record):  # else none of them exists (or this raised)
                 print(f"detector1 {inp}: done by an earlier run, skipped ({out})")
-                done[inp] = {n: Path(out) / f"{n}.zarr" for n in _NAMES}
+                done[inp] = {n: Path(out) / f"{n}.zarr" for n in _names(params)}
                 continue
             outputs.check()
         jobs.append((inp, out, ramps, result, record, outputs))
@@ -173,13 +179,16 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                 t0 = time.perf_counter()
                 # The count is known only once every chunk is fitted (worker logs never reach this
                 # console): computed with the writes, it takes the planes of the same fit tasks.
-                products = {name: getattr(result, name).assign_attrs({RUN_ATTR: record}) for name in _NAMES}
-                paths, (n_nonfinite,) = save_products(products, out, progress=not args.no_progress,
-                                                      outputs=outputs, also=(result.n_nonfinite,))
+                names = (*_NAMES, "fitopt") if result.fitopt is not None else _NAMES
+                products = {name: getattr(result, name).assign_attrs({RUN_ATTR: record}) for name in names}
+                paths, (n_nonfinite, n_jumps) = save_products(
+                    products, out, progress=not args.no_progress, outputs=outputs,
+                    also=(result.n_nonfinite, result.n_primary_jumps))
                 elapsed = time.perf_counter() - t0
                 if n_bad := int(n_nonfinite):
                     log.warning("%s: %d pixels have NaN or infinite samples; those groups are DO_NOT_USE "
                                 "(a pixel with no other usable group gets a NaN rate and DO_NOT_USE)", inp, n_bad)
+                log.info("%s: primary jumps (cosmic rays) per integration: %s", inp, list(map(int, n_jumps)))
                 if fits:
                     _export_fits(paths, outputs, to_fits)
                 outputs.commit()  # this exposure's products appear together
@@ -195,6 +204,8 @@ def _export_fits(stores: dict, outputs, to_fits) -> None:
     import xarray as xr
 
     for name, final in stores.items():
+        if name not in _NAMES:  # fitopt stays Zarr
+            continue
         with xr.open_zarr(outputs.path(final), consolidated=False) as ds:
             to_fits(ds, outputs.path(final.with_suffix(".fits")))
 

@@ -31,10 +31,19 @@ from daskcal.detector._halo import halo_blocks_group
 from daskcal.detector._jump import (
     JumpParameters,
     gain_pixeldq,
-    jump_block,
     jump_block_arguments,
+    primary_block,
+    secondary_block,
 )
-from daskcal.detector._ramp_fit import _products, fit_block, n_planes
+from daskcal.detector._fitopt import n_opt_planes
+from daskcal.detector._ramp_fit import (
+    RampFitParameters,
+    _products,
+    fit_block,
+    miri_groups,
+    n_planes,
+    pedestal_factor,
+)
 from daskcal.detector._saturation import (
     ATOD_LIMIT,
     SaturationParameters,
@@ -43,10 +52,12 @@ from daskcal.detector._saturation import (
     saturation_pixeldq,
 )
 from daskcal.dq import DQ
+from daskcal.io._zarr_write import take_slice
 
 __all__ = ["COMPILE_SECONDS", "compile_kernels", "detector1_block", "detector1_graph", "plane_usable"]
 
 _DNU = int(DQ.DO_NOT_USE)
+_JUMP = int(DQ.JUMP_DET)
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +120,10 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, 
 
     Returns
     -------
-    ndarray, float32 (n_planes(nints), cy, cx)
-        The stacked rate and rateints planes of :func:`fit_block` (a view of
-        the fitted halo'd block).
+    ndarray, float32 (n_planes(nints) [+ n_opt_planes] + nints, cy, cx)
+        The stacked planes of :func:`fit_block` (with ``save_opt``, the optional product's), then the number
+        of each pixel's primary jumps in each integration (a view of the fitted
+        halo'd block).
     """
     ys, xs = core
     gdq = saturation_block(data, gdq, effective_threshold(sat, pdq if sat_dq is None else sat_dq, atod_limit),
@@ -122,13 +134,24 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, 
                            out=data if owns_data else None)
     if np.ndim(dark) == 0:
         dark = np.full(gain.shape, dark, dtype=np.float32)
-    gdq = jump_block(data, gdq, gain, rnoise, usable, **jump, in_place=True)  # gdq is saturation_block's new array
+    # gdq is saturation_block's new array: flagged in place
+    gdq = primary_block(data, gdq, gain, rnoise, usable, **_only(jump, "nframes", "thresholds", "method"),
+                        in_place=True)
+    nints = gdq.shape[0]
+    primary_counts = np.count_nonzero(gdq & _JUMP, axis=1)  # (nints, y, x) before neighbour flags
+    gdq = secondary_block(data, gdq, gain, rnoise, usable, **_only(jump, "nframes", "neighbors", "after_jump",
+                                                                   "method"), in_place=True)
     pdq = gain_pixeldq(saturation_pixeldq(pdq, sat, sat_dq), gain)
     # Fitting the halo too (a few % more pixels) avoids copying the cropped cube.
     # The products are returned as a view of the core (not copied: the writer
     # copies each plane into Zarr's buffers anyway).
-    planes = fit_block(data, gdq, pdq, gain, rnoise, dark, **fit)
+    planes = fit_block(data, gdq, pdq, gain, rnoise, dark, **fit, extra_planes=nints)
+    planes[-nints:] = primary_counts
     return planes[:, ys, xs]
+
+
+def _only(kwargs: dict, *names: str) -> dict:
+    return {k: kwargs[k] for k in names if k in kwargs}
 
 
 #: Seconds the kernels of :func:`compile_kernels` take to compile on a first run (2 cores, unloaded).
@@ -253,22 +276,26 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     """
     sat_params = SaturationParameters(**routed["saturation"])
     jump_params = JumpParameters(**routed["jump"])
-    suppress = routed["ramp_fit"].get("suppress_one_group", True)
-    if not isinstance(suppress, (bool, np.bool_)):
-        msg = f"suppress_one_group must be True or False; got {suppress!r}"
-        raise TypeError(msg)
+    fit_params = RampFitParameters(**routed["ramp_fit"])
     ds = pixel_chunked(ramps, chunks)
     jump_args = jump_block_arguments(jump_params, ds)
     n = sat_params.n_pix_grow_sat
     halo = n + (1 if jump_params.flag_4_neighbors else 0)
     nints = ds.sizes["integration"]
     chunks_yx = ds["data"].data.chunks[2:]
+    usable = plane_usable(ds)
+    groups = miri_groups(ds.attrs, ds["groupdq"].data, ~usable.any(axis=0))
     fit = {
         "group_time": float(ds.attrs["group_time"]),
         "frame_time": float(ds.attrs["frame_time"]),
         "nframes": int(ds.attrs["nframes"]),
-        "suppress_one_group": bool(suppress),
+        "suppress_one_group": bool(fit_params.suppress_one_group),
+        "save_opt": bool(fit_params.save_opt),
+        "ped_factor": pedestal_factor(ds.attrs),
+        "groups": groups,
     }
+    n_fitted = ds.sizes["group"] if groups is None else groups[1] - groups[0]
+    n_fit = n_planes(nints) + (n_opt_planes(nints, n_fitted) if fit_params.save_opt else 0)
     pix = [ds[v].data.rechunk(chunks_yx) for v in ("pixeldq", "saturation", "superbias", "gain", "readnoise")
            if v in ds]
     if "superbias" not in ds:
@@ -285,11 +312,13 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         cube,
         pix,
         halo,
-        n_planes(nints),
-        usable=plane_usable(ds),
+        n_fit + nints,
+        usable=usable,
         n_pix_grow_sat=n,
         atod_limit=float(sat_params.atod_limit),
         jump=jump_args,
         fit=fit,
     )
-    return _products(stacked, ramps)
+    jumps = take_slice(stacked, slice(n_fit, n_fit + nints))
+    return _products(stacked, ramps, jumps.sum(axis=(1, 2), dtype=np.int64), save_opt=fit_params.save_opt,
+                     groups=groups)

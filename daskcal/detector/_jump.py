@@ -592,8 +592,12 @@ def detect_jumps(
     Returns
     -------
     xarray.Dataset
-        A new, pixel-chunked dataset with lazy ``groupdq`` and ``pixeldq``; the
-        input is not modified.
+        A new, pixel-chunked dataset with lazy ``groupdq`` and ``pixeldq``, and
+        ``n_primary_jumps`` (int64 on ``integration``): the group samples flagged
+        JUMP_DET by the primary search in each integration, before neighbour and
+        after-jump flags (the sum is stcal's ``total_primary_crs``; input JUMP_DET
+        flags count too; where stcal skips the step, reporting -99, the input's
+        flags alone). The input is not modified.
 
     Raises
     ------
@@ -648,14 +652,17 @@ def detect_jumps(
     usable = ((gdq & dnu) == 0).any(axis=(2, 3)).rechunk(-1)
 
     halo = 1 if neighbors is not None else 0
+    # two passes: primary jumps per chunk (counted), then neighbour and after-jump flags with a halo
+    first = {k: args[k] for k in ("nframes", "thresholds", "method")}
+    primary = _halo_blocks(primary_block, data, gdq, gain, rnoise, [usable], 0, first)
+    second = {k: args[k] for k in ("nframes", "neighbors", "after_jump", "method")}
     if args["method"].may_clip(ds.sizes["integration"], ds.sizes["group"]):
-        first = {k: args[k] for k in ("nframes", "thresholds", "method")}
-        primary = _halo_blocks(primary_block, data, gdq, gain, rnoise, [usable], 0, first)
         planes = ((primary & int(DQ.JUMP_DET | DQ.DO_NOT_USE)) != 0).all(axis=(2, 3))
-        second = {k: args[k] for k in ("nframes", "neighbors", "after_jump", "method")}
         new_gdq = _halo_blocks(secondary_block, data, primary, gain, rnoise, [usable, planes], halo, second)
+        n_primary = count_primary_jumps(primary, usable, planes, args["method"])
     else:
-        new_gdq = _halo_blocks(jump_block, data, gdq, gain, rnoise, [usable], halo, args)
+        new_gdq = _halo_blocks(secondary_block, data, primary, gain, rnoise, [usable], halo, second)
+        n_primary = count_primary_jumps(primary, usable, method=args["method"])
 
     if params.expand_large_events:
         new_gdq = flag_large_events(new_gdq, snowball_settings(params, float(ds.attrs["group_time"])))
@@ -669,7 +676,41 @@ def detect_jumps(
     out = ds.copy()
     out["groupdq"] = (ds["groupdq"].dims, new_gdq, ds["groupdq"].attrs)
     out["pixeldq"] = (ds["pixeldq"].dims, new_pdq, ds["pixeldq"].attrs)
+    out["n_primary_jumps"] = ("integration", n_primary, N_PRIMARY_JUMPS_ATTRS)
     return out
+
+
+#: Attributes of the ``n_primary_jumps`` variable of :func:`detect_jumps`' result.
+N_PRIMARY_JUMPS_ATTRS = {
+    "long_name": "group samples flagged JUMP_DET by the primary search, per integration (stcal's "
+                 "total_primary_crs, by integration); neighbour and after-jump flags not counted",
+}
+
+
+def primary_counts_block(gdq, usable, planes=None, *, method: JumpMethod = JumpMethod()) -> np.ndarray:
+    """JUMP_DET samples of each integration of one chunk after the primary search (block layer).
+
+    ``gdq`` (nints, ngroups, cy, cx) is :func:`primary_block`'s output; with sigma clipping
+    (:meth:`JumpMethod.mode` of the detector-wide ``usable`` planes), the lone JUMP_DET flags of
+    the detector-wide full ``planes`` (:func:`full_planes`) are not counted: stcal counts after
+    clearing them. Returns int64 (nints, 1, 1).
+    """
+    jump = int(DQ.JUMP_DET)
+    flagged = (gdq & jump) != 0
+    if planes is not None and method.mode(np.asarray(usable, dtype=bool)) == "sigclip":
+        flagged &= ~(np.asarray(planes, dtype=bool)[:, :, None, None] & (gdq == jump))
+    return flagged.sum(axis=(1, 2, 3), dtype=np.int64).reshape(-1, 1, 1)
+
+
+def count_primary_jumps(primary: da.Array, usable: da.Array, planes: da.Array | None = None,
+                        method: JumpMethod = JumpMethod()) -> da.Array:
+    """int64 (nints,): :func:`primary_counts_block` of every chunk of ``primary``, summed (graph layer)."""
+    pairs = [x for p in ([usable] if planes is None else [usable, planes]) for x in (p.rechunk(-1), "ab")]
+    per_chunk = da.blockwise(
+        primary_counts_block, "iyx", primary, "igyx", *pairs, concatenate=True, method=method,
+        adjust_chunks={"y": 1, "x": 1}, dtype=np.int64, meta=np.empty((0, 0, 0), dtype=np.int64),
+    )
+    return per_chunk.sum(axis=(1, 2))
 
 
 def _halo_blocks(func, data, gdq, gain, rnoise, planes: list, halo: int, kwargs: dict) -> da.Array:

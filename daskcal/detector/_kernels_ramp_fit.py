@@ -36,6 +36,7 @@ DO_NOT_USE = 1
 SATURATED = 2
 JUMP_DET = 4
 PERSISTENCE = 32
+CHARGELOSS = 128
 NO_GAIN_VALUE = 1 << 19
 INVALID = DO_NOT_USE | SATURATED
 NOT_PERSISTENCE = 0xFF & ~PERSISTENCE
@@ -370,8 +371,135 @@ def finish_rate(sums, dq, nints, n_dnu, n_sat, any_sat, out, p):
 
 
 @njit(**_JIT)
+def _rnoise_var(n, gain, rnoise, group_time, len1_time):
+    """Read-noise variance (DN/s)**2 of a segment of ``n`` groups, as stcal's CHARGELOSS pass computes it."""
+    if n > 2 and not (gain > 0.0):
+        return 0.0
+    t = len1_time if n == 1 else group_time
+    rn_t = rnoise / t
+    return 12.0 * rn_t * rn_t / ((6.0 if n < 3 else n * n * n - n) * gain * gain)
+
+
+@njit(**_JIT)
+def chargeloss_rnoise(gdq, p, qloc, is_0th, int_var_r, gain, rnoise, group_time, one_group_time, qtmp, starts,
+                      lens, ints_out, rate_out):
+    """Recompute pixel ``p``'s read-noise variances where CHARGELOSS flags a group (stcal 1.20 OLS_C).
+
+    In an integration with a CHARGELOSS group (in ``qloc``, after suppression), the
+    input group DQ (``gdq``, before suppression) with DO_NOT_USE | CHARGELOSS toggled on
+    every CHARGELOSS group is cut into segments, whose inverse read-noise variances
+    give the integration's new ``var_rnoise``; the exposure's is recomputed from those
+    and the other integrations' (``int_var_r``). Slopes and errors keep the first fit's
+    variances, as in stcal; the invalid-integration zeros are replaced too.
+    """
+    nints, ngroups = qloc.shape
+    any_cl = False
+    evar = 0.0
+    for i in range(nints):
+        cl = False
+        for g in range(ngroups):
+            cl |= (qloc[i, g] & CHARGELOSS) != 0
+        if not cl:
+            if int_var_r[i] > 0.0:
+                evar += 1.0 / int_var_r[i]
+            continue
+        any_cl = True
+        for g in range(ngroups):
+            q = gdq[i, g, p]
+            qtmp[g] = q ^ (DO_NOT_USE | CHARGELOSS) if q & CHARGELOSS else q
+        nseg = find_segments(qtmp, starts, lens)
+        len1_time = one_group_time if is_0th[i] else group_time
+        inv = 0.0
+        for s in range(nseg):
+            v = _rnoise_var(lens[s], gain, rnoise, group_time, len1_time)
+            if v > 0.0:
+                inv += 1.0 / v
+        var_r = 1.0 / inv
+        ints_out[VAR_RNOISE, i, p] = 0.0 if var_r >= LARGE_VARIANCE else var_r
+        evar += inv
+    if any_cl and evar > 0.0:
+        var_r = 1.0 / evar
+        rate_out[VAR_RNOISE, p] = 0.0 if var_r >= LARGE_VARIANCE else var_r
+
+
+#: Rows of the per-segment optional output (stcal's opt_info names).
+OPT_SLOPE, OPT_SIGSLOPE, OPT_VAR_POISSON, OPT_VAR_RNOISE, OPT_YINT, OPT_SIGYINT, OPT_WEIGHTS = range(7)
+#: stcal's square root of 2 in the two-group sigslope (a truncated literal).
+_SQRT2 = 1.41421356
+
+
+@njit(**_JIT)
+def segment_extras(d, start, n, gain, rnoise, wtab):
+    """``(sigslope, yint, sigyint)`` of a segment, as stcal's optional product gives them.
+
+    One group: zeros. Two groups: ``sqrt(2) * rnoise`` and the line through both
+    groups at group index 0 (DN). More: the optimally weighted fit with weights
+    ``w / rnoise**2``, intercept at group index 0 (DN), uncertainties in DN per group
+    and DN.
+    """
+    if n == 1:
+        return 0.0, 0.0, 0.0
+    if n == 2:
+        sig = _SQRT2 * rnoise
+        x2 = start + 1.0
+        return sig, d[start + 1] * (1.0 - x2) + d[start] * x2, sig
+    w = wtab[n, snr_index(d[start + n - 1] - d[start], gain, rnoise)]
+    inv_rn2 = 1.0 / (rnoise * rnoise)
+    sw = sx = sxx = sy = sxy = 0.0
+    for g in range(n):
+        x = float(start + g)
+        y = d[start + g]
+        if math.isnan(y):
+            y = 0.0
+        wg = w[g] * inv_rn2
+        sw += wg
+        sx += wg * x
+        sxx += wg * x * x
+        sy += wg * y
+        sxy += wg * x * y
+    inv_den = 1.0 / (sw * sxx - sx * sx)
+    return math.sqrt(sw * inv_den), (sxx * sy - sx * sxy) * inv_den, math.sqrt(sxx * inv_den)
+
+
+@njit(**_JIT)
+def write_opt(d, q, nseg, starts, lens, gain, rnoise, rate_est, dark, group_time, len1_time, wtab,
+              slope_i, idq, ped_factor, i, p, opt_seg, opt_ped, opt_cr):
+    """Write integration ``i`` of pixel ``p`` into the optional products (stcal's opt_info).
+
+    ``opt_seg`` (7, nints, max segments, npix): rows ``OPT_*`` of each segment, in group
+    order, unused slots left as they are (zero). ``opt_ped`` (nints, npix): the
+    pedestal ``d[0] - slope_i * ped_factor`` (DN), 0 where ``idq`` has SATURATED or
+    it is NaN. ``opt_cr`` (nints, ngroups - 1, npix): the jumps ``d[g] - d[g-1]`` of
+    the groups flagged JUMP_DET, in order.
+    """
+    for s in range(nseg):
+        start, n = starts[s], lens[s]
+        slope, vp, vr = fit_segment(d, start, n, gain, rnoise, rate_est, dark, group_time, len1_time, wtab)
+        sig, yint, sigy = segment_extras(d, start, n, gain, rnoise, wtab)
+        opt_seg[OPT_SLOPE, i, s, p] = slope
+        opt_seg[OPT_SIGSLOPE, i, s, p] = sig
+        opt_seg[OPT_VAR_POISSON, i, s, p] = vp
+        opt_seg[OPT_VAR_RNOISE, i, s, p] = vr
+        opt_seg[OPT_YINT, i, s, p] = yint
+        opt_seg[OPT_SIGYINT, i, s, p] = sigy
+        opt_seg[OPT_WEIGHTS, i, s, p] = 1.0 / vr
+    ped = 0.0
+    if not idq & SATURATED:
+        ped = d[0] - slope_i * ped_factor
+        if math.isnan(ped):
+            ped = 0.0
+    opt_ped[i, p] = ped
+    k = 0
+    for g in range(1, q.shape[0]):
+        if q[g] & JUMP_DET:
+            opt_cr[i, k, p] = d[g] - d[g - 1]
+            k += 1
+
+
+@njit(**_JIT)
 def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_time, nframes,
-                     suppress, wtab, rate_out, rate_dq, ints_out, ints_dq, nonfinite):
+                     suppress, wtab, rate_out, rate_dq, ints_out, ints_dq, nonfinite,
+                     save_opt, ped_factor, opt_seg, opt_ped, opt_cr, presuppressed):
     """OLS ramp fit of every pixel (stcal OLS_C, optimal weighting).
 
     Parameters
@@ -403,6 +531,15 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
     ints_dq : uint32 (nints, npix), out
     nonfinite : float32 (npix,), out
         Number of NaN or infinite samples of each pixel.
+    save_opt : bool
+        Also write the optional products (see :func:`write_opt`) into ``opt_seg``
+        (float32 (7, nints, max segments, npix)), ``opt_ped`` (float32 (nints, npix))
+        and ``opt_cr`` (float32 (nints, ngroups - 1, npix)), zero-filled by the caller
+        (without ``save_opt``: any float32 arrays of those ranks, untouched);
+        ``ped_factor`` is stcal's ``((nframes + 1) / 2 + drop_frames1) / (nframes + groupgap)``.
+    presuppressed : bool
+        ``gdq`` already has one-good-group suppression applied (MIRI's dropped groups):
+        ``suppress`` then only chooses the timing of one-group segments.
     """
     nints, ngroups, npix = data.shape
     one_group_time = (nframes + 1.0) * frame_time / 2.0
@@ -414,10 +551,12 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
     starts = np.empty(ngroups, np.int64)
     lens = np.empty(ngroups, np.int64)
     sums = np.empty(3, np.float64)
+    int_var_r = np.empty(nints, np.float64)
+    qtmp = np.empty(ngroups, np.uint8)
     # The per-integration logic stays in this loop on purpose: moving it into an
     # inlined helper (views of ``stats`` and a 5-tuple return) cost 25% speed.
     for p in range(npix):
-        nonfinite[p] = load_pixel(data, gdq, p, suppress, dloc, qloc, stats)
+        nonfinite[p] = load_pixel(data, gdq, p, suppress and not presuppressed, dloc, qloc, stats)
         g = np.float64(gain[p])
         pdq = np.int64(pixeldq[p])  # int64 arithmetic, stored as uint32
         if not (g > 0.0):
@@ -440,6 +579,8 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
                 idq |= PERSISTENCE
             slope = np.nan if qloc[i, 0] & SATURATED else 0.0
             err = var_p = var_r = 0.0
+            nseg = np.int64(0)
+            len1_time = group_time
             if qloc[i, 0] & SATURATED:
                 idq |= INVALID
             if stats[i, 3] == ngroups:
@@ -459,6 +600,10 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
             if idq & DO_NOT_USE:
                 n_dnu += 1
                 slope = np.nan
+            if save_opt:
+                write_opt(dloc[i], qloc[i], nseg, starts, lens, g, np.float64(rnoise[p]), rate_est,
+                          np.float64(dark[p]), group_time, len1_time, wtab, slope, idq, ped_factor, i, p,
+                          opt_seg, opt_ped, opt_cr)
             if idq & SATURATED:
                 n_sat += 1
                 slope = np.nan
@@ -468,8 +613,11 @@ def fit_ramps_kernel(data, gdq, pixeldq, gain, rnoise, dark, group_time, frame_t
             ints_out[ERR, i, p] = err
             ints_out[VAR_POISSON, i, p] = var_p
             ints_out[VAR_RNOISE, i, p] = var_r
+            int_var_r[i] = var_r
             ints_dq[i, p] = idq
         any_sat = np.bool_(False)
         for i in range(nints):
             any_sat |= stats[i, 4] > 0
         rate_dq[p] = finish_rate(sums, rdq, nints, n_dnu, n_sat, any_sat, rate_out, p)
+        chargeloss_rnoise(gdq, p, qloc, is_0th, int_var_r, g, np.float64(rnoise[p]), group_time, one_group_time,
+                          qtmp, starts, lens, ints_out, rate_out)

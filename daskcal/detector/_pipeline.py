@@ -8,9 +8,10 @@ import numpy as np
 import xarray as xr
 
 from daskcal.detector._common import pixel_chunked, validate_ramps
-from daskcal.detector._fused import detector1_graph
+from daskcal.detector._fused import detector1_graph, plane_usable
 from daskcal.detector._jump import JumpMethod, JumpParameters, detect_jumps
-from daskcal.detector._ramp_fit import RampFitResult, fit_ramps
+from daskcal.detector._miri_groups import is_miri
+from daskcal.detector._ramp_fit import RampFitResult, fit_ramps, fit_ramps_planes
 from daskcal.detector._saturation import (
     SaturationParameters,
     check_saturation_inputs,
@@ -93,12 +94,14 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
         ``after_jump_flag_dn1/2`` (0 DN), ``after_jump_flag_time1/2`` (0 s), ``minimum_groups`` (3),
         ``minimum_sigclip_groups`` (100), ``only_use_ints`` (True), ``min_diffs_single_pass`` (10),
         ``expand_large_events`` (False) and the other snowball parameters of :func:`detect_jumps` (jump),
-        ``suppress_one_group`` (True) (ramp fit). An unknown name is an error.
+        ``suppress_one_group`` (True) and ``save_opt`` (False: no ``fitopt`` product) (ramp fit).
+        An unknown name is an error.
 
     Returns
     -------
     RampFitResult
-        Lazy ``.rate`` and ``.rateints`` datasets (DN/s). Only small detector-wide
+        Lazy ``.rate`` and ``.rateints`` datasets (DN/s), and ``.n_primary_jumps``, the
+        cosmic rays (primary JUMP_DET samples) found in each integration. Only small detector-wide
         statistics (gain checks, the median gain, which group planes are usable)
         are computed here; the ramps are read when the caller computes or saves
         the products.
@@ -153,7 +156,10 @@ def detector1_steps(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None,
     """
     routed = _route(params)
     ramps = pixel_chunked(ramps, chunks)
+    # MIRI's dropped group planes, from the raw ramps (the steps add DO_NOT_USE only where plane_usable
+    # looks), so that the fit does not compute the jump graph's first chunk to find them
+    all_dnu = ~plane_usable(ramps).any(axis=0) if is_miri(ramps.attrs) else None
     ramps = saturation_graph(ramps, SaturationParameters(**routed["saturation"]), nonfinite=True)
     ramps = subtract_superbias(ramps)
     ramps = detect_jumps(ramps, **routed["jump"])
-    return fit_ramps(ramps, **routed["ramp_fit"])
+    return fit_ramps_planes(ramps, **routed["ramp_fit"], all_dnu=all_dnu)

@@ -19,6 +19,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from daskcal._params import param
+from daskcal.detector import _fitopt, _miri_groups
 from daskcal.detector import _kernels_ramp_fit as _k
 from daskcal.detector._common import (
     PIX_DIMS,
@@ -49,11 +50,14 @@ class RampFitParameters:
 
     suppress_one_group: bool = param(
         True, "an integration with only one good group is unusable (ignored with one group per integration)")
+    save_opt: bool = param(False, "also make the optional product fitopt: every segment's fit, the pedestal and "
+                           "the jumps' sizes (stcal's opt_info)")
 
     def __post_init__(self):
-        if not isinstance(self.suppress_one_group, (bool, np.bool_)):
-            msg = f"suppress_one_group must be True or False; got {self.suppress_one_group!r}"
-            raise TypeError(msg)
+        for name in ("suppress_one_group", "save_opt"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                msg = f"{name} must be True or False; got {getattr(self, name)!r}"
+                raise TypeError(msg)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,21 @@ class RampFitResult:
         :func:`daskcal.detector1` those samples are DO_NOT_USE groups (a pixel
         left with no usable group gets a NaN rate and DO_NOT_USE in ``dq``);
         :func:`fit_ramps` alone uses unflagged ones as stcal does.
+    fitopt : xarray.Dataset or None
+        With ``save_opt``: the optional product (stcal's ``opt_info``, jwst's ``fitopt``)
+        on ``(integration, segment, y, x)``: ``slope`` (DN/s), ``sigslope``,
+        ``var_poisson``, ``var_rnoise`` ((DN/s)**2), ``yint`` (DN), ``sigyint``,
+        ``weights`` (1 / var_rnoise) of each segment in group order; ``pedestal`` (DN)
+        on ``(integration, y, x)``; ``crmag`` (DN) on ``(integration, jump, y, x)``.
+        The ``segment`` and ``jump`` axes have their largest possible lengths,
+        ``(ngroups + 1) // 2`` and ``ngroups - 1``, unused slots 0 (see
+        :mod:`daskcal.detector._fitopt`). Otherwise None.
+    n_primary_jumps : dask.array.Array or None
+        int64 ``(integration,)``: group samples flagged JUMP_DET by the jump step's
+        primary search in each integration (their sum is stcal's ``total_primary_crs``;
+        neighbour and after-jump flags are not counted). From :func:`daskcal.detector1`,
+        or the ``n_primary_jumps`` variable of :func:`fit_ramps`' input
+        (:func:`daskcal.detect_jumps` adds it); otherwise None.
 
     Notes
     -----
@@ -84,6 +103,8 @@ class RampFitResult:
     rate: xr.Dataset
     rateints: xr.Dataset
     n_nonfinite: da.Array
+    n_primary_jumps: da.Array | None = None
+    fitopt: xr.Dataset | None = None
 
 
 @functools.lru_cache(maxsize=32)
@@ -104,7 +125,7 @@ NONFINITE_PLANE = -1
 
 
 def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, frame_time, nframes,
-              suppress_one_group):
+              suppress_one_group, save_opt=False, ped_factor=0.0, groups=None, extra_planes=0):
     """Fit the ramps of one in-memory chunk (block layer).
 
     Parameters
@@ -127,16 +148,32 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         Frames averaged per group.
     suppress_one_group : bool
         Treat integrations with a single good group as having none.
+    save_opt : bool, default False
+        Also stack the optional product's planes (:mod:`daskcal.detector._fitopt`).
+    ped_factor : float, default 0
+        Mean time of the first group in group times, for the pedestal (stcal's
+        ``((nframes + 1) / 2 + drop_frames1) / (nframes + groupgap)``).
+    groups : (int, int), optional
+        ``(first, stop)``: fit only these groups, as stcal does with MIRI's leading
+        and trailing DO_NOT_USE groups (:mod:`daskcal.detector._miri_groups`). Default all.
+    extra_planes : int, default 0
+        Planes left unset after those (for the caller's own products).
 
     Returns
     -------
-    ndarray, float32 (5 * (1 + nints) + 1, ny, nx)
+    ndarray, float32 (5 * (1 + nints) + 1 + extra_planes, ny, nx)
         Planes ``PRODUCT_NAMES`` for the rate, then for each name the
         ``nints`` rateints planes, then the number of NaN or infinite samples
-        of each pixel. The ``dq`` planes hold
+        of each pixel, then with ``save_opt`` the optional product's planes
+        (``n_opt_planes(nints, ngroups)`` more), then ``extra_planes``. The ``dq`` planes hold
         uint32 bit patterns (read them with ``.view(np.uint32)``).
     """
     nints, ngroups, ny, nx = data.shape
+    suppress = bool(suppress_one_group and ngroups > 1)
+    presuppressed = groups is not None and tuple(groups) != (0, ngroups)
+    if presuppressed:
+        data, groupdq = _miri_groups.trim_block(data, groupdq, groups, suppress)
+        ngroups = data.shape[1]
     npix = ny * nx
     flat = (nints, ngroups, npix)
     d = np.ascontiguousarray(data, dtype=np.float32).reshape(flat)
@@ -146,7 +183,12 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     # and stores the result in its float32 read-noise array.
     scale = g32.astype(np.float64) / np.sqrt(2.0 * nframes)
     rn = (np.asarray(readnoise, dtype=np.float32).reshape(npix) * scale).astype(np.float32)
-    out = np.empty((n_planes(nints), npix), dtype=np.float32)
+    n_opt = _fitopt.n_opt_planes(nints, ngroups) if save_opt else 0
+    whole = np.empty((n_planes(nints) + n_opt + extra_planes, npix), dtype=np.float32)
+    out = whole[:n_planes(nints)]
+    opt = whole[n_planes(nints):n_planes(nints) + n_opt]
+    opt[:] = 0.0
+    opt_arrays = _opt_views(opt, nints, ngroups, npix) if save_opt else _NO_OPT
     rate = out[: len(PRODUCT_NAMES)]
     ints = out[len(PRODUCT_NAMES):NONFINITE_PLANE].reshape(len(PRODUCT_NAMES), nints, npix)
     _k.fit_ramps_kernel(
@@ -155,21 +197,39 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         g32, rn,
         np.ascontiguousarray(dark, dtype=np.float32).reshape(npix),
         float(np.float32(group_time)), float(np.float32(frame_time)), int(nframes),
-        bool(suppress_one_group and ngroups > 1), _weights(ngroups),
+        suppress, _weights(ngroups),
         rate, rate[_k.DQ_PLANE].view(np.uint32), ints, ints[_k.DQ_PLANE].view(np.uint32), out[NONFINITE_PLANE],
+        bool(save_opt), float(ped_factor), *opt_arrays, presuppressed,
     )
-    return out.reshape(n_planes(nints), ny, nx)
+    return whole.reshape(len(whole), ny, nx)
+
+
+#: Stand-ins for the optional product's arrays when it is not asked for (ranks as the kernel types them).
+_NO_OPT = (np.zeros((7, 0, 0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros((0, 0, 0), np.float32))
+
+
+def _opt_views(opt: np.ndarray, nints: int, ngroups: int, npix: int) -> tuple:
+    """The kernel's (segments, pedestal, crmag) views of the optional planes ``opt``."""
+    nseg = _fitopt.max_segments(ngroups)
+    n_seg_planes = len(_fitopt.SEGMENT_NAMES) * nints * nseg
+    segs = opt[:n_seg_planes].reshape(len(_fitopt.SEGMENT_NAMES), nints, nseg, npix)
+    ped = opt[n_seg_planes:n_seg_planes + nints]
+    crmag = opt[n_seg_planes + nints:].reshape(nints, _fitopt.max_jumps(ngroups), npix)
+    return segs, ped, crmag
 
 
 def _fit_graph(data, groupdq, pixeldq, gain, readnoise, dark, **params) -> da.Array:
     """One ``map_blocks`` over pixel chunks; returns the stacked float32 planes (graph layer)."""
-    nints = data.shape[0]
+    nints, ngroups = data.shape[:2]
+    if params.get("groups") is not None:
+        ngroups = params["groups"][1] - params["groups"][0]
+    nplanes = n_planes(nints) + (_fitopt.n_opt_planes(nints, ngroups) if params.get("save_opt") else 0)
     return da.map_blocks(
         fit_block,
         data, groupdq, pixeldq, gain, readnoise, dark,
         drop_axis=(0, 1),
         new_axis=0,
-        chunks=((n_planes(nints),), *data.chunks[2:]),
+        chunks=((nplanes,), *data.chunks[2:]),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
         # a name of its own per input (dask 2024.8 warns that token= is deprecated)
@@ -199,7 +259,8 @@ def _dark_array(dark_current, ramps: xr.Dataset) -> xr.DataArray:
     return dark_current
 
 
-def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_current=None) -> RampFitResult:
+def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: bool = False,
+              dark_current=None) -> RampFitResult:
     """Fit count rates to up-the-ramp data (OLS with optimal weighting).
 
     Reproduces stcal 1.20's default ``OLS_C`` ramp fitter as jwst calls it
@@ -221,13 +282,18 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
     suppress_one_group : bool, default True
         Treat integrations with only one good group as unusable
         (jwst's default). Ignored with one group per integration.
+    save_opt : bool, default False
+        Also return the optional product ``fitopt`` (see :class:`RampFitResult`),
+        computed in the same pass; the pedestal uses the attrs ``groupgap`` and
+        ``drop_frames1`` (default 0).
     dark_current : float or xarray.DataArray on (y, x), optional
         Dark current in DN/s added to the Poisson variance. Default none (0).
 
     Returns
     -------
     RampFitResult
-        Lazy ``rate`` and ``rateints`` datasets (see :class:`RampFitResult`).
+        Lazy ``rate`` and ``rateints`` datasets, and with ``save_opt`` the ``fitopt``
+        dataset (see :class:`RampFitResult`).
 
     Raises
     ------
@@ -242,14 +308,31 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
     gain <= 0 or NaN) get NaN with DO_NOT_USE in ``dq`` and zero variances,
     as stcal gives them. Unlike stcal, a chunk (or image) whose every pixel is
     saturated in the first group still returns per-pixel products instead of
-    ``None``. ``CHARGELOSS`` read-noise recomputation is not done. NaN or
+    ``None``. In an integration with a ``CHARGELOSS`` group, the read-noise
+    variances (``var_rnoise`` of the integration and the exposure) are
+    recomputed from the segments the groups would form without the
+    CHARGELOSS groups' DO_NOT_USE, as stcal 1.20 does; slopes and ``err`` keep
+    the first fit's variances. NaN or
     infinite samples that ``groupdq`` does not flag are used as stcal uses them
     (:func:`daskcal.detector1` flags them DO_NOT_USE in its saturation step);
     ``n_nonfinite`` counts the pixels that have any.
+
+    For MIRI ramps (``ramps.attrs["instrument"] == "MIRI"``), leading group planes
+    that are DO_NOT_USE in every pixel and integration, and such a last plane, are
+    left out of the fit as stcal does (:mod:`daskcal.detector._miri_groups`); this
+    reduces the group DQ over the detector first (the first chunk alone when one of
+    its pixels is usable in those planes).
     """
+    return fit_ramps_planes(ramps, suppress_one_group, save_opt=save_opt, dark_current=dark_current)
+
+
+def fit_ramps_planes(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: bool = False,
+                     dark_current=None, all_dnu=None) -> RampFitResult:
+    """:func:`fit_ramps`, with ``all_dnu``, the (ngroups,) group planes DO_NOT_USE everywhere when
+    the caller knows them (MIRI's dropped groups), instead of reducing ``ramps["groupdq"]``."""
     validate_ramps(ramps, require=("gain", "readnoise"))
     check_reference_values(ramps, ("gain", "readnoise"))
-    RampFitParameters(suppress_one_group)
+    RampFitParameters(suppress_one_group, save_opt)
     ds = pixel_chunked(ramps)
     dark = _dark_array(dark_current, ds)
     data = ds["data"].data
@@ -264,15 +347,39 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
         "frame_time": float(ramps.attrs["frame_time"]),
         "nframes": int(ramps.attrs["nframes"]),
         "suppress_one_group": bool(suppress_one_group),
+        "save_opt": bool(save_opt),
+        "ped_factor": pedestal_factor(ramps.attrs),
+        "groups": miri_groups(ramps.attrs, ds["groupdq"].data, all_dnu),
     }
     stacked = _fit_graph(
         data, ds["groupdq"].data.rechunk(data.chunks),
         yx(ds["pixeldq"]), yx(ds["gain"]), yx(ds["readnoise"]), yx(dark), **params,
     )
-    return _products(stacked, ramps)
+    jumps = ramps["n_primary_jumps"].data if "n_primary_jumps" in ramps else None
+    return _products(stacked, ramps, jumps, save_opt=save_opt, groups=params["groups"])
 
 
-def _products(stacked: da.Array, ramps: xr.Dataset) -> RampFitResult:
+def miri_groups(attrs, gdq: da.Array, all_dnu=None) -> tuple[int, int] | None:
+    """The ``(first, stop)`` groups stcal fits for MIRI ramps with leading or trailing group planes
+    DO_NOT_USE everywhere (``all_dnu``, default computed from ``gdq``); None to fit them all."""
+    ngroups = gdq.shape[1]
+    if not _miri_groups.is_miri(attrs) or ngroups < 2:
+        return None
+    groups = _miri_groups.fitted_groups(_miri_groups.all_dnu_planes(gdq) if all_dnu is None else all_dnu)
+    return None if groups == (0, ngroups) else groups
+
+
+def pedestal_factor(attrs) -> float:
+    """stcal's mean time of the first group in group times: ``((nframes + 1) / 2 + drop_frames1) / (nframes +
+    groupgap)`` from the ramps' attrs (``drop_frames1`` and ``groupgap`` default 0)."""
+    nframes = int(attrs["nframes"])
+    drop = int(attrs.get("drop_frames1") or 0)
+    return ((nframes + 1) / 2.0 + drop) / (nframes + int(attrs.get("groupgap") or 0))
+
+
+def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | None = None, *,
+              save_opt: bool = False, groups: tuple[int, int] | None = None) -> RampFitResult:
+    """The named products of ``stacked`` (:func:`fit_block`'s planes, and maybe more after them)."""
     nints = ramps.sizes["integration"]
     nvar = len(PRODUCT_NAMES)
     coords = {k: v for k, v in ramps.coords.items() if set(v.dims) <= set(PIX_DIMS)}
@@ -288,9 +395,13 @@ def _products(stacked: da.Array, ramps: xr.Dataset) -> RampFitResult:
         var_attrs = {"units": _UNITS[name]} if _UNITS[name] else {}
         rate[name] = xr.Variable(PIX_DIMS, plane, var_attrs)
         rateints[name] = xr.Variable(("integration", *PIX_DIMS), planes, var_attrs)
-    nonfinite = take_slice(stacked, NONFINITE_PLANE)
+    nonfinite = take_slice(stacked, n_planes(nints) - 1)  # NONFINITE_PLANE, counted from the front
     return RampFitResult(
         rate=xr.Dataset(rate, coords=coords, attrs=dict(attrs, product="rate")),
         rateints=xr.Dataset(rateints, coords=icoords, attrs=dict(attrs, product="rateints")),
         n_nonfinite=(nonfinite > 0).sum(dtype=np.int64),
+        n_primary_jumps=n_primary_jumps,
+        fitopt=_fitopt.fitopt_dataset(stacked, n_planes(nints), nints,
+                                      ramps.sizes["group"] if groups is None else groups[1] - groups[0], icoords, attrs)
+        if save_opt else None,
     )

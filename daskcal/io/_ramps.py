@@ -245,6 +245,7 @@ def ingest(
                 msg = f"{str(uncal)!r}: primary header keyword {key} ({name}) is missing"
                 raise ValueError(msg)
             attrs[name] = header[key]
+        instrument = header.get("INSTRUME")
     attrs = {
         "group_time": float(attrs["group_time"]),
         "frame_time": float(attrs["frame_time"]),
@@ -252,6 +253,8 @@ def ingest(
         "groupgap": int(attrs["groupgap"]),
         "source": os.path.basename(os.fspath(uncal)),
     }
+    if instrument:  # MIRI's leading/trailing DO_NOT_USE groups are left out of the ramp fit (stcal)
+        attrs["instrument"] = str(instrument).strip()
     shape = shape[2:]
     variables = {
         "data": (RAMP_DIMS, data, {"units": "DN"}),
@@ -299,6 +302,8 @@ def write_uncal(ramps: xr.Dataset, path: str | os.PathLike, *, overwrite: bool =
     primary = fits.PrimaryHDU()
     for key, name in _KEYWORDS.items():
         primary.header[key] = ramps.attrs[name]
+    if ramps.attrs.get("instrument"):
+        primary.header["INSTRUME"] = str(ramps.attrs["instrument"])
     hdul = fits.HDUList(
         [
             primary,

@@ -146,3 +146,25 @@ def test_version_and_python_dash_m(tmp_path):
         assert out.stdout.strip() == f"daskcal {daskcal.__version__}"
     usage = subprocess.run([sys.executable, "-m", "daskcal", "--help"], capture_output=True, text=True, check=True)
     assert "usage: daskcal" in usage.stdout and "recipes" in usage.stdout
+
+
+def test_detector1_save_opt_writes_fitopt(tmp_path, capsys, caplog):
+    import logging
+
+    import daskcal
+
+    ramps = tmp_path / "ramps.zarr"
+    assert main(["simulate", str(ramps), "--shape", "2", "5", "30", "26", "--chunks", "16", "13"]) == 0
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="daskcal.cli._detector1"):
+        code = main(["-v", "detector1", str(ramps), str(out), "--workers", "1", "--no-progress", "--save-opt", "true",
+                     "--fits"])
+    assert code == 0
+    assert "fitopt:" in capsys.readouterr().out
+    assert "primary jumps (cosmic rays) per integration" in caplog.text
+    assert (out / "rate.fits").exists() and not (out / "fitopt.fits").exists()
+    expected = daskcal.detector1(daskcal.open_ramps(str(ramps)), save_opt=True).fitopt.compute()
+    with xr.open_zarr(out / "fitopt.zarr", consolidated=False) as fitopt:
+        assert fitopt["slope"].dims == ("integration", "segment", "y", "x")
+        for name in expected.data_vars:
+            np.testing.assert_array_equal(fitopt[name].values, expected[name].values)

@@ -85,10 +85,13 @@ class _KeepMinimumGroups:
         super().__setattr__(name, value)
 
 
-def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
+def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, counts=False, **kw):
     """``detect_jumps_data`` on copies, set up as the JWST jump step does (snowballs and showers included).
 
     ``keep_minimum_groups``: honour ``minimum_groups`` (see :class:`_KeepMinimumGroups`).
+    ``counts``: also return stcal's ``total_primary_crs`` and the JUMP_DET samples of each
+    integration of the group DQ it counts them in (captured from ``run_jump_detection``;
+    None where stcal skipped the step).
     """
     from unittest import mock
 
@@ -155,8 +158,21 @@ def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, **kw):
     params = stcal_jump.TwoPointParams
     if keep_minimum_groups:
         params = type("TwoPointParamsKeepingMinimumGroups", (_KeepMinimumGroups, params), {})
-    with mock.patch.object(stcal_jump, "TwoPointParams", params):
-        gdq, pdq, _, _ = detect_jumps_data(jd)
+    import stcal.jump.twopoint_difference as twopt
+
+    seen = []
+
+    def run_jump_detection(*args, **kwargs):
+        out = _run_jump_detection(*args, **kwargs)
+        seen.append(((out[0] & JUMP) != 0).sum(axis=(1, 2, 3)))
+        return out
+
+    _run_jump_detection = twopt.run_jump_detection
+    with mock.patch.object(stcal_jump, "TwoPointParams", params), \
+            mock.patch.object(twopt, "run_jump_detection", run_jump_detection):
+        gdq, pdq, total, _ = detect_jumps_data(jd)
+    if counts:
+        return gdq, pdq, total, (seen[0] if seen else None)
     return gdq, pdq
 
 

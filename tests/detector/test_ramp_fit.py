@@ -66,9 +66,13 @@ def stcal_fit(ramps, suppress_one_group=True, dark=None):
     pdq = np.array(ramps["pixeldq"].values, np.uint32)
     rd = RampData()
     dark = np.zeros(pdq.shape, np.float32) if dark is None else np.array(dark, np.float32)
-    rd.set_arrays(data, np.array(ramps["groupdq"].values, np.uint8), pdq, dark)
+    gdq = np.array(ramps["groupdq"].values, np.uint8)
+    # as jwst's create_ramp_fit_class: the group DQ before suppression, where any group has CHARGELOSS
+    orig = gdq.copy() if (gdq & DQ.CHARGELOSS).any() else None
+    rd.set_arrays(data, gdq, pdq, dark, orig_gdq=orig)
     a = ramps.attrs
-    rd.set_meta("NIRCAM", float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]), int(a["nframes"]))
+    rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
+                int(a["nframes"]))
     rd.algorithm = "OLS_C"
     rd.set_dqflags(dq_dict())
     rd.start_row, rd.num_rows = 0, data.shape[2]

@@ -23,6 +23,15 @@ def test_fits_round_trip_through_ingest(sim, tmp_path):
         assert ds[name].dtype == sim.ramps[name].dtype
     for key in ("group_time", "frame_time", "nframes", "groupgap"):
         assert ds.attrs[key] == sim.ramps.attrs[key]
+    assert "instrument" not in ds.attrs
+
+
+def test_ingest_reads_the_instrument(sim, tmp_path):
+    ramps = sim.ramps.copy()
+    ramps.attrs = dict(sim.ramps.attrs, instrument="MIRI")
+    files = write_uncal(ramps, tmp_path / "miri_uncal.fits")
+    ds = ingest(files["uncal"], gain=files["gain"], readnoise=files["readnoise"], saturation=files["saturation"])
+    assert ds.attrs["instrument"] == "MIRI"
 
 
 def test_saturation_reference_dq_contributes_no_sat_check(sim, tmp_path):
