@@ -144,7 +144,14 @@ def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list,
                 done[inp] = {n: Path(out) / f"{n}.zarr" for n in _NAMES}
                 continue
             outputs.check()
-            if check_partial(stores[0], record, RESUME_AS):  # refused before any cluster starts
+            try:
+                partial = check_partial(stores[0], record, RESUME_AS)  # refused before any cluster starts
+            except ValueError as exc:
+                if len(pairs) == 1:
+                    raise
+                folder = resume_folder(stores[0], RESUME_AS)  # without --resume, the done exposures are refused
+                raise ValueError(f"{exc}; or remove {folder} to redo only this exposure") from None
+            if partial:
                 print(f"detector1 {inp}: resuming the partial products in {resume_folder(stores[0], RESUME_AS)}")
         jobs.append((inp, out, ramps, result, record, outputs))
     return jobs, done
