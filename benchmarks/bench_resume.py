@@ -1,7 +1,7 @@
 """``daskcal resample`` or ``daskcal detector1`` killed halfway, then ``--resume``: the share of the work done twice.
 
 resample (default): simulates N exposures of NY x NX px (default 16 of 2048^2). detector1
-(``--command detector1``): simulates one ramp store of NINTS x NGROUPS x NY x NX (default
+(``--command detector1``): simulates one ramp store of NINTS x NGROUPS x NY x NX (``--ints``, ``--groups``, default
 1 x 10 x 2048^2). Each command is run once uninterrupted (the reference product), then again into
 another output, its process group (the command and its workers, as a batch system at the
 walltime) SIGKILLed once half the chunks or tiles are recorded as written, and resumed with
@@ -16,7 +16,7 @@ walltime) SIGKILLed once half the chunks or tiles are recorded as written, and r
 - the 1-minute load average before and after (other processes share the cores).
 
 Usage: ``python benchmarks/bench_resume.py [--command resample|detector1] [-n 16] [--shape 2048 2048]
-[--workers 2] [--tile-shape 1024 1024] [--chunks CY CX] [--groups 10] [--out results/resume.txt]``
+[--workers 2] [--tile-shape 1024 1024] [--chunks CY CX] [--ints 1] [--groups 10] [--out results/resume.txt]``
 (``--out`` appends). Needs psutil.
 """
 
@@ -164,7 +164,7 @@ def resample_case(root: Path, args) -> dict:
 
 def detector1_case(root: Path, args) -> dict:
     ramps = root / "ramps.zarr"
-    shape = ["1", str(args.groups), *map(str, args.shape)]
+    shape = [str(args.ints), str(args.groups), *map(str, args.shape)]
     subprocess.run([sys.executable, "-m", "daskcal", "simulate", str(ramps), "--shape", *shape], check=True,
                    capture_output=True)
     run = ["detector1", ramps, None, "--workers", args.workers, "--no-progress"]
@@ -176,7 +176,7 @@ def detector1_case(root: Path, args) -> dict:
         cy, cx = meta["chunk_grid"]["configuration"]["chunk_shape"]
         return math.ceil(meta["shape"][0] / cy) * math.ceil(meta["shape"][1] / cx)
 
-    return {"title": f"daskcal detector1: 1 x {args.groups} x {args.shape[0]} x {args.shape[1]} ramps", "run": run,
+    return {"title": f"daskcal detector1: {args.ints} x {args.groups} x {args.shape[0]} x {args.shape[1]} ramps", "run": run,
             "whole": root / "whole", "killed": root / "out", "what": "chunks", "total": total,
             "folder": lambda out: out / ".daskcal-resume-detector1", "kept": r": (\d+) of \d+ chunks were written"}
 
@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=16, help="resample: exposures")
     ap.add_argument("--shape", type=int, nargs=2, default=(2048, 2048))
     ap.add_argument("--groups", type=int, default=10, help="detector1: groups")
+    ap.add_argument("--ints", type=int, default=1, help="detector1: integrations")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tile-shape", type=int, nargs=2, default=None, help="resample")
     ap.add_argument("--chunks", type=int, nargs=2, default=None, help="detector1")
