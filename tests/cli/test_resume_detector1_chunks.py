@@ -46,14 +46,26 @@ def _snapshot(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """Three ramp stores and the products of an uninterrupted run of them: ``(stores, OUT)``."""
+def stores(tmp_path_factory):
+    """Three ramp stores."""
     root = tmp_path_factory.mktemp("d1kill")
-    (root / "in").mkdir()
-    stores = [_save(root / "in" / f"{name}.zarr", seed) for seed, name in enumerate("abc")]
-    whole = root / "whole"
-    assert main(["detector1", *map(str, stores), str(whole), *RUN]) == 0
-    return stores, whole
+    return [_save(root / f"{name}.zarr", seed) for seed, name in enumerate("abc")]
+
+
+@pytest.fixture(scope="module")
+def whole_a(stores, tmp_path_factory):
+    """The products of an uninterrupted run of the first store (OUT)."""
+    whole = tmp_path_factory.mktemp("d1whole") / "out"
+    assert main(["detector1", str(stores[0]), str(whole), *RUN]) == 0
+    return whole
+
+
+@pytest.fixture(scope="module")
+def whole_abc(stores, tmp_path_factory):
+    """The products of an uninterrupted run of the three stores with --fits (OUT)."""
+    whole = tmp_path_factory.mktemp("d1whole") / "out"
+    assert main(["detector1", *map(str, stores), str(whole), "--fits", *RUN]) == 0
+    return whole
 
 
 def _resumed(args: list[str], capsys) -> str:
@@ -62,9 +74,9 @@ def _resumed(args: list[str], capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_a_killed_run_is_resumed_bit_identical_redoing_a_torn_chunk_and_refused_if_run_otherwise(inputs, tmp_path,
-                                                                                                capsys, caplog):
-    stores, whole = inputs
+def test_a_killed_run_is_resumed_bit_identical_redoing_a_torn_chunk_and_refused_if_run_otherwise(stores, whole_a,
+                                                                                                tmp_path, capsys,
+                                                                                                caplog):
     store, out = stores[0], tmp_path / "out"
     folder = _folder(out)
     recorded = kill_after_records(["detector1", str(store), str(out), *RUN], folder, 3)
@@ -104,25 +116,26 @@ def test_a_killed_run_is_resumed_bit_identical_redoing_a_torn_chunk_and_refused_
             f"{NCHUNKS - kept} computed now") in printed
     assert f"{torn} does not match the record of its chunk" in caplog.text
     assert not folder.exists()
-    assert tree_bytes(out) == tree_bytes(whole / "a")
+    assert tree_bytes(out) == tree_bytes(whole_a)
 
 
-def test_a_run_killed_in_its_second_exposure_is_resumed_there(inputs, tmp_path, capsys):
-    stores, whole = inputs
+@pytest.mark.slow
+def test_a_run_killed_in_its_second_exposure_is_resumed_there(stores, whole_abc, tmp_path, capsys):
     out = tmp_path / "out"
     folder = _folder(out / "b")
-    recorded = kill_after_records(["detector1", *map(str, stores), str(out), *RUN], folder, NCHUNKS // 2)
+    recorded = kill_after_records(["detector1", *map(str, stores), str(out), "--fits", *RUN], folder, NCHUNKS // 2)
     assert NCHUNKS // 2 <= recorded < NCHUNKS
-    assert sorted(p.name for p in (out / "a").iterdir()) == ["rate.zarr", "rateints.zarr"]  # committed
-    printed = _resumed([*map(str, stores), str(out)], capsys)
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["rate.fits", "rate.zarr", "rateints.fits",
+                                                             "rateints.zarr"]  # committed
+    printed = _resumed([*map(str, stores), str(out), "--fits"], capsys)
     assert f"detector1 {stores[0]}: done by an earlier run, skipped" in printed
     assert f"detector1 {stores[1]}: {recorded} of {NCHUNKS} chunks were written by the earlier run" in printed
     assert f"detector1 {stores[2]}: " in printed
-    assert tree_bytes(out) == tree_bytes(whole)
+    assert tree_bytes(out) == tree_bytes(whole_abc)  # the FITS exports too
 
 
-def test_a_partial_exposure_of_a_changed_input_names_the_folder_to_remove(inputs, tmp_path, capsys):
-    stores, whole = inputs
+@pytest.mark.slow
+def test_a_partial_exposure_of_a_changed_input_names_the_folder_to_remove(stores, tmp_path, capsys):
     out = tmp_path / "out"
     folder = _folder(out / "b")
     kill_after_records(["detector1", *map(str, stores[:2]), str(out), *RUN], folder, 1)
