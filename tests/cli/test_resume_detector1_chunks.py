@@ -145,7 +145,7 @@ def test_a_partial_exposure_of_a_changed_input_names_the_folder_to_remove(stores
     try:
         assert main(["detector1", *map(str, stores[:2]), str(out), "--resume", *RUN]) == 2
         err = capsys.readouterr().err
-        assert f"its data changed since: zarr.json rewritten); run without --resume" in err
+        assert "its data changed since: zarr.json rewritten); run without --resume" in err
         assert f"or remove {folder} to redo only this exposure" in err
     finally:
         os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns))
