@@ -46,13 +46,16 @@ class Run:
     sampled every 0.1 s (a process's last sample before it exits is what it used), and the group's CPU and the
     time when the command printed its "dashboard:" line (it starts computing then)."""
 
-    def __init__(self, *args) -> None:
+    def __init__(self, *args, folder: Path | None = None) -> None:
         self.t0 = time.monotonic()
+        self.folder, self.first = folder, None  # group CPU s when a chunk or tile record is first added to folder
+        self._records0 = records(folder) if folder is not None else 0
         self.proc = subprocess.Popen([sys.executable, "-m", "daskcal", *map(str, args)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.cpu: dict[int, float] = {}
         self.out: list[str] = []
         self.started: tuple[float, float] | None = None  # (monotonic time, group CPU s) at "dashboard:"
+        self.driver_at_start = 0.0  # the command's own process (its scheduler included) at "dashboard:"
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.errors: list[str] = []
@@ -78,6 +81,8 @@ class Run:
     def _sample(self) -> None:
         while not self._stop.is_set():
             self._poll_cpu()
+            if self.first is None and self.folder is not None and records(self.folder) > self._records0:
+                self.first = self.group_cpu()
             time.sleep(0.1)
 
     def _read(self) -> None:
@@ -86,6 +91,7 @@ class Run:
             if line.startswith("dashboard:") and self.started is None:
                 self._poll_cpu()
                 self.started = (time.monotonic(), self.group_cpu())
+                self.driver_at_start = self.cpu.get(self.proc.pid, 0.0)
 
     def _read_errors(self) -> None:
         self.errors.extend(self.proc.stderr)
@@ -103,11 +109,9 @@ class Run:
         """SIGKILL the whole group (after a last sample of its CPU)."""
         self._poll_cpu()
         self.end = time.monotonic()
-        cpu = self.group_cpu()
+        self._stop.set()
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        self._stop.set()
-        self.cpu = {0: cpu}
 
     @property
     def text(self) -> str:
@@ -124,6 +128,13 @@ class Run:
     @property
     def compute_cpu(self) -> float:
         return self.group_cpu() - self.started[1]
+
+    @property
+    def split(self) -> str:
+        """The computing CPU s of the command's own process (driver and scheduler) and of the others (workers)."""
+        driver = self.cpu.get(self.proc.pid, 0.0) - self.driver_at_start
+        first = "" if self.first is None or self.started is None else f"; until the first record {self.first - self.started[1]:.1f}"
+        return f"driver and scheduler {driver:.1f}, workers {self.compute_cpu - driver:.1f}{first}"
 
 
 def records(folder: Path) -> int:
@@ -203,15 +214,15 @@ def main() -> None:
         def cmd(out: Path, *extra) -> list:
             return [out if a is None else a for a in case["run"]] + list(extra)
 
-        whole = Run(*cmd(case["whole"]))
+        whole = Run(*cmd(case["whole"]), folder=case["folder"](case["whole"]))
         whole.wait()
         total = case["total"](case["whole"])
         lines.append(f"{case['title']}, {args.workers} workers")
         lines.append(f"uninterrupted: {whole.wall:.1f} s, computing and writing {whole.compute_wall:.1f} s, "
-                     f"{whole.compute_cpu:.1f} CPU s; {total} {what}")
+                     f"{whole.compute_cpu:.1f} CPU s ({whole.split}); {total} {what}")
 
-        killed = Run(*cmd(case["killed"]))
         folder = case["folder"](case["killed"])
+        killed = Run(*cmd(case["killed"]), folder=folder)
         while records(folder) < total // 2:
             if killed.proc.poll() is not None:
                 raise RuntimeError(f"the run ended before half its {what} were recorded: {''.join(killed.errors)}")
@@ -219,13 +230,13 @@ def main() -> None:
         killed.kill()
         at_kill = records(folder)
         lines.append(f"killed after {killed.wall:.1f} s ({killed.compute_wall:.1f} s, {killed.compute_cpu:.1f} CPU s "
-                     f"computing and writing) with {at_kill} of {total} {what} recorded")
+                     f"computing and writing: {killed.split}) with {at_kill} of {total} {what} recorded")
 
-        resumed = Run(*cmd(case["killed"], "--resume"))
+        resumed = Run(*cmd(case["killed"], "--resume"), folder=folder)
         resumed.wait()
         kept = int(re.search(case["kept"], resumed.text).group(1))
         lines.append(f"resumed in {resumed.wall:.1f} s ({resumed.compute_wall:.1f} s, {resumed.compute_cpu:.1f} CPU s "
-                     f"verifying, computing and writing): {kept} {what} kept, {total - kept} computed")
+                     f"verifying, computing and writing: {resumed.split}): {kept} {what} kept, {total - kept} computed")
         lines.append("work redone, CPU s of the process group while computing and writing: "
                      + share(killed.compute_cpu, resumed.compute_cpu, whole.compute_cpu))
         lines.append("work redone, wall s while computing and writing: "
