@@ -7,9 +7,11 @@ starts, and nothing is touched."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _resume_common import (  # tests/cli on sys.path
     chunk_records,
@@ -32,9 +34,20 @@ SHAPE = (2, 5, 128, 128)  # 64 chunks of 16x16
 NCHUNKS = 64
 
 
+#: Pixels given a NaN sample in the first store, one in each of the 64 chunks: a resumed run's warning counts them all,
+#: those of the chunks it kept included.
+NAN_PIXELS = [(y, x) for y in range(3, 128, 16) for x in range(5, 128, 16)]
+
+
 def _save(path: Path, seed: int) -> Path:
-    sim = daskcal.simulate(SHAPE, seed=seed, chunks=(64, 64))
-    return daskcal.save(sim.ramps, path)
+    ramps = daskcal.simulate(SHAPE, seed=seed, chunks=(64, 64)).ramps
+    if seed == 0:
+        ramps = ramps.load()
+        data = ramps["data"].values.copy()
+        for y, x in NAN_PIXELS:
+            data[1, 2, y, x] = np.nan
+        ramps["data"] = (ramps["data"].dims, data)
+    return daskcal.save(ramps, path)
 
 
 def _folder(out: Path) -> Path:
@@ -110,8 +123,10 @@ def test_a_killed_run_is_resumed_bit_identical_redoing_a_torn_chunk_and_refused_
     torn = folder / min(f for f in entry["files"] if f.startswith("rateints.zarr/data/"))
     torn.write_bytes(torn.read_bytes()[:-5])  # a write cut short, or damaged since
     kept = len(chunk_records(folder)) - 1
-    printed = _resumed([str(store), str(out)], capsys)
+    with caplog.at_level(logging.WARNING, logger="daskcal"):
+        printed = _resumed([str(store), str(out)], capsys)
     assert f"detector1 {store}: resuming the partial products in {folder}" in printed
+    assert f"{store}: {len(NAN_PIXELS)} pixels have NaN or infinite samples" in caplog.text
     assert (f"detector1 {store}: {kept} of {NCHUNKS} chunks were written by the earlier run and verified; "
             f"{NCHUNKS - kept} computed now") in printed
     assert f"{torn} does not match the record of its chunk" in caplog.text
