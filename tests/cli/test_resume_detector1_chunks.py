@@ -112,9 +112,9 @@ def test_a_killed_run_is_resumed_bit_identical_redoing_a_torn_chunk_and_refused_
     os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as if rewritten
     try:
         assert main(["detector1", str(store), str(out), "--resume", *RUN]) == 2
-        err = capsys.readouterr().err
-        assert f"were made from {store.resolve()} as it was then (its data changed since: zarr.json" in err
-        assert "dashboard" not in capsys.readouterr().out
+        captured = capsys.readouterr()
+        assert f"were made from {store.resolve()} as it was then (its data changed since: zarr.json" in captured.err
+        assert "dashboard" not in captured.out
     finally:
         os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert _snapshot(folder) == before  # nothing touched
