@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -38,8 +39,9 @@ def register(sub) -> None:
                           help="replace existing products (only the files this command writes)")
     existing.add_argument("--resume", action="store_true",
                           help="continue an earlier run into the same OUT: skip each exposure whose products it "
-                          "completed from the same input and parameters, compute the rest; a product made "
-                          "differently is an error")
+                          "completed from the same input and parameters, keep the chunks it recorded as written "
+                          "of an exposure it left half-written, compute the rest; a product or partial product "
+                          "made differently is an error")
     for step in step_parameters():
         add_options(p.add_argument_group(f"{step} parameters"), *step_classes(step), bools="value",
                     fill_defaults=True)
@@ -69,9 +71,13 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     several stores' in ``output/<store name without .zarr>``, one exposure after another on
     one cluster, so start-up is paid once. Every input is opened and validated, and every output checked,
     before anything is computed. Each product records the run that made it
-    (:mod:`daskcal.io._resume`); with ``resume``, an exposure whose products an earlier run
-    completed from the same input, parameters and chunking is skipped (and if every one is, no
-    cluster starts).
+    (:mod:`daskcal.io._resume`). An exposure's stores are written in ``<its OUT>/.daskcal-resume-detector1/``
+    (:data:`RESUME_AS`), each ``(y, x)`` chunk recorded with its checksums when written
+    (:mod:`daskcal.io._journal`); a run that stops keeps that folder. With ``resume``, an exposure whose
+    products an earlier run completed from the same input, parameters and chunking is skipped (and if
+    every one is, no cluster starts); one it left half-written is continued: its verified chunks are
+    kept and only the others computed. A product or partial product made differently is refused,
+    naming the first difference, before any cluster starts.
 
     Returns
     -------
@@ -107,6 +113,12 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
 
 
 _NAMES = ("rate", "rateints")
+#: An exposure's stores are written in ``<its OUT>/.daskcal-resume-detector1/`` (see
+#: :func:`daskcal.io._outputs.resume_folder`) until both are complete.
+RESUME_AS = "detector1"
+#: In that folder beside the stores (never committed): each pixel's number of NaN or infinite samples,
+#: written by the chunks' write tasks, so a resumed run counts them for the chunks it keeps too.
+_NONFINITE = "nonfinite.zarr"
 
 
 def _names(params: dict) -> tuple[str, ...]:
@@ -120,13 +132,15 @@ def _products(out, fits: bool, names: tuple[str, ...] = _NAMES) -> list[Path]:
 
 def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list, dict]:
     """Open and check every input: ``(jobs to run, {input: products} of those done by an earlier run)``."""
-    from daskcal.io._outputs import OutputSet
-    from daskcal.io._resume import done_before
+    from daskcal.io._outputs import OutputSet, resume_folder
+    from daskcal.io._resume import check_partial, done_before
 
     jobs, done = [], {}
     for inp, out in pairs:
         products = _products(out, fits, _names(params))
-        outputs = OutputSet(products, overwrite=overwrite, inputs=inputs)
+        stores = [Path(out) / f"{n}.zarr" for n in _names(params)]
+        outputs = OutputSet(products, overwrite=overwrite, inputs=inputs, resumable=stores, resume=resume,
+                            resume_as=RESUME_AS)
         if not resume:
             outputs.check()  # an existing product is refused before the input is opened
         ramps, result, record = _build(inp, params, chunks)
@@ -136,6 +150,15 @@ def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list,
                 done[inp] = {n: Path(out) / f"{n}.zarr" for n in _names(params)}
                 continue
             outputs.check()
+            try:
+                partial = check_partial(stores[0], record, RESUME_AS)  # refused before any cluster starts
+            except ValueError as exc:
+                if len(pairs) == 1:
+                    raise
+                folder = resume_folder(stores[0], RESUME_AS)  # without --resume, the done exposures are refused
+                raise ValueError(f"{exc}; or remove {folder} to redo only this exposure") from None
+            if partial:
+                print(f"detector1 {inp}: resuming the partial products in {resume_folder(stores[0], RESUME_AS)}")
         jobs.append((inp, out, ramps, result, record, outputs))
     return jobs, done
 
@@ -163,6 +186,8 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
     from daskcal._precompile import precompile
     from daskcal.detector._fused import COMPILE_SECONDS, compile_kernels
     from daskcal.io._atomic import save_products
+    from daskcal.io._journal import ChunkJournal
+    from daskcal.io._outputs import resume_folder
     from daskcal.io._ramps import to_fits
     from daskcal.io._resume import RUN_ATTR
 
@@ -177,18 +202,36 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
             kernels.wait()
             for inp, out, ramps, result, record, outputs in jobs:
                 t0 = time.perf_counter()
-                # The count is known only once every chunk is fitted (worker logs never reach this
-                # console): computed with the writes, it takes the planes of the same fit tasks.
                 names = (*_NAMES, "fitopt") if result.fitopt is not None else _NAMES
                 products = {name: getattr(result, name).assign_attrs({RUN_ATTR: record}) for name in names}
-                paths, (n_nonfinite, n_jumps) = save_products(
-                    products, out, progress=not args.no_progress, outputs=outputs,
-                    also=(result.n_nonfinite, result.n_primary_jumps))
+                folder = resume_folder(Path(out) / "rate.zarr", RESUME_AS)
+                journal = ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
+                # The count of pixels with NaN samples is known only once every chunk is fitted (worker
+                # logs never reach this console): its plane is written by the same write tasks, and kept
+                # with the chunks a resumed run keeps.
+                side, also = _nonfinite_plane(result, folder)
+                # The primary jumps per integration are a sum over every chunk's fit: computed with the writes
+                # of a fresh run; a resumed run would have to fit its kept chunks again for them, so it does not
+                # count them.
+                count_jumps = not getattr(args, "resume", False) and result.n_primary_jumps is not None
+                if count_jumps:
+                    also = (*also, result.n_primary_jumps)
+                report: dict = {}
+                written = save_products(products, out, progress=not args.no_progress, outputs=outputs, also=also,
+                                        journal=journal, report=report, side=side)
+                paths, values = written if also else (written, [])
+                n_jumps = values[-1] if count_jumps else None
+                values = values[:-1] if count_jumps else values
                 elapsed = time.perf_counter() - t0
-                if n_bad := int(n_nonfinite):
+                if report.get("kept") or report.get("redone"):
+                    print(f"detector1 {inp}: {report['kept']} of {report['chunks']} chunks were written by the "
+                          f"earlier run and verified; {report['chunks'] - report['kept']} computed now")
+                n_bad = int(values[0]) if values else _count_nonfinite(folder)
+                if n_bad:
                     log.warning("%s: %d pixels have NaN or infinite samples; those groups are DO_NOT_USE "
                                 "(a pixel with no other usable group gets a NaN rate and DO_NOT_USE)", inp, n_bad)
-                log.info("%s: primary jumps (cosmic rays) per integration: %s", inp, list(map(int, n_jumps)))
+                if n_jumps is not None:
+                    log.info("%s: primary jumps (cosmic rays) per integration: %s", inp, list(map(int, n_jumps)))
                 if fits:
                     _export_fits(paths, outputs, to_fits)
                 outputs.commit()  # this exposure's products appear together
@@ -197,6 +240,31 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                 label = "detector1" if single else f"detector1 {inp}"
                 print(f"{label}: {mpg:.1f} Mpix*groups in {elapsed:.1f} s ({mpg / elapsed:.1f} Mpix*groups/s)")
                 done[inp] = paths
+
+
+def _nonfinite_plane(result, folder: Path) -> tuple[dict, tuple]:
+    """``(side, also)`` for :func:`daskcal.io._atomic.save_products`: the plane of each pixel's number of NaN
+    or infinite samples, written beside the stores in ``folder`` (counted after the writes by
+    :func:`_count_nonfinite`), when the products are slices of one stacked ramp fit; else the count,
+    computed with the writes (then a resumed run counts only the chunks it computes)."""
+    import xarray as xr
+
+    from daskcal.detector._ramp_fit import n_planes
+    from daskcal.io._zarr_write import slice_of, take_slice
+
+    cut = slice_of(result.rate["data"].data)
+    if cut is None:
+        return {}, (result.n_nonfinite,)
+    # the fit's own plane (no task of its own), counted from the front: planes may follow it (jump counts)
+    plane = take_slice(cut.source, n_planes(result.rateints.sizes["integration"]) - 1)
+    return {folder / _NONFINITE: xr.Dataset({"nonfinite": (("y", "x"), plane)})}, ()
+
+
+def _count_nonfinite(folder: Path) -> int:
+    """How many pixels of the plane :func:`_nonfinite_plane` wrote have a NaN or infinite sample."""
+    import zarr
+
+    return int((zarr.open_array(folder / _NONFINITE / "nonfinite", mode="r")[...] > 0).sum())
 
 
 def _export_fits(stores: dict, outputs, to_fits) -> None:

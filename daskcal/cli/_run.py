@@ -45,9 +45,8 @@ def register(sub) -> None:
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an existing output (and --save-parameters file)")
     existing.add_argument("--resume", action="store_true",
-                          help="continue an earlier run into the same OUT, skipping the exposures (detector1) or "
-                          "tiles and chunks (resample, outliers, image3) it completed with the same inputs and "
-                          "parameters")
+                          help="continue an earlier run into the same OUT, skipping the exposures (detector1), "
+                          "tiles and chunks it completed with the same inputs and parameters")
     add_save_parameters_option(p)
     add_cluster_options(p)
     p.set_defaults(func=_main)

@@ -236,7 +236,8 @@ def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "
 
 def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False,
                   outputs: OutputSet | None = None, inputs: Iterable[str | os.PathLike] = (),
-                  also: tuple = (), journal=None, report: dict | None = None) -> dict | tuple[dict, list]:
+                  also: tuple = (), journal=None, report: dict | None = None,
+                  side: dict | None = None) -> dict | tuple[dict, list]:
     """Write several datasets as ``out_dir/<name>.zarr`` in one pass, atomically.
 
     The datasets are computed together, so work they share (for example the one
@@ -283,6 +284,11 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     report : dict, optional
         With ``journal``: receives ``kept`` (chunks kept), ``redone`` (files that did not match
         their record) and ``chunks`` (write tasks that write something, kept ones included).
+    side : dict of path-like to xarray.Dataset, optional
+        With ``outputs``: datasets written by the same chunk tasks (and recorded in the same
+        ``journal``) to the given stores, which are not products (nothing commits them): a
+        per-chunk result a resumed run needs for the chunks it keeps (detector1's count of pixels
+        with NaN samples).
 
     Returns
     -------
@@ -293,9 +299,14 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
     if journal is not None and outputs is None:
         msg = "journal= needs outputs= (an OutputSet whose resumable products hold the stores)"
         raise ValueError(msg)
+    if side and outputs is None:
+        msg = "side= needs outputs= (the side stores are written with staged products)"
+        raise ValueError(msg)
     if outputs is not None:
-        values = _write_products(products, {name: outputs.path(f) for name, f in finals.items()}, progress, also,
-                                 journal=journal, report=report)
+        stores = {name: outputs.path(f) for name, f in finals.items()}
+        extra = {f"side:{path}": ds for path, ds in (side or {}).items()}
+        stores.update({f"side:{path}": Path(path) for path in side or {}})
+        values = _write_products({**products, **extra}, stores, progress, also, journal=journal, report=report)
     else:
         with OutputSet(finals.values(), overwrite=overwrite, inputs=inputs) as own:
             values = _write_products(products, {name: own.path(f) for name, f in finals.items()}, progress, also)

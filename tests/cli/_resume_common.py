@@ -1,4 +1,4 @@
-"""Helpers shared by the kill-and-resume tests of the command line (resample, outliers, image3)."""
+"""Helpers shared by the kill-and-resume tests of the command line (detector1, resample, outliers, image3)."""
 
 from __future__ import annotations
 

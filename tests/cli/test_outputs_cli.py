@@ -20,7 +20,7 @@ import xarray as xr
 
 import daskcal
 from daskcal.cli import main
-from daskcal.io._outputs import STAGE_PREFIX
+from daskcal.io._outputs import RESUME_PREFIX, STAGE_PREFIX
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Port .* is already in use:UserWarning",
@@ -33,11 +33,16 @@ def _ramps(path, shape=(1, 5, 48, 40), seed=1, chunks=None):
     return daskcal.save(sim.ramps, path)
 
 
-def _stages(folder):
+def _stages(folder, prefix=STAGE_PREFIX):
     try:
-        return [p for p in Path(folder).iterdir() if p.name.startswith(STAGE_PREFIX)]
+        return [p for p in Path(folder).iterdir() if p.name.startswith(prefix)]
     except FileNotFoundError:
         return []
+
+
+def _kept_for_resume(out: Path) -> None:
+    """``out`` holds nothing but detector1's resume folder (the partial stores and the run's record)."""
+    assert [p.name for p in out.iterdir()] == [f"{RESUME_PREFIX}detector1"]
 
 
 def test_overwrite_keeps_the_folder_the_inputs_and_other_files(tmp_path, capsys):
@@ -89,7 +94,7 @@ def test_a_failed_fits_export_leaves_no_product(tmp_path, monkeypatch, capsys):
     assert main(["detector1", str(raw), str(out), "--workers", "1", "--no-progress", "--fits"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "rate.fits" in err[0]
-    assert not out.exists()
+    _kept_for_resume(out)  # no product; the stores, written, are kept for --resume
 
 
 @contextlib.contextmanager
@@ -120,7 +125,9 @@ def test_read_only_and_full_output_folders_are_one_line_errors(tmp_path, capsys)
         err = capsys.readouterr().err.strip().splitlines()
         assert "No space left on device" in err[-1] and str(full / "out") in err[-1]
         assert "Traceback" not in "\n".join(err)
-        assert list(full.iterdir()) == []  # the folder it created and its staging folder are gone
+        # the staging folder is gone; the stores' folder is kept for --resume if the run's record was written
+        assert [p.name for p in full.rglob("*") if p.name.startswith(STAGE_PREFIX)] == []
+        assert not (full / "out" / "rate.zarr").exists()
 
 
 def _daskcal(*args, **kw):
@@ -132,7 +139,7 @@ def _signal_when_writing(proc, out: Path, signum: int, timeout: float = 120.0) -
     """Send ``signum`` once chunk files are being written under ``out``; return how many there were."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        n = sum(len(files) for s in _stages(out) for root, _, files in os.walk(s) if "/c/" in root + "/")
+        n = sum(len(files) for s in _stages(out, RESUME_PREFIX) for root, _, files in os.walk(s) if "/c/" in root + "/")
         if n >= 2:
             proc.send_signal(signum)
             return n
@@ -154,7 +161,7 @@ def test_sigterm_is_handled_like_ctrl_c(slow_ramps, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
-    assert not out.exists()  # the folder it created, the staging folder and its stores are gone
+    _kept_for_resume(out)  # the staging folder is gone; the partial stores are kept for --resume
 
 
 @pytest.mark.slow
@@ -166,15 +173,19 @@ def test_sigkill_leaves_nothing_openable_and_the_next_run_cleans_up(slow_ramps, 
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # its orphaned workers
     (stage,) = _stages(out)
+    (partial,) = _stages(out, RESUME_PREFIX)
     assert not (out / "rate.zarr").exists()
-    for store in stage.glob("*.zarr"):
+    stores = list(partial.glob("*.zarr"))
+    assert len(stores) == 3  # rate, rateints and the plane of NaN samples
+    for store in stores:
         with pytest.raises(FileNotFoundError):
             xr.open_zarr(store, consolidated=False)
     rerun = subprocess.run([sys.executable, "-m", "daskcal.cli._main", "detector1", str(slow_ramps), str(out),
                             "--workers", "1", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "left by a daskcal run that was killed" in rerun.stderr
-    assert not stage.exists() and _stages(out) == []
+    assert f"removing {partial}, the partial detector1 of a daskcal run that stopped" in rerun.stderr
+    assert not stage.exists() and _stages(out) == [] and not partial.exists()
     with xr.open_zarr(out / "rate.zarr", consolidated=False) as rate:
         assert np.isfinite(rate["data"].values).mean() > 0.99
 
@@ -192,7 +203,8 @@ def test_two_concurrent_writers_one_wins_and_the_other_fails(tmp_path):
     assert sorted(codes) == [0, 2], results
     winner = codes.index(0)
     loser_err = results[1 - winner][1]
-    assert "already exists" in loser_err or "appeared while this run was writing" in loser_err
+    assert any(why in loser_err for why in ("already exists", "appeared while this run was writing",
+                                            "is being written by another daskcal run"))
     want = daskcal.detector1(daskcal.open_ramps(ins[winner])).rate.compute(scheduler="sync")
     with xr.open_zarr(out / "rate.zarr", consolidated=False) as got:
         np.testing.assert_array_equal(got["data"].values, want["data"].values)

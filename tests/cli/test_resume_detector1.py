@@ -54,19 +54,26 @@ def finished(tmp_path_factory):
 def test_resume_after_a_bad_input_does_only_the_rest(tmp_path, capsys):
     a, b, c = _inputs(tmp_path / "in")
     chunk = b / "data" / "c" / "0" / "0" / "1" / "1"  # the open-time checks pass; reading it fails
-    chunk.write_bytes(chunk.read_bytes()[:20])
+    good = chunk.read_bytes()
+    chunk.write_bytes(good[:20])
     out = tmp_path / "out"
     assert main(["detector1", str(a), str(b), str(c), str(out), *RUN]) == 2
     err = capsys.readouterr().err
     assert "b.zarr" in err and "c/0/0/1/1" in err
-    assert sorted(p.name for p in out.iterdir()) == ["a"]  # a finished before b failed; c never started
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b"]  # a finished before b failed; c never started
     assert sorted(p.name for p in (out / "a").iterdir()) == ["rate.zarr", "rateints.zarr"]
+    assert [p.name for p in (out / "b").iterdir()] == [".daskcal-resume-detector1"]  # b's partial products
+    kept = len(list((out / "b" / ".daskcal-resume-detector1" / "chunks").glob("*.json")))
+    assert kept < 4  # the chunk that failed, at least, was not written
     done = _snapshot(out / "a")
 
-    _save(b, 1, overwrite=True)  # the bad input fixed
+    chunk.write_bytes(good)  # the bad chunk restored (a file system back, a copy finished)
     assert main(["detector1", str(a), str(b), str(c), str(out), "--resume", *RUN]) == 0
     printed = capsys.readouterr().out
     assert f"detector1 {a}: done by an earlier run, skipped ({out / 'a'})" in printed
+    assert f"detector1 {b}: resuming the partial products in {out / 'b' / '.daskcal-resume-detector1'}" in printed
+    if kept:
+        assert f"detector1 {b}: {kept} of 4 chunks were written by the earlier run and verified; " in printed
     assert f"detector1 {b}: " in printed and f"detector1 {c}: " in printed
     assert _snapshot(out / "a") == done  # not rewritten
 
