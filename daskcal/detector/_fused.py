@@ -34,7 +34,7 @@ from daskcal.detector._jump import (
     jump_block,
     jump_block_arguments,
 )
-from daskcal.detector._ramp_fit import _products, fit_block, n_planes
+from daskcal.detector._ramp_fit import RampFitParameters, _products, fit_block, fitted_algorithm, n_planes
 from daskcal.detector._saturation import (
     ATOD_LIMIT,
     SaturationParameters,
@@ -135,7 +135,7 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, 
 COMPILE_SECONDS = 7
 
 
-def compile_kernels(ramps: xr.Dataset) -> None:
+def compile_kernels(ramps: xr.Dataset, algorithm: str = "OLS_C") -> None:
     """Call :func:`detector1_block` once on 3 x 3 pixels with the dtypes of ``ramps``' variables.
 
     numba compiles a kernel for each set of argument types it is called with; this calls
@@ -143,7 +143,7 @@ def compile_kernels(ramps: xr.Dataset) -> None:
     after-jump flagging included) with the types its chunks give them, so that they are
     compiled, or loaded from numba's cache, in this process and stored in the cache for
     the workers (see :mod:`daskcal._precompile`). Only dtypes, sizes and attributes of
-    ``ramps`` are read.
+    ``ramps`` are read. ``algorithm`` is the ramp fit's (``"OLS_C"`` or ``"LIKELY"``).
     """
     nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
     shape = (nints, ngroups, 3, 3)
@@ -157,7 +157,8 @@ def compile_kernels(ramps: xr.Dataset) -> None:
     jump = {"nframes": int(ramps.attrs["nframes"]), "thresholds": (4.0, 5.0, 6.0), "neighbors": (10.0, 1000.0),
             "after_jump": (100.0, 1, 100.0, 1)}
     fit = {"group_time": float(ramps.attrs["group_time"]), "frame_time": float(ramps.attrs["frame_time"]),
-           "nframes": int(ramps.attrs["nframes"]), "suppress_one_group": True}
+           "nframes": int(ramps.attrs["nframes"]), "suppress_one_group": True,
+           "algorithm": fitted_algorithm(algorithm, ngroups), "groupgap": int(ramps.attrs["groupgap"])}
     detector1_block(data.copy(), gdq, plane("pixeldq", 0), plane("saturation", 60000.0), bias, plane("gain", 2.0),
                     plane("readnoise", 10.0), 0.0, usable=np.ones((nints, ngroups), dtype=bool), n_pix_grow_sat=1,
                     jump=jump, fit=fit, owns_data=True)
@@ -253,10 +254,7 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     """
     sat_params = SaturationParameters(**routed["saturation"])
     jump_params = JumpParameters(**routed["jump"])
-    suppress = routed["ramp_fit"].get("suppress_one_group", True)
-    if not isinstance(suppress, (bool, np.bool_)):
-        msg = f"suppress_one_group must be True or False; got {suppress!r}"
-        raise TypeError(msg)
+    fit_params = RampFitParameters(**routed["ramp_fit"])
     ds = pixel_chunked(ramps, chunks)
     jump_args = jump_block_arguments(jump_params, ds)
     n = sat_params.n_pix_grow_sat
@@ -267,7 +265,9 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         "group_time": float(ds.attrs["group_time"]),
         "frame_time": float(ds.attrs["frame_time"]),
         "nframes": int(ds.attrs["nframes"]),
-        "suppress_one_group": bool(suppress),
+        "suppress_one_group": bool(fit_params.suppress_one_group),
+        "algorithm": fitted_algorithm(fit_params.algorithm, ds.sizes["group"]),
+        "groupgap": int(ds.attrs["groupgap"]),
     }
     pix = [ds[v].data.rechunk(chunks_yx) for v in ("pixeldq", "saturation", "superbias", "gain", "readnoise")
            if v in ds]

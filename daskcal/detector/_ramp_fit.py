@@ -1,7 +1,9 @@
-"""Ramp fitting: ordinary least squares with optimal weighting (stcal ``OLS_C``).
+"""Ramp fitting: ordinary least squares with optimal weighting (stcal ``OLS_C``) or
+maximum likelihood with its own jump search (stcal ``LIKELY``).
 
 Layers (see ``shared/STYLE.md``): :func:`fit_block` fits one in-memory chunk
-with the numba kernel in :mod:`daskcal.detector._kernels_ramp_fit`;
+with the numba kernel in :mod:`daskcal.detector._kernels_ramp_fit` (OLS) or, through
+:func:`daskcal.detector._ramp_likely.likely_block`, :mod:`daskcal.detector._kernels_likely`;
 :func:`_fit_graph` maps it over pixel chunks with one ``map_blocks`` whose output
 stacks every product plane on a new leading axis; :func:`fit_ramps` validates
 the input and slices that one array into the ``rate`` and ``rateints``
@@ -11,6 +13,7 @@ datasets, so both share a single computation.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import dask.array as da
@@ -20,6 +23,8 @@ from dask.base import tokenize
 
 from daskcal._params import param
 from daskcal.detector import _kernels_ramp_fit as _k
+from daskcal.detector._ramp_likely import MIN_GROUPS as LIKELY_MIN_GROUPS
+from daskcal.detector._ramp_likely import likely_block
 from daskcal.detector._common import (
     PIX_DIMS,
     as_dask,
@@ -29,7 +34,12 @@ from daskcal.detector._common import (
 )
 from daskcal.io._zarr_write import take_slice
 
-__all__ = ["RampFitParameters", "RampFitResult", "fit_ramps", "fit_block"]
+__all__ = ["ALGORITHMS", "RampFitParameters", "RampFitResult", "fit_ramps", "fit_block", "fitted_algorithm"]
+
+log = logging.getLogger(__name__)
+
+#: Ramp fitting algorithms, by stcal's names.
+ALGORITHMS = ("OLS_C", "LIKELY")
 
 #: Product variables, in the order of their planes in the stacked block output.
 PRODUCT_NAMES = ("data", "err", "dq", "var_poisson", "var_rnoise")
@@ -48,12 +58,29 @@ class RampFitParameters:
     """Parameters of :func:`fit_ramps` that recipes and the command line give (defaults are jwst's)."""
 
     suppress_one_group: bool = param(
-        True, "an integration with only one good group is unusable (ignored with one group per integration)")
+        True, "an integration with only one good group is unusable (ignored with one group per integration; "
+        "OLS_C only)")
+    algorithm: str = param(
+        "OLS_C", "OLS_C (least squares, optimal weighting) or LIKELY (maximum likelihood with its own jump "
+        f"search; needs {LIKELY_MIN_GROUPS} or more groups, else OLS_C with a warning)", cli={"choices": ALGORITHMS})
 
     def __post_init__(self):
         if not isinstance(self.suppress_one_group, (bool, np.bool_)):
             msg = f"suppress_one_group must be True or False; got {self.suppress_one_group!r}"
             raise TypeError(msg)
+        if not isinstance(self.algorithm, str) or self.algorithm not in ALGORITHMS:
+            msg = f"algorithm must be one of {', '.join(ALGORITHMS)}; got {self.algorithm!r}"
+            raise ValueError(msg)
+
+
+def fitted_algorithm(algorithm: str, ngroups: int) -> str:
+    """The algorithm that fits ``ngroups`` groups: ``algorithm``, or OLS_C (logged as a warning) for
+    LIKELY with fewer than 4 groups, as stcal does."""
+    if algorithm == "LIKELY" and ngroups < LIKELY_MIN_GROUPS:
+        log.warning("the LIKELY ramp fit needs at least %d groups; these ramps have %d: fitting with OLS_C",
+                    LIKELY_MIN_GROUPS, ngroups)
+        return "OLS_C"
+    return algorithm
 
 
 @dataclass(frozen=True)
@@ -104,7 +131,7 @@ NONFINITE_PLANE = -1
 
 
 def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, frame_time, nframes,
-              suppress_one_group):
+              suppress_one_group, algorithm="OLS_C", groupgap=0):
     """Fit the ramps of one in-memory chunk (block layer).
 
     Parameters
@@ -126,7 +153,11 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     nframes : int
         Frames averaged per group.
     suppress_one_group : bool
-        Treat integrations with a single good group as having none.
+        Treat integrations with a single good group as having none (OLS_C).
+    algorithm : {"OLS_C", "LIKELY"}, default "OLS_C"
+        The fit; LIKELY needs ``ngroups >= 4`` (:func:`fitted_algorithm` chooses).
+    groupgap : int, default 0
+        Frames dropped between groups (LIKELY's read times).
 
     Returns
     -------
@@ -138,6 +169,11 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     """
     nints, ngroups, ny, nx = data.shape
     npix = ny * nx
+    if algorithm == "LIKELY":
+        out = np.empty((n_planes(nints), npix), dtype=np.float32)
+        likely_block(data, groupdq, pixeldq, gain, readnoise, dark, frame_time=frame_time, nframes=nframes,
+                     groupgap=groupgap, out_planes=out)
+        return out.reshape(n_planes(nints), ny, nx)
     flat = (nints, ngroups, npix)
     d = np.ascontiguousarray(data, dtype=np.float32).reshape(flat)
     q = np.ascontiguousarray(groupdq, dtype=np.uint8).reshape(flat)
@@ -199,14 +235,23 @@ def _dark_array(dark_current, ramps: xr.Dataset) -> xr.DataArray:
     return dark_current
 
 
-def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_current=None) -> RampFitResult:
-    """Fit count rates to up-the-ramp data (OLS with optimal weighting).
+def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, algorithm: str = "OLS_C",
+              dark_current=None) -> RampFitResult:
+    """Fit count rates to up-the-ramp data (OLS with optimal weighting, or maximum likelihood).
 
-    Reproduces stcal 1.20's default ``OLS_C`` ramp fitter as jwst calls it
+    ``algorithm="OLS_C"`` reproduces stcal 1.20's default ramp fitter as jwst calls it
     (``weighting="optimal"``): segments between jumps and saturation are
     fitted with Fixsen et al. (2000) weights, combined with inverse read-noise
     variance weights into integrations and the exposure, with Poisson variance
     from the median first-difference rate.
+
+    ``algorithm="LIKELY"`` reproduces stcal 1.20's likelihood fit (Brandt 2024): the
+    group differences of each integration are fitted with their full (tridiagonal)
+    covariance, read noise and the photon noise of a rate guess; its own jump search
+    leaves out the one difference, or two adjacent ones, whose omission lowers chi
+    squared by more than 20.25 (23.8 for two), again while more than 3 differences
+    are left, and flags ``JUMP_DET`` in the integration's ``dq``. Integrations are
+    combined with weights from their read-noise and rate-scaled Poisson variances.
 
     Parameters
     ----------
@@ -220,9 +265,14 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
         :func:`daskcal.detector._common.default_chunk_yx`).
     suppress_one_group : bool, default True
         Treat integrations with only one good group as unusable
-        (jwst's default). Ignored with one group per integration.
+        (jwst's default). Ignored with one group per integration, and by LIKELY
+        (as in stcal).
+    algorithm : str, default "OLS_C"
+        ``"OLS_C"`` or ``"LIKELY"``. LIKELY needs at least 4 groups; with fewer the
+        ramps are fitted with OLS_C and a warning is logged (stcal switches too).
     dark_current : float or xarray.DataArray on (y, x), optional
-        Dark current in DN/s added to the Poisson variance. Default none (0).
+        Dark current in DN/s added to the Poisson variance (LIKELY: to the rate
+        its final fit's covariance assumes). Default none (0).
 
     Returns
     -------
@@ -233,8 +283,8 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
     ------
     TypeError, ValueError
         For a malformed dataset, read noise that is negative or not finite, a
-        gain with no positive finite value, or a bad ``dark_current``; checked
-        before any ramp is read.
+        gain with no positive finite value, an unknown ``algorithm`` or a bad
+        ``dark_current``; checked before any ramp is read.
 
     Notes
     -----
@@ -246,10 +296,20 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
     infinite samples that ``groupdq`` does not flag are used as stcal uses them
     (:func:`daskcal.detector1` flags them DO_NOT_USE in its saturation step);
     ``n_nonfinite`` counts the pixels that have any.
+
+    LIKELY gives what stcal's gives, also where that is not a number: an integration
+    with no usable difference (saturated from its first groups, all DO_NOT_USE) has a
+    NaN rate and variances and an infinite ``err``; pixels with a gain <= 0 or NaN
+    are fitted with it (no ``NO_GAIN_VALUE``), and a difference touching a
+    flagged group is left out (a group with any DQ bit, ``PERSISTENCE`` included).
+    Its rate guess is the median of every difference, flagged ones included, as in
+    stcal, except non-finite ones of flagged groups, which stcal would propagate
+    as NaN into the whole integration. Read times come from ``nframes``,
+    ``groupgap`` and ``frame_time`` (evenly spaced groups); a ``zeroframe`` is not used.
     """
     validate_ramps(ramps, require=("gain", "readnoise"))
     check_reference_values(ramps, ("gain", "readnoise"))
-    RampFitParameters(suppress_one_group)
+    RampFitParameters(suppress_one_group, algorithm)
     ds = pixel_chunked(ramps)
     dark = _dark_array(dark_current, ds)
     data = ds["data"].data
@@ -264,6 +324,8 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, dark_curren
         "frame_time": float(ramps.attrs["frame_time"]),
         "nframes": int(ramps.attrs["nframes"]),
         "suppress_one_group": bool(suppress_one_group),
+        "algorithm": fitted_algorithm(algorithm, ramps.sizes["group"]),
+        "groupgap": int(ramps.attrs.get("groupgap", 0)),
     }
     stacked = _fit_graph(
         data, ds["groupdq"].data.rechunk(data.chunks),
