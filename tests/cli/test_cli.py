@@ -146,3 +146,21 @@ def test_version_and_python_dash_m(tmp_path):
         assert out.stdout.strip() == f"daskcal {daskcal.__version__}"
     usage = subprocess.run([sys.executable, "-m", "daskcal", "--help"], capture_output=True, text=True, check=True)
     assert "usage: daskcal" in usage.stdout and "recipes" in usage.stdout
+
+
+def test_detector1_likely_from_the_command_line(tmp_path, capsys):
+    from daskcal import detector1, open_ramps
+
+    ramps = tmp_path / "ramps.zarr"
+    assert main(["simulate", str(ramps), "--shape", "1", "5", "30", "26", "--chunks", "16", "16"]) == 0
+    out = tmp_path / "out"
+    assert main(["detector1", str(ramps), str(out), "--algorithm", "LIKELY", "--workers", "1", "--no-progress"]) == 0
+    want = detector1(open_ramps(ramps), algorithm="LIKELY").rate.compute()
+    with xr.open_zarr(out / "rate.zarr", consolidated=False) as got:
+        for v in want.data_vars:
+            np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["detector1", str(ramps), str(tmp_path / "o2"), "--algorithm", "MLE"])
+    err = capsys.readouterr().err
+    assert "--algorithm" in err and "'MLE'" in err and "OLS_C" in err
