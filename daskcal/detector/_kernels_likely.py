@@ -54,11 +54,12 @@ SLOPE, ERR, DQ_PLANE, VAR_POISSON, VAR_RNOISE = 0, 1, 2, 3, 4
 #: Every this many differences the determinant recursion is renormalised.
 _RESCALE_EVERY = 10
 
+# Not IR-inlined (``inline="always"``) as the OLS kernel's helpers are: that made the first
+# compilation take 27 s instead of 17 s for ~10% more speed.
 _JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
-_JIT_INLINE = dict(_JIT, inline="always")
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def covariance(guess, gain, rnoise, coeff, alpha, beta, parts):
     """Fill ``alpha`` (n) and ``beta`` (n - 1) for the rate ``guess`` (DN/s); return the scale.
 
@@ -100,7 +101,7 @@ def covariance(guess, gain, rnoise, coeff, alpha, beta, parts):
     return scale
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def fit_differences(diffs, use, alpha, beta, scale, parts, bm, dm, work, out):
     """Generalised least-squares rate of the differences ``diffs`` whose ``use`` is 1.
 
@@ -182,7 +183,7 @@ def _sign(i):
     return 1.0 if i & 1 else -1.0
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def omit_one(use, bm, sums, scale, work, chi1, rate1):
     """Chi squared and rate with each difference left out in turn (paper II, eqs. of sec. 3.1).
 
@@ -210,7 +211,7 @@ def omit_one(use, bm, sums, scale, work, chi1, rate1):
             rate1[i] = a
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2):
     """Chi squared and rate with each pair of adjacent differences left out (paper II, sec. 3.2).
 
@@ -249,7 +250,7 @@ def omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2):
         rate2[k] = a
 
 
-@njit(**_JIT_INLINE)
+@njit(**_JIT)
 def find_jumps(diffs, use, guess, gain, rnoise, coeff, thresholds, alpha, beta, parts, bm, dm, work, fit,
                chi1, rate1, chi2, rate2):
     """Leave out jumps from ``use`` (in place); return the rate estimate (DN/s) of the last fit.
