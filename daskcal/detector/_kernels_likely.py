@@ -267,6 +267,9 @@ def find_jumps(diffs, use, guess, gain, rnoise, coeff, thresholds, alpha, beta, 
     rate = np.nan
     # the covariance depends on the guess alone, which stays the same in every round
     scale = covariance(guess, gain, rnoise, coeff, alpha, beta, parts)
+    any_two = False
+    for k in range(n - 1):
+        any_two |= coeff[TWO_OK, k] != 0.0
     for rnd in range(n):
         sums = fit_differences(diffs, use, alpha, beta, scale, parts, bm, dm, work, fit)
         if rnd == 0:
@@ -275,13 +278,21 @@ def find_jumps(diffs, use, guess, gain, rnoise, coeff, thresholds, alpha, beta, 
             chi1[i] = fit[CHISQ]
             rate1[i] = fit[RATE]
         omit_one(use, bm, sums, scale, work, chi1, rate1)
-        omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2)
         best1 = -np.inf
         for i in range(n):
             best1 = _nan_max(best1, fit[CHISQ] - chi1[i])
-        best2 = -np.inf
-        for k in range(n - 1):
-            best2 = _nan_max(best2, (fit[CHISQ] - chi2[k]) * coeff[TWO_OK, k])
+        left = 0
+        for i in range(n):
+            left += use[i]
+        if any_two or left < 3:
+            omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2)
+            best2 = -np.inf
+            for k in range(n - 1):
+                best2 = _nan_max(best2, (fit[CHISQ] - chi2[k]) * coeff[TWO_OK, k])
+        else:
+            # No pair may be left out, and with 3 or more differences every pair's fit is
+            # regular (finite), so each weighted drop is 0: the pairs need not be fitted.
+            best2 = 0.0
         one_better = best1 - one_t > best2 - two_t
         best = best1 * (best1 > one_t) * one_better + best2 * (best2 > two_t) * (not one_better)
         if best == 0.0 or math.isnan(best):
