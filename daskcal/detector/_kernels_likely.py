@@ -9,8 +9,13 @@ are computed once per exposure (:func:`daskcal.detector._ramp_likely.difference_
 
 The pieces, in the order a pixel goes through them:
 
-* :func:`covariance` builds ``alpha``/``beta`` for a rate guess and scales them by
-  the ``n``-th root of the covariance determinant (against overflow for long ramps);
+* :func:`rate_guesses` takes the median of each integration's differences as its first rate guess;
+* :func:`advance_determinant` runs the recursion of the covariance determinant, whose
+  ``n``-th root scales the covariance (against overflow for long ramps); the roots are taken
+  by the block layer with numpy, as stcal takes them (numpy's vectorised ``pow`` differs from
+  the C library's by an ulp at times, and ties between equal chi squared values, of ramps
+  left with 2 or 3 differences, follow the last bit);
+* :func:`covariance` builds ``alpha``/``beta`` for a rate guess, divided by that scale;
 * :func:`fit_differences` solves the generalised least squares problem in O(n)
   with the recursions ``theta``/``phi`` of Brandt (2024, paper I, eqs. 38-48) and
   returns the rate, chi squared and the pieces jump detection needs;
@@ -18,8 +23,9 @@ The pieces, in the order a pixel goes through them:
   squared and rate of the same fit with one difference, or two adjacent ones, left out;
 * :func:`find_jumps` leaves out the difference(s) whose omission lowers chi squared
   the most, while that exceeds the thresholds, and refits;
-* :func:`combine_integrations` weights the integrations into the exposure's rate;
-* :func:`fit_likely_kernel` loops over pixels and writes the outputs.
+* :func:`search_jumps_kernel` runs the search on every pixel, :func:`final_fit_kernel` the
+  final fit with the search's rate as the guess, and :func:`combine_integrations` weights the
+  integrations into the exposure's rate.
 
 The arithmetic follows the order of the equations as stcal 1.20 evaluates them, in
 float64, so that degenerate fits (one difference left, all masked) come out as the
@@ -51,22 +57,62 @@ RATE, CHISQ, UNCERT, VAR_P, VAR_R = range(5)
 # planes of the product stack (the same layout as the OLS fit)
 SLOPE, ERR, DQ_PLANE, VAR_POISSON, VAR_RNOISE = 0, 1, 2, 3, 4
 
-#: Every this many differences the determinant recursion is renormalised.
-_RESCALE_EVERY = 10
-
 # Not IR-inlined (``inline="always"``) as the OLS kernel's helpers are: that made the first
 # compilation take 27 s instead of 17 s for ~10% more speed.
 _JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
 
 
 @njit(**_JIT)
-def covariance(guess, gain, rnoise, coeff, alpha, beta, parts):
-    """Fill ``alpha`` (n) and ``beta`` (n - 1) for the rate ``guess`` (DN/s); return the scale.
+def _alpha_beta(photon, rn2, coeff, i):
+    """Unscaled covariance entries ``(alpha_i, beta_i)`` (``beta_i`` is garbage for the last i)."""
+    a = photon * coeff[A_PH, i] + rn2 * coeff[A_RN, i]
+    b = photon * coeff[B_PH, i] + rn2 * coeff[B_RN, i]
+    return a, b
+
+
+@njit(**_JIT)
+def advance_determinant(guess, gain, rnoise, coeff, scale, state, start, stop, det):
+    """Run the determinant recursion of every pixel's covariance from step ``start`` to ``stop``.
+
+    The determinant ``D_i`` of the leading i x i block of the covariance of
+    :func:`covariance` for the rate ``guess[int, p]`` is ``alpha_i-1 D_i-1 - beta_i-2**2 D_i-2``;
+    with the entries divided by ``scale[int, p]``, ``state[0]``/``state[1]`` hold
+    ``D_i-2``/``D_i-1`` in that scale (``start == 2`` initialises them). ``det`` receives
+    ``D_stop``; the caller renormalises (:func:`daskcal.detector._ramp_likely.covariance_scales`).
+    """
+    nints, npix = guess.shape
+    for i in range(nints):
+        for p in range(npix):
+            photon = guess[i, p] / np.float64(gain[p])
+            rn2 = rnoise[p] * rnoise[p]
+            s = scale[i, p]
+            if start == 2:
+                before = 1.0
+                last, _ = _alpha_beta(photon, rn2, coeff, 0)
+            else:
+                before = state[0, i, p]
+                last = state[1, i, p]
+            d = last
+            for k in range(start, stop + 1):
+                a, _ = _alpha_beta(photon, rn2, coeff, k - 1)
+                _, b = _alpha_beta(photon, rn2, coeff, k - 2)
+                d = a / s * last - b * b / (s * s) * before
+                if k < stop:
+                    before = last
+                    last = d
+            state[0, i, p] = before
+            state[1, i, p] = last
+            det[i, p] = d
+
+
+@njit(**_JIT)
+def covariance(guess, gain, rnoise, coeff, scale, alpha, beta, parts):
+    """Fill ``alpha`` (n) and ``beta`` (n - 1) for the rate ``guess`` (DN/s), divided by ``scale``.
 
     ``parts`` (4, n) receives the unscaled photon and read-noise parts (rows
-    ``A_PH, A_RN, B_PH, B_RN``), used for the variances. ``alpha`` and ``beta`` are
-    divided by the returned scale, the n-th root of the determinant of the
-    unscaled matrix, computed with a renormalisation every :data:`_RESCALE_EVERY` steps.
+    ``A_PH, A_RN, B_PH, B_RN``), used for the variances. ``scale`` is the n-th root of
+    the determinant of the unscaled matrix (against overflow in long ramps; see
+    :func:`advance_determinant`).
     """
     n = alpha.shape[0]
     photon = guess / gain
@@ -74,31 +120,11 @@ def covariance(guess, gain, rnoise, coeff, alpha, beta, parts):
     for i in range(n):
         parts[A_PH, i] = photon * coeff[A_PH, i]
         parts[A_RN, i] = rn2 * coeff[A_RN, i]
-        alpha[i] = parts[A_PH, i] + parts[A_RN, i]
+        alpha[i] = (parts[A_PH, i] + parts[A_RN, i]) / scale
     for i in range(n - 1):
         parts[B_PH, i] = photon * coeff[B_PH, i]
         parts[B_RN, i] = rn2 * coeff[B_RN, i]
-        beta[i] = parts[B_PH, i] + parts[B_RN, i]
-    scale = 1.0
-    before = 1.0  # determinant of the leading (i - 2) x (i - 2) block, in the current scale
-    last = alpha[0]  # ... of the leading (i - 1) x (i - 1) block
-    for i in range(2, n + 1):
-        b = beta[i - 2]
-        det = alpha[i - 1] / scale * last - b * b / (scale * scale) * before
-        if i % _RESCALE_EVERY == 0 or i == n:
-            root = det ** (1.0 / i)
-            scale *= root
-            ratio = det / root
-            before = last / ratio
-            last = 1.0
-        else:
-            before = last
-            last = det
-    for i in range(n):
-        alpha[i] /= scale
-    for i in range(n - 1):
-        beta[i] /= scale
-    return scale
+        beta[i] = (parts[B_PH, i] + parts[B_RN, i]) / scale
 
 
 @njit(**_JIT)
@@ -251,11 +277,11 @@ def omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2):
 
 
 @njit(**_JIT)
-def find_jumps(diffs, use, guess, gain, rnoise, coeff, thresholds, alpha, beta, parts, bm, dm, work, fit,
+def find_jumps(diffs, use, guess, scale, gain, rnoise, coeff, thresholds, alpha, beta, parts, bm, dm, work, fit,
                chi1, rate1, chi2, rate2):
     """Leave out jumps from ``use`` (in place); return the rate estimate (DN/s) of the last fit.
 
-    Each round fits with the covariance of ``guess`` and finds the largest drop of chi
+    Each round fits with the covariance of ``guess`` (scaled by ``scale``) and finds the largest drop of chi
     squared from leaving out one difference, or two adjacent ones (only where the
     resultant between them has several reads, ``coeff[TWO_OK]``). If the better of the
     two, each less its threshold (``thresholds = (one, two)``), exceeds its
@@ -266,10 +292,7 @@ def find_jumps(diffs, use, guess, gain, rnoise, coeff, thresholds, alpha, beta, 
     one_t, two_t = thresholds
     rate = np.nan
     # the covariance depends on the guess alone, which stays the same in every round
-    scale = covariance(guess, gain, rnoise, coeff, alpha, beta, parts)
-    any_two = False
-    for k in range(n - 1):
-        any_two |= coeff[TWO_OK, k] != 0.0
+    covariance(guess, gain, rnoise, coeff, scale, alpha, beta, parts)
     for rnd in range(n):
         sums = fit_differences(diffs, use, alpha, beta, scale, parts, bm, dm, work, fit)
         if rnd == 0:
@@ -281,18 +304,12 @@ def find_jumps(diffs, use, guess, gain, rnoise, coeff, thresholds, alpha, beta, 
         best1 = -np.inf
         for i in range(n):
             best1 = _nan_max(best1, fit[CHISQ] - chi1[i])
-        left = 0
-        for i in range(n):
-            left += use[i]
-        if any_two or left < 3:
-            omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2)
-            best2 = -np.inf
-            for k in range(n - 1):
-                best2 = _nan_max(best2, (fit[CHISQ] - chi2[k]) * coeff[TWO_OK, k])
-        else:
-            # No pair may be left out, and with 3 or more differences every pair's fit is
-            # regular (finite), so each weighted drop is 0: the pairs need not be fitted.
-            best2 = 0.0
+        # The pairs are fitted even where none may be left out (one read per group): a NaN
+        # chi squared of any pair (the last pair's often is) stops the search, as in stcal.
+        omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2)
+        best2 = -np.inf
+        for k in range(n - 1):
+            best2 = _nan_max(best2, (fit[CHISQ] - chi2[k]) * coeff[TWO_OK, k])
         one_better = best1 - one_t > best2 - two_t
         best = best1 * (best1 > one_t) * one_better + best2 * (best2 > two_t) * (not one_better)
         if best == 0.0 or math.isnan(best):
@@ -413,28 +430,105 @@ def combine_integrations(ints_out, ints_dq, p, buf, rate_out, rate_dq):
 
 
 @njit(**_JIT)
-def fit_likely_kernel(data, gdq, pixeldq, gain, rnoise, dark, coeff, thresholds, rate_out, rate_dq, ints_out,
-                      ints_dq, nonfinite):
-    """Likelihood ramp fit with its own jump search of every pixel (stcal ``LIKELY``).
+def load_differences(data, gdq, coeff, i, p, diffs, use, buf):
+    """Integration ``i`` of pixel ``p``: fill ``diffs`` (differences over their times, DN/s) and
+    ``use`` (1 where both groups have DQ 0); return the rate guess (DN/s), their median clipped at 0.
+
+    The median is over every difference, flagged or not, as in stcal, except non-finite ones
+    between flagged groups (NaN samples detector1 flags), which stcal lets make it NaN.
+    ``buf`` (n) is scratch.
+    """
+    n = diffs.shape[0]
+    m = 0
+    has_nan = False
+    for k in range(n):
+        d = (data[i, k + 1, p] - data[i, k, p]) / coeff[DELTA_T, k]
+        usable = gdq[i, k, p] == 0 and gdq[i, k + 1, p] == 0
+        diffs[k] = d
+        use[k] = 1.0 if usable else 0.0
+        if usable or math.isfinite(d):
+            has_nan |= math.isnan(d)
+            buf[m] = d
+            m += 1
+    med = np.nan if has_nan else nan_free_median(buf, m)
+    return med * (med > 0.0)
+
+
+@njit(**_JIT)
+def rate_guesses(data, gdq, coeff, guesses):
+    """The first rate guess of every integration of every pixel (:func:`load_differences`).
+
+    ``data``/``gdq`` (nints, ngroups, npix); ``guesses`` (nints, npix) float64, out.
+    """
+    nints, ngroups, npix = data.shape
+    n = ngroups - 1
+    diffs = np.empty(n, np.float64)
+    use = np.empty(n, np.float64)
+    buf = np.empty(n, np.float64)
+    for p in range(npix):
+        for i in range(nints):
+            guesses[i, p] = load_differences(data, gdq, coeff, i, p, diffs, use, buf)
+
+
+@njit(**_JIT)
+def search_jumps_kernel(data, gdq, gain, rnoise, dark, coeff, thresholds, guesses, scales, use_out, next_guesses):
+    """The jump search of every integration of every pixel (:func:`find_jumps`).
+
+    ``guesses``/``scales`` (nints, npix): the first rate guesses and their covariance scales.
+    ``use_out`` (nints, n, npix) uint8, out: the differences left after the search.
+    ``next_guesses`` (nints, npix), out: the final fit's rate guess, the search's rate clipped
+    at 0 plus the dark current (DN/s).
+    """
+    nints, ngroups, npix = data.shape
+    n = ngroups - 1
+    diffs = np.empty(n, np.float64)
+    use = np.empty(n, np.float64)
+    alpha = np.empty(n, np.float64)
+    beta = np.zeros(n, np.float64)
+    parts = np.zeros((4, n), np.float64)
+    bm = np.zeros(n, np.float64)
+    dm = np.empty(n, np.float64)
+    work = np.zeros((N_WORK, n + 1), np.float64)
+    fit = np.empty(5, np.float64)
+    chi1 = np.empty(n, np.float64)
+    rate1 = np.empty(n, np.float64)
+    chi2 = np.zeros(n, np.float64)
+    rate2 = np.zeros(n, np.float64)
+    for p in range(npix):
+        g = np.float64(gain[p])
+        rn = rnoise[p]
+        for i in range(nints):
+            load_differences(data, gdq, coeff, i, p, diffs, use, dm)
+            rate = find_jumps(diffs, use, guesses[i, p], scales[i, p], g, rn, coeff, thresholds, alpha, beta,
+                              parts, bm, dm, work, fit, chi1, rate1, chi2, rate2)
+            for k in range(n):
+                use_out[i, k, p] = np.uint8(use[k])
+            next_guesses[i, p] = rate * (rate > 0.0) + np.float64(dark[p])
+
+
+@njit(**_JIT)
+def final_fit_kernel(data, gdq, pixeldq, gain, rnoise, coeff, guesses, scales, use_in, rate_out, rate_dq, ints_out,
+                     ints_dq, nonfinite):
+    """The final fit of every integration of every pixel, its DQ, and the exposure's rate.
 
     Parameters
     ----------
     data : float32 (nints, ngroups, npix)
         Ramps in DN (bias removed); ``ngroups >= 4``.
     gdq : uint8 (nints, ngroups, npix)
-        Group DQ: a difference is used when both its groups have DQ 0.
+        Group DQ.
     pixeldq : uint32 (npix,)
     gain : float32 (npix,)
         e-/DN.
     rnoise : float64 (npix,)
         Read noise of one read in DN (the CDS read noise over sqrt 2).
-    dark : float32 (npix,)
-        Dark current in DN/s, added to the rate the final fit's covariance assumes.
     coeff : float64 (N_COEFF, ngroups - 1)
-        Rows A_PH, A_RN, B_PH, B_RN (covariance coefficients), DELTA_T (s) and TWO_OK
-        (1 where the pair of differences around a resultant may be left out together).
-    thresholds : (float, float)
-        Least chi-squared drop to leave out one difference, and two.
+        Covariance coefficients and times (:func:`daskcal.detector._ramp_likely.difference_covariance`).
+    guesses, scales : float64 (nints, npix)
+        The rate (DN/s) the covariance assumes, and its scale.
+    use_in : uint8 (nints, ngroups - 1, npix)
+        The differences to fit (after the jump search); a usable difference left out gets
+        its later group counted as a jump (``JUMP_DET`` in the integration's DQ).
     rate_out : float32 (5, npix), out
         Rows SLOPE, ERR, VAR_POISSON, VAR_RNOISE (row DQ_PLANE untouched).
     rate_dq : uint32 (npix,), out
@@ -448,17 +542,12 @@ def fit_likely_kernel(data, gdq, pixeldq, gain, rnoise, dark, coeff, thresholds,
     diffs = np.empty(n, np.float64)
     use = np.empty(n, np.float64)
     alpha = np.empty(n, np.float64)
-    beta = np.empty(max(n - 1, 1), np.float64)
+    beta = np.zeros(n, np.float64)
     parts = np.zeros((4, n), np.float64)
-    bm = np.empty(max(n - 1, 1), np.float64)
+    bm = np.zeros(n, np.float64)
     dm = np.empty(n, np.float64)
     work = np.zeros((N_WORK, n + 1), np.float64)
     fit = np.empty(5, np.float64)
-    chi1 = np.empty(n, np.float64)
-    rate1 = np.empty(n, np.float64)
-    chi2 = np.empty(max(n - 1, 1), np.float64)
-    rate2 = np.empty(max(n - 1, 1), np.float64)
-    buf = np.empty(max(n, 1), np.float64)
     ibuf = np.empty(4 * nints, np.float32)
     for p in range(npix):
         g = np.float64(gain[p])
@@ -474,27 +563,13 @@ def fit_likely_kernel(data, gdq, pixeldq, gain, rnoise, dark, coeff, thresholds,
                 any_jump |= (q & JUMP_DET) != 0
                 any_sat |= (q & SATURATED) != 0
                 all_flagged &= (q & (SATURATED | DO_NOT_USE)) != 0
-            m = 0
-            has_nan = False
+            load_differences(data, gdq, coeff, i, p, diffs, use, dm)
             for k in range(n):
-                diffs[k] = (data[i, k + 1, p] - data[i, k, p]) / coeff[DELTA_T, k]
-                use[k] = 1.0 if gdq[i, k, p] == 0 and gdq[i, k + 1, p] == 0 else 0.0
-                # the rate guess is the median of every difference, flagged or not, as in
-                # stcal; non-finite ones of flagged groups (NaN samples detector1 flags) are left out
-                if use[k] or math.isfinite(diffs[k]):
-                    has_nan |= math.isnan(diffs[k])
-                    buf[m] = diffs[k]
-                    m += 1
-            med = np.nan if has_nan else nan_free_median(buf, m)
-            guess = med * (med > 0.0)
-            rate = find_jumps(diffs, use, guess, g, rn, coeff, thresholds, alpha, beta, parts, bm, dm, work,
-                              fit, chi1, rate1, chi2, rate2)
-            for k in range(n):
-                if gdq[i, k, p] == 0 and gdq[i, k + 1, p] == 0 and not use[k]:
-                    any_jump = True  # group k + 1 gets JUMP_DET
-            guess = rate * (rate > 0.0) + np.float64(dark[p])
-            scale = covariance(guess, g, rn, coeff, alpha, beta, parts)
-            fit_differences(diffs, use, alpha, beta, scale, parts, bm, dm, work, fit)
+                if use[k] and not use_in[i, k, p]:
+                    any_jump = True  # left out by the jump search: group k + 1 gets JUMP_DET
+                use[k] = use_in[i, k, p]
+            covariance(guesses[i, p], g, rn, coeff, scales[i, p], alpha, beta, parts)
+            fit_differences(diffs, use, alpha, beta, scales[i, p], parts, bm, dm, work, fit)
             ints_out[SLOPE, i, p] = fit[RATE]
             ints_out[ERR, i, p] = fit[UNCERT]
             ints_out[VAR_POISSON, i, p] = fit[VAR_P]

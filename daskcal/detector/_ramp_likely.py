@@ -1,7 +1,8 @@
 """Likelihood ramp fitting (stcal ``LIKELY``, Brandt 2024): the block layer.
 
-:func:`likely_block` fits one in-memory chunk with
-:func:`daskcal.detector._kernels_likely.fit_likely_kernel` and returns the same
+:func:`likely_block` fits one in-memory chunk with the kernels of
+:mod:`daskcal.detector._kernels_likely` (rate guesses, jump search, final fit, each
+with the covariance scales of :func:`covariance_scales`) and returns the same
 stacked planes as the OLS block (:func:`daskcal.detector._ramp_fit.fit_block`), so
 :func:`daskcal.detector._ramp_fit.fit_ramps` and detector1 use either through one graph.
 """
@@ -14,7 +15,8 @@ import numpy as np
 
 from daskcal.detector import _kernels_likely as _k
 
-__all__ = ["MIN_GROUPS", "ONE_OMIT_THRESHOLD", "TWO_OMIT_THRESHOLD", "difference_covariance", "likely_block"]
+__all__ = ["MIN_GROUPS", "ONE_OMIT_THRESHOLD", "TWO_OMIT_THRESHOLD", "covariance_scales", "difference_covariance",
+           "likely_block"]
 
 #: Fewest groups the likelihood fit takes (its jump search needs 3 differences).
 MIN_GROUPS = 4
@@ -22,6 +24,8 @@ MIN_GROUPS = 4
 ONE_OMIT_THRESHOLD = 20.25
 #: Least drop of chi squared that leaves out two adjacent differences (stcal's default).
 TWO_OMIT_THRESHOLD = 23.8
+#: Every this many steps (and at the last) the determinant recursion is renormalised.
+RESCALE_EVERY = 10
 
 
 @functools.lru_cache(maxsize=32)
@@ -62,6 +66,31 @@ def difference_covariance(ngroups: int, nframes: int, groupgap: int, frame_time:
     return table
 
 
+def covariance_scales(guess, gain, rnoise, coeff) -> np.ndarray:
+    """The n-th root of the determinant of each covariance (n differences), float64 like ``guess``.
+
+    ``guess`` (nints, npix) is the rate (DN/s) each covariance assumes, ``gain`` and ``rnoise``
+    (npix) its pixel's gain (e-/DN) and single-read noise (DN). The recursion
+    (:func:`daskcal.detector._kernels_likely.advance_determinant`) is renormalised every
+    :data:`RESCALE_EVERY` steps and at the last by the root of the determinant so far; the roots
+    are numpy's ``**``, as stcal takes them, so that the scaled covariances, and the ties their
+    rounding decides, are the same.
+    """
+    n = coeff.shape[1]
+    scale = np.ones(guess.shape, dtype=np.float64)
+    state = np.empty((2, *guess.shape), dtype=np.float64)
+    det = np.empty(guess.shape, dtype=np.float64)
+    start = 2
+    for stop in [i for i in range(2, n + 1) if i % RESCALE_EVERY == 0 or i == n]:
+        _k.advance_determinant(guess, gain, rnoise, coeff, scale, state, start, stop, det)
+        root = det ** (1 / stop)
+        scale *= root
+        state[0] = state[1] / (det / root)
+        state[1] = 1.0
+        start = stop + 1
+    return scale
+
+
 def likely_block(data, groupdq, pixeldq, gain, readnoise, dark, *, frame_time, nframes, groupgap, out_planes):
     """Likelihood fit of one in-memory chunk (block layer).
 
@@ -85,14 +114,19 @@ def likely_block(data, groupdq, pixeldq, gain, readnoise, dark, *, frame_time, n
     rate = out_planes[:nvar]
     ints = out_planes[nvar:-1].reshape(nvar, nints, npix)
     rn = np.asarray(readnoise, dtype=np.float32).reshape(npix) / np.sqrt(2.0)
-    _k.fit_likely_kernel(
-        np.ascontiguousarray(data, dtype=np.float32).reshape(flat),
-        np.ascontiguousarray(groupdq, dtype=np.uint8).reshape(flat),
-        np.ascontiguousarray(pixeldq, dtype=np.uint32).reshape(npix),
-        np.ascontiguousarray(gain, dtype=np.float32).reshape(npix),
-        rn,
-        np.ascontiguousarray(dark, dtype=np.float32).reshape(npix),
-        difference_covariance(ngroups, int(nframes), int(groupgap), float(frame_time)),
-        (ONE_OMIT_THRESHOLD, TWO_OMIT_THRESHOLD),
+    d = np.ascontiguousarray(data, dtype=np.float32).reshape(flat)
+    q = np.ascontiguousarray(groupdq, dtype=np.uint8).reshape(flat)
+    g = np.ascontiguousarray(gain, dtype=np.float32).reshape(npix)
+    coeff = difference_covariance(ngroups, int(nframes), int(groupgap), float(frame_time))
+    guess = np.empty((nints, npix), dtype=np.float64)
+    _k.rate_guesses(d, q, coeff, guess)
+    use = np.empty((nints, ngroups - 1, npix), dtype=np.uint8)
+    final_guess = np.empty((nints, npix), dtype=np.float64)
+    _k.search_jumps_kernel(d, q, g, rn, np.ascontiguousarray(dark, dtype=np.float32).reshape(npix), coeff,
+                           (ONE_OMIT_THRESHOLD, TWO_OMIT_THRESHOLD), guess, covariance_scales(guess, g, rn, coeff),
+                           use, final_guess)
+    _k.final_fit_kernel(
+        d, q, np.ascontiguousarray(pixeldq, dtype=np.uint32).reshape(npix), g, rn, coeff, final_guess,
+        covariance_scales(final_guess, g, rn, coeff), use,
         rate, rate[_k.DQ_PLANE].view(np.uint32), ints, ints[_k.DQ_PLANE].view(np.uint32), out_planes[-1],
     )

@@ -49,26 +49,18 @@ def test_parity_with_stcal(nints, ngroups, nframes, chunks):
     assert np.isnan(rate["data"].values).any()  # unusable pixels are in the cube too
 
 
-def test_several_reads_per_group_equal_chi_squared_ties_aside():
-    """With several reads per group, two adjacent differences may be left out together. Of an
-    integration with exactly 3 usable differences, leaving out either adjacent pair leaves one
-    difference and a chi squared of 0; with 2, leaving out both leaves none (0 / 0, or a rounding
-    residue). Rounding decides those (numpy's SIMD ``pow`` differs from libm's by an ulp in the
-    covariance scale), so such integrations may differ from stcal; every other one agrees."""
+def test_ties_of_equal_chi_squared_follow_stcal():
+    """Integrations left with exactly 2 or 3 usable differences can have two omissions of equal
+    chi squared (leaving one difference or none), which rounding decides: with the covariance
+    scales taken by numpy as in stcal (its vectorised ``pow`` differs from the C library's by an
+    ulp at times), they are decided the same way. Several reads per group allow pairs."""
     ramps = make_cube(2, 6, 64, 64, seed=2, nframes=4)
     ref_rate, ref_ints = stcal_fit_ramps(ramps, algorithm="LIKELY")
     rate, rateints = _fit(ramps, (37, 53))
-    np.testing.assert_array_equal(rateints["dq"].values, ref_ints["dq"])
-    np.testing.assert_array_equal(rate["dq"].values, ref_rate["dq"])
-    ours, ref = rateints["data"].values.astype(np.float64), ref_ints["data"].astype(np.float64)
-    with np.errstate(all="ignore"):
-        differs = ~((np.abs(ours - ref) <= 1e-4 * np.abs(ref)) | (np.isnan(ours) & np.isnan(ref)))
-    assert differs.sum() <= 0.002 * differs.size
-    assert np.isin(_usable_differences(ramps)[differs], (2, 3)).all()
-    ok = ~differs.any(axis=0)
-    for name in NAMES:
-        if name != "dq":
-            assert max_rel(rate[name].values[ok], ref_rate[name][ok]) <= 1e-4, name
+    assert np.isin(_usable_differences(ramps), (2, 3)).sum() > 500
+    for ours, ref in ((rate, ref_rate), (rateints, ref_ints)):
+        for name in NAMES:
+            np.testing.assert_array_equal(ours[name].values, ref[name], err_msg=name)
 
 
 def test_parity_with_dark_current():
