@@ -188,14 +188,15 @@ def fit_differences(diffs, use, alpha, beta, scale, parts, bm, dm, work, out):
     out[RATE] = b_sum * (1.0 / c_sum)
     out[CHISQ] = (a_all - b_sum * b_sum / c_sum) / scale
     out[UNCERT] = math.sqrt(scale / c_sum)
+    w = work[_CINV]  # the weights dC / C (omit_one overwrites them)
     vp = vr = 0.0
     for i in range(n):
-        w = dc[i] / c_sum
-        vp += w * w * parts[A_PH, i]
-        vr += w * w * parts[A_RN, i]
+        w[i] = dc[i] / c_sum
+        vp += w[i] * w[i] * parts[A_PH, i]
+        vr += w[i] * w[i] * parts[A_RN, i]
     cp = cr = 0.0
     for i in range(n - 1):
-        ww = dc[i + 1] / c_sum * (dc[i] / c_sum)
+        ww = w[i + 1] * w[i]
         cp += ww * parts[B_PH, i]
         cr += ww * parts[B_RN, i]
     out[VAR_P] = vp + 2.0 * cp
@@ -430,23 +431,27 @@ def combine_integrations(ints_out, ints_dq, p, buf, rate_out, rate_dq):
 
 
 @njit(**_JIT)
-def load_differences(data, gdq, coeff, i, p, diffs, use, buf):
+def load_differences(data, gdq, coeff, i, p, diffs, use):
     """Integration ``i`` of pixel ``p``: fill ``diffs`` (differences over their times, DN/s) and
-    ``use`` (1 where both groups have DQ 0); return the rate guess (DN/s), their median clipped at 0.
+    ``use`` (1 where both groups have DQ 0)."""
+    for k in range(diffs.shape[0]):
+        diffs[k] = (data[i, k + 1, p] - data[i, k, p]) / coeff[DELTA_T, k]
+        use[k] = 1.0 if gdq[i, k, p] == 0 and gdq[i, k + 1, p] == 0 else 0.0
+
+
+@njit(**_JIT)
+def median_guess(diffs, use, buf):
+    """The first rate guess (DN/s): the median of the differences, clipped at 0.
 
     The median is over every difference, flagged or not, as in stcal, except non-finite ones
     between flagged groups (NaN samples detector1 flags), which stcal lets make it NaN.
     ``buf`` (n) is scratch.
     """
-    n = diffs.shape[0]
     m = 0
     has_nan = False
-    for k in range(n):
-        d = (data[i, k + 1, p] - data[i, k, p]) / coeff[DELTA_T, k]
-        usable = gdq[i, k, p] == 0 and gdq[i, k + 1, p] == 0
-        diffs[k] = d
-        use[k] = 1.0 if usable else 0.0
-        if usable or math.isfinite(d):
+    for k in range(diffs.shape[0]):
+        d = diffs[k]
+        if use[k] or math.isfinite(d):
             has_nan |= math.isnan(d)
             buf[m] = d
             m += 1
@@ -456,7 +461,7 @@ def load_differences(data, gdq, coeff, i, p, diffs, use, buf):
 
 @njit(**_JIT)
 def rate_guesses(data, gdq, coeff, guesses):
-    """The first rate guess of every integration of every pixel (:func:`load_differences`).
+    """The first rate guess of every integration of every pixel (:func:`median_guess`).
 
     ``data``/``gdq`` (nints, ngroups, npix); ``guesses`` (nints, npix) float64, out.
     """
@@ -467,7 +472,8 @@ def rate_guesses(data, gdq, coeff, guesses):
     buf = np.empty(n, np.float64)
     for p in range(npix):
         for i in range(nints):
-            guesses[i, p] = load_differences(data, gdq, coeff, i, p, diffs, use, buf)
+            load_differences(data, gdq, coeff, i, p, diffs, use)
+            guesses[i, p] = median_guess(diffs, use, buf)
 
 
 @njit(**_JIT)
@@ -498,7 +504,7 @@ def search_jumps_kernel(data, gdq, gain, rnoise, dark, coeff, thresholds, guesse
         g = np.float64(gain[p])
         rn = rnoise[p]
         for i in range(nints):
-            load_differences(data, gdq, coeff, i, p, diffs, use, dm)
+            load_differences(data, gdq, coeff, i, p, diffs, use)
             rate = find_jumps(diffs, use, guesses[i, p], scales[i, p], g, rn, coeff, thresholds, alpha, beta,
                               parts, bm, dm, work, fit, chi1, rate1, chi2, rate2)
             for k in range(n):
@@ -563,7 +569,7 @@ def final_fit_kernel(data, gdq, pixeldq, gain, rnoise, coeff, guesses, scales, u
                 any_jump |= (q & JUMP_DET) != 0
                 any_sat |= (q & SATURATED) != 0
                 all_flagged &= (q & (SATURATED | DO_NOT_USE)) != 0
-            load_differences(data, gdq, coeff, i, p, diffs, use, dm)
+            load_differences(data, gdq, coeff, i, p, diffs, use)
             for k in range(n):
                 if use[k] and not use_in[i, k, p]:
                     any_jump = True  # left out by the jump search: group k + 1 gets JUMP_DET
