@@ -27,8 +27,10 @@ The pieces, in the order a pixel goes through them:
   final fit with the search's rate as the guess, and :func:`combine_integrations` weights the
   integrations into the exposure's rate.
 
-The arithmetic follows the order of the equations as stcal 1.20 evaluates them, in
-float64, so that degenerate fits (one difference left, all masked) come out as the
+The search and the final fit run :data:`LANES` pixels side by side (arrays ``(n, LANES)``,
+the pixel loop innermost), so that the compiler vectorises them across pixels; each pixel's
+arithmetic is that of a pixel alone. It follows the order of the equations as stcal 1.20
+evaluates them, in float64, so that degenerate fits (one difference left, all masked) come out as the
 same NaN or infinite values and the rates agree to rounding.
 """
 
@@ -50,10 +52,14 @@ _NOT_DNU = 0xFFFFFFFF ^ DO_NOT_USE
 A_PH, A_RN, B_PH, B_RN, DELTA_T, TWO_OK = 0, 1, 2, 3, 4, 5
 N_COEFF = 6
 # rows of the work table of fit_differences
-_THETA, _PHI, _SMALL_PHI, _PHI_D, _BIG_THETA, _THETA_D, _DC, _DB, _CINV = range(9)
-N_WORK = 9
-# outputs of fit_differences
-RATE, CHISQ, UNCERT, VAR_P, VAR_R = range(5)
+_THETA, _PHI, _SMALL_PHI, _PHI_D, _BIG_THETA, _THETA_D, _DC, _DB, _CINV, _BM, _DM = range(11)
+N_WORK = 11
+# rows of the outputs of fit_differences (the last two are scratch)
+RATE, CHISQ, UNCERT, VAR_P, VAR_R, SUM_A, SUM_B, SUM_C, _CROSS_P, _CROSS_R = range(10)
+N_OUT = 10
+#: Pixels fitted side by side: the per-pixel loops are innermost, so the compiler vectorises
+#: the recursions and divisions across pixels (each pixel's arithmetic is unchanged).
+LANES = 16
 # planes of the product stack (the same layout as the OLS fit)
 SLOPE, ERR, DQ_PLANE, VAR_POISSON, VAR_RNOISE = 0, 1, 2, 3, 4
 
@@ -107,247 +113,10 @@ def advance_determinant(guess, gain, rnoise, coeff, scale, state, start, stop, d
             det[i, p] = d
 
 
-@njit(**_JIT_INLINE)
-def covariance(guess, gain, rnoise, coeff, scale, alpha, beta, parts):
-    """Fill ``alpha`` (n) and ``beta`` (n - 1) for the rate ``guess`` (DN/s), divided by ``scale``.
-
-    ``parts`` (4, n) receives the unscaled photon and read-noise parts (rows
-    ``A_PH, A_RN, B_PH, B_RN``), used for the variances. ``scale`` is the n-th root of
-    the determinant of the unscaled matrix (against overflow in long ramps; see
-    :func:`advance_determinant`).
-    """
-    n = alpha.shape[0]
-    photon = guess / gain
-    rn2 = rnoise * rnoise
-    for i in range(n):
-        parts[A_PH, i] = photon * coeff[A_PH, i]
-        parts[A_RN, i] = rn2 * coeff[A_RN, i]
-        alpha[i] = (parts[A_PH, i] + parts[A_RN, i]) / scale
-    for i in range(n - 1):
-        parts[B_PH, i] = photon * coeff[B_PH, i]
-        parts[B_RN, i] = rn2 * coeff[B_RN, i]
-        beta[i] = (parts[B_PH, i] + parts[B_RN, i]) / scale
-
-
-@njit(**_JIT_INLINE)
-def fit_differences(diffs, use, alpha, beta, scale, parts, bm, dm, work, out):
-    """Generalised least-squares rate of the differences ``diffs`` whose ``use`` is 1.
-
-    ``alpha``/``beta``/``scale`` from :func:`covariance`; ``parts`` its unscaled parts;
-    ``bm`` (n - 1) and ``dm`` (n) receive the masked ``beta`` and differences; ``work``
-    (N_WORK, n + 1) the recursions. ``out`` receives RATE (DN/s), CHISQ, UNCERT (DN/s),
-    VAR_P and VAR_R ((DN/s)**2). Returns the sums ``(A, B, C)`` of paper I (eqs. 61-63).
-    """
-    n = diffs.shape[0]
-    for i in range(n - 1):
-        bm[i] = beta[i] * use[i + 1] * use[i]
-    for i in range(n):
-        dm[i] = diffs[i] if use[i] else 0.0
-    theta = work[_THETA]
-    phi = work[_SMALL_PHI]
-    theta[0] = 1.0
-    theta[1] = alpha[0]
-    for i in range(2, n + 1):
-        theta[i] = alpha[i - 1] * theta[i - 1] - bm[i - 2] * bm[i - 2] * theta[i - 2]
-    phi[n] = 1.0
-    phi[n - 1] = alpha[n - 1]
-    for i in range(n - 2, -1, -1):
-        phi[i] = alpha[i] * phi[i + 1] - bm[i] * bm[i] * phi[i + 2]
-    big_phi = work[_PHI]
-    phi_d = work[_PHI_D]
-    big_phi[n - 1] = 0.0
-    phi_d[n - 1] = 0.0
-    for i in range(n - 2, -1, -1):
-        s = _sign(i + 1)
-        big_phi[i] = big_phi[i + 1] * bm[i] + s * bm[i] * phi[i + 2]
-        phi_d[i] = (phi_d[i + 1] + s * dm[i + 1] * phi[i + 2]) * bm[i]
-    big_theta = work[_BIG_THETA]
-    theta_d = work[_THETA_D]
-    big_theta[0] = -theta[0]
-    theta_d[0] = 0.0
-    theta_d[1] = -dm[0] * theta[0]
-    for i in range(1, n):
-        s = _sign(i)
-        big_theta[i] = big_theta[i - 1] * bm[i - 1] + s * theta[i]
-        theta_d[i + 1] = bm[i - 1] * theta_d[i] + s * dm[i] * theta[i]
-    det = theta[n]
-    dc = work[_DC]
-    db = work[_DB]
-    a_sum = 0.0
-    a_diag = 0.0
-    b_sum = 0.0
-    c_sum = 0.0
-    for i in range(n):
-        s = _sign(i)
-        dc[i] = s / det * (phi[i + 1] * big_theta[i] + theta[i] * big_phi[i]) * use[i]
-        db[i] = s / det * (phi[i + 1] * theta_d[i + 1] + theta[i] * phi_d[i])
-        b_prev = 1.0 if i == 0 else bm[i - 1]
-        a_sum += dm[i] * s / det * b_prev * phi[i + 1] * theta_d[i]
-        a_diag += dm[i] * dm[i] * theta[i] * phi[i + 1] / det
-        b_sum += dm[i] * dc[i]
-        c_sum += dc[i]
-    a_all = 2.0 * a_sum + a_diag
-    out[RATE] = b_sum * (1.0 / c_sum)
-    out[CHISQ] = (a_all - b_sum * b_sum / c_sum) / scale
-    out[UNCERT] = math.sqrt(scale / c_sum)
-    w = work[_CINV]  # the weights dC / C (omit_one overwrites them)
-    vp = vr = 0.0
-    for i in range(n):
-        w[i] = dc[i] / c_sum
-        vp += w[i] * w[i] * parts[A_PH, i]
-        vr += w[i] * w[i] * parts[A_RN, i]
-    cp = cr = 0.0
-    for i in range(n - 1):
-        ww = w[i + 1] * w[i]
-        cp += ww * parts[B_PH, i]
-        cr += ww * parts[B_RN, i]
-    out[VAR_P] = vp + 2.0 * cp
-    out[VAR_R] = vr + 2.0 * cr
-    return a_all, b_sum, c_sum
-
-
 @njit(**_JIT)
 def _sign(i):
     """-1 for even ``i``, +1 for odd (the alternating signs of the recursions)."""
     return 1.0 if i & 1 else -1.0
-
-
-@njit(**_JIT_INLINE)
-def omit_one(use, bm, sums, scale, work, chi1, rate1):
-    """Chi squared and rate with each difference left out in turn (paper II, eqs. of sec. 3.1).
-
-    Needs ``work`` as :func:`fit_differences` left it; its row _CINV receives the
-    diagonal of the inverse covariance. Unused differences get the full fit's values
-    (``sums = (A, B, C)``, the caller stores the full chi squared and rate in
-    ``chi1``/``rate1`` beforehand: see :func:`fill_unused`).
-    """
-    n = use.shape[0]
-    a_all, b_all, c_all = sums
-    theta = work[_THETA]
-    phi = work[_SMALL_PHI]
-    det = theta[n]
-    cinv = work[_CINV]
-    dc = work[_DC]
-    db = work[_DB]
-    for i in range(n):
-        cd = theta[i] * phi[i + 1] / det * use[i]
-        cinv[i] = cd
-        a = (cd * b_all - db[i] * dc[i]) / (c_all * cd - dc[i] * dc[i])
-        b = (db[i] - a * dc[i]) / cd
-        chi = a_all + a * a * c_all - 2.0 * a * b_all + b * b * cd - 2.0 * b * db[i] + 2.0 * a * b * dc[i]
-        if use[i]:
-            chi1[i] = chi / scale
-            rate1[i] = a
-
-
-@njit(**_JIT_INLINE)
-def omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2):
-    """Chi squared and rate with each pair of adjacent differences left out (paper II, sec. 3.2).
-
-    Run after :func:`omit_one` (uses its ``_CINV`` row and filled ``chi1``/``rate1``).
-    A pair holding an unused difference gets the one-omitted values of the other.
-    """
-    n = use.shape[0]
-    a_all, b_all, c_all = sums
-    theta = work[_THETA]
-    phi = work[_SMALL_PHI]
-    det = theta[n]
-    cinv = work[_CINV]
-    dc = work[_DC]
-    db = work[_DB]
-    for k in range(n - 1):
-        if not use[k]:
-            chi2[k] = chi1[k + 1]
-            rate2[k] = rate1[k + 1]
-            continue
-        if not use[k + 1]:
-            chi2[k] = chi1[k]
-            rate2[k] = rate1[k]
-            continue
-        off = -bm[k] * theta[k] * phi[k + 2] / det
-        p_j = dc[k] * dc[k] - c_all * cinv[k]
-        j_k = dc[k] * dc[k + 1] - c_all * off
-        bp_j = b_all * dc[k] - db[k] * c_all
-        c = bp_j / p_j - (b_all * dc[k + 1] - db[k + 1] * c_all) / j_k
-        c /= j_k / p_j - (dc[k + 1] * dc[k + 1] - c_all * cinv[k + 1]) / j_k
-        b = (bp_j - c * j_k) / p_j
-        a = (b_all - b * dc[k] - c * dc[k + 1]) / c_all
-        chi = a_all + a * a * c_all + b * b * cinv[k] + c * c * cinv[k + 1]
-        chi -= 2.0 * a * b_all + 2.0 * b * db[k] + 2.0 * c * db[k + 1]
-        chi += 2.0 * a * b * dc[k] + 2.0 * a * c * dc[k + 1] + 2.0 * b * c * off
-        chi2[k] = chi / scale
-        rate2[k] = a
-
-
-@njit(**_JIT_INLINE)
-def find_jumps(diffs, use, guess, scale, gain, rnoise, coeff, thresholds, alpha, beta, parts, bm, dm, work, fit,
-               chi1, rate1, chi2, rate2):
-    """Leave out jumps from ``use`` (in place); return the rate estimate (DN/s) of the last fit.
-
-    Each round fits with the covariance of ``guess`` (scaled by ``scale``) and finds the largest drop of chi
-    squared from leaving out one difference, or two adjacent ones (only where the
-    resultant between them has several reads, ``coeff[TWO_OK]``). If the better of the
-    two, each less its threshold (``thresholds = (one, two)``), exceeds its
-    threshold, those differences are left out and the pixel is searched again,
-    while more than 3 differences are left. A NaN chi squared anywhere stops the search.
-    """
-    n = diffs.shape[0]
-    one_t, two_t = thresholds
-    rate = np.nan
-    # the covariance depends on the guess alone, which stays the same in every round
-    covariance(guess, gain, rnoise, coeff, scale, alpha, beta, parts)
-    for rnd in range(n):
-        sums = fit_differences(diffs, use, alpha, beta, scale, parts, bm, dm, work, fit)
-        if rnd == 0:
-            rate = fit[RATE]
-        for i in range(n):
-            chi1[i] = fit[CHISQ]
-            rate1[i] = fit[RATE]
-        omit_one(use, bm, sums, scale, work, chi1, rate1)
-        best1 = -np.inf
-        for i in range(n):
-            best1 = _nan_max(best1, fit[CHISQ] - chi1[i])
-        # The pairs are fitted even where none may be left out (one read per group): a NaN
-        # chi squared of any pair (the last pair's often is) stops the search, as in stcal.
-        omit_two(use, bm, sums, scale, work, chi1, rate1, chi2, rate2)
-        best2 = -np.inf
-        for k in range(n - 1):
-            best2 = _nan_max(best2, (fit[CHISQ] - chi2[k]) * coeff[TWO_OK, k])
-        one_better = best1 - one_t > best2 - two_t
-        best = best1 * (best1 > one_t) * one_better + best2 * (best2 > two_t) * (not one_better)
-        if best == 0.0 or math.isnan(best):
-            break
-        # every difference (pair) at the best drop goes, as ties would in stcal
-        new_rate = 0.0
-        dropped = False
-        if one_better:
-            for i in range(n):
-                hit = fit[CHISQ] - chi1[i] == best
-                new_rate += rate1[i] * hit
-                dropped |= hit
-            if dropped:
-                for i in range(n):
-                    if fit[CHISQ] - chi1[i] == best:
-                        use[i] = 0
-        else:
-            for k in range(n - 1):
-                hit = fit[CHISQ] - chi2[k] == best
-                new_rate += rate2[k] * hit
-                dropped |= hit
-            if dropped:
-                for k in range(n - 1):
-                    if fit[CHISQ] - chi2[k] == best:
-                        use[k] = 0
-                        use[k + 1] = 0
-        if not dropped:
-            break
-        rate = rate * 0.0 + new_rate
-        left = 0
-        for i in range(n):
-            left += use[i]
-        if left <= 3:
-            break
-    return rate
 
 
 @njit(**_JIT)
@@ -478,9 +247,305 @@ def rate_guesses(data, gdq, coeff, guesses):
             guesses[i, p] = median_guess(diffs, use, buf)
 
 
+@njit(**_JIT_INLINE)
+def load_lanes(data, gdq, coeff, i, p0, nl, diffs, use):
+    """Integration ``i`` of pixels ``p0 .. p0 + nl - 1`` into lanes: ``diffs`` (n, LANES), the
+    differences over their times (DN/s), and ``use`` (n, LANES), 1 where both groups have DQ 0."""
+    n = diffs.shape[0]
+    for k in range(n):
+        for lane in range(nl):
+            p = p0 + lane
+            diffs[k, lane] = (data[i, k + 1, p] - data[i, k, p]) / coeff[DELTA_T, k]
+            use[k, lane] = 1.0 if gdq[i, k, p] == 0 and gdq[i, k + 1, p] == 0 else 0.0
+
+
+@njit(**_JIT_INLINE)
+def covariance(guess, gain, rnoise, coeff, scale, alpha, beta, parts, nl):
+    """Fill ``alpha`` and ``beta`` (n, LANES; beta's last row unused) for the rates ``guess``
+    (DN/s) of each lane, divided by its ``scale``.
+
+    ``parts`` (4, n, LANES) receives the unscaled photon and read-noise parts (rows
+    ``A_PH, A_RN, B_PH, B_RN``), used for the variances. ``scale`` is the n-th root of
+    the determinant of the unscaled matrix (against overflow in long ramps; see
+    :func:`advance_determinant`).
+    """
+    n = alpha.shape[0]
+    for i in range(n):
+        for lane in range(nl):
+            photon = guess[lane] / gain[lane]
+            rn2 = rnoise[lane] * rnoise[lane]
+            parts[A_PH, i, lane] = photon * coeff[A_PH, i]
+            parts[A_RN, i, lane] = rn2 * coeff[A_RN, i]
+            alpha[i, lane] = (parts[A_PH, i, lane] + parts[A_RN, i, lane]) / scale[lane]
+            parts[B_PH, i, lane] = photon * coeff[B_PH, i]
+            parts[B_RN, i, lane] = rn2 * coeff[B_RN, i]
+            beta[i, lane] = (parts[B_PH, i, lane] + parts[B_RN, i, lane]) / scale[lane]
+
+
+@njit(**_JIT_INLINE)
+def fit_differences(diffs, use, alpha, beta, scale, parts, work, out, nl):
+    """Generalised least-squares rates of the differences ``diffs`` whose ``use`` is 1, per lane.
+
+    ``alpha``/``beta``/``scale`` from :func:`covariance`; ``parts`` its unscaled parts;
+    ``work`` (N_WORK, n + 1, LANES) receives the masked ``beta`` and differences and the
+    recursions. ``out`` (N_OUT, LANES) receives RATE (DN/s), CHISQ, UNCERT (DN/s), VAR_P and
+    VAR_R ((DN/s)**2) and the sums SUM_A, SUM_B, SUM_C of paper I (eqs. 61-63).
+    """
+    n = diffs.shape[0]
+    bm = work[_BM]
+    dm = work[_DM]
+    theta = work[_THETA]
+    phi = work[_SMALL_PHI]
+    big_phi = work[_PHI]
+    phi_d = work[_PHI_D]
+    big_theta = work[_BIG_THETA]
+    theta_d = work[_THETA_D]
+    dc = work[_DC]
+    db = work[_DB]
+    w = work[_CINV]
+    for i in range(n - 1):
+        for lane in range(nl):
+            bm[i, lane] = beta[i, lane] * use[i + 1, lane] * use[i, lane]
+    for i in range(n):
+        for lane in range(nl):
+            dm[i, lane] = diffs[i, lane] if use[i, lane] else 0.0
+    for lane in range(nl):
+        theta[0, lane] = 1.0
+        theta[1, lane] = alpha[0, lane]
+        phi[n, lane] = 1.0
+        phi[n - 1, lane] = alpha[n - 1, lane]
+        big_phi[n - 1, lane] = 0.0
+        phi_d[n - 1, lane] = 0.0
+        big_theta[0, lane] = -theta[0, lane]
+        theta_d[0, lane] = 0.0
+        theta_d[1, lane] = -dm[0, lane] * theta[0, lane]
+    for i in range(2, n + 1):
+        for lane in range(nl):
+            theta[i, lane] = alpha[i - 1, lane] * theta[i - 1, lane] - bm[i - 2, lane] * bm[i - 2, lane] * theta[i - 2, lane]
+    for i in range(n - 2, -1, -1):
+        for lane in range(nl):
+            phi[i, lane] = alpha[i, lane] * phi[i + 1, lane] - bm[i, lane] * bm[i, lane] * phi[i + 2, lane]
+    for i in range(n - 2, -1, -1):
+        s = _sign(i + 1)
+        for lane in range(nl):
+            big_phi[i, lane] = big_phi[i + 1, lane] * bm[i, lane] + s * bm[i, lane] * phi[i + 2, lane]
+            phi_d[i, lane] = (phi_d[i + 1, lane] + s * dm[i + 1, lane] * phi[i + 2, lane]) * bm[i, lane]
+    for i in range(1, n):
+        s = _sign(i)
+        for lane in range(nl):
+            big_theta[i, lane] = big_theta[i - 1, lane] * bm[i - 1, lane] + s * theta[i, lane]
+            theta_d[i + 1, lane] = bm[i - 1, lane] * theta_d[i, lane] + s * dm[i, lane] * theta[i, lane]
+    for lane in range(nl):
+        out[SUM_A, lane] = 0.0  # the off-diagonal part of A first, then A
+        out[SUM_B, lane] = 0.0
+        out[SUM_C, lane] = 0.0
+        out[CHISQ, lane] = 0.0  # the diagonal part of A, for now
+    for i in range(n):
+        s = _sign(i)
+        for lane in range(nl):
+            det = theta[n, lane]
+            dc[i, lane] = s / det * (phi[i + 1, lane] * big_theta[i, lane] + theta[i, lane] * big_phi[i, lane]) * use[i, lane]
+            db[i, lane] = s / det * (phi[i + 1, lane] * theta_d[i + 1, lane] + theta[i, lane] * phi_d[i, lane])
+            b_prev = 1.0 if i == 0 else bm[i - 1, lane]
+            out[SUM_A, lane] += dm[i, lane] * s / det * b_prev * phi[i + 1, lane] * theta_d[i, lane]
+            out[CHISQ, lane] += dm[i, lane] * dm[i, lane] * theta[i, lane] * phi[i + 1, lane] / det
+            out[SUM_B, lane] += dm[i, lane] * dc[i, lane]
+            out[SUM_C, lane] += dc[i, lane]
+    for lane in range(nl):
+        a_all = 2.0 * out[SUM_A, lane] + out[CHISQ, lane]
+        b_sum = out[SUM_B, lane]
+        c_sum = out[SUM_C, lane]
+        out[SUM_A, lane] = a_all
+        out[RATE, lane] = b_sum * (1.0 / c_sum)
+        out[CHISQ, lane] = (a_all - b_sum * b_sum / c_sum) / scale[lane]
+        out[UNCERT, lane] = math.sqrt(scale[lane] / c_sum)
+        out[VAR_P, lane] = 0.0
+        out[VAR_R, lane] = 0.0
+    for i in range(n):
+        for lane in range(nl):
+            w[i, lane] = dc[i, lane] / out[SUM_C, lane]
+            out[VAR_P, lane] += w[i, lane] * w[i, lane] * parts[A_PH, i, lane]
+            out[VAR_R, lane] += w[i, lane] * w[i, lane] * parts[A_RN, i, lane]
+    for lane in range(nl):
+        out[_CROSS_P, lane] = 0.0
+        out[_CROSS_R, lane] = 0.0
+    for i in range(n - 1):
+        for lane in range(nl):
+            ww = w[i + 1, lane] * w[i, lane]
+            out[_CROSS_P, lane] += ww * parts[B_PH, i, lane]
+            out[_CROSS_R, lane] += ww * parts[B_RN, i, lane]
+    for lane in range(nl):
+        out[VAR_P, lane] = out[VAR_P, lane] + 2.0 * out[_CROSS_P, lane]
+        out[VAR_R, lane] = out[VAR_R, lane] + 2.0 * out[_CROSS_R, lane]
+
+
+@njit(**_JIT_INLINE)
+def omit_one(use, scale, work, fit, chi1, rate1, nl):
+    """Chi squared and rate with each difference left out in turn (paper II, sec. 3.1), per lane.
+
+    Needs ``work`` and ``fit`` as :func:`fit_differences` left them; ``work``'s row _CINV
+    receives the diagonal of the inverse covariance. Unused differences get the full fit's
+    values.
+    """
+    n = use.shape[0]
+    theta = work[_THETA]
+    phi = work[_SMALL_PHI]
+    cinv = work[_CINV]
+    dc = work[_DC]
+    db = work[_DB]
+    for i in range(n):
+        for lane in range(nl):
+            a_all = fit[SUM_A, lane]
+            b_all = fit[SUM_B, lane]
+            c_all = fit[SUM_C, lane]
+            cd = theta[i, lane] * phi[i + 1, lane] / theta[n, lane] * use[i, lane]
+            cinv[i, lane] = cd
+            a = (cd * b_all - db[i, lane] * dc[i, lane]) / (c_all * cd - dc[i, lane] * dc[i, lane])
+            b = (db[i, lane] - a * dc[i, lane]) / cd
+            chi = (a_all + a * a * c_all - 2.0 * a * b_all + b * b * cd - 2.0 * b * db[i, lane]
+                   + 2.0 * a * b * dc[i, lane])
+            if use[i, lane]:
+                chi1[i, lane] = chi / scale[lane]
+                rate1[i, lane] = a
+            else:
+                chi1[i, lane] = fit[CHISQ, lane]
+                rate1[i, lane] = fit[RATE, lane]
+
+
+@njit(**_JIT_INLINE)
+def omit_two(use, scale, work, fit, chi1, rate1, chi2, rate2, nl):
+    """Chi squared and rate with each pair of adjacent differences left out (paper II, sec. 3.2).
+
+    Run after :func:`omit_one` (uses its ``_CINV`` row and ``chi1``/``rate1``). A pair
+    holding an unused difference gets the one-omitted values of the other.
+    """
+    n = use.shape[0]
+    theta = work[_THETA]
+    phi = work[_SMALL_PHI]
+    bm = work[_BM]
+    cinv = work[_CINV]
+    dc = work[_DC]
+    db = work[_DB]
+    for k in range(n - 1):
+        for lane in range(nl):
+            a_all = fit[SUM_A, lane]
+            b_all = fit[SUM_B, lane]
+            c_all = fit[SUM_C, lane]
+            off = -bm[k, lane] * theta[k, lane] * phi[k + 2, lane] / theta[n, lane]
+            p_j = dc[k, lane] * dc[k, lane] - c_all * cinv[k, lane]
+            j_k = dc[k, lane] * dc[k + 1, lane] - c_all * off
+            bp_j = b_all * dc[k, lane] - db[k, lane] * c_all
+            c = bp_j / p_j - (b_all * dc[k + 1, lane] - db[k + 1, lane] * c_all) / j_k
+            c /= j_k / p_j - (dc[k + 1, lane] * dc[k + 1, lane] - c_all * cinv[k + 1, lane]) / j_k
+            b = (bp_j - c * j_k) / p_j
+            a = (b_all - b * dc[k, lane] - c * dc[k + 1, lane]) / c_all
+            chi = a_all + a * a * c_all + b * b * cinv[k, lane] + c * c * cinv[k + 1, lane]
+            chi -= 2.0 * a * b_all + 2.0 * b * db[k, lane] + 2.0 * c * db[k + 1, lane]
+            chi += 2.0 * a * b * dc[k, lane] + 2.0 * a * c * dc[k + 1, lane] + 2.0 * b * c * off
+            if not use[k, lane]:
+                chi2[k, lane] = chi1[k + 1, lane]
+                rate2[k, lane] = rate1[k + 1, lane]
+            elif not use[k + 1, lane]:
+                chi2[k, lane] = chi1[k, lane]
+                rate2[k, lane] = rate1[k, lane]
+            else:
+                chi2[k, lane] = chi / scale[lane]
+                rate2[k, lane] = a
+
+
+@njit(**_JIT_INLINE)
+def drop_jump(lane, use, fit, chi1, rate1, chi2, rate2, coeff, thresholds):
+    """Leave out lane ``lane``'s jump, if any: the difference, or adjacent pair (only where the
+    resultant between them has several reads, ``coeff[TWO_OK]``), whose omission lowers chi
+    squared the most, if the better of the two drops, each less its threshold
+    (``thresholds = (one, two)``), exceeds its threshold. A NaN chi squared anywhere (a pair's
+    often is, even where no pair may be left out) means no drop, as in stcal.
+
+    Returns ``(dropped, rate)``: whether differences were left out of ``use`` and the rate
+    fitted without them (DN/s). Every difference (pair) at the best drop goes, as ties would
+    in stcal.
+    """
+    n = use.shape[0]
+    one_t, two_t = thresholds
+    chisq = fit[CHISQ, lane]
+    best1 = -np.inf
+    for i in range(n):
+        best1 = _nan_max(best1, chisq - chi1[i, lane])
+    best2 = -np.inf
+    for k in range(n - 1):
+        best2 = _nan_max(best2, (chisq - chi2[k, lane]) * coeff[TWO_OK, k])
+    one_better = best1 - one_t > best2 - two_t
+    best = best1 * (best1 > one_t) * one_better + best2 * (best2 > two_t) * (not one_better)
+    new_rate = 0.0
+    dropped = False
+    if best == 0.0 or math.isnan(best):
+        return dropped, new_rate
+    if one_better:
+        for i in range(n):
+            hit = chisq - chi1[i, lane] == best
+            new_rate += rate1[i, lane] * hit
+            dropped |= hit
+        if dropped:
+            for i in range(n):
+                if chisq - chi1[i, lane] == best:
+                    use[i, lane] = 0.0
+    else:
+        for k in range(n - 1):
+            hit = chisq - chi2[k, lane] == best
+            new_rate += rate2[k, lane] * hit
+            dropped |= hit
+        if dropped:
+            for k in range(n - 1):
+                if chisq - chi2[k, lane] == best:
+                    use[k, lane] = 0.0
+                    use[k + 1, lane] = 0.0
+    return dropped, new_rate
+
+
+@njit(**_JIT_INLINE)
+def find_jumps(diffs, use, guess, scale, gain, rnoise, coeff, thresholds, alpha, beta, parts, work, fit,
+               chi1, rate1, chi2, rate2, active, rate, nl):
+    """Leave out jumps from ``use`` (in place) in every lane; ``rate`` (LANES) receives each lane's
+    rate estimate (DN/s) of its last fit.
+
+    Each round fits every lane with the covariance of its ``guess`` (scaled by ``scale``) and
+    leaves out a jump where :func:`drop_jump` finds one; a lane is searched again while it
+    dropped something and more than 3 differences are left. ``active`` (LANES) is scratch.
+    """
+    n = diffs.shape[0]
+    # the covariance depends on the guess alone, which stays the same in every round
+    covariance(guess, gain, rnoise, coeff, scale, alpha, beta, parts, nl)
+    for lane in range(nl):
+        active[lane] = True
+    for rnd in range(n):
+        fit_differences(diffs, use, alpha, beta, scale, parts, work, fit, nl)
+        if rnd == 0:
+            for lane in range(nl):
+                rate[lane] = fit[RATE, lane]
+        omit_one(use, scale, work, fit, chi1, rate1, nl)
+        omit_two(use, scale, work, fit, chi1, rate1, chi2, rate2, nl)
+        more = False
+        for lane in range(nl):
+            if not active[lane]:
+                continue
+            dropped, new_rate = drop_jump(lane, use, fit, chi1, rate1, chi2, rate2, coeff, thresholds)
+            if not dropped:
+                active[lane] = False
+                continue
+            rate[lane] = rate[lane] * 0.0 + new_rate
+            left = 0.0
+            for i in range(n):
+                left += use[i, lane]
+            if left <= 3:
+                active[lane] = False
+            more |= active[lane]
+        if not more:
+            break
+
+
 @njit(**_JIT)
 def search_jumps_kernel(data, gdq, gain, rnoise, dark, coeff, thresholds, guesses, scales, use_out, next_guesses):
-    """The jump search of every integration of every pixel (:func:`find_jumps`).
+    """The jump search of every integration of every pixel (:func:`find_jumps`), LANES pixels at a time.
 
     ``guesses``/``scales`` (nints, npix): the first rate guesses and their covariance scales.
     ``use_out`` (nints, n, npix) uint8, out: the differences left after the search.
@@ -489,29 +554,41 @@ def search_jumps_kernel(data, gdq, gain, rnoise, dark, coeff, thresholds, guesse
     """
     nints, ngroups, npix = data.shape
     n = ngroups - 1
-    diffs = np.empty(n, np.float64)
-    use = np.empty(n, np.float64)
-    alpha = np.empty(n, np.float64)
-    beta = np.zeros(n, np.float64)
-    parts = np.zeros((4, n), np.float64)
-    bm = np.zeros(n, np.float64)
-    dm = np.empty(n, np.float64)
-    work = np.zeros((N_WORK, n + 1), np.float64)
-    fit = np.empty(5, np.float64)
-    chi1 = np.empty(n, np.float64)
-    rate1 = np.empty(n, np.float64)
-    chi2 = np.zeros(n, np.float64)
-    rate2 = np.zeros(n, np.float64)
-    for p in range(npix):
-        g = np.float64(gain[p])
-        rn = rnoise[p]
+    diffs = np.empty((n, LANES), np.float64)
+    use = np.empty((n, LANES), np.float64)
+    alpha = np.empty((n, LANES), np.float64)
+    beta = np.empty((n, LANES), np.float64)
+    parts = np.empty((4, n, LANES), np.float64)
+    work = np.zeros((N_WORK, n + 1, LANES), np.float64)
+    fit = np.empty((N_OUT, LANES), np.float64)
+    chi1 = np.empty((n, LANES), np.float64)
+    rate1 = np.empty((n, LANES), np.float64)
+    chi2 = np.empty((n, LANES), np.float64)
+    rate2 = np.empty((n, LANES), np.float64)
+    g = np.empty(LANES, np.float64)
+    rn = np.empty(LANES, np.float64)
+    guess = np.empty(LANES, np.float64)
+    scale = np.empty(LANES, np.float64)
+    active = np.empty(LANES, np.bool_)
+    rate = np.empty(LANES, np.float64)
+    for p0 in range(0, npix, LANES):
+        nl = min(LANES, npix - p0)
+        for lane in range(nl):
+            g[lane] = gain[p0 + lane]
+            rn[lane] = rnoise[p0 + lane]
         for i in range(nints):
-            load_differences(data, gdq, coeff, i, p, diffs, use)
-            rate = find_jumps(diffs, use, guesses[i, p], scales[i, p], g, rn, coeff, thresholds, alpha, beta,
-                              parts, bm, dm, work, fit, chi1, rate1, chi2, rate2)
+            load_lanes(data, gdq, coeff, i, p0, nl, diffs, use)
+            for lane in range(nl):
+                guess[lane] = guesses[i, p0 + lane]
+                scale[lane] = scales[i, p0 + lane]
+            find_jumps(diffs, use, guess, scale, g, rn, coeff, thresholds, alpha, beta, parts, work, fit,
+                       chi1, rate1, chi2, rate2, active, rate, nl)
             for k in range(n):
-                use_out[i, k, p] = np.uint8(use[k])
-            next_guesses[i, p] = rate * (rate > 0.0) + np.float64(dark[p])
+                for lane in range(nl):
+                    use_out[i, k, p0 + lane] = np.uint8(use[k, lane])
+            for lane in range(nl):
+                r = rate[lane]
+                next_guesses[i, p0 + lane] = r * (r > 0.0) + np.float64(dark[p0 + lane])
 
 
 @njit(**_JIT)
@@ -547,53 +624,68 @@ def final_fit_kernel(data, gdq, pixeldq, gain, rnoise, coeff, guesses, scales, u
     """
     nints, ngroups, npix = data.shape
     n = ngroups - 1
-    diffs = np.empty(n, np.float64)
-    use = np.empty(n, np.float64)
-    alpha = np.empty(n, np.float64)
-    beta = np.zeros(n, np.float64)
-    parts = np.zeros((4, n), np.float64)
-    bm = np.zeros(n, np.float64)
-    dm = np.empty(n, np.float64)
-    work = np.zeros((N_WORK, n + 1), np.float64)
-    fit = np.empty(5, np.float64)
+    diffs = np.empty((n, LANES), np.float64)
+    use = np.empty((n, LANES), np.float64)
+    alpha = np.empty((n, LANES), np.float64)
+    beta = np.empty((n, LANES), np.float64)
+    parts = np.empty((4, n, LANES), np.float64)
+    work = np.zeros((N_WORK, n + 1, LANES), np.float64)
+    fit = np.empty((N_OUT, LANES), np.float64)
+    g = np.empty(LANES, np.float64)
+    rn = np.empty(LANES, np.float64)
+    guess = np.empty(LANES, np.float64)
+    scale = np.empty(LANES, np.float64)
     ibuf = np.empty(4 * nints, np.float32)
-    for p in range(npix):
-        g = np.float64(gain[p])
-        rn = rnoise[p]
-        bad = 0
+    for p0 in range(0, npix, LANES):
+        nl = min(LANES, npix - p0)
+        for lane in range(nl):
+            g[lane] = gain[p0 + lane]
+            rn[lane] = rnoise[p0 + lane]
         for i in range(nints):
-            any_jump = False
-            any_sat = False
-            all_flagged = True
-            for k in range(ngroups):
-                q = gdq[i, k, p]
-                bad += not math.isfinite(data[i, k, p])
-                any_jump |= (q & JUMP_DET) != 0
-                any_sat |= (q & SATURATED) != 0
-                all_flagged &= (q & (SATURATED | DO_NOT_USE)) != 0
-            load_differences(data, gdq, coeff, i, p, diffs, use)
-            for k in range(n):
-                if use[k] and not use_in[i, k, p]:
-                    any_jump = True  # left out by the jump search: group k + 1 gets JUMP_DET
-                use[k] = use_in[i, k, p]
-            covariance(guesses[i, p], g, rn, coeff, scales[i, p], alpha, beta, parts)
-            fit_differences(diffs, use, alpha, beta, scales[i, p], parts, bm, dm, work, fit)
-            ints_out[SLOPE, i, p] = fit[RATE]
-            ints_out[ERR, i, p] = fit[UNCERT]
-            ints_out[VAR_POISSON, i, p] = fit[VAR_P]
-            ints_out[VAR_RNOISE, i, p] = fit[VAR_R]
-            idq = np.uint32(pixeldq[p])
-            if all_flagged:
-                idq |= np.uint32(DO_NOT_USE)
-            if any_sat:
-                idq |= np.uint32(SATURATED)
-            if any_jump:
-                idq |= np.uint32(JUMP_DET)
-            ints_dq[i, p] = idq
-        nonfinite[p] = bad
-        if nints == 1:
-            for plane in (SLOPE, ERR, VAR_POISSON, VAR_RNOISE):
-                rate_out[plane, p] = ints_out[plane, 0, p]
-            rate_dq[p] = ints_dq[0, p]
-        else:
-            combine_integrations(ints_out, ints_dq, p, ibuf, rate_out, rate_dq)
+            load_lanes(data, gdq, coeff, i, p0, nl, diffs, use)
+            for lane in range(nl):
+                guess[lane] = guesses[i, p0 + lane]
+                scale[lane] = scales[i, p0 + lane]
+            for lane in range(nl):
+                p = p0 + lane
+                any_jump = False
+                any_sat = False
+                all_flagged = True
+                for k in range(ngroups):
+                    q = gdq[i, k, p]
+                    any_jump |= (q & JUMP_DET) != 0
+                    any_sat |= (q & SATURATED) != 0
+                    all_flagged &= (q & (SATURATED | DO_NOT_USE)) != 0
+                for k in range(n):
+                    if use[k, lane] and not use_in[i, k, p]:
+                        any_jump = True  # left out by the jump search: group k + 1 gets JUMP_DET
+                    use[k, lane] = use_in[i, k, p]
+                idq = np.uint32(pixeldq[p])
+                if all_flagged:
+                    idq |= np.uint32(DO_NOT_USE)
+                if any_sat:
+                    idq |= np.uint32(SATURATED)
+                if any_jump:
+                    idq |= np.uint32(JUMP_DET)
+                ints_dq[i, p] = idq
+            covariance(guess, g, rn, coeff, scale, alpha, beta, parts, nl)
+            fit_differences(diffs, use, alpha, beta, scale, parts, work, fit, nl)
+            for lane in range(nl):
+                p = p0 + lane
+                ints_out[SLOPE, i, p] = fit[RATE, lane]
+                ints_out[ERR, i, p] = fit[UNCERT, lane]
+                ints_out[VAR_POISSON, i, p] = fit[VAR_P, lane]
+                ints_out[VAR_RNOISE, i, p] = fit[VAR_R, lane]
+        for lane in range(nl):
+            p = p0 + lane
+            bad = 0
+            for i in range(nints):
+                for k in range(ngroups):
+                    bad += not math.isfinite(data[i, k, p])
+            nonfinite[p] = bad
+            if nints == 1:
+                for plane in (SLOPE, ERR, VAR_POISSON, VAR_RNOISE):
+                    rate_out[plane, p] = ints_out[plane, 0, p]
+                rate_dq[p] = ints_dq[0, p]
+            else:
+                combine_integrations(ints_out, ints_dq, p, ibuf, rate_out, rate_dq)
