@@ -85,35 +85,37 @@ def _alpha_beta(photon, rn2, coeff, i):
 def advance_determinant(guess, gain, rnoise, coeff, scale, state, start, stop, det):
     """Run the determinant recursion of every pixel's covariance from step ``start`` to ``stop``.
 
-    The determinant ``D_i`` of the leading i x i block of the covariance of
-    :func:`covariance` for the rate ``guess[int, p]`` is ``alpha_i-1 D_i-1 - beta_i-2**2 D_i-2``;
+    The determinant ``D_k`` of the leading k x k block of the covariance of
+    :func:`covariance` for the rate ``guess[int, p]`` is ``alpha_k-1 D_k-1 - beta_k-2**2 D_k-2``;
     with the entries divided by ``scale[int, p]``, ``state[0]``/``state[1]`` hold
-    ``D_i-2``/``D_i-1`` in that scale (``start == 2`` initialises them). ``det`` receives
+    ``D_k-2``/``D_k-1`` in that scale (``start == 2`` initialises them). ``det`` receives
     ``D_stop``; the caller renormalises (:func:`daskcal.detector._ramp_likely.covariance_scales`).
+    The pixel loop is innermost, so the recursion is vectorised across pixels.
     """
     nints, npix = guess.shape
+    photon = np.empty(npix, np.float64)
+    rn2 = np.empty(npix, np.float64)
     for i in range(nints):
+        before = state[0, i]
+        last = state[1, i]
+        s = scale[i]
+        d = det[i]
         for p in range(npix):
-            photon = guess[i, p] / np.float64(gain[p])
-            rn2 = rnoise[p] * rnoise[p]
-            s = scale[i, p]
-            if start == 2:
-                before = 1.0
-                last, _ = _alpha_beta(photon, rn2, coeff, 0)
-            else:
-                before = state[0, i, p]
-                last = state[1, i, p]
-            d = last
-            for k in range(start, stop + 1):
-                a, _ = _alpha_beta(photon, rn2, coeff, k - 1)
-                _, b = _alpha_beta(photon, rn2, coeff, k - 2)
-                d = a / s * last - b * b / (s * s) * before
-                if k < stop:
-                    before = last
-                    last = d
-            state[0, i, p] = before
-            state[1, i, p] = last
-            det[i, p] = d
+            photon[p] = guess[i, p] / np.float64(gain[p])
+            rn2[p] = rnoise[p] * rnoise[p]
+        if start == 2:
+            for p in range(npix):
+                before[p] = 1.0
+                last[p], _ = _alpha_beta(photon[p], rn2[p], coeff, 0)
+        for k in range(start, stop + 1):
+            for p in range(npix):
+                a, _ = _alpha_beta(photon[p], rn2[p], coeff, k - 1)
+                _, b = _alpha_beta(photon[p], rn2[p], coeff, k - 2)
+                d[p] = a / s[p] * last[p] - b * b / (s[p] * s[p]) * before[p]
+            if k < stop:
+                for p in range(npix):
+                    before[p] = last[p]
+                    last[p] = d[p]
 
 
 @njit(**_JIT)
