@@ -63,6 +63,9 @@ N_OUT = 10
 #: 64: 28 ms (whose work arrays are twice as large for long ramps, and whose later search
 #: rounds, run on every lane of a block, are more often needed).
 LANES = 32
+#: Most differences whose median :func:`rate_guesses` takes across lanes (a sorting network of
+#: n**2 / 2 steps; longer ramps are sorted pixel by pixel).
+_LANE_SORT_MAX = 16
 # planes of the product stack (the same layout as the OLS fit)
 SLOPE, ERR, DQ_PLANE, VAR_POISSON, VAR_RNOISE = 0, 1, 2, 3, 4
 
@@ -239,17 +242,55 @@ def median_guess(diffs, use, buf):
 def rate_guesses(data, gdq, coeff, guesses):
     """The first rate guess of every integration of every pixel (:func:`median_guess`).
 
-    ``data``/``gdq`` (nints, ngroups, npix); ``guesses`` (nints, npix) float64, out.
+    ``data``/``gdq`` (nints, ngroups, npix); ``guesses`` (nints, npix) float64, out. Up to
+    :data:`_LANE_SORT_MAX` differences, the medians are taken LANES pixels at a time with an
+    odd-even transposition sort across the lanes (the sorted values, hence the medians, are
+    those of any sort); a pixel with a difference left out of its median (see
+    :func:`median_guess`) or a NaN one takes the single-pixel path.
     """
     nints, ngroups, npix = data.shape
     n = ngroups - 1
     diffs = np.empty(n, np.float64)
     use = np.empty(n, np.float64)
     buf = np.empty(n, np.float64)
-    for p in range(npix):
+    if n > _LANE_SORT_MAX:
+        for p in range(npix):
+            for i in range(nints):
+                load_differences(data, gdq, coeff, i, p, diffs, use)
+                guesses[i, p] = median_guess(diffs, use, buf)
+        return
+    d = np.empty((n, LANES), np.float64)
+    u = np.empty((n, LANES), np.float64)
+    srt = np.empty((n, LANES), np.float64)
+    regular = np.empty(LANES, np.bool_)
+    h = n >> 1
+    for p0 in range(0, npix, LANES):
+        nl = min(LANES, npix - p0)
         for i in range(nints):
-            load_differences(data, gdq, coeff, i, p, diffs, use)
-            guesses[i, p] = median_guess(diffs, use, buf)
+            load_lanes(data, gdq, coeff, i, p0, nl, d, u)
+            for lane in range(nl):
+                regular[lane] = True
+            for k in range(n):
+                for lane in range(nl):
+                    x = d[k, lane]
+                    regular[lane] &= not math.isnan(x) and (u[k, lane] != 0.0 or math.isfinite(x))
+                    srt[k, lane] = x
+            for rnd in range(n):
+                for a in range(rnd & 1, n - 1, 2):
+                    for lane in range(nl):
+                        x = srt[a, lane]
+                        y = srt[a + 1, lane]
+                        srt[a, lane] = min(x, y)
+                        srt[a + 1, lane] = max(x, y)
+            for lane in range(nl):
+                if regular[lane]:
+                    med = srt[h, lane] if n & 1 else (srt[h, lane] + srt[h - 1, lane]) / 2.0
+                    guesses[i, p0 + lane] = med * (med > 0.0)
+                else:
+                    for k in range(n):
+                        diffs[k] = d[k, lane]
+                        use[k] = u[k, lane]
+                    guesses[i, p0 + lane] = median_guess(diffs, use, buf)
 
 
 @njit(**_JIT_INLINE)

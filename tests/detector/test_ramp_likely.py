@@ -145,3 +145,31 @@ def test_detector1_likely_matches_the_stcal_chain():
     steps = detector1_steps(sim.ramps, chunks=(17, 23), algorithm="LIKELY").rate.compute()
     for name in NAMES:
         np.testing.assert_array_equal(steps[name].values, rate[name].values)
+
+
+@pytest.mark.parametrize("ngroups", [4, 10, 17, 18, 40])
+def test_rate_guesses_against_numpy(ngroups):
+    """The first rate guess of each integration (lane sort up to 16 differences, pixel by pixel
+    beyond): numpy's median of the differences, flagged ones included as in stcal, without
+    non-finite ones between flagged groups; NaN if an included one is NaN; clipped at 0."""
+    from daskcal.detector import _kernels_likely as kernels
+    from daskcal.detector._ramp_likely import difference_covariance
+
+    rng = np.random.default_rng(ngroups)
+    nints, npix = 2, 300
+    data = rng.normal(100, 60, (nints, ngroups, npix)).astype(np.float32).cumsum(axis=1)
+    gdq = np.where(rng.random(data.shape) < 0.05, np.uint8(DQ.DO_NOT_USE), np.uint8(0))
+    nan = rng.random(data.shape) < 0.03
+    data[nan] = np.nan
+    gdq[nan & (rng.random(data.shape) < 0.7)] = DQ.DO_NOT_USE
+    coeff = difference_covariance(ngroups, 1, 0, 10.737)
+    got = np.empty((nints, npix))
+    kernels.rate_guesses(data, gdq, coeff, got)
+    diffs = (data[:, 1:] - data[:, :-1]).astype(np.float64) / coeff[kernels.DELTA_T][None, :, None]
+    use = (gdq[:, 1:] == 0) & (gdq[:, :-1] == 0)
+    for i in range(nints):
+        for p in range(npix):
+            values = diffs[i, :, p][use[i, :, p] | np.isfinite(diffs[i, :, p])]
+            med = np.median(values) if values.size else np.nan
+            want = med * (med > 0)
+            assert got[i, p] == want or (np.isnan(got[i, p]) and np.isnan(want)), (i, p)
