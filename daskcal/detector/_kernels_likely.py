@@ -329,13 +329,14 @@ def covariance(guess, gain, rnoise, coeff, scale, alpha, beta, parts, nl):
 
 
 @njit(**_JIT_INLINE)
-def fit_differences(diffs, use, alpha, beta, scale, parts, work, out, nl):
+def fit_differences(diffs, use, alpha, beta, scale, parts, work, out, nl, variances):
     """Generalised least-squares rates of the differences ``diffs`` whose ``use`` is 1, per lane.
 
     ``alpha``/``beta``/``scale`` from :func:`covariance`; ``parts`` its unscaled parts;
     ``work`` (N_WORK, n + 1, LANES) receives the masked ``beta`` and differences and the
-    recursions. ``out`` (N_OUT, LANES) receives RATE (DN/s), CHISQ, UNCERT (DN/s), VAR_P and
-    VAR_R ((DN/s)**2) and the sums SUM_A, SUM_B, SUM_C of paper I (eqs. 61-63).
+    recursions. ``out`` (N_OUT, LANES) receives RATE (DN/s), CHISQ, UNCERT (DN/s), the sums
+    SUM_A, SUM_B, SUM_C of paper I (eqs. 61-63) and, with ``variances`` (the jump search
+    needs none), VAR_P and VAR_R ((DN/s)**2).
     """
     n = diffs.shape[0]
     bm = work[_BM]
@@ -405,6 +406,9 @@ def fit_differences(diffs, use, alpha, beta, scale, parts, work, out, nl):
         out[RATE, lane] = b_sum * (1.0 / c_sum)
         out[CHISQ, lane] = (a_all - b_sum * b_sum / c_sum) / scale[lane]
         out[UNCERT, lane] = math.sqrt(scale[lane] / c_sum)
+    if not variances:
+        return
+    for lane in range(nl):
         out[VAR_P, lane] = 0.0
         out[VAR_R, lane] = 0.0
     for i in range(n):
@@ -564,7 +568,7 @@ def find_jumps(diffs, use, guess, scale, gain, rnoise, coeff, thresholds, alpha,
     for lane in range(nl):
         active[lane] = True
     for rnd in range(n):
-        fit_differences(diffs, use, alpha, beta, scale, parts, work, fit, nl)
+        fit_differences(diffs, use, alpha, beta, scale, parts, work, fit, nl, False)
         if rnd == 0:
             for lane in range(nl):
                 rate[lane] = fit[RATE, lane]
@@ -715,7 +719,7 @@ def final_fit_kernel(data, gdq, pixeldq, gain, rnoise, coeff, guesses, scales, u
                     idq |= np.uint32(JUMP_DET)
                 ints_dq[i, p] = idq
             covariance(guess, g, rn, coeff, scale, alpha, beta, parts, nl)
-            fit_differences(diffs, use, alpha, beta, scale, parts, work, fit, nl)
+            fit_differences(diffs, use, alpha, beta, scale, parts, work, fit, nl, True)
             for lane in range(nl):
                 p = p0 + lane
                 ints_out[SLOPE, i, p] = fit[RATE, lane]
