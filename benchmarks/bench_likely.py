@@ -114,18 +114,18 @@ def main(argv=None) -> int:
     t2, runs2, cpu2, ours, load2 = time_daskcal(ramps, 2)
     stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     lines = [
-        f"# likelihood ramp fit (LIKELY) benchmark, {stamp} UTC, cube {shape}, chunks {CHUNKS}, "
-        f"{os.cpu_count()} cores",
+        (f"# likelihood ramp fit (LIKELY) benchmark, {stamp} UTC, cube {shape}, chunks {CHUNKS}, "
+         f"{os.cpu_count()} cores"),
         f"# command: python benchmarks/bench_likely.py {' '.join(sys.argv[1:])}",
-        f"stcal 1.20 LIKELY, 1 process : {t_stcal:8.2f} s  {samples / t_stcal:7.2f} Mpix*groups/s"
-        f"  CPU {cpu_stcal:.2f} s  (load avg before/after {load_stcal[0]}/{load_stcal[1]})",
+        (f"stcal 1.20 LIKELY, 1 process : {t_stcal:8.2f} s  {samples / t_stcal:7.2f} Mpix*groups/s"
+         f"  CPU {cpu_stcal:.2f} s  (load avg before/after {load_stcal[0]}/{load_stcal[1]})"),
         f"daskcal LIKELY, 1 thread     : {t1:8.2f} s  {samples / t1:7.2f} Mpix*groups/s  CPU {cpu1:.2f} s  runs "
         + ", ".join(f"{s:.2f}" for s in runs1) + "  (load avg " + ", ".join("/".join(x) for x in load1) + ")",
         f"daskcal LIKELY, 2 threads    : {t2:8.2f} s  {samples / t2:7.2f} Mpix*groups/s  CPU {cpu2:.2f} s  runs "
         + ", ".join(f"{s:.2f}" for s in runs2) + "  (load avg " + ", ".join("/".join(x) for x in load2) + ")",
         f"wall time: daskcal 2 threads vs stcal {t_stcal / t2:.1f}x; 1 thread vs stcal {t_stcal / t1:.1f}x",
-        f"CPU time (less sensitive to the load): stcal / daskcal 1 thread {cpu_stcal / cpu1:.1f}x; "
-        f"stcal / daskcal 2 threads (sum over threads) {cpu_stcal / cpu2:.1f}x",
+        (f"CPU time (less sensitive to the load): stcal / daskcal 1 thread {cpu_stcal / cpu1:.1f}x; "
+         f"stcal / daskcal 2 threads (sum over threads) {cpu_stcal / cpu2:.1f}x"),
         "parity with stcal (2-thread run, rate):",
         *parity_lines(ours, ref),
     ]

@@ -23,8 +23,6 @@ from dask.base import tokenize
 
 from daskcal._params import param
 from daskcal.detector import _kernels_ramp_fit as _k
-from daskcal.detector._ramp_likely import MIN_GROUPS as LIKELY_MIN_GROUPS
-from daskcal.detector._ramp_likely import likely_block
 from daskcal.detector._common import (
     PIX_DIMS,
     as_dask,
@@ -32,9 +30,11 @@ from daskcal.detector._common import (
     pixel_chunked,
     validate_ramps,
 )
+from daskcal.detector._ramp_likely import MIN_GROUPS as LIKELY_MIN_GROUPS
+from daskcal.detector._ramp_likely import likely_block
 from daskcal.io._zarr_write import take_slice
 
-__all__ = ["ALGORITHMS", "RampFitParameters", "RampFitResult", "fit_ramps", "fit_block", "fitted_algorithm"]
+__all__ = ["ALGORITHMS", "RampFitParameters", "RampFitResult", "fit_block", "fit_ramps", "fitted_algorithm"]
 
 log = logging.getLogger(__name__)
 

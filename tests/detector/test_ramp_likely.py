@@ -8,14 +8,17 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
+from test_ramp_fit import (  # tests/detector is on sys.path (rootdir-less layout)
+    NAMES,
+    make_cube,
+    max_rel,
+)
 
 import daskcal
 from daskcal.detector._pipeline import detector1_steps
 from daskcal.detector._ramp_fit import fit_ramps
 from daskcal.dq import DQ
 from daskcal.testing import stcal_detector1, stcal_fit_ramps
-
-from test_ramp_fit import NAMES, make_cube, max_rel  # tests/detector is on sys.path (rootdir-less layout)
 
 
 def _fit(ramps, chunks, **kwargs):
