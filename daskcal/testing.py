@@ -111,8 +111,11 @@ def stcal_detect_jumps(
     return out
 
 
-def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True) -> tuple[dict, dict]:
-    """``stcal.ramp_fitting.ramp_fit.ramp_fit_data`` with OLS_C and optimal weighting.
+def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, algorithm: str = "OLS_C",
+                    dark=None) -> tuple[dict, dict]:
+    """``stcal.ramp_fitting.ramp_fit.ramp_fit_data`` with ``algorithm`` (OLS_C: optimal weighting;
+    LIKELY: the likelihood fit, which stcal replaces by OLS_C below 4 groups) and ``dark``
+    (DN/s, ``(y, x)``; default 0).
 
     Returns
     -------
@@ -126,17 +129,18 @@ def stcal_fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True) -> tuple
     rd = RampData()
     # as jwst's create_ramp_fit_class: the group DQ before suppression, where any group has CHARGELOSS
     orig = gdq.copy() if (gdq & int(DQ.CHARGELOSS)).any() else None
-    rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32), orig_gdq=orig)
+    dark = np.zeros(pdq.shape, np.float32) if dark is None else np.array(dark, dtype=np.float32)
+    rd.set_arrays(data, gdq, pdq, dark, orig_gdq=orig)
     a = ramps.attrs
     rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
                 int(a["nframes"]))
-    rd.algorithm = "OLS_C"
+    rd.algorithm = algorithm
     rd.set_dqflags(dq_dict())
     # jwst's ramp_fit turns suppression off for single-group exposures
     rd.suppress_one_group_ramps = suppress_one_group and ramps.sizes["group"] > 1
     rn = np.array(ramps["readnoise"].values, dtype=np.float32)
     gain = np.array(ramps["gain"].values, dtype=np.float32)
-    image, integ, _ = ramp_fit_data(rd, False, rn, gain, "OLS_C", "optimal", "none")
+    image, integ, _ = ramp_fit_data(rd, False, rn, gain, algorithm, "optimal", "none")
     return _named(image), _named(integ)
 
 
@@ -148,10 +152,11 @@ def _named(info) -> dict:
     return {"data": data, "dq": dq, "var_poisson": var_poisson, "var_rnoise": var_rnoise, "err": err}
 
 
-def stcal_detector1(ramps: xr.Dataset, *, n_pix_grow_sat: int = 1, suppress_one_group: bool = True, **jump_params):
-    """The reference chain: saturation -> superbias -> jump -> OLS_C ramp fit (``(rate, rateints)`` dicts)."""
+def stcal_detector1(ramps: xr.Dataset, *, n_pix_grow_sat: int = 1, suppress_one_group: bool = True,
+                    algorithm: str = "OLS_C", **jump_params):
+    """The reference chain: saturation -> superbias -> jump -> ramp fit (``algorithm``; ``(rate, rateints)`` dicts)."""
     ramps = stcal_flag_saturation(ramps, n_pix_grow_sat)
     if "superbias" in ramps:
         ramps = stcal_subtract_superbias(ramps)
     ramps = stcal_detect_jumps(ramps, **jump_params)
-    return stcal_fit_ramps(ramps, suppress_one_group)
+    return stcal_fit_ramps(ramps, suppress_one_group, algorithm)

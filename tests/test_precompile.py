@@ -19,6 +19,7 @@ from daskcal._precompile import precompile
 from daskcal._simulate import simulate
 from daskcal.detector import (
     _kernels_jump,
+    _kernels_likely,
     _kernels_ramp_fit,
     _kernels_saturation,
     _kernels_sort,
@@ -80,19 +81,20 @@ def test_interrupted_warm_up_is_raised():
 
 
 def _signatures():
-    modules = (_kernels_jump, _kernels_ramp_fit, _kernels_saturation, _kernels_sort)
+    modules = (_kernels_jump, _kernels_likely, _kernels_ramp_fit, _kernels_saturation, _kernels_sort)
     return {(m.__name__, name): tuple(v.signatures) for m in modules for name, v in vars(m).items()
             if isinstance(v, CPUDispatcher)}
 
 
+@pytest.mark.parametrize("algorithm", ["OLS_C", "LIKELY"])
 @pytest.mark.parametrize("dtypes", [{}, {"data": np.float64, "gain": np.float64, "readnoise": np.float64}],
                          ids=["float32", "float64"])
-def test_compile_kernels_covers_a_run(dtypes):
+def test_compile_kernels_covers_a_run(dtypes, algorithm):
     ramps = simulate((2, 12, 20, 18), seed=4, chunks=(10, 9)).ramps
     ramps = ramps.assign({name: ramps[name].astype(dt) for name, dt in dtypes.items()})
-    compile_kernels(ramps)
+    compile_kernels(ramps, algorithm)
     before = _signatures()
-    result = detector1(ramps, after_jump_flag_dn1=10.0, after_jump_flag_time1=30.0)
+    result = detector1(ramps, after_jump_flag_dn1=10.0, after_jump_flag_time1=30.0, algorithm=algorithm)
     with dask.config.set(scheduler="threads"):
         dask.compute(result.rate, result.rateints)
     assert _signatures() == before  # the run called no kernel with types the warm-up had not compiled

@@ -59,6 +59,7 @@ STEPS = {
     "subtract_superbias": lambda r: daskcal.subtract_superbias(r),
     "detect_jumps": lambda r: daskcal.detect_jumps(r),
     "fit_ramps": lambda r: daskcal.fit_ramps(r).rate,
+    "fit_ramps_likely": lambda r: daskcal.fit_ramps(r, algorithm="LIKELY").rate,
 }
 
 
@@ -101,6 +102,22 @@ def test_detector1(ramps, ramps_store, detector1_oracle, scheduler, source, grid
         rate, rateints = dask.compute(result.rate, result.rateints)
     assert_same(rate, detector1_oracle[0])
     assert_same(rateints, detector1_oracle[1])
+
+
+@pytest.fixture(scope="module")
+def detector1_likely_oracle(ramps):
+    with _sync():
+        result = daskcal.detector1(ramps, chunks=RAMPS_SHAPE[2:], algorithm="LIKELY")
+        return dask.compute(result.rate, result.rateints)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_detector1_likely(ramps, detector1_likely_oracle, scheduler, grid):
+    with scheduler():
+        result = daskcal.detector1(ramps, chunks=grid_chunks(RAMPS_SHAPE, grid), algorithm="LIKELY")
+        rate, rateints = dask.compute(result.rate, result.rateints)
+    assert_same(rate, detector1_likely_oracle[0])
+    assert_same(rateints, detector1_likely_oracle[1])
 
 
 @pytest.mark.parametrize("grid", ["1x2", "3x3"])

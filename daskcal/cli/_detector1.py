@@ -105,7 +105,7 @@ def execute(input_path, output, params: dict, args, *, chunks=None, fits=False, 
     with ClusterStart(args, background=not resume) as cluster:
         jobs, done = _jobs(pairs, inputs, params, chunks, fits, overwrite, resume)
         if jobs:
-            _run(jobs, cluster, args, fits, single, done)
+            _run(jobs, cluster, args, fits, single, done, algorithm=params["algorithm"])
     for inp in inputs:
         for name, store in done[inp].items():
             print(f"{name}: {store}")
@@ -179,7 +179,8 @@ def _build(inp, params: dict, chunks) -> tuple:
     return ramps, result, run_record("detector1", inp, params, (y[0], x[0]))
 
 
-def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done: dict) -> None:
+def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done: dict, *,
+         algorithm: str = "OLS_C") -> None:
     """Compute and write each job's products on one cluster, committing each exposure's when written."""
     import contextlib
 
@@ -196,7 +197,7 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
             stack.enter_context(job[-1])
         # numba compiles (or loads from its cache) the kernels here while the cluster starts,
         # so the workers find them in the cache instead of each compiling them again
-        kernels = precompile(lambda: [compile_kernels(job[2]) for job in jobs], estimate=COMPILE_SECONDS)
+        kernels = precompile(lambda: [compile_kernels(job[2], algorithm) for job in jobs], estimate=COMPILE_SECONDS)
         with cluster.client() as client:
             print(f"dashboard: {client.dashboard_link}")
             kernels.wait()

@@ -40,6 +40,7 @@ from daskcal.detector._ramp_fit import (
     RampFitParameters,
     _products,
     fit_block,
+    fitted_algorithm,
     miri_groups,
     n_planes,
     pedestal_factor,
@@ -158,7 +159,7 @@ def _only(kwargs: dict, *names: str) -> dict:
 COMPILE_SECONDS = 7
 
 
-def compile_kernels(ramps: xr.Dataset) -> None:
+def compile_kernels(ramps: xr.Dataset, algorithm: str = "OLS_C") -> None:
     """Call :func:`detector1_block` once on 3 x 3 pixels with the dtypes of ``ramps``' variables.
 
     numba compiles a kernel for each set of argument types it is called with; this calls
@@ -166,7 +167,7 @@ def compile_kernels(ramps: xr.Dataset) -> None:
     after-jump flagging included) with the types its chunks give them, so that they are
     compiled, or loaded from numba's cache, in this process and stored in the cache for
     the workers (see :mod:`daskcal._precompile`). Only dtypes, sizes and attributes of
-    ``ramps`` are read.
+    ``ramps`` are read. ``algorithm`` is the ramp fit's (``"OLS_C"`` or ``"LIKELY"``).
     """
     nints, ngroups = ramps.sizes["integration"], ramps.sizes["group"]
     shape = (nints, ngroups, 3, 3)
@@ -180,7 +181,8 @@ def compile_kernels(ramps: xr.Dataset) -> None:
     jump = {"nframes": int(ramps.attrs["nframes"]), "thresholds": (4.0, 5.0, 6.0), "neighbors": (10.0, 1000.0),
             "after_jump": (100.0, 1, 100.0, 1)}
     fit = {"group_time": float(ramps.attrs["group_time"]), "frame_time": float(ramps.attrs["frame_time"]),
-           "nframes": int(ramps.attrs["nframes"]), "suppress_one_group": True}
+           "nframes": int(ramps.attrs["nframes"]), "suppress_one_group": True,
+           "algorithm": fitted_algorithm(algorithm, ngroups), "groupgap": int(ramps.attrs["groupgap"])}
     detector1_block(data.copy(), gdq, plane("pixeldq", 0), plane("saturation", 60000.0), bias, plane("gain", 2.0),
                     plane("readnoise", 10.0), 0.0, usable=np.ones((nints, ngroups), dtype=bool), n_pix_grow_sat=1,
                     jump=jump, fit=fit, owns_data=True)
@@ -284,7 +286,9 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     nints = ds.sizes["integration"]
     chunks_yx = ds["data"].data.chunks[2:]
     usable = plane_usable(ds)
-    groups = miri_groups(ds.attrs, ds["groupdq"].data, ~usable.any(axis=0))
+    algorithm = fitted_algorithm(fit_params.algorithm, ds.sizes["group"])
+    # MIRI's leading/trailing DO_NOT_USE groups are left out by stcal's OLS_C fit only
+    groups = miri_groups(ds.attrs, ds["groupdq"].data, ~usable.any(axis=0)) if algorithm == "OLS_C" else None
     fit = {
         "group_time": float(ds.attrs["group_time"]),
         "frame_time": float(ds.attrs["frame_time"]),
@@ -293,6 +297,8 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         "save_opt": bool(fit_params.save_opt),
         "ped_factor": pedestal_factor(ds.attrs),
         "groups": groups,
+        "algorithm": algorithm,
+        "groupgap": int(ds.attrs["groupgap"]),
     }
     n_fitted = ds.sizes["group"] if groups is None else groups[1] - groups[0]
     n_fit = n_planes(nints) + (n_opt_planes(nints, n_fitted) if fit_params.save_opt else 0)

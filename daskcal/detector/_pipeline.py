@@ -94,8 +94,9 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
         ``after_jump_flag_dn1/2`` (0 DN), ``after_jump_flag_time1/2`` (0 s), ``minimum_groups`` (3),
         ``minimum_sigclip_groups`` (100), ``only_use_ints`` (True), ``min_diffs_single_pass`` (10),
         ``expand_large_events`` (False) and the other snowball parameters of :func:`detect_jumps` (jump),
-        ``suppress_one_group`` (True) and ``save_opt`` (False: no ``fitopt`` product) (ramp fit).
-        An unknown name is an error.
+        ``suppress_one_group`` (True), ``save_opt`` (False: no ``fitopt`` product; OLS_C only) and
+        ``algorithm`` (``"OLS_C"``, or ``"LIKELY"``: the likelihood fit with its own jump search,
+        4 or more groups) (ramp fit). An unknown name is an error.
 
     Returns
     -------

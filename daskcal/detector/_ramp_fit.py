@@ -1,7 +1,9 @@
-"""Ramp fitting: ordinary least squares with optimal weighting (stcal ``OLS_C``).
+"""Ramp fitting: ordinary least squares with optimal weighting (stcal ``OLS_C``) or
+maximum likelihood with its own jump search (stcal ``LIKELY``).
 
 Layers (see ``shared/STYLE.md``): :func:`fit_block` fits one in-memory chunk
-with the numba kernel in :mod:`daskcal.detector._kernels_ramp_fit`;
+with the numba kernel in :mod:`daskcal.detector._kernels_ramp_fit` (OLS) or, through
+:func:`daskcal.detector._ramp_likely.likely_block`, :mod:`daskcal.detector._kernels_likely`;
 :func:`_fit_graph` maps it over pixel chunks with one ``map_blocks`` whose output
 stacks every product plane on a new leading axis; :func:`fit_ramps` validates
 the input and slices that one array into the ``rate`` and ``rateints``
@@ -11,6 +13,7 @@ datasets, so both share a single computation.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import dask.array as da
@@ -28,9 +31,16 @@ from daskcal.detector._common import (
     pixel_chunked,
     validate_ramps,
 )
+from daskcal.detector._ramp_likely import MIN_GROUPS as LIKELY_MIN_GROUPS
+from daskcal.detector._ramp_likely import likely_block
 from daskcal.io._zarr_write import take_slice
 
-__all__ = ["RampFitParameters", "RampFitResult", "fit_ramps", "fit_block"]
+__all__ = ["ALGORITHMS", "RampFitParameters", "RampFitResult", "fit_block", "fit_ramps", "fitted_algorithm"]
+
+log = logging.getLogger(__name__)
+
+#: Ramp fitting algorithms, by stcal's names.
+ALGORITHMS = ("OLS_C", "LIKELY")
 
 #: Product variables, in the order of their planes in the stacked block output.
 PRODUCT_NAMES = ("data", "err", "dq", "var_poisson", "var_rnoise")
@@ -49,15 +59,35 @@ class RampFitParameters:
     """Parameters of :func:`fit_ramps` that recipes and the command line give (defaults are jwst's)."""
 
     suppress_one_group: bool = param(
-        True, "an integration with only one good group is unusable (ignored with one group per integration)")
+        True, "an integration with only one good group is unusable (ignored with one group per integration; "
+        "OLS_C only)")
     save_opt: bool = param(False, "also make the optional product fitopt: every segment's fit, the pedestal and "
-                           "the jumps' sizes (stcal's opt_info)")
+                           "the jumps' sizes (stcal's opt_info; OLS_C only)")
+    algorithm: str = param(
+        "OLS_C", "OLS_C (least squares, optimal weighting) or LIKELY (maximum likelihood with its own jump "
+        f"search; needs {LIKELY_MIN_GROUPS} or more groups, else OLS_C with a warning)", cli={"choices": ALGORITHMS})
 
     def __post_init__(self):
         for name in ("suppress_one_group", "save_opt"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 msg = f"{name} must be True or False; got {getattr(self, name)!r}"
                 raise TypeError(msg)
+        if not isinstance(self.algorithm, str) or self.algorithm not in ALGORITHMS:
+            msg = f"algorithm must be one of {', '.join(ALGORITHMS)}; got {self.algorithm!r}"
+            raise ValueError(msg)
+        if self.save_opt and self.algorithm == "LIKELY":
+            msg = "save_opt (the fitopt product) is made by the OLS_C fit only, as in stcal: not with algorithm='LIKELY'"
+            raise ValueError(msg)
+
+
+def fitted_algorithm(algorithm: str, ngroups: int) -> str:
+    """The algorithm that fits ``ngroups`` groups: ``algorithm``, or OLS_C (logged as a warning) for
+    LIKELY with fewer than 4 groups, as stcal does."""
+    if algorithm == "LIKELY" and ngroups < LIKELY_MIN_GROUPS:
+        log.warning("the LIKELY ramp fit needs at least %d groups; these ramps have %d: fitting with OLS_C",
+                    LIKELY_MIN_GROUPS, ngroups)
+        return "OLS_C"
+    return algorithm
 
 
 @dataclass(frozen=True)
@@ -125,7 +155,8 @@ NONFINITE_PLANE = -1
 
 
 def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, frame_time, nframes,
-              suppress_one_group, save_opt=False, ped_factor=0.0, groups=None, extra_planes=0):
+              suppress_one_group, save_opt=False, ped_factor=0.0, groups=None, extra_planes=0,
+              algorithm="OLS_C", groupgap=0):
     """Fit the ramps of one in-memory chunk (block layer).
 
     Parameters
@@ -147,7 +178,7 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
     nframes : int
         Frames averaged per group.
     suppress_one_group : bool
-        Treat integrations with a single good group as having none.
+        Treat integrations with a single good group as having none (OLS_C).
     save_opt : bool, default False
         Also stack the optional product's planes (:mod:`daskcal.detector._fitopt`).
     ped_factor : float, default 0
@@ -158,6 +189,10 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         and trailing DO_NOT_USE groups (:mod:`daskcal.detector._miri_groups`). Default all.
     extra_planes : int, default 0
         Planes left unset after those (for the caller's own products).
+    algorithm : {"OLS_C", "LIKELY"}, default "OLS_C"
+        The fit; LIKELY needs ``ngroups >= 4`` (:func:`fitted_algorithm` chooses).
+    groupgap : int, default 0
+        Frames dropped between groups (LIKELY's read times).
 
     Returns
     -------
@@ -169,12 +204,17 @@ def fit_block(data, groupdq, pixeldq, gain, readnoise, dark, *, group_time, fram
         uint32 bit patterns (read them with ``.view(np.uint32)``).
     """
     nints, ngroups, ny, nx = data.shape
+    npix = ny * nx
+    if algorithm == "LIKELY":  # as stcal's: all groups (MIRI's too), no fitopt, suppress_one_group ignored
+        whole = np.empty((n_planes(nints) + extra_planes, npix), dtype=np.float32)
+        likely_block(data, groupdq, pixeldq, gain, readnoise, dark, frame_time=frame_time, nframes=nframes,
+                     groupgap=groupgap, out_planes=whole[:n_planes(nints)])
+        return whole.reshape(-1, ny, nx)
     suppress = bool(suppress_one_group and ngroups > 1)
     presuppressed = groups is not None and tuple(groups) != (0, ngroups)
     if presuppressed:
         data, groupdq = _miri_groups.trim_block(data, groupdq, groups, suppress)
         ngroups = data.shape[1]
-    npix = ny * nx
     flat = (nints, ngroups, npix)
     d = np.ascontiguousarray(data, dtype=np.float32).reshape(flat)
     q = np.ascontiguousarray(groupdq, dtype=np.uint8).reshape(flat)
@@ -259,15 +299,23 @@ def _dark_array(dark_current, ramps: xr.Dataset) -> xr.DataArray:
     return dark_current
 
 
-def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: bool = False,
-              dark_current=None) -> RampFitResult:
-    """Fit count rates to up-the-ramp data (OLS with optimal weighting).
+def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, algorithm: str = "OLS_C",
+              save_opt: bool = False, dark_current=None) -> RampFitResult:
+    """Fit count rates to up-the-ramp data (OLS with optimal weighting, or maximum likelihood).
 
-    Reproduces stcal 1.20's default ``OLS_C`` ramp fitter as jwst calls it
+    ``algorithm="OLS_C"`` reproduces stcal 1.20's default ramp fitter as jwst calls it
     (``weighting="optimal"``): segments between jumps and saturation are
     fitted with Fixsen et al. (2000) weights, combined with inverse read-noise
     variance weights into integrations and the exposure, with Poisson variance
     from the median first-difference rate.
+
+    ``algorithm="LIKELY"`` reproduces stcal 1.20's likelihood fit (Brandt 2024): the
+    group differences of each integration are fitted with their full (tridiagonal)
+    covariance, read noise and the photon noise of a rate guess; its own jump search
+    leaves out the one difference, or two adjacent ones, whose omission lowers chi
+    squared by more than 20.25 (23.8 for two), again while more than 3 differences
+    are left, and flags ``JUMP_DET`` in the integration's ``dq``. Integrations are
+    combined with weights from their read-noise and rate-scaled Poisson variances.
 
     Parameters
     ----------
@@ -281,13 +329,18 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: b
         :func:`daskcal.detector._common.default_chunk_yx`).
     suppress_one_group : bool, default True
         Treat integrations with only one good group as unusable
-        (jwst's default). Ignored with one group per integration.
+        (jwst's default). Ignored with one group per integration, and by LIKELY
+        (as in stcal).
+    algorithm : str, default "OLS_C"
+        ``"OLS_C"`` or ``"LIKELY"``. LIKELY needs at least 4 groups; with fewer the
+        ramps are fitted with OLS_C and a warning is logged (stcal switches too).
     save_opt : bool, default False
         Also return the optional product ``fitopt`` (see :class:`RampFitResult`),
         computed in the same pass; the pedestal uses the attrs ``groupgap`` and
-        ``drop_frames1`` (default 0).
+        ``drop_frames1`` (default 0). OLS_C only, as in stcal.
     dark_current : float or xarray.DataArray on (y, x), optional
-        Dark current in DN/s added to the Poisson variance. Default none (0).
+        Dark current in DN/s added to the Poisson variance (LIKELY: to the rate
+        its final fit's covariance assumes). Default none (0).
 
     Returns
     -------
@@ -299,8 +352,8 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: b
     ------
     TypeError, ValueError
         For a malformed dataset, read noise that is negative or not finite, a
-        gain with no positive finite value, or a bad ``dark_current``; checked
-        before any ramp is read.
+        gain with no positive finite value, an unknown ``algorithm`` or a bad
+        ``dark_current``; checked before any ramp is read.
 
     Notes
     -----
@@ -322,17 +375,28 @@ def fit_ramps(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: b
     left out of the fit as stcal does (:mod:`daskcal.detector._miri_groups`); this
     reduces the group DQ over the detector first (the first chunk alone when one of
     its pixels is usable in those planes).
+
+    LIKELY gives what stcal's gives, also where that is not a number: an integration
+    with no usable difference (saturated from its first groups, all DO_NOT_USE) has a
+    NaN rate and variances and an infinite ``err``; pixels with a gain <= 0 or NaN
+    are fitted with it (no ``NO_GAIN_VALUE``), and a difference touching a
+    flagged group is left out (a group with any DQ bit, ``PERSISTENCE`` included).
+    Its rate guess is the median of every difference, flagged ones included, as in
+    stcal, except non-finite ones of flagged groups, which stcal would propagate
+    as NaN into the whole integration. Read times come from ``nframes``,
+    ``groupgap`` and ``frame_time`` (evenly spaced groups); a ``zeroframe`` is not used.
     """
-    return fit_ramps_planes(ramps, suppress_one_group, save_opt=save_opt, dark_current=dark_current)
+    return fit_ramps_planes(ramps, suppress_one_group, algorithm=algorithm, save_opt=save_opt,
+                            dark_current=dark_current)
 
 
-def fit_ramps_planes(ramps: xr.Dataset, suppress_one_group: bool = True, *, save_opt: bool = False,
-                     dark_current=None, all_dnu=None) -> RampFitResult:
+def fit_ramps_planes(ramps: xr.Dataset, suppress_one_group: bool = True, *, algorithm: str = "OLS_C",
+                     save_opt: bool = False, dark_current=None, all_dnu=None) -> RampFitResult:
     """:func:`fit_ramps`, with ``all_dnu``, the (ngroups,) group planes DO_NOT_USE everywhere when
     the caller knows them (MIRI's dropped groups), instead of reducing ``ramps["groupdq"]``."""
     validate_ramps(ramps, require=("gain", "readnoise"))
     check_reference_values(ramps, ("gain", "readnoise"))
-    RampFitParameters(suppress_one_group, save_opt)
+    RampFitParameters(suppress_one_group, save_opt, algorithm)
     ds = pixel_chunked(ramps)
     dark = _dark_array(dark_current, ds)
     data = ds["data"].data
@@ -349,8 +413,12 @@ def fit_ramps_planes(ramps: xr.Dataset, suppress_one_group: bool = True, *, save
         "suppress_one_group": bool(suppress_one_group),
         "save_opt": bool(save_opt),
         "ped_factor": pedestal_factor(ramps.attrs),
-        "groups": miri_groups(ramps.attrs, ds["groupdq"].data, all_dnu),
+        "algorithm": fitted_algorithm(algorithm, ramps.sizes["group"]),
+        "groupgap": int(ramps.attrs.get("groupgap", 0)),
     }
+    # MIRI's leading/trailing DO_NOT_USE groups are left out by stcal's OLS_C fit only
+    params["groups"] = (miri_groups(ramps.attrs, ds["groupdq"].data, all_dnu) if params["algorithm"] == "OLS_C"
+                        else None)
     stacked = _fit_graph(
         data, ds["groupdq"].data.rechunk(data.chunks),
         yx(ds["pixeldq"]), yx(ds["gain"]), yx(ds["readnoise"]), yx(dark), **params,

@@ -168,3 +168,21 @@ def test_detector1_save_opt_writes_fitopt(tmp_path, capsys, caplog):
         assert fitopt["slope"].dims == ("integration", "segment", "y", "x")
         for name in expected.data_vars:
             np.testing.assert_array_equal(fitopt[name].values, expected[name].values)
+
+
+def test_detector1_likely_from_the_command_line(tmp_path, capsys):
+    from daskcal import detector1, open_ramps
+
+    ramps = tmp_path / "ramps.zarr"
+    assert main(["simulate", str(ramps), "--shape", "1", "5", "30", "26", "--chunks", "16", "16"]) == 0
+    out = tmp_path / "out"
+    assert main(["detector1", str(ramps), str(out), "--algorithm", "LIKELY", "--workers", "1", "--no-progress"]) == 0
+    want = detector1(open_ramps(ramps), algorithm="LIKELY").rate.compute()
+    with xr.open_zarr(out / "rate.zarr", consolidated=False) as got:
+        for v in want.data_vars:
+            np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["detector1", str(ramps), str(tmp_path / "o2"), "--algorithm", "MLE"])
+    err = capsys.readouterr().err
+    assert "--algorithm" in err and "'MLE'" in err and "OLS_C" in err
