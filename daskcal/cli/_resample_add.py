@@ -28,7 +28,10 @@ def execute_add(inputs, output, params: dict, args, *, fits: bool = False, overw
     from daskcal.image._grow import UPDATED_TILES, stored_attrs
     from daskcal.image._io import expand_inputs, open_images
     from daskcal.image._resample import resample
-    from daskcal.image._warm_up import RESAMPLE_COMPILE_SECONDS, compile_resample_kernels
+    from daskcal.image._warm_up import (
+        RESAMPLE_COMPILE_SECONDS,
+        compile_resample_kernels,
+    )
     from daskcal.io._atomic import write_zarr
     from daskcal.io._grow_store import carry_unchanged
     from daskcal.io._journal import ChunkJournal

@@ -176,7 +176,7 @@ def resample_into(images, into, *, given: dict, defaults: dict, block_shape=None
     ys, xs = rs._tiles(out_shape, tile_shape)
     tiles = [(ty, min(ty + tile_shape[0], out_shape[0]), tx, min(tx + tile_shape[1], out_shape[1]))
              for ty in ys for tx in xs]
-    step = max(4, min(16, block_shape, int(round(64 * psr))))
+    step = max(4, min(16, block_shape, round(64 * psr)))
     parts = {}
     for inp, name in zip(inps, names):
         try:

@@ -635,8 +635,11 @@ def resample(
     -------
     xarray.Dataset
         Lazy (dask) ``data``, ``wht``, ``con`` (int32), ``err``, ``var_*``, ``dq``
-        as enabled; attributes: the WCS (``wcs_asdf``), time totals, ``s_region``,
-        pixel scale, resample parameters and input names.
+        as enabled, and with the variances (unless ``single``) their running weights
+        ``vwt_rnoise``, ``vwt_flat``, ``vwt_poisson`` (what ``into`` needs); attributes:
+        the WCS (``wcs_asdf``), time totals, ``s_region``, pixel scale, resample
+        parameters, input names (``inputs``), exposure groups (``group_ids``) and
+        the inputs' corner footprints (``footprints``, deg).
     """
     if into is not None:
         from daskcal.image import _grow
@@ -884,7 +887,6 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 tile = tiles[t]
                 tshape = (tile[1] - tile[0], tile[3] - tile[2])
                 mine = [(k, args, deps) for k, args, deps in entries.get(t, []) if k in pos_of]
-                prior = None if grow is None else grow.prior(iy, ix, tile, nplanes, spec, f"resample-{token}-{t}")
                 if not mine:
                     stored = None if grow is None else grow.stored(iy, ix, spec)
                     if stored is not None:
@@ -893,6 +895,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                     continue
                 written.add((iy, ix))
                 key = f"resample-{token}-{gpos}-{t}"
+                prior = None if grow is None else grow.prior(iy, ix, tile, nplanes, spec, key)
                 # priorities (distributed): a tile's later steps before other tiles' first ones, tiles in order,
                 # so tiles are finished one after another instead of every tile's first partial sums held at once
                 base = -(len(tiles) * gpos + t) * 4 * (len(mine) + 2)

@@ -49,11 +49,11 @@ def assert_same_mosaic(got, ref):
             assert got.attrs.get(key) == ref.attrs.get(key), key
 
 
-def grow(images, wcs, tmp_path, steps=(4, 2, 2), tile=TILE):
+def grow(images, wcs, tmp_path, steps=(4, 2, 2), tile=TILE, **kw):
     """The mosaic of ``images`` built by the public functions as ``steps`` additions, each saved and reopened."""
     first, rest = steps[0], steps[1:]
     store = tmp_path / "m0.zarr"
-    daskcal.save(daskcal.resample(images[:first], output_wcs=wcs, tile_shape=tile), store)
+    daskcal.save(daskcal.resample(images[:first], output_wcs=wcs, tile_shape=tile, **kw), store)
     done = first
     for k, n in enumerate(rest, 1):
         grown = daskcal.resample(images[done:done + n], into=store)
@@ -80,6 +80,17 @@ def test_four_plus_two_plus_two_equals_eight_at_once(sim8, at_once, tmp_path, sc
             got = grow(images, wcs, tmp_path)
     assert got.attrs["inputs"] == at_once.attrs["inputs"]
     assert_same_mosaic(got, at_once)
+
+
+def test_other_parameters_kernel_dq_and_drizzled_err(sim8, tmp_path):
+    images, wcs = sim8
+    kw = dict(kernel="turbo", pixfrac=0.7, enable_var=False, compute_err="driz_err", propagate_dq=True,
+              weight_type="exptime")
+    with dask.config.set(scheduler="sync"):
+        ref = daskcal.resample(images, output_wcs=wcs, tile_shape=TILE, **kw).compute()
+        got = grow(images, wcs, tmp_path, steps=(5, 3), **kw)
+    assert "dq" in got and "vwt_rnoise" not in got
+    assert_same_mosaic(got, ref)
 
 
 def test_only_tiles_the_new_exposures_reach_are_computed(sim8, tmp_path):
