@@ -125,3 +125,24 @@ def test_a_killed_addition_leaves_the_mosaic_and_is_resumed(exposures, tmp_path)
     b = xr.open_zarr(reference, consolidated=False)
     np.testing.assert_array_equal(a["con"].values, b["con"].values)
     assert os.path.isdir(out) and not resume_folder(out).exists()
+
+
+@pytest.mark.slow  # 34 exposures written as stores and three commands: ~110 s on 2 busy cores
+def test_add_past_32_inputs_grows_the_context_of_every_tile(tmp_path):
+    import asdf
+
+    sim = daskcal.simulate_images(n=34, shape=(16, 20), seed=7, n_stars=2, dither=12)
+    paths = [str(daskcal.save(ds, tmp_path / f"e{k:02d}.zarr")) for k, ds in enumerate(sim.images)]
+    grid = tmp_path / "grid.asdf"
+    asdf.AsdfFile({"wcs": daskcal.output_wcs(sim.images)}).write_to(grid)
+    tile = ["--tile-shape", "12", "12"]
+    whole, out = tmp_path / "whole.zarr", tmp_path / "m.zarr"
+    assert main(["resample", *paths, "-o", str(whole), "--output-wcs", str(grid), *tile, *RUN]) == 0
+    assert main(["resample", *paths[:32], "-o", str(out), "--output-wcs", str(grid), *tile, *RUN]) == 0
+    assert main(["resample", "--add", *paths[32:], "-o", str(out), *RUN]) == 0
+    got = xr.open_zarr(out, consolidated=False).compute()
+    ref = xr.open_zarr(whole, consolidated=False).compute()
+    updated = got.attrs["tiles_updated"]
+    written = json.loads((out / "data" / "zarr.json").read_text())["attributes"]["daskcal:written"]
+    assert got["con"].shape[0] == 2 and len(updated) < len(written)  # tiles not reached got their second plane
+    assert_same_mosaic(got, ref)
