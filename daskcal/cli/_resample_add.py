@@ -17,8 +17,8 @@ def execute_add(inputs, output, params: dict, args, *, fits: bool = False, overw
     (:func:`daskcal.io._outputs.resume_folder`): its metadata, the tiles the new exposures reach
     (each recorded with its checksums, :mod:`daskcal.io._journal`), and the stored mosaic's other
     tiles as hard links to its chunk files (:func:`daskcal.io._grow_store.carry_unchanged`). It
-    then replaces ``output`` as a whole (:meth:`daskcal.io._outputs.OutputSet.commit`): a reader
-    sees the old mosaic or the grown one. An addition that stops leaves ``output`` as it was and
+    then takes ``output``'s place in one step (:meth:`daskcal.io._outputs.OutputSet.commit`,
+    :func:`daskcal.io._outputs.rename_exchange`): a reader sees the old mosaic or the grown one. An addition that stops leaves ``output`` as it was and
     its partial work in the resume folder; ``resume`` continues it if it was begun by the same
     command on the same mosaic (its tiles verified are kept), and any other run removes it.
     """
