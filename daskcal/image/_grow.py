@@ -161,6 +161,9 @@ def resample_into(images, into, *, given: dict, defaults: dict, block_shape=None
     wcs_out = wcs_from_text(attrs["wcs_asdf"])
     arrays = [p.name for p in store.iterdir() if (p / "zarr.json").is_file()]
     sources = {n: ZarrSource.at(store, n) for n in sorted(arrays)}
+    if "data" not in sources or sources["data"].array().ndim != 2:
+        msg = f"{store} is not one mosaic on a (y, x) grid (a single=True stack of groups?); it cannot be added to"
+        raise ValueError(msg)
     out_shape = tuple(int(s) for s in sources["data"].array().shape)
     tile_shape = tuple(int(t) for t in attrs["tile_shape"])
     psr = float(attrs["pixel_scale_ratio"])

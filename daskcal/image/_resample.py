@@ -509,11 +509,6 @@ def _time_totals(inps: list[_Input]) -> dict:
     }
 
 
-def _s_region(inps) -> str:
-    """``S_REGION`` of a mosaic: the union of its inputs' footprints (spherical polygons)."""
-    return _grid.s_region_of([_grid._footprint(i.wcs, i.shape) for i in inps])
-
-
 def resample(
     images,
     *,
@@ -703,7 +698,7 @@ def resample(
     ds = _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, params, psr, single)
     ds.attrs.update(_attrs(inps, wcs_out, out_shape, params, psr, out_scale, tile_shape))
     footprints = [_grid._footprint(i.wcs, i.shape) for i in inps if parts[i.index]]
-    ds.attrs["s_region"] = _grid.s_region_of(footprints)
+    ds.attrs["s_region"] = _grid.s_region_of(footprints)  # the union of the footprints (spherical polygons)
     ds.attrs["footprints"] = [np.asarray(f, np.float64).tolist() for f in footprints]  # (RA, Dec) corners, deg
     del inps_ds
     return ds
@@ -795,10 +790,11 @@ def _check_fits_workers(inps, parts, tiles, psr, workers) -> None:
 def drizzle_spec(p: ResampleParams, psr: float, var_weights: bool = False) -> _driz.DrizzleSpec:
     """The engine's typed spec of validated resample parameters at pixel scale ratio ``psr`` (``var_weights``:
     also output the variances' running weights, which adding inputs to the mosaic later needs)."""
-    return _driz.DrizzleSpec(var_weights=var_weights, kernel=p.kernel, pixfrac=float(p.pixfrac), psr=float(psr), weight_type=p.weight_name,
+    return _driz.DrizzleSpec(kernel=p.kernel, pixfrac=float(p.pixfrac), psr=float(psr), weight_type=p.weight_name,
                              good_bits=p.good_bits_int, enable_ctx=bool(p.enable_ctx), enable_var=bool(p.enable_var),
                              compute_err=p.compute_err, propagate_dq=bool(p.propagate_dq),
-                             fillval=_parse_fillval(p.fillval), pixmap_order=int(p.pixmap_order))
+                             fillval=_parse_fillval(p.fillval), pixmap_order=int(p.pixmap_order),
+                             var_weights=var_weights)
 
 
 #: Inputs of a tile added one after the other in one chain of leaf tasks (each takes the chain's sums so
