@@ -26,12 +26,18 @@ def carry_unchanged(old: str | os.PathLike, new: str | os.PathLike, tiles) -> in
     Every array of ``new`` that ``old`` has too gets those chunk files as hard links (copies where the file
     system has none); a file ``new`` already has (a resumed addition) is left as it is. An array whose
     leading axes grew (``con``: one plane more per 32 inputs) has other chunks: its tiles are read from
-    ``old``, padded with zeros and written whole. Returns the number of chunk files carried.
+    ``old``, padded with zeros and written whole. Any other file of ``old`` that ``new`` lacks (daskcal
+    writes none; one a user put there) is carried too, so the store that replaces ``old`` holds everything
+    it held. Returns the number of chunk files carried.
     """
     from daskcal.io._atomic import every_chunk
 
     with every_chunk():  # a plane of zeros is written too: a written tile's missing chunk reads as damage
-        return _carry(Path(old), Path(new), sorted(tiles))
+        carried = _carry(Path(old), Path(new), sorted(tiles))
+    for path in sorted(Path(old).rglob("*")):
+        if path.is_file():
+            _link(path, Path(new) / path.relative_to(old))
+    return carried
 
 
 def _carry(old: Path, new: Path, tiles: list) -> int:
