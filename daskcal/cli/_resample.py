@@ -44,6 +44,11 @@ def register(sub) -> None:
                           help="continue an earlier run of this command that was stopped (killed, failed, out of "
                           "walltime) into the same OUT: the tiles it completed are verified and kept, the rest "
                           "computed; an earlier run with other inputs or parameters is an error")
+    p.add_argument("--add", action="store_true",
+                   help="add INPUTS to the existing mosaic OUT (made by daskcal resample) on its grid, with its "
+                   "parameters: only the tiles they reach are computed and rewritten, and OUT is replaced whole "
+                   "when they are written (an interrupted --add leaves OUT as it was; --resume continues it). An "
+                   "exposure OUT already holds, or one outside its grid, is an error before anything runs")
     p.add_argument("--allow-outside-asn", action="store_true",
                    help="read association members outside the association's folder (absolute or through ..)")
     p.add_argument("--recipe", default=None, metavar="RECIPE",
@@ -66,6 +71,13 @@ def _main(args: argparse.Namespace) -> int:
 
     params = step_parameters(args, "resample", STEP_DEFAULTS)
     check_parameters_file(args)
+    if getattr(args, "add", False):
+        from daskcal.cli._resample_add import execute_add
+
+        execute_add(args.inputs, args.output, params, args, fits=args.fits, overwrite=args.overwrite,
+                    resume=args.resume)
+        save_parameters(args, "resample", {"resample": params})
+        return 0
     execute(args.inputs, args.output, params, args, fits=args.fits, overwrite=args.overwrite, resume=args.resume)
     save_parameters(args, "resample", {"resample": params})
     return 0

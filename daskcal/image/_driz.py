@@ -42,6 +42,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 VAR_NAMES = ("var_rnoise", "var_flat", "var_poisson")
+#: Output planes of the variances' running weights (the reference's per-variance weight sums), one per
+#: :data:`VAR_NAMES` entry: with the variance planes they are the state that adding inputs later needs.
+VWT_NAMES = ("vwt_rnoise", "vwt_flat", "vwt_poisson")
 
 
 @dataclasses.dataclass
@@ -512,6 +515,11 @@ class DrizzleSpec:
     propagate_dq: bool
     fillval: float
     pixmap_order: int = 1
+    var_weights: bool = False  # also output the variances' running weights (VWT_NAMES), so inputs can be added
+
+    @property
+    def keep_var_weights(self) -> bool:
+        return self.enable_var and self.var_weights
 
     @property
     def driz_err(self) -> bool:
@@ -638,6 +646,39 @@ class TileSums:
             box = _box_of(pieces)
         sums = cls(box, nplanes, spec)
         sums.add_input(pieces, ctx_index, tmeasure)
+        return sums
+
+    @classmethod
+    def of_planes(cls, planes: dict, tile, nplanes: int, spec: DrizzleSpec) -> TileSums:
+        """The running sums that :meth:`finalize` turned into a tile's output ``planes`` (as stored in a mosaic),
+        so that more inputs can be added to them (:func:`daskcal.resample` with ``into``).
+
+        The weighted sums come back as ``data * wht`` and the variance sums as ``var * vwt**2 / var_scale``
+        (from the ``vwt_*`` planes: :data:`VWT_NAMES`), in float64: a finalize of them gives the planes
+        again, and with inputs added, what the sums of all inputs give, to float32 rounding. ``con`` may
+        have fewer planes than ``nplanes`` (the context grows a plane per 32 inputs).
+        """
+        sums = cls(tile, nplanes, spec)
+        wht = np.asarray(planes["wht"], np.float64)
+        covered = wht != 0
+        sums.wht[...] = wht
+        sums.swd[covered] = np.asarray(planes["data"], np.float64)[covered] * wht[covered]
+        if sums.con is not None:
+            con = np.asarray(planes["con"]).view(np.uint32)
+            sums.con[:con.shape[0]] = con
+        if sums.dq is not None:
+            sums.dq[...] = planes["dq"]
+        if sums.swe is not None:
+            err = np.asarray(planes["err"], np.float64)
+            sums.swe[covered] = err[covered] * spec.psr * wht[covered]
+        if sums.vsum is not None:
+            for k, (vname, wname) in enumerate(zip(VAR_NAMES, VWT_NAMES)):
+                vwt = np.asarray(planes[wname], np.float64)
+                var = np.asarray(planes[vname], np.float64)
+                ok = (vwt > 0) & np.isfinite(var)
+                sums.vwt[k][ok] = vwt[ok]
+                sums.vsum[k][ok] = var[ok] * vwt[ok] * vwt[ok] / spec.var_scale
+            sums.present[:] = True  # a variance no input had keeps vwt 0: finalize gives NaN there, as before
         return sums
 
     @property
@@ -802,6 +843,8 @@ class TileSums:
             planes["con"] = self.con.view(np.int32)
         if do_var:
             planes.update(zip(VAR_NAMES, var))
+        if spec.keep_var_weights:
+            planes.update(zip(VWT_NAMES, self.vwt.astype(np.float32)))
         if do_err:
             planes["err"] = err
         elif spec.driz_err and self.swe is not None:
@@ -828,6 +871,8 @@ def output_names(spec: DrizzleSpec) -> list:
         names.append("con")
     if spec.enable_var:
         names += list(VAR_NAMES)
+    if spec.keep_var_weights:
+        names += list(VWT_NAMES)
     if spec.driz_err or spec.err_from_var:
         names.append("err")
     if spec.propagate_dq:
@@ -838,7 +883,7 @@ def output_names(spec: DrizzleSpec) -> list:
 #: dtype and value of each output plane where no input lands (``None``: the spec's fill value).
 EMPTY = {"data": (np.float32, None), "wht": (np.float32, 0.0), "con": (np.int32, 0), "err": (np.float32, "err"),
          "dq": (np.uint32, 0), "var_rnoise": (np.float32, np.nan), "var_flat": (np.float32, np.nan),
-         "var_poisson": (np.float32, np.nan)}
+         "var_poisson": (np.float32, np.nan), **dict.fromkeys(VWT_NAMES, (np.float32, 0.0))}
 
 
 def empty_value(name: str, spec: DrizzleSpec):

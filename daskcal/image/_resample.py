@@ -509,11 +509,6 @@ def _time_totals(inps: list[_Input]) -> dict:
     }
 
 
-def _s_region(inps) -> str:
-    """``S_REGION`` of a mosaic: the union of its inputs' footprints (spherical polygons)."""
-    return _grid.s_region_of([_grid._footprint(i.wcs, i.shape) for i in inps])
-
-
 def resample(
     images,
     *,
@@ -540,6 +535,7 @@ def resample(
     crpix: Sequence[float] | None = None,
     crval: Sequence[float] | None = None,
     output_shape: Sequence[int] | None = None,
+    into=None,
 ) -> xr.Dataset:
     """Drizzle exposures onto one output grid, tile by tile, as a lazy dataset.
 
@@ -615,14 +611,42 @@ def resample(
         The grid arguments are used as :func:`daskcal.output_wcs` uses them; with
         ``output_wcs`` only ``output_shape`` applies. Every argument after
         ``images`` is keyword-only, and a misspelled one is an error.
+    into : path, optional
+        A mosaic Zarr store written by daskcal (:func:`daskcal.save`, ``daskcal
+        resample``): the result is that mosaic with ``images`` added, on its grid
+        and tiles and with its drizzle parameters (a keyword given otherwise is an
+        error). Only the tiles the new exposures reach are computed, each starting
+        from its stored planes; the others are the stored ones. The result equals
+        the mosaic of all inputs resampled at once (stored ones first): data, wht,
+        variances and err to float32 rounding, ``con`` (one more plane every 32
+        inputs), ``dq`` and the metadata (``inputs``, time totals, ``s_region``)
+        exactly. An exposure the mosaic already holds (by name) or one outside its
+        grid is an error (``ValueError`` naming it) before anything is computed.
+        Attribute ``tiles_updated`` lists the ``[iy, ix]`` tiles the new
+        exposures reach. ``daskcal resample --add`` rewrites only those tiles
+        of the store, atomically.
 
     Returns
     -------
     xarray.Dataset
         Lazy (dask) ``data``, ``wht``, ``con`` (int32), ``err``, ``var_*``, ``dq``
-        as enabled; attributes: the WCS (``wcs_asdf``), time totals, ``s_region``,
-        pixel scale, resample parameters and input names.
+        as enabled, and with the variances (unless ``single``) their running weights
+        ``vwt_rnoise``, ``vwt_flat``, ``vwt_poisson`` (what ``into`` needs); attributes:
+        the WCS (``wcs_asdf``), time totals, ``s_region``, pixel scale, resample
+        parameters, input names (``inputs``), exposure groups (``group_ids``) and
+        the inputs' corner footprints (``footprints``, deg).
     """
+    if into is not None:
+        from daskcal.image import _grow
+
+        given = dict(output_wcs=output_wcs, pixfrac=pixfrac, kernel=kernel, fillval=fillval, weight_type=weight_type,
+                     good_bits=good_bits, enable_ctx=enable_ctx, enable_var=enable_var, compute_err=compute_err,
+                     propagate_dq=propagate_dq, pixmap_stepsize=pixmap_stepsize, pixmap_order=pixmap_order,
+                     tile_shape=tile_shape, single=single, pixel_scale=pixel_scale,
+                     pixel_scale_ratio=pixel_scale_ratio, rotation=rotation, crpix=crpix, crval=crval,
+                     output_shape=output_shape)
+        return _grow.resample_into(images, into, given=given, defaults=_DEFAULTS, block_shape=block_shape,
+                                   check_inputs=check_inputs)
     wcs_args = dict(pixel_scale=pixel_scale, pixel_scale_ratio=pixel_scale_ratio, rotation=rotation, crpix=crpix,
                     crval=crval, output_shape=output_shape)
     params = ResampleParams(pixfrac, kernel, fillval, weight_type, good_bits, enable_ctx, enable_var,
@@ -673,9 +697,18 @@ def resample(
     groups = _groups(inps) if single else {None: [i.index for i in inps]}
     ds = _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, params, psr, single)
     ds.attrs.update(_attrs(inps, wcs_out, out_shape, params, psr, out_scale, tile_shape))
-    ds.attrs["s_region"] = _s_region([i for i in inps if parts[i.index]])
+    footprints = [_grid._footprint(i.wcs, i.shape) for i in inps if parts[i.index]]
+    ds.attrs["s_region"] = _grid.s_region_of(footprints)  # the union of the footprints (spherical polygons)
+    ds.attrs["footprints"] = [np.asarray(f, np.float64).tolist() for f in footprints]  # (RA, Dec) corners, deg
     del inps_ds
     return ds
+
+
+def _defaults() -> dict:
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(resample).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def _groups(inps):
@@ -712,6 +745,10 @@ def _attrs(inps, wcs_out, out_shape, p, psr, out_scale, tile_shape):
         fillval=str(p.fillval),
         weight_type=p.weight_name,
         good_bits=str(p.good_bits),
+        # what adding inputs later (``into``) needs to go on as if every input had been given at once
+        enable_ctx=p.enable_ctx, enable_var=p.enable_var, compute_err=str(p.compute_err), propagate_dq=p.propagate_dq,
+        pixmap_stepsize=p.pixmap_stepsize, pixmap_order=p.pixmap_order,
+        group_ids=[str(g) for g in _groups(inps)],
         inputs=[str(i.ds.attrs.get("name", i.index)) for i in inps],
         tile_shape=list(tile_shape),
         name="mosaic",
@@ -750,12 +787,14 @@ def _check_fits_workers(inps, parts, tiles, psr, workers) -> None:
         f"{worst[0]})", "lower tile_shape (--tile-shape) or block_shape")
 
 
-def drizzle_spec(p: ResampleParams, psr: float) -> _driz.DrizzleSpec:
-    """The engine's typed spec of validated resample parameters at pixel scale ratio ``psr``."""
+def drizzle_spec(p: ResampleParams, psr: float, var_weights: bool = False) -> _driz.DrizzleSpec:
+    """The engine's typed spec of validated resample parameters at pixel scale ratio ``psr`` (``var_weights``:
+    also output the variances' running weights, which adding inputs to the mosaic later needs)."""
     return _driz.DrizzleSpec(kernel=p.kernel, pixfrac=float(p.pixfrac), psr=float(psr), weight_type=p.weight_name,
                              good_bits=p.good_bits_int, enable_ctx=bool(p.enable_ctx), enable_var=bool(p.enable_var),
                              compute_err=p.compute_err, propagate_dq=bool(p.propagate_dq),
-                             fillval=_parse_fillval(p.fillval), pixmap_order=int(p.pixmap_order))
+                             fillval=_parse_fillval(p.fillval), pixmap_order=int(p.pixmap_order),
+                             var_weights=var_weights)
 
 
 #: Inputs of a tile added one after the other in one chain of leaf tasks (each takes the chain's sums so
@@ -769,14 +808,16 @@ CHAIN = 8
 WRITTEN_TILES = "tiles_written"
 
 
-def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, psr, single):
+def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, psr, single, grow=None):
+    """The mosaic (lazy); with ``grow`` (:class:`daskcal.image._grow.Growth`), the stored mosaic it names with
+    ``inps`` added: tiles they reach start from its stored sums, the others are its stored tiles."""
     import dask
     import dask.array as da
     from dask.base import tokenize
 
     from daskcal.io._zarr_read import zarr_source
 
-    spec = drizzle_spec(p, psr)
+    spec = drizzle_spec(p, psr, var_weights=not single)
     text_out = wcs_to_text(wcs_out)
     var_present = {i.index: [n for n in VARIANCE_NAMES if n in i.ds] for i in inps}
     ys, xs = _tiles(out_shape, tile_shape)
@@ -825,13 +866,15 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
     # sums merged pairwise (so a tile reached by many inputs never holds all of them), and the tile's planes
     gkeys = list(groups)
     token = tokenize(text_out, [i.ds.attrs["wcs_asdf"] for i in inps], [c.blocks.ravel().tolist() for c in
-                     all_chunked], all_sources, tiles, spec, p.pixmap_stepsize, single, sorted(groups.items(), key=str))
+                     all_chunked], all_sources, tiles, spec, p.pixmap_stepsize, single, sorted(groups.items(), key=str),
+                     None if grow is None else grow.token)
     per_group = []
     written = set()
     for gpos, gid in enumerate(gkeys):
         members = groups[gid]
         pos_of = {k: pos for pos, k in enumerate(members)}
-        nplanes = (len(members) - 1) // 32 + 1
+        nplanes = (len(members) - 1) // 32 + 1 if grow is None else grow.nplanes
+        offset = 0 if grow is None else grow.ctx_offset  # context bits of the inputs already in the mosaic
         rows = []
         for iy in range(len(ys)):
             row = []
@@ -841,19 +884,24 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 tshape = (tile[1] - tile[0], tile[3] - tile[2])
                 mine = [(k, args, deps) for k, args, deps in entries.get(t, []) if k in pos_of]
                 if not mine:
-                    row.append(_empty_tile(tshape, nplanes, spec))
+                    stored = None if grow is None else grow.stored(iy, ix, spec)
+                    if stored is not None:
+                        written.add((iy, ix))
+                    row.append(_empty_tile(tshape, nplanes, spec) if stored is None else stored)
                     continue
                 written.add((iy, ix))
                 key = f"resample-{token}-{gpos}-{t}"
+                prior = None if grow is None else grow.prior(iy, ix, tile, nplanes, spec, key)
                 # priorities (distributed): a tile's later steps before other tiles' first ones, tiles in order,
                 # so tiles are finished one after another instead of every tile's first partial sums held at once
                 base = -(len(tiles) * gpos + t) * 4 * (len(mine) + 2)
                 level = []
                 for c in range(0, len(mine), CHAIN):  # chains of inputs, then pairwise merges of the chains
-                    sums = None
+                    sums = prior if c == 0 else None
                     for step, (k, args, deps) in enumerate(mine[c:c + CHAIN]):
                         with dask.annotate(priority=base + c + step + 1):
-                            sums = dask.delayed(_leaf_task)(_TileInput(*args, pos_of[k] if spec.enable_ctx else None),
+                            sums = dask.delayed(_leaf_task)(_TileInput(*args, pos_of[k] + offset if spec.enable_ctx
+                                                                       else None),
                                                             deps, text_out, tile, nplanes, spec, sums,
                                                             dask_key_name=f"{key}-leaf-{k}")
                     level.append(sums)
@@ -1022,3 +1070,6 @@ def _as_dask(var):
     if isinstance(d, da.Array):
         return d
     return da.from_array(np.asarray(d), chunks=-1)
+
+
+_DEFAULTS = _defaults()

@@ -115,20 +115,22 @@ def _save_resumable(ds, path: Path, *, overwrite: bool) -> Path:
 
 
 def write_zarr(ds, store: Path, *, encoding: dict | None = None, progress: bool = False, journal=None,
-               report: dict | None = None) -> None:
+               report: dict | None = None, unchanged=frozenset()) -> None:
     """``ds.to_zarr(store)`` with the store's root ``zarr.json`` hidden until every chunk is written.
 
     Runs on the default ``distributed.Client`` if there is one (cancelling its tasks if the
     write fails or is interrupted), else on dask's current scheduler. With ``journal``
     (:class:`daskcal.io._journal.ChunkJournal`), each chunk is recorded when written, and a
-    ``store`` that exists is resumed (see :func:`_write_products`, also for ``report``).
+    ``store`` that exists is resumed (see :func:`_write_products`, also for ``report``). The ``(iy, ix)``
+    chunks in ``unchanged`` are not written (a mosaic being added to: the caller links them from the stored one).
     """
 
     from daskcal.io._zarr_read import WRITTEN_ATTR
 
     if journal is not None or any(WRITTEN_ATTR in var.attrs for var in ds.data_vars.values()):
         # a mosaic: the chunks of tiles no input reaches are left unwritten (their planes' fill value)
-        _write_products({"dataset": ds}, {"dataset": store}, progress, journal=journal, report=report)
+        _write_products({"dataset": ds}, {"dataset": store}, progress, journal=journal, report=report,
+                        unchanged=unchanged)
         return
     with naming_path(store):
         # every chunk, even one equal to the fill value: a missing chunk reads as an error (daskcal.io._zarr_read)
@@ -315,7 +317,7 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
 
 
 def _write_products(products: dict, stores: dict, progress: bool, also: tuple = (), journal=None,
-                    report: dict | None = None) -> list:
+                    report: dict | None = None, unchanged=frozenset()) -> list:
     """Write each dataset of ``products`` to the (staging) store ``stores[name]``; see :func:`save_products`.
     Returns the computed values of ``also``.
 
@@ -362,7 +364,7 @@ def _write_products(products: dict, stores: dict, progress: bool, also: tuple = 
             log.info("resume: %d chunks written by an earlier run are verified and kept", len(done))
         if report is not None:
             report.update(kept=len(done), redone=redone)
-    writes = _chunk_writers(targets, journal, frozenset(done))
+    writes = _chunk_writers(targets, journal, frozenset(done), frozenset(unchanged))
     if report is not None:
         report["chunks"] = _count_writes(writes) + report.get("kept", 0)
     with naming_path(Path(next(iter(stores.values()))).parent if stores else "."):
@@ -729,7 +731,7 @@ def _nothing() -> np.ndarray:
     return np.ones((1, 1), dtype=bool)
 
 
-def _chunk_writers(targets: list, journal=None, done=frozenset()) -> list:
+def _chunk_writers(targets: list, journal=None, done=frozenset(), unchanged=frozenset()) -> list:
     """One write task per ``(y, x)`` chunk, storing that chunk of every array.
 
     Arrays registered as slices of one stacked array
@@ -741,7 +743,8 @@ def _chunk_writers(targets: list, journal=None, done=frozenset()) -> list:
 
     With ``journal`` (:class:`daskcal.io._journal.ChunkJournal`), every write task records the chunk
     files it wrote, and the chunks in ``done`` (``(tag, y0, x0)``, from
-    :meth:`~daskcal.io._journal.ChunkJournal.verified`) are not computed again.
+    :meth:`~daskcal.io._journal.ChunkJournal.verified`) are not computed again, nor the ``(iy, ix)`` chunks in
+    ``unchanged``.
     """
     import dask.array as da
 
@@ -755,7 +758,7 @@ def _chunk_writers(targets: list, journal=None, done=frozenset()) -> list:
     if flat:
         writes.append(da.store([a for _, a in flat], [t.array for t, _ in flat], lock=False, compute=False))
     for grid, same in _write_groups([(t, a) for t, a in targets if a.ndim >= 2]):
-        writes.append(_grid_writes(grid, same, journal, done))
+        writes.append(_grid_writes(grid, same, journal, done, unchanged))
     return writes
 
 
@@ -791,7 +794,7 @@ def _write_groups(targets: list) -> list:
     return list(groups.values())
 
 
-def _grid_writes(grid, same, journal=None, done=frozenset()):
+def _grid_writes(grid, same, journal=None, done=frozenset(), unchanged=frozenset()):
     """The write tasks of the arrays ``same`` (pairs of target and dask array) chunked as ``grid`` in (y, x);
     with ``journal``, recorded there, and those of the chunks in ``done`` left out (see :func:`_chunk_writers`)."""
     import functools
@@ -830,7 +833,8 @@ def _grid_writes(grid, same, journal=None, done=frozenset()):
         tag = grid_tag(f"{t.product}/{t.source.name}" for t, _ in same)
     write = functools.partial(_write_blocks, [(replace(t, skip=None), k, i, d) for t, k, i, d in plan],
                               journal=None if journal is None else (journal, tag))
-    name = "write-chunks-" + tokenize(*arrays, [(t.source, k, i, d) for t, k, i, d in plan], journal, sorted(done))
+    name = "write-chunks-" + tokenize(*arrays, [(t.source, k, i, d) for t, k, i, d in plan], journal, sorted(done),
+                                      sorted(unchanged))
     # the plan (the opened Zarr arrays, whose attributes can hold a mosaic's list of written tiles) is one task
     # that every write task takes: each worker gets one copy. Inside each write task, it made every task
     # ~120 KB pickled (8 arrays of a mosaic with 1160 written tiles) and more once unpickled, and a worker keeps
@@ -843,7 +847,7 @@ def _grid_writes(grid, same, journal=None, done=frozenset()):
         (name, iy, ix): (_apply_plan, plan_key, int(ys[iy]), int(xs[ix]), int(ys[iy + 1]), int(xs[ix + 1]),
                          *[(a.name, *(0,) * (a.ndim - 2), iy, ix) for a in arrays])
         if not all(t.skip is not None and t.skip((iy, ix)) for t, _ in same)
-        and (tag, int(ys[iy]), int(xs[ix])) not in done else (_nothing,)
+        and (tag, int(ys[iy]), int(xs[ix])) not in done and (iy, ix) not in unchanged else (_nothing,)
         for iy in range(len(grid[0]))
         for ix in range(len(grid[1]))
     }

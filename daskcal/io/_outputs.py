@@ -11,6 +11,9 @@ only when every one of them is complete (:meth:`OutputSet.commit`):
   put there meanwhile is never replaced without ``overwrite``: the later run fails
   naming it. If one product of several cannot be placed, those already placed are
   moved back, so the products appear together or not at all.
+- With ``overwrite``, a product that exists is swapped with its replacement in one step
+  (``renameat2(RENAME_EXCHANGE)`` on Linux), so there is no moment without either (what
+  ``daskcal resample --add`` relies on); elsewhere it is moved aside first.
 - While chunks are being written, a staged Zarr store's root ``zarr.json`` is kept
   under another name (:func:`mark_incomplete`), so a store left by a killed run cannot
   be opened as a product; the name is restored once every chunk is written.
@@ -56,7 +59,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["RESUME_PREFIX", "RUN_FILE", "STAGE_PREFIX", "OutputSet", "WorkDirectory", "mark_complete", "mark_incomplete",
-           "remove_stale_partials", "rename_noreplace", "resume_folder"]
+           "remove_stale_partials", "rename_exchange", "rename_noreplace", "resume_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +222,9 @@ class OutputSet:
                 for final in self.finals:
                     staged = self.path(final)
                     old = None
+                    if self.overwrite and os.path.lexists(final) and rename_exchange(staged, final):
+                        placed.append((staged, final, _EXCHANGED))  # one step: the old product is now at staged
+                        continue
                     if self.overwrite and os.path.lexists(final):
                         old = staged.parent / f".old-{final.name}"
                         os.replace(final, old)
@@ -233,6 +239,9 @@ class OutputSet:
                     placed.append((staged, final, old))
             except BaseException:
                 for staged, final, old in reversed(placed):
+                    if old is _EXCHANGED:
+                        rename_exchange(staged, final)
+                        continue
                     os.replace(final, staged)
                     if old is not None:
                         os.replace(old, final)
@@ -521,6 +530,27 @@ def _signals_held() -> Iterator[None]:
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+#: What :meth:`OutputSet.commit` records of a product put in place by :func:`rename_exchange`.
+_EXCHANGED = object()
+
+
+def rename_exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap ``a`` and ``b`` (both exist) in one step, Linux's ``renameat2(RENAME_EXCHANGE)``: no moment
+    without either, even under SIGKILL. Returns False, having done nothing, where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fsdecode(b))
+
+
 _warned_fallback = False
 
 

@@ -274,3 +274,27 @@ def test_a_stall_is_a_paused_worker_while_no_task_runs():
     assert not _stalled([worker("paused", 0), worker("running", 1)])  # work goes on
     assert not _stalled([worker("running", 0), worker("running", 0)])
     assert not _stalled([])
+
+
+def test_overwrite_swaps_the_product_in_one_step(tmp_path, monkeypatch):
+    from daskcal.io import _outputs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / "x").write_text("a")
+    b.write_text("b")
+    assert _outputs.rename_exchange(a, b)  # a directory and a file swap places
+    assert a.read_text() == "b" and (b / "x").read_text() == "a"
+    final = tmp_path / "m.zarr"
+    final.mkdir()
+    (final / "old").write_text("old")
+    swaps = []
+    real = _outputs.rename_exchange
+    monkeypatch.setattr(_outputs, "rename_exchange", lambda x, y: swaps.append((x, y)) or real(x, y))
+    with _outputs.OutputSet([final], overwrite=True) as outputs:
+        staged = outputs.path(final)
+        staged.mkdir()
+        (staged / "new").write_text("new")
+        outputs.commit()
+    assert len(swaps) == 1 and sorted(p.name for p in final.iterdir()) == ["new"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".daskcal")] == []
