@@ -364,3 +364,54 @@ def test_disks_drawn_by_tiles_equal_the_whole():
                 region = (slice(y0, y1), slice(x0, x1))
                 tiled[region][d.mask(shape, region)] = True
         np.testing.assert_array_equal(tiled, whole, err_msg=str(d))
+
+
+def _skimage_regions(mask, min_area):
+    """Every region's ellipse as scikit-image measures it, region by region (the plain way)."""
+    from skimage.measure import label, regionprops
+
+    out = []
+    for r in regionprops(label(mask)):
+        if r.area_filled >= min_area:
+            cy, cx = r.centroid
+            out.append((cx, cy, r.axis_minor_length - 1, r.axis_major_length - 1, np.degrees(r.orientation)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_regions_skip_only_ellipses_that_cannot_count(seed):
+    """``regions`` measures every region the same as ``regionprops`` and leaves unmeasured only
+    those whose ellipse provably fails the caller's test: cores too thin to extend, jump regions
+    whose ellipse holds no core centre. Checked on random blobs of every size, holes included."""
+    from daskcal.detector._jump_large import _extendable, _may_contain, regions
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_dilation(rng.random((160, 150)) < 0.003, iterations=int(rng.integers(1, 4)))
+    mask |= rng.random(mask.shape) < 0.02
+    mask[40:52, 60:75] = True
+    mask[44:48, 65:69] = False  # a hole: area 164, filled 180
+    for min_area in (1.0, 5.0, 170.0):
+        full = regions(mask, min_area)
+        expect = _skimage_regions(mask, min_area)
+        assert [(r.x, r.y, r.a0, r.a1, r.angle) for r in full] == expect
+        for radius in (0.5, 2.5, 6.0):
+            cores = regions(mask, min_area, shape_needed=_extendable(radius))
+            for r, e in zip(cores, expect, strict=True):
+                assert (r.x, r.y) == e[:2]
+                if np.isnan(r.a0):
+                    assert min(e[2], e[3]) <= radius
+                else:
+                    assert (r.a0, r.a1, r.angle) == e[2:]
+        px, py = rng.uniform(0, 150, 40), rng.uniform(0, 160, 40)
+        jumps = regions(mask, min_area, shape_needed=_may_contain(px, py))
+        measured = 0
+        for r, e in zip(jumps, expect, strict=True):
+            if np.isnan(r.a0):
+                whole = type(r)(*e)
+                assert not whole.contains_any(px, py)
+                assert not r.contains_any(px, py)
+            else:
+                measured += 1
+                assert (r.x, r.y, r.a0, r.a1, r.angle) == e
+        assert len(expect) > 0
+        assert measured < len(expect) or min_area > 100  # the filter does skip regions
