@@ -350,10 +350,43 @@ def flag_input(blots, data, err, dq, backg, params):
     """
     from daskcal.dq import DQ
 
+    return _apply(dq, outlier_mask(blots, data, err, backg, params), DQ)
+
+
+def outlier_mask(blots, data, err, backg, params):
+    """The outliers of one input (bool, its shape): see :func:`flag_input`."""
     data, err = np.asarray(assemble(data)), np.asarray(assemble(err))
     blot = blots[0] if len(blots) == 1 else np.concatenate(blots, axis=0)
-    mask = flag_resampled_crs(data, err, blot, params.snr[0], params.snr[1], params.scale[0], params.scale[1], backg)
-    return _apply(dq, mask, DQ)
+    return flag_resampled_crs(data, err, blot, params.snr[0], params.snr[1], params.scale[0], params.scale[1], backg)
+
+
+def flag_bits(blots, data, err, backg, params):
+    """The outliers of one input packed 8 pixels a byte (``numpy.packbits`` of the flattened mask).
+
+    What the flag task of an input returns: 1/32 of its DQ (128 KiB for 1024^2), so the flags
+    of every exposure can wait for the tasks that apply them (crf writes, resample's leaves,
+    which read the DQ they cover themselves) without holding whole-exposure DQ arrays.
+    """
+    return np.packbits(outlier_mask(blots, data, err, backg, params), axis=None)
+
+
+def with_outliers(dq, bits, region, shape):
+    """``dq`` (the DQ in ``region`` of an input of ``shape``) with OUTLIER | DO_NOT_USE where ``bits``
+    (from :func:`flag_bits`) flags a pixel; a new uint32 array."""
+    from daskcal.dq import DQ
+
+    (y0, y1), (x0, x1) = ((s.start, s.stop) for s in region)
+    rows = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape) if y0 == 0 and y1 == shape[0] else \
+        _unpack_rows(bits, y0, y1, shape[1])
+    return _apply(dq, rows[:, x0:x1].view(bool), DQ)
+
+
+def _unpack_rows(bits, y0, y1, nx):
+    """Rows ``y0:y1`` (of width ``nx``) of a mask packed by :func:`flag_bits`."""
+    first, last = y0 * nx, y1 * nx
+    b0 = first // 8
+    flat = np.unpackbits(bits[b0:(last + 7) // 8])
+    return flat[first - 8 * b0:last - 8 * b0].reshape(y1 - y0, nx)
 
 
 def flag_against_median(median, data, err, dq, params):

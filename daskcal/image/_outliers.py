@@ -31,7 +31,7 @@ import xarray as xr
 from daskcal._params import param
 from daskcal.image import _outlier_blocks as blocks
 from daskcal.image._driz import KERNELS, WEIGHT_TYPES
-from daskcal.io._zarr_read import SPARSE_ATTR, read_task
+from daskcal.io._zarr_read import SPARSE_ATTR, ArrayNotes, read_task
 
 log = logging.getLogger(__name__)
 
@@ -543,12 +543,64 @@ def _flag_resampled(images, params, tempdir, output_wcs_arg):
             blots.append(graph.add(f"outlier-blot-{token}-{k}-{b.r0}", blocks.blot_block,
                                    med_chunks.window(*b.window), b.window, b.pixmap, (b.r0 - b.c0, b.r1 - b.c0)))
         err = _Chunks(ds["err"].data, graph=graph)
-        name = f"outlier-flag-{token}-{k}"
-        graph.add((name, 0, 0), blocks.flag_input, blots, plan.arrays["data"].window(), err.window(),
-                  plan.arrays["dq"].window(), plan.backg, params)
-        dq = graph.array(name, tuple((n,) for n in ds["dq"].shape), np.uint32)
-        new_images.append(_new_dataset(ds, dq))
+        # the flags travel packed (1/32 of the DQ) and are applied by the tasks that take the DQ: a whole-exposure DQ
+        # per input waited for resample's leaves, after the median (32 x 2048^2: ~210 MB per worker)
+        bits = graph.add(f"outlier-flag-{token}-{k}", blocks.flag_bits, blots, plan.arrays["data"].window(),
+                         err.window(), plan.backg, params)
+        new_images.append(_new_dataset(ds, _flagged_dq(graph, ds["dq"].data, bits, f"outlier-dq-{token}-{k}")))
     return OutlierResult(images=new_images, median=median_da, tempdir=tmp)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaggedDQ:
+    """How to read the DQ of an exposure as :func:`flag_outliers` returns it, inside a task: the DQ as read
+    from Zarr (``source``), plus the outliers packed by the task ``bits`` (an input of the task that reads).
+
+    :func:`flagged_dq` gives it for such a DQ array; resample's leaves read their regions this way.
+    """
+
+    source: object  # daskcal.io._zarr_read.ZarrSource
+    bits: str
+    shape: tuple
+
+    def read(self, region, bits) -> np.ndarray:
+        """The flagged DQ in ``region`` (one slice per axis), ``bits`` the result of task :attr:`bits`."""
+        return blocks.with_outliers(self.source.read(region), bits, region, self.shape)
+
+
+def _flagged_dq(graph, dq, bits, name):
+    """The DQ ``dq`` with the outliers of task ``bits`` applied, chunked as ``dq``; as read from Zarr, each
+    chunk's task reads its DQ itself, and the array is noted (:func:`flagged_dq`) for tasks that read their own
+    regions."""
+    import dask.array as da
+
+    from daskcal.io._zarr_read import zarr_source
+
+    shape = tuple(int(n) for n in dq.shape)
+    source = zarr_source(dq) if isinstance(dq, da.Array) else None
+    src = _Chunks(dq, graph=graph) if source is None else None
+    chunks = dq.chunks if isinstance(dq, da.Array) else ((shape[0],), (shape[1],))
+    ys, xs = np.cumsum((0, *chunks[0])), np.cumsum((0, *chunks[1]))
+    for i in range(len(ys) - 1):
+        for j in range(len(xs) - 1):
+            region = (slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
+            block = (read_task, source, region) if source is not None else src.window(
+                region[0].start, region[0].stop, region[1].start, region[1].stop)
+            graph.add((name, i, j), blocks.with_outliers, block, bits, region, shape)
+    out = graph.array(name, chunks, np.uint32)
+    if source is not None:
+        _FLAGGED.add(out.name, FlaggedDQ(source, bits, shape))
+    return out
+
+
+#: :class:`FlaggedDQ` of each DQ array :func:`_flagged_dq` made (see :func:`flagged_dq`).
+_FLAGGED = ArrayNotes(4096)
+
+
+def flagged_dq(arr) -> FlaggedDQ | None:
+    """How a task reads dask array ``arr`` itself, when it is a DQ :func:`flag_outliers` made from a DQ
+    read from Zarr (exactly as returned), else None."""
+    return _FLAGGED.get(arr)
 
 
 class _TaskGraph:

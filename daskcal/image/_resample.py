@@ -406,19 +406,24 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
     input's part of one output tile.
 
     ``deps`` are the input's chunks that hold its region (as many per array as
-    ``spec_in.chunks`` names), then its coarse grid if it has one; arrays daskcal reads
+    ``spec_in.chunks`` names), then its coarse grid if it has one, then the packed outliers of each
+    :class:`~daskcal.image._outliers.FlaggedDQ` among ``spec_in.sources``; arrays daskcal reads
     from Zarr (``spec_in.sources``) are read here, the region only. The region's blocks
     are drizzled into their windows and their parts in the tile added to ``prev`` in place (the
     sums cover the whole tile; ``prev`` has this task as its one dependent).
     """
     from daskcal.image._dataset import wcs_from_text
 
+    from daskcal.image._outliers import FlaggedDQ
+
     dep = iter(deps)
     arrays = {name: [(next(dep), origin) for origin in origins] for name, origins in spec_in.chunks.items()}
-    cy0, cy1, cx0, cx1 = spec_in.part.cut
-    for name, source in spec_in.sources.items():
-        arrays[name] = [(source.read((slice(cy0, cy1), slice(cx0, cx1))), (cy0, cx0))]
     coarse = next(dep) if spec_in.coarse else None
+    cy0, cy1, cx0, cx1 = spec_in.part.cut
+    region = (slice(cy0, cy1), slice(cx0, cx1))
+    for name, source in spec_in.sources.items():
+        block = source.read(region, next(dep)) if isinstance(source, FlaggedDQ) else source.read(region)
+        arrays[name] = [(block, (cy0, cx0))]
     pieces = _input_pieces(arrays, wcs_from_text(spec_in.wcs_text), wcs_from_text(wcs_text_out), spec_in, coarse,
                            spec, tile)
     del arrays
@@ -815,6 +820,9 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
     import dask.array as da
     from dask.base import tokenize
 
+    from dask.delayed import Delayed
+
+    from daskcal.image._outliers import flagged_dq
     from daskcal.io._zarr_read import zarr_source
 
     spec = drizzle_spec(p, psr, var_weights=not single)
@@ -841,13 +849,19 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
         # 8 inputs, 2 workers of 1.5 GiB: with chunk tasks, reads ran in Dask's order rather than the tiles' and
         # partial sums of tiles waiting for them piled up until the workers paused); stored chunks that several
         # tiles' regions share are decoded by each (~7 ms a leaf there, against ~150 ms of drizzling)
-        sources, chunked = {}, {}
+        # a DQ flag_outliers returned for a DQ read from Zarr is read the same way, its outliers (a small packed
+        # mask, a dependency of the leaf) applied in the leaf
+        sources, chunked, flags = {}, {}, []
         for n in names:
             if n in inp.ds:
                 arr = _as_dask(inp.ds[n])
                 source = zarr_source(arr)
+                flagged = flagged_dq(arr) if source is None else None
                 if source is not None:
                     sources[n] = source
+                elif flagged is not None:
+                    sources[n] = flagged
+                    flags.append(Delayed(flagged.bits, arr.dask, layer=arr.name))  # the layer holds every task
                 else:
                     chunked[n] = _Chunked.of(_split_chunks(arr, side))
         all_chunked += chunked.values()
@@ -859,7 +873,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
             regions = {n: c.region(part.cut) for n, c in chunked.items()}
             args = (text_in, part, {n: [o for _, o in r] for n, r in regions.items()}, sources, bool(coarse_d), inp.level,
                     float(inp.ds.attrs["exposure_time"]), inp.tmeasure)
-            deps = [d for r in regions.values() for d, _ in r] + coarse_d
+            deps = [d for r in regions.values() for d, _ in r] + coarse_d + flags
             entries.setdefault(t, []).append((inp.index, args, deps))
 
     # per tile (and exposure group): chains of leaf tasks, one per input that reaches it, the chains' partial

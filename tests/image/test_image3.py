@@ -229,3 +229,54 @@ def test_the_mosaic_equals_the_resample_of_the_crf_products(sim):
             np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
     finally:
         res.cleanup()
+
+
+@pytest.fixture(scope="module")
+def sim_stores(sim, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim-stores")
+    paths = []
+    for k, im in enumerate(sim.images):
+        daskcal.save(im, root / f"in{k}.zarr")
+        paths.append(root / f"in{k}.zarr")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def flagged_oracle(sim):
+    """Outlier flags and mosaic of the in-memory exposures, computed on the synchronous scheduler."""
+    res = daskcal.flag_outliers(sim.images)
+    try:
+        with dask.config.set(scheduler="sync"):
+            return dask.compute([im["dq"] for im in res.images], daskcal.resample(res.images, check_inputs=False))
+    finally:
+        res.cleanup()
+
+
+@pytest.mark.parametrize("grid", [(96, 112), (48, 112), (96, 56), (35, 41)], ids=["1x1", "2x1", "1x2", "ragged"])
+def test_flagged_zarr_exposures_are_read_by_resample_in_its_own_tasks(sim_stores, flagged_oracle, scheduler, grid):
+    """Exposures read from Zarr: their outlier flags reach resample as small packed masks, each leaf reading the
+    DQ it covers and applying them, and the flagged DQ chunks are left to the tasks that write the crf products
+    (whole-exposure DQ arrays held until the last tile, 32 x 2048^2, were ~210 MB per worker). Same flags and
+    mosaic as the in-memory exposures."""
+    from dask.core import flatten
+
+    from daskcal.image._outliers import flagged_dq
+
+    images = daskcal.open_images(sim_stores, chunks=grid)
+    res = daskcal.flag_outliers(images)
+    try:
+        assert all(flagged_dq(im["dq"].data) is not None for im in res.images)
+        mosaic = daskcal.resample(res.images, check_inputs=False)
+        graph = dict(mosaic.__dask_graph__().cull(set(flatten(mosaic.__dask_keys__()))))
+        assert [k for k in graph if "outlier-flag-" in str(k)]
+        assert not [k for k in graph if "outlier-dq-" in str(k)]  # no flagged DQ chunk is computed for the mosaic
+        with scheduler():
+            dqs, got = dask.compute([im["dq"] for im in res.images], mosaic)
+    finally:
+        res.cleanup()
+    want_dqs, want = flagged_oracle
+    assert sum(int(((d & DQ.OUTLIER) != 0).sum()) for d in dqs) > 0
+    for d, w in zip(dqs, want_dqs, strict=True):
+        np.testing.assert_array_equal(d.values, w.values)
+    for v in want.data_vars:
+        np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
