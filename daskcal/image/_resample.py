@@ -808,6 +808,13 @@ def drizzle_spec(p: ResampleParams, psr: float, var_weights: bool = False) -> _d
 #: workers spilling partial sums at pixel_scale_ratio=0.1).
 CHAIN = 8
 
+#: A tile's inputs are cut into chains of ``CHAIN`` only as far as the mosaic needs chains to keep workers
+#: busy: at most ``ceil(PARALLEL_CHAINS / tiles reached)`` chains per tile. Every chain of a tile holds a
+#: partial sum (a float64 tile: 68 MB at 1024^2 with variances) until their merge, so chains of ``CHAIN``
+#: made the memory grow with the number of inputs (image3 of 32 x 2048^2, 9 tiles: 4 chains a tile, 5-6
+#: partial sums per worker at its peak); with this bound it does not.
+PARALLEL_CHAINS = 8
+
 #: Dataset attribute of a mosaic: the ``[iy, ix]`` tiles that some input reaches (computed and written;
 #: the others are the planes' fill values, and their chunks are not written).
 WRITTEN_TILES = "tiles_written"
@@ -887,6 +894,8 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
     for gpos, gid in enumerate(gkeys):
         members = groups[gid]
         pos_of = {k: pos for pos, k in enumerate(members)}
+        reached = sum(1 for t in range(len(tiles)) if any(k in pos_of for k, _, _ in entries.get(t, [])))
+        chains_per_tile = max(1, -(-PARALLEL_CHAINS // max(reached, 1)))
         nplanes = (len(members) - 1) // 32 + 1 if grow is None else grow.nplanes
         offset = 0 if grow is None else grow.ctx_offset  # context bits of the inputs already in the mosaic
         rows = []
@@ -910,9 +919,11 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 # so tiles are finished one after another instead of every tile's first partial sums held at once
                 base = -(len(tiles) * gpos + t) * 4 * (len(mine) + 2)
                 level = []
-                for c in range(0, len(mine), CHAIN):  # chains of inputs, then pairwise merges of the chains
+                nchains = min(-(-len(mine) // CHAIN), chains_per_tile)
+                length = -(-len(mine) // nchains)
+                for c in range(0, len(mine), length):  # chains of inputs, then pairwise merges of the chains
                     sums = prior if c == 0 else None
-                    for step, (k, args, deps) in enumerate(mine[c:c + CHAIN]):
+                    for step, (k, args, deps) in enumerate(mine[c:c + length]):
                         with dask.annotate(priority=base + c + step + 1):
                             sums = dask.delayed(_leaf_task)(_TileInput(*args, pos_of[k] + offset if spec.enable_ctx
                                                                        else None),

@@ -290,3 +290,36 @@ def test_released_sums_give_their_buffer_to_the_next_tile_zeroed():
         assert other._buf is not buf
     finally:
         _driz._POOL = old
+
+
+def test_chains_per_tile_are_bounded_by_the_mosaic_not_the_inputs(monkeypatch):
+    """With many tiles reached, a tile's inputs form one chain however many they are (each chain holds a
+    partial sum until the merge); with few, they are cut into chains of CHAIN to keep workers busy. The
+    mosaic is the same either way."""
+    from daskcal.image import _resample
+
+    sim = daskcal.simulate_images(n=5, shape=(64, 64), seed=3)
+    grid = daskcal.output_wcs(sim.images)
+    monkeypatch.setattr(_resample, "CHAIN", 2)
+
+    def layout(mosaic):
+        graph = dict(mosaic["data"].data.__dask_graph__())
+        leaves = [k for k in graph if isinstance(k, str) and "-leaf-" in k]
+        merges = [k for k in graph if isinstance(k, str) and "-merge-" in k]
+        tiles = {k.split("-leaf-")[0] for k in leaves}
+        return len(tiles), len(leaves), len(merges)
+
+    ny, nx = grid.array_shape
+    runs = {}
+    for parallel in (1, 64):
+        monkeypatch.setattr(_resample, "PARALLEL_CHAINS", parallel)
+        mosaic = daskcal.resample(sim.images, output_wcs=grid, tile_shape=(ny // 2 + 1, nx // 2 + 1))
+        tiles, leaves, merges = layout(mosaic)
+        assert tiles == 4 and leaves > 4 * 2
+        if parallel == 1:
+            assert merges == 0  # one chain a tile
+        else:
+            assert merges > 4  # chains of 2, merged
+        runs[parallel] = mosaic.compute(scheduler="sync")
+    for name in runs[1].data_vars:
+        np.testing.assert_array_equal(runs[1][name].values, runs[64][name].values, err_msg=name)
