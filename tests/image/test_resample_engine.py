@@ -184,20 +184,32 @@ def test_tiles_priorities_reach_the_distributed_scheduler(sim, tmp_path):
     xr.testing.assert_identical(xr.open_zarr(tmp_path / "m.zarr").load(), mosaic.load())
 
 
-def test_leaves_read_their_regions_of_zarr_inputs(sim, tmp_path):
-    """Inputs daskcal opened from Zarr are read by the leaf tasks, each its region (no input chunk task in
-    the graph), and give the mosaic the same inputs in memory give (whose chunks are cut to a tile's extent)."""
+@pytest.mark.parametrize("chain", [8, 1])
+def test_leaves_read_their_regions_of_zarr_inputs(sim, tmp_path, monkeypatch, chain):
+    """Inputs daskcal opened from Zarr are read by the tasks that drizzle them, each its region (no input chunk
+    task in the graph): a tile's chain of inputs is one task, which gives the tile's planes when it is the tile's
+    only chain (``chain`` 8) or its sums to merge (``chain`` 1, one tile: a chain per input). The mosaic is the
+    one the same inputs in memory give (whose chunks are cut to a tile's extent, one leaf task per input)."""
+    from daskcal.image import _resample
+
+    monkeypatch.setattr(_resample, "CHAIN", chain)
     paths = []
     for k, ds in enumerate(sim.images):
         paths.append(tmp_path / f"in{k}.zarr")
         daskcal.save(ds, paths[-1])
     images = daskcal.open_images(paths)
-    mosaic = daskcal.resample(images, pixel_scale_ratio=0.5, tile_shape=(32, 32))
-    keys = [str(k) for k in mosaic.__dask_graph__().keys()]
-    assert any("-leaf-" in k for k in keys)
-    assert not [k for k in keys if "zarr-read" in k]
+    tiles = (32, 32) if chain == 8 else (400, 400)
+    mosaic = daskcal.resample(images, pixel_scale_ratio=0.5, tile_shape=tiles)
+    keys = [str(k) for k in dict(mosaic.__dask_graph__())]
+    assert not [k for k in keys if "zarr-read" in k or "-leaf-" in k]
+    chains, merges = [k for k in keys if "-chain-" in k], [k for k in keys if "-merge-" in k]
+    if chain == 8:
+        assert not chains and not merges and [k for k in keys if k.endswith("-tile")]
+    else:
+        assert len(chains) == len(sim.images) and len(merges) == len(sim.images) - 1
     in_memory = [ds.load().chunk({"y": 48, "x": 48}) for ds in daskcal.open_images(paths)]
-    ref = daskcal.resample(in_memory, pixel_scale_ratio=0.5, tile_shape=(32, 32))
+    ref = daskcal.resample(in_memory, pixel_scale_ratio=0.5, tile_shape=tiles)
+    assert [k for k in dict(ref.__dask_graph__()) if "-leaf-" in str(k)]
     for name in mosaic.data_vars:
         np.testing.assert_array_equal(mosaic[name].values, ref[name].values, err_msg=name)
 
