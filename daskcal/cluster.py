@@ -238,7 +238,8 @@ def connect(
     dashboard_address : str, default ":0"
         Where an embedded cluster serves its dashboard: ``":port"`` (or a bare port)
         on 127.0.0.1, ``":0"`` a free port there; ``"host:port"`` as given
-        (``"0.0.0.0:8787"``: every interface); None for no dashboard.
+        (``"0.0.0.0:8787"``: every interface); None for no dashboard (nor worker dashboards;
+        ``client.dashboard_link`` is then ""), which starts about a second sooner.
     security : distributed.security.Security, optional
         TLS credentials for an existing scheduler (address or scheduler file).
         Default: Dask's configuration (``distributed.comm.tls.*``). The embedded
@@ -386,6 +387,13 @@ def _client_class():
         """A ``distributed.Client`` from :func:`daskcal.connect`: closing it also stops the cluster it started."""
 
         _daskcal_stack: contextlib.ExitStack | None = None
+        #: An embedded cluster started without a dashboard: its scheduler's HTTP server serves none.
+        _daskcal_no_dashboard = False
+
+        @property
+        def dashboard_link(self):
+            """The scheduler's dashboard; "" if it serves none (distributed links its bare HTTP server)."""
+            return "" if self._daskcal_no_dashboard else super().dashboard_link
 
         def close(self, *args, **kwargs):
             t0 = time.perf_counter()
@@ -440,6 +448,7 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
             scheduler_kwargs=None if dashboard_address is not None else {"dashboard_address": "127.0.0.1:0"},
         ) as lc:
             with _closing(_client_class()(lc)) as client:
+                client._daskcal_no_dashboard = dashboard_address is None
                 yield client
             stack.enter_context(_quiet_close())
             # The run succeeded and its client is closed: a worker process slower than the nanny's fixed

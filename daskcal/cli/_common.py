@@ -129,10 +129,9 @@ def _security(args: argparse.Namespace):
     return Security(require_encryption=True, **{field: str(path) for field, (_, path) in given.items()})
 
 
-def print_dashboard(client, args: argparse.Namespace, **print_kwargs) -> None:
-    """Print ``dashboard: LINK``, unless the embedded cluster serves none (no ``--dashboard-address``)."""
-    local = str(getattr(args, "cluster", "local")).strip().lower() == "local"
-    if client.dashboard_link and not (local and getattr(args, "dashboard_address", None) is None):
+def print_dashboard(client, **print_kwargs) -> None:
+    """Print ``dashboard: LINK`` when the cluster serves a dashboard (the embedded one: ``--dashboard-address``)."""
+    if client.dashboard_link:
         print(f"dashboard: {client.dashboard_link}", **print_kwargs)
 
 

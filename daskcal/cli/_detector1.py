@@ -199,7 +199,7 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
         # so the workers find them in the cache instead of each compiling them again
         kernels = precompile(lambda: [compile_kernels(job[2], algorithm) for job in jobs], estimate=COMPILE_SECONDS)
         with cluster.client() as client:
-            print_dashboard(client, args)
+            print_dashboard(client)
             kernels.wait()
             for inp, out, ramps, result, record, outputs in jobs:
                 t0 = time.perf_counter()

@@ -260,7 +260,7 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
                                  estimate=OUTLIERS_COMPILE_SECONDS + RESAMPLE_COMPILE_SECONDS)
             with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                          **connect_options(args)) as client:
-                print_dashboard(client, args, flush=True)
+                print_dashboard(client, flush=True)
                 kernels.wait()
                 t0 = time.perf_counter()
                 result = image3(images, product_name=product, **kwargs)  # alignment and sky run here

@@ -156,7 +156,7 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
             kernels = precompile(lambda: compile_outlier_kernels(images, **params), estimate=OUTLIERS_COMPILE_SECONDS)
             with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
-                print_dashboard(client, args)
+                print_dashboard(client)
                 kernels.wait()
                 t0 = time.perf_counter()
                 paths = save_products(products, output, progress=not args.no_progress, outputs=outputs,

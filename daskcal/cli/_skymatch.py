@@ -91,7 +91,7 @@ def execute(inputs, output, params: dict, args, *, overwrite=False) -> dict:
     with outputs:  # checked, and the output folder proven writable, before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
-            print_dashboard(client, args)
+            print_dashboard(client)
             t0 = time.perf_counter()
             result = match_sky(images, **params)
             products = dict(zip(names, result.images, strict=True))

@@ -128,7 +128,7 @@ def execute(inputs, output, params: dict, args, *, catalogs=None, overwrite=Fals
     with outputs:  # checked, and the output folder proven writable, before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
-            print_dashboard(client, args)
+            print_dashboard(client)
             t0 = time.perf_counter()
             result = align(images, catalogs=catalogs or None, **params)
             products = dict(zip(names, result.images))
