@@ -31,7 +31,9 @@ parsed the arguments: interpreter, imports), ``ready`` (the embedded cluster is 
 ``exit`` (the process has exited: wall). ``compute`` is the command's own ``in X s`` (0.1 s
 resolution) and ``outside`` = ``exit`` - ``compute``. ``cpu`` is the command process's own CPU time
 (its rusage), ``cpu_w`` that of the fork server and the workers (sampled every 50 ms, so a lower
-bound). Medians and (min-max) over the rounds, with the 1-minute load average when each run began.
+bound). Medians and (min-max) over the rounds, with the 1-minute load average when each run began;
+then, for each checkout after the first, the median (and range) of its runs' differences from the
+first checkout's run of the same command in the same round (less sensitive to the load changing).
 """
 
 from __future__ import annotations
@@ -262,6 +264,16 @@ def _small(checkouts: list[Path], rounds: int) -> None:
             values = [r[c] for r in runs]
             cells.append(f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})")
         print(f"{name:10s} {str(checkout)[-24:]:24s} " + " ".join(f"{cell:>16s}" for cell in cells), flush=True)
+    # each run against the first checkout's run of the same command in the same round (run just before it)
+    print(f"# paired differences against {checkouts[0]} (same round): medians (min-max)")
+    for (checkout, name), runs in rows.items():
+        if checkout == checkouts[0]:
+            continue
+        cells = []
+        for c in ("ready", "exit", "outside", "cpu", "cpu_w"):
+            diffs = [r[c] - b[c] for r, b in zip(runs, rows[checkouts[0], name], strict=True)]
+            cells.append(f"{c} {statistics.median(diffs):+.2f} ({min(diffs):+.2f}..{max(diffs):+.2f})")
+        print(f"{name:10s} {str(checkout)[-24:]:24s} " + "  ".join(cells), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
