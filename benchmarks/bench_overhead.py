@@ -19,11 +19,27 @@ Inputs: a 1 x 10 x 2048 x 2048 ramp cube (detector1), two dithered 2048 x 2048 e
 ``demo`` simulates its own 2 x 10 x 1024^2 cube. Run by hand, from outside the checkout:
 ``python benchmarks/bench_overhead.py [--venv DIR] [--rounds 3]``; results in
 ``benchmarks/results/overhead.txt``.
+
+``--small CHECKOUT [CHECKOUT ...]`` instead compares checkouts (each put first on ``PYTHONPATH``) in
+this environment, warm, on small inputs where nearly all the time is overhead: a 1 x 5 x 256 x 256
+detector1 and a resample of two 512 x 512 exposures, the checkouts' runs interleaved (round after
+round, each command from each checkout in turn), ``--rounds`` of each (after one untimed run per
+command and checkout that fills numba's cache). Each run's INFO lines get a time stamp, so the
+phases are read as times since the process was created (``exec``): ``parsed`` (``main()`` has
+parsed the arguments: interpreter, imports), ``ready`` (the embedded cluster is up), ``sent``
+(the first graph is sent), ``done`` (computed, written and committed; the client starts closing),
+``exit`` (the process has exited: wall). ``compute`` is the command's own ``in X s`` (0.1 s
+resolution) and ``outside`` = ``exit`` - ``compute``. ``cpu`` is the command process's own CPU time
+(its rusage), ``cpu_w`` that of the fork server and the workers (sampled every 50 ms, so a lower
+bound). Medians and (min-max) over the rounds, with the 1-minute load average when each run began;
+then, for each checkout after the first, the median (and range) of its runs' differences from the
+first checkout's run of the same command in the same round (less sensitive to the load changing).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -89,7 +105,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path, default=None, help="reuse this environment (default: a fresh one)")
     parser.add_argument("--rounds", type=int, default=3, help="warm runs per command (default 3)")
+    parser.add_argument("--small", type=Path, nargs="+", default=None, metavar="CHECKOUT",
+                        help="compare these checkouts on small inputs in this environment, interleaved")
     args = parser.parse_args()
+    if args.small is not None:
+        _small(args.small, args.rounds)
+        return
     work = Path(tempfile.mkdtemp(prefix="daskcal-overhead-"))
     if args.venv is None:
         py, install = _venv(work / "venv")
@@ -149,6 +170,111 @@ def _persistent(py: Path, work: Path, env: dict) -> list:
                                       cwd=work, env=wenv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(8)  # the workers join
     return procs
+
+
+# A -v run whose log lines carry their time (``python -m daskcal`` but for the logging format).
+_WRAPPER = ("import logging, sys; logging.basicConfig(format='%(created).3f %(name)s: %(message)s'); "
+            "sys.argv[0] = 'daskcal'; from daskcal.cli._main import console; console()")
+_STAMPS = {
+    "parsed": r"([\d.]+) daskcal.cli: timing: started",
+    "ready": r"([\d.]+) daskcal.cluster: timing: (?:local|existing) cluster ready",
+    "sent": r"([\d.]+) daskcal.io._atomic: timing: graph optimised and sent",
+}
+
+
+def _small_inputs(work: Path) -> None:
+    script = f"""
+import daskcal
+if __name__ == "__main__":
+    daskcal.save(daskcal.simulate((1, 5, 256, 256), seed=1).ramps, r"{work / 'ramps.zarr'}")
+    sim = daskcal.simulate_images(2, (512, 512), seed=1)
+    for k, ds in enumerate(sim.images):
+        daskcal.save(ds, r"{work}/img%d.zarr" % k)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=work)
+
+
+def _timed_run(checkout: Path, argv: list[str], work: Path) -> dict:
+    """One ``daskcal -v ARGV --no-progress`` from ``checkout``: phases since exec, CPU times, load."""
+    import resource
+
+    import psutil
+
+    for p in ("out", "mosaic.zarr"):
+        shutil.rmtree(work / p, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    proc = psutil.Popen([sys.executable, "-c", _WRAPPER, "-v", *argv, "--no-progress"], cwd=work, env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    others: dict[int, float] = {}  # the fork server's and the workers' CPU, last seen
+    while proc.poll() is None:
+        try:
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    t = child.cpu_times()
+                    others[child.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    wall = time.time() - t0
+    text = proc.stdout.read()
+    if proc.returncode:
+        raise RuntimeError(text[-3000:])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    row = {"exit": wall, "load": load, "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+           "cpu_w": sum(others.values())}
+    for name, pattern in _STAMPS.items():
+        m = re.search(pattern, text)
+        row[name] = float(m.group(1)) - t0 if m else float("nan")
+    m = re.search(r"([\d.]+) daskcal.cluster: timing: client and cluster closed in ([\d.]+) s", text)
+    row["done"] = float(m.group(1)) - float(m.group(2)) - t0 if m else float("nan")
+    m = re.search(PHASES["compute"], text)
+    row["compute"] = float(m.group(1)) if m else float("nan")
+    row["outside"] = wall - row["compute"]
+    return row
+
+
+def _small(checkouts: list[Path], rounds: int) -> None:
+    """Interleaved warm runs of a small detector1 and resample from each checkout; medians and ranges."""
+    import statistics
+
+    work = Path(tempfile.mkdtemp(prefix="daskcal-overhead-small-"))
+    _small_inputs(work)
+    commands = {
+        "detector1": ["detector1", "ramps.zarr", "out"],
+        "resample": ["resample", "img0.zarr", "img1.zarr", "-o", "mosaic.zarr"],
+    }
+    checkouts = [c.resolve() for c in checkouts]
+    for checkout in checkouts:  # numba's cache filled, files in the page cache
+        for argv in commands.values():
+            _timed_run(checkout, argv, work)
+    rows: dict[tuple, list] = {(c, n): [] for c in checkouts for n in commands}
+    for _ in range(rounds):
+        for name, argv in commands.items():
+            for checkout in checkouts:
+                rows[checkout, name].append(_timed_run(checkout, argv, work))
+    cols = ["parsed", "ready", "sent", "done", "exit", "compute", "outside", "cpu", "cpu_w", "load"]
+    print(f"# medians (min-max) of {rounds} interleaved warm runs; seconds since exec, cpu in CPU seconds")
+    print(f"{'command':10s} {'checkout':24s} " + " ".join(f"{c:>16s}" for c in cols))
+    for (checkout, name), runs in rows.items():
+        cells = []
+        for c in cols:
+            values = [r[c] for r in runs]
+            cells.append(f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})")
+        print(f"{name:10s} {str(checkout)[-24:]:24s} " + " ".join(f"{cell:>16s}" for cell in cells), flush=True)
+    # each run against the first checkout's run of the same command in the same round (run just before it)
+    print(f"# paired differences against {checkouts[0]} (same round): medians (min-max)")
+    for (checkout, name), runs in rows.items():
+        if checkout == checkouts[0]:
+            continue
+        cells = []
+        for c in ("ready", "exit", "outside", "cpu", "cpu_w"):
+            diffs = [r[c] - b[c] for r, b in zip(runs, rows[checkouts[0], name], strict=True)]
+            cells.append(f"{c} {statistics.median(diffs):+.2f} ({min(diffs):+.2f}..{max(diffs):+.2f})")
+        print(f"{name:10s} {str(checkout)[-24:]:24s} " + "  ".join(cells), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

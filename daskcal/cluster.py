@@ -76,20 +76,25 @@ WORKER_ENVIRON = {
 
 
 #: Modules every worker of an embedded cluster starts with (see :func:`preload_workers`).
-WORKER_MODULES = ("distributed", "distributed.dashboard.worker", "numpy", "dask.array", "xarray", "zarr", "numba")
+#: ``daskcal._numba_ready`` sets numba's compiler up (0.3-0.6 s of each worker's first task otherwise).
+WORKER_MODULES = ("distributed", "numpy", "dask.array", "xarray", "zarr", "numba", "daskcal._numba_ready")
+#: What a worker serving its own dashboard imports (bokeh: 1-2 s of CPU); preloaded only for those.
+_WORKER_DASHBOARD = "distributed.dashboard.worker"
 
 #: (process id, environment) of the fork server this process started (:func:`preload_workers`), if any.
 _forkserver: tuple[int, dict[str, str]] | None = None
 
 
-def preload_workers(modules: tuple[str, ...] = ()) -> None:
+def preload_workers(modules: tuple[str, ...] = (), *, dashboard: bool = True) -> None:
     """Start the process that an embedded cluster forks its workers from, importing ``modules`` there.
 
     An embedded cluster's worker processes are forked from one "fork server" (multiprocessing's
     ``forkserver``) that imports :data:`WORKER_MODULES` and ``modules`` once, in the background: each
-    worker then starts with them (instead of each worker importing distributed, its dashboard, numpy,
-    dask, xarray, zarr and numba again, 1.5-2.5 s of CPU per worker here, and the modules of its first
-    task), and exits without tearing its interpreter down (0.6-0.8 s saved at the end of a run).
+    worker then starts with them (instead of each worker importing distributed, numpy, dask, xarray,
+    zarr and numba again, 1.5-2.5 s of CPU per worker here, and the modules of its first task), with
+    numba's compiler set up, and exits without tearing its interpreter down (0.6-0.8 s saved at the
+    end of a run). ``dashboard``: the workers will serve dashboards (the cluster has one), so the
+    server imports theirs too.
     Calling this before :func:`connect` (say, before opening the inputs) lets the imports run while the
     caller works; :func:`connect` starts the server itself otherwise. Does nothing if this process
     already runs a fork server; a module that fails to import is skipped there (the worker imports it
@@ -105,8 +110,8 @@ def preload_workers(modules: tuple[str, ...] = ()) -> None:
     if _forkserver_running():
         return
     environ = _worker_environ()
-    multiprocessing.get_context("forkserver").set_forkserver_preload(
-        list(dict.fromkeys([*WORKER_MODULES, *modules])))
+    preload = [*WORKER_MODULES, *([_WORKER_DASHBOARD] if dashboard else []), *modules]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(preload)))
     saved = {k: os.environ.get(k) for k in environ}
     os.environ.update(environ)  # inherited by the server, hence by every worker it forks
     try:
@@ -120,7 +125,7 @@ def preload_workers(modules: tuple[str, ...] = ()) -> None:
     if _forkserver is None:
         atexit.register(_stop_idle_forkserver)
     _forkserver = (_forkserver_pid(), environ)
-    log.debug("fork server for the workers started, importing %s", ", ".join(WORKER_MODULES + tuple(modules)))
+    log.debug("fork server for the workers started, importing %s", ", ".join(dict.fromkeys(preload)))
 
 
 def _forkserver_running() -> bool:
@@ -233,7 +238,8 @@ def connect(
     dashboard_address : str, default ":0"
         Where an embedded cluster serves its dashboard: ``":port"`` (or a bare port)
         on 127.0.0.1, ``":0"`` a free port there; ``"host:port"`` as given
-        (``"0.0.0.0:8787"``: every interface); None for no dashboard.
+        (``"0.0.0.0:8787"``: every interface); None for no dashboard (nor worker dashboards;
+        ``client.dashboard_link`` is then ""), which starts about a second sooner.
     security : distributed.security.Security, optional
         TLS credentials for an existing scheduler (address or scheduler file).
         Default: Dask's configuration (``distributed.comm.tls.*``). The embedded
@@ -381,6 +387,13 @@ def _client_class():
         """A ``distributed.Client`` from :func:`daskcal.connect`: closing it also stops the cluster it started."""
 
         _daskcal_stack: contextlib.ExitStack | None = None
+        #: An embedded cluster started without a dashboard: its scheduler's HTTP server serves none.
+        _daskcal_no_dashboard = False
+
+        @property
+        def dashboard_link(self):
+            """The scheduler's dashboard; "" if it serves none (distributed links its bare HTTP server)."""
+            return "" if self._daskcal_no_dashboard else super().dashboard_link
 
         def close(self, *args, **kwargs):
             t0 = time.perf_counter()
@@ -410,7 +423,7 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
         raise MissingPackageError(msg, name="cryptography") from exc
     environ = _pre_spawn_config()
     if dask.config.get("distributed.worker.multiprocessing-method") in ("spawn", "forkserver"):
-        preload_workers()  # unless running already
+        preload_workers(dashboard=dashboard_address is not None)  # unless running already
         if _forkserver_running() and _forkserver == (_forkserver_pid(), _worker_environ()):
             environ["distributed.worker.multiprocessing-method"] = "forkserver"
         else:  # a fork server daskcal did not start, or with other settings: its workers would lack ours
@@ -425,11 +438,17 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
             memory_limit=memory_limit,
             host="127.0.0.1",
             dashboard_address=_on_localhost(dashboard_address),
-            worker_dashboard_address="127.0.0.1:0",  # older distributed binds the workers' ":0" to 0.0.0.0
+            # the workers serve dashboards when the scheduler does (older distributed binds a ":0" to
+            # 0.0.0.0); without, their HTTP server (health, metrics) listens on their own host, 127.0.0.1
+            worker_dashboard_address=None if dashboard_address is None else "127.0.0.1:0",
             security=security,
             processes=True,
+            # no dashboard: the scheduler's HTTP server (health, metrics) on a free port, not on 8787 (taken by
+            # another run, distributed warns); the dashboard's bokeh is not imported (~1 s of this process)
+            scheduler_kwargs=None if dashboard_address is not None else {"dashboard_address": "127.0.0.1:0"},
         ) as lc:
             with _closing(_client_class()(lc)) as client:
+                client._daskcal_no_dashboard = dashboard_address is None
                 yield client
             stack.enter_context(_quiet_close())
             # The run succeeded and its client is closed: a worker process slower than the nanny's fixed

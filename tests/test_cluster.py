@@ -64,8 +64,39 @@ def test_embedded_workers_are_forked_from_the_preloaded_fork_server(embedded):
     from multiprocessing import forkserver
 
     server = forkserver._forkserver._forkserver_pid
-    got = embedded.run(lambda: (os.getppid(), "dask.array" in sys.modules, "numba" in sys.modules))
-    assert list(got.values()) == [(server, True, True)]
+    # numba.np.arraymath: numba's compiler was set up (its registries are loaded at the first compile)
+    got = embedded.run(lambda: (os.getppid(), "dask.array" in sys.modules, "numba" in sys.modules,
+                                "numba.np.arraymath" in sys.modules))
+    assert list(got.values()) == [(server, True, True, True)]
+
+
+def _http_status(url: str) -> int:
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=30) as response:
+            return response.status
+    except HTTPError as exc:
+        return exc.code
+
+
+def test_an_embedded_cluster_serves_dashboards_only_when_given_an_address():
+    """Without a dashboard address neither the scheduler nor the workers serve one (the command line's
+    default: bokeh costs about a second to import), and the scheduler's HTTP server (health, metrics) takes
+    a free port, not 8787 that another run may hold. With one, both do."""
+    for address, want in ((None, 404), (":0", 200)):
+        with connect("local", n_workers=1, tls=False, dashboard_address=address) as client:
+            port = client.scheduler_info()["services"]["dashboard"]  # the scheduler's HTTP server
+            link = f"http://127.0.0.1:{port}/status"
+            if address is None:
+                assert port != 8787 and client.dashboard_link == ""  # no link to a page that is not there
+            else:
+                assert client.dashboard_link == link
+            assert _http_status(link) == want, (address, link)
+            ports = client.run(lambda dask_worker: dask_worker.http_server.port)
+            for port in ports.values():
+                assert _http_status(f"http://127.0.0.1:{port}/status") == want, (address, port)
 
 
 def test_a_fork_server_with_other_settings_is_not_used(monkeypatch):
@@ -126,7 +157,7 @@ def test_tls_options_and_scheduler_file_reach_an_existing_scheduler(embedded, tm
             "--tls-key", str(tmp_path / "key.pem")]
     args = build_parser().parse_args(argv)
     options = connect_options(args)
-    assert options["timeout"] == 5 and options["dashboard_address"] == ":0"
+    assert options["timeout"] == 5 and options["dashboard_address"] is None  # the command line's default: none
     with connect(args.cluster, **options) as client:
         assert client.scheduler.address == embedded.scheduler.address
         assert client.submit(sum, [2, 3]).result() == 5

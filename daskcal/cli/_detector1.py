@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from daskcal.cli._common import ClusterStart, add_cluster_options, chunk_option
+from daskcal.cli._common import ClusterStart, add_cluster_options, chunk_option, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe"]
@@ -199,7 +199,7 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
         # so the workers find them in the cache instead of each compiling them again
         kernels = precompile(lambda: [compile_kernels(job[2], algorithm) for job in jobs], estimate=COMPILE_SECONDS)
         with cluster.client() as client:
-            print(f"dashboard: {client.dashboard_link}")
+            print_dashboard(client)
             kernels.wait()
             for inp, out, ramps, result, record, outputs in jobs:
                 t0 = time.perf_counter()

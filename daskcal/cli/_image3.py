@@ -20,7 +20,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._common import add_cluster_options, connect_options, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_MODULES", "execute", "normalise_step_flags", "parse_value", "register", "run_recipe", "step_defaults"]
@@ -260,7 +260,7 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
                                  estimate=OUTLIERS_COMPILE_SECONDS + RESAMPLE_COMPILE_SECONDS)
             with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                          **connect_options(args)) as client:
-                print(f"dashboard: {client.dashboard_link}", flush=True)
+                print_dashboard(client, flush=True)
                 kernels.wait()
                 t0 = time.perf_counter()
                 result = image3(images, product_name=product, **kwargs)  # alignment and sky run here

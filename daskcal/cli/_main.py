@@ -77,21 +77,26 @@ def _command(argv: list[str]) -> str | None:
 def _preload_workers(command: str | None, argv: list[str]) -> None:
     """Start the process the embedded cluster forks its workers from, before this one imports what
     parsing the command's options needs: the two import at the same time (not for ``--help``, nor
-    ``--cluster`` other than ``local``). Should the command stop before starting its cluster, that
-    process is stopped at exit."""
+    ``--cluster`` other than ``local``; the workers' dashboard only with ``--dashboard-address``).
+    Should the command stop before starting its cluster, that process is stopped at exit."""
     if command not in WORKER_MODULES or "-h" in argv or "--help" in argv:
         return
-    cluster = "local"
-    for k, a in enumerate(argv):
-        if a == "--cluster" and k + 1 < len(argv):
-            cluster = argv[k + 1]
-        elif a.startswith("--cluster="):
-            cluster = a.split("=", 1)[1]
-    if cluster.strip().lower() != "local":
+    if (_option(argv, "--cluster") or "local").strip().lower() != "local":
         return
     from daskcal.cluster import preload_workers
 
-    preload_workers(WORKER_MODULES[command])
+    preload_workers(WORKER_MODULES[command], dashboard=_option(argv, "--dashboard-address") is not None)
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The last value ``argv`` gives option ``name`` (``NAME VALUE`` or ``NAME=VALUE``), if any."""
+    value = None
+    for k, a in enumerate(argv):
+        if a == name and k + 1 < len(argv):
+            value = argv[k + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

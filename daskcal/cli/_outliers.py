@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._common import add_cluster_options, connect_options, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
@@ -156,7 +156,7 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
             kernels = precompile(lambda: compile_outlier_kernels(images, **params), estimate=OUTLIERS_COMPILE_SECONDS)
             with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
-                print(f"dashboard: {client.dashboard_link}")
+                print_dashboard(client)
                 kernels.wait()
                 t0 = time.perf_counter()
                 paths = save_products(products, output, progress=not args.no_progress, outputs=outputs,

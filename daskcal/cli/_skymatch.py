@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._common import add_cluster_options, connect_options, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_DEFAULTS", "execute", "register", "run_recipe"]
@@ -91,7 +91,7 @@ def execute(inputs, output, params: dict, args, *, overwrite=False) -> dict:
     with outputs:  # checked, and the output folder proven writable, before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
-            print(f"dashboard: {client.dashboard_link}")
+            print_dashboard(client)
             t0 = time.perf_counter()
             result = match_sky(images, **params)
             products = dict(zip(names, result.images, strict=True))

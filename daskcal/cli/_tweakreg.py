@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options
+from daskcal.cli._common import add_cluster_options, connect_options, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_DEFAULTS", "asn_catalogs", "execute", "read_catfile", "register", "run_recipe"]
@@ -128,7 +128,7 @@ def execute(inputs, output, params: dict, args, *, catalogs=None, overwrite=Fals
     with outputs:  # checked, and the output folder proven writable, before the cluster starts
         with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
                      **connect_options(args)) as client:
-            print(f"dashboard: {client.dashboard_link}")
+            print_dashboard(client)
             t0 = time.perf_counter()
             result = align(images, catalogs=catalogs or None, **params)
             products = dict(zip(names, result.images))

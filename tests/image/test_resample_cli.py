@@ -44,10 +44,10 @@ def test_cli_end_to_end(inputs, tmp_path, capsys):
     sim, paths = inputs
     out = tmp_path / "mosaic.zarr"
     rc = main(["resample", *paths, "-o", str(out), "--kernel", "turbo", "--pixfrac", "0.8", "--tile-shape", "32", "40",
-               "--fits", "--workers", "1", "--no-progress"])
+               "--fits", "--workers", "1", "--no-progress", "--dashboard-address", ":0"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "dashboard: http" in printed and "input Mpix/s" in printed
+    assert "dashboard: http://127.0.0.1:" in printed and "input Mpix/s" in printed  # served when asked
     got = xr.open_zarr(out, consolidated=False)
     ref = _expected(sim, kernel="turbo", pixfrac=0.8, tile_shape=(32, 40))
     assert got.data.chunks[0][0] == 32
