@@ -38,6 +38,9 @@ from pathlib import Path
 
 import psutil
 
+#: The commands serve a dashboard only when asked; its "dashboard:" line marks the start of the computing.
+DASHBOARD = "127.0.0.1:0"
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -160,7 +163,8 @@ def resample_case(root: Path, args) -> dict:
     sim = root / "sim"
     subprocess.run([sys.executable, "-m", "daskcal", "simulate-images", "-n", str(args.n), "--shape",
                     *map(str, args.shape), str(sim)], check=True, capture_output=True)
-    run = ["resample", sim / "asn.json", "-o", None, "--workers", args.workers, "--no-progress"]
+    run = ["resample", sim / "asn.json", "-o", None, "--workers", args.workers, "--no-progress",
+           "--dashboard-address", DASHBOARD]
     if args.tile_shape:
         run += ["--tile-shape", *args.tile_shape]
 
@@ -178,7 +182,7 @@ def detector1_case(root: Path, args) -> dict:
     shape = [str(args.ints), str(args.groups), *map(str, args.shape)]
     subprocess.run([sys.executable, "-m", "daskcal", "simulate", str(ramps), "--shape", *shape], check=True,
                    capture_output=True)
-    run = ["detector1", ramps, None, "--workers", args.workers, "--no-progress"]
+    run = ["detector1", ramps, None, "--workers", args.workers, "--no-progress", "--dashboard-address", DASHBOARD]
     if args.chunks:
         run += ["--chunks", *args.chunks]
 
