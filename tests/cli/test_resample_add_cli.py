@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from _resume_common import kill_after_records, tree_bytes  # tests/cli on sys.path
+from _resume_common import (  # tests/cli on sys.path
+    CLUSTER_WARNINGS,
+    kill_after_records,
+    tree_bytes,
+)
 
 import daskcal
 from daskcal.cli import main
 from daskcal.io._outputs import resume_folder
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Port .* is already in use:UserWarning",
-    "ignore::ResourceWarning",
-    "ignore:unclosed:ResourceWarning",
-)
+pytestmark = pytest.mark.filterwarnings(*CLUSTER_WARNINGS, "ignore:unclosed:ResourceWarning")
 
 RUN = ["--workers", "1", "--no-progress"]
 TILE = ["--tile-shape", "32", "32"]

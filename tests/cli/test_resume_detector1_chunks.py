@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _resume_common import (  # tests/cli on sys.path
+    CLUSTER_WARNINGS,
     chunk_records,
     kill_after_records,
     tree_bytes,
@@ -23,10 +24,7 @@ import daskcal
 from daskcal.cli import main
 from daskcal.io._outputs import RESUME_MARKER, RUN_FILE, resume_folder
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Port .* is already in use:UserWarning",
-    "ignore::ResourceWarning",
-)
+pytestmark = pytest.mark.filterwarnings(*CLUSTER_WARNINGS)
 
 #: One worker with one thread writes the chunks one after another, so the run can be killed halfway.
 RUN = ["--workers", "1", "--threads", "1", "--no-progress", "--chunks", "16", "16"]
