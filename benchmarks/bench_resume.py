@@ -37,8 +37,7 @@ import time
 from pathlib import Path
 
 import psutil
-
-HERE = Path(__file__).resolve().parent
+from _proc import report
 
 
 class Run:
@@ -249,12 +248,7 @@ def main() -> None:
         lines.append(f"# load average after: {load()}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        path = Path(args.out if os.path.isabs(args.out) else HERE / args.out)
-        with path.open("a") as f:
-            f.write(text + "\n")
+    report(lines, args.out)
 
 
 if __name__ == "__main__":
