@@ -1,4 +1,5 @@
-"""Memory of the running benchmark process, read from /proc (shared by the benchmarks)."""
+"""Memory of the running benchmark process, read from /proc, child runs and the results file (shared by the
+benchmarks)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 
 def run_child(script: str, args: list[str]) -> dict:
@@ -22,6 +24,18 @@ def run_child(script: str, args: list[str]) -> dict:
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(lines: list[str], out: str | None, header: str = "") -> None:
+    """Print ``lines``; with ``out`` (a path, a relative one under benchmarks/), also append ``header`` and them
+    to that file, its folder made if need be."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        path = Path(out) if Path(out).is_absolute() else Path(__file__).resolve().parent / out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(f"{header}{text}\n")
 
 
 def status_mb(field: str) -> float:

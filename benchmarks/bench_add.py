@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _proc import report
 
 
 def run(*args) -> tuple[float, str]:
@@ -147,13 +147,7 @@ def main() -> None:
         lines.append(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        out = Path(args.out) if Path(args.out).is_absolute() else HERE / args.out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as f:
-            f.write(f"# command: python benchmarks/bench_add.py {' '.join(sys.argv[1:])}\n{text}\n")
+    report(lines, args.out, header=f"# command: python benchmarks/bench_add.py {' '.join(sys.argv[1:])}\n")
 
 
 if __name__ == "__main__":

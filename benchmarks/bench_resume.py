@@ -37,11 +37,10 @@ import time
 from pathlib import Path
 
 import psutil
+from _proc import report
 
 #: The commands serve a dashboard only when asked; its "dashboard:" line marks the start of the computing.
 DASHBOARD = "127.0.0.1:0"
-
-HERE = Path(__file__).resolve().parent
 
 
 class Run:
@@ -253,12 +252,7 @@ def main() -> None:
         lines.append(f"# load average after: {load()}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        path = Path(args.out if os.path.isabs(args.out) else HERE / args.out)
-        with path.open("a") as f:
-            f.write(text + "\n")
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

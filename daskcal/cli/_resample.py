@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from daskcal.cli._common import ClusterStart, add_cluster_options
+from daskcal.cli._common import ClusterStart, add_cluster_options, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
@@ -124,9 +124,8 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
         compile_resample_kernels,
     )
     from daskcal.io._atomic import write_zarr
-    from daskcal.io._journal import ChunkJournal
-    from daskcal.io._outputs import OutputSet, resume_folder
-    from daskcal.io._resume import RUN_ATTR, check_partial, done_before
+    from daskcal.io._outputs import OutputSet
+    from daskcal.io._resume import check_partial, done_before
 
     if resume and overwrite:
         msg = "--resume keeps what an earlier run completed and --overwrite replaces it: give one of them"
@@ -168,13 +167,8 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
                       f"tiles {mosaic.attrs['tile_shape']}")
                 tile_shape = list(mosaic.attrs["tile_shape"])
                 record = _record(read, {**params, "tile_shape": tile_shape}, tile_shape)
-                if resume and check_partial(output, record):
-                    print(f"resample: resuming the partial mosaic in {resume_folder(output)}")
-                mosaic.attrs[RUN_ATTR] = record
-                print(f"dashboard: {client.dashboard_link}", flush=True)
+                journal = _journal(mosaic, output, record, client, resume=resume, command="resample", partial="mosaic")
                 t0 = time.perf_counter()
-                folder = resume_folder(output)
-                journal = ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
                 report: dict = {}
                 write_zarr(mosaic, outputs.path(output), progress=not args.no_progress, journal=journal,
                            report=report)
@@ -195,6 +189,23 @@ def execute(inputs, output, params: dict, args, *, fits: bool = False, overwrite
     if fits:
         print(f"fits: {fits_path(output)}")
     return output
+
+
+def _journal(mosaic, output: Path, record: dict, client, *, resume: bool, command: str, partial: str):
+    """Ready ``mosaic`` to be written to ``output`` as the run ``record`` (resample and resample --add): with
+    ``resume``, check the partial run in ``output``'s resume folder and print "``command``: resuming the partial
+    ``partial`` in FOLDER" if there is one; put the record in the mosaic's attributes; print the dashboard link;
+    return the :class:`daskcal.io._journal.ChunkJournal` of the resume folder, which records each tile written."""
+    from daskcal.io._journal import ChunkJournal
+    from daskcal.io._outputs import resume_folder
+    from daskcal.io._resume import RUN_ATTR, check_partial
+
+    folder = resume_folder(output)
+    if resume and check_partial(output, record):
+        print(f"{command}: resuming the partial {partial} in {folder}")
+    mosaic.attrs[RUN_ATTR] = record
+    print_dashboard(client, flush=True)
+    return ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
 
 
 def _record(read: list, params: dict, tile_shape) -> dict:

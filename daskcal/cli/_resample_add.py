@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ def execute_add(inputs, output, params: dict, args, *, fits: bool = False, overw
     """
     from daskcal._precompile import precompile
     from daskcal.cli._common import ClusterStart
-    from daskcal.cli._resample import _library_kwargs, _record
+    from daskcal.cli._resample import _journal, _library_kwargs, _record
     from daskcal.image._grow import UPDATED_TILES, stored_attrs
     from daskcal.image._io import expand_inputs, open_images
     from daskcal.image._resample import resample
@@ -34,9 +33,8 @@ def execute_add(inputs, output, params: dict, args, *, fits: bool = False, overw
     )
     from daskcal.io._atomic import write_zarr
     from daskcal.io._grow_store import carry_unchanged
-    from daskcal.io._journal import ChunkJournal
-    from daskcal.io._outputs import OutputSet, resume_folder
-    from daskcal.io._resume import RUN_ATTR, check_partial, input_fingerprint
+    from daskcal.io._outputs import OutputSet
+    from daskcal.io._resume import check_partial, input_fingerprint
 
     if overwrite:
         msg = "--add adds to the mosaic OUT and --overwrite replaces it: give one of them"
@@ -72,13 +70,9 @@ def execute_add(inputs, output, params: dict, args, *, fits: bool = False, overw
                 written = {tuple(t) for t in _written(output)}
                 print(f"resample --add: {len(images)} inputs ({mpix:.1f} Mpix) to {output} "
                       f"({len(stored['inputs'])} inputs): {len(updated)} of its tiles to rewrite")
-                if resume and check_partial(output, record):
-                    print(f"resample --add: resuming the partial addition in {resume_folder(output)}")
-                mosaic.attrs[RUN_ATTR] = record
-                print(f"dashboard: {client.dashboard_link}", flush=True)
+                journal = _journal(mosaic, output, record, client, resume=resume, command="resample --add",
+                                   partial="addition")
                 t0 = time.perf_counter()
-                folder = resume_folder(output)
-                journal = ChunkJournal(str(folder / "chunks"), str(folder), json.dumps(record))
                 staged = outputs.path(output)
                 unchanged = frozenset(written - updated)
                 write_zarr(mosaic, staged, progress=not args.no_progress, journal=journal, unchanged=unchanged)

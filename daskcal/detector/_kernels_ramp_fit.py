@@ -261,6 +261,30 @@ def snr_index(d, gain, rnoise):
 
 
 @njit(**_JIT_INLINE)
+def weighted_sums(d, start, n, w, scale):
+    """``(sum w, sum w x, sum w x**2, sum w y, sum w x y)`` over the ``n`` groups of ramp ``d`` from
+    ``start``, with weights ``w[g] * scale``, ``x`` the group index and ``y`` the group's DN (NaN as 0).
+
+    ``scale`` 1.0 leaves the weights exact (the slope fit); ``1 / rnoise**2`` gives stcal's
+    optional-product weights. ``w x`` is formed once and reused, in the order both fits always had.
+    """
+    sw = sx = sxx = sy = sxy = 0.0
+    for g in range(n):
+        x = float(start + g)
+        y = d[start + g]
+        if math.isnan(y):
+            y = 0.0
+        wg = w[g] * scale
+        wx = wg * x
+        sw += wg
+        sx += wx
+        sxx += wx * x
+        sy += wg * y
+        sxy += wx * y
+    return sw, sx, sxx, sy, sxy
+
+
+@njit(**_JIT_INLINE)
 def fit_segment(d, start, n, gain, rnoise, rate_est, dark, group_time, len1_time, wtab):
     """Fit one segment of ``n`` groups from ``start`` of ramp ``d`` (DN).
 
@@ -279,18 +303,7 @@ def fit_segment(d, start, n, gain, rnoise, rate_est, dark, group_time, len1_time
     else:
         t = group_time * (n - 1)
         w = wtab[n, snr_index(d[start + n - 1] - d[start], gain, rnoise)]
-        sw = sx = sxx = sy = sxy = 0.0
-        for g in range(n):
-            x = float(start + g)
-            y = d[start + g]
-            if math.isnan(y):
-                y = 0.0
-            wx = w[g] * x
-            sw += w[g]
-            sx += wx
-            sxx += wx * x
-            sy += w[g] * y
-            sxy += wx * y
+        sw, sx, sxx, sy, sxy = weighted_sums(d, start, n, w, 1.0)
         slope = (sw * sxy - sx * sy) / (sw * sxx - sx * sx) / group_time
         if not (rnoise > 0.0):  # stcal's weights are inf/NaN then
             slope = np.nan
@@ -444,19 +457,7 @@ def segment_extras(d, start, n, gain, rnoise, wtab):
         x2 = start + 1.0
         return sig, d[start + 1] * (1.0 - x2) + d[start] * x2, sig
     w = wtab[n, snr_index(d[start + n - 1] - d[start], gain, rnoise)]
-    inv_rn2 = 1.0 / (rnoise * rnoise)
-    sw = sx = sxx = sy = sxy = 0.0
-    for g in range(n):
-        x = float(start + g)
-        y = d[start + g]
-        if math.isnan(y):
-            y = 0.0
-        wg = w[g] * inv_rn2
-        sw += wg
-        sx += wg * x
-        sxx += wg * x * x
-        sy += wg * y
-        sxy += wg * x * y
+    sw, sx, sxx, sy, sxy = weighted_sums(d, start, n, w, 1.0 / (rnoise * rnoise))
     inv_den = 1.0 / (sw * sxx - sx * sx)
     return math.sqrt(sw * inv_den), (sxx * sy - sx * sxy) * inv_den, math.sqrt(sxx * inv_den)
 

@@ -9,6 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+#: Warnings the commands' embedded LocalCluster gives on a busy machine (a port taken) or when closing its comms:
+#: ``pytestmark = pytest.mark.filterwarnings(*CLUSTER_WARNINGS)``.
+CLUSTER_WARNINGS = ("ignore:Port .* is already in use:UserWarning", "ignore::ResourceWarning")
+
 
 def tree_bytes(folder: Path) -> dict:
     """Every file below ``folder`` (relative POSIX path -> its bytes), to compare two runs' products."""

@@ -8,16 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _resume_common import CLUSTER_WARNINGS  # tests/cli on sys.path
 from astropy.io import fits
 
 import daskcal
 from daskcal.cli import main
 from daskcal.io._resume import FITS_KEY, RUN_ATTR
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Port .* is already in use:UserWarning",
-    "ignore::ResourceWarning",
-)
+pytestmark = pytest.mark.filterwarnings(*CLUSTER_WARNINGS)
 
 RUN = ["--workers", "1", "--no-progress"]
 

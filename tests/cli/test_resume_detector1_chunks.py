@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _resume_common import (  # tests/cli on sys.path
+    CLUSTER_WARNINGS,
     chunk_records,
     kill_after_records,
     tree_bytes,
@@ -23,10 +24,7 @@ import daskcal
 from daskcal.cli import main
 from daskcal.io._outputs import RESUME_MARKER, RUN_FILE, resume_folder
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Port .* is already in use:UserWarning",
-    "ignore::ResourceWarning",
-)
+pytestmark = pytest.mark.filterwarnings(*CLUSTER_WARNINGS)
 
 #: One worker with one thread writes the chunks one after another, so the run can be killed halfway.
 RUN = ["--workers", "1", "--threads", "1", "--no-progress", "--chunks", "16", "16"]
@@ -136,31 +134,27 @@ def test_a_killed_run_is_resumed_bit_identical_redoing_a_torn_chunk_and_refused_
 
 @pytest.mark.slow
 def test_a_run_killed_in_its_second_exposure_is_resumed_there(stores, whole_abc, tmp_path, capsys):
+    """Also: while the second exposure's input differs from the one its partial products were made from, the
+    resume is refused, naming the folder to remove to redo only that exposure."""
     out = tmp_path / "out"
     folder = _folder(out / "b")
     recorded = kill_after_records(["detector1", *map(str, stores), str(out), "--fits", *RUN], folder, NCHUNKS // 2)
     assert NCHUNKS // 2 <= recorded < NCHUNKS
     assert sorted(p.name for p in (out / "a").iterdir()) == ["rate.fits", "rate.zarr", "rateints.fits",
                                                              "rateints.zarr"]  # committed
-    printed = _resumed([*map(str, stores), str(out), "--fits"], capsys)
-    assert f"detector1 {stores[0]}: done by an earlier run, skipped" in printed
-    assert f"detector1 {stores[1]}: {recorded} of {NCHUNKS} chunks were written by the earlier run" in printed
-    assert f"detector1 {stores[2]}: " in printed
-    assert tree_bytes(out) == tree_bytes(whole_abc)  # the FITS exports too
-
-
-@pytest.mark.slow
-def test_a_partial_exposure_of_a_changed_input_names_the_folder_to_remove(stores, tmp_path, capsys):
-    out = tmp_path / "out"
-    folder = _folder(out / "b")
-    kill_after_records(["detector1", *map(str, stores[:2]), str(out), *RUN], folder, 1)
     meta = stores[1] / "zarr.json"
     st = meta.stat()
-    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as if rewritten
     try:
-        assert main(["detector1", *map(str, stores[:2]), str(out), "--resume", *RUN]) == 2
+        capsys.readouterr()
+        assert main(["detector1", *map(str, stores), str(out), "--fits", "--resume", *RUN]) == 2
         err = capsys.readouterr().err
         assert "its data changed since: zarr.json rewritten); run without --resume" in err
         assert f"or remove {folder} to redo only this exposure" in err
     finally:
         os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns))
+    printed = _resumed([*map(str, stores), str(out), "--fits"], capsys)
+    assert f"detector1 {stores[0]}: done by an earlier run, skipped" in printed
+    assert f"detector1 {stores[1]}: {recorded} of {NCHUNKS} chunks were written by the earlier run" in printed
+    assert f"detector1 {stores[2]}: " in printed
+    assert tree_bytes(out) == tree_bytes(whole_abc)  # the FITS exports too

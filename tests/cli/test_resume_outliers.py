@@ -7,17 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _resume_common import kill_after_records, tree_bytes  # tests/cli on sys.path
+from _resume_common import (  # tests/cli on sys.path
+    CLUSTER_WARNINGS,
+    kill_after_records,
+    tree_bytes,
+)
 
 import daskcal
 from daskcal.cli import main
 from daskcal.cli._outliers import RESUME_AS
 from daskcal.io._outputs import RUN_FILE, resume_folder
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(
-    "ignore:Port .* is already in use:UserWarning",
-    "ignore::ResourceWarning",
-)]
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(*CLUSTER_WARNINGS)]
 
 RUN = ["--save-median", "--tile-shape", "64", "64", "--workers", "1", "--no-progress"]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _resume_common import (  # tests/cli on sys.path
+    CLUSTER_WARNINGS,
     chunk_records,
     kill_after_records,
     tree_bytes,
@@ -19,10 +20,7 @@ from _resume_common import (  # tests/cli on sys.path
 from daskcal.cli import main
 from daskcal.io._outputs import RESUME_MARKER, RUN_FILE, resume_folder
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Port .* is already in use:UserWarning",
-    "ignore::ResourceWarning",
-)
+pytestmark = pytest.mark.filterwarnings(*CLUSTER_WARNINGS)
 
 RUN = ["--tile-shape", "64", "64", "--workers", "1", "--no-progress"]
 

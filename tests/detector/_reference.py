@@ -52,7 +52,49 @@ def calibrated_ramps(shape, seed=0, **kw):
     return r, sim.truth
 
 
+def with_groupdq(ramps: xr.Dataset, gdq, **attrs) -> xr.Dataset:
+    """A copy of ``ramps`` with the group DQ ``gdq`` (its dims kept) and ``attrs`` added to its attributes."""
+    out = ramps.copy()
+    out["groupdq"] = (ramps["groupdq"].dims, gdq)
+    out.attrs = {**ramps.attrs, **attrs}
+    return out
+
+
+#: Chunk grids of the (41, 37) px ramp cubes of the ramp-fit tests (y, x chunk sizes; None: one chunk).
+CUBE_GRIDS = {"1x1": None, "2x1": (21, 37), "1x2": (41, 19), "ragged": (13, 11)}
+
+
+def chunked(ramps: xr.Dataset, grid: str) -> xr.Dataset:
+    """``ramps`` cut into the ``CUBE_GRIDS[grid]`` chunks of y and x (as it is for "1x1")."""
+    chunks = CUBE_GRIDS[grid]
+    return ramps.chunk(dict(zip(("y", "x"), chunks, strict=True))) if chunks else ramps
+
+
 # ---------------------------------------------------------------- stcal oracles
+def stcal_ramp_data(ramps: xr.Dataset, suppress_one_group=True, dark=None):
+    """stcal 1.20's ``RampData`` for OLS_C set up as jwst's ``create_ramp_fit_class`` does (copies of every
+    input), with the read noise and gain arrays ``ramp_fit_data`` takes: ``(ramp_data, readnoise, gain)``."""
+    from stcal.ramp_fitting.ramp_fit_class import RampData
+
+    data = np.array(ramps["data"].values, np.float32)
+    pdq = np.array(ramps["pixeldq"].values, np.uint32)
+    rd = RampData()
+    dark = np.zeros(pdq.shape, np.float32) if dark is None else np.array(dark, np.float32)
+    gdq = np.array(ramps["groupdq"].values, np.uint8)
+    # the group DQ before suppression, where any group has CHARGELOSS
+    orig = gdq.copy() if (gdq & DQ.CHARGELOSS).any() else None
+    rd.set_arrays(data, gdq, pdq, dark, orig_gdq=orig)
+    a = ramps.attrs
+    rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
+                int(a["nframes"]), a.get("drop_frames1"))
+    rd.algorithm = "OLS_C"
+    rd.set_dqflags(dq_dict())
+    rd.start_row, rd.num_rows = 0, data.shape[2]
+    # jwst's ramp_fit switches suppression off for one-group data
+    rd.suppress_one_group_ramps = bool(suppress_one_group and data.shape[1] > 1)
+    return rd, np.array(ramps["readnoise"].values, np.float32), np.array(ramps["gain"].values, np.float32)
+
+
 def stcal_saturation(ramps: xr.Dataset, n_pix_grow_sat=1):
     """``flag_saturated_pixels`` on copies, with pixeldq as the reference DQ."""
     from stcal.saturation.saturation import flag_saturated_pixels

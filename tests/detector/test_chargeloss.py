@@ -10,9 +10,10 @@ import pytest
 from daskcal.detector._ramp_fit import fit_ramps
 from daskcal.dq import DQ
 
-from test_ramp_fit import assert_products_match, make_cube, stcal_fit  # tests/detector on sys.path
+from _reference import CUBE_GRIDS as GRIDS  # tests/detector on sys.path
+from _reference import chunked, with_groupdq
+from test_ramp_fit import assert_products_match, make_cube, stcal_fit
 
-GRIDS = {"1x1": None, "2x1": (21, 37), "1x2": (41, 19), "ragged": (13, 11)}
 CL, DNU = int(DQ.CHARGELOSS), int(DQ.DO_NOT_USE)
 
 
@@ -27,9 +28,7 @@ def with_chargeloss(ramps, seed=0):
     gdq[hit] |= CL | DNU
     gdq[rng.random(gdq.shape) < 0.02] |= CL  # no DO_NOT_USE: stcal's toggle sets it
     gdq[0, :, 3, 4] |= CL | DNU
-    out = ramps.copy()
-    out["groupdq"] = (ramps["groupdq"].dims, gdq)
-    return out
+    return with_groupdq(ramps, gdq)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,7 @@ def expected(cube):
 
 @pytest.mark.parametrize("grid", list(GRIDS))
 def test_chargeloss_matches_stcal(cube, expected, grid, scheduler):
-    src = cube.chunk(dict(zip(("y", "x"), GRIDS[grid], strict=True))) if GRIDS[grid] else cube
-    result = fit_ramps(src)
+    result = fit_ramps(chunked(cube, grid))
     with scheduler():
         rate, rateints = dask.compute(result.rate, result.rateints)
     assert_products_match(rate, expected[0], 1e-5)

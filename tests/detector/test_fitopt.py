@@ -9,34 +9,20 @@ import pytest
 
 from daskcal.detector._fitopt import SEGMENT_NAMES, max_jumps, max_segments
 from daskcal.detector._ramp_fit import fit_ramps
-from daskcal.dq import DQ, dq_dict
+from daskcal.dq import DQ
 
-from test_ramp_fit import make_cube  # tests/detector on sys.path
+from _reference import CUBE_GRIDS as GRIDS  # tests/detector on sys.path
+from _reference import chunked, stcal_ramp_data
+from test_ramp_fit import make_cube
 
-GRIDS = {"1x1": None, "2x1": (21, 37), "1x2": (41, 19), "ragged": (13, 11)}
 NAMES = (*SEGMENT_NAMES, "pedestal", "crmag")
 
 
 def stcal_opt(ramps, suppress_one_group=True):
     """stcal 1.20 ``ramp_fit_data(save_opt=True)`` with OLS_C, as jwst calls it; returns opt_info."""
     from stcal.ramp_fitting.ramp_fit import ramp_fit_data
-    from stcal.ramp_fitting.ramp_fit_class import RampData
 
-    data = np.array(ramps["data"].values, np.float32)
-    pdq = np.array(ramps["pixeldq"].values, np.uint32)
-    rd = RampData()
-    gdq = np.array(ramps["groupdq"].values, np.uint8)
-    orig = gdq.copy() if (gdq & DQ.CHARGELOSS).any() else None  # as jwst's create_ramp_fit_class
-    rd.set_arrays(data, gdq, pdq, np.zeros(pdq.shape, np.float32), orig_gdq=orig)
-    a = ramps.attrs
-    rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
-                int(a["nframes"]), a.get("drop_frames1"))
-    rd.algorithm = "OLS_C"
-    rd.set_dqflags(dq_dict())
-    rd.start_row, rd.num_rows = 0, data.shape[2]
-    rd.suppress_one_group_ramps = bool(suppress_one_group and data.shape[1] > 1)
-    rn = np.array(ramps["readnoise"].values, np.float32)
-    gain = np.array(ramps["gain"].values, np.float32)
+    rd, rn, gain = stcal_ramp_data(ramps, suppress_one_group)
     _, _, opt = ramp_fit_data(rd, True, rn, gain, "OLS_C", "optimal", "none")
     return opt
 
@@ -72,8 +58,7 @@ def expected(cube):
 
 @pytest.mark.parametrize("grid", list(GRIDS))
 def test_fitopt_matches_stcal(cube, expected, grid, scheduler):
-    src = cube.chunk(dict(zip(("y", "x"), GRIDS[grid], strict=True))) if GRIDS[grid] else cube
-    result = fit_ramps(src, save_opt=True)
+    result = fit_ramps(chunked(cube, grid), save_opt=True)
     with scheduler():
         opt, rate = dask.compute(result.fitopt, result.rate)
     assert opt.sizes["segment"] == max_segments(9) and opt.sizes["jump"] == max_jumps(9)

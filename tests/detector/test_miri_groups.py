@@ -12,11 +12,11 @@ from daskcal.detector._jump import detect_jumps
 from daskcal.detector._ramp_fit import fit_ramps
 from daskcal.dq import DQ
 
-from _reference import calibrated_ramps, stcal_jumps  # tests/detector on sys.path
+from _reference import CUBE_GRIDS as GRIDS  # tests/detector on sys.path
+from _reference import calibrated_ramps, chunked, stcal_jumps, with_groupdq
 from test_fitopt import NAMES, assert_opt_matches, stcal_opt
 from test_ramp_fit import assert_products_match, make_cube, stcal_fit
 
-GRIDS = {"1x1": None, "2x1": (21, 37), "1x2": (41, 19), "ragged": (13, 11)}
 DNU, JUMP = int(DQ.DO_NOT_USE), int(DQ.JUMP_DET)
 
 
@@ -29,10 +29,7 @@ def miri(ramps, lead=1, trail=1, seed=0):
     if trail:
         gdq[:, -trail:] |= DNU
     gdq[:, lead][rng.random(gdq[:, lead].shape) < 0.1] |= JUMP
-    out = ramps.copy()
-    out["groupdq"] = (ramps["groupdq"].dims, gdq)
-    out.attrs = dict(ramps.attrs, instrument="MIRI")
-    return out
+    return with_groupdq(ramps, gdq, instrument="MIRI")
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +44,7 @@ def expected(cube):
 
 @pytest.mark.parametrize("grid", list(GRIDS))
 def test_miri_ramp_fit_matches_stcal(cube, expected, grid, scheduler):
-    src = cube.chunk(dict(zip(("y", "x"), GRIDS[grid], strict=True))) if GRIDS[grid] else cube
-    result = fit_ramps(src, save_opt=True)
+    result = fit_ramps(chunked(cube, grid), save_opt=True)
     with scheduler():
         rate, rateints, opt = dask.compute(result.rate, result.rateints, result.fitopt)
     (ref_rate, ref_ints), ref_opt = expected
@@ -89,8 +85,7 @@ def test_miri_jumps_match_stcal(grid, scheduler):
     r, _ = calibrated_ramps((2, 9, 41, 37), seed=5, cr_probability=0.01)
     r = miri(r, seed=3)
     expect_gdq, expect_pdq = stcal_jumps(r)
-    src = r.chunk(dict(zip(("y", "x"), GRIDS[grid], strict=True))) if GRIDS[grid] else r
-    out = detect_jumps(src)
+    out = detect_jumps(chunked(r, grid))
     with scheduler():
         gdq, pdq = dask.compute(out["groupdq"].data, out["pixeldq"].data)
     np.testing.assert_array_equal(gdq, expect_gdq)

@@ -12,9 +12,10 @@ import xarray as xr
 
 from daskcal.detector import _ramp_fit
 from daskcal.detector._ramp_fit import RampFitResult, fit_ramps
-from daskcal.dq import DQ, dq_dict
+from daskcal.dq import DQ
 
 from _ramp_reference import reference_fit  # tests/detector is on sys.path (rootdir-less layout)
+from _reference import stcal_ramp_data
 
 NAMES = ("data", "err", "dq", "var_poisson", "var_rnoise")
 TG = 10.737
@@ -60,26 +61,8 @@ def make_cube(nints, ngroups, ny=64, nx=64, *, seed=0, nframes=1):
 def stcal_fit(ramps, suppress_one_group=True, dark=None):
     """stcal 1.20 ``ramp_fit_data`` as jwst's ``ramp_fit`` calls it (copies of every input)."""
     from stcal.ramp_fitting.ramp_fit import ramp_fit_data
-    from stcal.ramp_fitting.ramp_fit_class import RampData
 
-    data = np.array(ramps["data"].values, np.float32)
-    pdq = np.array(ramps["pixeldq"].values, np.uint32)
-    rd = RampData()
-    dark = np.zeros(pdq.shape, np.float32) if dark is None else np.array(dark, np.float32)
-    gdq = np.array(ramps["groupdq"].values, np.uint8)
-    # as jwst's create_ramp_fit_class: the group DQ before suppression, where any group has CHARGELOSS
-    orig = gdq.copy() if (gdq & DQ.CHARGELOSS).any() else None
-    rd.set_arrays(data, gdq, pdq, dark, orig_gdq=orig)
-    a = ramps.attrs
-    rd.set_meta(str(a.get("instrument", "NIRCAM")), float(a["frame_time"]), float(a["group_time"]), int(a["groupgap"]),
-                int(a["nframes"]))
-    rd.algorithm = "OLS_C"
-    rd.set_dqflags(dq_dict())
-    rd.start_row, rd.num_rows = 0, data.shape[2]
-    # jwst's ramp_fit switches suppression off for one-group data
-    rd.suppress_one_group_ramps = bool(suppress_one_group and data.shape[1] > 1)
-    rn = np.array(ramps["readnoise"].values, np.float32)
-    gain = np.array(ramps["gain"].values, np.float32)
+    rd, rn, gain = stcal_ramp_data(ramps, suppress_one_group, dark)
     image, integ, _ = ramp_fit_data(rd, False, rn, gain, "OLS_C", "optimal", "none")
     rename = {"data": "slope"}
     return ({n: image[rename.get(n, n)] for n in NAMES}, {n: integ[rename.get(n, n)] for n in NAMES})

@@ -135,16 +135,35 @@ def test_levels_equal_stcal(offset_images, method, skystat):
     assert got == [r[0] for r in ref]  # in fact the same numbers: the same float32/float64 steps
 
 
+@pytest.fixture(scope="module")
+def grouped_stcal(offset_images):
+    """The offset images in three exposure groups, and stcal's result on them for a ``(method, skystat)``
+    (computed once for both ways of computing the statistics)."""
+    images = [ds.assign_attrs(group_id=g) for ds, g in zip(offset_images, ["a", "b", "a", "c"], strict=True)]
+    refs: dict = {}
+
+    def ref(method, skystat):
+        if (method, skystat) not in refs:
+            refs[method, skystat] = stcal_skymatch(images, **_grouped_kw(method, skystat))
+        return refs[method, skystat]
+
+    return images, ref
+
+
+def _grouped_kw(method, skystat) -> dict:
+    return {"skymethod": method, "skystat": skystat, "subtract": True, "stepsize": 30, "match_down": False}
+
+
 @pytest.mark.parametrize("image_memory", ["256 MiB", 0], ids=["whole-images", "chunk-rounds"])
 @pytest.mark.parametrize("skystat", SKYSTATS)
 @pytest.mark.parametrize("method", METHODS)
-def test_groups_chunks_and_subtract_equal_stcal(offset_images, method, skystat, image_memory):
+def test_groups_chunks_and_subtract_equal_stcal(grouped_stcal, method, skystat, image_memory):
     """Both ways of computing the statistics (an image in memory, or its chunks re-read in each round)."""
     import dask
 
-    images = [ds.assign_attrs(group_id=g) for ds, g in zip(offset_images, ["a", "b", "a", "c"], strict=True)]
-    kw = {"skymethod": method, "skystat": skystat, "subtract": True, "stepsize": 30, "match_down": False}
-    ref = stcal_skymatch(images, **kw)
+    images, stcal_ref = grouped_stcal
+    kw = _grouped_kw(method, skystat)
+    ref = stcal_ref(method, skystat)
     with dask.config.set({"daskcal.skymatch.image-memory": image_memory}):
         result = match_sky([ds.chunk({"y": 37, "x": 50}) for ds in images], **kw)
     got = list(result.levels.values())
