@@ -188,6 +188,11 @@ def _pre_spawn_config() -> dict:
     return {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
 
 
+#: Dask configuration key of the scheduler's root-task queueing, and the value the embedded cluster uses.
+SATURATION = "distributed.scheduler.worker-saturation"
+WORKER_SATURATION = 1.0
+
+
 class MissingPackageError(ModuleNotFoundError):
     """An optional package that the chosen cluster needs is not installed (the message says how to install it)."""
 
@@ -422,6 +427,12 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
         msg = "the embedded cluster's TLS certificate needs the cryptography package: pip install cryptography"
         raise MissingPackageError(msg, name="cryptography") from exc
     environ = _pre_spawn_config()
+    # One queued task per worker thread, not Dask's default 1.1 (rounded up: two for a one-thread worker). With two,
+    # a worker that finishes a long task (a tile's chain of inputs) already holds the next one and starts it before
+    # the short tasks that follow the first (the tile's planes, its write) reach it a scheduler round trip later:
+    # resample of 16 x 2048^2 on 2 workers wrote each tile a whole chain late, so a run killed at 4 of 9 tiles had
+    # two finished tiles unwritten (what --resume redoes).
+    environ[SATURATION] = WORKER_SATURATION
     if dask.config.get("distributed.worker.multiprocessing-method") in ("spawn", "forkserver"):
         preload_workers(dashboard=dashboard_address is not None)  # unless running already
         if _forkserver_running() and _forkserver == (_forkserver_pid(), _worker_environ()):

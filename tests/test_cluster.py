@@ -126,6 +126,15 @@ def test_embedded_cluster_listens_on_localhost_only(embedded):
         assert ips == ["127.0.0.1"], worker
 
 
+def test_embedded_scheduler_queues_one_task_per_worker_thread(embedded):
+    """Worker saturation 1.0 (Dask's default 1.1 rounds up to two tasks for a one-thread worker, which then starts
+    the next long task before the short ones that follow the last reach it): see daskcal.cluster._embedded."""
+    from daskcal.cluster import WORKER_SATURATION
+
+    assert WORKER_SATURATION == 1.0
+    assert embedded.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == 1.0
+
+
 def test_a_client_without_the_cluster_certificate_is_refused(embedded):
     address = embedded.scheduler.address
     attempts = {
