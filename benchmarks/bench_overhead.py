@@ -69,12 +69,14 @@ def _venv(path: Path) -> tuple[Path, float]:
     return py, time.perf_counter() - t0
 
 
-def _inputs(py: Path, work: Path) -> None:
+def _inputs(py: Path, work: Path, ramps=(1, 10, 2048, 2048), images=(2048, 2048)) -> None:
+    """``work/ramps.zarr`` (a ramp cube of shape ``ramps``) and two exposures ``work/img0.zarr``, ``img1.zarr``
+    of shape ``images``, made by the daskcal of interpreter ``py``."""
     script = f"""
 import daskcal
 if __name__ == "__main__":
-    daskcal.save(daskcal.simulate((1, 10, 2048, 2048), seed=1).ramps, r"{work / 'ramps.zarr'}")
-    sim = daskcal.simulate_images(2, (2048, 2048), seed=1)
+    daskcal.save(daskcal.simulate({tuple(ramps)!r}, seed=1).ramps, r"{work / 'ramps.zarr'}")
+    sim = daskcal.simulate_images(2, {tuple(images)!r}, seed=1)
     for k, ds in enumerate(sim.images):
         daskcal.save(ds, r"{work}/img%d.zarr" % k)
 """
@@ -182,18 +184,6 @@ _STAMPS = {
 }
 
 
-def _small_inputs(work: Path) -> None:
-    script = f"""
-import daskcal
-if __name__ == "__main__":
-    daskcal.save(daskcal.simulate((1, 5, 256, 256), seed=1).ramps, r"{work / 'ramps.zarr'}")
-    sim = daskcal.simulate_images(2, (512, 512), seed=1)
-    for k, ds in enumerate(sim.images):
-        daskcal.save(ds, r"{work}/img%d.zarr" % k)
-"""
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=work)
-
-
 def _timed_run(checkout: Path, argv: list[str], work: Path) -> dict:
     """One ``daskcal -v ARGV --no-progress`` from ``checkout``: phases since exec, CPU times, load."""
     import resource
@@ -241,7 +231,7 @@ def _small(checkouts: list[Path], rounds: int) -> None:
     import statistics
 
     work = Path(tempfile.mkdtemp(prefix="daskcal-overhead-small-"))
-    _small_inputs(work)
+    _inputs(Path(sys.executable), work, ramps=(1, 5, 256, 256), images=(512, 512))
     commands = {
         "detector1": ["detector1", "ramps.zarr", "out"],
         "resample": ["resample", "img0.zarr", "img1.zarr", "-o", "mosaic.zarr"],
