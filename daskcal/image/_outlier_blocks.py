@@ -9,7 +9,8 @@
   layer of the sparse Zarr stack.
 - :func:`median_tile`: median of the layers that overlap one output tile.
 - :func:`blot_block`: blot a window of the median onto an input block's rows.
-- :func:`flag_input`: flag an input against its blotted median.
+- :func:`flag_bits`: an input's outliers against its blotted median, packed;
+  :func:`with_outliers` applies them to a region of its DQ.
 
 No dask here; WCSs travel as ASDF text (cached deserialisation).
 """
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "pixel_map", "footprint_window", "block_windows", "row_blocks", "block_pixel_map", "drizzle_block",
-    "merge_group", "median_tile", "blot_block", "flag_input",
+    "merge_group", "median_tile", "blot_block", "flag_bits", "with_outliers",
 ]
 
 #: Rows added each side of an input block so its edge pixels drizzle as in the whole input.
@@ -342,19 +343,9 @@ def blot_block(median, window, pixmap, block):
     return out
 
 
-def flag_input(blots, data, err, dq, backg, params):
-    """New DQ of one input from its blotted median (row blocks in order) and ``flag_resampled_crs``.
-
-    ``backg`` (unit of data) is subtracted from each difference. Returns
-    ``dq | (OUTLIER | DO_NOT_USE)`` where an outlier was found.
-    """
-    from daskcal.dq import DQ
-
-    return _apply(dq, outlier_mask(blots, data, err, backg, params), DQ)
-
-
 def outlier_mask(blots, data, err, backg, params):
-    """The outliers of one input (bool, its shape): see :func:`flag_input`."""
+    """The outliers of one input (bool, its shape) from its blotted median (row blocks in order) and
+    ``flag_resampled_crs``; ``backg`` (unit of data) is subtracted from each difference."""
     data, err = np.asarray(assemble(data)), np.asarray(assemble(err))
     blot = blots[0] if len(blots) == 1 else np.concatenate(blots, axis=0)
     return flag_resampled_crs(data, err, blot, params.snr[0], params.snr[1], params.scale[0], params.scale[1], backg)
@@ -376,9 +367,7 @@ def with_outliers(dq, bits, region, shape):
     from daskcal.dq import DQ
 
     (y0, y1), (x0, x1) = ((s.start, s.stop) for s in region)
-    rows = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape) if y0 == 0 and y1 == shape[0] else \
-        _unpack_rows(bits, y0, y1, shape[1])
-    return _apply(dq, rows[:, x0:x1].view(bool), DQ)
+    return _apply(dq, _unpack_rows(bits, y0, y1, shape[1])[:, x0:x1].view(bool), DQ)
 
 
 def _unpack_rows(bits, y0, y1, nx):

@@ -574,22 +574,18 @@ def _flagged_dq(graph, dq, bits, name):
     regions."""
     import dask.array as da
 
-    from daskcal.io._zarr_read import zarr_source
-
     shape = tuple(int(n) for n in dq.shape)
-    source = zarr_source(dq) if isinstance(dq, da.Array) else None
-    src = _Chunks(dq, graph=graph) if source is None else None
+    src = _Chunks(dq, graph=graph)  # a window of it: a read task (Zarr), its chunks, or a numpy slice
     chunks = dq.chunks if isinstance(dq, da.Array) else ((shape[0],), (shape[1],))
     ys, xs = np.cumsum((0, *chunks[0])), np.cumsum((0, *chunks[1]))
     for i in range(len(ys) - 1):
         for j in range(len(xs) - 1):
-            region = (slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
-            block = (read_task, source, region) if source is not None else src.window(
-                region[0].start, region[0].stop, region[1].start, region[1].stop)
-            graph.add((name, i, j), blocks.with_outliers, block, bits, region, shape)
+            y0, y1, x0, x1 = int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1])
+            graph.add((name, i, j), blocks.with_outliers, src.window(y0, y1, x0, x1), bits,
+                      (slice(y0, y1), slice(x0, x1)), shape)
     out = graph.array(name, chunks, np.uint32)
-    if source is not None:
-        _FLAGGED.add(out.name, FlaggedDQ(source, bits, shape))
+    if src.source is not None:
+        _FLAGGED.add(out.name, FlaggedDQ(src.source, bits, shape))
     return out
 
 
