@@ -937,7 +937,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 # priorities (distributed): a tile's later steps before other tiles' first ones, tiles in order,
                 # so tiles are finished one after another instead of every tile's first partial sums held at once
                 base = -(len(tiles) * gpos + t) * 4 * (len(mine) + 2)
-                level = []
+                level, fin = [], None
                 nchains = min(-(-len(mine) // CHAIN), chains_per_tile)
                 length = -(-len(mine) // nchains)
                 for c in range(0, len(mine), length):  # chains of inputs, then pairwise merges of the chains
@@ -954,25 +954,24 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                                                              dask_key_name=f"{key}-tile" if whole else
                                                              f"{key}-chain-{seg[0][0]}")
                         if whole:
-                            level = None
-                            break
+                            fin = sums
+                            continue
                     else:
                         for step, ((k, _, deps), inp_t) in enumerate(zip(seg, ins, strict=True)):
                             with dask.annotate(priority=base + c + step + 1):
                                 sums = dask.delayed(_leaf_task)(inp_t, deps, text_out, tile, nplanes, spec, sums,
                                                                 dask_key_name=f"{key}-leaf-{k}")
                     level.append(sums)
-                if level is None:  # the one chain gave the planes
-                    row.append(_tile_arrays(sums, tshape, nplanes, spec))
-                    continue
-                depth = 0
-                while len(level) > 1:
-                    depth += 1
-                    with dask.annotate(priority=base + len(mine) + depth):
-                        level = [dask.delayed(_merge_task)(*level[j:j + 2], dask_key_name=f"{key}-merge-{depth}-{j}")
-                                 if j + 1 < len(level) else level[j] for j in range(0, len(level), 2)]
-                with dask.annotate(priority=base + 2 * len(mine) + 2):
-                    fin = dask.delayed(_finalize_task)(level[0], tile, nplanes, spec, dask_key_name=f"{key}-tile")
+                if fin is None:
+                    depth = 0
+                    while len(level) > 1:
+                        depth += 1
+                        with dask.annotate(priority=base + len(mine) + depth):
+                            level = [dask.delayed(_merge_task)(*level[j:j + 2],
+                                                               dask_key_name=f"{key}-merge-{depth}-{j}")
+                                     if j + 1 < len(level) else level[j] for j in range(0, len(level), 2)]
+                    with dask.annotate(priority=base + 2 * len(mine) + 2):
+                        fin = dask.delayed(_finalize_task)(level[0], tile, nplanes, spec, dask_key_name=f"{key}-tile")
                 row.append(_tile_arrays(fin, tshape, nplanes, spec))
             rows.append(row)
         per_group.append((nplanes, rows))
