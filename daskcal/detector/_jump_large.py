@@ -262,10 +262,11 @@ def _may_contain(px: np.ndarray, py: np.ndarray):
     return needed
 
 
-def _near_edge(r: Region, edge: int, ny: int) -> bool:
-    # stcal 1.20 compares both coordinates with the number of rows
+def _near_edge(x, y, edge: int, ny: int):
+    """Whether centres ``(x, y)`` (scalars or arrays) lie within ``edge`` of the detector's edge; stcal 1.20
+    compares both coordinates with the number of rows."""
     high = max(0, ny - edge)
-    return r.x < edge or r.y < edge or r.x > high or r.y > high
+    return (x < edge) | (y < edge) | (x > high) | (y > high)
 
 
 def snowball_axes(r: Region, factor: float, max_width: float) -> tuple[float, float]:
@@ -317,15 +318,13 @@ def group_events(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray | None, satu
                              shape_needed=lambda x, *_: np.zeros(x.shape, dtype=bool))
     cx = np.array([c.x for c in cores + next_cores], dtype=np.float64)
     cy = np.array([c.y for c in cores + next_cores], dtype=np.float64)
-    edge, high = settings.edge_size, max(0, ny - settings.edge_size)
     inside = _may_contain(cx, cy)
 
-    def needed(x, y, rows, cols):  # near the edge (stcal compares both with the rows) or maybe holding a core
-        near = (x < edge) | (y < edge) | (x > high) | (y > high)
-        return near | inside(x, y, rows, cols)
+    def needed(x, y, rows, cols):  # near the edge, or maybe holding a core
+        return _near_edge(x, y, settings.edge_size, ny) | inside(x, y, rows, cols)
 
     jumps = regions(jump_mask, settings.min_jump_area, shape_needed=needed)
-    snowballs = [r for r in jumps if _near_edge(r, settings.edge_size, ny) or r.contains_any(cx, cy)]
+    snowballs = [r for r in jumps if _near_edge(r.x, r.y, settings.edge_size, ny) or r.contains_any(cx, cy)]
     saturate, persist = [], []
     for c in cores:
         if min(c.a0, c.a1) > settings.min_sat_radius_extend:
