@@ -267,21 +267,25 @@ def _user_catalogs(names, catalogs) -> list:
 
 
 def _catalog_task(data, dq, err, params):
-    """One exposure's sources (a Dask task: the arrays arrive as NumPy, the table goes back)."""
-    return find_sources(data, dq, err, params)
+    """One exposure's sources (a Dask task: the arrays arrive as NumPy or are read here, the table goes back)."""
+    from daskcal.io._zarr_read import materialize
+
+    return find_sources(materialize(data), materialize(dq), materialize(err), params)
 
 
 def _compute_catalogs(images, user, p: AlignParameters) -> list:
     """User catalogs as given; the others found by photutils in one ``dask.compute``."""
     import dask
 
+    from daskcal.io._zarr_read import whole_argument
+
     todo = [i for i, cat in enumerate(user) if cat is None]
     tasks = []
     for i in todo:
         ds = images[i]
-        dq = ds["dq"].data if "dq" in ds else None
-        err = ds["err"].data if (p.starfinder == "segmentation" and "err" in ds) else None
-        tasks.append(dask.delayed(_catalog_task, pure=True)(ds["data"].data, dq, err, p))
+        dq = whole_argument(ds["dq"].data) if "dq" in ds else None
+        err = whole_argument(ds["err"].data) if (p.starfinder == "segmentation" and "err" in ds) else None
+        tasks.append(dask.delayed(_catalog_task, pure=True)(whole_argument(ds["data"].data), dq, err, p))
     found = dask.compute(*tasks) if tasks else ()
     out = list(user)
     for i, table in zip(todo, found):

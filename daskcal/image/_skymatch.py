@@ -331,8 +331,8 @@ def _image_statistics(img, regions, spec, ignore_bits, shift, after, token):
     data = _dask_array(img.ds["data"])
     dq = _dask_array(img.ds["dq"]).rechunk(data.chunks) if "dq" in img.ds else None
     if _fits_in_memory(data, dq):
-        dblocks = data.to_delayed(optimize_graph=False).tolist()
-        qblocks = None if dq is None else dq.to_delayed(optimize_graph=False).tolist()
+        dblocks = _whole_blocks(data)
+        qblocks = None if dq is None else _whole_blocks(dq)
         return dask.delayed(_whole_image_task)(spec, dblocks, qblocks, (img.ds.attrs["wcs_asdf"], img.shape, regions),
                                                ignore_bits, shift, after,
                                                dask_key_name=f"skymatch-stat-{token}-{img.index}")
@@ -400,11 +400,26 @@ def _whole_image_task(spec, dblocks, qblocks, where, ignore_bits, shift, _after)
         if r is not None and wcs is None:
             wcs = wcs_from_text(text)
         regions.append(None if r is None else _pixel_runs(wcs, shape, r))
-    data = np.block(dblocks) if len(dblocks) > 1 or len(dblocks[0]) > 1 else np.asarray(dblocks[0][0])
-    dq = None
-    if qblocks is not None:
-        dq = np.block(qblocks) if len(qblocks) > 1 or len(qblocks[0]) > 1 else np.asarray(qblocks[0][0])
-    return stats.whole_image_results(spec, data, dq, regions, ignore_bits, shift)
+    dq = None if qblocks is None else _whole(qblocks)
+    return stats.whole_image_results(spec, _whole(dblocks), dq, regions, ignore_bits, shift)
+
+
+def _whole_blocks(arr):
+    """A whole image for :func:`_whole_image_task`: read by the task itself from Zarr where it can be
+    (:func:`~daskcal.io._zarr_read.whole_argument`), else its chunks as a nested list."""
+    from daskcal.io._zarr_read import WholeRead, whole_argument
+
+    whole = whole_argument(arr)
+    return whole if isinstance(whole, WholeRead) else arr.to_delayed(optimize_graph=False).tolist()
+
+
+def _whole(blocks) -> np.ndarray:
+    """Inside a task: the image :func:`_whole_blocks` handed over."""
+    from daskcal.io._zarr_read import WholeRead
+
+    if isinstance(blocks, WholeRead):
+        return blocks.read()
+    return np.block(blocks) if len(blocks) > 1 or len(blocks[0]) > 1 else np.asarray(blocks[0][0])
 
 
 def _merge(kind, spec, states, *parts):

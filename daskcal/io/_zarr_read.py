@@ -140,8 +140,10 @@ class ArrayNotes:
         return self._notes.get(getattr(arr, "name", None))
 
 
-#: The :class:`ZarrSource` of each array :func:`read_as_dask` made (see :func:`zarr_source`).
-_SOURCES = ArrayNotes(1024)
+#: The :class:`ZarrSource` of each array :func:`read_as_dask` made (see :func:`zarr_source`). A note is
+#: ~0.3 KB; a forgotten one does not change results but makes its array's tasks depend on read tasks again
+#: (memory that grows with the exposures), so room for thousands of exposures' variables.
+_SOURCES = ArrayNotes(1 << 16)
 
 
 @dataclass(frozen=True)
@@ -607,6 +609,36 @@ def stored_as_is(var) -> bool:
         return False
     fill = enc.get("_FillValue")
     return fill is None or (var.dtype.kind == "f" and np.isnan(fill))
+
+
+@dataclass(frozen=True)
+class WholeRead:
+    """A task argument standing for a whole array of a Zarr store, which the task reads itself
+    (:func:`materialize`)."""
+
+    source: ZarrSource
+    shape: tuple[int, ...]
+
+    def read(self) -> np.ndarray:
+        return self.source.read(tuple(slice(0, n) for n in self.shape))
+
+
+def whole_argument(arr):
+    """``arr`` as the argument of a task that needs all of it (see :func:`materialize`).
+
+    An array exactly as :func:`read_as_dask` made it becomes a :class:`WholeRead`: the task
+    reads the store itself, so the array's chunks are neither read ahead by read tasks nor
+    held for it (with one read task per chunk, the chunks of many exposures waited on a
+    worker for their tasks: 508 MB of the 1205 MB peak of skymatch on 32 x 2048^2).
+    Anything else is returned unchanged.
+    """
+    source = zarr_source(arr)
+    return arr if source is None else WholeRead(source, tuple(int(n) for n in arr.shape))
+
+
+def materialize(x):
+    """Inside a task: the array a :func:`whole_argument` stands for (anything else unchanged)."""
+    return x.read() if isinstance(x, WholeRead) else x
 
 
 def zarr_source(arr) -> ZarrSource | None:

@@ -16,3 +16,21 @@ def sim6():
 @pytest.fixture(scope="session")
 def sim6_wcs(sim6):
     return daskcal.output_wcs(sim6.images)
+
+
+@pytest.fixture
+def compute_graph_keys(monkeypatch) -> list[str]:
+    """The keys (as strings) of every graph ``dask.compute`` is given during the test."""
+    import dask
+    from dask.base import unpack_collections
+
+    keys, real = [], dask.compute
+
+    def spy(*args, **kwargs):
+        collections, _ = unpack_collections(*args)
+        for c in collections:
+            keys.extend(str(k) for k in dict(c.__dask_graph__()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dask, "compute", spy)
+    return keys

@@ -216,6 +216,24 @@ def test_groups_left_unaligned_are_one_warning(caplog):
     assert f"{len(failed)} of 4 exposure groups" in warned[0] and all(g in warned[0] for g in failed)
 
 
+def test_zarr_exposures_are_read_by_their_catalog_tasks(sim, tmp_path_factory, scheduler, compute_graph_keys):
+    """An exposure read from Zarr is read by its source-finding task itself (no read tasks whose
+    chunks wait on the workers); catalogs and corrections equal those of the exposures in memory."""
+    d = tmp_path_factory.mktemp("cat")
+    stores = [str(daskcal.save(ds, d / f"{ds.attrs['name']}.zarr")) for ds in sim.images]
+    with scheduler():
+        got = daskcal.align(daskcal.open_images(stores), enforce_user_order=True, **DENSE)
+    assert any("_catalog_task" in k for k in compute_graph_keys)
+    assert not [k for k in compute_graph_keys if "zarr-read" in k]
+    ref = daskcal.align(sim.images, enforce_user_order=True, **DENSE)
+    for name, cat in ref.catalogs.items():
+        assert len(cat) > 60
+        for col in ("x", "y", "flux"):
+            np.testing.assert_array_equal(got.catalogs[name][col], cat[col])
+    for a, b in zip(got.images, ref.images, strict=True):
+        assert daskcal.get_wcs(a)(10.5, 20.5) == daskcal.get_wcs(b)(10.5, 20.5)
+
+
 def test_user_catalogs_replace_source_finding(sim, tmp_path):
     from astropy.table import Table
 

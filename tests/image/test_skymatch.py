@@ -505,3 +505,18 @@ def test_one_compute_for_every_statistic(offset_images, monkeypatch, method):
     result = match_sky([ds.chunk({"y": 50, "x": 60}) for ds in offset_images], skymethod=method, subtract=True)
     assert len(calls) == 1
     assert all(isinstance(v, float) for v in result.levels.values())
+
+
+def test_zarr_images_are_read_by_their_statistics_tasks(offset_images, stores, scheduler, compute_graph_keys):
+    """An image read from Zarr is read by its statistics task itself, not by read tasks whose
+    chunks wait on the workers (508 MB of skymatch's 1205 MB peak on 32 x 2048^2); the levels
+    are those of the same images in memory."""
+    keys = compute_graph_keys
+    with scheduler():
+        got = match_sky(daskcal.open_images(stores), skymethod="global+match", subtract=True)
+    assert any(k.startswith("skymatch-stat") for k in keys)
+    assert not [k for k in keys if "zarr-read" in k]
+    ref = match_sky(offset_images[:3], skymethod="global+match", subtract=True)
+    assert got.levels == ref.levels
+    for a, b in zip(got.images, ref.images, strict=True):
+        np.testing.assert_array_equal(a["data"].values, b["data"].values)
