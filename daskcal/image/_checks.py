@@ -13,9 +13,12 @@ import logging
 
 import numpy as np
 
-__all__ = ["warn_unusable_inputs", "warn_no_overlap"]
+__all__ = ["INPUT_CHECKS_LOGGER", "warn_no_overlap", "warn_unusable_inputs"]
 
 log = logging.getLogger(__name__)
+#: The logger of :func:`warn_unusable_inputs` (what a resumed command line run repeats from its record).
+INPUT_CHECKS_LOGGER = f"{__name__}.inputs"
+_inputs_log = logging.getLogger(INPUT_CHECKS_LOGGER)
 
 #: Variance array whose inverse is the weight, by weight type (as the reference's build_driz_weight).
 _WEIGHT_VARIANCE = {"ivm": "var_rnoise", "ivm-sky": "var_sky"}
@@ -97,15 +100,15 @@ def warn_unusable_inputs(images, *, good_bits, weight_type: str | None, product:
     for k, (ds, (n_kept, n_zero)) in enumerate(zip(images, counts, strict=True)):
         name, n_kept, n_zero = _name(ds, k), int(n_kept), int(n_zero)
         if n_kept == 0:
-            log.warning("exposure %r: no pixel passes good_bits=%r (every pixel is flagged, such as DO_NOT_USE); "
+            _inputs_log.warning("exposure %r: no pixel passes good_bits=%r (every pixel is flagged, such as DO_NOT_USE); "
                         "it contributes nothing to %s", name, good_bits, product)
             empty.append(name)
         elif n_zero == n_kept:
-            log.warning("exposure %r: %s is NaN, infinite or 0 at every usable pixel, so with weight_type=%r "
+            _inputs_log.warning("exposure %r: %s is NaN, infinite or 0 at every usable pixel, so with weight_type=%r "
                         "every weight is 0; it contributes nothing to %s", name, variance, weight_type, product)
             empty.append(name)
         elif n_zero:
-            log.warning("exposure %r: %s is NaN, infinite or 0 at %d of its %d usable pixels; with weight_type=%r "
+            _inputs_log.warning("exposure %r: %s is NaN, infinite or 0 at %d of its %d usable pixels; with weight_type=%r "
                         "they get weight 0", name, variance, n_zero, n_kept, weight_type)
     return empty
 
