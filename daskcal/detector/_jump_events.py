@@ -66,7 +66,9 @@ def flag_large_events(gdq: da.Array, settings: SnowballSettings) -> da.Array:
     (:func:`~daskcal.detector._jump_large.apply_events`). See :func:`~daskcal.detector._jump.detect_jumps`, Notes.
     """
     nints, ngroups, ny, nx = gdq.shape
-    bits = (gdq & np.uint8(DQ.SATURATED | DQ.JUMP_DET)).rechunk((1, 1, ny, nx))
+    # whole planes gathered by tasks: with a distributed client dask would pick its P2P rechunk, which stages
+    # the planes on the workers' disks and logs two warnings per plane set, for a few MB per plane
+    bits = (gdq & np.uint8(DQ.SATURATED | DQ.JUMP_DET)).rechunk((1, 1, ny, nx), method="tasks")
     planes = bits.to_delayed(optimize_graph=False)[:, :, 0, 0]
     search = dask.delayed(_search_group, nout=2, pure=True)
     events = []
@@ -145,7 +147,7 @@ def flag_showers(data, gdq, gain, rnoise, pdq, settings: ShowerSettings) -> da.A
         kernel=kernel,
     )
     emission = da.overlap.trim_internal(emission, d4, boundary="none")
-    planes = emission.rechunk((1, 1, ny, nx)).to_delayed(optimize_graph=False)[:, :, 0, 0]
+    planes = emission.rechunk((1, 1, ny, nx), method="tasks").to_delayed(optimize_graph=False)[:, :, 0, 0]  # as above
     find = dask.delayed(plane_showers, pure=True)
     showers = dask.delayed([[()] + [find(planes[i, g], settings) for g in range(1, ngroups)]
                             for i in range(nints)], traverse=True)

@@ -246,6 +246,21 @@ def showery():
     return r, truth, _stcal(r, **SHOWERS), _stcal(r)
 
 
+def test_event_planes_are_gathered_by_tasks_even_where_dask_would_shuffle(showery, client):
+    """With a distributed client dask may rechunk by a P2P shuffle (staged on the workers' disks, two
+    warnings per run); the whole planes of the event searches are gathered by tasks, and flags stay stcal's."""
+    import dask
+
+    r, _, expect, _ = showery
+    with dask.config.set({"array.rechunk.method": "p2p", "scheduler": client}), client.as_current():
+        out = detect_jumps(r.chunk({"y": 17, "x": 23}), **SHOWERS, **ON)
+        keys = [str(k) for k in out["groupdq"].data.__dask_graph__()]
+        assert [k for k in keys if "rechunk-split" in k or "rechunk-merge" in k]  # gathered, by tasks
+        assert not [k for k in keys if "p2p" in k or "transfer" in k]
+        gdq = out["groupdq"].values
+    assert int((gdq != _stcal(r, **SHOWERS, **ON)[0]).sum()) == 0
+
+
 def test_showers_change_the_flags(showery):
     _, _, expect, plain = showery
     assert int((expect[0] != plain[0]).sum()) > 1000
