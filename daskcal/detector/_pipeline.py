@@ -15,6 +15,7 @@ from daskcal.detector._ramp_fit import RampFitResult, fit_ramps, fit_ramps_plane
 from daskcal.detector._saturation import (
     SaturationParameters,
     check_saturation_inputs,
+    check_superbias,
     flag_saturation,
     needs_separate_graph,
     saturation_graph,
@@ -29,7 +30,8 @@ STEPS = {"saturation": flag_saturation, "jump": detect_jumps, "ramp_fit": fit_ra
 
 
 def subtract_superbias(ramps: xr.Dataset) -> xr.Dataset:
-    """Subtract the ``superbias`` reference (DN) from every group.
+    """Subtract the ``superbias`` reference (DN; ``(y, x)``, or per group ``(integration, group, y, x)``)
+    from every group.
 
     As JWST's superbias step does, NaN superbias values are treated as 0 DN. The
     result is a new lazy dataset with ``data`` in DN above bias and
@@ -39,7 +41,8 @@ def subtract_superbias(ramps: xr.Dataset) -> xr.Dataset:
     if "superbias" not in ramps:
         log.info("no superbias in the ramps; skipping superbias subtraction")
         return ramps
-    validate_ramps(ramps, require=("superbias",))
+    validate_ramps(ramps)
+    check_superbias(ramps)
     bias = ramps["superbias"].fillna(0.0).astype(np.float32)
     out = ramps.copy()
     out["data"] = (ramps["data"] - bias).astype(np.float32).transpose(*ramps["data"].dims)

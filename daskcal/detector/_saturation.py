@@ -36,6 +36,7 @@ __all__ = [
     "flag_saturation",
     "saturation_block",
     "saturation_graph",
+    "check_superbias",
     "saturation_pixeldq",
     "zeroframe_block",
 ]
@@ -203,7 +204,8 @@ def _flag_second_group(data, flags, thresh, bias, read_pattern):
         return
     first, second = data[:, 0], data[:, 1]
     limit = thresh if thresh.ndim == 2 else thresh[:, 0]
-    offset = 0.0 if bias is None else bias
+    # each integration's bias is that of its first group (stcal's bias[int, 0] for 4-D superbias)
+    offset = 0.0 if bias is None else bias if bias.ndim == 2 else bias[:, 0]
     first_mean = np.mean(read_pattern[0])  # a numpy float64: the extrapolation is computed in float64
     extrapolated = (first - offset) / first_mean * read_pattern[2][-1] + offset
     steep = (second - first) > (limit - first) / len(read_pattern[1])
@@ -227,8 +229,9 @@ def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, skip
         Effective saturation threshold in DN (no-check pixels above the A/D limit).
     skip : ndarray of bool, shape of ``thresh``, optional
         The unchecked pixels (NO_SAT_CHECK or NaN threshold); needed with ``read_pattern``.
-    bias : ndarray, shape (cy, cx), optional
-        Superbias in DN for the group-2 check of ``read_pattern`` (default 0 DN).
+    bias : ndarray, shape (cy, cx) or (nints, ngroups, cy, cx), optional
+        Superbias in DN for the group-2 check of ``read_pattern`` (default 0 DN); per
+        group, each integration's check uses the bias of its first group.
     n_pix_grow_sat : int
         Growth half-width in pixels.
     nonfinite : bool, default False
@@ -309,7 +312,8 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
       the threshold times (mean frame / last frame), not yet SATURATED or DO_NOT_USE, before a
       SATURATED group, gets DO_NOT_USE, grown into the same box; and group 2 gets DO_NOT_USE
       where group 3 is newly SATURATED and the rise from group 1 hides a saturation in its
-      frames (``superbias`` as the bias, 0 DN without);
+      frames (``superbias`` as the bias, that of each integration's first group when it is
+      per group, 0 DN without);
     - ``pixeldq`` becomes ``pixeldq | saturation_dq``, with NO_SAT_CHECK where the threshold is NaN;
     - ``zeroframe`` values at or above the threshold (of group 1) or <= 0 DN, and the box
       around the saturated ones, are set to 0.
@@ -320,7 +324,8 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
         Ramp dataset with ``data`` (raw DN, bias included), ``groupdq``, ``pixeldq``
         and ``saturation`` (DN; ``(y, x)`` or per group ``(integration, group, y, x)``);
         optionally ``saturation_dq`` (the saturation reference's DQ, dims of ``saturation``
-        or ``(y, x)``), ``zeroframe`` (``(integration, y, x)``, DN), ``superbias`` (DN) and
+        or ``(y, x)``), ``zeroframe`` (``(integration, y, x)``, DN), ``superbias`` (DN; ``(y, x)``
+        or per group ``(integration, group, y, x)``, as stcal's ``bias``) and
         ``attrs["read_pattern"]``. numpy- or dask-backed.
     n_pix_grow_sat : int, default 1
         Half-width in pixels of the growth box; 0 disables growth.
@@ -341,8 +346,7 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
 
     Notes
     -----
-    stcal also takes 4-D ``pdq`` and ``bias``; daskcal's ``pixeldq`` and ``superbias`` are
-    ``(y, x)``. With 4-D thresholds stcal returns a 4-D ``pdq``; daskcal returns its OR over
+    stcal also takes a 4-D ``pdq``; daskcal's ``pixeldq`` is ``(y, x)``. With 4-D thresholds stcal returns a 4-D ``pdq``; daskcal returns its OR over
     integrations and groups. stcal has no 3-D thresholds (they do not broadcast against a
     group plane), so neither has daskcal. As in stcal, a NaN sample is not flagged and +Inf
     counts as saturated; :func:`daskcal.detector1` flags both DO_NOT_USE instead
@@ -369,16 +373,26 @@ def check_saturation_inputs(ramps: xr.Dataset) -> None:
     if not np.issubdtype(sat.dtype, np.floating):
         msg = f"saturation must have a floating dtype; got {sat.dtype}"
         raise TypeError(msg)
-    checks = {"saturation_dq": ((PIX_DIMS, tuple(sat.dims)), np.integer),
-              "zeroframe": ((("integration", "y", "x"),), np.floating),
-              "superbias": ((PIX_DIMS,), np.floating)}
-    sizes = dict(zip(RAMP_DIMS, shape, strict=True))
+    _check_optional(ramps, {"saturation_dq": ((PIX_DIMS, tuple(sat.dims)), np.integer),
+                            "zeroframe": ((("integration", "y", "x"),), np.floating)})
+    check_superbias(ramps)
+
+
+def check_superbias(ramps: xr.Dataset) -> None:
+    """Check ``superbias``, if any: ``(y, x)`` or per group ``(integration, group, y, x)`` like ``data``, floating
+    (stcal's 2-D or 4-D ``bias``); errors name the variable and the shapes."""
+    _check_optional(ramps, {"superbias": ((PIX_DIMS, RAMP_DIMS), np.floating)})
+
+
+def _check_optional(ramps: xr.Dataset, checks: dict) -> None:
+    sizes = dict(zip(RAMP_DIMS, ramps["data"].shape, strict=True))
     for name, (dims_ok, kind) in checks.items():
         if name not in ramps.data_vars:
             continue
         var = ramps[name]
         if tuple(var.dims) not in dims_ok:
-            msg = f"{name} must have dimensions {' or '.join(map(str, dict.fromkeys(dims_ok)))}; got {tuple(var.dims)}"
+            want = " or ".join(f"{d} {tuple(sizes[k] for k in d)}" for d in dict.fromkeys(dims_ok))
+            msg = f"{name} must have dimensions {want}; got {tuple(var.dims)} {var.shape}"
             raise ValueError(msg)
         want = tuple(sizes[d] for d in var.dims)
         if var.shape != want:
@@ -413,6 +427,8 @@ def needs_separate_graph(ramps: xr.Dataset, params: SaturationParameters) -> str
         return "a read pattern (its checks need a halo of 2 * n_pix_grow_sat)"
     if ramps["saturation"].ndim == 4:
         return "per-group saturation thresholds"
+    if "superbias" in ramps and ramps["superbias"].ndim == 4:
+        return "a per-group superbias"
     return None
 
 
@@ -438,7 +454,7 @@ def saturation_graph(ramps: xr.Dataset, params: SaturationParameters, *, nonfini
         depth.append(depth[2])
         if "superbias" in ds:
             args.append(ds["superbias"].data)
-            depth.append(d2)
+            depth.append(d4 if ds["superbias"].ndim == 4 else d2)
         # a hidden-saturation mark needs its group's flags, already grown: a halo of 2n
         depth = [{k: 2 * v for k, v in d.items()} for d in depth]
     meta = np.empty((0, 0, 0, 0), dtype=np.uint8)

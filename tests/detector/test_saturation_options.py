@@ -114,6 +114,46 @@ def test_read_pattern_with_and_without_bias(raw, n, bias):
     assert_same(ours(r, (9, 5), n_pix_grow_sat=n), stcal_flags(raw, n, read_pattern=PATTERN, bias=bias))
 
 
+def bias_per_group(raw):
+    """A per-group superbias (stcal's 4-D ``bias``): the (y, x) one with an offset per integration and group;
+    integration 1's first-group bias at (6, 14) so low (0 DN) that group 1 extrapolated to group 3 passes the
+    threshold (no group-2 flag there), integration 0's later groups at (17, 8) the same (no effect: only the
+    first group's bias counts)."""
+    rng = np.random.default_rng(11)
+    b2 = raw["superbias"].values
+    b4 = (b2 + rng.uniform(-20.0, 20.0, (NINTS, NGROUPS, 1, 1))).astype(np.float32)
+    b4[1, 0, 6, 14] = 0.0
+    b4[0, 1:, 17, 8] = 0.0
+    return raw.assign(superbias=(("integration", "group", "y", "x"), b4))
+
+
+@pytest.mark.parametrize("grid", ["1x2", "ragged"])
+def test_per_group_superbias(raw, grid):
+    """A 4-D superbias: each integration's group-2 check uses the bias of its first group, as stcal 1.20."""
+    r = bias_per_group(raw)
+    for n in (1, 2):
+        expect = stcal_flags(r, n, read_pattern=PATTERN)
+        assert_same(ours(r, CHUNKS[grid], n_pix_grow_sat=n), expect)
+    flat = stcal_flags(raw, 2, read_pattern=PATTERN)[0]
+    assert flat[1, 1, 6, 14] & DNU and not expect[0][1, 1, 6, 14] & DNU  # the first group's bias counted
+    assert expect[0][0, 1, 17, 8] & DNU and expect[0][2, 1, 25, 21] & DNU  # the later groups' did not
+
+
+def test_detector1_with_per_group_superbias(raw):
+    """detector1 subtracts a 4-D superbias group by group: equal in every group, the (y, x) superbias's products."""
+    from daskcal import detector1, subtract_superbias
+
+    r = raw.drop_vars("saturation_dq")
+    b4 = np.broadcast_to(r["superbias"].values, (NINTS, NGROUPS, NY, NX)).astype(np.float32)
+    r4 = r.assign(superbias=(("integration", "group", "y", "x"), b4))
+    got, want = detector1(r4.chunk({"y": 9, "x": 5})).rateints.compute(), detector1(r).rateints.compute()
+    for v in got.data_vars:
+        np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+    r4 = bias_per_group(r)
+    np.testing.assert_array_equal(subtract_superbias(r4)["data"].values,
+                                  r["data"].values - r4["superbias"].values)
+
+
 def test_group2_extrapolation_in_float64(raw):
     # stcal extrapolates group 1 in float64 (numpy float64 mean of the frames); in float32 this pixel's
     # extrapolation rounds up to its threshold and group 2 would not be flagged
@@ -240,6 +280,11 @@ def test_bad_parameters(raw):
      "saturation_dq must have dimensions"),
     (lambda r: r.assign(saturation=(("integration", "y", "x"), np.ones((NINTS, NY, NX), np.float32))),
      "saturation must have dimensions"),
+    (lambda r: r.assign(superbias=(("group", "integration", "y", "x"), np.zeros((NGROUPS, NINTS, NY, NX),
+                                                                               np.float32))),
+     r"superbias must have dimensions \('y', 'x'\) \(26, 22\) or \('integration', 'group', 'y', 'x'\) "
+     r"\(3, 6, 26, 22\); got \('group', 'integration', 'y', 'x'\) \(6, 3, 26, 22\)"),
+    (lambda r: r.assign(superbias=r["superbias"].expand_dims(integration=NINTS)), "superbias must have dimensions"),
     (lambda r: r.assign_attrs(read_pattern=[[1]] * 2), r"ramps.attrs\['read_pattern'\] must have one list"),
     (lambda r: r.assign_attrs(read_pattern=5), r"ramps.attrs\['read_pattern'\]"),
 ])
