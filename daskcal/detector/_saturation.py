@@ -34,6 +34,7 @@ __all__ = [
     "SaturationParameters",
     "effective_threshold",
     "flag_saturation",
+    "frames_read_pattern",
     "saturation_block",
     "saturation_graph",
     "check_superbias",
@@ -63,21 +64,25 @@ class SaturationParameters:
         Limit of the A-to-D converter (DN): unchecked pixels (NO_SAT_CHECK or a NaN
         threshold) are compared with ``atod_limit + 1``.
     use_readpatt : bool, default True
-        Use the read pattern (``read_pattern``, else ``ramps.attrs["read_pattern"]``
-        when present) to flag groups whose frames saturated but whose average did not.
+        Use the read pattern (``read_pattern``, else ``ramps.attrs["read_pattern"]``,
+        else the one ``ramps.attrs`` ``nframes`` and ``groupgap`` give, :func:`frames_read_pattern`)
+        to flag groups whose frames saturated but whose average did not, as JWST's
+        saturation step does by default.
     read_pattern : tuple of tuples of float, optional
         Frames (numbers or times) averaged into each group; default the ramps'
-        ``read_pattern`` attribute, if any.
+        ``read_pattern`` attribute, else the frames of ``nframes`` and ``groupgap``.
     """
 
     n_pix_grow_sat: int = param(1, "half-width of the box a saturated pixel's flag is grown into "
                                 "(charge migration; 0: none)", "px")
     atod_limit: float = param(ATOD_LIMIT, "A-to-D converter limit: unchecked pixels (NO_SAT_CHECK, NaN "
                               "threshold) get the threshold atod_limit + 1", "DN")
-    use_readpatt: bool = param(True, "use the ramps' read pattern (attrs read_pattern) to flag groups whose frames "
-                               "saturated within the group average, and group 2 (as JWST's saturation step)")
+    use_readpatt: bool = param(True, "use the ramps' read pattern (attrs read_pattern, else the frames of nframes and "
+                               "groupgap) to flag groups whose frames saturated within the group average, and "
+                               "group 2 (as JWST's saturation step)")
     read_pattern: tuple | None = param(None, "frames averaged into each group (one list per group)",
-                                       derived="the ramps' read_pattern attribute, if any", python_only=True)
+                                       derived="the ramps' read_pattern attribute, else the frames of their nframes "
+                                       "and groupgap", python_only=True)
 
     def __post_init__(self):
         n = self.n_pix_grow_sat
@@ -332,10 +337,15 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
     atod_limit : float, default 65535.0
         A-to-D converter limit in DN; unchecked pixels get the threshold ``atod_limit + 1``.
     use_readpatt : bool, default True
-        Use the read pattern (``read_pattern`` or the ramps' attribute); False ignores it.
+        Use a read pattern (as JWST's saturation step, whose ``use_readpatt`` defaults to True):
+        ``read_pattern``, else ``ramps.attrs["read_pattern"]``, else the frames that
+        ``ramps.attrs["nframes"]`` and ``["groupgap"]`` give (group g averages frames
+        ``g * (nframes + groupgap) + 1`` to ``... + nframes``; with one frame per group and
+        ``(y, x)`` thresholds that pattern would change nothing and is not used). False: no
+        read-pattern checks.
     read_pattern : list of lists of float, optional
-        Frame numbers (or times) averaged into each group, one list per group; default
-        ``ramps.attrs["read_pattern"]``, if any (none: no read-pattern checks).
+        Frame numbers (or times) averaged into each group, one list per group; it wins over
+        the ramps' attributes.
 
     Returns
     -------
@@ -403,16 +413,41 @@ def _check_optional(ramps: xr.Dataset, checks: dict) -> None:
             raise TypeError(msg)
 
 
+def frames_read_pattern(ngroups: int, nframes: int, groupgap: int) -> tuple[tuple[float, ...], ...]:
+    """The frames (numbered from 1) averaged into each of ``ngroups`` groups of ``nframes`` frames with
+    ``groupgap`` frames dropped between groups: group g holds ``g * (nframes + groupgap) + 1`` to
+    ``g * (nframes + groupgap) + nframes``.
+
+    JWST's saturation step numbers the frames ``g * nframes + 1`` to ``g * nframes + nframes``, without the
+    dropped frames; the two agree when ``groupgap`` is 0. Here the numbers are those of the frames read, so
+    that a group's dilution (mean frame / last frame) is the one of a ramp rising from the reset.
+    """
+    step = nframes + groupgap
+    return tuple(tuple(float(g * step + f + 1) for f in range(nframes)) for g in range(ngroups))
+
+
 def resolve_read_pattern(ramps: xr.Dataset, params: SaturationParameters) -> tuple | None:
-    """The read pattern the step uses (``params.read_pattern``, else the ramps' attribute), checked against
-    the number of groups; None when there is none or ``use_readpatt`` is False."""
+    """The read pattern the step uses, checked against the number of groups; None when there is none or
+    ``use_readpatt`` is False.
+
+    ``params.read_pattern``, else the ramps' ``read_pattern`` attribute, else the frames of their ``nframes``
+    and ``groupgap`` attributes (:func:`frames_read_pattern`). With one frame per group and ``(y, x)``
+    thresholds, the last changes nothing (every dilution is 1, and group 2's check needs group 2 above its
+    threshold, which has saturated it already): it is not used, so detector1 keeps its fused graph.
+    """
     if not params.use_readpatt:
         return None
     pattern, name = params.read_pattern, "read_pattern"
     if pattern is None:
         pattern, name = ramps.attrs.get("read_pattern"), "ramps.attrs['read_pattern']"
         if pattern is None:
-            return None
+            nframes, groupgap = int(ramps.attrs["nframes"]), int(ramps.attrs["groupgap"])
+            if groupgap < 0:
+                msg = f"ramps.attrs['groupgap'] must be >= 0 (frames dropped between groups); got {groupgap}"
+                raise ValueError(msg)
+            if nframes == 1 and ramps["saturation"].ndim == 2:
+                return None
+            return frames_read_pattern(ramps.sizes["group"], nframes, groupgap)
         pattern = check_read_pattern(pattern, name)
     ngroups = ramps.sizes["group"]
     if len(pattern) != ngroups:
