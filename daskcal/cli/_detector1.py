@@ -33,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("input", nargs="+", metavar="IN", help="ramp Zarr store(s)")
     p.add_argument("output", metavar="OUT", help="output directory (created if missing; products appear in it when complete)")
     p.add_argument("--chunks", type=int, nargs=2, metavar=("CY", "CX"), default=None, help="(y, x) chunk size")
-    p.add_argument("--fits", action="store_true", help="also export rate.fits and rateints.fits")
+    p.add_argument("--fits", action="store_true",
+                   help="also export rate.fits and rateints.fits (and fitopt.fits, jwst's _fitopt layout, "
+                   "with --save-opt true)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true",
                           help="replace existing products (only the files this command writes)")
@@ -122,12 +124,12 @@ _NONFINITE = "nonfinite.zarr"
 
 
 def _names(params: dict) -> tuple[str, ...]:
-    """The products written: rate and rateints, and fitopt (Zarr only) with ``save_opt``."""
+    """The products written: rate and rateints, and fitopt with ``save_opt``."""
     return (*_NAMES, "fitopt") if params.get("save_opt") else _NAMES
 
 
 def _products(out, fits: bool, names: tuple[str, ...] = _NAMES) -> list[Path]:
-    return [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in _NAMES] if fits else [])
+    return [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in names] if fits else [])
 
 
 def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list, dict]:
@@ -269,12 +271,11 @@ def _count_nonfinite(folder: Path) -> int:
 
 
 def _export_fits(stores: dict, outputs, to_fits) -> None:
-    """Export each staged store to FITS in the same staging folder (committed with the stores)."""
+    """Export each staged store to FITS in the same staging folder (committed with the stores): rate and
+    rateints as SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE, fitopt as jwst's ``_fitopt.fits``."""
     import xarray as xr
 
-    for name, final in stores.items():
-        if name not in _NAMES:  # fitopt stays Zarr
-            continue
+    for final in stores.values():
         with xr.open_zarr(outputs.path(final), consolidated=False) as ds:
             to_fits(ds, outputs.path(final.with_suffix(".fits")))
 

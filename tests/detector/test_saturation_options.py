@@ -369,8 +369,8 @@ def test_bad_parameters(raw):
      "saturation must have dimensions"),
     (lambda r: r.assign(superbias=(("group", "integration", "y", "x"), np.zeros((NGROUPS, NINTS, NY, NX),
                                                                                np.float32))),
-     r"superbias must have dimensions \('y', 'x'\) \(26, 22\) or \('integration', 'group', 'y', 'x'\) "
-     r"\(3, 6, 26, 22\); got \('group', 'integration', 'y', 'x'\) \(6, 3, 26, 22\)"),
+     (r"superbias must have dimensions \('y', 'x'\) \(26, 22\) or \('integration', 'group', 'y', 'x'\) "
+      r"\(3, 6, 26, 22\); got \('group', 'integration', 'y', 'x'\) \(6, 3, 26, 22\)")),
     (lambda r: r.assign(superbias=r["superbias"].expand_dims(integration=NINTS)), "superbias must have dimensions"),
     (lambda r: r.assign_attrs(read_pattern=[[1]] * 2), r"ramps.attrs\['read_pattern'\] must have one list"),
     (lambda r: r.assign_attrs(read_pattern=5), r"ramps.attrs\['read_pattern'\]"),
