@@ -21,7 +21,7 @@ from daskcal.detector._saturation import (
     saturation_graph,
 )
 
-__all__ = ["STEPS", "subtract_superbias", "detector1", "detector1_steps", "step_parameters"]
+__all__ = ["STEPS", "primary_cosmic_rays", "subtract_superbias", "detector1", "detector1_steps", "step_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,40 @@ def subtract_superbias(ramps: xr.Dataset) -> xr.Dataset:
     out["data"].attrs = dict(ramps["data"].attrs)
     out.attrs["superbias_subtracted"] = True
     return out
+
+
+def primary_cosmic_rays(n_primary_jumps, usable_planes, group_time: float, npix: int) -> float | None:
+    """The primary cosmic-ray rate JWST's jump step records (``meta.exposure.primary_cosmic_rays``, FITS
+    keyword PRIMECRS): primary jumps per thousand pixels per second.
+
+    ``1000 * sum(n_primary_jumps) / (group_time * groups * npix)``, where ``groups`` is the number of
+    usable (integration, group) planes less one per integration (the group differences of the exposure).
+
+    Parameters
+    ----------
+    n_primary_jumps : array-like of int, shape (nints,)
+        Primary jumps found in each integration (``RampFitResult.n_primary_jumps``, computed).
+    usable_planes : array-like of bool, shape (nints, ngroups)
+        Which group planes have a pixel that is not DO_NOT_USE (jwst leaves out the planes that are
+        DO_NOT_USE in every pixel, such as MIRI's first and last groups).
+    group_time : float
+        Time between groups, s.
+    npix : int
+        Pixels of the detector (ny * nx).
+
+    Returns
+    -------
+    float or None
+        The rate (1 / (1000 pixels * s)); None where jwst records none: fewer than 3 groups per integration
+        (its jump step is skipped) or no group difference.
+    """
+    usable = np.asarray(usable_planes, dtype=bool)
+    nints, ngroups = usable.shape
+    groups = int(usable.sum()) - nints
+    if ngroups <= 2 or groups < 1:
+        return None
+    total = int(np.sum(np.asarray(n_primary_jumps, dtype=np.int64)))
+    return 1000.0 * total / (float(group_time) * groups * int(npix))
 
 
 def step_parameters() -> dict[str, dict[str, object]]:

@@ -21,6 +21,8 @@ __all__ = ["open_ramps", "ingest", "to_fits", "write_uncal"]
 _KEYWORDS = {"TGROUP": "group_time", "TFRAME": "frame_time", "NFRAMES": "nframes", "GROUPGAP": "groupgap"}
 # rate-product variable -> FITS extension name
 _PRODUCT_EXT = {"data": "SCI", "err": "ERR", "dq": "DQ", "var_poisson": "VAR_POISSON", "var_rnoise": "VAR_RNOISE"}
+# FITS keyword -> product attribute whose name is longer than a keyword (JWST's meta.exposure names)
+_LONG_KEYWORDS = {"PRIMECRS": "primary_cosmic_rays"}
 # fitopt variable -> FITS extension name (stdatamodels' RampFitOutputModel, jwst's _fitopt.fits; float32 each)
 _FITOPT_EXT = {"slope": "SLOPE", "sigslope": "SIGSLOPE", "var_poisson": "VAR_POISSON", "var_rnoise": "VAR_RNOISE",
                "yint": "YINT", "sigyint": "SIGYINT", "pedestal": "PEDESTAL", "weights": "WEIGHTS", "crmag": "CRMAG"}
@@ -404,6 +406,9 @@ def _primary(product: xr.Dataset):
     for key, value in product.attrs.items():
         if isinstance(value, (int, float, str, bool)) and len(key) <= 8:
             primary.header[key.upper()] = value
+    for key, name in _LONG_KEYWORDS.items():
+        if isinstance(product.attrs.get(name), (int, float)):
+            primary.header[key] = product.attrs[name]
     if isinstance(product.attrs.get(RUN_ATTR), dict):  # what made it (see daskcal.io._resume), a long string
         primary.header[FITS_KEY] = json.dumps(product.attrs[RUN_ATTR], sort_keys=True)
     return primary

@@ -196,3 +196,29 @@ def test_detector1_likely_from_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--algorithm" in err and "'MLE'" in err and "OLS_C" in err
 
+
+def test_detector1_records_primecrs(tmp_path):
+    """rate and rateints (Zarr attrs primary_cosmic_rays, FITS keyword PRIMECRS) record JWST's jump-step
+    rate of primary cosmic rays: 1000 * stcal 1.20's total_primary_crs / (group time * group differences
+    * pixels)."""
+    from astropy.io import fits
+
+    import daskcal
+    from daskcal.testing import simulate, stcal_detect_jumps, stcal_flag_saturation, stcal_subtract_superbias
+
+    sim = simulate((3, 7, 41, 37), seed=5, cr_probability=5e-3, max_source_rate=3000.0).ramps
+    store = tmp_path / "ramps.zarr"
+    daskcal.save(sim.chunk({"y": 13, "x": 11}), store)
+    out = tmp_path / "out"
+    assert main(["detector1", str(store), str(out), "--workers", "1", "--no-progress", "--fits"]) == 0
+    total = stcal_detect_jumps(stcal_subtract_superbias(stcal_flag_saturation(sim))).attrs["total_primary_crs"]
+    assert total > 20
+    want = 1000.0 * total / (sim.attrs["group_time"] * 3 * (7 - 1) * 41 * 37)
+    for name in ("rate", "rateints"):
+        with xr.open_zarr(out / f"{name}.zarr") as product:  # consolidated metadata kept up to date
+            assert product.attrs["primary_cosmic_rays"] == pytest.approx(want, rel=1e-12)
+        assert fits.getheader(out / f"{name}.fits")["PRIMECRS"] == pytest.approx(want, rel=1e-12)
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    with ImageModel(str(out / "rate.fits")) as model:  # JWST's datamodel reads it as its own
+        assert model.meta.exposure.primary_cosmic_rays == pytest.approx(want, rel=1e-12)
