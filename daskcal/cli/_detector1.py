@@ -33,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("input", nargs="+", metavar="IN", help="ramp Zarr store(s)")
     p.add_argument("output", metavar="OUT", help="output directory (created if missing; products appear in it when complete)")
     p.add_argument("--chunks", type=int, nargs=2, metavar=("CY", "CX"), default=None, help="(y, x) chunk size")
-    p.add_argument("--fits", action="store_true", help="also export rate.fits and rateints.fits")
+    p.add_argument("--fits", action="store_true",
+                   help="also export rate.fits and rateints.fits (and fitopt.fits, jwst's _fitopt layout, "
+                   "with --save-opt true)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true",
                           help="replace existing products (only the files this command writes)")
@@ -122,12 +124,12 @@ _NONFINITE = "nonfinite.zarr"
 
 
 def _names(params: dict) -> tuple[str, ...]:
-    """The products written: rate and rateints, and fitopt (Zarr only) with ``save_opt``."""
+    """The products written: rate and rateints, and fitopt with ``save_opt``."""
     return (*_NAMES, "fitopt") if params.get("save_opt") else _NAMES
 
 
 def _products(out, fits: bool, names: tuple[str, ...] = _NAMES) -> list[Path]:
-    return [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in _NAMES] if fits else [])
+    return [Path(out) / f"{n}.zarr" for n in names] + ([Path(out) / f"{n}.fits" for n in names] if fits else [])
 
 
 def _jobs(pairs, inputs, params, chunks, fits, overwrite, resume) -> tuple[list, dict]:
@@ -211,17 +213,20 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                 # logs never reach this console): its plane is written by the same write tasks, and kept
                 # with the chunks a resumed run keeps.
                 side, also = _nonfinite_plane(result, folder)
-                # The primary jumps per integration are a sum over every chunk's fit: computed with the writes
-                # of a fresh run; a resumed run would have to fit its kept chunks again for them, so it does not
-                # count them.
-                count_jumps = not getattr(args, "resume", False) and result.n_primary_jumps is not None
+                # The primary jumps per integration are a sum over every chunk's fit. With side planes (the
+                # fused graph) each chunk's counts are written beside the stores, so a resumed run sums those
+                # of the chunks it keeps too; else they are computed with the writes of a fresh run only (a
+                # resumed run would have to fit its kept chunks again for them).
+                jump_planes = bool(side) and result.primary_jump_planes is not None
+                count_jumps = (not jump_planes and not getattr(args, "resume", False)
+                               and result.n_primary_jumps is not None)
                 if count_jumps:
                     also = (*also, result.n_primary_jumps)
                 report: dict = {}
                 written = save_products(products, out, progress=not args.no_progress, outputs=outputs, also=also,
                                         journal=journal, report=report, side=side)
                 paths, values = written if also else (written, [])
-                n_jumps = values[-1] if count_jumps else None
+                n_jumps = values[-1] if count_jumps else _count_jumps(folder) if jump_planes else None
                 values = values[:-1] if count_jumps else values
                 elapsed = time.perf_counter() - t0
                 if report.get("kept") or report.get("redone"):
@@ -233,6 +238,7 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                                 "(a pixel with no other usable group gets a NaN rate and DO_NOT_USE)", inp, n_bad)
                 if n_jumps is not None:
                     log.info("%s: primary jumps (cosmic rays) per integration: %s", inp, list(map(int, n_jumps)))
+                    _record_primary_crs(ramps, n_jumps, paths, outputs)
                 if fits:
                     _export_fits(paths, outputs, to_fits)
                 outputs.commit()  # this exposure's products appear together
@@ -246,7 +252,8 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
 def _nonfinite_plane(result, folder: Path) -> tuple[dict, tuple]:
     """``(side, also)`` for :func:`daskcal.io._atomic.save_products`: the plane of each pixel's number of NaN
     or infinite samples, written beside the stores in ``folder`` (counted after the writes by
-    :func:`_count_nonfinite`), when the products are slices of one stacked ramp fit; else the count,
+    :func:`_count_nonfinite`), and the fused graph's per-pixel primary-jump counts (summed by
+    :func:`_count_jumps`), when the products are slices of one stacked ramp fit; else the count,
     computed with the writes (then a resumed run counts only the chunks it computes)."""
     import xarray as xr
 
@@ -258,7 +265,10 @@ def _nonfinite_plane(result, folder: Path) -> tuple[dict, tuple]:
         return {}, (result.n_nonfinite,)
     # the fit's own plane (no task of its own), counted from the front: planes may follow it (jump counts)
     plane = take_slice(cut.source, n_planes(result.rateints.sizes["integration"]) - 1)
-    return {folder / _NONFINITE: xr.Dataset({"nonfinite": (("y", "x"), plane)})}, ()
+    planes = {"nonfinite": (("y", "x"), plane)}
+    if result.primary_jump_planes is not None:  # slices of the same stacked block: the same write tasks
+        planes["primary_jumps"] = (("integration", "y", "x"), result.primary_jump_planes)
+    return {folder / _NONFINITE: xr.Dataset(planes)}, ()
 
 
 def _count_nonfinite(folder: Path) -> int:
@@ -268,13 +278,44 @@ def _count_nonfinite(folder: Path) -> int:
     return int((zarr.open_array(folder / _NONFINITE / "nonfinite", mode="r")[...] > 0).sum())
 
 
+def _count_jumps(folder: Path):
+    """The primary jumps of each integration (int64), summed from the per-pixel counts :func:`_nonfinite_plane`
+    had written."""
+    import numpy as np
+    import zarr
+
+    planes = zarr.open_array(folder / _NONFINITE / "primary_jumps", mode="r")[...]
+    return planes.sum(axis=(1, 2), dtype=np.int64)
+
+
+def _record_primary_crs(ramps, n_jumps, stores: dict, outputs) -> None:
+    """Record JWST's PRIMECRS (:func:`daskcal.detector._pipeline.primary_cosmic_rays`) as the attribute
+    ``primary_cosmic_rays`` of the staged rate and rateints stores (FITS exports: keyword PRIMECRS)."""
+    import zarr
+
+    from daskcal.detector._common import pixel_chunked
+    from daskcal.detector._fused import plane_usable
+    from daskcal.detector._pipeline import primary_cosmic_rays
+    from daskcal.io._atomic import consolidate
+
+    n = ramps.sizes
+    value = primary_cosmic_rays(n_jumps, plane_usable(pixel_chunked(ramps)), ramps.attrs["group_time"],
+                                n["y"] * n["x"])
+    if value is None:
+        return
+    log.info("primary cosmic rays: %.6g per 1000 pixels per s (PRIMECRS)", value)
+    for name in _NAMES:
+        store = outputs.path(stores[name])
+        zarr.open_group(store, mode="r+", use_consolidated=False).attrs["primary_cosmic_rays"] = value
+        consolidate(store)
+
+
 def _export_fits(stores: dict, outputs, to_fits) -> None:
-    """Export each staged store to FITS in the same staging folder (committed with the stores)."""
+    """Export each staged store to FITS in the same staging folder (committed with the stores): rate and
+    rateints as SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE, fitopt as jwst's ``_fitopt.fits``."""
     import xarray as xr
 
-    for name, final in stores.items():
-        if name not in _NAMES:  # fitopt stays Zarr
-            continue
+    for final in stores.values():
         with xr.open_zarr(outputs.path(final), consolidated=False) as ds:
             to_fits(ds, outputs.path(final.with_suffix(".fits")))
 

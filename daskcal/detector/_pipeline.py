@@ -15,12 +15,13 @@ from daskcal.detector._ramp_fit import RampFitResult, fit_ramps, fit_ramps_plane
 from daskcal.detector._saturation import (
     SaturationParameters,
     check_saturation_inputs,
+    check_superbias,
     flag_saturation,
     needs_separate_graph,
     saturation_graph,
 )
 
-__all__ = ["STEPS", "subtract_superbias", "detector1", "detector1_steps", "step_parameters"]
+__all__ = ["STEPS", "primary_cosmic_rays", "subtract_superbias", "detector1", "detector1_steps", "step_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ STEPS = {"saturation": flag_saturation, "jump": detect_jumps, "ramp_fit": fit_ra
 
 
 def subtract_superbias(ramps: xr.Dataset) -> xr.Dataset:
-    """Subtract the ``superbias`` reference (DN) from every group.
+    """Subtract the ``superbias`` reference (DN; ``(y, x)``, or per group ``(integration, group, y, x)``)
+    from every group.
 
     As JWST's superbias step does, NaN superbias values are treated as 0 DN. The
     result is a new lazy dataset with ``data`` in DN above bias and
@@ -39,13 +41,48 @@ def subtract_superbias(ramps: xr.Dataset) -> xr.Dataset:
     if "superbias" not in ramps:
         log.info("no superbias in the ramps; skipping superbias subtraction")
         return ramps
-    validate_ramps(ramps, require=("superbias",))
+    validate_ramps(ramps)
+    check_superbias(ramps)
     bias = ramps["superbias"].fillna(0.0).astype(np.float32)
     out = ramps.copy()
     out["data"] = (ramps["data"] - bias).astype(np.float32).transpose(*ramps["data"].dims)
     out["data"].attrs = dict(ramps["data"].attrs)
     out.attrs["superbias_subtracted"] = True
     return out
+
+
+def primary_cosmic_rays(n_primary_jumps, usable_planes, group_time: float, npix: int) -> float | None:
+    """The primary cosmic-ray rate JWST's jump step records (``meta.exposure.primary_cosmic_rays``, FITS
+    keyword PRIMECRS): primary jumps per thousand pixels per second.
+
+    ``1000 * sum(n_primary_jumps) / (group_time * groups * npix)``, where ``groups`` is the number of
+    usable (integration, group) planes less one per integration (the group differences of the exposure).
+
+    Parameters
+    ----------
+    n_primary_jumps : array-like of int, shape (nints,)
+        Primary jumps found in each integration (``RampFitResult.n_primary_jumps``, computed).
+    usable_planes : array-like of bool, shape (nints, ngroups)
+        Which group planes have a pixel that is not DO_NOT_USE (jwst leaves out the planes that are
+        DO_NOT_USE in every pixel, such as MIRI's first and last groups).
+    group_time : float
+        Time between groups, s.
+    npix : int
+        Pixels of the detector (ny * nx).
+
+    Returns
+    -------
+    float or None
+        The rate (1 / (1000 pixels * s)); None where jwst records none: fewer than 3 groups per integration
+        (its jump step is skipped) or no group difference.
+    """
+    usable = np.asarray(usable_planes, dtype=bool)
+    nints, ngroups = usable.shape
+    groups = int(usable.sum()) - nints
+    if ngroups <= 2 or groups < 1:
+        return None
+    total = int(np.sum(np.asarray(n_primary_jumps, dtype=np.int64)))
+    return 1000.0 * total / (float(group_time) * groups * int(npix))
 
 
 def step_parameters() -> dict[str, dict[str, object]]:
@@ -87,7 +124,8 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
         :func:`daskcal.detector._common.default_chunk_yx`).
     **params
         Parameters of the steps, by name: ``n_pix_grow_sat`` (saturation; default 1),
-        ``atod_limit`` (65535 DN), ``use_readpatt`` (True: use ``ramps.attrs["read_pattern"]``),
+        ``atod_limit`` (65535 DN), ``use_readpatt`` (True: use ``ramps.attrs["read_pattern"]``, else the
+        frames of ``nframes`` and ``groupgap``, as JWST's saturation step does; see :func:`flag_saturation`),
         ``rejection_threshold`` (4.0), ``three_group_rejection_threshold`` (6.0),
         ``four_group_rejection_threshold`` (5.0), ``flag_4_neighbors`` (True),
         ``max_jump_to_flag_neighbors`` (1000), ``min_jump_to_flag_neighbors`` (10),

@@ -122,6 +122,10 @@ class RampFitResult:
         neighbour and after-jump flags are not counted). From :func:`daskcal.detector1`,
         or the ``n_primary_jumps`` variable of :func:`fit_ramps`' input
         (:func:`daskcal.detect_jumps` adds it); otherwise None.
+    primary_jump_planes : dask.array.Array or None
+        float32 ``(integration, y, x)``: the per-pixel counts ``n_primary_jumps`` sums, where the
+        fused detector1 graph stacks them with the fit's planes (so a writer can keep them with each
+        chunk, as ``daskcal detector1`` does for a resumed run); otherwise None.
 
     Notes
     -----
@@ -135,6 +139,7 @@ class RampFitResult:
     n_nonfinite: da.Array
     n_primary_jumps: da.Array | None = None
     fitopt: xr.Dataset | None = None
+    primary_jump_planes: da.Array | None = None
 
 
 @functools.lru_cache(maxsize=32)
@@ -446,7 +451,8 @@ def pedestal_factor(attrs) -> float:
 
 
 def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | None = None, *,
-              save_opt: bool = False, groups: tuple[int, int] | None = None) -> RampFitResult:
+              save_opt: bool = False, groups: tuple[int, int] | None = None,
+              primary_jump_planes: da.Array | None = None) -> RampFitResult:
     """The named products of ``stacked`` (:func:`fit_block`'s planes, and maybe more after them)."""
     nints = ramps.sizes["integration"]
     nvar = len(PRODUCT_NAMES)
@@ -469,6 +475,7 @@ def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | 
         rateints=xr.Dataset(rateints, coords=icoords, attrs=dict(attrs, product="rateints")),
         n_nonfinite=(nonfinite > 0).sum(dtype=np.int64),
         n_primary_jumps=n_primary_jumps,
+        primary_jump_planes=primary_jump_planes,
         fitopt=_fitopt.fitopt_dataset(stacked, n_planes(nints), nints,
                                       ramps.sizes["group"] if groups is None else groups[1] - groups[0], icoords, attrs)
         if save_opt else None,

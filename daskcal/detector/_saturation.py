@@ -34,8 +34,10 @@ __all__ = [
     "SaturationParameters",
     "effective_threshold",
     "flag_saturation",
+    "frames_read_pattern",
     "saturation_block",
     "saturation_graph",
+    "check_superbias",
     "saturation_pixeldq",
     "zeroframe_block",
 ]
@@ -62,21 +64,25 @@ class SaturationParameters:
         Limit of the A-to-D converter (DN): unchecked pixels (NO_SAT_CHECK or a NaN
         threshold) are compared with ``atod_limit + 1``.
     use_readpatt : bool, default True
-        Use the read pattern (``read_pattern``, else ``ramps.attrs["read_pattern"]``
-        when present) to flag groups whose frames saturated but whose average did not.
+        Use the read pattern (``read_pattern``, else ``ramps.attrs["read_pattern"]``,
+        else the one ``ramps.attrs`` ``nframes`` and ``groupgap`` give, :func:`frames_read_pattern`)
+        to flag groups whose frames saturated but whose average did not, as JWST's
+        saturation step does by default.
     read_pattern : tuple of tuples of float, optional
         Frames (numbers or times) averaged into each group; default the ramps'
-        ``read_pattern`` attribute, if any.
+        ``read_pattern`` attribute, else the frames of ``nframes`` and ``groupgap``.
     """
 
     n_pix_grow_sat: int = param(1, "half-width of the box a saturated pixel's flag is grown into "
                                 "(charge migration; 0: none)", "px")
     atod_limit: float = param(ATOD_LIMIT, "A-to-D converter limit: unchecked pixels (NO_SAT_CHECK, NaN "
                               "threshold) get the threshold atod_limit + 1", "DN")
-    use_readpatt: bool = param(True, "use the ramps' read pattern (attrs read_pattern) to flag groups whose frames "
-                               "saturated within the group average, and group 2 (as JWST's saturation step)")
+    use_readpatt: bool = param(True, "use the ramps' read pattern (attrs read_pattern, else the frames of nframes and "
+                               "groupgap) to flag groups whose frames saturated within the group average, and "
+                               "group 2 (as JWST's saturation step)")
     read_pattern: tuple | None = param(None, "frames averaged into each group (one list per group)",
-                                       derived="the ramps' read_pattern attribute, if any", python_only=True)
+                                       derived="the ramps' read_pattern attribute, else the frames of their nframes "
+                                       "and groupgap", python_only=True)
 
     def __post_init__(self):
         n = self.n_pix_grow_sat
@@ -203,7 +209,8 @@ def _flag_second_group(data, flags, thresh, bias, read_pattern):
         return
     first, second = data[:, 0], data[:, 1]
     limit = thresh if thresh.ndim == 2 else thresh[:, 0]
-    offset = 0.0 if bias is None else bias
+    # each integration's bias is that of its first group (stcal's bias[int, 0] for 4-D superbias)
+    offset = 0.0 if bias is None else bias if bias.ndim == 2 else bias[:, 0]
     first_mean = np.mean(read_pattern[0])  # a numpy float64: the extrapolation is computed in float64
     extrapolated = (first - offset) / first_mean * read_pattern[2][-1] + offset
     steep = (second - first) > (limit - first) / len(read_pattern[1])
@@ -227,8 +234,9 @@ def saturation_block(data: np.ndarray, gdq: np.ndarray, thresh: np.ndarray, skip
         Effective saturation threshold in DN (no-check pixels above the A/D limit).
     skip : ndarray of bool, shape of ``thresh``, optional
         The unchecked pixels (NO_SAT_CHECK or NaN threshold); needed with ``read_pattern``.
-    bias : ndarray, shape (cy, cx), optional
-        Superbias in DN for the group-2 check of ``read_pattern`` (default 0 DN).
+    bias : ndarray, shape (cy, cx) or (nints, ngroups, cy, cx), optional
+        Superbias in DN for the group-2 check of ``read_pattern`` (default 0 DN); per
+        group, each integration's check uses the bias of its first group.
     n_pix_grow_sat : int
         Growth half-width in pixels.
     nonfinite : bool, default False
@@ -309,7 +317,8 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
       the threshold times (mean frame / last frame), not yet SATURATED or DO_NOT_USE, before a
       SATURATED group, gets DO_NOT_USE, grown into the same box; and group 2 gets DO_NOT_USE
       where group 3 is newly SATURATED and the rise from group 1 hides a saturation in its
-      frames (``superbias`` as the bias, 0 DN without);
+      frames (``superbias`` as the bias, that of each integration's first group when it is
+      per group, 0 DN without);
     - ``pixeldq`` becomes ``pixeldq | saturation_dq``, with NO_SAT_CHECK where the threshold is NaN;
     - ``zeroframe`` values at or above the threshold (of group 1) or <= 0 DN, and the box
       around the saturated ones, are set to 0.
@@ -320,17 +329,23 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
         Ramp dataset with ``data`` (raw DN, bias included), ``groupdq``, ``pixeldq``
         and ``saturation`` (DN; ``(y, x)`` or per group ``(integration, group, y, x)``);
         optionally ``saturation_dq`` (the saturation reference's DQ, dims of ``saturation``
-        or ``(y, x)``), ``zeroframe`` (``(integration, y, x)``, DN), ``superbias`` (DN) and
+        or ``(y, x)``), ``zeroframe`` (``(integration, y, x)``, DN), ``superbias`` (DN; ``(y, x)``
+        or per group ``(integration, group, y, x)``, as stcal's ``bias``) and
         ``attrs["read_pattern"]``. numpy- or dask-backed.
     n_pix_grow_sat : int, default 1
         Half-width in pixels of the growth box; 0 disables growth.
     atod_limit : float, default 65535.0
         A-to-D converter limit in DN; unchecked pixels get the threshold ``atod_limit + 1``.
     use_readpatt : bool, default True
-        Use the read pattern (``read_pattern`` or the ramps' attribute); False ignores it.
+        Use a read pattern (as JWST's saturation step, whose ``use_readpatt`` defaults to True):
+        ``read_pattern``, else ``ramps.attrs["read_pattern"]``, else the frames that
+        ``ramps.attrs["nframes"]`` and ``["groupgap"]`` give (group g averages frames
+        ``g * (nframes + groupgap) + 1`` to ``... + nframes``; with one frame per group and
+        ``(y, x)`` thresholds that pattern would change nothing and is not used). False: no
+        read-pattern checks.
     read_pattern : list of lists of float, optional
-        Frame numbers (or times) averaged into each group, one list per group; default
-        ``ramps.attrs["read_pattern"]``, if any (none: no read-pattern checks).
+        Frame numbers (or times) averaged into each group, one list per group; it wins over
+        the ramps' attributes.
 
     Returns
     -------
@@ -341,8 +356,7 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
 
     Notes
     -----
-    stcal also takes 4-D ``pdq`` and ``bias``; daskcal's ``pixeldq`` and ``superbias`` are
-    ``(y, x)``. With 4-D thresholds stcal returns a 4-D ``pdq``; daskcal returns its OR over
+    stcal also takes a 4-D ``pdq``; daskcal's ``pixeldq`` is ``(y, x)``. With 4-D thresholds stcal returns a 4-D ``pdq``; daskcal returns its OR over
     integrations and groups. stcal has no 3-D thresholds (they do not broadcast against a
     group plane), so neither has daskcal. As in stcal, a NaN sample is not flagged and +Inf
     counts as saturated; :func:`daskcal.detector1` flags both DO_NOT_USE instead
@@ -369,16 +383,26 @@ def check_saturation_inputs(ramps: xr.Dataset) -> None:
     if not np.issubdtype(sat.dtype, np.floating):
         msg = f"saturation must have a floating dtype; got {sat.dtype}"
         raise TypeError(msg)
-    checks = {"saturation_dq": ((PIX_DIMS, tuple(sat.dims)), np.integer),
-              "zeroframe": ((("integration", "y", "x"),), np.floating),
-              "superbias": ((PIX_DIMS,), np.floating)}
-    sizes = dict(zip(RAMP_DIMS, shape, strict=True))
+    _check_optional(ramps, {"saturation_dq": ((PIX_DIMS, tuple(sat.dims)), np.integer),
+                            "zeroframe": ((("integration", "y", "x"),), np.floating)})
+    check_superbias(ramps)
+
+
+def check_superbias(ramps: xr.Dataset) -> None:
+    """Check ``superbias``, if any: ``(y, x)`` or per group ``(integration, group, y, x)`` like ``data``, floating
+    (stcal's 2-D or 4-D ``bias``); errors name the variable and the shapes."""
+    _check_optional(ramps, {"superbias": ((PIX_DIMS, RAMP_DIMS), np.floating)})
+
+
+def _check_optional(ramps: xr.Dataset, checks: dict) -> None:
+    sizes = dict(zip(RAMP_DIMS, ramps["data"].shape, strict=True))
     for name, (dims_ok, kind) in checks.items():
         if name not in ramps.data_vars:
             continue
         var = ramps[name]
         if tuple(var.dims) not in dims_ok:
-            msg = f"{name} must have dimensions {' or '.join(map(str, dict.fromkeys(dims_ok)))}; got {tuple(var.dims)}"
+            want = " or ".join(f"{d} {tuple(sizes[k] for k in d)}" for d in dict.fromkeys(dims_ok))
+            msg = f"{name} must have dimensions {want}; got {tuple(var.dims)} {var.shape}"
             raise ValueError(msg)
         want = tuple(sizes[d] for d in var.dims)
         if var.shape != want:
@@ -389,16 +413,41 @@ def check_saturation_inputs(ramps: xr.Dataset) -> None:
             raise TypeError(msg)
 
 
+def frames_read_pattern(ngroups: int, nframes: int, groupgap: int) -> tuple[tuple[float, ...], ...]:
+    """The frames (numbered from 1) averaged into each of ``ngroups`` groups of ``nframes`` frames with
+    ``groupgap`` frames dropped between groups: group g holds ``g * (nframes + groupgap) + 1`` to
+    ``g * (nframes + groupgap) + nframes``.
+
+    JWST's saturation step numbers the frames ``g * nframes + 1`` to ``g * nframes + nframes``, without the
+    dropped frames; the two agree when ``groupgap`` is 0. Here the numbers are those of the frames read, so
+    that a group's dilution (mean frame / last frame) is the one of a ramp rising from the reset.
+    """
+    step = nframes + groupgap
+    return tuple(tuple(float(g * step + f + 1) for f in range(nframes)) for g in range(ngroups))
+
+
 def resolve_read_pattern(ramps: xr.Dataset, params: SaturationParameters) -> tuple | None:
-    """The read pattern the step uses (``params.read_pattern``, else the ramps' attribute), checked against
-    the number of groups; None when there is none or ``use_readpatt`` is False."""
+    """The read pattern the step uses, checked against the number of groups; None when there is none or
+    ``use_readpatt`` is False.
+
+    ``params.read_pattern``, else the ramps' ``read_pattern`` attribute, else the frames of their ``nframes``
+    and ``groupgap`` attributes (:func:`frames_read_pattern`). With one frame per group and ``(y, x)``
+    thresholds, the last changes nothing (every dilution is 1, and group 2's check needs group 2 above its
+    threshold, which has saturated it already): it is not used, so detector1 keeps its fused graph.
+    """
     if not params.use_readpatt:
         return None
     pattern, name = params.read_pattern, "read_pattern"
     if pattern is None:
         pattern, name = ramps.attrs.get("read_pattern"), "ramps.attrs['read_pattern']"
         if pattern is None:
-            return None
+            nframes, groupgap = int(ramps.attrs["nframes"]), int(ramps.attrs["groupgap"])
+            if groupgap < 0:
+                msg = f"ramps.attrs['groupgap'] must be >= 0 (frames dropped between groups); got {groupgap}"
+                raise ValueError(msg)
+            if nframes == 1 and ramps["saturation"].ndim == 2:
+                return None
+            return frames_read_pattern(ramps.sizes["group"], nframes, groupgap)
         pattern = check_read_pattern(pattern, name)
     ngroups = ramps.sizes["group"]
     if len(pattern) != ngroups:
@@ -413,6 +462,8 @@ def needs_separate_graph(ramps: xr.Dataset, params: SaturationParameters) -> str
         return "a read pattern (its checks need a halo of 2 * n_pix_grow_sat)"
     if ramps["saturation"].ndim == 4:
         return "per-group saturation thresholds"
+    if "superbias" in ramps and ramps["superbias"].ndim == 4:
+        return "a per-group superbias"
     return None
 
 
@@ -438,7 +489,7 @@ def saturation_graph(ramps: xr.Dataset, params: SaturationParameters, *, nonfini
         depth.append(depth[2])
         if "superbias" in ds:
             args.append(ds["superbias"].data)
-            depth.append(d2)
+            depth.append(d4 if ds["superbias"].ndim == 4 else d2)
         # a hidden-saturation mark needs its group's flags, already grown: a halo of 2n
         depth = [{k: 2 * v for k, v in d.items()} for d in depth]
     meta = np.empty((0, 0, 0, 0), dtype=np.uint8)

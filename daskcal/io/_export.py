@@ -17,7 +17,10 @@ def to_fits(product: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
       file (SCI, ERR, CON, WHT, VAR_*, the WCS in an ASDF extension);
       ``max_memory`` (bytes) may be passed on;
     - a ``rate`` / ``rateints`` product from :func:`daskcal.fit_ramps` or
-      :func:`daskcal.detector1` becomes SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE.
+      :func:`daskcal.detector1` becomes SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE;
+    - a ``fitopt`` product (``save_opt=True``) becomes jwst's ``_fitopt.fits`` (SLOPE, SIGSLOPE,
+      VAR_POISSON, VAR_RNOISE, YINT, SIGYINT, PEDESTAL, WEIGHTS, CRMAG), which
+      ``stdatamodels.jwst.datamodels.RampFitOutputModel`` opens.
 
     Parameters
     ----------

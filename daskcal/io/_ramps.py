@@ -21,6 +21,11 @@ __all__ = ["open_ramps", "ingest", "to_fits", "write_uncal"]
 _KEYWORDS = {"TGROUP": "group_time", "TFRAME": "frame_time", "NFRAMES": "nframes", "GROUPGAP": "groupgap"}
 # rate-product variable -> FITS extension name
 _PRODUCT_EXT = {"data": "SCI", "err": "ERR", "dq": "DQ", "var_poisson": "VAR_POISSON", "var_rnoise": "VAR_RNOISE"}
+# FITS keyword -> product attribute whose name is longer than a keyword (JWST's meta.exposure names)
+_LONG_KEYWORDS = {"PRIMECRS": "primary_cosmic_rays"}
+# fitopt variable -> FITS extension name (stdatamodels' RampFitOutputModel, jwst's _fitopt.fits; float32 each)
+_FITOPT_EXT = {"slope": "SLOPE", "sigslope": "SIGSLOPE", "var_poisson": "VAR_POISSON", "var_rnoise": "VAR_RNOISE",
+               "yint": "YINT", "sigyint": "SIGYINT", "pedestal": "PEDESTAL", "weights": "WEIGHTS", "crmag": "CRMAG"}
 
 
 def open_ramps(path: str | os.PathLike, chunks: tuple[int, int] | None = None) -> xr.Dataset:
@@ -343,17 +348,13 @@ def to_fits(product: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
     """
     from astropy.io import fits
 
+    if product.attrs.get("product") == "fitopt":
+        return fitopt_to_fits(product, path, overwrite=overwrite)
     missing = [v for v in _PRODUCT_EXT if v not in product]
     if missing:
         msg = f"product lacks {missing}; expected a rate/rateints dataset with {list(_PRODUCT_EXT)}"
         raise ValueError(msg)
-    primary = fits.PrimaryHDU()
-    for key, value in product.attrs.items():
-        if isinstance(value, (int, float, str, bool)) and len(key) <= 8:
-            primary.header[key.upper()] = value
-    if isinstance(product.attrs.get(RUN_ATTR), dict):  # what made it (see daskcal.io._resume), a long string
-        primary.header[FITS_KEY] = json.dumps(product.attrs[RUN_ATTR], sort_keys=True)
-    hdus = [primary]
+    hdus = [_primary(product)]
     for name, ext in _PRODUCT_EXT.items():
         hdu = fits.ImageHDU(np.asarray(product[name].values), name=ext)
         if name != "dq":
@@ -362,3 +363,52 @@ def to_fits(product: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
     with atomic_path(path, overwrite=overwrite) as tmp:
         fits.HDUList(hdus).writeto(tmp)
     return Path(path)
+
+
+def fitopt_to_fits(product: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Export a ``fitopt`` product (``RampFitResult.fitopt``) as jwst's ``_fitopt.fits``.
+
+    Extensions SLOPE, SIGSLOPE, VAR_POISSON, VAR_RNOISE, YINT, SIGYINT, WEIGHTS
+    ``(integration, segment, y, x)``, PEDESTAL ``(integration, y, x)`` and CRMAG
+    ``(integration, jump, y, x)``, float32, with ``DATAMODL = 'RampFitOutputModel'``: the file
+    ``stdatamodels.jwst.datamodels.RampFitOutputModel`` opens. The axes keep the product's
+    lengths (their largest possible, unused slots 0; see :mod:`daskcal.detector._fitopt`);
+    with no ``jump`` slot (one group per integration) CRMAG has one slot of zeros, as FITS holds no
+    empty axis. The product is computed (it must fit in memory) and written atomically.
+    """
+    from astropy.io import fits
+
+    missing = [v for v in _FITOPT_EXT if v not in product]
+    if missing:
+        msg = f"product lacks {missing}; expected a fitopt dataset with {list(_FITOPT_EXT)}"
+        raise ValueError(msg)
+    primary = _primary(product)
+    primary.header["DATAMODL"] = "RampFitOutputModel"
+    hdus = [primary]
+    for name, ext in _FITOPT_EXT.items():
+        values = np.asarray(product[name].values, dtype=np.float32)
+        if values.size == 0:
+            values = np.zeros((values.shape[0], 1, *values.shape[2:]), np.float32)
+        hdu = fits.ImageHDU(values, name=ext)
+        if product[name].attrs.get("units"):
+            hdu.header["BUNIT"] = product[name].attrs["units"]
+        hdus.append(hdu)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp)
+    return Path(path)
+
+
+def _primary(product: xr.Dataset):
+    """The primary HDU of an exported product: its short scalar attributes as keywords, and what made it."""
+    from astropy.io import fits
+
+    primary = fits.PrimaryHDU()
+    for key, value in product.attrs.items():
+        if isinstance(value, (int, float, str, bool)) and len(key) <= 8:
+            primary.header[key.upper()] = value
+    for key, name in _LONG_KEYWORDS.items():
+        if isinstance(product.attrs.get(name), (int, float)):
+            primary.header[key] = product.attrs[name]
+    if isinstance(product.attrs.get(RUN_ATTR), dict):  # what made it (see daskcal.io._resume), a long string
+        primary.header[FITS_KEY] = json.dumps(product.attrs[RUN_ATTR], sort_keys=True)
+    return primary

@@ -163,12 +163,20 @@ def test_detector1_save_opt_writes_fitopt(tmp_path, capsys, caplog):
     assert code == 0
     assert "fitopt:" in capsys.readouterr().out
     assert "primary jumps (cosmic rays) per integration" in caplog.text
-    assert (out / "rate.fits").exists() and not (out / "fitopt.fits").exists()
+    assert (out / "rate.fits").exists()
     expected = daskcal.detector1(daskcal.open_ramps(str(ramps)), save_opt=True).fitopt.compute()
     with xr.open_zarr(out / "fitopt.zarr", consolidated=False) as fitopt:
         assert fitopt["slope"].dims == ("integration", "segment", "y", "x")
         for name in expected.data_vars:
             np.testing.assert_array_equal(fitopt[name].values, expected[name].values)
+    # --fits with --save-opt also writes jwst's _fitopt.fits layout, which stdatamodels opens (warnings are errors)
+    from stdatamodels.jwst.datamodels import RampFitOutputModel
+
+    with RampFitOutputModel(str(out / "fitopt.fits")) as model:
+        for name in expected.data_vars:
+            got = getattr(model, name)
+            assert got.dtype.name == "float32", name
+            np.testing.assert_array_equal(got, expected[name].values, err_msg=name)
 
 
 def test_detector1_likely_from_the_command_line(tmp_path, capsys):
@@ -187,3 +195,30 @@ def test_detector1_likely_from_the_command_line(tmp_path, capsys):
         main(["detector1", str(ramps), str(tmp_path / "o2"), "--algorithm", "MLE"])
     err = capsys.readouterr().err
     assert "--algorithm" in err and "'MLE'" in err and "OLS_C" in err
+
+
+def test_detector1_records_primecrs(tmp_path):
+    """rate and rateints (Zarr attrs primary_cosmic_rays, FITS keyword PRIMECRS) record JWST's jump-step
+    rate of primary cosmic rays: 1000 * stcal 1.20's total_primary_crs / (group time * group differences
+    * pixels)."""
+    from astropy.io import fits
+
+    import daskcal
+    from daskcal.testing import simulate, stcal_detect_jumps, stcal_flag_saturation, stcal_subtract_superbias
+
+    sim = simulate((3, 7, 41, 37), seed=5, cr_probability=5e-3, max_source_rate=3000.0).ramps
+    store = tmp_path / "ramps.zarr"
+    daskcal.save(sim.chunk({"y": 13, "x": 11}), store)
+    out = tmp_path / "out"
+    assert main(["detector1", str(store), str(out), "--workers", "1", "--no-progress", "--fits"]) == 0
+    total = stcal_detect_jumps(stcal_subtract_superbias(stcal_flag_saturation(sim))).attrs["total_primary_crs"]
+    assert total > 20
+    want = 1000.0 * total / (sim.attrs["group_time"] * 3 * (7 - 1) * 41 * 37)
+    for name in ("rate", "rateints"):
+        with xr.open_zarr(out / f"{name}.zarr") as product:  # consolidated metadata kept up to date
+            assert product.attrs["primary_cosmic_rays"] == pytest.approx(want, rel=1e-12)
+        assert fits.getheader(out / f"{name}.fits")["PRIMECRS"] == pytest.approx(want, rel=1e-12)
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    with ImageModel(str(out / "rate.fits")) as model:  # JWST's datamodel reads it as its own
+        assert model.meta.exposure.primary_cosmic_rays == pytest.approx(want, rel=1e-12)

@@ -127,3 +127,28 @@ def test_detector1_fitopt_matches_the_stcal_chain(sim, chain_expected, grid, sch
     for name in NAMES:
         np.testing.assert_array_equal(a[name].values, b[name].values)
     assert jumps.sum() > 0 and daskcal.detector1(sim.ramps, chunks=chunks).fitopt is None
+
+
+@pytest.mark.parametrize("ngroups", [9, 1])
+def test_fitopt_fits_opens_as_ramp_fit_output_model(tmp_path, ngroups):
+    """to_fits of a fitopt product: jwst's _fitopt.fits layout, which stdatamodels' RampFitOutputModel opens
+    without a warning (warnings are errors here), its arrays those of the product (and stcal's)."""
+    import xarray as xr
+    from stdatamodels.jwst.datamodels import RampFitOutputModel
+
+    from daskcal import to_fits
+
+    cube = make_cube(2, ngroups, 13, 11, seed=20 + ngroups)
+    opt = fit_ramps(cube.chunk({"y": 5, "x": 7}), save_opt=True).fitopt.compute()
+    path = to_fits(opt, tmp_path / "x_fitopt.fits")
+    with RampFitOutputModel(str(path)) as model:
+        assert model.meta.model_type == "RampFitOutputModel"
+        for name in NAMES:
+            got, want = getattr(model, name), opt[name].values
+            assert got.dtype.name == "float32", name
+            if name == "crmag" and ngroups == 1:  # no jump slot: FITS holds one of zeros
+                assert got.shape == (2, 1, 13, 11) and not got.any() and want.shape == (2, 0, 13, 11)
+                continue
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        if ngroups == 9:
+            assert_opt_matches({n: xr.DataArray(getattr(model, n)) for n in NAMES}, stcal_opt(cube), ngroups)

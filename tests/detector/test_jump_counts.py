@@ -116,3 +116,27 @@ def test_counts_leave_out_the_flags_of_full_planes():
     np.testing.assert_array_equal(counts, per_int)
     assert counts.sum() == total
     np.testing.assert_array_equal(out["groupdq"].values, gdq_stcal)
+
+
+def test_primary_cosmic_rays_leaves_out_unusable_planes(sim):
+    """JWST's PRIMECRS from stcal's count and the jump step's own count of planes (a plane DO_NOT_USE in every
+    pixel, as MIRI's first group, is left out), and from daskcal's count and usable planes."""
+    from daskcal.detector._common import pixel_chunked
+    from daskcal.detector._fused import plane_usable
+    from daskcal.detector._pipeline import primary_cosmic_rays
+
+    r = sim.ramps.copy()
+    gdq = r["groupdq"].values.copy()
+    gdq[:, 0] |= DNU
+    gdq[1, 6] |= DNU
+    r["groupdq"] = (r["groupdq"].dims, gdq)
+    jumped = stcal_detect_jumps(stcal_subtract_superbias(stcal_flag_saturation(r)))
+    nints, ngroups, ny, nx = r["data"].shape
+    flagged = sum(bool(np.all(jumped["groupdq"].values[i, g] & DNU)) for i in range(nints) for g in range(ngroups))
+    assert flagged == 4
+    want = 1000.0 * jumped.attrs["total_primary_crs"] / (r.attrs["group_time"] * (nints * ngroups - flagged - nints)
+                                                         * ny * nx)
+    counts = daskcal.detector1(r, chunks=(13, 11)).n_primary_jumps.compute()
+    got = primary_cosmic_rays(counts, plane_usable(pixel_chunked(r)), r.attrs["group_time"], ny * nx)
+    assert got == pytest.approx(want, rel=1e-12) and want > 0
+    assert primary_cosmic_rays([5], np.ones((1, 2), bool), 10.0, 100) is None  # 2 groups: jwst skips the step

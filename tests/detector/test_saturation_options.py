@@ -114,6 +114,132 @@ def test_read_pattern_with_and_without_bias(raw, n, bias):
     assert_same(ours(r, (9, 5), n_pix_grow_sat=n), stcal_flags(raw, n, read_pattern=PATTERN, bias=bias))
 
 
+def bias_per_group(raw):
+    """A per-group superbias (stcal's 4-D ``bias``): the (y, x) one with an offset per integration and group;
+    integration 1's first-group bias at (6, 14) so low (0 DN) that group 1 extrapolated to group 3 passes the
+    threshold (no group-2 flag there), integration 0's later groups at (17, 8) the same (no effect: only the
+    first group's bias counts)."""
+    rng = np.random.default_rng(11)
+    b2 = raw["superbias"].values
+    b4 = (b2 + rng.uniform(-20.0, 20.0, (NINTS, NGROUPS, 1, 1))).astype(np.float32)
+    b4[1, 0, 6, 14] = 0.0
+    b4[0, 1:, 17, 8] = 0.0
+    return raw.assign(superbias=(("integration", "group", "y", "x"), b4))
+
+
+@pytest.mark.parametrize("grid", ["1x2", "ragged"])
+def test_per_group_superbias(raw, grid):
+    """A 4-D superbias: each integration's group-2 check uses the bias of its first group, as stcal 1.20."""
+    r = bias_per_group(raw)
+    for n in (1, 2):
+        expect = stcal_flags(r, n, read_pattern=PATTERN)
+        assert_same(ours(r, CHUNKS[grid], n_pix_grow_sat=n), expect)
+    flat = stcal_flags(raw, 2, read_pattern=PATTERN)[0]
+    assert flat[1, 1, 6, 14] & DNU and not expect[0][1, 1, 6, 14] & DNU  # the first group's bias counted
+    assert expect[0][0, 1, 17, 8] & DNU and expect[0][2, 1, 25, 21] & DNU  # the later groups' did not
+
+
+def test_detector1_with_per_group_superbias(raw):
+    """detector1 subtracts a 4-D superbias group by group: equal in every group, the (y, x) superbias's products."""
+    from daskcal import detector1, subtract_superbias
+
+    r = raw.drop_vars("saturation_dq")
+    b4 = np.broadcast_to(r["superbias"].values, (NINTS, NGROUPS, NY, NX)).astype(np.float32)
+    r4 = r.assign(superbias=(("integration", "group", "y", "x"), b4))
+    got, want = detector1(r4.chunk({"y": 9, "x": 5})).rateints.compute(), detector1(r).rateints.compute()
+    for v in got.data_vars:
+        np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+    r4 = bias_per_group(r)
+    np.testing.assert_array_equal(subtract_superbias(r4)["data"].values,
+                                  r["data"].values - r4["superbias"].values)
+
+
+def frames_cube(nframes, groupgap, shape=(2, 6, 15, 13), seed=5):
+    """Simulated ramps with ``nframes`` and ``groupgap`` attributes and no read_pattern attribute, and bright
+    pixels whose frames (numbered as read, from the reset) saturate in group 2: at its third frame in
+    integration 0 at (3, 2), its second in integration 1 at (0, 12) (an edge) and (14, 0) (its only frame
+    when nframes = 1)."""
+    r = simulate(shape, seed=seed, max_source_rate=2000.0, nframes=nframes, groupgap=groupgap).ramps
+    data, thr, bias = r["data"].values.copy(), r["saturation"].values, r["superbias"].values
+    step = nframes + groupgap
+    frames = np.array([[g * step + f + 1 for f in range(nframes)] for g in range(shape[1])], dtype=np.float64)
+    for i, y, x, k in ((0, 3, 2, 3), (1, 0, 12, 2), (1, 14, 0, 2)):
+        at = step + min(k, nframes)
+        well = thr[y, x] - bias[y, x] + 50.0  # the charge stops a little above the threshold
+        charge = np.minimum(frames * well / at, well)
+        data[i, :, y, x] = bias[y, x] + charge.mean(axis=1)
+    assert "read_pattern" not in r.attrs
+    return r.assign(data=(r["data"].dims, data.astype(np.float32)))
+
+
+@pytest.mark.parametrize("grid", [(5, 7), (4, 13)])
+def test_read_pattern_from_nframes_and_groupgap(grid):
+    """No read_pattern attribute: with use_readpatt (the default) the frames of nframes = 4 and groupgap = 1
+    are the pattern, as JWST's saturation step builds one; stcal's flags with that pattern."""
+    from daskcal.detector._saturation import frames_read_pattern
+
+    r = frames_cube(4, 1)
+    pattern = [[1, 2, 3, 4], [6, 7, 8, 9], [11, 12, 13, 14], [16, 17, 18, 19], [21, 22, 23, 24], [26, 27, 28, 29]]
+    assert frames_read_pattern(6, 4, 1) == tuple(tuple(float(f) for f in g) for g in pattern)
+    for n in (0, 1):
+        expect = stcal_flags(r, n, read_pattern=pattern, zframe=False, sat_dq=False)
+        assert_same(ours(r, grid, n_pix_grow_sat=n), expect)
+    gdq = expect[0]
+    # the bright pixels: group 2 (saturated in its last frames) DO_NOT_USE, group 3 on SATURATED
+    for i, y, x in ((0, 3, 2), (1, 0, 12), (1, 14, 0)):
+        assert gdq[i, 1, y, x] & DNU and not gdq[i, 1, y, x] & SAT and (gdq[i, 2:, y, x] & SAT).all()
+    assert not (stcal_flags(r, 1, zframe=False, sat_dq=False)[0][:, 1] & DNU).any()  # none without the pattern
+    # an explicit read_pattern, or the ramps' attribute, wins over nframes and groupgap
+    single = [[g + 1.0] for g in range(6)]
+    expect = stcal_flags(r, 1, read_pattern=single, zframe=False, sat_dq=False)
+    assert_same(ours(r, grid, read_pattern=single), expect)
+    assert_same(ours(r.assign_attrs(read_pattern=single), grid), expect)
+    assert not (expect[0][:, 1] & DNU).any()
+
+
+def test_one_frame_per_group_changes_nothing(caplog):
+    """nframes = 1: the pattern nframes and groupgap give flags what no pattern does (stcal with and without
+    it agree), so none is used and detector1 keeps its fused graph."""
+    import logging
+
+    from daskcal import detector1
+    from daskcal.detector._pipeline import detector1_steps
+
+    for groupgap in (0, 2):
+        r = frames_cube(1, groupgap, seed=6 + groupgap)
+        pattern = [[g * (1 + groupgap) + 1.0] for g in range(6)]
+        with_rp = stcal_flags(r, 1, read_pattern=pattern, zframe=False, sat_dq=False)
+        without = stcal_flags(r, 1, zframe=False, sat_dq=False)
+        assert_same(with_rp, without)
+        assert (without[0] & SAT).any()
+        assert_same(ours(r, (5, 7)), without)
+        assert_same(ours(r, (5, 7), read_pattern=pattern), without)
+    with caplog.at_level(logging.INFO, logger="daskcal"):
+        fused = detector1(r.chunk({"y": 5, "x": 7})).rateints.compute()
+    assert "separate graphs" not in caplog.text
+    steps = detector1_steps(r.chunk({"y": 5, "x": 7}), use_readpatt=False).rateints.compute()
+    for v in fused.data_vars:
+        np.testing.assert_array_equal(fused[v].values, steps[v].values, err_msg=v)
+
+
+def test_detector1_builds_the_read_pattern():
+    """detector1's saturation step takes the pattern of nframes and groupgap (use_readpatt=True by default):
+    its rates are those of detector1 given stcal's flags with that pattern."""
+    from daskcal import detector1
+
+    r = frames_cube(4, 1)
+    pattern = [[g * 5 + f + 1 for f in range(4)] for g in range(6)]
+    kw = {"n_pix_grow_sat": 0, "rejection_threshold": 1e6, "three_group_rejection_threshold": 1e6,
+          "four_group_rejection_threshold": 1e6}
+    gdq = stcal_flags(r, 0, read_pattern=pattern, zframe=False, sat_dq=False)[0]
+    got = detector1(r.chunk({"y": 5, "x": 7}), **kw).rateints.compute()
+    want = detector1(r.assign(groupdq=(r["groupdq"].dims, gdq)), use_readpatt=False, **kw).rateints.compute()
+    ignored = detector1(r, use_readpatt=False, **kw).rateints.compute()
+    for v in got.data_vars:
+        np.testing.assert_array_equal(got[v].values, want[v].values, err_msg=v)
+    assert got["data"].values[0, 3, 2] != ignored["data"].values[0, 3, 2]
+
+
 def test_group2_extrapolation_in_float64(raw):
     # stcal extrapolates group 1 in float64 (numpy float64 mean of the frames); in float32 this pixel's
     # extrapolation rounds up to its threshold and group 2 would not be flagged
@@ -133,8 +259,9 @@ def test_read_pattern_argument_and_use_readpatt(raw):
     plain.attrs.pop("read_pattern", None)
     with_rp = stcal_flags(raw, read_pattern=PATTERN)
     assert_same(ours(plain, (13, 11), read_pattern=PATTERN), with_rp)
+    assert_same(ours(plain, (13, 11)), with_rp)  # PATTERN is the one nframes = 4 and groupgap = 1 give
     without = stcal_flags(raw)
-    assert_same(ours(plain, (13, 11)), without)
+    assert_same(ours(plain, (13, 11), use_readpatt=False), without)
     assert_same(ours(raw, (13, 11), use_readpatt=False), without)
     assert (with_rp[0] != without[0]).any()
     # one frame per group: the dilution is 1, only the group-2 check remains
@@ -240,6 +367,11 @@ def test_bad_parameters(raw):
      "saturation_dq must have dimensions"),
     (lambda r: r.assign(saturation=(("integration", "y", "x"), np.ones((NINTS, NY, NX), np.float32))),
      "saturation must have dimensions"),
+    (lambda r: r.assign(superbias=(("group", "integration", "y", "x"), np.zeros((NGROUPS, NINTS, NY, NX),
+                                                                               np.float32))),
+     (r"superbias must have dimensions \('y', 'x'\) \(26, 22\) or \('integration', 'group', 'y', 'x'\) "
+      r"\(3, 6, 26, 22\); got \('group', 'integration', 'y', 'x'\) \(6, 3, 26, 22\)")),
+    (lambda r: r.assign(superbias=r["superbias"].expand_dims(integration=NINTS)), "superbias must have dimensions"),
     (lambda r: r.assign_attrs(read_pattern=[[1]] * 2), r"ramps.attrs\['read_pattern'\] must have one list"),
     (lambda r: r.assign_attrs(read_pattern=5), r"ramps.attrs\['read_pattern'\]"),
 ])
@@ -265,9 +397,9 @@ def test_detector1_runs_the_options(raw):
     data = plain["data"].values.copy()
     data[:, 3:, 20, 20] = 62000.0  # NO_SAT_CHECK in pixeldq: saturated only with atod_limit < 61999
     plain = plain.assign(data=(plain["data"].dims, data)).chunk({"y": 13, "x": 11})
-    fused = detector1(plain, atod_limit=60000).rateints.compute()
-    steps = detector1_steps(plain, atod_limit=60000).rateints.compute()
-    default = detector1(plain).rateints.compute()
+    fused = detector1(plain, atod_limit=60000, use_readpatt=False).rateints.compute()
+    steps = detector1_steps(plain, atod_limit=60000, use_readpatt=False).rateints.compute()
+    default = detector1(plain, use_readpatt=False).rateints.compute()
     for v in fused.data_vars:
         np.testing.assert_array_equal(fused[v].values, steps[v].values, err_msg=v)
     assert fused["dq"].values[0, 20, 20] & SAT and not default["dq"].values[0, 20, 20] & SAT
@@ -320,8 +452,8 @@ def test_detector1_fused_graph_takes_the_saturation_dq(raw):
     data[:, 3:, 20, 20] = 62000.0  # above its threshold; NO_SAT_CHECK in pixeldq only
     r = raw.drop_vars("zeroframe").assign(data=(raw["data"].dims, data)).chunk({"y": 9, "x": 5})
     r.attrs.pop("read_pattern")
-    fused = detector1(r).rateints.compute()
-    steps = detector1_steps(r).rateints.compute()
+    fused = detector1(r, use_readpatt=False).rateints.compute()
+    steps = detector1_steps(r, use_readpatt=False).rateints.compute()
     for v in fused.data_vars:
         np.testing.assert_array_equal(fused[v].values, steps[v].values, err_msg=v)
     assert fused["dq"].values[0, 3, 4] & int(DQ.DEAD)  # a flag of the saturation reference's DQ
