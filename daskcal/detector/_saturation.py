@@ -65,24 +65,24 @@ class SaturationParameters:
         threshold) are compared with ``atod_limit + 1``.
     use_readpatt : bool, default True
         Use the read pattern (``read_pattern``, else ``ramps.attrs["read_pattern"]``,
-        else the one ``ramps.attrs`` ``nframes`` and ``groupgap`` give, :func:`frames_read_pattern`)
+        else the frames of ``ramps.attrs["nframes"]`` as JWST numbers them, :func:`frames_read_pattern`)
         to flag groups whose frames saturated but whose average did not, as JWST's
         saturation step does by default.
     read_pattern : tuple of tuples of float, optional
         Frames (numbers or times) averaged into each group; default the ramps'
-        ``read_pattern`` attribute, else the frames of ``nframes`` and ``groupgap``.
+        ``read_pattern`` attribute, else the frames of ``nframes`` (:func:`frames_read_pattern`).
     """
 
     n_pix_grow_sat: int = param(1, "half-width of the box a saturated pixel's flag is grown into "
                                 "(charge migration; 0: none)", "px")
     atod_limit: float = param(ATOD_LIMIT, "A-to-D converter limit: unchecked pixels (NO_SAT_CHECK, NaN "
                               "threshold) get the threshold atod_limit + 1", "DN")
-    use_readpatt: bool = param(True, "use the ramps' read pattern (attrs read_pattern, else the frames of nframes and "
-                               "groupgap) to flag groups whose frames saturated within the group average, and "
+    use_readpatt: bool = param(True, "use the ramps' read pattern (attrs read_pattern, else the frames of nframes as "
+                               "JWST numbers them) to flag groups whose frames saturated within the group average, and "
                                "group 2 (as JWST's saturation step)")
     read_pattern: tuple | None = param(None, "frames averaged into each group (one list per group)",
                                        derived="the ramps' read_pattern attribute, else the frames of their nframes "
-                                       "and groupgap", python_only=True)
+                                       "(JWST's numbering)", python_only=True)
 
     def __post_init__(self):
         n = self.n_pix_grow_sat
@@ -338,11 +338,11 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
         A-to-D converter limit in DN; unchecked pixels get the threshold ``atod_limit + 1``.
     use_readpatt : bool, default True
         Use a read pattern (as JWST's saturation step, whose ``use_readpatt`` defaults to True):
-        ``read_pattern``, else ``ramps.attrs["read_pattern"]``, else the frames that
-        ``ramps.attrs["nframes"]`` and ``["groupgap"]`` give (group g averages frames
-        ``g * (nframes + groupgap) + 1`` to ``... + nframes``; with one frame per group and
-        ``(y, x)`` thresholds that pattern would change nothing and is not used). False: no
-        read-pattern checks.
+        ``read_pattern``, else ``ramps.attrs["read_pattern"]``, else the frames of
+        ``ramps.attrs["nframes"]`` as jwst 3.0 numbers them (group g averages frames
+        ``g * nframes + 1`` to ``g * nframes + nframes``, dropped frames not counted; with one
+        frame per group and ``(y, x)`` thresholds that pattern would change nothing and is not
+        used). False: no read-pattern checks.
     read_pattern : list of lists of float, optional
         Frame numbers (or times) averaged into each group, one list per group; it wins over
         the ramps' attributes.
@@ -413,17 +413,15 @@ def _check_optional(ramps: xr.Dataset, checks: dict) -> None:
             raise TypeError(msg)
 
 
-def frames_read_pattern(ngroups: int, nframes: int, groupgap: int) -> tuple[tuple[float, ...], ...]:
-    """The frames (numbered from 1) averaged into each of ``ngroups`` groups of ``nframes`` frames with
-    ``groupgap`` frames dropped between groups: group g holds ``g * (nframes + groupgap) + 1`` to
-    ``g * (nframes + groupgap) + nframes``.
+def frames_read_pattern(ngroups: int, nframes: int) -> tuple[tuple[float, ...], ...]:
+    """The read pattern JWST's saturation step (jwst 3.0, ``use_readpatt``) builds for ``ngroups`` groups
+    of ``nframes`` frames: group g holds frames ``g * nframes + 1`` to ``g * nframes + nframes``.
 
-    JWST's saturation step numbers the frames ``g * nframes + 1`` to ``g * nframes + nframes``, without the
-    dropped frames; the two agree when ``groupgap`` is 0. Here the numbers are those of the frames read, so
-    that a group's dilution (mean frame / last frame) is the one of a ramp rising from the reset.
+    As jwst's, the frames dropped between groups (``groupgap``) are not counted, so that the flags are
+    the ones users get from the JWST pipeline for the same ramps; to use the frames as read instead,
+    give the pattern (``read_pattern`` or the ramps' attribute, as :func:`daskcal.simulate` writes it).
     """
-    step = nframes + groupgap
-    return tuple(tuple(float(g * step + f + 1) for f in range(nframes)) for g in range(ngroups))
+    return tuple(tuple(float(g * nframes + f + 1) for f in range(nframes)) for g in range(ngroups))
 
 
 def resolve_read_pattern(ramps: xr.Dataset, params: SaturationParameters) -> tuple | None:
@@ -431,7 +429,7 @@ def resolve_read_pattern(ramps: xr.Dataset, params: SaturationParameters) -> tup
     ``use_readpatt`` is False.
 
     ``params.read_pattern``, else the ramps' ``read_pattern`` attribute, else the frames of their ``nframes``
-    and ``groupgap`` attributes (:func:`frames_read_pattern`). With one frame per group and ``(y, x)``
+    attribute as JWST's saturation step numbers them (:func:`frames_read_pattern`). With one frame per group and ``(y, x)``
     thresholds, the last changes nothing (every dilution is 1, and group 2's check needs group 2 above its
     threshold, which has saturated it already): it is not used, so detector1 keeps its fused graph.
     """
@@ -441,13 +439,10 @@ def resolve_read_pattern(ramps: xr.Dataset, params: SaturationParameters) -> tup
     if pattern is None:
         pattern, name = ramps.attrs.get("read_pattern"), "ramps.attrs['read_pattern']"
         if pattern is None:
-            nframes, groupgap = int(ramps.attrs["nframes"]), int(ramps.attrs["groupgap"])
-            if groupgap < 0:
-                msg = f"ramps.attrs['groupgap'] must be >= 0 (frames dropped between groups); got {groupgap}"
-                raise ValueError(msg)
+            nframes = int(ramps.attrs["nframes"])
             if nframes == 1 and ramps["saturation"].ndim == 2:
                 return None
-            return frames_read_pattern(ramps.sizes["group"], nframes, groupgap)
+            return frames_read_pattern(ramps.sizes["group"], nframes)
         pattern = check_read_pattern(pattern, name)
     ngroups = ramps.sizes["group"]
     if len(pattern) != ngroups:

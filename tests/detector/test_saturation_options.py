@@ -173,14 +173,17 @@ def frames_cube(nframes, groupgap, shape=(2, 6, 15, 13), seed=5):
 
 
 @pytest.mark.parametrize("grid", [(5, 7), (4, 13)])
-def test_read_pattern_from_nframes_and_groupgap(grid):
-    """No read_pattern attribute: with use_readpatt (the default) the frames of nframes = 4 and groupgap = 1
-    are the pattern, as JWST's saturation step builds one; stcal's flags with that pattern."""
+def test_read_pattern_from_nframes_as_jwst_numbers_the_frames(grid):
+    """No read_pattern attribute: with use_readpatt (the default) the frames of nframes = 4 are the pattern,
+    numbered as jwst 3.0's saturation step numbers them (groupgap = 1 not counted); stcal's flags with it."""
     from daskcal.detector._saturation import frames_read_pattern
 
     r = frames_cube(4, 1)
-    pattern = [[1, 2, 3, 4], [6, 7, 8, 9], [11, 12, 13, 14], [16, 17, 18, 19], [21, 22, 23, 24], [26, 27, 28, 29]]
-    assert frames_read_pattern(6, 4, 1) == tuple(tuple(float(f) for f in g) for g in pattern)
+    pattern = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 20], [21, 22, 23, 24]]
+    assert frames_read_pattern(6, 4) == tuple(tuple(float(f) for f in g) for g in pattern)
+    as_read = [[1, 2, 3, 4], [6, 7, 8, 9], [11, 12, 13, 14], [16, 17, 18, 19], [21, 22, 23, 24], [26, 27, 28, 29]]
+    assert_same(ours(r.assign_attrs(read_pattern=as_read), grid),
+                stcal_flags(r, 1, read_pattern=as_read, zframe=False, sat_dq=False))
     for n in (0, 1):
         expect = stcal_flags(r, n, read_pattern=pattern, zframe=False, sat_dq=False)
         assert_same(ours(r, grid, n_pix_grow_sat=n), expect)
@@ -189,7 +192,7 @@ def test_read_pattern_from_nframes_and_groupgap(grid):
     for i, y, x in ((0, 3, 2), (1, 0, 12), (1, 14, 0)):
         assert gdq[i, 1, y, x] & DNU and not gdq[i, 1, y, x] & SAT and (gdq[i, 2:, y, x] & SAT).all()
     assert not (stcal_flags(r, 1, zframe=False, sat_dq=False)[0][:, 1] & DNU).any()  # none without the pattern
-    # an explicit read_pattern, or the ramps' attribute, wins over nframes and groupgap
+    # an explicit read_pattern, or the ramps' attribute, wins over nframes
     single = [[g + 1.0] for g in range(6)]
     expect = stcal_flags(r, 1, read_pattern=single, zframe=False, sat_dq=False)
     assert_same(ours(r, grid, read_pattern=single), expect)
@@ -198,8 +201,8 @@ def test_read_pattern_from_nframes_and_groupgap(grid):
 
 
 def test_one_frame_per_group_changes_nothing(caplog):
-    """nframes = 1: the pattern nframes and groupgap give flags what no pattern does (stcal with and without
-    it agree), so none is used and detector1 keeps its fused graph."""
+    """nframes = 1: the pattern of nframes flags what no pattern does (stcal with and without it agree, with
+    the frames numbered with or without the dropped ones), so none is used and detector1 keeps its fused graph."""
     import logging
 
     from daskcal import detector1
@@ -223,12 +226,12 @@ def test_one_frame_per_group_changes_nothing(caplog):
 
 
 def test_detector1_builds_the_read_pattern():
-    """detector1's saturation step takes the pattern of nframes and groupgap (use_readpatt=True by default):
-    its rates are those of detector1 given stcal's flags with that pattern."""
+    """detector1's saturation step takes the pattern of nframes (use_readpatt=True by default, jwst's
+    numbering): its rates are those of detector1 given stcal's flags with that pattern."""
     from daskcal import detector1
 
     r = frames_cube(4, 1)
-    pattern = [[g * 5 + f + 1 for f in range(4)] for g in range(6)]
+    pattern = [[g * 4 + f + 1 for f in range(4)] for g in range(6)]
     kw = {"n_pix_grow_sat": 0, "rejection_threshold": 1e6, "three_group_rejection_threshold": 1e6,
           "four_group_rejection_threshold": 1e6}
     gdq = stcal_flags(r, 0, read_pattern=pattern, zframe=False, sat_dq=False)[0]
@@ -259,7 +262,8 @@ def test_read_pattern_argument_and_use_readpatt(raw):
     plain.attrs.pop("read_pattern", None)
     with_rp = stcal_flags(raw, read_pattern=PATTERN)
     assert_same(ours(plain, (13, 11), read_pattern=PATTERN), with_rp)
-    assert_same(ours(plain, (13, 11)), with_rp)  # PATTERN is the one nframes = 4 and groupgap = 1 give
+    jwst_pattern = [[g * 4 + f + 1 for f in range(4)] for g in range(NGROUPS)]  # nframes = 4, gaps not counted
+    assert_same(ours(plain, (13, 11)), stcal_flags(raw, read_pattern=jwst_pattern))
     without = stcal_flags(raw)
     assert_same(ours(plain, (13, 11), use_readpatt=False), without)
     assert_same(ours(raw, (13, 11), use_readpatt=False), without)
