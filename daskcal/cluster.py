@@ -240,6 +240,9 @@ def connect(
         ``"host:port"``), a path to a scheduler file (JSON written by
         ``dask scheduler --scheduler-file``), ``"slurm"`` or ``"pbs"`` (dask-jobqueue,
         configured from Dask's ``jobqueue.slurm.*`` / ``jobqueue.pbs.*``: deploy/jobqueue.yaml).
+        The embedded cluster's workers are forked from a process that imported the task modules
+        of both stages once (``preload_workers``: ~1 s before the workers start, which their
+        first tasks no longer spend each); call ``daskcal.cluster.preload_workers`` first to choose them.
     n_workers : int, optional
         Workers of an embedded cluster (default one per core), or batch jobs of a jobqueue
         cluster (default 1; each runs one worker with the configuration's cores and memory).

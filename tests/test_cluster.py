@@ -94,6 +94,19 @@ def test_connect_preloads_both_stages_task_modules(tmp_path):
     assert done.stdout.split("\n")[-2] == "[[True, True, True]]"
 
 
+def test_worker_preload_module_imports_both_stages():
+    """``dask worker --preload daskcal.preload`` gives a worker the embedded workers' modules."""
+    import subprocess
+
+    names = ["daskcal.detector._fused", "daskcal.image._resample", "asdf_astropy.extensions", "numba.np.arraymath"]
+    code = f"import sys\nimport daskcal.preload\nprint([n in sys.modules for n in {names!r}])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[True,", "True,", "True,", "True]"]
+
+
 def _http_status(url: str) -> int:
     from urllib.error import HTTPError
     from urllib.request import urlopen
