@@ -78,6 +78,13 @@ WORKER_ENVIRON = {
 #: Modules every worker of an embedded cluster starts with (see :func:`preload_workers`).
 #: ``daskcal._numba_ready`` sets numba's compiler up (0.3-0.6 s of each worker's first task otherwise).
 WORKER_MODULES = ("distributed", "numpy", "dask.array", "xarray", "zarr", "numba", "daskcal._numba_ready")
+#: Modules the tasks of detector1 import (preloaded by the command line's detector commands).
+DETECTOR_TASK_MODULES = ("daskcal.detector._fused", "daskcal.io._zarr_read", "daskcal.io._zarr_write")
+#: Modules the tasks of the image stage import (preloaded by the command line's image commands).
+#: ``daskcal.image._asdf_preload`` loads asdf's extensions (asdf-astropy's import astropy.modeling,
+#: coordinates, nddata...): on a worker that first reads a WCS, 0.7-1.0 s of its first task.
+IMAGE_TASK_MODULES = ("daskcal.image._resample", "daskcal.image._outlier_blocks", "daskcal.image._skymatch",
+                      "daskcal.io._zarr_read", "daskcal.image._asdf_preload")
 #: What a worker serving its own dashboard imports (bokeh: 1-2 s of CPU); preloaded only for those.
 _WORKER_DASHBOARD = "distributed.dashboard.worker"
 
@@ -233,6 +240,9 @@ def connect(
         ``"host:port"``), a path to a scheduler file (JSON written by
         ``dask scheduler --scheduler-file``), ``"slurm"`` or ``"pbs"`` (dask-jobqueue,
         configured from Dask's ``jobqueue.slurm.*`` / ``jobqueue.pbs.*``: deploy/jobqueue.yaml).
+        The embedded cluster's workers are forked from a process that imported the task modules
+        of both stages once (``preload_workers``: ~1 s before the workers start, which their
+        first tasks no longer spend each); call ``daskcal.cluster.preload_workers`` first to choose them.
     n_workers : int, optional
         Workers of an embedded cluster (default one per core), or batch jobs of a jobqueue
         cluster (default 1; each runs one worker with the configuration's cores and memory).
@@ -434,7 +444,9 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
     # two finished tiles unwritten (what --resume redoes).
     environ[SATURATION] = WORKER_SATURATION
     if dask.config.get("distributed.worker.multiprocessing-method") in ("spawn", "forkserver"):
-        preload_workers(dashboard=dashboard_address is not None)  # unless running already
+        # unless running already (the command line starts it with its command's modules): from Python, the
+        # session may run either stage, and one import in the fork server beats one in every worker's first task
+        preload_workers((*DETECTOR_TASK_MODULES, *IMAGE_TASK_MODULES), dashboard=dashboard_address is not None)
         if _forkserver_running() and _forkserver == (_forkserver_pid(), _worker_environ()):
             environ["distributed.worker.multiprocessing-method"] = "forkserver"
         else:  # a fork server daskcal did not start, or with other settings: its workers would lack ours

@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -16,6 +17,9 @@ from daskcal.cli import main
 from daskcal.cli._main import build_parser
 from daskcal.cli._common import connect_options
 from daskcal.cluster import WORKER_ENVIRON, SchedulerConnectError, connect
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _environ():
@@ -68,6 +72,39 @@ def test_embedded_workers_are_forked_from_the_preloaded_fork_server(embedded):
     got = embedded.run(lambda: (os.getppid(), "dask.array" in sys.modules, "numba" in sys.modules,
                                 "numba.np.arraymath" in sys.modules))
     assert list(got.values()) == [(server, True, True, True)]
+
+
+def test_connect_preloads_both_stages_task_modules(tmp_path):
+    """From Python (no command to name a stage), connect()'s workers start with the detector's and the image
+    stage's task modules imported, asdf's extensions loaded (not in each worker's first WCS-reading task)."""
+    import subprocess
+
+    script = tmp_path / "session.py"
+    script.write_text(
+        "import sys\n"
+        "import daskcal\n"
+        "if __name__ == '__main__':\n"
+        "    with daskcal.connect('local', n_workers=1, dashboard_address=None) as client:\n"
+        "        names = ('daskcal.detector._fused', 'daskcal.image._resample', 'asdf_astropy.extensions')\n"
+        "        print(list(client.run(lambda: [n in sys.modules for n in names]).values()))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "[[True, True, True]]"
+
+
+def test_worker_preload_module_imports_both_stages():
+    """``dask worker --preload daskcal.preload`` gives a worker the embedded workers' modules."""
+    import subprocess
+
+    names = ["daskcal.detector._fused", "daskcal.image._resample", "asdf_astropy.extensions", "numba.np.arraymath"]
+    code = f"import sys\nimport daskcal.preload\nprint([n in sys.modules for n in {names!r}])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[True,", "True,", "True,", "True]"]
 
 
 def _http_status(url: str) -> int:

@@ -26,7 +26,9 @@ from daskcal.detector import (
 )
 from daskcal.detector._fused import compile_kernels
 from daskcal.detector._pipeline import detector1
-from daskcal.image._warm_up import compile_outlier_kernels, compile_resample_kernels
+from daskcal.image._dataset import get_wcs
+from daskcal.image._pixmap import compile_pixel_map
+from daskcal.image._warm_up import _tiny_wcs, compile_outlier_kernels, compile_resample_kernels
 
 LINE = "compiling numba kernels (first run in this environment"
 
@@ -108,14 +110,27 @@ def _all_signatures():
             for attr, v in list(vars(m).items()) if isinstance(v, CPUDispatcher)}
 
 
-def test_compile_resample_kernels_covers_a_run():
-    images = daskcal.simulate_images(3, (40, 48), seed=2, n_stars=5).images
+@pytest.mark.parametrize("v2v3", [False, True], ids=["tan", "jwst"])
+def test_compile_resample_kernels_covers_a_run(v2v3):
+    images = daskcal.simulate_images(3, (40, 48), seed=2, n_stars=5, v2v3=v2v3).images
     compile_resample_kernels(images, pixel_scale_ratio=0.8, kernel="square", weight_type="ivm")
     before = _all_signatures()
     with dask.config.set(scheduler="threads"):
         daskcal.resample(images, pixel_scale_ratio=0.8, kernel="square", weight_type="ivm").compute()
     assert _all_signatures() == before
     assert any(sig for (name, _), sig in before.items() if name.startswith("daskcal.image"))
+
+
+def test_tiny_warm_up_wcs_inverts():
+    wcs = _tiny_wcs()
+    x, y = np.meshgrid(np.arange(-0.5, 24.0, 0.5), np.arange(-0.5, 24.0, 0.5))
+    xi, yi = wcs.invert(*wcs(x, y, with_bounding_box=False), with_bounding_box=False)
+    assert np.abs(xi - x).max() < 2e-4 and np.abs(yi - y).max() < 2e-4
+    # distorted as a simulated exposure: its pixel map runs polynomials in both directions
+    sim = daskcal.simulate_images(1, (24, 24), n_stars=1).images[0]
+    ops = [line.split()[0] for line in compile_pixel_map(wcs, wcs).text.splitlines()]
+    sim_ops = [line.split()[0] for line in compile_pixel_map(get_wcs(sim), wcs).text.splitlines()]
+    assert ops.count("poly2") == sim_ops.count("poly2") == 4
 
 
 def test_compile_outlier_kernels_covers_a_run():

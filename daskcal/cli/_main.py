@@ -12,6 +12,8 @@ import logging
 import signal
 import sys
 
+from daskcal.cluster import DETECTOR_TASK_MODULES, IMAGE_TASK_MODULES
+
 __all__ = ["build_parser", "console", "expected_failure", "main"]
 
 # Subcommand modules by command name, in the order ``daskcal --help`` lists them.
@@ -31,9 +33,7 @@ COMMANDS = {
 }
 SUBCOMMANDS = tuple(COMMANDS.values())
 
-_DETECTOR_TASKS = ("daskcal.detector._fused", "daskcal.io._zarr_read", "daskcal.io._zarr_write")
-_IMAGE_TASKS = ("daskcal.image._resample", "daskcal.image._outlier_blocks", "daskcal.image._skymatch",
-                "daskcal.io._zarr_read", "daskcal.image._asdf_preload")
+_DETECTOR_TASKS, _IMAGE_TASKS = DETECTOR_TASK_MODULES, IMAGE_TASK_MODULES
 #: Modules the tasks of each command import: its embedded cluster's workers start with them
 #: (``daskcal.cluster.preload_workers``). ``run`` is missing: its recipe names the pipeline.
 WORKER_MODULES = {

@@ -1,12 +1,21 @@
 """Warm-ups of the image stage's numba kernels (see :mod:`daskcal._precompile`).
 
 Each runs the public step (:func:`daskcal.resample`, :func:`daskcal.flag_outliers`)
-on two simulated 24 x 24 exposures, in the calling thread on the synchronous scheduler,
+on two tiny 24 x 24 exposures, in the calling thread on the synchronous scheduler,
 with the options of a run that choose which kernels run and the dtypes of the run's
 images, so it compiles whatever kernels the step uses without knowing them.
+
+The tiny exposures are built directly (no star field, no fitted WCS inverse: what
+:func:`daskcal.simulate_images` spends most of its time on), with the models a simulated
+exposure's WCS has, so the pixel map is the same compiled program. Their WCS goes through
+ASDF once per process, as every image dataset carries it (``wcs_asdf``).
 """
 
 from __future__ import annotations
+
+import functools
+
+import numpy as np
 
 __all__ = ["OUTLIERS_COMPILE_SECONDS", "RESAMPLE_COMPILE_SECONDS", "compile_outlier_kernels",
            "compile_resample_kernels"]
@@ -23,13 +32,67 @@ _KERNEL_OPTIONS = ("pixfrac", "kernel", "fillval", "weight_type", "good_bits", "
 _OUTLIER_GRID_OPTIONS = ("buffer_size", "tile_shape", "tempdir", "output_wcs", "block_rows")
 
 
-def _tiny_like(images) -> list:
-    """Two simulated 24 x 24 exposures whose variables have the dtypes of ``images[0]``'s."""
-    from daskcal.image._simulate import simulate_images
+def _tiny_wcs():
+    """A 24 x 24 gwcs WCS of the models of :func:`~daskcal.image._simulate.distorted_wcs` (shift, cubic
+    distortion with a polynomial inverse, TAN), built without fitting: its distortion (0.02 px at
+    the corners) is small enough for a truncated series to invert it within 2e-4 px."""
+    import gwcs
+    from astropy import coordinates as coord
+    from astropy import units as u
+    from astropy.modeling import models
 
+    from daskcal.image._simulate import DEC0, RA0
+
+    c = 1e-4  # 1/px
+    fwd = models.Mapping((0, 1, 0, 1)) | (models.Polynomial2D(3, c1_0=1.0, c2_0=c, c1_2=c / 12)
+                                          & models.Polynomial2D(3, c0_1=1.0, c0_2=c, c2_1=c / 12))
+    fwd.inverse = models.Mapping((0, 1, 0, 1)) | (models.Polynomial2D(3, c1_0=1.0, c2_0=-c, c1_2=-c / 12)
+                                                  & models.Polynomial2D(3, c0_1=1.0, c0_2=-c, c2_1=-c / 12))
+    scale = 0.03 / 3600.0  # deg/px
+    sky = (models.Scale(scale) & models.Scale(scale) | models.AffineTransformation2D(matrix=[[-1.0, 0.0], [0.0, 1.0]])
+           | models.Pix2Sky_TAN() | models.RotateNative2Celestial(RA0, DEC0, 180.0))
+    det = gwcs.coordinate_frames.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
+    world = gwcs.coordinate_frames.CelestialFrame(reference_frame=coord.ICRS(), name="world", unit=(u.deg, u.deg))
+    w = gwcs.WCS([(det, models.Shift(-11.5) & models.Shift(-11.5) | fwd | sky), (world, None)])
+    w.bounding_box = ((-0.5, 23.5), (-0.5, 23.5))
+    w.pixel_shape = (24, 24)
+    return w
+
+
+@functools.cache
+def _tiny_images() -> tuple:
+    """Two 24 x 24 exposures on one WCS (:func:`_tiny_wcs`): flat sky, noise, a few flagged pixels,
+    a cosmic ray in each; the variables of a simulated exposure, float32 and uint32."""
+    from daskcal.dq import DQ
+    from daskcal.image._dataset import image_dataset
+
+    rng = np.random.default_rng(0)
+    shape = (24, 24)
+    wcs = _tiny_wcs()
+    images = []
+    for i in range(2):
+        var = np.full(shape, 0.01, np.float32)
+        data = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        dq = np.zeros(shape, np.uint32)
+        dq[3, 5], dq[7, 11] = DQ.DO_NOT_USE, DQ.JUMP_DET
+        data[12 + i, 12] = 50.0  # a cosmic ray, at a different pixel in each
+        attrs = {"exposure_time": 100.0, "measurement_time": 95.0, "start_time": 60000.0 + i * 0.01,
+                 "group_id": f"exp{i}", "name": f"tiny{i}_cal", "level": 1.0, "bunit_data": "DN/s"}
+        if images:  # the first's WCS text, not a second ASDF write
+            attrs = {**images[0].attrs, **attrs, "end_time": attrs["start_time"] + 100.0 / 86400.0}
+            arrays = {"data": data, "dq": dq, "var_rnoise": var, "var_poisson": var, "var_flat": var,
+                      "err": np.sqrt(3 * var)}
+            images.append(images[0].copy(data={k: arrays[k] for k in images[0].data_vars}).assign_attrs(attrs))
+        else:
+            images.append(image_dataset(data, wcs, dq=dq, var_rnoise=var, var_poisson=var, var_flat=var, **attrs))
+    return tuple(images)
+
+
+def _tiny_like(images) -> list:
+    """Two tiny exposures (:func:`_tiny_images`) whose variables have the dtypes of ``images[0]``'s."""
     like = images[0]
     return [im.assign({name: im[name].astype(like[name].dtype) for name in im.data_vars if name in like})
-            for im in simulate_images(2, (24, 24), seed=0, n_stars=2).images]
+            for im in _tiny_images()]
 
 
 def compile_resample_kernels(images, **options) -> None:
