@@ -6,11 +6,12 @@ step with a halo and keeps intermediate cubes alive between tasks. Here every
 chunk is read once with one halo wide enough for the whole chain and runs all
 steps in memory:
 
-- saturation growth needs ``n_pix_grow_sat`` pixels of raw data around a pixel;
+- saturation growth needs ``n_pix_grow_sat`` pixels of raw data around a pixel (``2 * n_pix_grow_sat``
+  with a read pattern, whose hidden-saturation marks are grown from grown flags);
 - jump neighbour flagging needs the primary jumps of the 4 neighbours, hence
   their saturation flags, hence ``n_pix_grow_sat + 1`` pixels of raw data.
 
-So the halo is ``n_pix_grow_sat + (1 if flag_4_neighbors else 0)`` and every
+So the halo is ``n_pix_grow_sat`` (``2 * n_pix_grow_sat``) ``+ (1 if flag_4_neighbors else 0)`` and every
 result on the chunk's core is exactly what the step-by-step graph gives.
 """
 
@@ -49,6 +50,8 @@ from daskcal.detector._saturation import (
     ATOD_LIMIT,
     SaturationParameters,
     effective_threshold,
+    no_check_mask,
+    resolve_read_pattern,
     saturation_block,
     saturation_pixeldq,
 )
@@ -90,7 +93,7 @@ def plane_usable(ds: xr.Dataset) -> np.ndarray:
 
 def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, *, core=(slice(None), slice(None)),
                     usable,
-                    n_pix_grow_sat, jump, fit, owns_data=False, atod_limit=ATOD_LIMIT):
+                    n_pix_grow_sat, jump, fit, owns_data=False, atod_limit=ATOD_LIMIT, read_pattern=None):
     """Saturation, superbias, jumps and ramp fit on one halo'd chunk; products for its core.
 
     Parameters
@@ -118,6 +121,10 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, 
     owns_data : bool, default False
         ``data`` was made for this call alone (a halo'd block assembled inside
         the task), so the bias is subtracted in place instead of in a new cube.
+    read_pattern : tuple of tuples of float, optional
+        The frames of each group, for saturation's read-pattern checks
+        (:func:`~daskcal.detector._saturation.saturation_block`; the halo is then ``2 * n_pix_grow_sat``
+        wide for saturation).
 
     Returns
     -------
@@ -127,8 +134,13 @@ def detector1_block(data, gdq, pdq, sat, bias, gain, rnoise, dark, sat_dq=None, 
         halo'd block).
     """
     ys, xs = core
-    gdq = saturation_block(data, gdq, effective_threshold(sat, pdq if sat_dq is None else sat_dq, atod_limit),
-                           n_pix_grow_sat=n_pix_grow_sat, nonfinite=True)
+    checked = pdq if sat_dq is None else sat_dq
+    pattern = {}
+    if read_pattern is not None:  # the unchecked pixels and the raw superbias (group 2's check)
+        pattern = {"skip": no_check_mask(sat, checked), "bias": None if np.ndim(bias) == 0 else bias,
+                   "read_pattern": read_pattern}
+    gdq = saturation_block(data, gdq, effective_threshold(sat, checked, atod_limit), n_pix_grow_sat=n_pix_grow_sat,
+                           nonfinite=True, **pattern)
     # bias-subtracted ramps; in place when ``data`` is this task's own halo'd copy
     if np.ndim(bias) or bias:
         data = np.subtract(data, np.nan_to_num(np.asarray(bias, dtype=np.float32), nan=0.0),
@@ -270,6 +282,28 @@ def _fused_blocks(cube, pix, halo: int, nplanes: int, **kwargs) -> da.Array:
                     meta=np.empty((0, 0, 0), dtype=np.float32))
 
 
+def _chunks_at_least(ds: xr.Dataset, halo: int) -> xr.Dataset:
+    """``ds`` with every ``(y, x)`` chunk at least ``halo`` pixels wide, a narrower one joined to its
+    neighbour: a halo'd block is built from the adjacent chunks only (with a narrower chunk, dask's
+    overlap rechunked the array and the blocks of the inputs no longer lined up: a TypeError)."""
+
+    def joined(sizes):
+        out: list[int] = []
+        for c in sizes:
+            if out and (c < halo or out[-1] < halo):
+                out[-1] += c
+            else:
+                out.append(c)
+        return tuple(out)
+
+    cy, cx = ds["data"].data.chunks[2:]
+    new = joined(cy), joined(cx)
+    if new == (cy, cx):
+        return ds
+    logger.debug("detector1: (y, x) chunks narrower than the %d px halo joined to their neighbours", halo)
+    return ds.chunk({"y": new[0], "x": new[1]})
+
+
 def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     """Build the fused detector1 graph; returns a :class:`RampFitResult` (lazy).
 
@@ -282,7 +316,10 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     ds = pixel_chunked(ramps, chunks)
     jump_args = jump_block_arguments(jump_params, ds)
     n = sat_params.n_pix_grow_sat
-    halo = n + (1 if jump_params.flag_4_neighbors else 0)
+    pattern = resolve_read_pattern(ds, sat_params)
+    # a read pattern's hidden-saturation marks need their group's flags already grown: 2n of raw data
+    halo = (n if pattern is None else 2 * n) + (1 if jump_params.flag_4_neighbors else 0)
+    ds = _chunks_at_least(ds, halo)
     nints = ds.sizes["integration"]
     chunks_yx = ds["data"].data.chunks[2:]
     usable = plane_usable(ds)
@@ -322,6 +359,7 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
         usable=usable,
         n_pix_grow_sat=n,
         atod_limit=float(sat_params.atod_limit),
+        read_pattern=pattern,
         jump=jump_args,
         fit=fit,
     )

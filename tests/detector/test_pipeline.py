@@ -187,3 +187,22 @@ def test_narrow_pixeldq_keeps_the_flags_the_steps_add(sim, dtype):
     wide["pixeldq"] = ramps["pixeldq"].astype(np.uint32)
     wide["saturation"], wide["gain"] = ramps["saturation"], ramps["gain"]
     np.testing.assert_array_equal(pdq, daskcal.detect_jumps(daskcal.flag_saturation(wide))["pixeldq"].values)
+
+
+@pytest.mark.parametrize("grow", [3, 4])
+def test_chunks_narrower_than_the_halo(grow, scheduler):
+    """Chunks of 4 px (and a ragged 3 px one) against a halo of n_pix_grow_sat + 1: the fused graph joins them
+    to their neighbours (it raised a TypeError: dask's overlap rechunked one input and the blocks no longer
+    lined up) and equals the steps run one after another."""
+    from daskcal.detector._pipeline import detector1_steps
+
+    r = simulate((1, 5, 15, 13), seed=3, max_source_rate=20000.0).ramps
+    thr = np.percentile(r["data"].values[0, -1], 95)  # ~10 pixels saturate in their last groups
+    r = r.assign(saturation=(r["saturation"].dims, np.full(r["saturation"].shape, thr, r["saturation"].dtype)))
+    with scheduler():
+        fused = daskcal.detector1(r.chunk({"y": 4, "x": 5}), n_pix_grow_sat=grow).rateints.compute()
+    steps = detector1_steps(r.chunk({"y": 4, "x": 5}), n_pix_grow_sat=grow).rateints.compute()
+    for v in fused.data_vars:
+        np.testing.assert_array_equal(fused[v].values, steps[v].values, err_msg=v)
+    ungrown = detector1_steps(r, n_pix_grow_sat=0).rateints.compute()
+    assert not np.array_equal(fused["data"].values, ungrown["data"].values, equal_nan=True)  # the growth counts

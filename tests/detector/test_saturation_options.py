@@ -243,6 +243,28 @@ def test_detector1_builds_the_read_pattern():
     assert got["data"].values[0, 3, 2] != ignored["data"].values[0, 3, 2]
 
 
+@pytest.mark.parametrize("grow", [1, 2])
+def test_detector1_runs_a_read_pattern_fused_as_its_steps(grow, caplog):
+    """A read pattern keeps detector1's fused graph (one halo of 2 * n_pix_grow_sat + 1): its rates and DQ on
+    odd chunks equal those of its steps run one after another (whose saturation is stcal's, above), and the
+    read-pattern checks do flag here."""
+    import logging
+
+    from daskcal import detector1
+    from daskcal.detector._pipeline import detector1_steps
+
+    r = frames_cube(4, 1)
+    for grid in [(5, 7), (4, 13)]:
+        with caplog.at_level(logging.INFO, logger="daskcal"):
+            fused = detector1(r.chunk({"y": grid[0], "x": grid[1]}), n_pix_grow_sat=grow).rateints.compute()
+        assert "separate graphs" not in caplog.text
+        steps = detector1_steps(r.chunk({"y": grid[0], "x": grid[1]}), n_pix_grow_sat=grow).rateints.compute()
+        for v in fused.data_vars:
+            np.testing.assert_array_equal(fused[v].values, steps[v].values, err_msg=f"{v} {grid}")
+    plain = detector1_steps(r, n_pix_grow_sat=grow, use_readpatt=False).rateints.compute()
+    assert (fused["dq"].values != plain["dq"].values).any()  # the pattern's flags change the products
+
+
 def test_group2_extrapolation_in_float64(raw):
     # stcal extrapolates group 1 in float64 (numpy float64 mean of the frames); in float32 this pixel's
     # extrapolation rounds up to its threshold and group 2 would not be flagged
