@@ -33,17 +33,16 @@ COMMANDS = {
 }
 SUBCOMMANDS = tuple(COMMANDS.values())
 
-_DETECTOR_TASKS, _IMAGE_TASKS = DETECTOR_TASK_MODULES, IMAGE_TASK_MODULES
 #: Modules the tasks of each command import: its embedded cluster's workers start with them
 #: (``daskcal.cluster.preload_workers``). ``run`` is missing: its recipe names the pipeline.
 WORKER_MODULES = {
-    "demo": _DETECTOR_TASKS,
-    "detector1": _DETECTOR_TASKS,
-    "outliers": _IMAGE_TASKS,
-    "resample": _IMAGE_TASKS,
-    "tweakreg": _IMAGE_TASKS,
-    "skymatch": _IMAGE_TASKS,
-    "image3": _IMAGE_TASKS,
+    "demo": DETECTOR_TASK_MODULES,
+    "detector1": DETECTOR_TASK_MODULES,
+    "outliers": IMAGE_TASK_MODULES,
+    "resample": IMAGE_TASK_MODULES,
+    "tweakreg": IMAGE_TASK_MODULES,
+    "skymatch": IMAGE_TASK_MODULES,
+    "image3": IMAGE_TASK_MODULES,
 }
 
 

@@ -453,7 +453,6 @@ def resolve_read_pattern(ramps: xr.Dataset, params: SaturationParameters) -> tup
 
 def needs_separate_graph(ramps: xr.Dataset, params: SaturationParameters) -> str | None:
     """Why detector1's fused graph cannot run this saturation step (None: it can)."""
-    resolve_read_pattern(ramps, params)  # (checked here: a read pattern itself runs fused)
     if ramps["saturation"].ndim == 4:
         return "per-group saturation thresholds"
     if "superbias" in ramps and ramps["superbias"].ndim == 4:

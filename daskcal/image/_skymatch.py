@@ -415,10 +415,11 @@ def _whole_blocks(arr):
 
 def _whole(blocks) -> np.ndarray:
     """Inside a task: the image :func:`_whole_blocks` handed over."""
-    from daskcal.io._zarr_read import WholeRead
+    from daskcal.io._zarr_read import materialize
 
-    if isinstance(blocks, WholeRead):
-        return blocks.read()
+    blocks = materialize(blocks)  # read here from Zarr, or the chunks as a nested list
+    if isinstance(blocks, np.ndarray):
+        return blocks
     return np.block(blocks) if len(blocks) > 1 or len(blocks[0]) > 1 else np.asarray(blocks[0][0])
 
 
