@@ -125,7 +125,7 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     **params
         Parameters of the steps, by name: ``n_pix_grow_sat`` (saturation; default 1),
         ``atod_limit`` (65535 DN), ``use_readpatt`` (True: use ``ramps.attrs["read_pattern"]``, else the
-        frames of ``nframes`` and ``groupgap``, as JWST's saturation step does; see :func:`flag_saturation`),
+        frames of ``nframes`` as JWST's saturation step numbers them; see :func:`flag_saturation`),
         ``rejection_threshold`` (4.0), ``three_group_rejection_threshold`` (6.0),
         ``four_group_rejection_threshold`` (5.0), ``flag_4_neighbors`` (True),
         ``max_jump_to_flag_neighbors`` (1000), ``min_jump_to_flag_neighbors`` (10),

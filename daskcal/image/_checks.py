@@ -100,16 +100,17 @@ def warn_unusable_inputs(images, *, good_bits, weight_type: str | None, product:
     for k, (ds, (n_kept, n_zero)) in enumerate(zip(images, counts, strict=True)):
         name, n_kept, n_zero = _name(ds, k), int(n_kept), int(n_zero)
         if n_kept == 0:
-            _inputs_log.warning("exposure %r: no pixel passes good_bits=%r (every pixel is flagged, such as DO_NOT_USE); "
-                        "it contributes nothing to %s", name, good_bits, product)
+            _inputs_log.warning("exposure %r: no pixel passes good_bits=%r (every pixel is flagged, such as "
+                                "DO_NOT_USE); it contributes nothing to %s", name, good_bits, product)
             empty.append(name)
         elif n_zero == n_kept:
-            _inputs_log.warning("exposure %r: %s is NaN, infinite or 0 at every usable pixel, so with weight_type=%r "
-                        "every weight is 0; it contributes nothing to %s", name, variance, weight_type, product)
+            _inputs_log.warning("exposure %r: %s is NaN, infinite or 0 at every usable pixel, so with "
+                                "weight_type=%r every weight is 0; it contributes nothing to %s",
+                                name, variance, weight_type, product)
             empty.append(name)
         elif n_zero:
-            _inputs_log.warning("exposure %r: %s is NaN, infinite or 0 at %d of its %d usable pixels; with weight_type=%r "
-                        "they get weight 0", name, variance, n_zero, n_kept, weight_type)
+            _inputs_log.warning("exposure %r: %s is NaN, infinite or 0 at %d of its %d usable pixels; with "
+                                "weight_type=%r they get weight 0", name, variance, n_zero, n_kept, weight_type)
     return empty
 
 
