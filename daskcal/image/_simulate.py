@@ -74,17 +74,26 @@ class SimulatedImages:
     truth: SimulationTruth
 
 
-def _distortion_model(shape, distortion):
-    """Cubic distortion (px) about the array centre and a fitted inverse."""
+def _distortion_model(shape, distortion, *, fit_inverse: bool = True):
+    """Cubic distortion (px) about the array centre and an inverse: fitted, or (``fit_inverse=False``) the
+    first-order series (the distortion's terms negated, in error by ~distortion^2 / half-size px: for tiny
+    distortions, without the fit's cost)."""
     from astropy.modeling import fitting, models
 
     ny, nx = shape
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     r = max(nx, ny) / 2.0
     d = float(distortion)
-    px = models.Polynomial2D(3, c1_0=1.0, c2_0=0.5 * d / r**2, c1_2=0.5 * d / r**3)
-    py = models.Polynomial2D(3, c0_1=1.0, c0_2=0.5 * d / r**2, c2_1=0.5 * d / r**3)
-    fwd = models.Mapping((0, 1, 0, 1)) | px & py
+
+    def pair(s):
+        return (models.Polynomial2D(3, c1_0=1.0, c2_0=s * 0.5 * d / r**2, c1_2=s * 0.5 * d / r**3)
+                & models.Polynomial2D(3, c0_1=1.0, c0_2=s * 0.5 * d / r**2, c2_1=s * 0.5 * d / r**3))
+
+    fwd = models.Mapping((0, 1, 0, 1)) | pair(1.0)
+    shift = models.Shift(-cx) & models.Shift(-cy)
+    if not fit_inverse:
+        fwd.inverse = models.Mapping((0, 1, 0, 1)) | pair(-1.0)
+        return shift | fwd
     # fit the inverse on a grid covering the array and a margin, in units of r: coordinates of
     # order 1 keep the degree-5 least squares well conditioned (in pixels, its columns span r**5)
     g = np.linspace(-1.2 * r, 1.2 * r, 49)
@@ -95,11 +104,10 @@ def _distortion_model(shape, distortion):
     iy = fitter(models.Polynomial2D(5), up / r, vp / r, v / r)
     to_unit, from_unit = models.Scale(1 / r) & models.Scale(1 / r), models.Scale(r) & models.Scale(r)
     fwd.inverse = to_unit | models.Mapping((0, 1, 0, 1)) | ix & iy | from_unit
-    shift = models.Shift(-cx) & models.Shift(-cy)
     return shift | fwd
 
 
-def distorted_wcs(shape, ra, dec, *, pixel_scale=0.03, rotation=0.0, distortion=2.0):
+def distorted_wcs(shape, ra, dec, *, pixel_scale=0.03, rotation=0.0, distortion=2.0, fit_inverse=True):
     """A gwcs WCS: cubic distortion then TAN, reference pixel at the array centre.
 
     Parameters
@@ -114,6 +122,9 @@ def distorted_wcs(shape, ra, dec, *, pixel_scale=0.03, rotation=0.0, distortion=
         Angle (deg) of the +y axis east of north.
     distortion : float, default 2.0
         Distortion (px) at the corners.
+    fit_inverse : bool, default True
+        Fit the distortion's inverse (a degree-5 polynomial; ~0.5 s); False: its first-order
+        series, in error by ~distortion^2 / half-size px (for tiny distortions only).
 
     Returns
     -------
@@ -125,7 +136,7 @@ def distorted_wcs(shape, ra, dec, *, pixel_scale=0.03, rotation=0.0, distortion=
     from astropy import units as u
     from astropy.modeling import models
 
-    dist = _distortion_model(shape, distortion)
+    dist = _distortion_model(shape, distortion, fit_inverse=fit_inverse)
     th = math.radians(rotation)
     # x grows to the west (RA decreases), y to the north, rotated by `rotation`
     pc = np.array([[-math.cos(th), math.sin(th)], [math.sin(th), math.cos(th)]])

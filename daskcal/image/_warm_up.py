@@ -33,30 +33,12 @@ _OUTLIER_GRID_OPTIONS = ("buffer_size", "tile_shape", "tempdir", "output_wcs", "
 
 
 def _tiny_wcs():
-    """A 24 x 24 gwcs WCS of the models of :func:`~daskcal.image._simulate.distorted_wcs` (shift, cubic
-    distortion with a polynomial inverse, TAN), built without fitting: its distortion (0.02 px at
-    the corners) is small enough for a truncated series to invert it within 2e-4 px."""
-    import gwcs
-    from astropy import coordinates as coord
-    from astropy import units as u
-    from astropy.modeling import models
+    """A 24 x 24 WCS of a simulated exposure's models (:func:`~daskcal.image._simulate.distorted_wcs`:
+    shift, cubic distortion with a polynomial inverse, TAN), built without fitting: its distortion
+    (0.0288 px at the corners) is small enough for the series inverse, within 2e-4 px."""
+    from daskcal.image._simulate import DEC0, RA0, distorted_wcs
 
-    from daskcal.image._simulate import DEC0, RA0
-
-    c = 1e-4  # 1/px
-    fwd = models.Mapping((0, 1, 0, 1)) | (models.Polynomial2D(3, c1_0=1.0, c2_0=c, c1_2=c / 12)
-                                          & models.Polynomial2D(3, c0_1=1.0, c0_2=c, c2_1=c / 12))
-    fwd.inverse = models.Mapping((0, 1, 0, 1)) | (models.Polynomial2D(3, c1_0=1.0, c2_0=-c, c1_2=-c / 12)
-                                                  & models.Polynomial2D(3, c0_1=1.0, c0_2=-c, c2_1=-c / 12))
-    scale = 0.03 / 3600.0  # deg/px
-    sky = (models.Scale(scale) & models.Scale(scale) | models.AffineTransformation2D(matrix=[[-1.0, 0.0], [0.0, 1.0]])
-           | models.Pix2Sky_TAN() | models.RotateNative2Celestial(RA0, DEC0, 180.0))
-    det = gwcs.coordinate_frames.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
-    world = gwcs.coordinate_frames.CelestialFrame(reference_frame=coord.ICRS(), name="world", unit=(u.deg, u.deg))
-    w = gwcs.WCS([(det, models.Shift(-11.5) & models.Shift(-11.5) | fwd | sky), (world, None)])
-    w.bounding_box = ((-0.5, 23.5), (-0.5, 23.5))
-    w.pixel_shape = (24, 24)
-    return w
+    return distorted_wcs((24, 24), RA0, DEC0, distortion=0.0288, fit_inverse=False)
 
 
 @functools.cache
