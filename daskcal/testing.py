@@ -74,11 +74,14 @@ def stcal_detect_jumps(
     after_jump_flag_time1: float = 0.0,
     after_jump_flag_dn2: float = 0.0,
     after_jump_flag_time2: float = 0.0,
+    *,
+    expand_large_events: bool = False,
 ) -> xr.Dataset:
-    """``stcal.jump.jump.detect_jumps_data``, two-point difference only, as JWST's jump step calls it.
+    """``stcal.jump.jump.detect_jumps_data``, two-point difference (and with ``expand_large_events`` the
+    snowball search, JWST's default snowball parameters), as JWST's jump step calls it.
 
     The result's ``attrs["total_primary_crs"]`` is stcal's count of primary jumps (-99 where it
-    skipped the step).
+    skipped the step), ``attrs["number_extended_events"]`` its count of snowballs (0 without the search).
     """
     from stcal.jump.jump import detect_jumps_data
     from stcal.jump.jump_class import JumpData
@@ -105,9 +108,17 @@ def stcal_detect_jumps(
     jd.set_after_jump(
         after_jump_flag_dn1, int(after_jump_flag_time1 // gtime), after_jump_flag_dn2, int(after_jump_flag_time2 // gtime)
     )
-    gdq, pdq, total_primary_crs, _ = detect_jumps_data(jd)
+    if expand_large_events:
+        # as the JWST jump step sets them up from its defaults: sat_expand (2) and max_extended_radius
+        # (200) doubled, the next integration's masked time (4000 s) in whole groups
+        jd.set_snowball_info(True, 5.0, 1.0, 2.0, True, 2.5, 2 * 2, 25)
+        jd.max_extended_width = 2 * 200
+        jd.mask_persist_grps_next_int = True
+        jd.persist_grps_flagged = int(4000.0 // gtime)
+    gdq, pdq, total_primary_crs, number_extended_events = detect_jumps_data(jd)
     out = _with(ramps, groupdq=gdq, pixeldq=pdq)
     out.attrs["total_primary_crs"] = int(total_primary_crs)
+    out.attrs["number_extended_events"] = int(number_extended_events)
     return out
 
 

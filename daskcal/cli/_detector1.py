@@ -220,14 +220,18 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                 jump_planes = bool(side) and result.primary_jump_planes is not None
                 count_jumps = (not jump_planes and not getattr(args, "resume", False)
                                and result.n_primary_jumps is not None)
-                if count_jumps:
-                    also = (*also, result.n_primary_jumps)
+                # The snowballs or showers (only the separate graphs search for them) are counted with the
+                # primary jumps, from the searches' few numbers per group plane.
+                counted = [result.n_primary_jumps] if count_jumps else []
+                if count_jumps and result.n_extended_events is not None:
+                    counted.append(result.n_extended_events)
                 report: dict = {}
-                written = save_products(products, out, progress=not args.no_progress, outputs=outputs, also=also,
-                                        journal=journal, report=report, side=side)
-                paths, values = written if also else (written, [])
-                n_jumps = values[-1] if count_jumps else _count_jumps(folder) if jump_planes else None
-                values = values[:-1] if count_jumps else values
+                written = save_products(products, out, progress=not args.no_progress, outputs=outputs,
+                                        also=(*also, *counted), journal=journal, report=report, side=side)
+                paths, values = written if also or counted else (written, [])
+                values, counts = values[:len(also)], values[len(also):]
+                n_jumps = counts[0] if count_jumps else _count_jumps(folder) if jump_planes else None
+                n_events = counts[1] if len(counts) > 1 else None
                 elapsed = time.perf_counter() - t0
                 if report.get("kept") or report.get("redone"):
                     print(f"detector1 {inp}: {report['kept']} of {report['chunks']} chunks were written by the "
@@ -238,7 +242,10 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                                 "(a pixel with no other usable group gets a NaN rate and DO_NOT_USE)", inp, n_bad)
                 if n_jumps is not None:
                     log.info("%s: primary jumps (cosmic rays) per integration: %s", inp, list(map(int, n_jumps)))
-                    _record_primary_crs(ramps, n_jumps, paths, outputs)
+                    if n_events is not None:
+                        log.info("%s: snowballs or showers per integration: %s", inp, list(map(int, n_events)))
+                    _record_jump_rates(ramps, n_jumps, n_events, result.n_extended_events is not None, paths,
+                                       outputs)
                 if fits:
                     _export_fits(paths, outputs, to_fits)
                 outputs.commit()  # this exposure's products appear together
@@ -288,25 +295,34 @@ def _count_jumps(folder: Path):
     return planes.sum(axis=(1, 2), dtype=np.int64)
 
 
-def _record_primary_crs(ramps, n_jumps, stores: dict, outputs) -> None:
-    """Record JWST's PRIMECRS (:func:`daskcal.detector._pipeline.primary_cosmic_rays`) as the attribute
-    ``primary_cosmic_rays`` of the staged rate and rateints stores (FITS exports: keyword PRIMECRS)."""
+def _record_jump_rates(ramps, n_jumps, n_events, searched: bool, stores: dict, outputs) -> None:
+    """Record JWST's jump-step rates as attributes of the staged rate and rateints stores (their FITS exports
+    get the keywords): ``primary_cosmic_rays`` (PRIMECRS, :func:`daskcal.detector._pipeline.primary_cosmic_rays`)
+    and ``extended_emission_events`` (EXTNCRS, :func:`daskcal.detector._pipeline.extended_emission_events`,
+    from ``n_events``; 0 where no large-event search ran, as in jwst). ``searched``: a search ran, so its count
+    ``n_events`` is needed (without it no EXTNCRS is recorded)."""
     import zarr
 
     from daskcal.detector._common import pixel_chunked
     from daskcal.detector._fused import plane_usable
-    from daskcal.detector._pipeline import primary_cosmic_rays
+    from daskcal.detector._pipeline import extended_emission_events, primary_cosmic_rays
     from daskcal.io._atomic import consolidate
 
     n = ramps.sizes
-    value = primary_cosmic_rays(n_jumps, plane_usable(pixel_chunked(ramps)), ramps.attrs["group_time"],
-                                n["y"] * n["x"])
-    if value is None:
+    usable = plane_usable(pixel_chunked(ramps))
+    args = (usable, ramps.attrs["group_time"], n["y"] * n["x"])
+    rates = {"primary_cosmic_rays": primary_cosmic_rays(n_jumps, *args)}
+    if n_events is not None or not searched:
+        rates["extended_emission_events"] = extended_emission_events(n_events, *args)
+    rates = {name: value for name, value in rates.items() if value is not None}
+    if not rates:
         return
-    log.info("primary cosmic rays: %.6g per 1000 pixels per s (PRIMECRS)", value)
+    log.info("primary cosmic rays: %.6g per 1000 pixels per s (PRIMECRS)", rates["primary_cosmic_rays"])
+    if "extended_emission_events" in rates:
+        log.info("snowballs or showers: %.6g per 10**6 pixels per s (EXTNCRS)", rates["extended_emission_events"])
     for name in _NAMES:
         store = outputs.path(stores[name])
-        zarr.open_group(store, mode="r+", use_consolidated=False).attrs["primary_cosmic_rays"] = value
+        zarr.open_group(store, mode="r+", use_consolidated=False).attrs.update(rates)
         consolidate(store)
 
 

@@ -597,7 +597,13 @@ def detect_jumps(
         JUMP_DET by the primary search in each integration, before neighbour and
         after-jump flags (the sum is stcal's ``total_primary_crs``; input JUMP_DET
         flags count too; where stcal skips the step, reporting -99, the input's
-        flags alone). The input is not modified.
+        flags alone). With ``expand_large_events`` or ``find_showers`` also
+        ``n_extended_events`` (int64 on ``integration``): the snowballs, or with
+        ``find_showers`` the showers (whose count replaces the snowballs', as in stcal),
+        flagged in each integration; the sum is stcal's ``number_extended_events``, from
+        which the JWST jump step records ``extended_emission_events`` (see
+        :func:`daskcal.detector._pipeline.extended_emission_events`). Without either search
+        the variable is absent (stcal's count is 0). The input is not modified.
 
     Raises
     ------
@@ -664,19 +670,23 @@ def detect_jumps(
         new_gdq = _halo_blocks(secondary_block, data, primary, gain, rnoise, [usable], halo, second)
         n_primary = count_primary_jumps(primary, usable, method=args["method"])
 
+    n_events = None
     if params.expand_large_events:
-        new_gdq = flag_large_events(new_gdq, snowball_settings(params, float(ds.attrs["group_time"])))
+        new_gdq, n_events = flag_large_events(new_gdq, snowball_settings(params, float(ds.attrs["group_time"])))
 
     new_pdq = gain_pixeldq(pdq, ds["gain"].data)
     if params.find_showers:
         settings = shower_settings(params, float(ds.attrs["group_time"]), int(ds.attrs["nframes"]),
                                    ds.sizes["integration"])
-        new_gdq = flag_showers(data, new_gdq, gain, rnoise, new_pdq, settings)
+        # the showers' count replaces the snowballs' (stcal 1.20's number_extended_events is overwritten)
+        new_gdq, n_events = flag_showers(data, new_gdq, gain, rnoise, new_pdq, settings)
 
-    out = ds.copy()
+    out = ds.drop_vars("n_extended_events", errors="ignore")  # an earlier search's count is not this one's
     out["groupdq"] = (ds["groupdq"].dims, new_gdq, ds["groupdq"].attrs)
     out["pixeldq"] = (ds["pixeldq"].dims, new_pdq, ds["pixeldq"].attrs)
     out["n_primary_jumps"] = ("integration", n_primary, N_PRIMARY_JUMPS_ATTRS)
+    if n_events is not None:
+        out["n_extended_events"] = ("integration", n_events, N_EXTENDED_EVENTS_ATTRS)
     return out
 
 
@@ -684,6 +694,13 @@ def detect_jumps(
 N_PRIMARY_JUMPS_ATTRS = {
     "long_name": "group samples flagged JUMP_DET by the primary search, per integration (stcal's "
                  "total_primary_crs, by integration); neighbour and after-jump flags not counted",
+}
+
+
+#: Attributes of the ``n_extended_events`` variable of :func:`detect_jumps`' result.
+N_EXTENDED_EVENTS_ATTRS = {
+    "long_name": "snowballs (expand_large_events) or, with find_showers, showers found per integration "
+                 "(stcal's number_extended_events, by integration)",
 }
 
 

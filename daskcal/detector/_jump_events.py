@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+import operator
+from typing import TYPE_CHECKING, NamedTuple
 
 import dask
 import dask.array as da
@@ -31,9 +32,26 @@ from daskcal.dq import DQ
 if TYPE_CHECKING:
     from daskcal.detector._jump import JumpParameters
 
-__all__ = ["flag_large_events", "flag_showers", "shower_settings", "snowball_settings"]
+__all__ = ["Flagged", "flag_large_events", "flag_showers", "shower_settings", "snowball_settings"]
 
 log = logging.getLogger("daskcal.detector._jump")  # the step's logger (its warnings are the step's)
+
+
+class Flagged(NamedTuple):
+    """What a large-event search gives: the new group DQ and the events it found.
+
+    Attributes
+    ----------
+    groupdq : dask.array.Array
+        uint8 ``(integration, group, y, x)``, pixel-chunked as the input.
+    n_events : dask.array.Array
+        int64 ``(integration,)``: the snowballs (or showers) found in each integration, the
+        ellipses flagged (stcal 1.20 counts the same: ``len(snowballs)`` of every group in
+        ``flag_large_events``, ``len(ellipses)`` in ``find_faint_extended``).
+    """
+
+    groupdq: da.Array
+    n_events: da.Array
 
 
 def snowball_settings(params: JumpParameters, group_time: float) -> SnowballSettings:
@@ -57,8 +75,9 @@ def snowball_settings(params: JumpParameters, group_time: float) -> SnowballSett
     )
 
 
-def flag_large_events(gdq: da.Array, settings: SnowballSettings) -> da.Array:
-    """``gdq`` (uint8, pixel-chunked, jumps flagged) with snowballs flagged, as a dask array.
+def flag_large_events(gdq: da.Array, settings: SnowballSettings) -> Flagged:
+    """``gdq`` (uint8, pixel-chunked, jumps flagged) with snowballs flagged, and the snowballs of each
+    integration (:class:`Flagged`), as dask arrays.
 
     One task per (integration, group >= 1) runs :func:`~daskcal.detector._jump_large.group_events`
     on whole planes of the SATURATED and JUMP_DET bits, in group order within an integration
@@ -82,7 +101,19 @@ def flag_large_events(gdq: da.Array, settings: SnowballSettings) -> da.Array:
         events.append(groups)
     events = dask.delayed(events, traverse=True)
     draw = functools.partial(_draw_snowballs, chunks=gdq.chunks[2:], persist_groups=settings.persist_groups)
-    return da.map_blocks(draw, gdq, events, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+    flagged = da.map_blocks(draw, gdq, events, dtype=np.uint8, meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+    return Flagged(flagged, _event_counts(events, nints, operator.attrgetter("n_snowballs")))
+
+
+def _event_counts(events, nints: int, size) -> da.Array:
+    """int64 ``(nints,)``: ``size`` of every group's events (a delayed list (integration) of lists (group)),
+    summed over each integration."""
+    count = dask.delayed(_count_events, pure=True)(events, size)
+    return da.from_delayed(count, shape=(nints,), dtype=np.int64, meta=np.empty((0,), dtype=np.int64))
+
+
+def _count_events(events, size) -> np.ndarray:
+    return np.array([sum(size(ev) for ev in groups) for groups in events], dtype=np.int64)
 
 
 def _region(chunks: tuple, block_id: tuple) -> tuple[slice, slice]:
@@ -120,8 +151,9 @@ def shower_settings(params: JumpParameters, group_time: float, nframes: int, nin
     )
 
 
-def flag_showers(data, gdq, gain, rnoise, pdq, settings: ShowerSettings) -> da.Array:
-    """``gdq`` (uint8, pixel-chunked, jumps and snowballs flagged) with showers flagged, as a dask array.
+def flag_showers(data, gdq, gain, rnoise, pdq, settings: ShowerSettings) -> Flagged:
+    """``gdq`` (uint8, pixel-chunked, jumps and snowballs flagged) with showers flagged, and the showers of
+    each integration (:class:`Flagged`), as dask arrays.
 
     ``data`` (DN), ``gain``, ``rnoise`` and ``pdq`` (the step's output pixel DQ) are chunked as
     ``gdq``. Extended emission is found chunk by chunk with a halo of the ring kernel's half-width
@@ -152,8 +184,9 @@ def flag_showers(data, gdq, gain, rnoise, pdq, settings: ShowerSettings) -> da.A
     showers = dask.delayed([[()] + [find(planes[i, g], settings) for g in range(1, ngroups)]
                             for i in range(nints)], traverse=True)
     draw = functools.partial(_draw_showers, chunks=gdq.chunks[2:], settings=settings)
-    return da.map_blocks(draw, data, gdq, gain, pdq, showers, dtype=np.uint8,
-                         meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+    flagged = da.map_blocks(draw, data, gdq, gain, pdq, showers, dtype=np.uint8,
+                            meta=np.empty((0, 0, 0, 0), dtype=np.uint8))
+    return Flagged(flagged, _event_counts(showers, nints, len))
 
 
 def _require_skimage(option: str) -> None:

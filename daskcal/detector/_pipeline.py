@@ -21,7 +21,8 @@ from daskcal.detector._saturation import (
     saturation_graph,
 )
 
-__all__ = ["STEPS", "primary_cosmic_rays", "subtract_superbias", "detector1", "detector1_steps", "step_parameters"]
+__all__ = ["STEPS", "extended_emission_events", "primary_cosmic_rays", "subtract_superbias", "detector1",
+           "detector1_steps", "step_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,52 @@ def primary_cosmic_rays(n_primary_jumps, usable_planes, group_time: float, npix:
         The rate (1 / (1000 pixels * s)); None where jwst records none: fewer than 3 groups per integration
         (its jump step is skipped) or no group difference.
     """
+    exposure = _pixel_seconds(usable_planes, group_time, npix)
+    if exposure is None:
+        return None
+    return 1000.0 * int(np.sum(np.asarray(n_primary_jumps, dtype=np.int64))) / exposure
+
+
+def extended_emission_events(n_extended_events, usable_planes, group_time: float, npix: int) -> float | None:
+    """The rate of large events JWST's jump step records (``meta.exposure.extended_emission_events``, FITS
+    keyword EXTNCRS): snowballs or showers per million pixels per second.
+
+    ``1e6 * sum(n_extended_events) / (group_time * groups * npix)``, ``groups`` as for
+    :func:`primary_cosmic_rays` (jwst 3.0's ``JumpStep.process`` divides both counts by the same
+    exposure). The count is stcal 1.20's ``number_extended_events``: the snowballs flagged with
+    ``expand_large_events``, or, with ``find_showers``, the showers (which replace the snowballs' count,
+    even where too few group differences leave the shower search out: 0).
+
+    Parameters
+    ----------
+    n_extended_events : array-like of int, shape (nints,), or None
+        Snowballs or showers found in each integration (``RampFitResult.n_extended_events``, computed);
+        None where no large-event search ran: 0 events, the rate jwst then records.
+    usable_planes, group_time, npix
+        As for :func:`primary_cosmic_rays` (``group_time`` in s).
+
+    Returns
+    -------
+    float or None
+        The rate (1 / (10**6 pixels * s)); 0.0 without a search; None where jwst records none (as
+        :func:`primary_cosmic_rays`: fewer than 3 groups per integration, or no group difference).
+    """
+    exposure = _pixel_seconds(usable_planes, group_time, npix)
+    if exposure is None:
+        return None
+    total = 0 if n_extended_events is None else int(np.sum(np.asarray(n_extended_events, dtype=np.int64)))
+    return 1e6 * total / exposure
+
+
+def _pixel_seconds(usable_planes, group_time: float, npix: int) -> float | None:
+    """``group_time * (usable planes - nints) * npix`` (pixel seconds of the group differences jwst's jump step
+    divides its counts by), or None where it records no rate."""
     usable = np.asarray(usable_planes, dtype=bool)
     nints, ngroups = usable.shape
     groups = int(usable.sum()) - nints
     if ngroups <= 2 or groups < 1:
         return None
-    total = int(np.sum(np.asarray(n_primary_jumps, dtype=np.int64)))
-    return 1000.0 * total / (float(group_time) * groups * int(npix))
+    return float(group_time) * groups * int(npix)
 
 
 def step_parameters() -> dict[str, dict[str, object]]:
@@ -139,8 +179,11 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     Returns
     -------
     RampFitResult
-        Lazy ``.rate`` and ``.rateints`` datasets (DN/s), and ``.n_primary_jumps``, the
-        cosmic rays (primary JUMP_DET samples) found in each integration. Only small detector-wide
+        Lazy ``.rate`` and ``.rateints`` datasets (DN/s), ``.n_primary_jumps``, the
+        cosmic rays (primary JUMP_DET samples) found in each integration (JWST's PRIMECRS:
+        :func:`primary_cosmic_rays`), and with ``expand_large_events`` or ``find_showers``
+        ``.n_extended_events``, the snowballs or showers found in each integration (JWST's
+        EXTNCRS: :func:`extended_emission_events`; None without either search). Only small detector-wide
         statistics (gain checks, the median gain, which group planes are usable)
         are computed here; the ramps are read when the caller computes or saves
         the products.

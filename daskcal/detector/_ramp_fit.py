@@ -126,6 +126,12 @@ class RampFitResult:
         float32 ``(integration, y, x)``: the per-pixel counts ``n_primary_jumps`` sums, where the
         fused detector1 graph stacks them with the fit's planes (so a writer can keep them with each
         chunk, as ``daskcal detector1`` does for a resumed run); otherwise None.
+    n_extended_events : dask.array.Array or None
+        int64 ``(integration,)``: snowballs (``expand_large_events``) or, with ``find_showers``, showers
+        found in each integration (their sum is stcal's ``number_extended_events``). From
+        :func:`daskcal.detector1` with either search, or the ``n_extended_events`` variable of
+        :func:`fit_ramps`' input (:func:`daskcal.detect_jumps` adds it with either search); otherwise
+        None (no search: JWST records 0 events).
 
     Notes
     -----
@@ -140,6 +146,7 @@ class RampFitResult:
     n_primary_jumps: da.Array | None = None
     fitopt: xr.Dataset | None = None
     primary_jump_planes: da.Array | None = None
+    n_extended_events: da.Array | None = None
 
 
 @functools.lru_cache(maxsize=32)
@@ -429,7 +436,8 @@ def fit_ramps_planes(ramps: xr.Dataset, suppress_one_group: bool = True, *, algo
         yx(ds["pixeldq"]), yx(ds["gain"]), yx(ds["readnoise"]), yx(dark), **params,
     )
     jumps = ramps["n_primary_jumps"].data if "n_primary_jumps" in ramps else None
-    return _products(stacked, ramps, jumps, save_opt=save_opt, groups=params["groups"])
+    events = ramps["n_extended_events"].data if "n_extended_events" in ramps else None
+    return _products(stacked, ramps, jumps, save_opt=save_opt, groups=params["groups"], n_extended_events=events)
 
 
 def miri_groups(attrs, gdq: da.Array, all_dnu=None) -> tuple[int, int] | None:
@@ -452,7 +460,8 @@ def pedestal_factor(attrs) -> float:
 
 def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | None = None, *,
               save_opt: bool = False, groups: tuple[int, int] | None = None,
-              primary_jump_planes: da.Array | None = None) -> RampFitResult:
+              primary_jump_planes: da.Array | None = None,
+              n_extended_events: da.Array | None = None) -> RampFitResult:
     """The named products of ``stacked`` (:func:`fit_block`'s planes, and maybe more after them)."""
     nints = ramps.sizes["integration"]
     nvar = len(PRODUCT_NAMES)
@@ -476,6 +485,7 @@ def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | 
         n_nonfinite=(nonfinite > 0).sum(dtype=np.int64),
         n_primary_jumps=n_primary_jumps,
         primary_jump_planes=primary_jump_planes,
+        n_extended_events=n_extended_events,
         fitopt=_fitopt.fitopt_dataset(stacked, n_planes(nints), nints,
                                       ramps.sizes["group"] if groups is None else groups[1] - groups[0], icoords, attrs)
         if save_opt else None,

@@ -22,7 +22,7 @@ _KEYWORDS = {"TGROUP": "group_time", "TFRAME": "frame_time", "NFRAMES": "nframes
 # rate-product variable -> FITS extension name
 _PRODUCT_EXT = {"data": "SCI", "err": "ERR", "dq": "DQ", "var_poisson": "VAR_POISSON", "var_rnoise": "VAR_RNOISE"}
 # FITS keyword -> product attribute whose name is longer than a keyword (JWST's meta.exposure names)
-_LONG_KEYWORDS = {"PRIMECRS": "primary_cosmic_rays"}
+_LONG_KEYWORDS = {"PRIMECRS": "primary_cosmic_rays", "EXTNCRS": "extended_emission_events"}
 # fitopt variable -> FITS extension name (stdatamodels' RampFitOutputModel, jwst's _fitopt.fits; float32 each)
 _FITOPT_EXT = {"slope": "SLOPE", "sigslope": "SIGSLOPE", "var_poisson": "VAR_POISSON", "var_rnoise": "VAR_RNOISE",
                "yint": "YINT", "sigyint": "SIGYINT", "pedestal": "PEDESTAL", "weights": "WEIGHTS", "crmag": "CRMAG"}

@@ -217,8 +217,43 @@ def test_detector1_records_primecrs(tmp_path):
     for name in ("rate", "rateints"):
         with xr.open_zarr(out / f"{name}.zarr") as product:  # consolidated metadata kept up to date
             assert product.attrs["primary_cosmic_rays"] == pytest.approx(want, rel=1e-12)
-        assert fits.getheader(out / f"{name}.fits")["PRIMECRS"] == pytest.approx(want, rel=1e-12)
+            assert product.attrs["extended_emission_events"] == 0.0  # no large-event search: jwst records 0
+        header = fits.getheader(out / f"{name}.fits")
+        assert header["PRIMECRS"] == pytest.approx(want, rel=1e-12) and header["EXTNCRS"] == 0.0
     from stdatamodels.jwst.datamodels import ImageModel
 
     with ImageModel(str(out / "rate.fits")) as model:  # JWST's datamodel reads it as its own
         assert model.meta.exposure.primary_cosmic_rays == pytest.approx(want, rel=1e-12)
+        assert model.meta.exposure.extended_emission_events == 0.0
+
+
+def test_detector1_records_extncrs(tmp_path):
+    """With the snowball search, rate and rateints (Zarr attrs extended_emission_events, FITS keyword EXTNCRS)
+    record JWST's jump-step rate of extended events: 1e6 * stcal 1.20's number_extended_events / (group time *
+    group differences * pixels), jwst 3.0's formula; PRIMECRS beside it."""
+    from astropy.io import fits
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    import daskcal
+    from daskcal.testing import simulate, stcal_detect_jumps, stcal_flag_saturation, stcal_subtract_superbias
+
+    sim = simulate((2, 6, 60, 70), seed=21, snowballs=3, cr_probability=5e-4).ramps
+    store = tmp_path / "ramps.zarr"
+    daskcal.save(sim.chunk({"y": 17, "x": 23}), store)
+    out = tmp_path / "out"
+    assert main(["detector1", str(store), str(out), "--workers", "1", "--no-progress", "--fits",
+                 "--expand-large-events", "true"]) == 0
+    jumped = stcal_detect_jumps(stcal_subtract_superbias(stcal_flag_saturation(sim)), expand_large_events=True)
+    n_events, total = jumped.attrs["number_extended_events"], jumped.attrs["total_primary_crs"]
+    assert n_events >= 6 and total > 0
+    exposure = sim.attrs["group_time"] * 2 * (6 - 1) * 60 * 70
+    want = {"extended_emission_events": 1e6 * n_events / exposure, "primary_cosmic_rays": 1000.0 * total / exposure}
+    for name in ("rate", "rateints"):
+        with xr.open_zarr(out / f"{name}.zarr") as product:
+            for attr, value in want.items():
+                assert product.attrs[attr] == pytest.approx(value, rel=1e-12), attr
+        header = fits.getheader(out / f"{name}.fits")
+        assert header["EXTNCRS"] == pytest.approx(want["extended_emission_events"], rel=1e-12)
+    with ImageModel(str(out / "rate.fits")) as model:
+        assert model.meta.exposure.extended_emission_events == pytest.approx(want["extended_emission_events"],
+                                                                               rel=1e-12)

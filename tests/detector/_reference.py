@@ -127,13 +127,14 @@ class _KeepMinimumGroups:
         super().__setattr__(name, value)
 
 
-def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, counts=False, **kw):
+def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, counts=False, extended=False, **kw):
     """``detect_jumps_data`` on copies, set up as the JWST jump step does (snowballs and showers included).
 
     ``keep_minimum_groups``: honour ``minimum_groups`` (see :class:`_KeepMinimumGroups`).
     ``counts``: also return stcal's ``total_primary_crs`` and the JUMP_DET samples of each
     integration of the group DQ it counts them in (captured from ``run_jump_detection``;
     None where stcal skipped the step).
+    ``extended``: return ``(gdq, pdq, number_extended_events)`` (stcal's count of snowballs or showers).
     """
     from unittest import mock
 
@@ -212,7 +213,9 @@ def stcal_jumps(ramps: xr.Dataset, *, keep_minimum_groups=False, counts=False, *
     _run_jump_detection = twopt.run_jump_detection
     with mock.patch.object(stcal_jump, "TwoPointParams", params), \
             mock.patch.object(twopt, "run_jump_detection", run_jump_detection):
-        gdq, pdq, total, _ = detect_jumps_data(jd)
+        gdq, pdq, total, n_extended = detect_jumps_data(jd)
+    if extended:
+        return gdq, pdq, int(n_extended)
     if counts:
         return gdq, pdq, total, (seen[0] if seen else None)
     return gdq, pdq

@@ -14,12 +14,12 @@ import warnings
 
 import numpy as np
 import pytest
-from _reference import JUMP, SAT, calibrated_ramps, stcal_jumps  # tests/detector on sys.path
+from _reference import DNU, JUMP, SAT, calibrated_ramps, stcal_jumps  # tests/detector on sys.path
 from scipy import ndimage
 
 from daskcal._simulate import simulate
 from daskcal.detector._jump import JumpParameters, detect_jumps
-from daskcal.detector._pipeline import detector1, detector1_steps
+from daskcal.detector._pipeline import detector1, detector1_steps, extended_emission_events
 
 SHAPE = (3, 6, 60, 70)
 #: (y, x) chunks of a 60 x 70 detector: grids 1x1, 2x1, 1x2 and ragged 4x4
@@ -430,3 +430,50 @@ def test_regions_skip_only_ellipses_that_cannot_count(seed):
                 assert (r.x, r.y, r.a0, r.a1, r.angle) == e
         assert len(expect) > 0
         assert measured < len(expect) or min_area > 100  # the filter does skip regions
+
+
+# ---------------------------------------------------------------- EXTNCRS: the count of large events
+def _jwst_extncrs(gdq, n_events, group_time):
+    """jwst 3.0's JumpStep.process: 1e6 * stcal's number_extended_events / (group time * (planes not
+    DO_NOT_USE in every pixel of its output group DQ - nints) * pixels)."""
+    nints, ngroups, ny, nx = gdq.shape
+    flagged = sum(bool(np.all(gdq[i, g] & DNU)) for i in range(nints) for g in range(ngroups))
+    return 1e6 * n_events / (group_time * (nints * ngroups - flagged - nints) * ny * nx)
+
+
+@pytest.mark.parametrize("search", ["snowballs", "showers", "both"])
+def test_extended_event_counts_and_rate_equal_stcal(snowy, showery, search):
+    """``n_extended_events`` sums to stcal 1.20's number_extended_events (with both searches: the showers, which
+    replace the snowballs' count), and JWST's EXTNCRS from it is what jwst 3.0 computes from stcal's."""
+    r = snowy[0] if search == "snowballs" else showery[0]
+    kw = {"snowballs": ON, "showers": SHOWERS, "both": {**ON, **SHOWERS}}[search]
+    gdq, _, n_stcal = _stcal(r, extended=True, **kw)
+    out = detect_jumps(r.chunk({"y": 17, "x": 23}), **kw)
+    counts, ours = out["n_extended_events"].values, out["groupdq"].values
+    assert out["n_extended_events"].dims == ("integration",) and counts.dtype == np.int64
+    assert int(counts.sum()) == n_stcal >= 3 * r.sizes["integration"]  # 3 injected per integration, at least
+    if search == "both":
+        assert _stcal(r, extended=True, **ON)[2] != n_stcal  # the snowballs alone count otherwise
+    usable = ((ours & DNU) == 0).any(axis=(2, 3))
+    got = extended_emission_events(counts, usable, r.attrs["group_time"], r.sizes["y"] * r.sizes["x"])
+    assert got == pytest.approx(_jwst_extncrs(gdq, n_stcal, r.attrs["group_time"]), rel=1e-12) and got > 0
+
+
+def test_extended_events_per_integration_and_through_detector1():
+    """Each integration's count is stcal's on that integration alone (snowball counts do not depend on other
+    integrations); detector1 (separate graphs) and fit_ramps pass the count on; without a search it is None
+    and the rate JWST records is 0, and none with 2 groups (jwst skips the step)."""
+    sim = simulate((2, 5, 30, 34), seed=3, snowballs=2, cr_probability=5e-4)
+    r, _ = calibrated_ramps((2, 5, 30, 34), seed=3, snowballs=2, cr_probability=5e-4)
+    per_int = [_stcal(r.isel(integration=[i]), extended=True, **ON, edge_size=3)[2] for i in range(2)]
+    out = detect_jumps(r.chunk({"y": 11, "x": 13}), **ON, edge_size=3)
+    np.testing.assert_array_equal(out["n_extended_events"].values, per_int)
+    assert min(per_int) > 0
+    result = detector1(sim.ramps, chunks=(11, 13), expand_large_events=True, edge_size=3)
+    np.testing.assert_array_equal(result.n_extended_events.compute(), per_int)
+    plain = detector1(sim.ramps, chunks=(11, 13))
+    assert plain.n_extended_events is None and "n_extended_events" not in detect_jumps(out)
+    usable = np.ones((2, 5), dtype=bool)
+    assert extended_emission_events(None, usable, 10.0, 100) == 0.0
+    assert extended_emission_events([1, 2], usable, 10.0, 100) == pytest.approx(1e6 * 3 / (10.0 * 8 * 100), rel=1e-15)
+    assert extended_emission_events([1], np.ones((1, 2), dtype=bool), 10.0, 100) is None
