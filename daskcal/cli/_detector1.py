@@ -121,6 +121,9 @@ RESUME_AS = "detector1"
 #: In that folder beside the stores (never committed): each pixel's number of NaN or infinite samples,
 #: written by the chunks' write tasks, so a resumed run counts them for the chunks it keeps too.
 _NONFINITE = "nonfinite.zarr"
+#: Attributes of rate and rateints recorded after their chunks are written, by :func:`_record_jump_rates`
+#: (a resumed run may find them in the staged stores of an earlier run that got that far).
+_JUMP_RATES = ("primary_cosmic_rays", "extended_emission_events")
 
 
 def _names(params: dict) -> tuple[str, ...]:
@@ -227,7 +230,8 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                     counted.append(result.n_extended_events)
                 report: dict = {}
                 written = save_products(products, out, progress=not args.no_progress, outputs=outputs,
-                                        also=(*also, *counted), journal=journal, report=report, side=side)
+                                        also=(*also, *counted), journal=journal, report=report, side=side,
+                                        late_attrs=_JUMP_RATES)
                 paths, values = written if also or counted else (written, [])
                 values, counts = values[:len(also)], values[len(also):]
                 n_jumps = counts[0] if count_jumps else _count_jumps(folder) if jump_planes else None
@@ -296,11 +300,12 @@ def _count_jumps(folder: Path):
 
 
 def _record_jump_rates(ramps, n_jumps, n_events, searched: bool, stores: dict, outputs) -> None:
-    """Record JWST's jump-step rates as attributes of the staged rate and rateints stores (their FITS exports
-    get the keywords): ``primary_cosmic_rays`` (PRIMECRS, :func:`daskcal.detector._pipeline.primary_cosmic_rays`)
-    and ``extended_emission_events`` (EXTNCRS, :func:`daskcal.detector._pipeline.extended_emission_events`,
-    from ``n_events``; 0 where no large-event search ran, as in jwst). ``searched``: a search ran, so its count
-    ``n_events`` is needed (without it no EXTNCRS is recorded)."""
+    """Record JWST's jump-step rates as attributes (:data:`_JUMP_RATES`) of the staged rate and rateints
+    stores (their FITS exports get the keywords): ``primary_cosmic_rays`` (PRIMECRS,
+    :func:`daskcal.detector._pipeline.primary_cosmic_rays`) and ``extended_emission_events`` (EXTNCRS,
+    :func:`daskcal.detector._pipeline.extended_emission_events`, from ``n_events``; 0 where no large-event
+    search ran, as in jwst). ``searched``: a search ran, so its count ``n_events`` is needed (without it
+    no EXTNCRS is recorded)."""
     import zarr
 
     from daskcal.detector._common import pixel_chunked

@@ -239,7 +239,7 @@ def temporary_directory(parent: str | os.PathLike | None = None, prefix: str = "
 def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = False,
                   outputs: OutputSet | None = None, inputs: Iterable[str | os.PathLike] = (),
                   also: tuple = (), journal=None, report: dict | None = None,
-                  side: dict | None = None) -> dict | tuple[dict, list]:
+                  side: dict | None = None, late_attrs: Iterable[str] = ()) -> dict | tuple[dict, list]:
     """Write several datasets as ``out_dir/<name>.zarr`` in one pass, atomically.
 
     The datasets are computed together, so work they share (for example the one
@@ -291,6 +291,12 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
         ``journal``) to the given stores, which are not products (nothing commits them): a
         per-chunk result a resumed run needs for the chunks it keeps (detector1's count of pixels
         with NaN samples).
+    late_attrs : iterable of str, optional
+        With ``journal``: names of root attributes the caller records in the staged stores after the
+        writes, before they are committed (detector1's ``primary_cosmic_rays`` and
+        ``extended_emission_events``, known once every chunk is counted). A resumed store that already
+        holds them (its earlier run got that far) still matches what this write writes; any other
+        difference of its metadata refuses the resume.
 
     Returns
     -------
@@ -308,7 +314,8 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
         stores = {name: outputs.path(f) for name, f in finals.items()}
         extra = {f"side:{path}": ds for path, ds in (side or {}).items()}
         stores.update({f"side:{path}": Path(path) for path in side or {}})
-        values = _write_products({**products, **extra}, stores, progress, also, journal=journal, report=report)
+        values = _write_products({**products, **extra}, stores, progress, also, journal=journal, report=report,
+                                 late_attrs=frozenset(late_attrs))
     else:
         with OutputSet(finals.values(), overwrite=overwrite, inputs=inputs) as own:
             values = _write_products(products, {name: own.path(f) for name, f in finals.items()}, progress, also)
@@ -317,7 +324,7 @@ def save_products(products: dict, out_dir: str | os.PathLike, *, overwrite: bool
 
 
 def _write_products(products: dict, stores: dict, progress: bool, also: tuple = (), journal=None,
-                    report: dict | None = None, unchanged=frozenset()) -> list:
+                    report: dict | None = None, unchanged=frozenset(), late_attrs=frozenset()) -> list:
     """Write each dataset of ``products`` to the (staging) store ``stores[name]``; see :func:`save_products`.
     Returns the computed values of ``also``.
 
@@ -326,7 +333,8 @@ def _write_products(products: dict, stores: dict, progress: bool, also: tuple = 
     write would write (else ``ValueError`` naming the file), and its chunks whose records match the disk are
     not computed again (:meth:`~daskcal.io._journal.ChunkJournal.verified`). ``report`` (a dict) then
     receives ``kept`` (chunks kept), ``redone`` (files that did not match their record) and ``chunks``
-    (the write tasks that write something, kept ones included).
+    (the write tasks that write something, kept ones included). ``late_attrs``: root attributes a resumed
+    store may hold beyond what this write writes (see :func:`save_products`).
     """
     import zarr
 
@@ -343,7 +351,7 @@ def _write_products(products: dict, stores: dict, progress: bool, also: tuple = 
             with every_chunk():
                 if resuming:
                     mark_incomplete(store)  # a run stopped between its last chunk and its commit showed it
-                    _check_same_metadata(template, encoding, Path(store))
+                    _check_same_metadata(template, encoding, Path(store), late_attrs)
                     arrays = {v: zarr.open_array(Path(store) / v, mode="r+", zarr_format=3) for v in ds.data_vars
                               if _is_dask(ds[v].data)}
                 else:
@@ -386,10 +394,11 @@ def _count_writes(writes) -> int:
     return n
 
 
-def _check_same_metadata(template, encoding: dict, store: Path) -> None:
+def _check_same_metadata(template, encoding: dict, store: Path, late_attrs=frozenset()) -> None:
     """Refuse to resume ``store`` (a staged store an earlier run began) unless its metadata and
     numpy-backed variables are, byte for byte, what this write would write (``ValueError`` naming
-    the first file that differs)."""
+    the first file that differs), but for the root attributes named in ``late_attrs`` (recorded after
+    the writes) and the consolidated metadata."""
     import shutil
     import tempfile
 
@@ -401,7 +410,7 @@ def _check_same_metadata(template, encoding: dict, store: Path) -> None:
             rel = path.relative_to(fresh)
             root = rel.as_posix() == "zarr.json"
             staged = store / (HIDDEN_METADATA if root else rel)
-            if not staged.is_file() or not _same_file(staged, path, root):
+            if not staged.is_file() or not _same_file(staged, path, root, late_attrs):
                 msg = (f"{staged} is not what this run writes there (a damaged partial product, or one of another "
                        f"daskcal version); run without --resume (resume=False) to start over")
                 raise ValueError(msg)
@@ -409,9 +418,9 @@ def _check_same_metadata(template, encoding: dict, store: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _same_file(staged: Path, fresh: Path, root: bool) -> bool:
-    """Whether a staged metadata file is the fresh one (a root ``zarr.json`` whose consolidated metadata
-    was already added: the rest of it)."""
+def _same_file(staged: Path, fresh: Path, root: bool, late_attrs=frozenset()) -> bool:
+    """Whether a staged metadata file is the fresh one (a root ``zarr.json`` whose consolidated metadata,
+    or attributes named in ``late_attrs``, were already added: the rest of it)."""
     import json
 
     if staged.read_bytes() == fresh.read_bytes():
@@ -424,8 +433,9 @@ def _same_file(staged: Path, fresh: Path, root: bool) -> bool:
         return False
     for meta in (then, now):
         meta.pop("consolidated_metadata", None)
-        # recorded once the writes are done (detector1's PRIMECRS), before the stores are committed
-        meta.get("attributes", {}).pop("primary_cosmic_rays", None)
+        attrs = meta.get("attributes", {})
+        for name in late_attrs:
+            attrs.pop(name, None)
     return then == now
 
 

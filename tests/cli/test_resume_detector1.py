@@ -167,3 +167,33 @@ def test_resume_refuses_products_it_cannot_vouch_for_and_keeps_them(finished, tm
     assert f"error: {out}/{message.format(out=out)}" in captured.err
     assert "pass --overwrite instead of --resume" in captured.err and "dashboard" not in captured.out
     assert _snapshot(out) == before
+
+
+def test_a_run_stopped_after_recording_the_jump_rates_is_resumed(tmp_path, monkeypatch, capsys):
+    """A run that recorded PRIMECRS and EXTNCRS in its staged stores and then failed (exporting FITS here) is
+    resumed: those attributes, recorded after the chunks, are not a difference of the stores' metadata;
+    nothing is computed again and the products equal an uninterrupted run's."""
+    from _resume_common import tree_bytes
+
+    from daskcal.cli import _detector1
+    from daskcal.io._outputs import resume_folder
+
+    (store,) = _inputs(tmp_path / "in", "a")
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert main(["detector1", str(store), str(whole), "--fits", *RUN]) == 0
+
+    def failing_export(*args, **kwargs):
+        msg = "injected failure"
+        raise RuntimeError(msg)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_detector1, "_export_fits", failing_export)
+        with pytest.raises(RuntimeError, match="injected failure"):
+            main(["detector1", str(store), str(out), "--fits", *RUN])
+    staged = json.loads((resume_folder(out / "rate.zarr", "detector1") / "rate.zarr" / "zarr.json").read_text())
+    assert staged["attributes"]["primary_cosmic_rays"] > 0 and staged["attributes"]["extended_emission_events"] == 0
+    capsys.readouterr()
+    assert main(["detector1", str(store), str(out), "--fits", "--resume", *RUN]) == 0
+    assert f"detector1 {store}: 4 of 4 chunks were written by the earlier run and verified; 0 computed now" in (
+        capsys.readouterr().out)
+    assert tree_bytes(out) == tree_bytes(whole)
