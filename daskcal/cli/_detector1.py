@@ -248,8 +248,7 @@ def _run(jobs: list, cluster: ClusterStart, args, fits: bool, single: bool, done
                     log.info("%s: primary jumps (cosmic rays) per integration: %s", inp, list(map(int, n_jumps)))
                     if n_events is not None:
                         log.info("%s: snowballs or showers per integration: %s", inp, list(map(int, n_events)))
-                    _record_jump_rates(ramps, n_jumps, n_events, result.n_extended_events is not None, paths,
-                                       outputs)
+                    _record_jump_rates(ramps, result, n_jumps, n_events, paths, outputs)
                 if fits:
                     _export_fits(paths, outputs, to_fits)
                 outputs.commit()  # this exposure's products appear together
@@ -299,13 +298,15 @@ def _count_jumps(folder: Path):
     return planes.sum(axis=(1, 2), dtype=np.int64)
 
 
-def _record_jump_rates(ramps, n_jumps, n_events, searched: bool, stores: dict, outputs) -> None:
+def _record_jump_rates(ramps, result, n_jumps, n_events, stores: dict, outputs) -> None:
     """Record JWST's jump-step rates as attributes (:data:`_JUMP_RATES`) of the staged rate and rateints
     stores (their FITS exports get the keywords): ``primary_cosmic_rays`` (PRIMECRS,
     :func:`daskcal.detector._pipeline.primary_cosmic_rays`) and ``extended_emission_events`` (EXTNCRS,
     :func:`daskcal.detector._pipeline.extended_emission_events`, from ``n_events``; 0 where no large-event
-    search ran, as in jwst). ``searched``: a search ran, so its count ``n_events`` is needed (without it
-    no EXTNCRS is recorded)."""
+    search ran, as in jwst; where ``result``, the exposure's :class:`~daskcal.detector._ramp_fit.RampFitResult`,
+    has a count, a search ran and its computed count ``n_events`` is needed: without it no EXTNCRS is
+    recorded). The usable group planes are ``result.usable_planes``, which detector1 found building the
+    graph, else found here (reading the first input chunk again, or the whole cube)."""
     import zarr
 
     from daskcal.detector._common import pixel_chunked
@@ -314,10 +315,10 @@ def _record_jump_rates(ramps, n_jumps, n_events, searched: bool, stores: dict, o
     from daskcal.io._atomic import consolidate
 
     n = ramps.sizes
-    usable = plane_usable(pixel_chunked(ramps))
+    usable = result.usable_planes if result.usable_planes is not None else plane_usable(pixel_chunked(ramps))
     args = (usable, ramps.attrs["group_time"], n["y"] * n["x"])
     rates = {"primary_cosmic_rays": primary_cosmic_rays(n_jumps, *args)}
-    if n_events is not None or not searched:
+    if n_events is not None or result.n_extended_events is None:
         rates["extended_emission_events"] = extended_emission_events(n_events, *args)
     rates = {name: value for name, value in rates.items() if value is not None}
     if not rates:

@@ -365,4 +365,4 @@ def detector1_graph(ramps: xr.Dataset, routed: dict[str, dict], chunks=None):
     )
     jumps = take_slice(stacked, slice(n_fit, n_fit + nints))
     return _products(stacked, ramps, jumps.sum(axis=(1, 2), dtype=np.int64), save_opt=fit_params.save_opt,
-                     groups=groups, primary_jump_planes=jumps)
+                     groups=groups, primary_jump_planes=jumps, usable_planes=usable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -240,8 +241,10 @@ def detector1_steps(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None,
     ramps = pixel_chunked(ramps, chunks)
     # MIRI's dropped group planes, from the raw ramps (the steps add DO_NOT_USE only where plane_usable
     # looks), so that the fit does not compute the jump graph's first chunk to find them
-    all_dnu = ~plane_usable(ramps).any(axis=0) if is_miri(ramps.attrs) else None
+    usable = plane_usable(ramps) if is_miri(ramps.attrs) else None
+    all_dnu = None if usable is None else ~usable.any(axis=0)
     ramps = saturation_graph(ramps, SaturationParameters(**routed["saturation"]), nonfinite=True)
     ramps = subtract_superbias(ramps)
     ramps = detect_jumps(ramps, **routed["jump"])
-    return fit_ramps_planes(ramps, **routed["ramp_fit"], all_dnu=all_dnu)
+    result = fit_ramps_planes(ramps, **routed["ramp_fit"], all_dnu=all_dnu)
+    return result if usable is None else dataclasses.replace(result, usable_planes=usable)

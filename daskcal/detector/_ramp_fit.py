@@ -132,6 +132,11 @@ class RampFitResult:
         :func:`daskcal.detector1` with either search, or the ``n_extended_events`` variable of
         :func:`fit_ramps`' input (:func:`daskcal.detect_jumps` adds it with either search); otherwise
         None (no search: JWST records 0 events).
+    usable_planes : numpy.ndarray or None
+        bool ``(integration, group)``: which group planes have a pixel that is not DO_NOT_USE after
+        saturation flagging (:func:`daskcal.detector._fused.plane_usable`; the planes JWST's PRIMECRS and
+        EXTNCRS are divided by), where :func:`daskcal.detector1` computed it building the graph (the fused
+        graph, and the separate graphs of MIRI ramps); otherwise None.
 
     Notes
     -----
@@ -147,6 +152,7 @@ class RampFitResult:
     fitopt: xr.Dataset | None = None
     primary_jump_planes: da.Array | None = None
     n_extended_events: da.Array | None = None
+    usable_planes: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=32)
@@ -461,7 +467,7 @@ def pedestal_factor(attrs) -> float:
 def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | None = None, *,
               save_opt: bool = False, groups: tuple[int, int] | None = None,
               primary_jump_planes: da.Array | None = None,
-              n_extended_events: da.Array | None = None) -> RampFitResult:
+              n_extended_events: da.Array | None = None, usable_planes: np.ndarray | None = None) -> RampFitResult:
     """The named products of ``stacked`` (:func:`fit_block`'s planes, and maybe more after them)."""
     nints = ramps.sizes["integration"]
     nvar = len(PRODUCT_NAMES)
@@ -486,6 +492,7 @@ def _products(stacked: da.Array, ramps: xr.Dataset, n_primary_jumps: da.Array | 
         n_primary_jumps=n_primary_jumps,
         primary_jump_planes=primary_jump_planes,
         n_extended_events=n_extended_events,
+        usable_planes=usable_planes,
         fitopt=_fitopt.fitopt_dataset(stacked, n_planes(nints), nints,
                                       ramps.sizes["group"] if groups is None else groups[1] - groups[0], icoords, attrs)
         if save_opt else None,

@@ -197,20 +197,25 @@ def test_detector1_likely_from_the_command_line(tmp_path, capsys):
     assert "--algorithm" in err and "'MLE'" in err and "OLS_C" in err
 
 
-def test_detector1_records_primecrs(tmp_path):
+def test_detector1_records_primecrs(tmp_path, monkeypatch):
     """rate and rateints (Zarr attrs primary_cosmic_rays, FITS keyword PRIMECRS) record JWST's jump-step
     rate of primary cosmic rays: 1000 * stcal 1.20's total_primary_crs / (group time * group differences
-    * pixels)."""
+    * pixels). The usable group planes are found once, building the graph (not again for the rates)."""
     from astropy.io import fits
 
     import daskcal
+    from daskcal.detector import _fused
     from daskcal.testing import simulate, stcal_detect_jumps, stcal_flag_saturation, stcal_subtract_superbias
 
     sim = simulate((3, 7, 41, 37), seed=5, cr_probability=5e-3, max_source_rate=3000.0).ramps
     store = tmp_path / "ramps.zarr"
     daskcal.save(sim.chunk({"y": 13, "x": 11}), store)
     out = tmp_path / "out"
+    found = []
+    plane_usable = _fused.plane_usable
+    monkeypatch.setattr(_fused, "plane_usable", lambda ds: found.append(ds.sizes) or plane_usable(ds))
     assert main(["detector1", str(store), str(out), "--workers", "1", "--no-progress", "--fits"]) == 0
+    assert len(found) == 1
     total = stcal_detect_jumps(stcal_subtract_superbias(stcal_flag_saturation(sim))).attrs["total_primary_crs"]
     assert total > 20
     want = 1000.0 * total / (sim.attrs["group_time"] * 3 * (7 - 1) * 41 * 37)

@@ -136,7 +136,12 @@ def test_primary_cosmic_rays_leaves_out_unusable_planes(sim):
     assert flagged == 4
     want = 1000.0 * jumped.attrs["total_primary_crs"] / (r.attrs["group_time"] * (nints * ngroups - flagged - nints)
                                                          * ny * nx)
-    counts = daskcal.detector1(r, chunks=(13, 11)).n_primary_jumps.compute()
+    result = daskcal.detector1(r, chunks=(13, 11))
+    counts = result.n_primary_jumps.compute()
     got = primary_cosmic_rays(counts, plane_usable(pixel_chunked(r)), r.attrs["group_time"], ny * nx)
     assert got == pytest.approx(want, rel=1e-12) and want > 0
+    # the usable planes detector1 found building its graph are those, and the planes jwst counts
+    np.testing.assert_array_equal(result.usable_planes, plane_usable(pixel_chunked(r)))
+    assert int(result.usable_planes.sum()) == nints * ngroups - flagged
+    assert detector1_steps(r, chunks=(13, 11)).usable_planes is None  # not MIRI: the separate graphs find none
     assert primary_cosmic_rays([5], np.ones((1, 2), bool), 10.0, 100) is None  # 2 groups: jwst skips the step

@@ -115,6 +115,12 @@ def test_miri_detector1_matches_the_stcal_chain(miri_sim, miri_chain, grid, sche
     chunks = GRIDS[grid] or miri_sim["data"].shape[2:]
     fused = daskcal.detector1(miri_sim, chunks=chunks)
     steps = detector1_steps(miri_sim, chunks=chunks)
+    # both carry the usable group planes they found building the graph (PRIMECRS's): MIRI's first and last
+    # groups DO_NOT_USE in every pixel
+    want = np.ones((2, 8), dtype=bool)
+    want[:, [0, -1]] = False
+    np.testing.assert_array_equal(fused.usable_planes, want)
+    np.testing.assert_array_equal(steps.usable_planes, want)
     with scheduler():
         a_rate, a_ints, b_rate, b_ints = dask.compute(fused.rate, fused.rateints, steps.rate, steps.rateints)
     for rate, rateints in ((a_rate, a_ints), (b_rate, b_ints)):
