@@ -445,9 +445,12 @@ def _chain_task(spec_ins, deps, wcs_text_out, tile, nplanes, spec: _driz.Drizzle
     (which is what a killed run loses).
 
     With ``finalize`` (the tile's only chain), the tile's planes (:func:`_finalize_task`) rather than its float64
-    sums, which would otherwise wait for the finalize task behind the worker's next chain.
+    sums, which would otherwise wait for the finalize task behind the worker's next chain. ``prev`` may be a
+    :class:`~daskcal.image._grow.StoredSums` (a stored mosaic's tile that inputs are added to), read here.
     """
-    sums = prev
+    from daskcal.image._grow import StoredSums
+
+    sums = prev.read() if isinstance(prev, StoredSums) else prev
     for spec_in, d in zip(spec_ins, deps, strict=True):
         sums = _leaf_task(spec_in, d, wcs_text_out, tile, nplanes, spec, sums)
     return _finalize_task(sums, tile, nplanes, spec) if finalize else sums
@@ -933,7 +936,6 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                     continue
                 written.add((iy, ix))
                 key = f"resample-{token}-{gpos}-{t}"
-                prior = None if grow is None else grow.prior(iy, ix, tile, nplanes, spec, key)
                 # priorities (distributed): a tile's later steps before other tiles' first ones, tiles in order,
                 # so tiles are finished one after another instead of every tile's first partial sums held at once
                 base = -(len(tiles) * gpos + t) * 4 * (len(mine) + 2)
@@ -941,10 +943,14 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 nchains = min(-(-len(mine) // CHAIN), chains_per_tile)
                 length = -(-len(mine) // nchains)
                 for c in range(0, len(mine), length):  # chains of inputs, then pairwise merges of the chains
-                    sums = prior if c == 0 else None
                     seg = mine[c:c + length]
                     ins = [_TileInput(*args, pos_of[k] + offset if spec.enable_ctx else None) for k, args, _ in seg]
-                    if all(not any(i.chunks.values()) for i in ins):
+                    one_task = all(not any(i.chunks.values()) for i in ins)
+                    # the stored sums a grown tile starts from (its first chain): read by the chain's task where that
+                    # is one task, else by a task of their own
+                    sums = None if grow is None or c > 0 else grow.prior(iy, ix, tile, nplanes, spec, key,
+                                                                          in_task=one_task)
+                    if one_task:
                         # every input reads its region itself: the chain is one task (see _chain_task), which
                         # also gives the tile's planes when it is the tile's only chain
                         whole = nchains == 1

@@ -82,6 +82,37 @@ def test_four_plus_two_plus_two_equals_eight_at_once(sim8, at_once, tmp_path, sc
     assert_same_mosaic(got, at_once)
 
 
+@pytest.mark.parametrize("scheduler", ["sync", "threads", "distributed"])
+def test_growing_zarr_exposures_reads_the_stored_sums_in_the_tiles_task(sim8, tmp_path, scheduler):
+    """Exposures read from Zarr: each tile's chain reads its inputs' regions and the stored sums itself (no task of
+    the stored tile of its own, which would pin the tile to the worker that read it), and 4 + 2 + 2 additions
+    equal the mosaic of the 8 at once."""
+    images, wcs = sim8
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"in{i}.zarr")
+        daskcal.save(image, paths[-1])
+    zimages = daskcal.open_images(paths)
+    ref = daskcal.resample(zimages, output_wcs=wcs, tile_shape=TILE).compute(scheduler="sync")
+
+    store = tmp_path / "four.zarr"
+    daskcal.save(daskcal.resample(zimages[:4], output_wcs=wcs, tile_shape=TILE), store)
+    keys = [str(k) for k in dict(daskcal.resample(zimages[4:6], into=store).__dask_graph__())]
+    assert any(k.endswith("-tile") for k in keys)
+    assert not any(k.endswith("-stored") for k in keys)
+
+    if scheduler == "distributed":
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+                Client(cluster):
+            got = grow(zimages, wcs, tmp_path / "grown")
+    else:
+        with dask.config.set(scheduler=scheduler):
+            got = grow(zimages, wcs, tmp_path / "grown")
+    assert_same_mosaic(got, ref)
+
+
 def test_other_parameters_kernel_dq_and_drizzled_err(sim8, tmp_path):
     images, wcs = sim8
     kw = dict(kernel="turbo", pixfrac=0.7, enable_var=False, compute_err="driz_err", propagate_dq=True,
