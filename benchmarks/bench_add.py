@@ -10,7 +10,8 @@ Reported: wall time of each command (start-up included), the computing and writi
 tiles rewritten, the addition's share of the rebuild (goal: under 20%), whether the grown mosaic equals
 the rebuilt one (data, wht, variances to float32 rounding; con exactly), and the load average.
 
-Usage: ``python benchmarks/bench_add.py [-n 16] [--shape 2048 2048] [--workers 2] [--tile-shape 1024 1024]
+Usage: ``python benchmarks/bench_add.py [-n 16] [--shape 2048 2048] [--workers 2] [--cluster local|threads]
+[--tile-shape 1024 1024]
 [--out results/add.txt]``. Needs a quiet machine.
 """
 
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=16)
     ap.add_argument("--shape", type=int, nargs=2, default=(2048, 2048))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cluster", default="local", help="the commands' --cluster: local (2 worker processes) or threads")
     ap.add_argument("--tile-shape", type=int, nargs=2, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -108,7 +110,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-add-"))
     lines = [(f"daskcal resample --add 2 to a mosaic of {args.n} vs rebuilding all {args.n + 2}: exposures of "
-              f"{args.shape[0]}x{args.shape[1]}, {args.workers} workers, {os.cpu_count()} cores"),
+              f"{args.shape[0]}x{args.shape[1]}, {args.workers} workers, --cluster {args.cluster}, "
+              f"{os.cpu_count()} cores"),
              f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}"]
     try:
         sim = root / "sim"
@@ -117,7 +120,7 @@ def main() -> None:
         paths = sorted(str(p) for p in sim.glob("*.zarr"))
         grid = root / "grid.asdf"
         asdf.AsdfFile({"wcs": daskcal.output_wcs(daskcal.open_images(paths))}).write_to(grid)
-        common = ["--output-wcs", grid, "--workers", args.workers, "--no-progress"]
+        common = ["--output-wcs", grid, "--workers", args.workers, "--no-progress", "--cluster", args.cluster]
         if args.tile_shape:
             common += ["--tile-shape", *args.tile_shape]
         mosaic = root / "m.zarr"
@@ -133,7 +136,7 @@ def main() -> None:
         base = root / "m16.zarr"  # the mosaic of N as it was, for the in-process measurement below
         shutil.copytree(mosaic, base)
         t_add, out = run("resample", "--add", *paths[args.n:], "-o", mosaic, "--workers", args.workers,
-                         "--no-progress")
+                         "--no-progress", "--cluster", args.cluster)
         m = re.search(r"(\d+) tiles rewritten, (\d+) chunk files of (\d+) tiles kept, in ([\d.]+) s", out)
         c_add = float(m.group(4))
         lines.append(f"--add of 2: {t_add:.1f} s wall, {c_add:.1f} s computing, writing and linking; "

@@ -16,7 +16,7 @@ walltime) SIGKILLed once half the chunks or tiles are recorded as written, and r
 - the 1-minute load average before and after (other processes share the cores).
 
 Usage: ``python benchmarks/bench_resume.py [--command resample|detector1] [-n 16] [--shape 2048 2048]
-[--workers 2] [--tile-shape 1024 1024] [--chunks CY CX] [--ints 1] [--groups 10] [--out results/resume.txt]``
+[--workers 2] [--cluster local|threads] [--tile-shape 1024 1024] [--chunks CY CX] [--ints 1] [--groups 10] [--out results/resume.txt]``
 (``--out`` appends). Needs psutil.
 """
 
@@ -163,7 +163,7 @@ def resample_case(root: Path, args) -> dict:
     subprocess.run([sys.executable, "-m", "daskcal", "simulate-images", "-n", str(args.n), "--shape",
                     *map(str, args.shape), str(sim)], check=True, capture_output=True)
     run = ["resample", sim / "asn.json", "-o", None, "--workers", args.workers, "--no-progress",
-           "--dashboard-address", DASHBOARD]
+           "--dashboard-address", DASHBOARD, "--cluster", args.cluster]
     if args.tile_shape:
         run += ["--tile-shape", *args.tile_shape]
 
@@ -181,7 +181,8 @@ def detector1_case(root: Path, args) -> dict:
     shape = [str(args.ints), str(args.groups), *map(str, args.shape)]
     subprocess.run([sys.executable, "-m", "daskcal", "simulate", str(ramps), "--shape", *shape], check=True,
                    capture_output=True)
-    run = ["detector1", ramps, None, "--workers", args.workers, "--no-progress", "--dashboard-address", DASHBOARD]
+    run = ["detector1", ramps, None, "--workers", args.workers, "--no-progress", "--dashboard-address", DASHBOARD,
+           "--cluster", args.cluster]
     if args.chunks:
         run += ["--chunks", *args.chunks]
 
@@ -203,6 +204,7 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=10, help="detector1: groups")
     ap.add_argument("--ints", type=int, default=1, help="detector1: integrations")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cluster", default="local", help="the commands' --cluster: local (2 worker processes) or threads")
     ap.add_argument("--tile-shape", type=int, nargs=2, default=None, help="resample")
     ap.add_argument("--chunks", type=int, nargs=2, default=None, help="detector1")
     ap.add_argument("--out", default=None, help="append the result to this file")

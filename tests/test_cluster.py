@@ -406,3 +406,36 @@ def test_a_script_without_the_main_guard_gets_one_clear_error(tmp_path, body, ok
             f"RuntimeError: daskcal.connect() starts worker processes, which run the top level of {script} again: "
             "call it under 'if __name__ == \"__main__\":' (line 2 is not)")
         assert "Nanny failed" not in done.stderr
+
+
+def test_threads_cluster_runs_in_this_process_on_localhost_only():
+    """connect("threads"): one worker of n_workers x threads_per_worker threads in this process (no worker process
+    is started), scheduler on in-process comms, its and the worker's HTTP servers on 127.0.0.1 only, the dashboard
+    link where it listens; the same result as the threaded scheduler."""
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    x = da.random.default_rng(3).standard_normal((300, 200), chunks=(70, 60))
+    want = (x @ x.T).sum(axis=0).compute(scheduler="threads")
+    with connect("threads", n_workers=2, threads_per_worker=2) as client:
+        assert client.scheduler.address.startswith("inproc://")
+        assert list(client.nthreads().values()) == [4]
+        assert {p.pid for p in psutil.Process().children(recursive=True)} == before
+        dashboard = client.dashboard_link
+        assert dashboard.startswith("http://127.0.0.1:")
+        assert set(_listening().values()) == {"127.0.0.1"}
+        assert _port(dashboard.removeprefix("http://")) in _listening()
+        assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == 1.0
+        np.testing.assert_array_equal(dask.compute((x @ x.T).sum(axis=0))[0], want)
+    with connect("threads", dashboard_address=None) as client:
+        assert client.dashboard_link == ""
+        assert set(_listening().values()) == {"127.0.0.1"}
+        (worker,) = client.scheduler_info()["workers"].values()
+        assert worker["nthreads"] == len(os.sched_getaffinity(0))
+
+
+def test_threads_cluster_refuses_tls_settings():
+    with pytest.raises(ValueError, match="for an existing scheduler"), connect("threads", security=Security()):
+        pass

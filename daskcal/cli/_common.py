@@ -38,10 +38,13 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
         "--cluster",
         default="local",
         help="'local' (embedded LocalCluster on 127.0.0.1 with temporary TLS credentials, default), "
+        "'threads' (embedded LocalCluster in this process: one worker of --workers x --threads threads, "
+        "no worker processes; quicker to start, tasks holding the GIL do not run in parallel), "
         "a scheduler address such as tcp://host:8786 or tls://host:8786, a scheduler file "
         "(JSON written by 'dask scheduler --scheduler-file'), 'slurm' or 'pbs'",
     )
-    g.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per core; --cluster threads: threads = workers x --threads)")
     g.add_argument("--threads", type=int, default=1, help="threads per worker of an embedded cluster (default 1)")
     g.add_argument(
         "--dashboard-address",
@@ -162,7 +165,7 @@ class ClusterStart:
         self._client = None
         self._error: BaseException | None = None
         self._thread = None
-        if background and str(args.cluster).strip().lower() == "local":
+        if background and str(args.cluster).strip().lower() in ("local", "threads"):
             self._thread = threading.Thread(target=self._start, name="daskcal-cluster-start", daemon=True)
 
     def __enter__(self) -> ClusterStart:

@@ -182,9 +182,10 @@ def detector1(ramps: xr.Dataset, *, chunks: tuple[int, int] | None = None, **par
     RampFitResult
         Lazy ``.rate`` and ``.rateints`` datasets (DN/s), ``.n_primary_jumps``, the
         cosmic rays (primary JUMP_DET samples) found in each integration (JWST's PRIMECRS:
-        :func:`primary_cosmic_rays`), and with ``expand_large_events`` or ``find_showers``
-        ``.n_extended_events``, the snowballs or showers found in each integration (JWST's
-        EXTNCRS: :func:`extended_emission_events`; None without either search). Only small detector-wide
+        ``daskcal.detector._pipeline.primary_cosmic_rays``), and with ``expand_large_events``
+        or ``find_showers`` ``.n_extended_events``, the snowballs or showers found in each
+        integration (JWST's EXTNCRS: ``daskcal.detector._pipeline.extended_emission_events``;
+        None without either search). Only small detector-wide
         statistics (gain checks, the median gain, which group planes are usable)
         are computed here; the ramps are read when the caller computes or saves
         the products.

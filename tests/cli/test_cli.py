@@ -262,3 +262,35 @@ def test_detector1_records_extncrs(tmp_path):
     with ImageModel(str(out / "rate.fits")) as model:
         assert model.meta.exposure.extended_emission_events == pytest.approx(want["extended_emission_events"],
                                                                                rel=1e-12)
+
+
+def test_commands_on_the_in_process_cluster(tmp_path, capsys):
+    """--cluster threads (one in-process worker of --workers x --threads threads): detector1's rate and resample's
+    mosaic equal the library's on the threaded scheduler, and no worker process is started."""
+    import dask
+    import psutil
+
+    import daskcal
+
+    ramps = tmp_path / "ramps.zarr"
+    assert main(["simulate", str(ramps), "--shape", "1", "6", "40", "36", "--chunks", "20", "16"]) == 0
+    sim = tmp_path / "sim"
+    assert main(["simulate-images", "-n", "3", "--shape", "64", "72", str(sim)]) == 0
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    out = tmp_path / "out"
+    assert main(["detector1", str(ramps), str(out), "--cluster", "threads", "--workers", "2", "--no-progress"]) == 0
+    mosaic = tmp_path / "m.zarr"
+    assert main(["resample", str(sim / "asn.json"), "-o", str(mosaic), "--cluster", "threads", "--no-progress"]) == 0
+    assert {p.pid for p in psutil.Process().children(recursive=True)} == before
+    capsys.readouterr()
+
+    with dask.config.set(scheduler="threads"):
+        want = daskcal.detector1(daskcal.open_ramps(ramps)).rate.compute()
+        images = daskcal.open_images(sim / "asn.json")
+        want_mosaic = daskcal.resample(images).compute()
+    got = xr.open_zarr(out / "rate.zarr", consolidated=False).compute()
+    for name in ("data", "dq", "err"):
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+    got_mosaic = xr.open_zarr(mosaic, consolidated=False).compute()
+    for name in ("data", "wht", "con"):
+        np.testing.assert_array_equal(got_mosaic[name].values, want_mosaic[name].values, err_msg=name)
