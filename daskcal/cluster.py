@@ -302,7 +302,7 @@ def connect(
     if not 0 < wait_workers < math.inf:
         msg = f"wait_workers must be a positive number of seconds; got {wait_workers!r}"
         raise ValueError(msg)
-    # "local", "slurm", "pbs" (any case); else an address or a scheduler file, kept as given
+    # "local", "threads", "slurm", "pbs" (any case); else an address or a scheduler file, kept as given
     named = kind.lower() if kind.lower() in {"local", "threads", "slurm", "pbs"} else None
     jobqueue = named in {"slurm", "pbs"}
     if named is not None and security is not None:
@@ -510,10 +510,10 @@ def _in_process(n_workers, threads_per_worker, memory_limit, dashboard_address):
     comms (no TLS needed: nothing outside this process can reach it).
 
     Measured on 2 cores against the 2-process cluster (``"local"``), command line, resample of 16 x 2048^2:
-    computing 6.6-7.0 s against 7.2-7.4 s, 17-18 CPU s against 19-20; ``--add`` of 2 exposures to that
-    mosaic 1.5-1.7 s against 1.9-2.3 s: the workers' start (forking, their imports, first touch of their
-    memory, parsing the WCSs the command has parsed already) is not paid. Tasks that hold the GIL (gwcs
-    outside the compiled pixel maps, photutils) do not run in parallel here.
+    computing 6.6-7.2 s against 7.2-7.7 s, 15-17 CPU s against 19-22 (the whole command); ``--add`` of 2
+    exposures to a mosaic of 16 1.6-2.0 s against 2.2-2.3 s (alternate runs): the workers' start (forking,
+    their imports, first touch of their memory, parsing the WCSs the command has parsed already) is not
+    paid. Tasks that hold the GIL (gwcs outside the compiled pixel maps, photutils) do not run in parallel.
     """
     import dask
     from distributed import LocalCluster
@@ -546,12 +546,12 @@ def _worker_class(*, dashboard: bool):
     if dashboard:
         return Worker
 
-    class Worker(Worker):
+    class WorkerWithoutDashboard(Worker):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **{**kwargs, "dashboard": False})
 
-    Worker.__module__ = __name__
-    return Worker
+    WorkerWithoutDashboard.__module__ = __name__
+    return WorkerWithoutDashboard
 
 
 def _usable_cores() -> int:
