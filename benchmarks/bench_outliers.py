@@ -10,7 +10,8 @@ Cases, each in a fresh process:
 1. reference: stcal 1.20's utilities + drizzle 2.2 (``reference_outliers`` in
    tests/image/test_outliers.py: single drizzle per group, maskpt, stcal's in-memory
    MedianComputer, gwcs_blot, flag_resampled_crs) on images in memory, one process.
-2. daskcal: ``flag_outliers`` on a LocalCluster of 2 worker processes (1 thread each),
+2. daskcal: ``flag_outliers`` on a LocalCluster of 2 worker processes (1 thread each; ``--cluster threads``:
+   ``daskcal.connect("threads")``, one in-process worker of 2 threads),
    inputs read lazily from Zarr; time to compute every new DQ array and the median.
    Peak memory is sampled (psutil, every 50 ms) over the client, nanny and worker
    processes together; the largest single worker is reported too.
@@ -22,7 +23,7 @@ Peaks of single processes are their own VmHWM (ru_maxrss would include the paren
 peak, which Linux carries across fork+exec).
 
 The flagged masks and medians of (1) and (2) are compared pixel by pixel.
-Results go to benchmarks/results/outliers.txt.
+Results are appended to benchmarks/results/outliers.txt.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _warm_worker():
     nanmedian_stack(np.ones((2, 4, 4), np.float32))
 
 
-def child_daskcal(paths, save, workers, tmp, threads=1):
+def child_daskcal(paths, save, workers, tmp, threads=1, cluster="local"):
     import numpy as np
 
     import daskcal
@@ -111,7 +112,7 @@ def child_daskcal(paths, save, workers, tmp, threads=1):
     # as a user's script or the command line opens them (lazy, each task reading its own window); xarray's
     # open_zarr gave read tasks that the input check and the drizzles each ran (13.4 s against ~8.2 s)
     images = daskcal.open_images(paths)
-    with connect("local", n_workers=workers, threads_per_worker=threads) as client:
+    with connect(cluster, n_workers=workers, threads_per_worker=threads) as client:
         client.run(_warm_worker)  # imports and numba caches loaded before timing, as in the reference process
         with TreeSampler() as s:
             t0 = time.perf_counter()
@@ -121,7 +122,8 @@ def child_daskcal(paths, save, workers, tmp, threads=1):
             elapsed = time.perf_counter() - t0
         res.cleanup()
     np.savez(save, median=out[0], dq=np.stack(out[1:]))
-    return {"seconds": elapsed, "peak_mb": s.peak_total, "worker_peak_mb": s.peak_single_child, "workers": workers}
+    return {"seconds": elapsed, "peak_mb": s.peak_total, "worker_peak_mb": s.peak_single_child, "workers": workers,
+            "cluster": cluster}
 
 
 def child_stack(paths, budget_mb, in_memory, tile, tmp):
@@ -159,6 +161,8 @@ def main() -> None:
     ap.add_argument("--paths", nargs="*")
     ap.add_argument("--save", default=None)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cluster", default="local",
+                    help="daskcal's cluster: local (worker processes) or threads (its workers' threads in the process)")
     ap.add_argument("--budget-mb", type=float, default=16.0)
     ap.add_argument("--in-memory", action="store_true")
     ap.add_argument("--tile", type=int, default=512)
@@ -168,7 +172,7 @@ def main() -> None:
         print(json.dumps(child_reference(args.paths, args.save)))
         return
     if args.child == "daskcal":
-        print(json.dumps(child_daskcal(args.paths, args.save, args.workers, args.tmp)))
+        print(json.dumps(child_daskcal(args.paths, args.save, args.workers, args.tmp, cluster=args.cluster)))
         return
     if args.child == "stack":
         print(json.dumps(child_stack(args.paths, args.budget_mb, args.in_memory, args.tile, args.tmp)))
@@ -180,7 +184,7 @@ def main() -> None:
 
     big = (512, 512) if args.quick else (2048, 2048)
     stack_shape = (128, 128) if args.quick else (512, 512)
-    lines = [f"# command: python benchmarks/bench_outliers.py{' --quick' if args.quick else ''}"]
+    lines = [f"# command: python benchmarks/bench_outliers.py {' '.join(sys.argv[1:])}".rstrip()]
     print("preparing inputs ...", flush=True)
     paths = [str(p) for p in prepare("dither", 8, big, cosmic_rays=2000 if not args.quick else 200)]
     stack_paths = [str(p) for p in prepare("stack", 100, stack_shape, dither=4.0)]
@@ -188,7 +192,8 @@ def main() -> None:
         ref_npz, dc_npz = f"{tmp}/ref.npz", f"{tmp}/dc.npz"
         ref = _run(["--child", "reference", "--save", ref_npz, "--paths", *paths])
         print("reference", ref, flush=True)
-        dc = _run(["--child", "daskcal", "--save", dc_npz, "--workers", str(args.workers), "--tmp", tmp, "--paths", *paths])
+        dc = _run(["--child", "daskcal", "--save", dc_npz, "--workers", str(args.workers), "--tmp", tmp,
+                   "--cluster", args.cluster, "--paths", *paths])
         print("daskcal", dc, flush=True)
         a, b = np.load(ref_npz), np.load(dc_npz)
         agree = float(np.mean(a["dq"] == b["dq"]))
@@ -207,12 +212,13 @@ def main() -> None:
                        "--tmp", tmp, "--paths", *stack_paths])
         print("stack in memory", st_mem, flush=True)
     n_in = 8 * big[0] * big[1] / 1e6
+    label = f"daskcal, {dc['workers']} " + ("threads in-process" if dc["cluster"] == "threads" else "workers x 1 thread")
     lines += [
         f"# 1-2: 8 dithered {big[0]}x{big[1]} exposures (2 px distortion, stars, cosmic rays) -> output {ref['shape']}",
         f"{'run':<34} {'seconds':>8} {'input Mpix/s':>12} {'peak MB':>8}  notes",
         f"{'reference (stcal utils + drizzle)':<34} {ref['seconds']:>8.1f} {n_in / ref['seconds']:>12.2f} {ref['peak_mb']:>8.0f}"
         f"  one process; inputs in memory ({ref['base_mb']:.0f} MB before the run)",
-        f"{'daskcal, ' + str(dc['workers']) + ' workers x 1 thread':<34} {dc['seconds']:>8.1f} {n_in / dc['seconds']:>12.2f} "
+        f"{label:<34} {dc['seconds']:>8.1f} {n_in / dc['seconds']:>12.2f} "
         f"{dc['peak_mb']:>8.0f}  client+nanny+workers summed; largest worker {dc['worker_peak_mb']:.0f} MB; inputs lazy from Zarr",
         f"# speed-up {ref['seconds'] / dc['seconds']:.2f}x; DQ arrays agree on {agree * 100:.5f}% of pixels "
         f"({flagged_ref} outlier pixels in the reference, {flagged_dc} in daskcal)",
@@ -226,9 +232,10 @@ def main() -> None:
         "# growth: peak RSS minus RSS before computing (imports loaded; inputs are read lazily from Zarr)",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+    with RESULTS.open("a") as f:  # appended: the file keeps every run
+        f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"wrote {RESULTS}")
+    print(f"appended to {RESULTS}")
 
 
 if __name__ == "__main__":
