@@ -104,7 +104,8 @@ def _warm_cluster(client, workdir: Path):
     import daskcal
     from daskcal.io._atomic import save_dataset
 
-    client.run(_warm_worker)
+    if not client.scheduler.address.startswith("inproc://"):  # an in-process worker: the client's run below warms it
+        client.run(_warm_worker)
     sim = daskcal.simulate_images(n=2, shape=(48, 64), seed=0, n_stars=4)
     warm = workdir / "warm.zarr"
     for k, ds in enumerate(sim.images):
@@ -139,7 +140,7 @@ def _vm_hwm_sum(proc) -> int:
     return total
 
 
-def run_daskcal(paths, out_zarr, workers=2, memory_limit="8 GiB", config=None, **kw):
+def run_daskcal(paths, out_zarr, workers=2, memory_limit="8 GiB", config=None, cluster="local", **kw):
     import dask
     import distributed  # noqa: F401  (its config defaults must exist before dask.config.set below)
 
@@ -152,7 +153,7 @@ def run_daskcal(paths, out_zarr, workers=2, memory_limit="8 GiB", config=None, *
     # worker memory thresholds are read when the workers start: set them before the cluster
     with TreeSampler(interval=0.1) as rss, dask.config.set({"distributed.worker.memory.target": False, **(config or {})}):
         # daskcal.connect: the embedded cluster the command line starts (WORKER_ENVIRON's allocator settings)
-        with connect("local", n_workers=workers, threads_per_worker=1, memory_limit=memory_limit) as client:
+        with connect(cluster, n_workers=workers, threads_per_worker=1, memory_limit=memory_limit) as client:
             _warm_cluster(client, Path(out_zarr).parent)
             t0 = time.perf_counter()
             mosaic = daskcal.resample(daskcal.open_images(paths), pixmap_stepsize=1, **SETTINGS, **kw)
@@ -229,6 +230,8 @@ def main(argv=None):
     ap.add_argument("--large-worker-memory", default="1.5 GiB",
                     help="memory_limit of each worker in the large run (Dask spills to disk above 70%%)")
     ap.add_argument("--skip-small", action="store_true")
+    ap.add_argument("--large-cluster", default="local", choices=("local", "threads"),
+                    help="the large run's cluster: 2 worker processes (local) or one in-process worker of 2 threads")
     ap.add_argument("--reuse-stcal", action="store_true",
                     help="take stcal's time and planes from the last run (WORKDIR/stcal.json, stcal.npz)")
     ap.add_argument("--idle-load", type=float, default=0.5,
@@ -297,13 +300,18 @@ def main(argv=None):
                              f"stcal; data {d['data'][0]:.2g}, wht {d['wht'][0]:.2g}, con equal {d['con_equal']} |")
         print("\n".join(lines), flush=True)
     if not args.skip_large:
+        from dask.utils import parse_bytes
+
         lp = paths[: args.large_n]
         big = Path("/tmp/daskcal-bench-large.zarr")
         cfg = {"daskcal.resample.block-memory": args.large_block_memory,
                "distributed.worker.memory.spill": 0.6, "distributed.worker.memory.pause": 0.8,
                "distributed.worker.memory.terminate": False}
-        t, t_graph, peak, mosaic, hwm = run_daskcal(lp, big, memory_limit=args.large_worker_memory, config=cfg,
-                                                    pixel_scale_ratio=args.large_ratio)
+        # --large-cluster threads: one in-process worker of 2 threads, its memory limit the workers' together
+        memory = args.large_worker_memory if args.large_cluster == "local" else \
+            f"{2 * parse_bytes(args.large_worker_memory) / 2**30:g} GiB"
+        t, t_graph, peak, mosaic, hwm = run_daskcal(lp, big, memory_limit=memory, config=cfg,
+                                                    pixel_scale_ratio=args.large_ratio, cluster=args.large_cluster)
         ny, nx = mosaic.data.shape
         nplanes = (len(lp) - 1) // 32 + 1
         planes_gib = ny * nx * (4 * 6 + 4 * nplanes) / 2**30
@@ -313,9 +321,10 @@ def main(argv=None):
             f"= {ny * nx / 1e6:.0f} Mpix; stcal would hold data, wht, err, 3 variances (float32) and {nplanes} "
             f"context plane(s) (int32) = {4 * 6 + 4 * nplanes} B/px = {planes_gib:.1f} GiB (before its per-variance "
             f"sums and weights and per-input drizzle buffers)",
-            f"block-memory {args.large_block_memory}, worker memory_limit {args.large_worker_memory} (spill 60%, pause 80%, no terminate), "
+            f"block-memory {args.large_block_memory}, --large-cluster {args.large_cluster}, memory_limit {memory} "
+            f"(spill 60%, pause 80%, no terminate), "
             f"tiles {mosaic.attrs['tile_shape']}",
-            f"| daskcal.resample, 2 workers, Zarr out ({du} on disk) | {t:.1f} s (graph {t_graph:.1f} s) | "
+            f"| daskcal.resample, {'2 workers' if args.large_cluster == 'local' else '2 threads in-process'}, Zarr out ({du} on disk) | {t:.1f} s (graph {t_graph:.1f} s) | "
             f"{len(lp) * args.size**2 / 1e6 / t:.3f} input Mpix/s | peak summed RSS {peak:.2f} GiB, "
             f"sum of VmHWM over all processes {hwm:.2f} GiB |",
         ]
