@@ -20,7 +20,7 @@ Inputs: a 1 x 10 x 2048 x 2048 ramp cube (detector1), two dithered 2048 x 2048 e
 ``python benchmarks/bench_overhead.py [--venv DIR] [--rounds 3]``; results in
 ``benchmarks/results/overhead.txt``.
 
-``--small CHECKOUT [CHECKOUT ...]`` instead compares checkouts (each put first on ``PYTHONPATH``) in
+``--small CHECKOUT [CHECKOUT ...] [--clusters local threads]`` instead compares checkouts (and clusters) (each put first on ``PYTHONPATH``) in
 this environment, warm, on small inputs where nearly all the time is overhead: a 1 x 5 x 256 x 256
 detector1 and a resample of two 512 x 512 exposures, the checkouts' runs interleaved (round after
 round, each command from each checkout in turn), ``--rounds`` of each (after one untimed run per
@@ -109,9 +109,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="warm runs per command (default 3)")
     parser.add_argument("--small", type=Path, nargs="+", default=None, metavar="CHECKOUT",
                         help="compare these checkouts on small inputs in this environment, interleaved")
+    parser.add_argument("--clusters", nargs="+", default=["local"], metavar="CLUSTER",
+                        help="--small: run each checkout with each of these --cluster values (local, threads)")
     args = parser.parse_args()
     if args.small is not None:
-        _small(args.small, args.rounds)
+        _small(args.small, args.rounds, args.clusters)
         return
     work = Path(tempfile.mkdtemp(prefix="daskcal-overhead-"))
     if args.venv is None:
@@ -179,7 +181,7 @@ _WRAPPER = ("import logging, sys; logging.basicConfig(format='%(created).3f %(na
             "sys.argv[0] = 'daskcal'; from daskcal.cli._main import console; console()")
 _STAMPS = {
     "parsed": r"([\d.]+) daskcal.cli: timing: started",
-    "ready": r"([\d.]+) daskcal.cluster: timing: (?:local|existing) cluster ready",
+    "ready": r"([\d.]+) daskcal.cluster: timing: (?:local|threads|existing) cluster ready",
     "sent": r"([\d.]+) daskcal.io._atomic: timing: graph optimised and sent",
 }
 
@@ -226,8 +228,9 @@ def _timed_run(checkout: Path, argv: list[str], work: Path) -> dict:
     return row
 
 
-def _small(checkouts: list[Path], rounds: int) -> None:
-    """Interleaved warm runs of a small detector1 and resample from each checkout; medians and ranges."""
+def _small(checkouts: list[Path], rounds: int, clusters=("local",)) -> None:
+    """Interleaved warm runs of a small detector1 and resample from each checkout with each ``--cluster`` of
+    ``clusters``; medians and ranges."""
     import statistics
 
     work = Path(tempfile.mkdtemp(prefix="daskcal-overhead-small-"))
@@ -236,15 +239,18 @@ def _small(checkouts: list[Path], rounds: int) -> None:
         "detector1": ["detector1", "ramps.zarr", "out"],
         "resample": ["resample", "img0.zarr", "img1.zarr", "-o", "mosaic.zarr"],
     }
-    checkouts = [c.resolve() for c in checkouts]
-    for checkout in checkouts:  # numba's cache filled, files in the page cache
+    # arms: (checkout, cluster); a checkout is named by its path, followed by its cluster when there are several
+    arms = [(c.resolve(), k) for c in checkouts for k in clusters]
+    label = {arm: str(arm[0]) + (f" {arm[1]}" if len(clusters) > 1 else "") for arm in arms}
+    for checkout, cluster in arms:  # numba's cache filled, files in the page cache
         for argv in commands.values():
-            _timed_run(checkout, argv, work)
-    rows: dict[tuple, list] = {(c, n): [] for c in checkouts for n in commands}
+            _timed_run(checkout, [*argv, "--cluster", cluster], work)
+    rows: dict[tuple, list] = {(a, n): [] for a in arms for n in commands}
     for _ in range(rounds):
         for name, argv in commands.items():
-            for checkout in checkouts:
-                rows[checkout, name].append(_timed_run(checkout, argv, work))
+            for checkout, cluster in arms:
+                rows[(checkout, cluster), name].append(_timed_run(checkout, [*argv, "--cluster", cluster], work))
+    checkouts = arms
     cols = ["parsed", "ready", "sent", "done", "exit", "compute", "outside", "cpu", "cpu_w", "load"]
     print(f"# medians (min-max) of {rounds} interleaved warm runs; seconds since exec, cpu in CPU seconds")
     print(f"{'command':10s} {'checkout':24s} " + " ".join(f"{c:>16s}" for c in cols))
@@ -253,9 +259,9 @@ def _small(checkouts: list[Path], rounds: int) -> None:
         for c in cols:
             values = [r[c] for r in runs]
             cells.append(f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})")
-        print(f"{name:10s} {str(checkout)[-24:]:24s} " + " ".join(f"{cell:>16s}" for cell in cells), flush=True)
+        print(f"{name:10s} {label[checkout][-24:]:24s} " + " ".join(f"{cell:>16s}" for cell in cells), flush=True)
     # each run against the first checkout's run of the same command in the same round (run just before it)
-    print(f"# paired differences against {checkouts[0]} (same round): medians (min-max)")
+    print(f"# paired differences against {label[checkouts[0]]} (same round): medians (min-max)")
     for (checkout, name), runs in rows.items():
         if checkout == checkouts[0]:
             continue
@@ -263,7 +269,7 @@ def _small(checkouts: list[Path], rounds: int) -> None:
         for c in ("ready", "exit", "outside", "cpu", "cpu_w"):
             diffs = [r[c] - b[c] for r, b in zip(runs, rows[checkouts[0], name], strict=True)]
             cells.append(f"{c} {statistics.median(diffs):+.2f} ({min(diffs):+.2f}..{max(diffs):+.2f})")
-        print(f"{name:10s} {str(checkout)[-24:]:24s} " + "  ".join(cells), flush=True)
+        print(f"{name:10s} {label[checkout][-24:]:24s} " + "  ".join(cells), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
