@@ -20,7 +20,8 @@ Inputs: a 1 x 10 x 2048 x 2048 ramp cube (detector1), two dithered 2048 x 2048 e
 ``python benchmarks/bench_overhead.py [--venv DIR] [--rounds 3]``; results in
 ``benchmarks/results/overhead.txt``.
 
-``--small CHECKOUT [CHECKOUT ...] [--clusters local threads]`` instead compares checkouts (and clusters) (each put first on ``PYTHONPATH``) in
+``--small CHECKOUT [CHECKOUT ...] [--clusters local threads]`` instead compares checkouts (each put
+first on ``PYTHONPATH``), each with each ``--cluster`` of ``--clusters``, in
 this environment, warm, on small inputs where nearly all the time is overhead: a 1 x 5 x 256 x 256
 detector1 and a resample of two 512 x 512 exposures, the checkouts' runs interleaved (round after
 round, each command from each checkout in turn), ``--rounds`` of each (after one untimed run per
@@ -32,7 +33,7 @@ parsed the arguments: interpreter, imports), ``ready`` (the embedded cluster is 
 resolution) and ``outside`` = ``exit`` - ``compute``. ``cpu`` is the command process's own CPU time
 (its rusage), ``cpu_w`` that of the fork server and the workers (sampled every 50 ms, so a lower
 bound). Medians and (min-max) over the rounds, with the 1-minute load average when each run began;
-then, for each checkout after the first, the median (and range) of its runs' differences from the
+then, for each checkout (and cluster) after the first, the median (and range) of its runs' differences from the
 first checkout's run of the same command in the same round (less sensitive to the load changing).
 """
 
@@ -250,26 +251,25 @@ def _small(checkouts: list[Path], rounds: int, clusters=("local",)) -> None:
         for name, argv in commands.items():
             for checkout, cluster in arms:
                 rows[(checkout, cluster), name].append(_timed_run(checkout, [*argv, "--cluster", cluster], work))
-    checkouts = arms
     cols = ["parsed", "ready", "sent", "done", "exit", "compute", "outside", "cpu", "cpu_w", "load"]
     print(f"# medians (min-max) of {rounds} interleaved warm runs; seconds since exec, cpu in CPU seconds")
     print(f"{'command':10s} {'checkout':24s} " + " ".join(f"{c:>16s}" for c in cols))
-    for (checkout, name), runs in rows.items():
+    for (arm, name), runs in rows.items():
         cells = []
         for c in cols:
             values = [r[c] for r in runs]
             cells.append(f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})")
-        print(f"{name:10s} {label[checkout][-24:]:24s} " + " ".join(f"{cell:>16s}" for cell in cells), flush=True)
-    # each run against the first checkout's run of the same command in the same round (run just before it)
-    print(f"# paired differences against {label[checkouts[0]]} (same round): medians (min-max)")
-    for (checkout, name), runs in rows.items():
-        if checkout == checkouts[0]:
+        print(f"{name:10s} {label[arm][-24:]:24s} " + " ".join(f"{cell:>16s}" for cell in cells), flush=True)
+    # each run against the first arm's run of the same command in the same round (run just before it)
+    print(f"# paired differences against {label[arms[0]]} (same round): medians (min-max)")
+    for (arm, name), runs in rows.items():
+        if arm == arms[0]:
             continue
         cells = []
         for c in ("ready", "exit", "outside", "cpu", "cpu_w"):
-            diffs = [r[c] - b[c] for r, b in zip(runs, rows[checkouts[0], name], strict=True)]
+            diffs = [r[c] - b[c] for r, b in zip(runs, rows[arms[0], name], strict=True)]
             cells.append(f"{c} {statistics.median(diffs):+.2f} ({min(diffs):+.2f}..{max(diffs):+.2f})")
-        print(f"{name:10s} {label[checkout][-24:]:24s} " + "  ".join(cells), flush=True)
+        print(f"{name:10s} {label[arm][-24:]:24s} " + "  ".join(cells), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
