@@ -506,7 +506,8 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
 @contextlib.contextmanager
 def _in_process(n_workers, threads_per_worker, memory_limit, dashboard_address):
     """A LocalCluster in this process (``cluster="threads"``): one worker of ``n_workers * threads_per_worker``
-    threads (``n_workers`` default: the cores this process may use), its scheduler on in-process
+    threads (``n_workers`` default: the cores Dask counts for this process, its affinity and cgroup
+    limits, as the ``"local"`` cluster's default number of workers), its scheduler on in-process
     comms (no TLS needed: nothing outside this process can reach it).
 
     Measured on 2 cores against the 2-process cluster (``"local"``), command line, resample of 16 x 2048^2:
@@ -516,15 +517,17 @@ def _in_process(n_workers, threads_per_worker, memory_limit, dashboard_address):
     paid. Tasks that hold the GIL (gwcs outside the compiled pixel maps, photutils) do not run in parallel.
     """
     import dask
+    from dask.system import CPU_COUNT
     from distributed import LocalCluster
 
-    threads = (n_workers or _usable_cores()) * threads_per_worker
+    threads = (n_workers or CPU_COUNT) * threads_per_worker
+    served = _on_localhost(dashboard_address)
     with dask.config.set({SATURATION: WORKER_SATURATION}), LocalCluster(
         n_workers=1,
         threads_per_worker=threads,
         processes=False,
         memory_limit=memory_limit,
-        dashboard_address=_on_localhost(dashboard_address),
+        dashboard_address=served,
         # the worker's HTTP server (health, metrics) on 127.0.0.1, not every interface, where it goes by default
         # with in-process comms; its dashboard only with the scheduler's (bokeh: ~0.5 s of imports)
         worker_dashboard_address="127.0.0.1:0",
@@ -532,7 +535,7 @@ def _in_process(n_workers, threads_per_worker, memory_limit, dashboard_address):
         scheduler_kwargs=None if dashboard_address is not None else {"dashboard_address": "127.0.0.1:0"},
     ) as lc, _closing(_client_class()(lc)) as client:
         client._daskcal_no_dashboard = dashboard_address is None
-        host = (_on_localhost(dashboard_address) or "").rpartition(":")[0]
+        host = (served or "").rpartition(":")[0]
         client._daskcal_dashboard_host = host if host not in ("", "0.0.0.0", "[::]", "::") else None
         yield client
 
@@ -552,14 +555,6 @@ def _worker_class(*, dashboard: bool):
 
     WorkerWithoutDashboard.__module__ = __name__
     return WorkerWithoutDashboard
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class _SlowExitFilter(logging.Filter):
