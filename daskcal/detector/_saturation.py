@@ -358,9 +358,9 @@ def flag_saturation(ramps: xr.Dataset, n_pix_grow_sat: int = 1, *, atod_limit: f
     -----
     stcal also takes a 4-D ``pdq``; daskcal's ``pixeldq`` is ``(y, x)``. With 4-D thresholds
     stcal returns a 4-D ``pdq``; daskcal returns its OR over integrations and groups. stcal has
-    no 3-D thresholds (they do not broadcast against a group plane), so neither has daskcal. As in stcal, a NaN sample is not flagged and +Inf
-    counts as saturated; :func:`daskcal.detector1` flags both DO_NOT_USE instead
-    (:func:`saturation_graph`).
+    no 3-D thresholds (they do not broadcast against a group plane), so neither has daskcal. As
+    in stcal, a NaN sample is not flagged and +Inf counts as saturated; :func:`daskcal.detector1`
+    flags both DO_NOT_USE instead (:func:`saturation_graph`).
     """
     params = SaturationParameters(n_pix_grow_sat, atod_limit, use_readpatt, read_pattern)
     return saturation_graph(ramps, params)
