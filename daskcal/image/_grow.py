@@ -104,22 +104,31 @@ class Growth:
             return StoredSums(self.sources, tuple(tile), nplanes, spec)
         return dask.delayed(_prior_task)(self.sources, tile, nplanes, spec, dask_key_name=f"{key}-stored")
 
-    def stored(self, iy, ix, spec):
-        """The stored planes of tile ``(iy, ix)`` as lazy arrays by name (``con`` with the result's planes), or
-        None if it was never written."""
-        import dask.array as da
+    def has(self, iy, ix) -> bool:
+        """Whether the stored mosaic has written tile ``(iy, ix)``."""
+        return (iy, ix) in self.written
 
-        if (iy, ix) not in self.written:
-            return None
-        out = {}
-        for name in _driz.output_names(spec):
-            whole = self.whole[name]
-            block = whole.blocks[(0,) * (whole.ndim - 2) + (iy, ix)]
-            if name == "con" and whole.shape[0] < self.nplanes:
-                pad = da.zeros((self.nplanes - whole.shape[0], *block.shape[1:]), np.int32, chunks=-1)
-                block = da.concatenate([block, pad], axis=0)
-            out[name] = block
-        return out
+    def stored_task(self, key, iy, ix, name):
+        """A task ``key`` that gives plane ``name`` of the stored tile ``(iy, ix)`` (``con`` with the result's
+        planes), and the dask array of the stored plane it reads a chunk of."""
+        from dask._task_spec import Task, TaskRef
+
+        whole = self.whole[name]
+        chunk = TaskRef((whole.name, *(0,) * (whole.ndim - 2), iy, ix))
+        if name == "con" and whole.shape[0] < self.nplanes:
+            return Task(key, _more_planes, chunk, self.nplanes), whole
+        return Task(key, _same, chunk), whole
+
+
+def _same(block):
+    return block
+
+
+def _more_planes(con, nplanes: int):
+    """A stored tile's context planes ``(n, y, x)`` with zero planes after them, ``nplanes`` in all."""
+    out = np.zeros((nplanes, *con.shape[1:]), np.int32)
+    out[: con.shape[0]] = con
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
