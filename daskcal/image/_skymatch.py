@@ -272,10 +272,44 @@ def _pixel_runs(wcs, shape, polygons) -> np.ndarray:
     return np.array(sorted(rec.runs), dtype=np.int64).reshape(-1, 3)
 
 
+#: Largest angular radius (radians) of a footprint's bounding cap that :func:`_overlap_regions` trusts to rule out
+#: an overlap; a wider footprint (or one whose inside is the far side of its border) is always intersected.
+_CAP_LIMIT = np.radians(60.0)
+
+
+def _cap(poly) -> tuple[np.ndarray, float] | None:
+    """A spherical cap (unit centre, angular radius in radians) that holds polygon ``poly``: its vertices and
+    inside points, in a cap under :data:`_CAP_LIMIT` (which is convex, so the arcs between them are in it too);
+    None if there is no such cap."""
+    points = np.concatenate([np.asarray(p, float).reshape(-1, 3) for p in (*poly.points, *poly.inside)])
+    centre = points.sum(axis=0)
+    norm = np.linalg.norm(centre)
+    if not np.isfinite(norm) or norm == 0.0:
+        return None
+    centre /= norm
+    radius = float(np.arccos(np.clip(points @ centre, -1.0, 1.0)).max())
+    return (centre, radius) if radius < _CAP_LIMIT else None
+
+
+def _apart(a, b) -> bool:
+    """Whether the caps ``a`` and ``b`` (:func:`_cap`, None: unknown) are certainly disjoint (with 1e-9 rad to
+    spare)."""
+    if a is None or b is None:
+        return False
+    return float(np.arccos(np.clip(a[0] @ b[0], -1.0, 1.0))) > a[1] + b[1] + 1e-9
+
+
 def _overlap_regions(inputs, items, polys):
     """Per image, the polygons (RA, Dec vertex lists; None when empty) and sky area of its overlap with every
-    other item. Their pixels (:func:`_pixel_runs`) are found by the task that reads the image."""
+    other item. Their pixels (:func:`_pixel_runs`) are found by the task that reads the image.
+
+    As the reference, each image's overlap with another is ``its footprint.intersection(the other's)``, in both
+    orders, but a pair whose footprints' bounding caps (:func:`_cap`) are apart is not intersected: their
+    intersection is empty. spherical-geometry takes ~13 ms per intersection of two footprints here, which made
+    sky matching quadratic in the exposures (32 exposures: 992 intersections, 13 s of the step's 19 s); in a
+    mosaic of many exposures most pairs are apart."""
     item_of = {i: n for n, members in enumerate(items) for i in members}
+    caps = {img.index: _cap(polys[img.index]) for img in inputs}
     regions = {}
     for img in inputs:
         i = img.index
@@ -284,6 +318,8 @@ def _overlap_regions(inputs, items, polys):
                 continue
             radec, area = [], 0.0
             for k in members:
+                if _apart(caps[i], caps[k]):
+                    continue  # an empty intersection: no area, no vertices
                 inter = _intersection(polys[i], polys[k])
                 a = abs(inter.area())
                 if len(members) > 1 and a == 0.0:

@@ -98,6 +98,47 @@ TABLE7 = {  # a 2x2 mosaic and, far away, 3 overlapping images
 }
 
 
+def test_footprints_apart_are_not_intersected_and_change_nothing(monkeypatch):
+    """A field of 4x4 overlapping tiles, two touching at a corner and two far away: pairs whose footprints'
+    bounding caps are apart are not intersected, the overlap regions are exactly those of intersecting every
+    pair (as the reference does), and the levels are stcal's."""
+    from daskcal.image import _skymatch
+
+    centres = [(30 * i, 30 * j) for i in range(4) for j in range(4)] + [(130, 130), (2000, -1500)]
+    skies = [100.0 + 3 * k for k in range(len(centres))]
+    images = _tiles(skies, centres)
+    calls = []
+    real = _skymatch._intersection
+
+    def counted(a, b):
+        calls.append(1)
+        return real(a, b)
+
+    monkeypatch.setattr(_skymatch, "_intersection", counted)
+    kept = {}
+    monkeypatch.setattr(_skymatch, "_overlap_regions",
+                        lambda *a, f=_skymatch._overlap_regions: kept.setdefault(len(kept), f(*a)))
+    got = match_sky(images, skymethod="match", skystat="mean")
+    pruned = len(calls)
+    monkeypatch.setattr(_skymatch, "_apart", lambda a, b: False)
+    calls.clear()
+    every = match_sky(images, skymethod="match", skystat="mean")
+    n = len(images)
+    assert len(calls) == n * (n - 1)
+    assert pruned < n * (n - 1) // 2, pruned
+    # regions and areas, each image's as with every pair intersected: spherical-geometry's intersections vary
+    # from call to call by ~2e-5 in area (the order it visits its graph's nodes), so the areas are compared to 1e-4
+    assert kept[0].keys() == kept[1].keys()
+    for key, (radec, area) in kept[0].items():
+        radec_all, area_all = kept[1][key]
+        assert area == pytest.approx(area_all, rel=1e-4, abs=0.0), key
+        assert (radec is None) == (radec_all is None), key
+    assert sum(radec is not None for radec, _ in kept[0].values()) > 40
+    assert_levels(list(got.levels.values()), list(every.levels.values()))
+    ref = stcal_skymatch(images, skymethod="match", skystat="mean")
+    assert_levels(list(got.levels.values()), [r[0] for r in ref])
+
+
 @pytest.fixture(scope="module")
 def table_images():
     return {id(t): _tiles(t["sky"], t["centres"]) for t in (TABLE6, TABLE7)}
