@@ -31,7 +31,7 @@ from daskcal.image._catalogs import (
     read_catalog,
     read_reference_catalog,
 )
-from daskcal.image._dataset import get_wcs, wcs_to_text
+from daskcal.image._dataset import get_wcs, keeps_parsed_wcs, wcs_to_text
 
 __all__ = ["WEB_CATALOGS", "AlignParameters", "AlignResult", "align"]
 
@@ -163,6 +163,7 @@ class AlignResult:
     catalogs: dict
 
 
+@keeps_parsed_wcs
 def align(images: Sequence[xr.Dataset], *, catalogs: Mapping[str, Any] | None = None, **params) -> AlignResult:
     """Align exposures to each other (and to a reference catalog) by fitting source catalogs.
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from daskcal.image._dataset import get_wcs
+from daskcal.image._dataset import get_wcs, keeps_parsed_wcs
 
 __all__ = [
     "WorkerMemory",
@@ -257,6 +257,7 @@ def check_output_size(shape: Sequence[int], bytes_per_pixel: float, limit=None) 
     return need
 
 
+@keeps_parsed_wcs
 def output_wcs(
     images,
     pixel_scale: float | None = None,

@@ -30,6 +30,7 @@ import xarray as xr
 
 from daskcal._params import param
 from daskcal.image import _outlier_blocks as blocks
+from daskcal.image._dataset import keeps_parsed_wcs
 from daskcal.image._driz import KERNELS, WEIGHT_TYPES
 from daskcal.io._zarr_read import SPARSE_ATTR, ArrayNotes, read_task
 
@@ -206,6 +207,7 @@ class OutlierResult:
             self.tempdir = None
 
 
+@keeps_parsed_wcs
 def flag_outliers(
     images,
     *,

@@ -25,6 +25,8 @@ import dask
 import numpy as np
 import xarray as xr
 
+from daskcal.image._dataset import keeps_parsed_wcs
+
 __all__ = ["STEP_NAMES", "Image3Result", "image3", "nan_outliers"]
 
 log = logging.getLogger("daskcal.image3")
@@ -247,6 +249,7 @@ def _nan_where(mask, source, block_info=None):
     return block
 
 
+@keeps_parsed_wcs
 def image3(
     images,
     *,

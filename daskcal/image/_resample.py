@@ -36,7 +36,7 @@ import xarray as xr
 from daskcal._params import param
 from daskcal.image import _driz, _grid
 from daskcal.image._checks import warn_no_overlap, warn_unusable_inputs
-from daskcal.image._dataset import VARIANCE_NAMES, get_wcs, wcs_to_text
+from daskcal.image._dataset import VARIANCE_NAMES, get_wcs, keeps_parsed_wcs, wcs_to_text
 from daskcal.image._grid import _bbox, check_output_size, pixel_scale_of, resolve_output_wcs
 
 __all__ = ["resample", "ResampleParams", "ResampleOutputParams", "KERNELS", "WEIGHT_TYPES"]
@@ -536,6 +536,7 @@ def _time_totals(inps: list[_Input]) -> dict:
     }
 
 
+@keeps_parsed_wcs
 def resample(
     images,
     *,

@@ -33,6 +33,7 @@ import xarray as xr
 from daskcal._params import param
 from daskcal.image import _skylevels as levels_mod
 from daskcal.image import _skystats as stats
+from daskcal.image._dataset import keeps_parsed_wcs
 
 log = logging.getLogger(__name__)
 
@@ -480,6 +481,7 @@ def _shift_of(layout, match, i):
     return levels_mod.shifts_after_match(layout, match)[i]
 
 
+@keeps_parsed_wcs
 def match_sky(
     images,
     *,

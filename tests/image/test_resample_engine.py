@@ -157,6 +157,49 @@ def test_graph_layers_do_not_grow_with_the_tiles(sim):
         np.testing.assert_array_equal(got[name].values, expected[name].values, err_msg=name)
 
 
+def _parses(monkeypatch) -> list:
+    """The WCS texts the calling thread deserialises (not the tasks, which dask's threaded scheduler runs in
+    threads of its own), as if wcs_from_text's cache had already let every one go (more inputs than it holds)."""
+    import threading
+
+    from daskcal.image import _dataset
+
+    texts: list = []
+    real = _dataset.wcs_from_text.__wrapped__
+
+    def parse(text):
+        if threading.current_thread() is threading.main_thread():
+            texts.append(text)
+        return real(text)
+
+    monkeypatch.setattr(_dataset, "wcs_from_text", parse)
+    return texts
+
+
+def test_a_step_parses_each_wcs_once_however_many_inputs(sim, monkeypatch):
+    """resample goes over its inputs' WCSs twice (its inputs, the output grid): each is deserialised once in the
+    call (they were all parsed again when there were more than the 256 that wcs_from_text caches: 400 exposures
+    took 17 s to build), and none is held after it."""
+    from daskcal.image import _dataset
+
+    texts = _parses(monkeypatch)
+    daskcal.resample(sim.images)
+    assert sorted(texts) == sorted(ds.attrs["wcs_asdf"] for ds in sim.images)
+    assert _dataset._PINNED.get() is None
+    texts.clear()
+    daskcal.resample(sim.images)  # a new call parses again (as the cache would, were they evicted)
+    assert len(texts) == len(sim.images)
+
+
+def test_image3_parses_each_wcs_once_across_its_steps(sim, monkeypatch):
+    import dask
+
+    texts = _parses(monkeypatch)
+    with dask.config.set(scheduler="threads"):
+        daskcal.image3(sim.images, tweakreg=False)
+    assert sorted(texts) == sorted(ds.attrs["wcs_asdf"] for ds in sim.images)
+
+
 class _Priorities:
     """Scheduler plugin: the priority the scheduler gives each task it receives, by key."""
 
