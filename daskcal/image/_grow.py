@@ -111,13 +111,13 @@ class Growth:
     def stored_task(self, key, iy, ix, name):
         """A task ``key`` that gives plane ``name`` of the stored tile ``(iy, ix)`` (``con`` with the result's
         planes), and the dask array of the stored plane it reads a chunk of."""
-        from dask._task_spec import Task, TaskRef
+        from daskcal.image._resample import _Ref, graph_task
 
         whole = self.whole[name]
-        chunk = TaskRef((whole.name, *(0,) * (whole.ndim - 2), iy, ix))
+        chunk = _Ref((whole.name, *(0,) * (whole.ndim - 2), iy, ix))
         if name == "con" and whole.shape[0] < self.nplanes:
-            return Task(key, _more_planes, chunk, self.nplanes), whole
-        return Task(key, _same, chunk), whole
+            return graph_task(key, _more_planes, chunk, self.nplanes), whole
+        return graph_task(key, _same, chunk), whole
 
 
 def _same(block):

@@ -1086,12 +1086,30 @@ def _one_layer(fins: list, prefix: str):
     return Delayed(fins[0].key, HighLevelGraph(layers, dependencies), layer=name)
 
 
+class _Ref:
+    """An argument of :func:`graph_task` that is the result of the task ``key``."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+
+def graph_task(key, func, *args):
+    """The graph task ``key``: ``func(*args)``, where a :class:`_Ref` argument is that task's result; a
+    ``dask._task_spec.Task`` where dask has them (2024.12 and later), else the tuple form older dask reads."""
+    try:
+        from dask._task_spec import Task, TaskRef
+    except ImportError:  # dask before 2024.12: (func, *args), a key among the arguments is its task's result
+        return (func, *(a.key if isinstance(a, _Ref) else a for a in args))
+    return Task(key, func, *(TaskRef(a.key) if isinstance(a, _Ref) else a for a in args))
+
+
 def _plane(name: str, plane: str, rows, tasks, sizes, nplanes: int, spec, grow):
     """The output plane ``plane`` of one group as a dask array of one layer ``name``: its chunks (tiles) are
     ``plane`` of a tile's planes (``rows[iy][ix]`` is ``("tile", Delayed)``, a task of ``tasks``), the
     empty value (``("empty", None)``) or the stored mosaic's tile (``("stored", None)``, :class:`Growth`)."""
     import dask.array as da
-    from dask._task_spec import Task, TaskRef
     from dask.highlevelgraph import HighLevelGraph
 
     dtype = _driz.EMPTY[plane][0]
@@ -1101,10 +1119,10 @@ def _plane(name: str, plane: str, rows, tasks, sizes, nplanes: int, spec, grow):
         for ix, (kind, ref) in enumerate(row):
             key = (name, *lead, iy, ix)
             if kind == "tile":
-                dsk[key] = Task(key, _pick, TaskRef(ref.key), plane)
+                dsk[key] = graph_task(key, _pick, _Ref(ref.key), plane)
             elif kind == "empty":
                 shape = (*((nplanes,) if lead else ()), sizes[0][iy], sizes[1][ix])
-                dsk[key] = Task(key, np.full, shape, _driz.empty_value(plane, spec), dtype)
+                dsk[key] = graph_task(key, _full, shape, _driz.empty_value(plane, spec), np.dtype(dtype).str)
             else:
                 dsk[key], whole = grow.stored_task(key, iy, ix, plane)
                 stored.append(whole)
@@ -1115,6 +1133,10 @@ def _plane(name: str, plane: str, rows, tasks, sizes, nplanes: int, spec, grow):
 
 def _pick(d, name):
     return d[name]
+
+
+def _full(shape, value, dtype: str):
+    return np.full(shape, value, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
