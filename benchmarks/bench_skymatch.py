@@ -2,9 +2,10 @@
 whose bounding caps are apart left unintersected (as shipped) and with every pair intersected (as the reference
 does, ``--every-pair``).
 
-Simulates a G x G grid (default 10 x 10) of constant-sky exposures of S x S px (default 256) at 0.1"/px, each
-overlapping its neighbours by a quarter, and reports the step's wall time, the footprint intersections it computed,
-the sky levels' largest difference between the two runs, and the load average. Each run is a fresh process.
+Simulates a G x G grid (default 10 x 10) of exposures of S x S px (default 256) at 0.1"/px, each overlapping its
+neighbours by a quarter, each with its own sky level and noise (``bench_wide.field``), and reports the step's wall
+time, the footprint intersections it computed, the sky levels' largest difference between the two runs, and the
+load average. Each run is a fresh process.
 
 Usage: ``python benchmarks/bench_skymatch.py [--grid 10] [--size 256] [--out results/skymatch.txt]`` (``--out``
 appends).
@@ -20,27 +21,14 @@ import sys
 import time
 
 from _proc import report
+from bench_wide import field
 
 
 def _child(grid: int, size: int, every: bool) -> None:
-    import numpy as np
-    from astropy.modeling import models
-
     import daskcal
     from daskcal.image import _skymatch
-    from daskcal.image._dataset import image_dataset
-    from daskcal.image._simulate import distorted_wcs
 
-    scale, step = 0.1, 0.75 * size
-    tan = models.Pix2Sky_TAN() | models.RotateNative2Celestial(150.0, 2.0, 180.0)
-    rng = np.random.default_rng(0)
-    images = []
-    for k in range(grid * grid):
-        cx, cy = step * (k % grid), step * (k // grid)
-        ra, dec = tan(-cx * scale / 3600.0, cy * scale / 3600.0)
-        wcs = distorted_wcs((size, size), float(ra), float(dec), pixel_scale=scale, distortion=0.0)
-        data = (100.0 + 3.0 * k + rng.normal(0.0, 1.0, (size, size))).astype(np.float32)
-        images.append(image_dataset(data, wcs, name=f"e{k}", group_id=f"g{k}"))
+    images = field(grid, size)
     calls = []
     real = _skymatch._intersection
 
