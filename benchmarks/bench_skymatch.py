@@ -1,11 +1,11 @@
 """Sky matching of a wide field: ``daskcal.match_sky`` on a grid of overlapping exposures, with the footprint pairs
 whose bounding caps are apart left unintersected (as shipped) and with every pair intersected (as the reference
-does, ``--every-pair``).
+does), each run in a fresh process.
 
 Simulates a G x G grid (default 10 x 10) of exposures of S x S px (default 256) at 0.1"/px, each overlapping its
 neighbours by a quarter, each with its own sky level and noise (``bench_wide.field``), and reports the step's wall
 time, the footprint intersections it computed, the sky levels' largest difference between the two runs, and the
-load average. Each run is a fresh process.
+load average.
 
 Usage: ``python benchmarks/bench_skymatch.py [--grid 10] [--size 256] [--out results/skymatch.txt]`` (``--out``
 appends).
