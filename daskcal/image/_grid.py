@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from daskcal.image._asdf import load_extensions
 from daskcal.image._dataset import get_wcs, keeps_parsed_wcs
 
 __all__ = [
@@ -394,6 +395,7 @@ def resolve_output_wcs(images, output_wcs_arg=None, **wcs_args):
     if isinstance(output_wcs_arg, (str, os.PathLike)):
         import asdf
 
+        load_extensions()
         try:
             af = asdf.open(output_wcs_arg, lazy_load=False, memmap=False)
         except FileNotFoundError:

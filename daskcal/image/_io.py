@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from daskcal.image._asdf import load_extensions
 from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, check_sky_finite, get_wcs, wcs_from_text, wcs_to_text
 from daskcal.image._fits_write import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG, I2D_EXTENSIONS, _asdf_hdu, read_fits_wcs, to_fits, write_cal_fits, write_crf_fits  # noqa: F401 - the writers, moved
 
@@ -390,6 +391,7 @@ def _read_asdf_tree(hdul, path):
         raise ValueError(msg)
     try:
         raw = hdul[ASDF_EXT].data[ASDF_COLUMN][0].tobytes()
+        load_extensions()
         # lazy: only the nodes read (meta.*) are converted; stdatamodels' array references
         # ("source: fits:SCI,1", resolvable only by stdatamodels) are never followed
         return asdf.open(io.BytesIO(raw), lazy_load=True, lazy_tree=True, memmap=False)
