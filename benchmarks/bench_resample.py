@@ -102,9 +102,10 @@ def _warm_worker():
 def _warm_cluster(client, workdir: Path):
     """Warm every worker (imports, first calls) and the client's save path with a tiny run."""
     import daskcal
+    from daskcal.cluster import workers_in_process
     from daskcal.io._atomic import save_dataset
 
-    if not client.scheduler.address.startswith("inproc://"):  # an in-process worker: the client's run below warms it
+    if not workers_in_process(client):  # an in-process worker: the client's run below warms it
         client.run(_warm_worker)
     sim = daskcal.simulate_images(n=2, shape=(48, 64), seed=0, n_stars=4)
     warm = workdir / "warm.zarr"

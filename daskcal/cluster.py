@@ -49,6 +49,7 @@ __all__ = [
     "WorkersTimeoutError",
     "connect",
     "preload_workers",
+    "workers_in_process",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,13 @@ WORKER_ENVIRON = {
     "MALLOC_ARENA_MAX": 1,
     "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0",
 }
+
+
+#: The :data:`WORKER_ENVIRON` variables set in this process's environment when daskcal.cluster was imported (the
+#: user's, which win over ours). Read then, because distributed's nannies copy their own settings into
+#: ``os.environ`` when they start a worker (``MALLOC_TRIM_THRESHOLD_`` 65536 after a plain
+#: ``distributed.LocalCluster`` of processes), and a nanny takes ``os.environ``'s value over its configuration.
+_INHERITED = {k: os.environ[k] for k in WORKER_ENVIRON if k in os.environ}
 
 
 #: Modules every worker of an embedded cluster starts with (see :func:`preload_workers`).
@@ -182,18 +190,36 @@ def _worker_environ() -> dict[str, str]:
     """The environment variables a nanny of the embedded cluster sets before starting its worker process.
 
     As ``distributed.nanny.Nanny`` computes them: Dask's ``distributed.nanny.pre-spawn-environ`` with
-    :data:`WORKER_ENVIRON` over it, a variable already set in this process's environment winning, and
-    ``PYTHONHASHSEED`` 6640 unless set to something other than 0.
+    :data:`WORKER_ENVIRON` over it, a variable already set in this process's environment winning (for those of
+    :data:`WORKER_ENVIRON`, as it was when daskcal was imported: :data:`_INHERITED`), and ``PYTHONHASHSEED``
+    6640 unless set to something other than 0.
     """
     import dask
     import distributed  # noqa: F401 - its configuration defaults
 
     with dask.config.set(_pre_spawn_config()):  # (get's dict is the configuration's own, undone at exit)
         config = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
-        environ = {k: os.environ.get(k, str(v)) for k, v in config.items() if v is not None}
+        environ = {k: (_INHERITED.get(k, str(v)) if k in WORKER_ENVIRON else os.environ.get(k, str(v)))
+                   for k, v in config.items() if v is not None}
     if environ.get("PYTHONHASHSEED") in (None, "0"):
         environ["PYTHONHASHSEED"] = "6640"
     return environ
+
+
+@contextlib.contextmanager
+def _allocator_environ(environ: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``environ``'s :data:`WORKER_ENVIRON` variables while an embedded cluster runs (its
+    nannies read them there, over their configuration), then as it was."""
+    saved = {k: os.environ.get(k) for k in WORKER_ENVIRON}
+    os.environ.update({k: environ[k] for k in WORKER_ENVIRON if k in environ})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _pre_spawn_config() -> dict:
@@ -474,31 +500,36 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
         else:  # a fork server daskcal did not start, or with other settings: its workers would lack ours
             log.debug("embedded cluster: workers spawned (the running fork server has other settings)")
             environ["distributed.worker.multiprocessing-method"] = "spawn"
+    with dask.config.set(environ):
+        workers = _worker_environ()
     quiet = _SlowExitFilter()
     nanny_log = logging.getLogger("distributed.nanny")
     try:
-        with contextlib.ExitStack() as stack, dask.config.set(environ), LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit,
-            host="127.0.0.1",
-            dashboard_address=_on_localhost(dashboard_address),
-            # the workers serve dashboards when the scheduler does (older distributed binds a ":0" to
-            # 0.0.0.0); without, their HTTP server (health, metrics) listens on their own host, 127.0.0.1
-            worker_dashboard_address=None if dashboard_address is None else "127.0.0.1:0",
-            security=security,
-            processes=True,
-            # no dashboard: the scheduler's HTTP server (health, metrics) on a free port, not on 8787 (taken by
-            # another run, distributed warns); the dashboard's bokeh is not imported (~1 s of this process)
-            scheduler_kwargs=None if dashboard_address is not None else {"dashboard_address": "127.0.0.1:0"},
-        ) as lc:
-            with _closing(_client_class()(lc)) as client:
-                client._daskcal_no_dashboard = dashboard_address is None
-                yield client
-            stack.enter_context(_quiet_close())
-            # The run succeeded and its client is closed: a worker process slower than the nanny's fixed
-            # 4 s to exit (a loaded machine) is stopped, which loses nothing; say so only with -vv.
-            nanny_log.addFilter(quiet)
+        with contextlib.ExitStack() as stack, dask.config.set(environ):
+            # the nannies read the allocator settings from os.environ when they start their workers (and leave
+            # them there): set for the start only
+            with _allocator_environ(workers):
+                lc = LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=threads_per_worker,
+                    memory_limit=memory_limit,
+                    host="127.0.0.1",
+                    dashboard_address=_on_localhost(dashboard_address),
+                    # the workers serve dashboards when the scheduler does (older distributed binds a ":0" to
+                    # 0.0.0.0); without, their HTTP server (health, metrics) listens on their own host, 127.0.0.1
+                    worker_dashboard_address=None if dashboard_address is None else "127.0.0.1:0",
+                    security=security,
+                    processes=True,
+                    scheduler_kwargs=_scheduler_kwargs(dashboard_address),
+                )
+            with lc:
+                with _closing(_client_class()(lc)) as client:
+                    client._daskcal_no_dashboard = dashboard_address is None
+                    yield client
+                stack.enter_context(_quiet_close())
+                # The run succeeded and its client is closed: a worker process slower than the nanny's fixed
+                # 4 s to exit (a loaded machine) is stopped, which loses nothing; say so only with -vv.
+                nanny_log.addFilter(quiet)
     finally:
         nanny_log.removeFilter(quiet)
 
@@ -532,12 +563,24 @@ def _in_process(n_workers, threads_per_worker, memory_limit, dashboard_address):
         # with in-process comms; its dashboard only with the scheduler's (bokeh: ~0.5 s of imports)
         worker_dashboard_address="127.0.0.1:0",
         worker_class=_worker_class(dashboard=dashboard_address is not None),
-        scheduler_kwargs=None if dashboard_address is not None else {"dashboard_address": "127.0.0.1:0"},
+        scheduler_kwargs=_scheduler_kwargs(dashboard_address),
     ) as lc, _closing(_client_class()(lc)) as client:
         client._daskcal_no_dashboard = dashboard_address is None
         host = (served or "").rpartition(":")[0]
         client._daskcal_dashboard_host = host if host not in ("", "0.0.0.0", "[::]", "::") else None
         yield client
+
+
+def _scheduler_kwargs(dashboard_address: str | None) -> dict | None:
+    """An embedded scheduler's keywords: without a dashboard, its HTTP server (health, metrics) on a free port of
+    127.0.0.1, not on 8787 (taken by another run, distributed warns), and bokeh not imported (~1 s of this process)."""
+    return None if dashboard_address is not None else {"dashboard_address": "127.0.0.1:0"}
+
+
+def workers_in_process(client) -> bool:
+    """Whether ``client``'s scheduler and workers run in this process (``connect("threads")``: in-process comms),
+    so that tasks holding the GIL take turns with this thread rather than run beside it."""
+    return str(getattr(client.scheduler, "address", "")).startswith("inproc://")
 
 
 @functools.cache

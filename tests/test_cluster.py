@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import psutil
 import pytest
 from distributed import Client
@@ -441,3 +442,25 @@ def test_threads_cluster_runs_in_this_process_on_localhost_only():
 def test_threads_cluster_refuses_tls_settings():
     with pytest.raises(ValueError, match="for an existing scheduler"), connect("threads", security=Security()):
         pass
+
+
+def test_workers_get_the_allocator_settings_after_a_plain_distributed_cluster(monkeypatch):
+    """distributed's nannies copy their settings into os.environ (MALLOC_TRIM_THRESHOLD_ 65536), where a later
+    nanny takes them over its configuration: the embedded cluster's workers still get daskcal's, whether forked
+    from daskcal's fork server or spawned, and os.environ is left as it was."""
+    import distributed
+
+    for k in WORKER_ENVIRON:  # restored when the test ends (distributed's copy would stay in os.environ)
+        monkeypatch.delenv(k, raising=False)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}), \
+            distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None):
+        pass
+    leaked = {k: os.environ.get(k) for k in WORKER_ENVIRON}
+    assert leaked["MALLOC_TRIM_THRESHOLD_"] == "65536"  # what this test is about (distributed's default)
+    want = {k: str(v) for k, v in WORKER_ENVIRON.items()}
+    for method in ("forkserver", "spawn"):
+        with dask.config.set({"distributed.worker.multiprocessing-method": method}), \
+                connect("local", n_workers=1, tls=False, dashboard_address=None) as client:
+            got = client.run(lambda: (_environ(), _process_environ() if sys.platform.startswith("linux") else want))
+        assert list(got.values()) == [(want, want)], method
+        assert {k: os.environ.get(k) for k in WORKER_ENVIRON} == leaked

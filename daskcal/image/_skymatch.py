@@ -345,10 +345,11 @@ def _intersections(polys, pairs) -> dict:
     :data:`_INTERSECTIONS_ON_WORKERS` pairs, in batches on its workers (spherical-geometry's intersections are
     Python and numpy on small arrays: threads of one process take turns), else here. 400 exposures in a 20x20
     grid: 4404 intersections, ~40 s of the step's 67 s on one core."""
+    from daskcal.cluster import workers_in_process
     from daskcal.io._atomic import _default_client
 
     client = _default_client() if len(pairs) >= _INTERSECTIONS_ON_WORKERS else None
-    if client is not None and str(getattr(client.scheduler, "address", "")).startswith("inproc://"):
+    if client is not None and workers_in_process(client):
         client = None  # workers in this process (connect("threads")): their threads would take turns here too
     if client is None:
         return dict(zip(pairs, _intersect_batch([(polys[i], polys[k]) for i, k in pairs]), strict=True))
