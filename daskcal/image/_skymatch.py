@@ -342,26 +342,14 @@ def _intersections(polys, pairs) -> dict:
     """``{(i, k): (area, RA/Dec vertex lists)}`` of ``polys[i].intersection(polys[k])`` for each pair.
 
     With a ``distributed`` client whose workers are other processes and at least
-    :data:`_INTERSECTIONS_ON_WORKERS` pairs, in batches on its workers (spherical-geometry's intersections are
-    Python and numpy on small arrays: threads of one process take turns), else here. 400 exposures in a 20x20
-    grid: 4404 intersections, ~40 s of the step's 67 s on one core."""
-    from daskcal.cluster import workers_in_process
-    from daskcal.io._atomic import _default_client
+    :data:`_INTERSECTIONS_ON_WORKERS` pairs, in batches on its workers (:func:`daskcal._spread.spread`:
+    spherical-geometry's intersections are Python and numpy on small arrays, threads of one process take
+    turns), else here. 400 exposures in a 20x20 grid: 4404 intersections, ~40 s of the step's 67 s on one core."""
+    from daskcal._spread import spread
 
-    client = _default_client() if len(pairs) >= _INTERSECTIONS_ON_WORKERS else None
-    if client is not None and workers_in_process(client):
-        client = None  # workers in this process (connect("threads")): their threads would take turns here too
-    if client is None:
-        return dict(zip(pairs, _intersect_batch([(polys[i], polys[k]) for i, k in pairs]), strict=True))
-    nbatch = min(len(pairs), 4 * max(1, sum(client.nthreads().values())))
-    cuts = np.linspace(0, len(pairs), nbatch + 1).round().astype(int)
-    batches = [pairs[a:b] for a, b in itertools.pairwise(cuts) if b > a]
-    futures = client.map(_intersect_batch, [[(polys[i], polys[k]) for i, k in batch] for batch in batches],
-                         pure=False, key=[f"skymatch-overlaps-{uuid.uuid4().hex}" for _ in batches])
-    found = {}
-    for batch, result in zip(batches, client.gather(futures), strict=True):
-        found.update(zip(batch, result, strict=True))
-    return found
+    found = spread(_intersect_batch, [(polys[i], polys[k]) for i, k in pairs], least=_INTERSECTIONS_ON_WORKERS,
+                   name="skymatch-overlaps")
+    return dict(zip(pairs, found, strict=True))
 
 
 def _intersect_batch(pairs) -> list:
