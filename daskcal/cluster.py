@@ -208,8 +208,8 @@ def _worker_environ() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _allocator_environ(environ: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``environ``'s :data:`WORKER_ENVIRON` variables while an embedded cluster runs (its
-    nannies read them there, over their configuration), then as it was."""
+    """``os.environ`` with ``environ``'s :data:`WORKER_ENVIRON` variables for the block (an embedded cluster's
+    start: its nannies read them there, over their configuration, and keep them for restarts), then as it was."""
     saved = {k: os.environ.get(k) for k in WORKER_ENVIRON}
     os.environ.update({k: environ[k] for k in WORKER_ENVIRON if k in environ})
     try:
