@@ -13,13 +13,21 @@ first WCS is read.
 it takes. The C loader resolves the same safe tags: a manifest parses to the same dict (tested on
 every installed manifest, with the pure-Python loader as the oracle). Where PyYAML was built without
 libyaml, asdf loads them as it would.
+
+:data:`ASDF_LOCK` serialises daskcal's asdf reads and writes within a process. asdf, its converters and
+the schemas they use fill caches lazily and are not thread-safe: two to five threads parsing their
+process's first WCSs at once (the threaded scheduler's tasks, a worker's threads) failed in about one
+process of six here, asdf warning "A node failed to convert with: dictionary changed size during
+iteration" and leaving the WCS, or a model inside it, an unconverted ``TaggedDict``. asdf's conversion is
+Python under the GIL, so the threads lose nothing by taking turns.
 """
 
 from __future__ import annotations
 
 import threading
 
-_lock = threading.Lock()
+#: Held around every asdf read and write daskcal makes (reentrant: a read may serialise what it read).
+ASDF_LOCK = threading.RLock()
 _loaded = False
 
 
@@ -33,7 +41,7 @@ def load_extensions() -> None:
     global _loaded
     if _loaded:
         return
-    with _lock:
+    with ASDF_LOCK:
         if _loaded:
             return
         import asdf

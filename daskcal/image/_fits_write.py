@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.dq import DQ
-from daskcal.image._asdf import load_extensions
+from daskcal.image._asdf import ASDF_LOCK, load_extensions
 from daskcal.image._dataset import WCS_ATTR, get_wcs, wcs_from_text, wcs_to_text
 from daskcal.io._atomic import atomic_path
 
@@ -329,9 +329,10 @@ def _asdf_hdu(tree: dict):
     # imported here: the reading side (daskcal.image._io) imports this module
     from daskcal.image._io import ASDF_COLUMN, ASDF_EXT
 
-    load_extensions()
     buf = io.BytesIO()
-    asdf.AsdfFile(tree).write_to(buf, all_array_storage="inline")
+    with ASDF_LOCK:
+        load_extensions()
+        asdf.AsdfFile(tree).write_to(buf, all_array_storage="inline")
     raw = np.frombuffer(buf.getvalue(), np.uint8)
     col = fits.Column(name=ASDF_COLUMN, format=f"{raw.size}B", array=raw[None, :])
     return fits.BinTableHDU.from_columns([col], name=ASDF_EXT)

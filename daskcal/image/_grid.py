@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from daskcal.image._asdf import load_extensions
+from daskcal.image._asdf import ASDF_LOCK, load_extensions
 from daskcal.image._dataset import get_wcs, keeps_parsed_wcs
 
 __all__ = [
@@ -395,20 +395,21 @@ def resolve_output_wcs(images, output_wcs_arg=None, **wcs_args):
     if isinstance(output_wcs_arg, (str, os.PathLike)):
         import asdf
 
-        load_extensions()
-        try:
-            af = asdf.open(output_wcs_arg, lazy_load=False, memmap=False)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # asdf/yaml raise several types for a file that is not ASDF
-            msg = (f"output WCS file {str(output_wcs_arg)!r} is not readable ASDF ({exc}); "
-                   f"expected an ASDF file with a 'wcs'")
-            raise ValueError(msg) from exc
-        with af:
-            if "wcs" not in af.tree:
-                msg = f"ASDF file {str(output_wcs_arg)!r} has no 'wcs' key at its root"
-                raise ValueError(msg)
-            w = copy.deepcopy(af.tree["wcs"])
+        with ASDF_LOCK:
+            load_extensions()
+            try:
+                af = asdf.open(output_wcs_arg, lazy_load=False, memmap=False)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:  # asdf/yaml raise several types for a file that is not ASDF
+                msg = (f"output WCS file {str(output_wcs_arg)!r} is not readable ASDF ({exc}); "
+                       f"expected an ASDF file with a 'wcs'")
+                raise ValueError(msg) from exc
+            with af:
+                if "wcs" not in af.tree:
+                    msg = f"ASDF file {str(output_wcs_arg)!r} has no 'wcs' key at its root"
+                    raise ValueError(msg)
+                w = copy.deepcopy(af.tree["wcs"])
         if not isinstance(w, gwcs.WCS):
             msg = f"ASDF file {str(output_wcs_arg)!r}: 'wcs' is a {type(w).__name__}; expected a gwcs.WCS"
             raise ValueError(msg)
