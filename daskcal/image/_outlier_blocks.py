@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 
 import numpy as np
 
@@ -393,7 +392,9 @@ def masked_for_median(data, dq, var_rnoise, params, exptime):
                         var_sky=var_rnoise)
     threshold = compute_weight_threshold(weight, params.maskpt)
     out = np.array(assemble(data), dtype=np.float32, copy=True)
-    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+    # (np.errstate is per thread; warnings.catch_warnings, which this held with no filter in it, changes the
+    # process's filters and restores them on exit over what other threads set meanwhile)
+    with np.errstate(invalid="ignore"):
         out[weight < threshold] = np.nan
     return out
 
