@@ -132,16 +132,8 @@ def preload_workers(modules: tuple[str, ...] = (), *, dashboard: bool = True) ->
     environ = _worker_environ()
     preload = [*WORKER_MODULES, *([_WORKER_DASHBOARD] if dashboard else []), *modules]
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(preload)))
-    saved = {k: os.environ.get(k) for k in environ}
-    os.environ.update(environ)  # inherited by the server, hence by every worker it forks
-    try:
+    with _os_environ(environ):  # inherited by the server, hence by every worker it forks
         forkserver.ensure_running()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     if _forkserver is None:
         atexit.register(_stop_idle_forkserver)
     _forkserver = (_forkserver_pid(), environ)
@@ -207,11 +199,10 @@ def _worker_environ() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _allocator_environ(environ: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``environ``'s :data:`WORKER_ENVIRON` variables for the block (an embedded cluster's
-    start: its nannies read them there, over their configuration, and keep them for restarts), then as it was."""
-    saved = {k: os.environ.get(k) for k in WORKER_ENVIRON}
-    os.environ.update({k: environ[k] for k in WORKER_ENVIRON if k in environ})
+def _os_environ(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` for the block, then as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -506,9 +497,9 @@ def _embedded(n_workers, threads_per_worker, memory_limit, dashboard_address, tl
     nanny_log = logging.getLogger("distributed.nanny")
     try:
         with contextlib.ExitStack() as stack, dask.config.set(environ):
-            # the nannies read the allocator settings from os.environ when they start their workers (and leave
-            # them there): set for the start only
-            with _allocator_environ(workers):
+            # the nannies read the allocator settings from os.environ, over their configuration, when they start
+            # their workers (keeping them for restarts, and leaving them there): set for the start only
+            with _os_environ({k: workers[k] for k in WORKER_ENVIRON if k in workers}):
                 lc = LocalCluster(
                     n_workers=n_workers,
                     threads_per_worker=threads_per_worker,
