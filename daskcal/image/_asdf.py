@@ -24,7 +24,9 @@ Python under the GIL, so the threads lose nothing by taking turns.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 #: Held around every asdf read and write daskcal makes (reentrant: a read may serialise what it read).
 ASDF_LOCK = threading.RLock()
@@ -58,6 +60,15 @@ def load_extensions() -> None:
         else:
             config.extensions  # noqa: B018
         _loaded = True
+
+
+@contextlib.contextmanager
+def asdf_ready() -> Iterator[None]:
+    """A block of asdf reads or writes: holds :data:`ASDF_LOCK`, with asdf's extensions loaded
+    (:func:`load_extensions`)."""
+    with ASDF_LOCK:
+        load_extensions()
+        yield
 
 
 def _c_safe_load(stream):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from daskcal.image._asdf import ASDF_LOCK, load_extensions
+from daskcal.image._asdf import asdf_ready
 
 __all__ = ["image_dataset", "get_wcs", "wcs_to_text", "wcs_from_text", "check_sky_finite", "ARRAY_NAMES",
            "VARIANCE_NAMES"]
@@ -53,8 +53,7 @@ def wcs_to_text(wcs) -> str:
     import asdf
 
     buf = io.BytesIO()
-    with ASDF_LOCK:
-        load_extensions()
+    with asdf_ready():
         asdf.AsdfFile({"wcs": wcs}).write_to(buf, all_array_storage="inline")
     return _sorted_history(buf.getvalue().decode("utf-8"))
 
@@ -84,8 +83,7 @@ def wcs_from_text(text: str):
     """Deserialise ASDF text written by :func:`wcs_to_text` (cached by the text)."""
     import asdf
 
-    with ASDF_LOCK:
-        load_extensions()
+    with asdf_ready():
         with asdf.open(io.BytesIO(text.encode("utf-8")), lazy_load=False, memmap=False) as af:
             return af.tree["wcs"]
 

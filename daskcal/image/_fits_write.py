@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 
 from daskcal.dq import DQ
-from daskcal.image._asdf import ASDF_LOCK, load_extensions
+from daskcal.image._asdf import asdf_ready
 from daskcal.image._dataset import WCS_ATTR, get_wcs, wcs_from_text, wcs_to_text
 from daskcal.io._atomic import atomic_path
 
@@ -330,8 +330,7 @@ def _asdf_hdu(tree: dict):
     from daskcal.image._io import ASDF_COLUMN, ASDF_EXT
 
     buf = io.BytesIO()
-    with ASDF_LOCK:
-        load_extensions()
+    with asdf_ready():
         asdf.AsdfFile(tree).write_to(buf, all_array_storage="inline")
     raw = np.frombuffer(buf.getvalue(), np.uint8)
     col = fits.Column(name=ASDF_COLUMN, format=f"{raw.size}B", array=raw[None, :])

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from daskcal.image._asdf import ASDF_LOCK, load_extensions
+from daskcal.image._asdf import asdf_ready
 from daskcal.image._dataset import get_wcs, keeps_parsed_wcs
 
 __all__ = [
@@ -395,8 +395,7 @@ def resolve_output_wcs(images, output_wcs_arg=None, **wcs_args):
     if isinstance(output_wcs_arg, (str, os.PathLike)):
         import asdf
 
-        with ASDF_LOCK:
-            load_extensions()
+        with asdf_ready():
             try:
                 af = asdf.open(output_wcs_arg, lazy_load=False, memmap=False)
             except FileNotFoundError:

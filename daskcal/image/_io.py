@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from daskcal.image._asdf import ASDF_LOCK, load_extensions
+from daskcal.image._asdf import asdf_ready
 from daskcal.image._dataset import WCS_ATTR, _META_DEFAULTS, check_sky_finite, get_wcs, wcs_from_text, wcs_to_text
 from daskcal.image._fits_write import DEFAULT_FITS_EXPORT, FITS_EXPORT_CONFIG, I2D_EXTENSIONS, _asdf_hdu, read_fits_wcs, to_fits, write_cal_fits, write_crf_fits  # noqa: F401 - the writers, moved
 
@@ -382,7 +382,7 @@ def _tree_get(tree, keys):
 @contextlib.contextmanager
 def _read_asdf_tree(hdul, path):
     """The ASDF file in a FITS file's ``ASDF`` extension (as stdatamodels writes it), opened lazily, for a
-    ``with`` block that holds :data:`daskcal.image._asdf.ASDF_LOCK`.
+    ``with`` block that holds :data:`daskcal.image._asdf.ASDF_LOCK` (:func:`daskcal.image._asdf.asdf_ready`).
 
     Its tree's nodes are converted when read, its arrays loaded when used: read what is needed
     before the ``with`` block ends.
@@ -392,10 +392,9 @@ def _read_asdf_tree(hdul, path):
     if ASDF_EXT not in hdul:
         msg = f"{str(path)!r} has no {ASDF_EXT} extension, so no WCS; expected a JWST-style _cal.fits"
         raise ValueError(msg)
-    with ASDF_LOCK:
+    with asdf_ready():
         try:
             raw = hdul[ASDF_EXT].data[ASDF_COLUMN][0].tobytes()
-            load_extensions()
             # lazy: only the nodes read (meta.*) are converted; stdatamodels' array references
             # ("source: fits:SCI,1", resolvable only by stdatamodels) are never followed
             af = asdf.open(io.BytesIO(raw), lazy_load=True, lazy_tree=True, memmap=False)

@@ -60,7 +60,6 @@ def test_load_extensions_gives_asdfs_own_extensions_in_a_fresh_process():
     assert ours["safe_load_restored"] and asdfs["safe_load_restored"]
 
 
-
 def test_asdf_reads_and_writes_take_turns_across_threads(monkeypatch, tmp_path):
     """asdf is not thread-safe (two to five threads parsing a fresh process's first WCSs at once failed in about
     one process of six: "dictionary changed size during iteration", a TaggedDict for a WCS). daskcal's asdf calls
