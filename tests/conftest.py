@@ -2,9 +2,13 @@
 distributed schedulers (``scheduler``)."""
 
 import contextlib
+import os
 
 import dask
 import pytest
+
+# the commands the tests run never go to a developer's running ``daskcal serve`` (tests/cli/test_serve.py starts its own)
+os.environ["DASKCAL_SERVER"] = "0"
 
 SCHEDULERS = ["sync", "threads", "distributed"]
 

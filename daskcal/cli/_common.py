@@ -8,7 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["ClusterStart", "add_cluster_options", "chunk_option", "connect_options", "memory_limit", "print_dashboard"]
+__all__ = ["ClusterStart", "add_cluster_options", "chunk_option", "connect_options", "memory_limit", "open_cluster",
+           "print_dashboard"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,23 @@ def connect_options(args: argparse.Namespace) -> dict:
     }
 
 
+def open_cluster(args: argparse.Namespace):
+    """``daskcal.connect`` for the options of :func:`add_cluster_options` (use it in a ``with`` block).
+
+    In a ``daskcal serve`` process, an embedded cluster (``local``, ``threads``) is the server's
+    kept one: leaving the block leaves it running for the next command.
+    """
+    from daskcal.cli._serve import borrowed_cluster
+
+    kwargs = {"n_workers": args.workers, "threads_per_worker": args.threads, **connect_options(args)}
+    kept = borrowed_cluster(args.cluster, **kwargs)
+    if kept is not None:
+        return kept
+    from daskcal.cluster import connect
+
+    return connect(args.cluster, **kwargs)
+
+
 def _security(args: argparse.Namespace):
     """A ``distributed.security.Security`` from ``--tls-*`` (unset ones from Dask's configuration), or None."""
     given = {
@@ -183,10 +201,7 @@ class ClusterStart:
             self._error = exc
 
     def _connect(self):
-        from daskcal.cluster import connect
-
-        args = self._args
-        return connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads, **connect_options(args))
+        return open_cluster(self._args)
 
     def client(self):
         """The cluster's ``distributed.Client`` (enter it with ``with``; closing it stops the cluster)."""

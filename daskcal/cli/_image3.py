@@ -20,7 +20,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options, print_dashboard
+from daskcal.cli._common import add_cluster_options, open_cluster, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_MODULES", "execute", "normalise_step_flags", "parse_value", "register", "run_recipe", "step_defaults"]
@@ -185,7 +185,6 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
     otherwise. Without a resample tile shape given, ``resume`` takes the earlier run's.
     """
     from daskcal._precompile import precompile
-    from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, exposure_name, open_images
     from daskcal.image._pipeline import _product_name, image3
     from daskcal.image._warm_up import (
@@ -258,8 +257,7 @@ def execute(inputs, output, steps: dict, args, *, fits: bool = False, overwrite:
             # numba compiles (or loads from its cache) the kernels here while the cluster starts
             kernels = precompile(functools.partial(_compile_kernels, images, kwargs),
                                  estimate=OUTLIERS_COMPILE_SECONDS + RESAMPLE_COMPILE_SECONDS)
-            with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
-                         **connect_options(args)) as client:
+            with open_cluster(args) as client:
                 print_dashboard(client, flush=True)
                 kernels.wait()
                 t0 = time.perf_counter()

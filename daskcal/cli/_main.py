@@ -30,6 +30,7 @@ COMMANDS = {
     "tweakreg": "daskcal.cli._tweakreg",
     "skymatch": "daskcal.cli._skymatch",
     "image3": "daskcal.cli._image3",
+    "serve": "daskcal.cli._serve",
 }
 SUBCOMMANDS = tuple(COMMANDS.values())
 

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options, print_dashboard
+from daskcal.cli._common import add_cluster_options, open_cluster, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["register", "execute", "run_recipe", "STEP_DEFAULTS"]
@@ -112,7 +112,6 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
     earlier run completed alike are left as they are.
     """
     from daskcal._precompile import precompile
-    from daskcal.cluster import connect
     from daskcal.image._io import expand_inputs, exposure_name, open_images
     from daskcal.image._outliers import flag_outliers
     from daskcal.image._warm_up import OUTLIERS_COMPILE_SECONDS, compile_outlier_kernels
@@ -154,8 +153,7 @@ def execute(inputs, output, params: dict, args, *, save_median=False, overwrite=
         with outputs:  # checked, and the output folder proven writable, before the cluster starts
             # numba compiles (or loads from its cache) the kernels here while the cluster starts
             kernels = precompile(lambda: compile_outlier_kernels(images, **params), estimate=OUTLIERS_COMPILE_SECONDS)
-            with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
-                     **connect_options(args)) as client:
+            with open_cluster(args) as client:
                 print_dashboard(client)
                 kernels.wait()
                 t0 = time.perf_counter()

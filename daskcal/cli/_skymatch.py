@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options, print_dashboard
+from daskcal.cli._common import add_cluster_options, open_cluster, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_DEFAULTS", "execute", "register", "run_recipe"]
@@ -75,7 +75,6 @@ def _main(args: argparse.Namespace) -> int:
 
 def execute(inputs, output, params: dict, args, *, overwrite=False) -> dict:
     """Check the parameters and inputs, compute the levels on the chosen cluster, write the products."""
-    from daskcal.cluster import connect
     from daskcal.image._io import open_images
     from daskcal.image._skymatch import SkyMatchParameters, match_sky
     from daskcal.io._atomic import save_products
@@ -89,8 +88,7 @@ def execute(inputs, output, params: dict, args, *, overwrite=False) -> dict:
         names.append(name if name not in names else f"{name}_{k}")
     outputs = OutputSet([Path(output) / f"{name}.zarr" for name in names], overwrite=overwrite, inputs=inputs)
     with outputs:  # checked, and the output folder proven writable, before the cluster starts
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
-                     **connect_options(args)) as client:
+        with open_cluster(args) as client:
             print_dashboard(client)
             t0 = time.perf_counter()
             result = match_sky(images, **params)

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from daskcal.cli._common import add_cluster_options, connect_options, print_dashboard
+from daskcal.cli._common import add_cluster_options, open_cluster, print_dashboard
 from daskcal.cli._parameters import add_save_parameters_option, check_parameters_file, save_parameters
 
 __all__ = ["STEP_DEFAULTS", "asn_catalogs", "execute", "read_catfile", "register", "run_recipe"]
@@ -109,7 +109,6 @@ def asn_catalogs(inputs) -> dict:
 
 def execute(inputs, output, params: dict, args, *, catalogs=None, overwrite=False) -> dict:
     """Open the inputs, align them on the chosen cluster and write the aligned exposures."""
-    from daskcal.cluster import connect
     from daskcal.image._align import AlignParameters, _reference_catalog, align
     from daskcal.image._io import open_images
     from daskcal.io._atomic import save_products
@@ -126,8 +125,7 @@ def execute(inputs, output, params: dict, args, *, catalogs=None, overwrite=Fals
         names.append(name if name not in names else f"{name}_{k}")
     outputs = OutputSet([Path(output) / f"{name}.zarr" for name in names], overwrite=overwrite, inputs=inputs)
     with outputs:  # checked, and the output folder proven writable, before the cluster starts
-        with connect(args.cluster, n_workers=args.workers, threads_per_worker=args.threads,
-                     **connect_options(args)) as client:
+        with open_cluster(args) as client:
             print_dashboard(client)
             t0 = time.perf_counter()
             result = align(images, catalogs=catalogs or None, **params)
