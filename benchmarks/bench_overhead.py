@@ -111,7 +111,8 @@ def main() -> None:
     parser.add_argument("--small", type=Path, nargs="+", default=None, metavar="CHECKOUT",
                         help="compare these checkouts on small inputs in this environment, interleaved")
     parser.add_argument("--clusters", nargs="+", default=["local"], metavar="CLUSTER",
-                        help="--small: run each checkout with each of these --cluster values (local, threads)")
+                        help="--small: run each checkout with each of these --cluster values (local, threads; "
+                        "server: the default cluster, the command handed to the checkout's 'daskcal serve')")
     args = parser.parse_args()
     if args.small is not None:
         _small(args.small, args.rounds, args.clusters)
@@ -180,6 +181,8 @@ def _persistent(py: Path, work: Path, env: dict) -> list:
 # A -v run whose log lines carry their time (``python -m daskcal`` but for the logging format).
 _WRAPPER = ("import logging, sys; logging.basicConfig(format='%(created).3f %(name)s: %(message)s'); "
             "sys.argv[0] = 'daskcal'; from daskcal.cli._main import console; console()")
+# The ``daskcal`` command itself (``--clusters server``): handed to a running ``daskcal serve``.
+_CLIENT = "import sys; sys.argv[0] = 'daskcal'; from daskcal.cli import console; console()"
 _STAMPS = {
     "parsed": r"([\d.]+) daskcal.cli: timing: started",
     "ready": r"([\d.]+) daskcal.cluster: timing: (?:local|threads|existing) cluster ready",
@@ -187,8 +190,10 @@ _STAMPS = {
 }
 
 
-def _timed_run(checkout: Path, argv: list[str], work: Path) -> dict:
-    """One ``daskcal -v ARGV --no-progress`` from ``checkout``: phases since exec, CPU times, load."""
+def _timed_run(checkout: Path, argv: list[str], work: Path, *, server: bool = False) -> dict:
+    """One ``daskcal -v ARGV --no-progress`` from ``checkout``: phases since exec, CPU times, load.
+    ``server``: as the ``daskcal`` command runs it (handed to the checkout's ``daskcal serve``, see
+    :func:`_serving`; its log lines then carry no time stamps: only exit, compute, outside and cpu)."""
     import resource
 
     import psutil
@@ -199,7 +204,10 @@ def _timed_run(checkout: Path, argv: list[str], work: Path) -> dict:
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    proc = psutil.Popen([sys.executable, "-c", _WRAPPER, "-v", *argv, "--no-progress"], cwd=work, env=env,
+    if server:
+        env.pop("DASKCAL_SERVER", None)
+    proc = psutil.Popen([sys.executable, "-c", _CLIENT if server else _WRAPPER, "-v", *argv, "--no-progress"],
+                        cwd=work, env=env,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     others: dict[int, float] = {}  # the fork server's and the workers' CPU, last seen
     while proc.poll() is None:
@@ -229,6 +237,18 @@ def _timed_run(checkout: Path, argv: list[str], work: Path) -> dict:
     return row
 
 
+def _serving(checkout: Path, work: Path):
+    """``daskcal serve`` of ``checkout`` (first on ``PYTHONPATH``), once it says it is ready."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    env.pop("DASKCAL_SERVER", None)
+    proc = subprocess.Popen([sys.executable, "-m", "daskcal", "serve"], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "daskcal serve: ready" in line:
+            return proc
+    raise RuntimeError(f"daskcal serve of {checkout} exited with {proc.wait()}")
+
+
 def _small(checkouts: list[Path], rounds: int, clusters=("local",)) -> None:
     """Interleaved warm runs of a small detector1 and resample from each checkout with each ``--cluster`` of
     ``clusters``; medians and ranges."""
@@ -243,14 +263,26 @@ def _small(checkouts: list[Path], rounds: int, clusters=("local",)) -> None:
     # arms: (checkout, cluster); a checkout is named by its path, followed by its cluster when there are several
     arms = [(c.resolve(), k) for c in checkouts for k in clusters]
     label = {arm: str(arm[0]) + (f" {arm[1]}" if len(clusters) > 1 else "") for arm in arms}
-    for checkout, cluster in arms:  # numba's cache filled, files in the page cache
-        for argv in commands.values():
-            _timed_run(checkout, [*argv, "--cluster", cluster], work)
-    rows: dict[tuple, list] = {(a, n): [] for a in arms for n in commands}
-    for _ in range(rounds):
-        for name, argv in commands.items():
-            for checkout, cluster in arms:
-                rows[(checkout, cluster), name].append(_timed_run(checkout, [*argv, "--cluster", cluster], work))
+    servers = [_serving(checkout, work) for checkout, cluster in arms if cluster == "server"]
+
+    def run(checkout, cluster, argv):
+        if cluster == "server":  # the default --cluster, on the checkout's daskcal serve
+            return _timed_run(checkout, argv, work, server=True)
+        return _timed_run(checkout, [*argv, "--cluster", cluster], work)
+
+    try:
+        for checkout, cluster in arms:  # numba's cache filled, files in the page cache
+            for argv in commands.values():
+                run(checkout, cluster, argv)
+        rows: dict[tuple, list] = {(a, n): [] for a in arms for n in commands}
+        for _ in range(rounds):
+            for name, argv in commands.items():
+                for checkout, cluster in arms:
+                    rows[(checkout, cluster), name].append(run(checkout, cluster, argv))
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.wait(timeout=60)
     cols = ["parsed", "ready", "sent", "done", "exit", "compute", "outside", "cpu", "cpu_w", "load"]
     print(f"# medians (min-max) of {rounds} interleaved warm runs; seconds since exec, cpu in CPU seconds")
     print(f"{'command':10s} {'checkout':24s} " + " ".join(f"{c:>16s}" for c in cols))
