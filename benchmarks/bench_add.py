@@ -11,7 +11,7 @@ tiles rewritten, the addition's share of the rebuild (goal: under 20%), whether 
 the rebuilt one (data, wht, variances to float32 rounding; con exactly), and the load average.
 
 Usage: ``python benchmarks/bench_add.py [-n 16] [--shape 2048 2048] [--workers 2] [--cluster local|threads]
-[--tile-shape 1024 1024]
+[--tile-shape 1024 1024] [--server]
 [--out results/add.txt]``. Needs a quiet machine.
 """
 
@@ -44,6 +44,18 @@ def run(*args) -> tuple[float, str]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return time.monotonic() - t0, proc.stdout
+
+
+def serving(cwd: Path) -> subprocess.Popen:
+    """``daskcal serve`` (``--server``), once it is ready: the ``python -m daskcal`` commands then run there
+    (the CPU seconds :func:`run` reports are then only the commands' own, not the server's)."""
+    os.environ.pop("DASKCAL_SERVER", None)
+    proc = subprocess.Popen([sys.executable, "-m", "daskcal", "serve"], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "daskcal serve: ready" in line:
+            return proc
+    raise RuntimeError(f"daskcal serve exited with {proc.wait()}")
 
 
 #: CPU seconds of each :func:`run`, in order (on a loaded machine steadier than wall times).
@@ -102,6 +114,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cluster", default="local", help="the commands' --cluster: local (2 worker processes) or threads")
     ap.add_argument("--tile-shape", type=int, nargs=2, default=None)
+    ap.add_argument("--server", action="store_true",
+                    help="run the commands on a 'daskcal serve' started before them (after simulating the inputs)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import asdf
@@ -109,15 +123,18 @@ def main() -> None:
     import daskcal
 
     root = Path(tempfile.mkdtemp(prefix="bench-add-"))
+    server = None
     lines = [(f"daskcal resample --add 2 to a mosaic of {args.n} vs rebuilding all {args.n + 2}: exposures of "
               f"{args.shape[0]}x{args.shape[1]}, {args.workers} workers, --cluster {args.cluster}, "
-              f"{os.cpu_count()} cores"),
+              f"{os.cpu_count()} cores" + (", the commands run on a 'daskcal serve'" if args.server else "")),
              f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}"]
     try:
         sim = root / "sim"
         subprocess.run([sys.executable, "-m", "daskcal", "simulate-images", "-n", str(args.n + 2), "--shape",
                         *map(str, args.shape), str(sim)], check=True, capture_output=True)
         paths = sorted(str(p) for p in sim.glob("*.zarr"))
+        if args.server:
+            server = serving(root)
         grid = root / "grid.asdf"
         asdf.AsdfFile({"wcs": daskcal.output_wcs(daskcal.open_images(paths))}).write_to(grid)
         common = ["--output-wcs", grid, "--workers", args.workers, "--no-progress", "--cluster", args.cluster]
@@ -149,6 +166,9 @@ def main() -> None:
         lines.append(in_process(paths, args, grid, base, root))
         lines.append(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
         shutil.rmtree(root, ignore_errors=True)
     report(lines, args.out, header=f"# command: python benchmarks/bench_add.py {' '.join(sys.argv[1:])}\n")
 
