@@ -13,7 +13,9 @@ warm. Each run is ``daskcal -v ...``; its INFO ``timing:`` lines give the phases
 - ``outside``: wall clock minus ``compute``.
 
 Then detector1 and resample again against a scheduler and 2 workers started once (``--cluster
-scheduler.json``): what a warm run costs when the cluster outlives the command.
+scheduler.json``): what a warm run costs when the cluster outlives the command; and then handed to a
+``daskcal serve`` of the environment started once (``serve``: the process and its cluster outlive the
+command; the phases the server's log lines give are the server's, so only wall, compute and outside).
 
 Inputs: a 1 x 10 x 2048 x 2048 ramp cube (detector1), two dithered 2048 x 2048 exposures (resample);
 ``demo`` simulates its own 2 x 10 x 1024^2 cube. Run by hand, from outside the checkout:
@@ -123,7 +125,7 @@ def main() -> None:
         print(f"# fresh venv: pip install of {ROOT} in {install:.0f} s")
     else:
         py = args.venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "DASKCAL_SERVER")}
     _inputs(py, work)
     commands = {
         "demo": ["demo", "--out", "daskcal-output"],
@@ -151,6 +153,17 @@ def main() -> None:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
+    # the same commands (default cluster) handed to a daskcal serve of the environment, started once
+    server = _serving(py, work, env)
+    try:
+        for name in ("detector1", "resample"):
+            for _ in range(args.rounds):
+                row = _run(py, commands[name], work, env)
+                print(f"{name:10s} {'serve':5s} " + " ".join(f"{row[c]:7.2f}" for c in cols) + f"  {row['compiled']}",
+                      flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -205,7 +218,7 @@ def _timed_run(checkout: Path, argv: list[str], work: Path, *, server: bool = Fa
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     if server:
-        env.pop("DASKCAL_SERVER", None)
+        env = _server_env(checkout)
     proc = psutil.Popen([sys.executable, "-c", _CLIENT if server else _WRAPPER, "-v", *argv, "--no-progress"],
                         cwd=work, env=env,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -237,16 +250,20 @@ def _timed_run(checkout: Path, argv: list[str], work: Path, *, server: bool = Fa
     return row
 
 
-def _serving(checkout: Path, work: Path):
-    """``daskcal serve`` of ``checkout`` (first on ``PYTHONPATH``), once it says it is ready."""
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    env.pop("DASKCAL_SERVER", None)
-    proc = subprocess.Popen([sys.executable, "-m", "daskcal", "serve"], cwd=work, env=env, stdout=subprocess.PIPE,
+def _serving(py: Path, work: Path, env: dict):
+    """``daskcal serve`` of interpreter ``py`` in environment ``env``, once it says it is ready."""
+    proc = subprocess.Popen([str(py), "-m", "daskcal", "serve"], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if "daskcal serve: ready" in line:
             return proc
-    raise RuntimeError(f"daskcal serve of {checkout} exited with {proc.wait()}")
+    raise RuntimeError(f"daskcal serve of {py} exited with {proc.wait()}")
+
+
+def _server_env(checkout: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    env.pop("DASKCAL_SERVER", None)
+    return env
 
 
 def _small(checkouts: list[Path], rounds: int, clusters=("local",)) -> None:
@@ -263,7 +280,8 @@ def _small(checkouts: list[Path], rounds: int, clusters=("local",)) -> None:
     # arms: (checkout, cluster); a checkout is named by its path, followed by its cluster when there are several
     arms = [(c.resolve(), k) for c in checkouts for k in clusters]
     label = {arm: str(arm[0]) + (f" {arm[1]}" if len(clusters) > 1 else "") for arm in arms}
-    servers = [_serving(checkout, work) for checkout, cluster in arms if cluster == "server"]
+    servers = [_serving(Path(sys.executable), work, _server_env(checkout)) for checkout, cluster in arms
+               if cluster == "server"]
 
     def run(checkout, cluster, argv):
         if cluster == "server":  # the default --cluster, on the checkout's daskcal serve

@@ -168,6 +168,10 @@ def _log_startup() -> None:
     log = logging.getLogger("daskcal.cli")
     if not log.isEnabledFor(logging.INFO):
         return
+    serve = sys.modules.get("daskcal.cli._serve")
+    if serve is not None and serve._KEEPER is not None:
+        log.info("timing: run by daskcal serve (no start-up of its own)")
+        return
     import time
 
     import psutil  # a dependency of distributed

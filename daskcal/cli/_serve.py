@@ -60,11 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if args.stop:
         return _stop(path)
     server = Server(path)
-    with server:
-        print(f"daskcal serve: listening at {path} (Ctrl-C or 'daskcal serve --stop' to stop)", flush=True)
-        server.warm(cluster=not args.no_cluster)
-        print("daskcal serve: ready", flush=True)
-        server.loop()
+    try:
+        with server:
+            print(f"daskcal serve: listening at {path} (Ctrl-C or 'daskcal serve --stop' to stop)", flush=True)
+            server.warm(cluster=not args.no_cluster)
+            print("daskcal serve: ready", flush=True)
+            server.loop()
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP for the server: a normal way to stop it
+        pass
     print("daskcal serve: stopped", flush=True)
     return 0
 
@@ -389,7 +392,7 @@ class Server:
             if done.is_set():
                 return
             name = "SIGTERM" if message is None else message.get("signal")
-            signum = getattr(signal, str(name), None)
+            signum = getattr(signal, name, None) if name in _server.SIGNALS else None
             if signum is not None:
                 forwarded.append(name)
                 signal.pthread_kill(main_id, signum)

@@ -40,7 +40,8 @@ ENV_NAMES = ("PATH", "HOME", "TMPDIR", "TMP", "TEMP", "VIRTUAL_ENV", "LD_LIBRARY
 SWITCH = "DASKCAL_SERVER"
 _NOT_COMPARED = (SWITCH, "PYTHONDONTWRITEBYTECODE")
 _HEADER = struct.Struct(">I")
-_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+#: The signals a client passes on to its command.
+SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 def relevant_environ(environ=None) -> dict[str, str]:
@@ -176,7 +177,7 @@ def _follow(sock: socket.socket) -> int:
         with contextlib.suppress(OSError):
             send(sock, {"signal": signal.Signals(signum).name})
 
-    for name in _SIGNALS:
+    for name in SIGNALS:
         signum = getattr(signal, name, None)
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, forward)

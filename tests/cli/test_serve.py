@@ -150,12 +150,16 @@ def test_a_command_on_the_server_equals_one_in_its_own_process(env, tmp_path, se
 def test_ctrl_c_reaches_the_command_on_the_server(env, tmp_path, serving):
     work = tmp_path / "work"
     work.mkdir()
-    daskcal.save(daskcal.simulate((1, 10, 1024, 1024), seed=1, chunks=(128, 128)).ramps, work / "ramps.zarr")
+    daskcal.save(daskcal.simulate((1, 12, 2048, 1024), seed=1, chunks=(128, 128)).ramps, work / "ramps.zarr")
     server = serving("--no-cluster")
     proc = subprocess.Popen([sys.executable, "-m", "daskcal", "detector1", "ramps.zarr", "out", "--workers", "1"],
                             env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # the first progress line: the graph runs on the server
     assert "Completed" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+    # meanwhile another command runs in its own process, quietly
+    busy = _daskcal(env, work, "recipes")
+    assert busy.returncode == 0 and "detector1" in busy.stdout and busy.stderr == "", busy.stderr
+    assert proc.poll() is None, "the slow command ended before its Ctrl-C"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
