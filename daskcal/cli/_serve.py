@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     path = _server.socket_path()
     if args.stop:
         return _stop(path)
+    for stale in _server.stale_sockets(path):  # a server of this installation running files edited since
+        if _ask_to_stop(stale):
+            print(f"daskcal serve: stopping the server at {stale}: it runs other versions of daskcal's files", flush=True)
     server = Server(path)
     try:
         with server:
@@ -73,16 +76,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stop(path) -> int:
+    """Stop the servers of this installation (this version of its files, and older ones)."""
+    stopped = [p for p in [path, *_server.stale_sockets(path)] if _ask_to_stop(p)]
+    if not stopped:
+        print(f"daskcal serve: no server runs at {path}", file=sys.stderr)
+        return 1
+    for p in stopped:
+        print(f"daskcal serve: the server at {p} stops after its current command", flush=True)
+    return 0
+
+
+def _ask_to_stop(path) -> bool:
+    """Ask the server at ``path`` to stop; whether one was there to ask."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         try:
             sock.connect(str(path))
+            _server.send(sock, {"stop": True})
+            return _server.receive(sock) is not None
         except OSError:
-            print(f"daskcal serve: no server runs at {path}", file=sys.stderr)
-            return 1
-        _server.send(sock, {"stop": True})
-        _server.receive(sock)
-    print("daskcal serve: the server stops after its current command", flush=True)
-    return 0
+            return False
 
 
 def borrowed_cluster(cluster: str, **kwargs):

@@ -58,25 +58,48 @@ def socket_dir() -> Path:
 
 
 def installation_key() -> str:
-    """A digest of this installation: the Python executable, daskcal's folder and its files' modification times."""
-    package = Path(__file__).resolve().parents[1]
+    """A digest of this installation: the Python executable and daskcal's folder."""
+    text = "\0".join((sys.executable, str(Path(__file__).resolve().parents[1])))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def code_key() -> str:
+    """A digest of the modification times of daskcal's files (``.py``, ``.toml``): changes when one is edited."""
     latest = 0
-    for folder, _, files in os.walk(package):
+    for folder, _, files in os.walk(Path(__file__).resolve().parents[1]):
         for name in files:
             if name.endswith((".py", ".toml")):
                 with contextlib.suppress(OSError):
                     latest = max(latest, os.stat(os.path.join(folder, name)).st_mtime_ns)
-    text = "\0".join((sys.executable, str(package), str(latest)))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(str(latest).encode()).hexdigest()[:8]
 
 
 def socket_path() -> Path:
-    """Where this installation's server listens (see :func:`socket_dir` and :func:`installation_key`)."""
-    return socket_dir() / f"serve-{installation_key()}.sock"
+    """Where this installation's server listens (see :func:`socket_dir`, :func:`installation_key`, :func:`code_key`)."""
+    return socket_dir() / f"serve-{installation_key()}-{code_key()}.sock"
+
+
+def stale_sockets(path: Path) -> list[Path]:
+    """The sockets of servers of this installation that run other versions of its files than ``path``'s."""
+    prefix = path.name.rsplit("-", 1)[0] + "-"
+    try:
+        return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix) and p != path)
+    except OSError:
+        return []
 
 
 #: ``struct ucred`` (pid, uid, gid) of ``SO_PEERCRED``.
 _UCRED = struct.Struct("3i")
+
+
+def _listening(path: Path) -> bool:
+    """Whether a server listens at socket ``path`` (a killed one leaves its socket file)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -146,7 +169,12 @@ def run_on_server(argv: list[str]) -> int | None:
     if os.environ.get(SWITCH, "").strip().lower() in ("0", "no", "off", "false"):
         return None
     path = socket_path()
-    if not path.exists() or not _private(path.parent):
+    if not path.exists():
+        if _private(path.parent) and any(map(_listening, stale_sockets(path))):
+            print("daskcal: the running 'daskcal serve' has other versions of daskcal's files than this command: "
+                  "running in this process (restart the server to use it again)", file=sys.stderr)
+        return None
+    if not _private(path.parent):
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -139,7 +139,17 @@ def test_a_command_on_the_server_equals_one_in_its_own_process(env, tmp_path, se
     other = _daskcal(dict(env, DASK_DISTRIBUTED__ADMIN__TICK__LIMIT="5s"), work, "recipes")
     assert other.returncode == 0 and "detector1" in other.stdout
     assert "not using the server" in other.stderr and "DASK_DISTRIBUTED__ADMIN__TICK__LIMIT" in other.stderr
-    stop = _daskcal(env, work, "serve", "--stop")
+    # a server running files edited since: said, and the command runs in its own process
+    code = Path(daskcal.__file__).parent / "cli" / "_recipes.py"
+    stat = code.stat()
+    os.utime(code, ns=(stat.st_atime_ns, time.time_ns() + 10**9))  # the newest of daskcal's files
+    try:
+        edited = _daskcal(env, work, "recipes")
+        assert edited.returncode == 0 and "detector1" in edited.stdout
+        assert "has other versions of daskcal's files" in edited.stderr, edited.stderr
+        stop = _daskcal(env, work, "serve", "--stop")  # stops it all the same
+    finally:
+        os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert stop.returncode == 0, stop.stderr
     server.wait_for("daskcal serve: stopped")
     assert server.proc.wait(timeout=60) == 0
