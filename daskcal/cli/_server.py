@@ -159,7 +159,6 @@ def request(argv: list[str]) -> dict:
         "env": relevant_environ(),
         "tty": [_is_terminal(sys.stdout), _is_terminal(sys.stderr)],
         "columns": shutil.get_terminal_size().columns,
-        "pid": os.getpid(),
     }
 
 
