@@ -56,6 +56,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not _server._supported():
+        msg = "daskcal serve needs Unix sockets (Linux, macOS)"
+        raise OSError(msg)
     path = _server.socket_path()
     if args.stop:
         return _stop(path)

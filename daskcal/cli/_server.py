@@ -102,8 +102,16 @@ def _listening(path: Path) -> bool:
     return True
 
 
+def _supported() -> bool:
+    """Whether this system has Unix sockets and user ids (not Windows)."""
+    return hasattr(socket, "AF_UNIX") and hasattr(os, "getuid")
+
+
 def _peer_uid(sock: socket.socket) -> int:
-    """The user id of the process at the other end of a connected Unix socket."""
+    """The user id of the process at the other end of a connected Unix socket (Linux's ``SO_PEERCRED``;
+    elsewhere this user's: the socket's folder, closed to others, is then the only check)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return os.getuid()
     return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
 
 
@@ -165,7 +173,7 @@ def request(argv: list[str]) -> dict:
 def run_on_server(argv: list[str]) -> int | None:
     """Run ``argv`` on this installation's server and return its exit status; None if there is none
     to use (none runs, it is busy with another command, or it refused this one: then said on stderr)."""
-    if os.environ.get(SWITCH, "").strip().lower() in ("0", "no", "off", "false"):
+    if os.environ.get(SWITCH, "").strip().lower() in ("0", "no", "off", "false") or not _supported():
         return None
     path = socket_path()
     if not path.exists():
