@@ -711,11 +711,27 @@ def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks, journal=Non
     Blocks are encoded and written in this thread where the array's layout allows
     (:class:`daskcal.io._zarr_write.ChunkWriter`); the rest go through zarr-python
     (its ``__setitem__``). With ``journal`` (a :class:`daskcal.io._journal.ChunkJournal` and the
-    targets' tag), the chunk files written are then recorded there with their checksums.
+    targets' tag), the chunk files written are then recorded there with their checksums. Then the
+    files written here are handed to :func:`daskcal.io._writeback.release` (to disk and out of the
+    page cache in the background).
     """
+    from daskcal.io._writeback import release
+
+    files, written = [], []  # written: descriptors of the chunk files this task wrote, left open for release()
+    try:
+        _write_plan(plan, y0, x0, y1, x1, blocks, files, written)
+        if journal is not None:
+            journal[0].record(journal[1], y0, x0, files)
+    finally:
+        release(written)  # to disk and out of the page cache, in the background: no step of the run reads them again
+    return np.ones((1, 1), dtype=bool)
+
+
+def _write_plan(plan, y0, x0, y1, x1, blocks, files: list, written: list) -> None:
+    """:func:`_write_blocks`' writing: the journal's chunk files named into ``files``, the descriptors of the files
+    written by :class:`daskcal.io._zarr_write.ChunkWriter` (left open) into ``written``."""
     from daskcal.io._zarr_write import chunk_writer, take_block
 
-    files = []
     for target, k, index, dtype in plan:
         if not isinstance(k, int):  # a variable copied from a Zarr input: read where it is written
             lead = tuple(slice(0, n) for n in target.array.shape[:-2])
@@ -725,17 +741,13 @@ def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks, journal=Non
         start = (0,) * (block.ndim - 2) + (y0, x0)
         writer = chunk_writer(target.source)
         if writer is not None and writer.accepts(start, block):
-            writer.write(start, block)
+            written += writer.write(start, block, keep_open=True)
         else:
             target.array[..., y0:y0 + block.shape[-2], x0:x0 + block.shape[-1]] = block
-        if journal is not None:
-            from daskcal.io._journal import chunk_files
+        from daskcal.io._journal import chunk_files
 
-            folder = Path(target.source.store) / target.source.name
-            files += [str(folder / key) for key in chunk_files(target.array, start, block.shape)]
-    if journal is not None:
-        journal[0].record(journal[1], y0, x0, files)
-    return np.ones((1, 1), dtype=bool)
+        folder = Path(target.source.store) / target.source.name
+        files += [str(folder / key) for key in chunk_files(target.array, start, block.shape)]
 
 
 def _nothing() -> np.ndarray:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,8 +155,12 @@ class ChunkWriter:
         return all(s % c == 0 and s + n <= size and ((s + n) % c == 0 or s + n == size) and n > 0
                    for s, n, c, size in zip(start, shape, chunk, meta.shape, strict=True))
 
-    def write(self, start: tuple[int, ...], block: np.ndarray) -> None:
-        """Write ``block`` (its dtype must be this array's) at ``start`` (see :meth:`covers`)."""
+    def write(self, start: tuple[int, ...], block: np.ndarray, *, keep_open: bool = False) -> list:
+        """Write ``block`` (its dtype must be this array's) at ``start`` (see :meth:`covers`).
+
+        With ``keep_open``, the chunk files written are left open and their descriptors returned (for
+        :func:`daskcal.io._writeback.release`, which closes them), else closed (and ``[]`` returned).
+        """
         root, meta = self.layout.root, self.layout.meta
         if not self.accepts(start, block):
             msg = f"{root}: cannot write a {block.dtype} block of shape {block.shape} at {start}"
@@ -163,6 +168,7 @@ class ChunkWriter:
         chunk = meta.chunk_grid.chunk_shape
         spans = [range(s // c, -(-(s + n) // c)) for s, n, c in zip(start, block.shape, chunk, strict=True)]
         padded = None
+        written = []
         for coords in itertools.product(*spans):
             inner = tuple(slice(k * c - s, min((k + 1) * c - s, n))
                           for k, c, s, n in zip(coords, chunk, start, block.shape, strict=True))
@@ -182,10 +188,29 @@ class ChunkWriter:
                     raise FileNotFoundError(msg)
                 path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with open(path, "wb") as f:
-                    f.write(data)
+                fd = _write_file(path, data)
             except OSError as exc:  # name the file (a full disk says only "No space left on device")
+                for other in written:
+                    os.close(other)
                 raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+            if keep_open:
+                written.append(fd)
+            else:
+                os.close(fd)
+        return written
+
+
+def _write_file(path, data) -> int:
+    """Create or truncate ``path``, write ``data`` (a bytes-like object) whole; the descriptor, open."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def chunk_writer(source: ZarrSource) -> ChunkWriter | None:
