@@ -717,7 +717,8 @@ def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks, journal=Non
     """
     from daskcal.io._writeback import release
 
-    files, written = [], []  # written: descriptors of the chunk files this task wrote, left open for release()
+    files = None if journal is None else []
+    written = []  # descriptors of the chunk files this task wrote, left open for release()
     try:
         _write_plan(plan, y0, x0, y1, x1, blocks, files, written)
         if journal is not None:
@@ -727,9 +728,9 @@ def _write_blocks(plan, y0: int, x0: int, y1: int, x1: int, *blocks, journal=Non
     return np.ones((1, 1), dtype=bool)
 
 
-def _write_plan(plan, y0, x0, y1, x1, blocks, files: list, written: list) -> None:
-    """:func:`_write_blocks`' writing: the journal's chunk files named into ``files``, the descriptors of the files
-    written by :class:`daskcal.io._zarr_write.ChunkWriter` (left open) into ``written``."""
+def _write_plan(plan, y0, x0, y1, x1, blocks, files: list | None, written: list) -> None:
+    """:func:`_write_blocks`' writing: the chunk files named into ``files`` (for the journal; None: not named), the
+    descriptors of the files written by :class:`daskcal.io._zarr_write.ChunkWriter` (left open) into ``written``."""
     from daskcal.io._zarr_write import chunk_writer, take_block
 
     for target, k, index, dtype in plan:
@@ -744,10 +745,11 @@ def _write_plan(plan, y0, x0, y1, x1, blocks, files: list, written: list) -> Non
             written += writer.write(start, block, keep_open=True)
         else:
             target.array[..., y0:y0 + block.shape[-2], x0:x0 + block.shape[-1]] = block
-        from daskcal.io._journal import chunk_files
+        if files is not None:
+            from daskcal.io._journal import chunk_files
 
-        folder = Path(target.source.store) / target.source.name
-        files += [str(folder / key) for key in chunk_files(target.array, start, block.shape)]
+            folder = Path(target.source.store) / target.source.name
+            files += [str(folder / key) for key in chunk_files(target.array, start, block.shape)]
 
 
 def _nothing() -> np.ndarray:

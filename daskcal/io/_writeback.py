@@ -4,8 +4,10 @@ A file written is first copied into the kernel's page cache, and a cache that gr
 pages the machine has not used yet. On a virtual machine those are the dearest a process can
 touch: here (2 cores, 24 GiB) writing 8 GB of 4 MB files cost 23-24 s of system time (2.9 ms
 per MB), against 3.7-4.5 s (and 7.5-9 s of wall time with the disk's own) when each file is
-written to disk and its pages given back at once, so that the next file reuses them
-(``/tmp/wr.py`` of the thirteenth session's note). A large mosaic writes tens of GB of chunks
+written to disk and its pages given back at once, so that the next file reuses them (a loop
+of ``os.write`` with and without ``fdatasync`` + ``POSIX_FADV_DONTNEED``; the large-mosaic
+benchmark's system time went from 70-73 s to 25-27 s, ``benchmarks/results/resample-jwst.txt``).
+A large mosaic writes tens of GB of chunks
 that no step of the run reads again, and its profile had 31% of the threads' time in writing
 them. So each write task hands the chunk files it has written (and recorded, when it keeps a
 journal) to :func:`release`: a thread of the process calls ``fdatasync`` and
