@@ -86,9 +86,10 @@ def serving(env, tmp_path):
         s.stop()
 
 
-def _daskcal(env, cwd, *args, **kw):
-    return subprocess.run([sys.executable, "-m", "daskcal", *map(str, args)], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300, check=False, **kw)
+def _daskcal(env, cwd, *args, module=True, **kw):
+    """``python -m daskcal ARGS`` (``module=False``: ``python ARGS``) in ``cwd``."""
+    cmd = [sys.executable, *(["-m", "daskcal"] if module else []), *map(str, args)]
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False, **kw)
 
 
 def test_differences_names_the_variables():
@@ -140,7 +141,8 @@ def test_a_command_on_the_server_equals_one_in_its_own_process(env, tmp_path, se
     assert other.returncode == 0 and "detector1" in other.stdout
     assert "not using the server" in other.stderr and "DASK_DISTRIBUTED__ADMIN__TICK__LIMIT" in other.stderr
     # a server running files edited since: said, and the command runs in its own process
-    code = Path(daskcal.__file__).parent / "cli" / "_recipes.py"
+    where = _daskcal(env, work, "-c", "import daskcal; print(daskcal.__file__)", module=False).stdout.strip()
+    code = Path(where).parent / "cli" / "_recipes.py"  # the daskcal the commands import (CI installs a copy)
     stat = code.stat()
     os.utime(code, ns=(stat.st_atime_ns, time.time_ns() + 10**9))  # the newest of daskcal's files
     try:
@@ -160,7 +162,8 @@ def test_a_command_on_the_server_equals_one_in_its_own_process(env, tmp_path, se
 def test_ctrl_c_reaches_the_command_on_the_server(env, tmp_path, serving):
     work = tmp_path / "work"
     work.mkdir()
-    daskcal.save(daskcal.simulate((1, 12, 2048, 1024), seed=1, chunks=(128, 128)).ramps, work / "ramps.zarr")
+    # 256 chunks for one worker thread: seconds of work left after the first progress line and the busy check
+    daskcal.save(daskcal.simulate((1, 16, 2048, 2048), seed=1, chunks=(128, 128)).ramps, work / "ramps.zarr")
     server = serving("--no-cluster")
     proc = subprocess.Popen([sys.executable, "-m", "daskcal", "detector1", "ramps.zarr", "out", "--workers", "1"],
                             env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
