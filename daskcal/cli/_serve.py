@@ -372,7 +372,7 @@ class Server:
                                    name="daskcal-serve-client")
         t0 = time.perf_counter()
         code, own_signal = 1, False
-        with _command_state(message, conn, lock, self.keeper):
+        with _command_state(message, conn, lock, self.keeper), _interruptible():
             watcher.start()
             try:
                 code = main(argv)
@@ -423,6 +423,20 @@ def _differences(mine: dict, theirs: dict) -> str:
     if not names:
         return ""
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT raising KeyboardInterrupt for the block, also in a server started with it ignored (``daskcal serve &``
+    in a script): the client passes its Ctrl-C on only when its own is not ignored, and the command must obey it."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

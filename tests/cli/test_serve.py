@@ -41,7 +41,7 @@ class Serving:
     """``python -m daskcal serve`` in its own process; its stdout lines in a queue."""
 
     def __init__(self, env: dict, cwd: Path, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "daskcal", "serve", *args], env=env, cwd=cwd,
+        self.proc = subprocess.Popen(_with_sigint("SIG_IGN", "serve", *args), env=env, cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: queue.Queue = queue.Queue()
@@ -165,7 +165,9 @@ def test_ctrl_c_reaches_the_command_on_the_server(env, tmp_path, serving):
     # 256 chunks for one worker thread: seconds of work left after the first progress line and the busy check
     daskcal.save(daskcal.simulate((1, 16, 2048, 2048), seed=1, chunks=(128, 128)).ramps, work / "ramps.zarr")
     server = serving("--no-cluster")
-    proc = subprocess.Popen([sys.executable, "-m", "daskcal", "detector1", "ramps.zarr", "out", "--workers", "1"],
+    # the command as typed in a terminal (Ctrl-C not ignored, whatever this test's own disposition), the server as
+    # 'daskcal serve &' in a script starts it (Ctrl-C ignored): the command obeys its client's Ctrl-C all the same
+    proc = subprocess.Popen(_with_sigint("default_int_handler", "detector1", "ramps.zarr", "out", "--workers", "1"),
                             env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # the first progress line: the graph runs on the server
     assert "Completed" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -185,6 +187,13 @@ def test_ctrl_c_reaches_the_command_on_the_server(env, tmp_path, serving):
     done = _daskcal(env, work, "detector1", "small.zarr", "o2", "--workers", "1", "--no-progress")
     assert done.returncode == 0, done.stderr
     server.wait_for("exit 0")
+
+
+def _with_sigint(handler: str, *args: str) -> list[str]:
+    """``python -m daskcal ARGS`` with SIGINT's handler ``signal.<handler>`` (whatever this process's is)."""
+    code = (f"import runpy, signal; signal.signal(signal.SIGINT, signal.{handler}); "
+            "runpy.run_module('daskcal', run_name='__main__')")
+    return [sys.executable, "-c", code, *args]
 
 
 def _server_sockets(env) -> list:
