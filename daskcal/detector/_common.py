@@ -185,8 +185,11 @@ def check_reference_values(ramps: xr.Dataset, names: tuple[str, ...]) -> None:
         rn = as_dask(ramps["readnoise"])
         counts["readnoise"] = (~(da.isfinite(rn) & (rn >= 0))).sum()
     # read here, in this process's threads, whatever the scheduler: two 2-D planes (0.04-0.05 s for 2048^2 at 256 x 512
-    # chunks), while a distributed cluster's ~300 small tasks took 0.5 s before the run's graph could be sent
-    found = dask.compute(*counts.values(), scheduler="threads")
+    # chunks), while a distributed cluster's ~300 small tasks took 0.5 s before the run's graph could be sent. The
+    # threaded scheduler's function, not its name: dask < 2024.12 warns when a name is given while a client is active
+    import dask.threaded
+
+    found = dask.compute(*counts.values(), scheduler=dask.threaded.get)
     bad = dict(zip(counts, (int(n) for n in found), strict=True))
     if "gain" in bad:
         if bad["gain"] == ramps["gain"].size:
