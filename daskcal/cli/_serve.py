@@ -252,14 +252,10 @@ class Server:
             msg = f"the socket path {str(self.path)!r} is too long for a Unix socket; set XDG_RUNTIME_DIR to a short folder"
             raise ValueError(msg)
         if self.path.exists():
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.connect(str(self.path))
-                except OSError:
-                    os.unlink(self.path)  # left by a server of this installation that was killed
-                else:
-                    msg = f"a daskcal server already runs at {self.path}"
-                    raise FileExistsError(msg)
+            if _server._listening(self.path):
+                msg = f"a daskcal server already runs at {self.path}"
+                raise FileExistsError(msg)
+            os.unlink(self.path)  # left by a server of this installation that was killed
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(self.path))
         os.chmod(self.path, 0o600)
