@@ -105,3 +105,14 @@ class TreeSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
+
+
+def serving(py, cwd, env: dict) -> subprocess.Popen:
+    """``daskcal serve`` of interpreter ``py`` in ``env`` (without ``DASKCAL_SERVER``), once it says it is ready."""
+    env = {k: v for k, v in env.items() if k != "DASKCAL_SERVER"}
+    proc = subprocess.Popen([str(py), "-m", "daskcal", "serve"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "daskcal serve: ready" in line:
+            return proc
+    raise RuntimeError(f"daskcal serve of {py} exited with {proc.wait()}")

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _proc import report
+from _proc import report, serving
 
 
 def run(*args) -> tuple[float, str]:
@@ -44,18 +44,6 @@ def run(*args) -> tuple[float, str]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return time.monotonic() - t0, proc.stdout
-
-
-def serving(cwd: Path) -> subprocess.Popen:
-    """``daskcal serve`` (``--server``), once it is ready: the ``python -m daskcal`` commands then run there
-    (the CPU seconds :func:`run` reports are then only the commands' own, not the server's)."""
-    os.environ.pop("DASKCAL_SERVER", None)
-    proc = subprocess.Popen([sys.executable, "-m", "daskcal", "serve"], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if "daskcal serve: ready" in line:
-            return proc
-    raise RuntimeError(f"daskcal serve exited with {proc.wait()}")
 
 
 #: CPU seconds of each :func:`run`, in order (on a loaded machine steadier than wall times).
@@ -133,8 +121,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "daskcal", "simulate-images", "-n", str(args.n + 2), "--shape",
                         *map(str, args.shape), str(sim)], check=True, capture_output=True)
         paths = sorted(str(p) for p in sim.glob("*.zarr"))
-        if args.server:
-            server = serving(root)
+        if args.server:  # the python -m daskcal commands then run there (run()'s CPU seconds: theirs only)
+            os.environ.pop("DASKCAL_SERVER", None)
+            server = serving(sys.executable, root, os.environ)
         grid = root / "grid.asdf"
         asdf.AsdfFile({"wcs": daskcal.output_wcs(daskcal.open_images(paths))}).write_to(grid)
         common = ["--output-wcs", grid, "--workers", args.workers, "--no-progress", "--cluster", args.cluster]

@@ -52,6 +52,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _proc import serving
+
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {
     "start": r"timing: started in ([\d.]+) s",
@@ -154,7 +156,7 @@ def main() -> None:
         for proc in procs:
             proc.wait(timeout=30)
     # the same commands (default cluster) handed to a daskcal serve of the environment, started once
-    server = _serving(py, work, env)
+    server = serving(py, work, env)
     try:
         for name in ("detector1", "resample"):
             for _ in range(args.rounds):
@@ -206,7 +208,7 @@ _STAMPS = {
 def _timed_run(checkout: Path, argv: list[str], work: Path, *, server: bool = False) -> dict:
     """One ``daskcal -v ARGV --no-progress`` from ``checkout``: phases since exec, CPU times, load.
     ``server``: as the ``daskcal`` command runs it (handed to the checkout's ``daskcal serve``, see
-    :func:`_serving`; its log lines then carry no time stamps: only exit, compute, outside and cpu)."""
+    :func:`_proc.serving`; its log lines then carry no time stamps: only exit, compute, outside and cpu)."""
     import resource
 
     import psutil
@@ -250,16 +252,6 @@ def _timed_run(checkout: Path, argv: list[str], work: Path, *, server: bool = Fa
     return row
 
 
-def _serving(py: Path, work: Path, env: dict):
-    """``daskcal serve`` of interpreter ``py`` in environment ``env``, once it says it is ready."""
-    proc = subprocess.Popen([str(py), "-m", "daskcal", "serve"], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if "daskcal serve: ready" in line:
-            return proc
-    raise RuntimeError(f"daskcal serve of {py} exited with {proc.wait()}")
-
-
 def _server_env(checkout: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     env.pop("DASKCAL_SERVER", None)
@@ -280,7 +272,7 @@ def _small(checkouts: list[Path], rounds: int, clusters=("local",)) -> None:
     # arms: (checkout, cluster); a checkout is named by its path, followed by its cluster when there are several
     arms = [(c.resolve(), k) for c in checkouts for k in clusters]
     label = {arm: str(arm[0]) + (f" {arm[1]}" if len(clusters) > 1 else "") for arm in arms}
-    servers = [_serving(Path(sys.executable), work, _server_env(checkout)) for checkout, cluster in arms
+    servers = [serving(Path(sys.executable), work, _server_env(checkout)) for checkout, cluster in arms
                if cluster == "server"]
 
     def run(checkout, cluster, argv):
