@@ -38,6 +38,7 @@ from daskcal.image import _driz, _grid
 from daskcal.image._checks import warn_no_overlap, warn_unusable_inputs
 from daskcal.image._dataset import VARIANCE_NAMES, get_wcs, keeps_parsed_wcs, wcs_to_text
 from daskcal.image._grid import _bbox, check_output_size, pixel_scale_of, resolve_output_wcs
+from daskcal.image._pixmap import compile_pixel_map
 
 __all__ = ["resample", "ResampleParams", "ResampleOutputParams", "KERNELS", "WEIGHT_TYPES"]
 
@@ -392,12 +393,19 @@ class _TileInput:
     of searching it for dask objects; ``chunks`` names per array the origins of the
     chunks that hold the region, in the order the task receives them; ``sources``
     the arrays the task reads itself from Zarr (name -> ZarrSource).
+
+    ``mapping`` is how the task gets its region's pixel map: the compiled program of the input and output
+    WCSs (:class:`~daskcal.image._pixmap.PixelMapProgram`, a few KB), None where the coarse grid (a
+    dependency) gives it, or the input's WCS as ASDF text where only gwcs can map it (the task then also
+    takes the output's). A task that parsed each WCS itself spent ~0.1 s per input and worker on asdf and
+    astropy.modeling, on the critical path of a fresh cluster's first run; and every task carried two
+    WCS texts of ~0.1-0.3 MB to the scheduler and the worker.
     """
 
-    __slots__ = ("wcs_text", "part", "chunks", "sources", "coarse", "level", "exptime", "tmeasure", "ctx_index")
+    __slots__ = ("mapping", "part", "chunks", "sources", "coarse", "level", "exptime", "tmeasure", "ctx_index")
 
-    def __init__(self, wcs_text, part, chunks, sources, coarse, level, exptime, tmeasure, ctx_index):
-        self.wcs_text, self.part, self.chunks, self.sources, self.coarse = wcs_text, part, chunks, sources, coarse
+    def __init__(self, mapping, part, chunks, sources, coarse, level, exptime, tmeasure, ctx_index):
+        self.mapping, self.part, self.chunks, self.sources, self.coarse = mapping, part, chunks, sources, coarse
         self.level, self.exptime, self.tmeasure, self.ctx_index = level, exptime, tmeasure, ctx_index
 
 
@@ -424,8 +432,11 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
     for name, source in spec_in.sources.items():
         block = source.read(region, next(dep)) if isinstance(source, FlaggedDQ) else source.read(region)
         arrays[name] = [(block, (cy0, cx0))]
-    pieces = _input_pieces(arrays, wcs_from_text(spec_in.wcs_text), wcs_from_text(wcs_text_out), spec_in, coarse,
-                           spec, tile)
+    if isinstance(spec_in.mapping, str):  # only gwcs maps this input
+        mapping = (wcs_from_text(spec_in.mapping), wcs_from_text(wcs_text_out))
+    else:
+        mapping = spec_in.mapping
+    pieces = _input_pieces(arrays, mapping, spec_in, coarse, spec, tile)
     del arrays
     if not pieces:
         return prev
@@ -470,12 +481,18 @@ def _finalize_task(sums, tile, nplanes, spec: _driz.DrizzleSpec) -> dict:
     return planes
 
 
-def _input_pieces(arrays, wcs_in, wcs_out, spec_in: _TileInput, coarse, spec: _driz.DrizzleSpec, tile) -> list:
+def _input_pieces(arrays, mapping, spec_in: _TileInput, coarse, spec: _driz.DrizzleSpec, tile) -> list:
     """One input's part of a tile: its region's pixel map and weights once, then each block drizzled into its
-    window and cut to the tile (see :mod:`daskcal.image._driz`)."""
+    window and cut to the tile (see :mod:`daskcal.image._driz`). ``mapping``: the compiled pixel map, the
+    (input, output) WCS pair, or None with ``coarse``."""
     part = spec_in.part
     cy0, cy1, cx0, cx1 = part.cut
-    pixmap = _driz.compute_pixmap(wcs_in, wcs_out, cy0, cy1, cx0, cx1, coarse=coarse, order=spec.pixmap_order)
+    if coarse is not None:
+        pixmap = _driz.compute_pixmap(None, None, cy0, cy1, cx0, cx1, coarse=coarse, order=spec.pixmap_order)
+    elif isinstance(mapping, tuple):
+        pixmap = _driz.compute_pixmap(*mapping, cy0, cy1, cx0, cx1, order=spec.pixmap_order)
+    else:
+        pixmap = mapping.grid(cy0, cy1, cx0, cx1)
     arrays = {k: np.ascontiguousarray(_assemble(v, part.cut)) for k, v in arrays.items()}
     data = arrays["data"].astype(np.float32, copy=False)
     if spec_in.level:
@@ -863,6 +880,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
 
     # what each leaf task takes of each input: the chunks that hold its region, and constants
     entries: dict = {}  # tile index -> [(input index, _TileInput arguments, its chunks and coarse grid)]
+    gwcs_text_out = None
     all_chunked, all_sources = [], []
     for inp in inps:
         names = ["data", "dq"]
@@ -896,12 +914,17 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                     chunked[n] = _Chunked.of(_split_chunks(arr, side))
         all_chunked += chunked.values()
         all_sources += sources.values()
-        text_in = inp.ds.attrs["wcs_asdf"]
         coarse = _coarse_grid(inp.wcs, wcs_out, inp, p.pixmap_stepsize, p.pixmap_order)
         coarse_d = [dask.delayed(coarse)] if coarse is not None else []
+        # the tasks' pixel maps: the coarse grid, else the program compiled here once (the planning above used
+        # it), else (a model it does not know) gwcs in the tasks, from the WCS texts
+        mapping = None if coarse is not None else compile_pixel_map(inp.wcs, wcs_out)
+        if coarse is None and mapping is None:
+            mapping = inp.ds.attrs["wcs_asdf"]
+            gwcs_text_out = text_out  # the tasks that map with gwcs need the output's WCS too
         for t, part in parts[inp.index].items():
             regions = {n: c.region(part.cut) for n, c in chunked.items()}
-            args = (text_in, part, {n: [o for _, o in r] for n, r in regions.items()}, sources, bool(coarse_d), inp.level,
+            args = (mapping, part, {n: [o for _, o in r] for n, r in regions.items()}, sources, bool(coarse_d), inp.level,
                     float(inp.ds.attrs["exposure_time"]), inp.tmeasure)
             deps = [d for r in regions.values() for d, _ in r] + coarse_d + flags
             entries.setdefault(t, []).append((inp.index, args, deps))
@@ -955,7 +978,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                         # also gives the tile's planes when it is the tile's only chain
                         whole = nchains == 1
                         with dask.annotate(priority=base + (2 * len(mine) + 2 if whole else c + len(seg))):
-                            sums = dask.delayed(_chain_task)(ins, [deps for _, _, deps in seg], text_out, tile,
+                            sums = dask.delayed(_chain_task)(ins, [deps for _, _, deps in seg], gwcs_text_out, tile,
                                                              nplanes, spec, sums, finalize=whole,
                                                              dask_key_name=f"{key}-tile" if whole else
                                                              f"{key}-chain-{seg[0][0]}")
@@ -965,7 +988,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                     else:
                         for step, ((k, _, deps), inp_t) in enumerate(zip(seg, ins, strict=True)):
                             with dask.annotate(priority=base + c + step + 1):
-                                sums = dask.delayed(_leaf_task)(inp_t, deps, text_out, tile, nplanes, spec, sums,
+                                sums = dask.delayed(_leaf_task)(inp_t, deps, gwcs_text_out, tile, nplanes, spec, sums,
                                                                 dask_key_name=f"{key}-leaf-{k}")
                     level.append(sums)
                 if fin is None:

@@ -361,3 +361,38 @@ def test_input_rows_that_miss_the_output_grid_blot_to_zero_as_in_one_block():
     for a, b in zip(*flags):
         np.testing.assert_array_equal(a, b)
     assert (flags[0][0] & DQ.OUTLIER).any()
+
+
+def test_blocks_map_pixels_with_the_program_compiled_once(scheduler, monkeypatch):
+    """The blocks' pixel-map tasks take the program compiled when the graph is built, not the two WCS texts:
+    no task parses a WCS. Where the compiler does not know a model (made to refuse here), they map with gwcs
+    from the texts, with the input's bounding box, and the flags are the same."""
+    from daskcal.image import _dataset, _outliers
+
+    sim = simulate_images(3, (64, 70), seed=9, cosmic_rays=15)
+    real = _dataset.wcs_from_text
+    in_tasks: list = []
+
+    def parse(text):
+        in_tasks.append(text)
+        return real(text)
+
+    def run():
+        res = flag_outliers(sim.images, tile_shape=(40, 31), block_rows=20)
+        in_tasks.clear()
+        monkeypatch.setattr(_dataset, "wcs_from_text", parse)
+        with scheduler():
+            median, dqs = dask.compute(res.median, [im["dq"] for im in res.images])
+        monkeypatch.setattr(_dataset, "wcs_from_text", real)
+        res.cleanup()
+        return median.values, [d.values for d in dqs], len(in_tasks)
+
+    median, dqs, parsed = run()
+    assert parsed == 0
+    assert any((d & OUTLIER).any() for d in dqs)
+    monkeypatch.setattr(_outliers, "compile_pixel_map", lambda wcs_in, wcs_out: None)
+    median_g, dqs_g, parsed_g = run()
+    assert parsed_g > 0
+    np.testing.assert_allclose(median, median_g, rtol=1e-6, atol=1e-6 * np.nanmax(np.abs(median_g)))
+    for a, b in zip(dqs, dqs_g):
+        np.testing.assert_array_equal(a, b)
