@@ -960,8 +960,10 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                 written.add((iy, ix))
                 key = f"resample-{token}-{gpos}-{t}"
                 # priorities (distributed): a tile's later steps before other tiles' first ones, tiles in order,
-                # so tiles are finished one after another instead of every tile's first partial sums held at once
-                base = -(len(tiles) * gpos + t) * 4 * (len(mine) + 2)
+                # so tiles are finished one after another instead of every tile's first partial sums held at once;
+                # one stride for every tile (a tile's steps span less than 4 * (its inputs + 2)): strides of each
+                # tile's own inputs had put tiles reached by few inputs before earlier tiles reached by many
+                base = -(len(tiles) * gpos + t) * 4 * (len(inps) + 2)
                 level, fin = [], None
                 nchains = min(-(-len(mine) // CHAIN), chains_per_tile)
                 length = -(-len(mine) // nchains)

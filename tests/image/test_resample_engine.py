@@ -3,6 +3,8 @@ the tree of pairwise merges per tile, and keyword-only public arguments."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -260,14 +262,15 @@ class _Priorities:
             self.seen[str(key)] = ts.priority
 
 
-def test_tiles_priorities_reach_the_distributed_scheduler(sim, tmp_path):
+def test_tiles_priorities_reach_the_distributed_scheduler(tmp_path):
     """save() on a client keeps resample's priority annotations (array optimisation's low-level fusion
     drops them): a tile's later steps rank above its first ones, and earlier tiles above later ones."""
     distributed = pytest.importorskip("distributed")
     from distributed.diagnostics.plugin import SchedulerPlugin
 
     rec = type("Rec", (_Priorities, SchedulerPlugin), {})()
-    mosaic = daskcal.resample(sim.images, pixel_scale_ratio=0.5, tile_shape=(32, 32))
+    wide = daskcal.simulate_images(n=3, shape=(60, 60), seed=11, dither=25.0)  # tiles reached by 1, 2 or 3 inputs
+    mosaic = daskcal.resample(wide.images, pixel_scale_ratio=0.5, tile_shape=(32, 32))
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c, \
             distributed.Client(c) as client:
         client.register_plugin(rec)
@@ -287,6 +290,17 @@ def test_tiles_priorities_reach_the_distributed_scheduler(sim, tmp_path):
     for t in tiles:  # within a chain: the later inputs first
         chain = [p for k, p in sorted(user.items(), key=lambda kv: int(kv[0].rsplit("-", 1)[1])) if tile_of(k) == t]
         assert chain == sorted(chain), (t, chain)
+    # every step of a tile (its leaves, merges and planes) above every step of the tiles after it, however many
+    # inputs reach each (a tile reached by fewer inputs had ranked above earlier tiles reached by more)
+    steps = {k: -p[0] for k, p in seen.items() if re.search(r"^resample-\w+-\d+-\d+-(leaf|merge|chain|tile)", k)}
+    tile_steps: dict = {}
+    for k, p in steps.items():
+        tile_steps.setdefault(int(k.split("-")[3]), []).append(p)
+    order = sorted(tile_steps)
+    counts = {t: sum(1 for k in steps if int(k.split("-")[3]) == t and "-leaf-" in k) for t in order}
+    assert len(set(counts.values())) > 1, counts  # tiles reached by different numbers of inputs
+    assert all(min(tile_steps[a]) > max(tile_steps[b]) for a, b in zip(order, order[1:])), \
+        {t: (min(v), max(v), counts[t]) for t, v in tile_steps.items()}
     xr.testing.assert_identical(xr.open_zarr(tmp_path / "m.zarr").load(), mosaic.load())
 
 
