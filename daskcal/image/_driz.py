@@ -3,7 +3,8 @@
 - :class:`DrizzleSpec`: the parameters, typed, from the public functions to the kernels;
   :data:`KERNELS`, :data:`WEIGHT_TYPES`: the one list of each.
 - :func:`compute_pixmap` / :func:`pixel_to_pixel`: the pixel map (the WCS pair compiled by
-  :mod:`daskcal.image._pixmap`, gwcs for models it does not know).
+  :mod:`daskcal.image._pixmap`, gwcs for models it does not know); :func:`pixmap_source` is what a
+  task takes to compute it (:func:`pixmap_from_source`) without parsing a WCS.
 - :func:`weight_map`: the reference's per-pixel drizzle weight.
 - :func:`drizzle_block` drizzles one block of one input into an output *window*
   that holds the block's whole footprint: one GIL-free pass for square and point
@@ -37,6 +38,8 @@ __all__ = [
     "cut_pieces",
     "drizzle_block",
     "pixel_to_pixel",
+    "pixmap_from_source",
+    "pixmap_source",
     "weight_map",
 ]
 
@@ -205,6 +208,33 @@ def compute_pixmap(wcs_in, wcs_out, y0, y1, x0, x1, coarse=None, order=1):
         yy, xx = np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
         pixmap[..., 0], pixmap[..., 1] = fx(yy, xx), fy(yy, xx)
     return pixmap
+
+
+def pixmap_source(wcs_in, wcs_out, text_in: str, text_out: str):
+    """What a task takes to compute pixel maps of ``wcs_in`` -> ``wcs_out`` (:func:`pixmap_from_source`).
+
+    The pair compiled into one program (:class:`~daskcal.image._pixmap.PixelMapProgram`, picklable, a few
+    KB), else (a model the compiler does not know) the two WCSs as ASDF text, ``(text_in, text_out)``, for
+    gwcs in the task. Tasks that parsed the WCSs themselves spent, in each worker, ~0.7 s on asdf's and
+    astropy.modeling's first use and then ~20-30 ms per WCS, on the critical path of a fresh cluster's
+    first run, and each carried both texts (12 KB each for a JWST-like gwcs).
+    """
+    from daskcal.image._pixmap import compile_pixel_map
+
+    program = compile_pixel_map(wcs_in, wcs_out)
+    return program if program is not None else (text_in, text_out)
+
+
+def pixmap_from_source(source, y0, y1, x0, x1, coarse=None, order=1):
+    """:func:`compute_pixmap` of input rows y0:y1, columns x0:x1 from a :func:`pixmap_source` (None, or
+    ignored, with ``coarse``)."""
+    if coarse is not None:
+        return compute_pixmap(None, None, y0, y1, x0, x1, coarse=coarse, order=order)
+    if isinstance(source, tuple):  # only gwcs maps this pair
+        from daskcal.image._dataset import wcs_from_text
+
+        return compute_pixmap(wcs_from_text(source[0]), wcs_from_text(source[1]), y0, y1, x0, x1)
+    return source.grid(y0, y1, x0, x1)
 
 
 def _new_drizzle(kernel, shape, ctx):

@@ -52,12 +52,6 @@ def assemble(x):
     return x
 
 
-def _wcs(text):
-    from daskcal.image._dataset import wcs_from_text
-
-    return wcs_from_text(text)
-
-
 def pixel_map(in_wcs, out_wcs, shape, rows=None, cols=None):
     """Output-grid pixel coordinates (x, y) of input pixel centres, shape ``(ny, nx, 2)``.
 
@@ -133,21 +127,17 @@ def row_blocks(ny, rows, halo=BLOCK_HALO):
     return [(a, b, max(a - halo, 0), min(b + halo, ny)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def block_pixel_map(program, texts, bbox, shape, cut_rows):
+def block_pixel_map(source, bbox, shape, cut_rows):
     """Pixel map (output x, y; float64) of input rows ``cut_rows`` = ``(c0, c1)``, all columns.
 
-    The one pixel map of a block: its drizzle and its blot both use it. ``program``: the input and output
-    WCSs compiled into one program (:func:`daskcal.image._pixmap.compile_pixel_map`, by the graph's
-    builder), or None, and then ``texts``, the two WCSs as ASDF text, are mapped with gwcs. ``bbox``:
-    the input's bounding box ``((x0, x1), (y0, y1))`` (NaN outside it), or None.
+    The one pixel map of a block: its drizzle and its blot both use it. ``source``: the input and output
+    WCSs as :func:`daskcal.image._driz.pixmap_source` gives them (by the graph's builder). ``bbox``: the
+    input's bounding box ``((x0, x1), (y0, y1))`` (NaN outside it), or None.
     """
-    from daskcal.image._driz import compute_pixmap
+    from daskcal.image._driz import pixmap_from_source
 
     c0, c1 = cut_rows
-    if program is not None:  # written in place by the compiled program (no coordinate grids, no copy)
-        pm = program.grid(c0, c1, 0, shape[1])
-    else:
-        pm = compute_pixmap(_wcs(texts[0]), _wcs(texts[1]), c0, c1, 0, shape[1])
+    pm = pixmap_from_source(source, c0, c1, 0, shape[1])
     if bbox is not None:
         (x0, x1), (y0, y1) = bbox
         rows, cols = np.arange(c0, c1), np.arange(shape[1])

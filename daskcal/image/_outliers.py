@@ -31,9 +31,8 @@ import xarray as xr
 from daskcal._params import param
 from daskcal.image import _outlier_blocks as blocks
 from daskcal.image._dataset import keeps_parsed_wcs
-from daskcal.image._driz import KERNELS, WEIGHT_TYPES
+from daskcal.image._driz import KERNELS, WEIGHT_TYPES, pixmap_source
 from daskcal.image._grid import _bbox
-from daskcal.image._pixmap import compile_pixel_map
 from daskcal.io._zarr_read import SPARSE_ATTR, ArrayNotes, read_task
 
 log = logging.getLogger(__name__)
@@ -669,10 +668,7 @@ def _plan_input(graph, k, ds, in_wcs, out_wcs, out_text, out_shape, margin, para
     arrays = {name: _Chunks(ds[name].data, graph=graph) for name in ("data", "dq", vname) if name in ds}
     data, dq, var = arrays["data"], arrays["dq"], arrays.get(vname)
     plans = []
-    # the blocks' pixel maps: the WCS pair compiled here once (the tasks need no WCS: a worker's first parse took
-    # ~0.7 s, each next one ~20-30 ms, and every pixel-map task carried both texts), else gwcs from the texts
-    program = compile_pixel_map(in_wcs, out_wcs)
-    texts = None if program is not None else (text_in, out_text)
+    source = pixmap_source(in_wcs, out_wcs, text_in, out_text)  # the blocks' pixel maps, without parsing a WCS
     bbox = _bbox(in_wcs, shape) if in_wcs.bounding_box is not None else None
     cuts = blocks.row_blocks(shape[0], params.block_rows)
     windows = blocks.block_windows(in_wcs, out_wcs, shape, out_shape, margin, [(r0, r1) for r0, r1, _, _ in cuts])
@@ -682,7 +678,7 @@ def _plan_input(graph, k, ds, in_wcs, out_wcs, out_text, out_shape, margin, para
             # computed inside the tasks that use it (its drizzle, then its blot: 26 ms for 514 x 2048 px), not
             # held from the drizzle until the blot (after the median of every exposure): 16 bytes per input
             # pixel, ~400 MB per worker on 32 exposures of 2048^2
-            b.pixmap = (blocks.block_pixel_map, program, texts, bbox, shape, (c0, c1))
+            b.pixmap = (blocks.block_pixel_map, source, bbox, shape, (c0, c1))
             b.key = f"{k}-{r0}"
             b.drizzled = (  # a task, put in the graph by the group's merge (see _flag_resampled)
                 blocks.drizzle_block,

@@ -38,7 +38,6 @@ from daskcal.image import _driz, _grid
 from daskcal.image._checks import warn_no_overlap, warn_unusable_inputs
 from daskcal.image._dataset import VARIANCE_NAMES, get_wcs, keeps_parsed_wcs, wcs_to_text
 from daskcal.image._grid import _bbox, check_output_size, pixel_scale_of, resolve_output_wcs
-from daskcal.image._pixmap import compile_pixel_map
 
 __all__ = ["resample", "ResampleParams", "ResampleOutputParams", "KERNELS", "WEIGHT_TYPES"]
 
@@ -394,12 +393,8 @@ class _TileInput:
     chunks that hold the region, in the order the task receives them; ``sources``
     the arrays the task reads itself from Zarr (name -> ZarrSource).
 
-    ``mapping`` is how the task gets its region's pixel map: the compiled program of the input and output
-    WCSs (:class:`~daskcal.image._pixmap.PixelMapProgram`, a few KB), None where the coarse grid (a
-    dependency) gives it, or the input's WCS as ASDF text where only gwcs can map it (the task then also
-    takes the output's). Tasks that parsed the WCSs themselves spent, in each worker, ~0.7 s on asdf's and
-    astropy.modeling's first use and then ~20-30 ms per WCS, on the critical path of a fresh cluster's first
-    run; and every task carried two WCS texts (12 KB each for a JWST-like gwcs) to the scheduler and the worker.
+    ``mapping`` is how the task gets its region's pixel map: a :func:`~daskcal.image._driz.pixmap_source`
+    (no WCS to parse), or None where the coarse grid (a dependency) gives it.
     """
 
     __slots__ = ("mapping", "part", "chunks", "sources", "coarse", "level", "exptime", "tmeasure", "ctx_index")
@@ -409,7 +404,7 @@ class _TileInput:
         self.level, self.exptime, self.tmeasure, self.ctx_index = level, exptime, tmeasure, ctx_index
 
 
-def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _driz.DrizzleSpec, prev=None):
+def _leaf_task(spec_in: _TileInput, deps, tile, nplanes, spec: _driz.DrizzleSpec, prev=None):
     """Dask task: ``prev`` (the partial sums of the inputs before this one in its chain, or None) plus one
     input's part of one output tile.
 
@@ -420,8 +415,6 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
     are drizzled into their windows and their parts in the tile added to ``prev`` in place (the
     sums cover the whole tile; ``prev`` has this task as its one dependent).
     """
-    from daskcal.image._dataset import wcs_from_text
-
     from daskcal.image._outliers import FlaggedDQ
 
     dep = iter(deps)
@@ -432,11 +425,7 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
     for name, source in spec_in.sources.items():
         block = source.read(region, next(dep)) if isinstance(source, FlaggedDQ) else source.read(region)
         arrays[name] = [(block, (cy0, cx0))]
-    if isinstance(spec_in.mapping, str):  # only gwcs maps this input
-        mapping = (wcs_from_text(spec_in.mapping), wcs_from_text(wcs_text_out))
-    else:
-        mapping = spec_in.mapping
-    pieces = _input_pieces(arrays, mapping, spec_in, coarse, spec, tile)
+    pieces = _input_pieces(arrays, spec_in, coarse, spec, tile)
     del arrays
     if not pieces:
         return prev
@@ -445,7 +434,7 @@ def _leaf_task(spec_in: _TileInput, deps, wcs_text_out, tile, nplanes, spec: _dr
     return prev.plus(pieces, spec_in.ctx_index, spec_in.tmeasure)
 
 
-def _chain_task(spec_ins, deps, wcs_text_out, tile, nplanes, spec: _driz.DrizzleSpec, prev=None, finalize=False):
+def _chain_task(spec_ins, deps, tile, nplanes, spec: _driz.DrizzleSpec, prev=None, finalize=False):
     """Dask task: :func:`_leaf_task` of several inputs one after the other (one chain), for inputs that read
     their regions themselves (from Zarr), so the task holds one input's region at a time whatever its length.
 
@@ -463,7 +452,7 @@ def _chain_task(spec_ins, deps, wcs_text_out, tile, nplanes, spec: _driz.Drizzle
 
     sums = prev.read() if isinstance(prev, StoredSums) else prev
     for spec_in, d in zip(spec_ins, deps, strict=True):
-        sums = _leaf_task(spec_in, d, wcs_text_out, tile, nplanes, spec, sums)
+        sums = _leaf_task(spec_in, d, tile, nplanes, spec, sums)
     return _finalize_task(sums, tile, nplanes, spec) if finalize else sums
 
 
@@ -481,18 +470,12 @@ def _finalize_task(sums, tile, nplanes, spec: _driz.DrizzleSpec) -> dict:
     return planes
 
 
-def _input_pieces(arrays, mapping, spec_in: _TileInput, coarse, spec: _driz.DrizzleSpec, tile) -> list:
+def _input_pieces(arrays, spec_in: _TileInput, coarse, spec: _driz.DrizzleSpec, tile) -> list:
     """One input's part of a tile: its region's pixel map and weights once, then each block drizzled into its
-    window and cut to the tile (see :mod:`daskcal.image._driz`). ``mapping``: the compiled pixel map, the
-    (input, output) WCS pair, or None with ``coarse``."""
+    window and cut to the tile (see :mod:`daskcal.image._driz`)."""
     part = spec_in.part
     cy0, cy1, cx0, cx1 = part.cut
-    if coarse is not None:
-        pixmap = _driz.compute_pixmap(None, None, cy0, cy1, cx0, cx1, coarse=coarse, order=spec.pixmap_order)
-    elif isinstance(mapping, tuple):
-        pixmap = _driz.compute_pixmap(*mapping, cy0, cy1, cx0, cx1, order=spec.pixmap_order)
-    else:
-        pixmap = mapping.grid(cy0, cy1, cx0, cx1)
+    pixmap = _driz.pixmap_from_source(spec_in.mapping, cy0, cy1, cx0, cx1, coarse=coarse, order=spec.pixmap_order)
     arrays = {k: np.ascontiguousarray(_assemble(v, part.cut)) for k, v in arrays.items()}
     data = arrays["data"].astype(np.float32, copy=False)
     if spec_in.level:
@@ -880,7 +863,6 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
 
     # what each leaf task takes of each input: the chunks that hold its region, and constants
     entries: dict = {}  # tile index -> [(input index, _TileInput arguments, its chunks and coarse grid)]
-    gwcs_text_out = None
     all_chunked, all_sources = [], []
     for inp in inps:
         names = ["data", "dq"]
@@ -916,12 +898,9 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
         all_sources += sources.values()
         coarse = _coarse_grid(inp.wcs, wcs_out, inp, p.pixmap_stepsize, p.pixmap_order)
         coarse_d = [dask.delayed(coarse)] if coarse is not None else []
-        # the tasks' pixel maps: the coarse grid, else the program compiled here once (the planning above used
-        # it), else (a model it does not know) gwcs in the tasks, from the WCS texts
-        mapping = None if coarse is not None else compile_pixel_map(inp.wcs, wcs_out)
-        if coarse is None and mapping is None:
-            mapping = inp.ds.attrs["wcs_asdf"]
-            gwcs_text_out = text_out  # the tasks that map with gwcs need the output's WCS too
+        # the tasks' pixel maps: the coarse grid, else the program the planning above compiled (or the WCS texts)
+        mapping = None if coarse is not None else _driz.pixmap_source(inp.wcs, wcs_out, inp.ds.attrs["wcs_asdf"],
+                                                                       text_out)
         for t, part in parts[inp.index].items():
             regions = {n: c.region(part.cut) for n, c in chunked.items()}
             args = (mapping, part, {n: [o for _, o in r] for n, r in regions.items()}, sources, bool(coarse_d), inp.level,
@@ -980,7 +959,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                         # also gives the tile's planes when it is the tile's only chain
                         whole = nchains == 1
                         with dask.annotate(priority=base + (2 * len(mine) + 2 if whole else c + len(seg))):
-                            sums = dask.delayed(_chain_task)(ins, [deps for _, _, deps in seg], gwcs_text_out, tile,
+                            sums = dask.delayed(_chain_task)(ins, [deps for _, _, deps in seg], tile,
                                                              nplanes, spec, sums, finalize=whole,
                                                              dask_key_name=f"{key}-tile" if whole else
                                                              f"{key}-chain-{seg[0][0]}")
@@ -990,7 +969,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
                     else:
                         for step, ((k, _, deps), inp_t) in enumerate(zip(seg, ins, strict=True)):
                             with dask.annotate(priority=base + c + step + 1):
-                                sums = dask.delayed(_leaf_task)(inp_t, deps, gwcs_text_out, tile, nplanes, spec, sums,
+                                sums = dask.delayed(_leaf_task)(inp_t, deps, tile, nplanes, spec, sums,
                                                                 dask_key_name=f"{key}-leaf-{k}")
                     level.append(sums)
                 if fin is None:

@@ -139,7 +139,7 @@ def test_compiled_pixel_map_equals_gwcs(sim6, sim6_wcs, caplog):
     import gwcs
     from astropy.modeling import models
 
-    from daskcal.image._driz import compute_pixmap
+    from daskcal.image._driz import compute_pixmap, pixmap_source
     from daskcal.image._pixmap import compile_pixel_map
 
     wcs_in = get_wcs(sim6.images[2])
@@ -153,6 +153,7 @@ def test_compiled_pixel_map_equals_gwcs(sim6, sim6_wcs, caplog):
     odd = gwcs.WCS([(wcs_in.input_frame, tab | wcs_in.forward_transform), (wcs_in.output_frame, None)])
     with caplog.at_level(logging.INFO, logger="daskcal.image._pixmap"):
         assert compile_pixel_map(odd, sim6_wcs) is None
+        assert pixmap_source(odd, sim6_wcs, "in", "out") == ("in", "out")  # what the tasks take: the texts, for gwcs
         pm = compute_pixmap(odd, sim6_wcs, 0, 3, 0, 3)  # gwcs: the table is the identity on 0..3
     assert "gwcs fallback" in caplog.text and "Tabular1D" in caplog.text
     ra, dec = wcs_in(*np.meshgrid(np.arange(3.0), np.arange(3.0)), with_bounding_box=False)
