@@ -167,7 +167,7 @@ class ResampleOutputParams:
     tile_shape: tuple[int, int] | None = param(
         None, "output tile = Zarr chunk (y, x)", "px",
         derived="320 MiB per tile task (Dask config daskcal.resample.tile-memory), at most 1/5 of a worker's "
-        "memory per thread", example=(2048, 2048), cli={"type": int, "nargs": 2, "metavar": ("TY", "TX")})
+        "memory per thread; smaller (not below 512) until each task thread has 16 tiles", example=(2048, 2048), cli={"type": int, "nargs": 2, "metavar": ("TY", "TX")})
     single: bool = param(False, "one mosaic per exposure group, stacked on a group dimension (outlier detection)")
 
 
@@ -602,7 +602,12 @@ def resample(
         Output tile (= Zarr chunk) shape. Default: the largest multiple of 256 px
         whose task fits Dask config ``daskcal.resample.tile-memory`` (320 MiB:
         1024 px) and, with an active ``distributed`` client, a fifth of its
-        workers' memory limit per thread (768 px for 1 GiB workers). With a
+        workers' memory limit per thread (768 px for 1 GiB workers); then, for
+        a small mosaic, smaller in 256 px steps, not below 512 px, until it
+        has Dask config ``daskcal.resample.tiles-per-thread`` (16; 0: off)
+        tiles per task thread (the client's workers' threads, else Dask's
+        ``num_workers`` or the CPU count), so that a killed run loses little
+        (``--resume``) and no thread idles at the end. With a
         client, a tile task estimated to need more than half of a worker's
         memory per thread is refused (``ValueError``), as are input chunks
         that large.
@@ -694,7 +699,8 @@ def resample(
     psr = float(psr)
     workers = _grid.worker_memory()
     if tile_shape is None:
-        side = _grid.tile_side(psr, _grid.tile_budget(workers))
+        side = _grid.split_tile_side(_grid.tile_side(psr, _grid.tile_budget(workers)), out_shape,
+                                     _grid.task_threads())
         tile_shape = (min(side, out_shape[0]), min(side, out_shape[1]))
     tile_shape = (int(tile_shape[0]), int(tile_shape[1]))
     if min(tile_shape) < 1:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import xarray as xr
@@ -120,13 +122,26 @@ def test_memory_limit_sizes_the_tiles(inputs, tmp_path, capsys):
     """--memory-limit reaches the embedded cluster's workers, and resample sizes its tiles from it."""
     _, paths = inputs
     out = tmp_path / "mosaic.zarr"
-    rc = main(["resample", *paths, "-o", str(out), "--pixel-scale-ratio", "0.05", "--no-var", "--workers", "1",
-               "--memory-limit", "1GiB", "--no-progress"])
+    with dask.config.set({"daskcal.resample.tiles-per-thread": 0}):  # tiles from memory only
+        rc = main(["resample", *paths, "-o", str(out), "--pixel-scale-ratio", "0.05", "--no-var", "--workers", "1",
+                   "--memory-limit", "1GiB", "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "tiles [768, 768]" in printed  # a fifth of 1 GiB per task (1024 px with the default budget)
     got = xr.open_zarr(out, consolidated=False)
     assert min(got.data.shape) > 768 and got.data.chunks[0][0] == 768
+    # by default, a mosaic this small (4 tiles of 768 px) is cut into smaller tiles, at most to 512 px,
+    # so that the worker's threads have 16 tiles each
+    rc = main(["resample", *paths, "-o", str(tmp_path / "split.zarr"), "--pixel-scale-ratio", "0.05", "--no-var",
+               "--workers", "1", "--memory-limit", "1GiB", "--no-progress"])
+    assert rc == 0
+    assert "tiles [512, 512]" in capsys.readouterr().out
+    split = xr.open_zarr(tmp_path / "split.zarr", consolidated=False)
+    assert split.data.chunks[0][0] == 512 and math.ceil(split.data.shape[0] / 768) * math.ceil(
+        split.data.shape[1] / 768) < 16
+    np.testing.assert_allclose(split.data.values, got.data.values, rtol=1e-6, atol=1e-6 * np.nanmax(got.data.values))
+    np.testing.assert_allclose(split.wht.values, got.wht.values, rtol=1e-6, atol=1e-6 * np.nanmax(got.wht.values))
+    np.testing.assert_array_equal(split.con.values, got.con.values)
 
 
 def test_memory_limit_values():

@@ -82,7 +82,8 @@ def test_tiles_follow_the_active_client(sim6):
         mosaic = daskcal.resample(sim6.images, pixel_scale_ratio=0.1)
     assert min(mosaic.data.shape) > 512
     assert mosaic.attrs["tile_shape"] == [512, 512]  # 0.2 * 512 MiB per thread
-    assert daskcal.resample(sim6.images, pixel_scale_ratio=0.1).attrs["tile_shape"] == [1024, 1024]
+    with dask.config.set({"daskcal.resample.tiles-per-thread": 0}):  # tiles from memory only
+        assert daskcal.resample(sim6.images, pixel_scale_ratio=0.1).attrs["tile_shape"] == [1024, 1024]
 
 
 def test_a_task_that_cannot_fit_names_the_settings(sim6, sim6_wcs, monkeypatch):
@@ -156,3 +157,70 @@ def test_threaded_save_holds_tiles_not_the_mosaic(tmp_path):
     whole = daskcal.resample(sim.images, pixel_scale_ratio=0.25, tile_shape=tile).compute(scheduler="sync")
     for name in whole.data_vars:
         np.testing.assert_array_equal(back[name].values, whole[name].values, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("side", "shape", "threads", "split"),
+    [
+        (1024, (3072, 3072), 2, 512),  # 9 tiles of 1024 for 2 threads: 36 of 512
+        (1024, (3072, 3072), 1, 768),  # 16 tiles of 768 are 16 for the one thread
+        (1024, (3072, 2000), 1, 512),  # 4 x 3 tiles of 768 are too few
+        (1024, (40000, 38000), 64, 1024),  # a large mosaic: 1443 tiles already
+        (1024, (3072, 3072), None, 1024),  # threads unknown (a client without workers yet)
+        (1024, (100, 100), 8, 512),  # never below 512 px
+        (256, (3072, 3072), 2, 256),  # a tile memory allows only is kept
+        (1792, (8192, 8192), 2, 1536),  # 6 x 6 tiles of 1536 px >= 32, 5 x 5 of 1792 are not
+    ],
+)
+def test_small_mosaics_get_tiles_for_every_thread(side, shape, threads, split):
+    assert _grid.split_tile_side(side, shape, threads) == split
+    if split != side:  # the largest side in 256 px steps with 16 tiles per thread, unless at 512
+        tiles = lambda s: -(-shape[0] // s) * -(-shape[1] // s)  # noqa: E731
+        assert split == 512 or tiles(split) >= 16 * threads > tiles(split + 256)
+    with dask.config.set({"daskcal.resample.tiles-per-thread": 0}):
+        assert _grid.split_tile_side(side, shape, threads) == side
+    with dask.config.set({"daskcal.resample.tiles-per-thread": 1}):
+        assert _grid.split_tile_side(1024, (3072, 3072), 2) == 1024
+
+
+def test_task_threads_of_each_scheduler():
+    from dask.system import CPU_COUNT
+
+    assert _grid.task_threads(_FakeClient({"a": {"nthreads": 2}, "b": {"nthreads": 3}})) == 5
+    assert _grid.task_threads(_FakeClient({})) is None  # no workers yet: unknown
+    assert _grid.task_threads() == CPU_COUNT  # Dask's threaded scheduler
+    with dask.config.set(num_workers=3):
+        assert _grid.task_threads() == 3
+    with dask.config.set(scheduler="sync"):
+        assert _grid.task_threads() == 1
+
+
+@pytest.mark.filterwarnings("ignore:Port .* is already in use:UserWarning", "ignore::ResourceWarning")
+@pytest.mark.parametrize("scheduler", ["sync", "threads", "distributed"])
+def test_split_tiles_give_the_same_mosaic(sim6, scheduler):
+    """sim6 at pixel_scale_ratio 0.1 is 1354 x 1465 px: 2 x 2 tiles of 1024 px by memory, 3 x 3 of 512 px
+    for 1 or 2 threads, and the same mosaic."""
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"daskcal.resample.tiles-per-thread": 0}):
+        whole = daskcal.resample(sim6.images, pixel_scale_ratio=0.1)
+    assert whole.attrs["tile_shape"] == [1024, 1024]
+    ref = whole.compute(scheduler="sync")
+    if scheduler == "distributed":
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as lc, \
+                Client(lc):
+            assert _grid.task_threads() == 2
+            split = daskcal.resample(sim6.images, pixel_scale_ratio=0.1)
+            got = split.compute()
+    else:
+        with dask.config.set(num_workers=2, scheduler=scheduler):
+            split = daskcal.resample(sim6.images, pixel_scale_ratio=0.1)
+            got = split.compute()
+    assert split.attrs["tile_shape"] == [512, 512]
+    assert split.data.chunks != whole.data.chunks
+    for name in ("data", "wht", "var_rnoise", "err"):
+        a, b = got[name].values, ref[name].values
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        scale = np.nanmax(np.abs(b))
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * scale, err_msg=name)
+    np.testing.assert_array_equal(got.con.values, ref.con.values)
