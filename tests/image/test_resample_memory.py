@@ -175,7 +175,7 @@ def test_threaded_save_holds_tiles_not_the_mosaic(tmp_path):
 def test_small_mosaics_get_tiles_for_every_thread(side, shape, threads, split):
     assert _grid.split_tile_side(side, shape, threads) == split
     if split != side:  # the largest side in 256 px steps with 16 tiles per thread, unless at 512
-        tiles = lambda s: -(-shape[0] // s) * -(-shape[1] // s)  # noqa: E731
+        tiles = lambda s: -(-shape[0] // s) * -(-shape[1] // s)
         assert split == 512 or tiles(split) >= 16 * threads > tiles(split + 256)
     with dask.config.set({"daskcal.resample.tiles-per-thread": 0}):
         assert _grid.split_tile_side(side, shape, threads) == side
