@@ -310,3 +310,27 @@ def test_chunk_shape_that_disagrees_with_the_chunk_files_is_refused(tmp_path, co
     with pytest.raises(ChunkError, match=r"'v', chunk \(0, 0\): its zarr.json disagrees .*"
                                          r"holds 1024 bytes, a chunk of \(16, 14\) float32 takes 896"):
         check_store(tmp_path, ["v"])
+
+
+def test_reading_many_arrays_in_turn_keeps_them_open(tmp_path, monkeypatch):
+    """A resample tile task reads each of its inputs' arrays in turn (16 inputs x 6 arrays here): the second
+    round opens none again (with a cache of 64 arrays, every read had reopened its array: ~2 ms each)."""
+    import zarr
+
+    from daskcal.io import _zarr_read
+
+    values = np.arange(20 * 24, dtype=np.float32).reshape(20, 24)
+    sources = [_array(tmp_path / f"in{k}", name, values + k, (8, 8))
+               for k in range(16) for name in ("data", "dq", "err", "var_flat", "var_poisson", "var_rnoise")]
+    opened = []
+    real = zarr.open_array
+    monkeypatch.setattr(zarr, "open_array", lambda *a, **kw: opened.append(a) or real(*a, **kw))
+    region = (slice(3, 17), slice(5, 21))
+    for round_ in range(2):
+        for k, source in enumerate(sources):
+            np.testing.assert_array_equal(source.read(region), values[region] + k // 6)
+        if round_ == 0:
+            assert len(opened) >= len(sources)
+            opened.clear()
+    assert opened == []
+    assert _zarr_read._chunk_files.cache_info().maxsize >= 1024
