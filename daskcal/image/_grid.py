@@ -537,9 +537,12 @@ def tile_side(psr: float, budget: int) -> int:
 #: Dask config: the number of tiles per task thread a default tile shape aims at (0: sized by memory only)
 TILES_CONFIG = "daskcal.resample.tiles-per-thread"
 #: A kill (batch walltime, SIGKILL) loses the tiles in flight, about half a tile per task thread, and the last
-#: tiles of a run leave threads idle: with 16 tiles per thread both are ~3% of the run or less. Measured
-#: (bench_resume, 16 x 2048^2, 2 workers): 9 tiles of 1024^2 redid 4-28% of the work on a resume, 36 tiles of
-#: 512^2 4.6-7.9% (one run 22.6%), at the same CPU for the whole run (within this host's +-10%).
+#: tiles of a run leave threads idle; a cluster of many threads runs at most one task per tile at a time.
+#: Measured (bench_resume, 16 x 2048^2, 2 workers, sixteenth session): a resume redid 17.8-30.3% of the CPU
+#: with 9 tiles of 1024^2, 24.4-26.6% with 16 of 768^2 (8 per thread), 5.4-13.5% with 36 of 512^2. The whole
+#: command cost 21.9-22.0 against 21.8-23.1 CPU s (9 and 36 tiles); 8 JWST-like 2048^2 inputs (56 tiles of
+#: 512^2 instead of 16 of 1024^2) took the same time on a fresh 2-worker cluster (5.7-5.9 s) at 11% less peak
+#: memory, and 6-25% longer on warm workers (more tasks: distributed's per-task cost).
 DEFAULT_TILES_PER_THREAD = 16
 #: ... but a default tile is not made smaller than this side (px): a float32 plane's chunk stays >= 1 MB
 MIN_SPLIT_SIDE = 512
