@@ -168,7 +168,7 @@ def test_threaded_save_holds_tiles_not_the_mosaic(tmp_path):
         (1024, (40000, 38000), 64, 1024),  # a large mosaic: 1443 tiles already
         (1024, (3072, 3072), None, 1024),  # threads unknown (a client without workers yet)
         (1024, (100, 100), 8, 512),  # never below 512 px
-        (256, (3072, 3072), 2, 256),  # a tile memory allows only is kept
+        (256, (3072, 3072), 2, 256),  # a side that memory allows is kept
         (1792, (8192, 8192), 2, 1536),  # 6 x 6 tiles of 1536 px >= 32, 5 x 5 of 1792 are not
     ],
 )
