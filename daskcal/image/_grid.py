@@ -549,18 +549,16 @@ MIN_SPLIT_SIDE = 512
 
 
 def task_threads(client=None) -> int | None:
-    """The task threads that will run a graph: those of ``client``'s workers (default: the active
-    ``distributed`` client; None while it has no workers), else 1 for Dask config ``scheduler``
-    ``"sync"``, else Dask config ``num_workers`` or the CPU count (Dask's threaded scheduler)."""
+    """The task threads that will run a graph: those of ``client``'s workers (default: the client ``compute()``
+    would use now, :func:`daskcal.io._atomic._default_client`; None while it has no workers), else 1 for Dask
+    config ``scheduler`` ``"sync"``, else Dask config ``num_workers`` or the CPU count (Dask's threaded
+    scheduler)."""
     import dask
 
     if client is None:
-        try:
-            from distributed import default_client
+        from daskcal.io._atomic import _default_client
 
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
+        client = _default_client()
     if client is not None:
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         return sum(max(1, int(w.get("nthreads") or 1)) for w in workers.values()) or None

@@ -1010,7 +1010,7 @@ def _build_graph(inps, groups, parts, tiles, wcs_out, out_shape, tile_shape, p, 
         for gpos, (nplanes, rows) in enumerate(per_group):
             arr = _plane(f"resample-{name}-{token}-{gpos}", name, rows, tasks, sizes, nplanes, spec, grow)
             if whole_tiles is not None:
-                register_slice(arr, whole_tiles, name, _driz.EMPTY[name][0])
+                register_slice(arr, whole_tiles, name, arr.dtype)
             if name == "con" and nplanes < max_planes:
                 pad = da.zeros((max_planes - nplanes, *out_shape), np.int32, chunks=(1, *tile_shape))
                 arr = da.concatenate([arr, pad], axis=0)

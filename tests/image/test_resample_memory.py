@@ -210,6 +210,8 @@ def test_split_tiles_give_the_same_mosaic(sim6, scheduler):
         with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as lc, \
                 Client(lc):
             assert _grid.task_threads() == 2
+            with dask.config.set(scheduler="sync"):  # a scheduler chosen over the client runs the graph
+                assert _grid.task_threads() == 1
             split = daskcal.resample(sim6.images, pixel_scale_ratio=0.1)
             got = split.compute()
     else:
