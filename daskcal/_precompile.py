@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["Precompile", "precompile"]
+__all__ = ["Precompile", "import_before_threads", "precompile"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Precompile:
         self.seconds = time.perf_counter() - t0
 
     def start(self) -> Precompile:
+        import_before_threads()
         self._thread.start()
         return self
 
@@ -90,6 +91,23 @@ class Precompile:
                         "them as they need them", type(self._error).__name__, self._error)
         elif self._error is not None:
             raise self._error
+
+
+def import_before_threads() -> None:
+    """Import ``distributed`` in the calling thread, before it starts a thread that may import it too.
+
+    A warm-up's ``dask.compute`` imports ``distributed`` (``dask.base.get_scheduler`` looks for a
+    client) and the cluster start imports it (dask-jobqueue, ``LocalCluster``). When two threads
+    import a package's modules for the first time at once, each can hold a module the other waits
+    for; CPython breaks that deadlock by handing one of them a partially initialised module, and
+    its ``from distributed.core import Server`` fails with "cannot import name ... from partially
+    initialized module". CI's ``sbatch deploy/slurm-image3.sh`` failed so (seen once). A script
+    that imports dask_jobqueue 0 to 0.4 s after image3's warm-up starts failed in 10 of 24 runs on
+    this machine, and in none of 24 once ``distributed`` was imported first: every later import of
+    it, in either thread, is a lookup. ``distributed`` is a dependency of
+    daskcal (``dask[distributed]``).
+    """
+    import distributed  # noqa: F401
 
 
 def precompile(warm_up: Callable[[], object], *, estimate: float, stream=None) -> Precompile:

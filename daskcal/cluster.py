@@ -641,7 +641,9 @@ def _jobqueue(kind, n_workers, wait_workers, adapt):
     """A dask-jobqueue cluster of ``n_workers`` jobs (or adaptive), once its first worker has joined."""
     try:
         import dask_jobqueue
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:  # any other ImportError is dask-jobqueue's own failure: raised as it is
+        if exc.name != "dask_jobqueue":
+            raise
         msg = f"cluster={kind!r} needs dask-jobqueue: pip install 'daskcal[jobqueue]' (or pip install dask-jobqueue)"
         raise MissingPackageError(msg, name="dask_jobqueue") from exc
     _check_jobqueue_config(kind)

@@ -273,6 +273,24 @@ def test_jobqueue_cluster_without_dask_jobqueue_is_one_line(tmp_path, capsys, mo
     assert "cluster='slurm' needs dask-jobqueue: pip install 'daskcal[jobqueue]'" in _one_error_line(capsys)
 
 
+def test_jobqueue_that_fails_to_import_is_not_called_missing(monkeypatch):
+    """dask-jobqueue installed but failing in its own import (as when another thread was importing
+    distributed: tests/test_precompile.py) is raised as that error, not as a package to install."""
+    import importlib.abc
+
+    class Broken(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "dask_jobqueue":
+                msg = "cannot import name 'Server' from partially initialized module 'distributed.core'"
+                raise ImportError(msg, name="distributed.core", path="core.py")
+
+    monkeypatch.delitem(sys.modules, "dask_jobqueue", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    with pytest.raises(ImportError, match="partially initialized") as info, connect("slurm"):
+        pass
+    assert "needs dask-jobqueue" not in str(info.value)
+
+
 def test_jobqueue_config_gives_batch_workers_the_same_settings():
     from pathlib import Path
 

@@ -62,6 +62,34 @@ def test_line_only_when_numba_compiles(tmp_path):
     assert second.stdout.split() == ["False"]
 
 
+IMPORTED_BEFORE_THREAD = """
+import sys
+seen = []
+def look():
+    mod = sys.modules.get("distributed")
+    seen.append(mod is not None and not getattr(mod.__spec__, "_initializing", False))
+{start}
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("start", [
+    "from daskcal._precompile import precompile\nprecompile(look, estimate=1).wait()",
+    ("import argparse\nfrom daskcal.cli._common import ClusterStart\n"
+     "class Start(ClusterStart):\n    def _connect(self):\n        look()\n"
+     "with Start(argparse.Namespace(cluster='local')) as c:\n    c.client()"),
+], ids=["precompile", "cluster-start"])
+def test_background_threads_start_with_distributed_imported(start):
+    """A warm-up's dask.compute and the cluster start both import distributed; in two threads at once,
+    CPython can hand one a partially initialised module ("cannot import name 'Server' from partially
+    initialized module 'distributed.core'": seen in CI when dask_jobqueue was imported during image3's
+    warm-up). The calling thread imports it before the thread starts, in a fresh interpreter."""
+    code = IMPORTED_BEFORE_THREAD.format(start=start)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[True]", done.stdout + done.stderr
+
+
 def test_failed_warm_up_is_a_warning(caplog):
     def broken():
         msg = "no such kernel"

@@ -188,6 +188,9 @@ class ClusterStart:
 
     def __enter__(self) -> ClusterStart:
         if self._thread is not None:
+            from daskcal._precompile import import_before_threads
+
+            import_before_threads()  # the cluster's thread and a warm-up's would race to import distributed
             self._thread.start()
         return self
 
