@@ -89,8 +89,10 @@ _INHERITED = {k: os.environ[k] for k in WORKER_ENVIRON if k in os.environ}
 
 
 #: Modules every worker of an embedded cluster starts with (see :func:`preload_workers`).
-#: ``daskcal._numba_ready`` sets numba's compiler up (0.3-0.6 s of each worker's first task otherwise).
-WORKER_MODULES = ("distributed", "numpy", "dask.array", "xarray", "zarr", "numba", "daskcal._numba_ready")
+#: ``daskcal._numba_ready`` sets numba's compiler up (0.3-0.6 s of each worker's first task otherwise);
+#: ``daskcal._worker_logs`` drops the heartbeat error a closing worker can log.
+WORKER_MODULES = ("distributed", "numpy", "dask.array", "xarray", "zarr", "numba", "daskcal._numba_ready",
+                  "daskcal._worker_logs")
 #: Modules the tasks of detector1 import (preloaded by the command line's detector commands).
 DETECTOR_TASK_MODULES = ("daskcal.detector._fused", "daskcal.io._zarr_read", "daskcal.io._zarr_write")
 #: Modules the tasks of the image stage import (preloaded by the command line's image commands).
