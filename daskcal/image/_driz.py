@@ -688,26 +688,31 @@ class TileSums:
         again, and with inputs added, what the sums of all inputs give, to float32 rounding. ``con`` may
         have fewer planes than ``nplanes`` (the context grows a plane per 32 inputs).
         """
-        sums = cls(tile, nplanes, spec)
-        wht = np.asarray(planes["wht"], np.float64)
+        sums = cls(tile, nplanes, spec)  # every array zero
+        # ufuncs with where= (the sums stay 0 elsewhere), in float64 as before: one pass each, where boolean
+        # indexing gathered and scattered every operand (25 grown tiles of 512^2: 0.45 s of task time)
+        wht = sums.wht
+        wht[...] = planes["wht"]
         covered = wht != 0
-        sums.wht[...] = wht
-        sums.swd[covered] = np.asarray(planes["data"], np.float64)[covered] * wht[covered]
+        np.multiply(planes["data"], wht, out=sums.swd, where=covered, dtype=np.float64)
         if sums.con is not None:
             con = np.asarray(planes["con"]).view(np.uint32)
             sums.con[:con.shape[0]] = con
         if sums.dq is not None:
             sums.dq[...] = planes["dq"]
         if sums.swe is not None:
-            err = np.asarray(planes["err"], np.float64)
-            sums.swe[covered] = err[covered] * spec.psr * wht[covered]
+            np.multiply(planes["err"], spec.psr, out=sums.swe, where=covered, dtype=np.float64)
+            np.multiply(sums.swe, wht, out=sums.swe, where=covered)
         if sums.vsum is not None:
             for k, (vname, wname) in enumerate(zip(VAR_NAMES, VWT_NAMES)):
-                vwt = np.asarray(planes[wname], np.float64)
-                var = np.asarray(planes[vname], np.float64)
-                ok = (vwt > 0) & np.isfinite(var)
-                sums.vwt[k][ok] = vwt[ok]
-                sums.vsum[k][ok] = var[ok] * vwt[ok] * vwt[ok] / spec.var_scale
+                vwt, vsum, var = sums.vwt[k], sums.vsum[k], planes[vname]
+                vwt[...] = planes[wname]
+                ok = vwt > 0
+                ok &= np.isfinite(var)
+                np.copyto(vwt, 0.0, where=~ok)
+                np.multiply(var, vwt, out=vsum, where=ok, dtype=np.float64)  # (var * vwt) * vwt / var_scale, as before
+                np.multiply(vsum, vwt, out=vsum, where=ok)
+                np.divide(vsum, spec.var_scale, out=vsum, where=ok)
             sums.present[:] = True  # a variance no input had keeps vwt 0: finalize gives NaN there, as before
         return sums
 

@@ -190,3 +190,49 @@ def test_the_mosaic_fixes_grid_and_parameters(sim8, tmp_path):
     assert grown.attrs["pixfrac"] == 0.8
     with pytest.raises(ValueError, match="does not exist"):
         daskcal.resample(images[4:], into=tmp_path / "none.zarr")
+
+
+@pytest.mark.parametrize("compute_err", ["driz_err", None])
+def test_stored_planes_back_to_sums_as_the_plain_formula(compute_err):
+    """``TileSums.of_planes`` (ufuncs with ``where=``) gives, bit for bit, the sums of the plain masked formula:
+    ``data * wht`` and ``err * psr * wht`` where ``wht != 0``, ``var * vwt * vwt / var_scale`` and ``vwt`` where
+    ``vwt > 0`` and the variance is finite, 0 elsewhere; on planes with NaN fill, zero weights, an infinite variance."""
+    from daskcal.image._driz import VAR_NAMES, VWT_NAMES, DrizzleSpec, TileSums
+
+    rng = np.random.default_rng(5)
+    shape = (37, 53)
+    wht = rng.uniform(0.1, 3, shape).astype(np.float32)
+    wht[:5] = 0
+    planes = {"wht": wht, "data": np.where(wht > 0, rng.normal(5, 2, shape), np.nan).astype(np.float32),
+              "err": np.where(wht > 0, rng.uniform(0.1, 1, shape), np.nan).astype(np.float32)}
+    for vname, wname in zip(VAR_NAMES, VWT_NAMES):
+        vwt = rng.uniform(0.1, 2, shape).astype(np.float32)
+        vwt[rng.random(shape) < 0.1] = 0
+        var = np.where(vwt > 0, rng.uniform(0.01, 1, shape), np.nan).astype(np.float32)
+        var[7, 9] = np.inf
+        planes[vname], planes[wname] = var, vwt
+    spec = DrizzleSpec(kernel="square", pixfrac=1.0, psr=0.7, weight_type="ivm", good_bits=None, enable_ctx=False,
+                       enable_var=True, compute_err=compute_err, propagate_dq=False, fillval=np.nan, var_weights=True)
+    sums = TileSums.of_planes(planes, (10, 10 + shape[0], 20, 20 + shape[1]), 1, spec)
+
+    w = planes["wht"].astype(np.float64)
+    on = w != 0
+    np.testing.assert_array_equal(sums.wht, w)
+    want = np.zeros(shape)
+    want[on] = planes["data"].astype(np.float64)[on] * w[on]
+    np.testing.assert_array_equal(sums.swd, want)
+    if compute_err == "driz_err":
+        want = np.zeros(shape)
+        want[on] = planes["err"].astype(np.float64)[on] * spec.psr * w[on]
+        np.testing.assert_array_equal(sums.swe, want)
+    else:
+        assert sums.swe is None
+    for k, (vname, wname) in enumerate(zip(VAR_NAMES, VWT_NAMES)):
+        vwt, var = planes[wname].astype(np.float64), planes[vname].astype(np.float64)
+        ok = (vwt > 0) & np.isfinite(var)
+        want_w, want_s = np.zeros(shape), np.zeros(shape)
+        want_w[ok] = vwt[ok]
+        want_s[ok] = var[ok] * vwt[ok] * vwt[ok] / spec.var_scale
+        np.testing.assert_array_equal(sums.vwt[k], want_w)
+        np.testing.assert_array_equal(sums.vsum[k], want_s)
+        assert not ok[7, 9] and sums.vwt[k][7, 9] == 0
