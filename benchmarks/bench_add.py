@@ -147,10 +147,11 @@ def main() -> None:
         c_add = float(m.group(4))
         lines.append(f"--add of 2: {t_add:.1f} s wall, {c_add:.1f} s computing, writing and linking; "
                      f"{m.group(1)} tiles rewritten, {m.group(3)} kept ({m.group(2)} chunk files linked)")
+        cpu = ("" if args.server else  # the commands' workers are the server's, not their children
+               f", {100 * CPU[2] / CPU[1]:.1f}% of the CPU seconds of the command and its workers ({CPU[2]:.1f} vs "
+               f"{CPU[1]:.1f}, start-up included)")
         lines.append(f"addition / rebuild: {100 * c_add / c_whole:.1f}% of the computing and writing, "
-                     f"{100 * t_add / t_whole:.1f}% of the wall time (start-up included; goal: under 20%), "
-                     f"{100 * CPU[2] / CPU[1]:.1f}% of the CPU seconds of the command and its workers ({CPU[2]:.1f} "
-                     f"vs {CPU[1]:.1f}, start-up included)")
+                     f"{100 * t_add / t_whole:.1f}% of the wall time (start-up included; goal: under 20%){cpu}")
         lines.append(f"grown vs rebuilt (max relative difference, floor the median): {compare(mosaic, whole)}")
         lines.append(in_process(paths, args, grid, base, root))
         lines.append(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
