@@ -579,13 +579,20 @@ class _BufferPool:
         self.limit, self._free, self._lock = limit, [], threading.Lock()
 
     def take(self, nbytes: int) -> np.ndarray:
-        """A zeroed uint8 buffer of ``nbytes``: a kept one if there is one of that size."""
+        """A uint8 buffer of at least ``nbytes`` whose first ``nbytes`` are zero: the smallest kept one of
+        ``nbytes`` to twice that, else a new one of ``nbytes``.
+
+        Taking a larger buffer, not only one of the same size: tiles at the mosaic's edges and input pieces
+        come in many sizes. Counted on 8 JWST-like inputs (threaded, 1024^2 tiles): 75 of 88 takes found no
+        buffer of their size, 1.5 GB of new buffers per mosaic.
+        """
         with self._lock:
-            found = next((k for k, b in enumerate(self._free) if b.nbytes == nbytes), None)
+            fits = [k for k, b in enumerate(self._free) if nbytes <= b.nbytes <= 2 * nbytes]
+            found = min(fits, key=lambda k: self._free[k].nbytes) if fits else None
             buf = None if found is None else self._free.pop(found)
         if buf is None:
             return np.zeros(nbytes, np.uint8)
-        buf.fill(0)
+        buf[:nbytes].fill(0)
         return buf
 
     def give(self, buf: np.ndarray) -> None:
@@ -600,12 +607,16 @@ class _BufferPool:
         apart: arrays of a power-of-two size would otherwise start at addresses equal in their low bits, and a
         kernel's ten or so streams, all in the same cache sets, evict each other (measured: adding one input's
         sums to a 1024^2 tile took 32 ms instead of 10)."""
-        buf = self.take(sum(np.dtype(dtype).itemsize * math.prod(shape) for _, dtype, shape in plan)
-                        + len(plan) * _STAGGER)
+        buf = self.take(_plan_bytes(plan))
         return buf, _views_of(buf, plan)
 
 
 _STAGGER = 17 * 64
+
+
+def _plan_bytes(plan) -> int:
+    """Bytes of a buffer that holds the arrays of ``plan`` as :func:`_views_of` lays them out."""
+    return sum(np.dtype(dtype).itemsize * math.prod(shape) for _, dtype, shape in plan) + len(plan) * _STAGGER
 
 
 def _views_of(buf: np.ndarray, plan) -> dict:
@@ -660,8 +671,9 @@ class TileSums:
         for name, _, _ in self._LAYOUT:
             setattr(self, name, views.get(name))
 
-    def __getstate__(self):
-        return {"box": self.box, "nplanes": self.nplanes, "spec": self.spec, "shape": self.shape, "_buf": self._buf,
+    def __getstate__(self):  # the buffer's part its arrays use (a pooled buffer can be larger)
+        used = None if self._buf is None else self._buf[:_plan_bytes(self._plan())]
+        return {"box": self.box, "nplanes": self.nplanes, "spec": self.spec, "shape": self.shape, "_buf": used,
                 "present": self.present}
 
     def __setstate__(self, state):

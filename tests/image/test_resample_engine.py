@@ -425,6 +425,40 @@ def test_released_sums_give_their_buffer_to_the_next_tile_zeroed():
         _driz._POOL = old
 
 
+def test_smaller_sums_take_a_kept_buffer_up_to_twice_their_size():
+    """Edge tiles and input pieces come in many sizes: sums take the smallest kept buffer of their size to twice
+    it (its used part zeroed), not one larger; pickled, they carry only the part their arrays use."""
+    import pickle
+
+    from daskcal.image import _driz
+
+    spec = _driz.DrizzleSpec(kernel="square", pixfrac=1.0, psr=1.0, weight_type="ivm", good_bits=0, enable_ctx=True,
+                             enable_var=True, compute_err="from_var", propagate_dq=True, fillval=np.nan)
+    pool = _driz._BufferPool(2**30)
+    old, _driz._POOL = _driz._POOL, pool
+    try:
+        big, huge = _driz.TileSums((0, 40, 0, 30), 1, spec), _driz.TileSums((0, 100, 0, 100), 1, spec)
+        big._buf[:] = 7
+        huge._buf[:] = 7
+        big_buf, huge_buf = big._buf, huge._buf
+        big.release()
+        huge.release()
+        edge = _driz.TileSums((0, 25, 0, 30), 1, spec)  # 25/40 of big's size: big's buffer, not huge's
+        assert edge._buf is big_buf
+        used = _driz._plan_bytes(edge._plan())
+        assert not edge._buf[:used].any() and edge._buf[used:].all()
+        assert not edge.wht.any() and not edge.vsum.any() and not edge.con.any()
+        edge.wht[3, 4], edge.swd[3, 4], edge.vsum[1, 2, 2] = 2.0, 5.0, 0.5
+        back = pickle.loads(pickle.dumps(edge))
+        assert back._buf.nbytes == used < big_buf.nbytes
+        for name in ("wht", "swd", "vsum", "vwt", "con", "dq"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(edge, name), err_msg=name)
+        small = _driz.TileSums((0, 5, 0, 30), 1, spec)  # huge is more than twice its size: a new buffer
+        assert small._buf is not huge_buf and small._buf.nbytes == _driz._plan_bytes(small._plan())
+    finally:
+        _driz._POOL = old
+
+
 def test_chains_per_tile_are_bounded_by_the_mosaic_not_the_inputs(monkeypatch):
     """With many tiles reached, a tile's inputs form one chain however many they are (each chain holds a
     partial sum until the merge); with few, they are cut into chains of CHAIN to keep workers busy. The
