@@ -730,7 +730,8 @@ class TileSums:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of its arrays (what Dask's ``sizeof`` reports, so workers count and spill partial sums)."""
+        """Bytes of the buffer it holds, its arrays' and any pooled tail beyond them (what Dask's ``sizeof``
+        reports, so workers count and spill partial sums)."""
         return 0 if self._buf is None else self._buf.nbytes
 
     def _region(self, oy, ox, shape):

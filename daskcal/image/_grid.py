@@ -542,7 +542,9 @@ TILES_CONFIG = "daskcal.resample.tiles-per-thread"
 #: with 9 tiles of 1024^2, 24.4-26.6% with 16 of 768^2 (8 per thread), 5.4-13.5% with 36 of 512^2. The whole
 #: command cost 21.9-22.0 against 21.8-23.1 CPU s (9 and 36 tiles); 8 JWST-like 2048^2 inputs (56 tiles of
 #: 512^2 instead of 16 of 1024^2) took the same time on a fresh 2-worker cluster (5.7-5.9 s) at 11% less peak
-#: memory, and 6-25% longer on warm workers (more tasks and seams; the cause is not pinned down).
+#: memory. On a cluster that runs the mosaic again, its second run was 6-25% longer (its workers still touching
+#: fresh memory); from the third run on both tilings take the same time, 512^2 with ~5% more CPU (the seams):
+#: benchmarks/bench_warm_tiles.py.
 DEFAULT_TILES_PER_THREAD = 16
 #: ... but a default tile is not made smaller than this side (px): a float32 plane's chunk stays >= 1 MB
 MIN_SPLIT_SIDE = 512
